@@ -1,0 +1,178 @@
+use super::*;
+
+fn sample_log(dir: &Path, n: u64) -> PathBuf {
+    let path = dir.join("audit.jsonl");
+    let log = AuditLog::open(&path).unwrap();
+    for i in 0..n {
+        log.record(
+            "resource.release",
+            &format!("kbs:///default/key/{i}"),
+            Some(serde_json::json!({"z": i, "a": "x"})),
+        )
+        .unwrap();
+    }
+    path
+}
+
+fn lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+fn write_lines(path: &Path, lines: &[String]) {
+    let mut text = lines.join("\n");
+    text.push('\n');
+    std::fs::write(path, text).unwrap();
+}
+
+#[test]
+fn a_fresh_chain_verifies_and_reopening_continues_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = sample_log(dir.path(), 5);
+    let head = verify(&path).unwrap();
+    assert_eq!(head.entries, 5);
+
+    let log = AuditLog::open(&path).unwrap();
+    assert_eq!(log.head(), (head.hash.clone(), 5));
+    let h = log.record("agent.stop", "wardd", None).unwrap();
+    let head = verify(&path).unwrap();
+    assert_eq!(
+        head,
+        ChainHead {
+            hash: h,
+            entries: 6
+        }
+    );
+    assert!(lines(&path)[0].contains(&format!("\"prev\":\"{GENESIS}\"")));
+}
+
+#[test]
+fn an_empty_file_is_an_empty_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.jsonl");
+    std::fs::write(&path, "").unwrap();
+    assert_eq!(verify(&path).unwrap(), ChainHead::empty());
+}
+
+#[test]
+fn editing_any_field_of_any_line_is_detected() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = sample_log(dir.path(), 4);
+    let original = lines(&path);
+    let edits: &[(&str, &str)] = &[
+        ("resource.release", "resource.relEase"),
+        ("kbs:///default/key/", "kbs:///default/kex/"),
+        ("\"a\":\"x\"", "\"a\":\"y\""),
+        ("\"z\":", "\"zz\":"),
+        ("T", "t"),
+    ];
+    for idx in 0..original.len() {
+        for (from, to) in edits {
+            let mut l = original.clone();
+            l[idx] = l[idx].replacen(from, to, 1);
+            assert_ne!(l[idx], original[idx]);
+            write_lines(&path, &l);
+            let err = verify(&path).unwrap_err();
+            assert!(
+                matches!(err, VerifyError::Hash { line } if line == idx as u64 + 1),
+                "edit {from}->{to} on line {idx}: {err}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_recomputed_hash_still_breaks_the_next_link() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = sample_log(dir.path(), 3);
+    let mut l = lines(&path);
+    let mut e: Entry = serde_json::from_str(&l[1]).unwrap();
+    e.subject = "kbs:///forged/key/1".to_string();
+    e.hash = e.compute_hash();
+    l[1] = serde_json::to_string(&e).unwrap();
+    write_lines(&path, &l);
+    assert!(matches!(
+        verify(&path).unwrap_err(),
+        VerifyError::Chain { line: 3 }
+    ));
+}
+
+#[test]
+fn dropped_duplicated_and_reordered_lines_are_detected() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = sample_log(dir.path(), 4);
+    let original = lines(&path);
+
+    let mut dropped = original.clone();
+    dropped.remove(1);
+    write_lines(&path, &dropped);
+    assert!(matches!(
+        verify(&path).unwrap_err(),
+        VerifyError::Sequence {
+            line: 2,
+            expected: 1,
+            found: 2
+        }
+    ));
+
+    let mut first_dropped = original.clone();
+    first_dropped.remove(0);
+    write_lines(&path, &first_dropped);
+    assert!(matches!(
+        verify(&path).unwrap_err(),
+        VerifyError::Sequence { line: 1, .. }
+    ));
+
+    let mut dup = original.clone();
+    dup.insert(2, original[1].clone());
+    write_lines(&path, &dup);
+    assert!(matches!(
+        verify(&path).unwrap_err(),
+        VerifyError::Sequence { line: 3, .. }
+    ));
+
+    let mut swapped = original.clone();
+    swapped.swap(1, 2);
+    write_lines(&path, &swapped);
+    assert!(matches!(
+        verify(&path).unwrap_err(),
+        VerifyError::Sequence { line: 2, .. }
+    ));
+}
+
+#[test]
+fn garbage_and_torn_lines_are_malformed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = sample_log(dir.path(), 2);
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    text.push_str("{\"seq\":2");
+    std::fs::write(&path, &text).unwrap();
+    assert!(matches!(
+        verify(&path).unwrap_err(),
+        VerifyError::Malformed { line: 3, .. }
+    ));
+
+    std::fs::write(&path, "not json\n").unwrap();
+    assert!(matches!(
+        verify(&path).unwrap_err(),
+        VerifyError::Malformed { line: 1, .. }
+    ));
+}
+
+#[test]
+fn a_broken_log_is_not_extended() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = sample_log(dir.path(), 3);
+    let mut l = lines(&path);
+    l.remove(0);
+    write_lines(&path, &l);
+    let before = std::fs::read(&path).unwrap();
+    assert!(matches!(
+        AuditLog::open(&path),
+        Err(AuditError::Broken { .. })
+    ));
+    assert_eq!(std::fs::read(&path).unwrap(), before);
+}

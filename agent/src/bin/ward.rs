@@ -1,0 +1,138 @@
+//! ward: the command line for operators, model owners and clients of wardd.
+//!
+//! Exit codes: 0 success, 1 the check failed (not serving, broken audit log, unreachable),
+//! 2 usage error.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use ward_agent::audit;
+use ward_agent::client::HealthClient;
+use ward_protos::ward_health::ServingStatus;
+
+#[derive(Parser)]
+#[command(
+    name = "ward",
+    version,
+    about = "ward: attested secrets, images and inference for confidential VMs"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Ask wardd whether it is serving; exits 0 only when it is.
+    Health {
+        /// wardd's address: unix:///path or vsock://CID:PORT.
+        #[arg(long, default_value = "unix:///run/ward/ward.sock")]
+        addr: String,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 5)]
+        timeout: u64,
+    },
+    /// Work with the hash-chained audit log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check that no line was edited, dropped or reordered; prints the head hash.
+    Verify {
+        file: PathBuf,
+        /// Also require that the chain ends at this hash (as reported by wardd), which catches
+        /// lines cut off the end.
+        #[arg(long, value_name = "HASH")]
+        expect_head: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("ward: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Runs one command; `Ok(false)` means the check ran and failed.
+fn run(cli: Cli) -> anyhow::Result<bool> {
+    match cli.command {
+        Command::Health { addr, timeout } => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            rt.block_on(health(&addr, Duration::from_secs(timeout)))
+        }
+        Command::Audit {
+            command: AuditCommand::Verify { file, expect_head },
+        } => audit_verify(&file, expect_head.as_deref()),
+    }
+}
+
+async fn health(addr: &str, timeout: Duration) -> anyhow::Result<bool> {
+    let call = async {
+        let client = HealthClient::connect(addr, timeout).await?;
+        let check = client.check().await?;
+        let version = client.version().await?;
+        anyhow::Ok((check, version))
+    };
+    let (check, version) = tokio::time::timeout(timeout, call)
+        .await
+        .with_context(|| format!("{addr} did not answer within {timeout:?}"))??;
+    let serving = check.status.enum_value() == Ok(ServingStatus::SERVING_STATUS_SERVING);
+    println!(
+        "{} wardd {} mode={} uptime={:.1}s addr={addr}",
+        if serving { "SERVING" } else { "NOT_SERVING" },
+        check.version,
+        check.mode,
+        Duration::from_millis(check.uptime_ms).as_secs_f64(),
+    );
+    println!("services: {}", version.services.join(" "));
+    Ok(serving)
+}
+
+fn audit_verify(file: &std::path::Path, expect_head: Option<&str>) -> anyhow::Result<bool> {
+    match audit::verify(file) {
+        Ok(head) => {
+            if let Some(want) = expect_head
+                && !want.eq_ignore_ascii_case(&head.hash)
+            {
+                println!(
+                    "BROKEN {}: the chain ends at {} after {} entries, not at {want} \
+                     (lines were cut off the end, or this is another log)",
+                    file.display(),
+                    head.hash,
+                    head.entries
+                );
+                return Ok(false);
+            }
+            println!(
+                "OK {}: {} entries, head {}",
+                file.display(),
+                head.entries,
+                head.hash
+            );
+            Ok(true)
+        }
+        Err(audit::VerifyError::Read(e)) => {
+            Err(e).with_context(|| format!("cannot read {}", file.display()))
+        }
+        Err(e) => {
+            println!("BROKEN {}: {e}", file.display());
+            Ok(false)
+        }
+    }
+}

@@ -1,0 +1,182 @@
+//! `ward.*` overrides from the kernel command line (`/proc/cmdline`).
+//!
+//! The command line is untrusted until it is measured, so each value is validated exactly like a
+//! file value. Unknown `ward.*` keys are returned for the caller to report; they do not stop boot,
+//! so an older wardd can boot a newer command line.
+//!
+//! Keys: `ward.log_level`, `ward.log_format`, `ward.audit_log` (a path, or `off`),
+//! `ward.shutdown_timeout` and `ward.request_timeout` (seconds), `ward.oom_score_adj`, and
+//! `ward.listen=ADDRESS#SERVICE[,SERVICE...]`, repeatable, which replaces the listener list.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::{ConfigError, Listener, LogFormat, Origin, expand_services, oom_score_adj, seconds};
+use crate::listen::ListenAddr;
+
+/// The keys (after `ward.`) this version understands.
+const KEYS: [&str; 7] = [
+    "log_level",
+    "log_format",
+    "audit_log",
+    "shutdown_timeout",
+    "request_timeout",
+    "oom_score_adj",
+    "listen",
+];
+
+/// Validated values taken from the kernel command line.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Overrides {
+    pub log_filter: Option<String>,
+    pub log_format: Option<LogFormat>,
+    /// `Some(None)` turns the audit log off.
+    pub audit_log: Option<Option<PathBuf>>,
+    pub shutdown_timeout: Option<Duration>,
+    pub request_timeout: Option<Duration>,
+    pub oom_score_adj: Option<i32>,
+    pub listeners: Vec<Listener>,
+}
+
+/// Splits a kernel command line into words the way the kernel does: on whitespace, with double
+/// quotes grouping a value that holds spaces (`key="a b"`); the quotes are removed.
+fn words(line: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut quoted = false;
+    let mut in_word = false;
+    for c in line.chars() {
+        match c {
+            '"' => {
+                quoted = !quoted;
+                in_word = true;
+            }
+            c if c.is_whitespace() && !quoted => {
+                if in_word {
+                    out.push(std::mem::take(&mut cur));
+                    in_word = false;
+                }
+            }
+            c => {
+                cur.push(c);
+                in_word = true;
+            }
+        }
+    }
+    if in_word {
+        out.push(cur);
+    }
+    out
+}
+
+/// Parses the `ward.*` keys of a kernel command line.
+///
+/// Returns the overrides and the unknown `ward.*` keys. Words after `--` belong to init's argv
+/// and are ignored, as are keys of other subsystems.
+pub fn parse_cmdline(line: &str) -> Result<(Overrides, Vec<String>), ConfigError> {
+    let mut o = Overrides::default();
+    let mut unknown = Vec::new();
+    for word in words(line) {
+        if word == "--" {
+            break;
+        }
+        let Some(rest) = word.strip_prefix("ward.") else {
+            continue;
+        };
+        let (key, value) = rest.split_once('=').unwrap_or((rest, ""));
+        let full = format!("ward.{key}");
+        if !KEYS.contains(&key) {
+            unknown.push(full);
+            continue;
+        }
+        let bad = |problem: String| ConfigError::invalid(full.clone(), problem);
+        if value.is_empty() && key != "audit_log" {
+            return Err(bad("needs a value (ward.KEY=VALUE)".to_string()));
+        }
+        match key {
+            "log_level" => {
+                super::validate_filter(&full, value)?;
+                o.log_filter = Some(value.to_string());
+            }
+            "log_format" => {
+                o.log_format = Some(match value {
+                    "human" => LogFormat::Human,
+                    "json" => LogFormat::Json,
+                    v => return Err(bad(format!("`{v}` is not a log format (human or json)"))),
+                });
+            }
+            "audit_log" => {
+                o.audit_log = Some(match value {
+                    "" | "off" => None,
+                    v if v.starts_with('/') => Some(PathBuf::from(v)),
+                    v => return Err(bad(format!("`{v}` is not an absolute path or `off`"))),
+                });
+            }
+            "shutdown_timeout" => o.shutdown_timeout = Some(seconds(&full, number(&full, value)?)?),
+            "request_timeout" => o.request_timeout = Some(seconds(&full, number(&full, value)?)?),
+            "oom_score_adj" => {
+                let v = value
+                    .parse::<i32>()
+                    .map_err(|_| bad(format!("`{value}` is not an integer")))?;
+                o.oom_score_adj = Some(oom_score_adj(&full, v)?);
+            }
+            "listen" => o.listeners.push(listener(value).map_err(bad)?),
+            _ => unknown.push(full.clone()),
+        }
+    }
+    Ok((o, unknown))
+}
+
+fn number(key: &str, value: &str) -> Result<u64, ConfigError> {
+    value
+        .parse::<u64>()
+        .map_err(|_| ConfigError::invalid(key, format!("`{value}` is not a whole number")))
+}
+
+/// Parses `ADDRESS#SERVICE[,SERVICE...]`.
+fn listener(value: &str) -> Result<Listener, String> {
+    let (addr, services) = value
+        .split_once('#')
+        .ok_or_else(|| format!("`{value}` lacks `#services` (ADDRESS#SERVICE[,SERVICE...])"))?;
+    let addr: ListenAddr = addr
+        .parse()
+        .map_err(|e: crate::listen::AddressError| e.to_string())?;
+    let names: Vec<String> = services
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect();
+    Ok(Listener {
+        addr,
+        services: expand_services(&names)?,
+        mode: 0o600,
+        origin: Origin::Cmdline,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_words_like_the_kernel() {
+        assert_eq!(
+            words(r#"console=ttyS0  ward.log_level="ward_agent=debug,info" quiet"#),
+            vec![
+                "console=ttyS0",
+                "ward.log_level=ward_agent=debug,info",
+                "quiet"
+            ]
+        );
+        assert_eq!(words("a=\"x y\"\n"), vec!["a=x y"]);
+        assert!(words("   ").is_empty());
+    }
+
+    #[test]
+    fn ignores_other_keys_and_init_args() {
+        let (o, unknown) =
+            parse_cmdline("root=/dev/vda ward quiet -- ward.log_format=xml").unwrap();
+        assert_eq!(o, Overrides::default());
+        assert!(unknown.is_empty());
+    }
+}

@@ -1,0 +1,150 @@
+//! The TOML file as written by operators, before validation, and its built-in defaults.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::{ConfigError, LogFormat};
+use crate::services::ServiceKind;
+
+/// The vsock port of the default health listener. Kata's agent uses 1024 and its log port 1025;
+/// wardd keeps clear of both so the two can run side by side.
+pub const DEFAULT_VSOCK_PORT: u32 = 1030;
+
+/// The config file as parsed, before cross-field validation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawConfig {
+    pub log: RawLog,
+    pub audit: RawAudit,
+    pub daemon: RawDaemon,
+    /// `[[listener]]` tables; when the file has none, the defaults apply.
+    pub listener: Vec<RawListener>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLog {
+    /// A `tracing` env-filter directive.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAudit {
+    /// The audit log file; an empty string disables it.
+    pub path: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawDaemon {
+    pub shutdown_timeout_secs: u64,
+    pub request_timeout_secs: u64,
+    pub oom_score_adj: i32,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListener {
+    /// `unix:///path` or `vsock://CID:PORT`.
+    pub address: String,
+    /// Service names (see `ServiceKind`) or the groups `cdh` and `all`.
+    pub services: Vec<String>,
+    /// Permission bits of a unix socket file.
+    #[serde(default = "default_mode")]
+    pub mode: u32,
+}
+
+fn default_mode() -> u32 {
+    0o600
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        RawLog {
+            level: "info".to_string(),
+            format: LogFormat::Human,
+        }
+    }
+}
+
+impl Default for RawAudit {
+    fn default() -> Self {
+        RawAudit {
+            path: Some(PathBuf::from("/run/ward/audit.jsonl")),
+        }
+    }
+}
+
+impl Default for RawDaemon {
+    fn default() -> Self {
+        RawDaemon {
+            shutdown_timeout_secs: 10,
+            request_timeout_secs: 120,
+            oom_score_adj: -997,
+        }
+    }
+}
+
+impl Default for RawConfig {
+    /// CoCo's sockets with CoCo's services, ward's own socket with everything, and only health
+    /// on vsock, where the caller may be the untrusted host.
+    fn default() -> Self {
+        let listener = |address: String, services: &[ServiceKind]| RawListener {
+            address,
+            services: services
+                .iter()
+                .map(|s| s.config_name().to_string())
+                .collect(),
+            mode: default_mode(),
+        };
+        let mut data_hub = ServiceKind::DATA_HUB.to_vec();
+        data_hub.extend([ServiceKind::KeyProvider, ServiceKind::Health]);
+        RawConfig {
+            log: RawLog::default(),
+            audit: RawAudit::default(),
+            daemon: RawDaemon::default(),
+            listener: vec![
+                listener(
+                    "unix:///run/confidential-containers/attestation-agent/attestation-agent.sock"
+                        .to_string(),
+                    &[ServiceKind::AttestationAgent, ServiceKind::Health],
+                ),
+                listener(
+                    "unix:///run/confidential-containers/cdh.sock".to_string(),
+                    &data_hub,
+                ),
+                listener("unix:///run/ward/ward.sock".to_string(), &ServiceKind::ALL),
+                listener(
+                    format!("vsock://-1:{DEFAULT_VSOCK_PORT}"),
+                    &[ServiceKind::Health],
+                ),
+            ],
+        }
+    }
+}
+
+impl RawConfig {
+    /// Parses a config file's text; errors carry the file and line.
+    pub fn from_toml(path: &Path, text: &str) -> Result<RawConfig, ConfigError> {
+        toml::from_str(text).map_err(|e| {
+            let line = e
+                .span()
+                .and_then(|s| text.as_bytes().get(..s.start))
+                .map(|before| before.iter().filter(|&&b| b == b'\n').count() + 1)
+                .unwrap_or(0);
+            ConfigError::Parse {
+                path: path.to_path_buf(),
+                line,
+                message: e.message().trim().replace('\n', " "),
+            }
+        })
+    }
+
+    /// The config as TOML, for `wardd --print-default-config`.
+    pub fn to_toml(&self) -> Result<String, toml::ser::Error> {
+        toml::to_string_pretty(self)
+    }
+}

@@ -1,0 +1,292 @@
+//! wardd's configuration: a TOML file, then `ward.*` kernel command-line overrides, validated
+//! into a [`Config`] whose values are all known to be usable.
+//!
+//! Precedence: built-in defaults < the file < the kernel command line. A missing file at the
+//! default path means "defaults"; a missing file that was named explicitly is an error. Every
+//! error is one line that names the key and the problem.
+
+mod cmdline;
+mod file;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use cmdline::{Overrides, parse_cmdline};
+pub use file::{DEFAULT_VSOCK_PORT, RawConfig, RawListener};
+
+use crate::listen::ListenAddr;
+use crate::services::ServiceKind;
+
+/// Where wardd looks for its config when `--config` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/ward/ward.toml";
+
+/// Why a configuration was refused. Each variant prints as one line naming the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file exists (or was named explicitly) but could not be read.
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML, has an unknown key, or a value of the wrong type.
+    #[error("{path}:{line}: {message}")]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
+    /// A value parsed but is not acceptable.
+    #[error("{key}: {problem}")]
+    Invalid { key: String, problem: String },
+}
+
+impl ConfigError {
+    fn invalid(key: impl Into<String>, problem: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            key: key.into(),
+            problem: problem.into(),
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One readable line per event.
+    Human,
+    /// One JSON object per line, for collectors.
+    Json,
+}
+
+/// Where a listener's settings came from, so errors can point at the right place.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// `[[listener]]` number N (from 0) of the file, or of the defaults.
+    File(usize),
+    /// A `ward.listen=` entry on the kernel command line.
+    Cmdline,
+}
+
+impl Origin {
+    fn key(&self, field: &str) -> String {
+        match self {
+            Origin::File(i) => format!("listener[{i}].{field}"),
+            Origin::Cmdline => "ward.listen".to_string(),
+        }
+    }
+}
+
+/// One validated listener.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listener {
+    pub addr: ListenAddr,
+    /// The allow-list: every other service is refused on this listener.
+    pub services: BTreeSet<ServiceKind>,
+    /// Permission bits for a unix socket file.
+    pub mode: u32,
+    pub origin: Origin,
+}
+
+/// A validated configuration.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    /// A `tracing` env-filter directive, such as `info` or `ward_agent=debug`.
+    pub log_filter: String,
+    pub log_format: LogFormat,
+    /// The audit log file; `None` disables the audit log.
+    pub audit_log: Option<PathBuf>,
+    pub listeners: Vec<Listener>,
+    /// How long in-flight requests get to finish after a stop signal.
+    pub shutdown_timeout: Duration,
+    /// The longest any single request may run.
+    pub request_timeout: Duration,
+    /// `oom_score_adj` applied to wardd in PID-1 mode (systemd sets it from the unit otherwise).
+    pub oom_score_adj: i32,
+}
+
+impl Config {
+    /// Reads the config file (or the defaults), applies the kernel command line, and validates.
+    ///
+    /// `explicit` says whether `path` was named by the operator, in which case it must exist.
+    /// Returns the config and the `ward.*` keys of the command line that wardd does not know.
+    pub fn load(
+        path: &Path,
+        explicit: bool,
+        cmdline: Option<&str>,
+    ) -> Result<(Config, Vec<String>), ConfigError> {
+        let raw = match std::fs::read_to_string(path) {
+            Ok(text) => RawConfig::from_toml(path, &text)?,
+            Err(e) if !explicit && e.kind() == std::io::ErrorKind::NotFound => RawConfig::default(),
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                });
+            }
+        };
+        let mut config = Config::from_raw(raw)?;
+        let mut unknown = Vec::new();
+        if let Some(line) = cmdline {
+            let (overrides, u) = parse_cmdline(line)?;
+            unknown = u;
+            config.apply(overrides);
+        }
+        config.check()?;
+        Ok((config, unknown))
+    }
+
+    /// Validates a parsed file.
+    pub fn from_raw(raw: RawConfig) -> Result<Config, ConfigError> {
+        validate_filter("log.level", &raw.log.level)?;
+        let mut listeners = Vec::with_capacity(raw.listener.len());
+        for (i, l) in raw.listener.into_iter().enumerate() {
+            let origin = Origin::File(i);
+            let addr: ListenAddr =
+                l.address
+                    .parse()
+                    .map_err(|e: crate::listen::AddressError| {
+                        ConfigError::invalid(origin.key("address"), e.to_string())
+                    })?;
+            let services = expand_services(&l.services)
+                .map_err(|p| ConfigError::invalid(origin.key("services"), p))?;
+            if l.mode & !0o777 != 0 {
+                return Err(ConfigError::invalid(
+                    origin.key("mode"),
+                    format!("{:#o} is not a permission mode (at most 0o777)", l.mode),
+                ));
+            }
+            listeners.push(Listener {
+                addr,
+                services,
+                mode: l.mode,
+                origin,
+            });
+        }
+        Ok(Config {
+            log_filter: raw.log.level,
+            log_format: raw.log.format,
+            audit_log: raw.audit.path.filter(|p| !p.as_os_str().is_empty()),
+            listeners,
+            shutdown_timeout: seconds(
+                "daemon.shutdown_timeout_secs",
+                raw.daemon.shutdown_timeout_secs,
+            )?,
+            request_timeout: seconds(
+                "daemon.request_timeout_secs",
+                raw.daemon.request_timeout_secs,
+            )?,
+            oom_score_adj: oom_score_adj("daemon.oom_score_adj", raw.daemon.oom_score_adj)?,
+        })
+    }
+
+    /// Applies kernel command-line overrides (already validated one by one).
+    pub fn apply(&mut self, o: Overrides) {
+        if let Some(v) = o.log_filter {
+            self.log_filter = v;
+        }
+        if let Some(v) = o.log_format {
+            self.log_format = v;
+        }
+        if let Some(v) = o.audit_log {
+            self.audit_log = v;
+        }
+        if let Some(v) = o.shutdown_timeout {
+            self.shutdown_timeout = v;
+        }
+        if let Some(v) = o.request_timeout {
+            self.request_timeout = v;
+        }
+        if let Some(v) = o.oom_score_adj {
+            self.oom_score_adj = v;
+        }
+        if !o.listeners.is_empty() {
+            self.listeners = o.listeners;
+        }
+    }
+
+    /// Checks that hold across keys: at least one listener, no address twice, and nothing
+    /// secret-bearing served where the caller may be the host.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        if self.listeners.is_empty() {
+            return Err(ConfigError::invalid(
+                "listener",
+                "no listener is configured: wardd would serve nothing",
+            ));
+        }
+        let mut seen = BTreeSet::new();
+        for l in &self.listeners {
+            if !seen.insert(l.addr.to_string()) {
+                return Err(ConfigError::invalid(
+                    l.origin.key("address"),
+                    format!("{} is configured twice", l.addr),
+                ));
+            }
+            if !l.addr.is_in_guest()
+                && let Some(s) = l.services.iter().find(|s| !s.safe_for_untrusted_callers())
+            {
+                return Err(ConfigError::invalid(
+                    l.origin.key("services"),
+                    format!(
+                        "`{s}` may not be served on {}: vsock callers include the untrusted host; \
+                         serve it on an in-guest unix socket",
+                        l.addr
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Expands service names and groups (`cdh`, `all`) into a set; an empty list is refused.
+fn expand_services(names: &[String]) -> Result<BTreeSet<ServiceKind>, String> {
+    if names.is_empty() {
+        return Err("the list is empty: name the services this listener serves".to_string());
+    }
+    let mut set = BTreeSet::new();
+    for name in names {
+        let kinds = ServiceKind::parse_group(name).ok_or_else(|| {
+            let known: Vec<_> = ServiceKind::ALL.iter().map(|k| k.config_name()).collect();
+            format!(
+                "unknown service `{name}` (known: {}, or the groups cdh, all)",
+                known.join(", ")
+            )
+        })?;
+        set.extend(kinds);
+    }
+    Ok(set)
+}
+
+fn validate_filter(key: &str, value: &str) -> Result<(), ConfigError> {
+    tracing_subscriber::EnvFilter::builder()
+        .parse(value)
+        .map(|_| ())
+        .map_err(|e| ConfigError::invalid(key, format!("`{value}` is not a log filter: {e}")))
+}
+
+fn seconds(key: &str, secs: u64) -> Result<Duration, ConfigError> {
+    if secs == 0 || secs > 3600 {
+        return Err(ConfigError::invalid(
+            key,
+            format!("{secs} is out of range (1 to 3600 seconds)"),
+        ));
+    }
+    Ok(Duration::from_secs(secs))
+}
+
+fn oom_score_adj(key: &str, v: i32) -> Result<i32, ConfigError> {
+    if !(-1000..=1000).contains(&v) {
+        return Err(ConfigError::invalid(
+            key,
+            format!("{v} is out of range (-1000 to 1000)"),
+        ));
+    }
+    Ok(v)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,282 @@
+//! Table tests for config files and kernel command-line overrides.
+
+use std::path::Path;
+
+use super::*;
+
+fn from_text(text: &str, cmdline: Option<&str>) -> Result<Config, ConfigError> {
+    let raw = RawConfig::from_toml(Path::new("ward.toml"), text)?;
+    let mut config = Config::from_raw(raw)?;
+    if let Some(line) = cmdline {
+        config.apply(parse_cmdline(line)?.0);
+    }
+    config.check()?;
+    Ok(config)
+}
+
+#[test]
+fn defaults_serve_coco_sockets_and_only_health_on_vsock() {
+    let c = from_text("", None).unwrap();
+    assert_eq!(c.listeners.len(), 4);
+    let vsock: Vec<_> = c
+        .listeners
+        .iter()
+        .filter(|l| !l.addr.is_in_guest())
+        .collect();
+    assert_eq!(vsock.len(), 1);
+    assert_eq!(
+        vsock[0].services.iter().copied().collect::<Vec<_>>(),
+        vec![ServiceKind::Health]
+    );
+    let aa = &c.listeners[0];
+    assert_eq!(
+        aa.addr.to_string(),
+        "unix:///run/confidential-containers/attestation-agent/attestation-agent.sock"
+    );
+    assert!(aa.services.contains(&ServiceKind::AttestationAgent));
+    assert!(c.listeners[1].services.contains(&ServiceKind::GetResource));
+    assert_eq!(c.log_format, LogFormat::Human);
+    assert_eq!(c.oom_score_adj, -997);
+}
+
+#[test]
+fn printed_defaults_parse_back_to_the_same_config() {
+    let text = RawConfig::default().to_toml().unwrap();
+    assert_eq!(
+        from_text(&text, None).unwrap(),
+        from_text("", None).unwrap()
+    );
+}
+
+#[test]
+fn valid_files() {
+    let cases: &[(&str, &str)] = &[
+        ("log level", "[log]\nlevel = \"debug\"\nformat = \"json\"\n"),
+        (
+            "filter directive",
+            "[log]\nlevel = \"ward_agent=trace,warn\"\n",
+        ),
+        ("audit off", "[audit]\npath = \"\"\n"),
+        (
+            "one listener",
+            "[[listener]]\naddress = \"unix:///tmp/w.sock\"\nservices = [\"all\"]\nmode = 0o660\n",
+        ),
+        (
+            "vsock health",
+            "[[listener]]\naddress = \"vsock://-1:2000\"\nservices = [\"health\"]\n",
+        ),
+        (
+            "daemon",
+            "[daemon]\nshutdown_timeout_secs = 3\noom_score_adj = 0\n",
+        ),
+    ];
+    for (name, text) in cases {
+        if let Err(e) = from_text(text, None) {
+            panic!("{name}: refused: {e}");
+        }
+    }
+    let c = from_text(cases[2].1, None).unwrap();
+    assert_eq!(c.audit_log, None);
+    let c = from_text(cases[3].1, None).unwrap();
+    assert_eq!(c.listeners.len(), 1);
+    assert_eq!(c.listeners[0].mode, 0o660);
+    assert_eq!(c.listeners[0].services.len(), ServiceKind::ALL.len());
+}
+
+#[test]
+fn invalid_files_name_the_key() {
+    // (name, file, a fragment the one-line error must contain)
+    let cases: &[(&str, &str, &str)] = &[
+        ("syntax", "[log\n", "ward.toml:1:"),
+        ("unknown top key", "colour = 1\n", "unknown field `colour`"),
+        (
+            "unknown nested key",
+            "[log]\nlevl = \"x\"\n",
+            "unknown field `levl`",
+        ),
+        (
+            "wrong type",
+            "[daemon]\nshutdown_timeout_secs = \"ten\"\n",
+            "ward.toml:2:",
+        ),
+        (
+            "bad format",
+            "[log]\nformat = \"xml\"\n",
+            "unknown variant `xml`",
+        ),
+        ("bad filter", "[log]\nlevel = \"a=b=c\"\n", "log.level"),
+        (
+            "bad address",
+            "[[listener]]\naddress = \"tcp://1.2.3.4:5\"\nservices = [\"health\"]\n",
+            "listener[0].address",
+        ),
+        (
+            "unknown service",
+            "[[listener]]\naddress = \"unix:///a\"\nservices = [\"helth\"]\n",
+            "listener[0].services: unknown service `helth`",
+        ),
+        (
+            "empty services",
+            "[[listener]]\naddress = \"unix:///a\"\nservices = []\n",
+            "listener[0].services: the list is empty",
+        ),
+        (
+            "missing services",
+            "[[listener]]\naddress = \"unix:///a\"\n",
+            "missing field `services`",
+        ),
+        (
+            "secrets on vsock",
+            "[[listener]]\naddress = \"vsock://-1:1\"\nservices = [\"cdh\"]\n",
+            "listener[0].services: `get-resource` may not be served on vsock://-1:1",
+        ),
+        (
+            "duplicate address",
+            "[[listener]]\naddress = \"unix:///a\"\nservices = [\"health\"]\n\
+             [[listener]]\naddress = \"unix:///a\"\nservices = [\"all\"]\n",
+            "listener[1].address: unix:///a is configured twice",
+        ),
+        (
+            "bad mode",
+            "[[listener]]\naddress = \"unix:///a\"\nservices = [\"health\"]\nmode = 0o4755\n",
+            "listener[0].mode",
+        ),
+        (
+            "zero timeout",
+            "[daemon]\nrequest_timeout_secs = 0\n",
+            "daemon.request_timeout_secs",
+        ),
+        (
+            "oom range",
+            "[daemon]\noom_score_adj = -1001\n",
+            "daemon.oom_score_adj",
+        ),
+    ];
+    for (name, text, want) in cases {
+        match from_text(text, None) {
+            Ok(_) => panic!("{name}: accepted"),
+            Err(e) => {
+                let msg = e.to_string();
+                assert!(msg.contains(want), "{name}: `{msg}` lacks `{want}`");
+                assert!(!msg.contains('\n'), "{name}: error is not one line: {msg}");
+            }
+        }
+    }
+}
+
+#[test]
+fn cmdline_overrides_file_values() {
+    let file = "[log]\nlevel = \"info\"\n";
+    let c = from_text(
+        file,
+        Some(
+            "console=hvc0 ward.log_level=debug ward.log_format=json ward.audit_log=off \
+             ward.shutdown_timeout=5 ward.request_timeout=30 ward.oom_score_adj=-500 \
+             ward.listen=vsock://-1:4000#health ward.listen=unix:///run/w.sock#cdh,health",
+        ),
+    )
+    .unwrap();
+    assert_eq!(c.log_filter, "debug");
+    assert_eq!(c.log_format, LogFormat::Json);
+    assert_eq!(c.audit_log, None);
+    assert_eq!(c.shutdown_timeout, Duration::from_secs(5));
+    assert_eq!(c.request_timeout, Duration::from_secs(30));
+    assert_eq!(c.oom_score_adj, -500);
+    assert_eq!(
+        c.listeners.len(),
+        2,
+        "ward.listen replaces the listener list"
+    );
+    assert_eq!(c.listeners[0].origin, Origin::Cmdline);
+    assert!(c.listeners[1].services.contains(&ServiceKind::ImagePull));
+}
+
+#[test]
+fn cmdline_audit_path() {
+    let c = from_text("", Some("ward.audit_log=/run/a.jsonl")).unwrap();
+    assert_eq!(c.audit_log, Some(PathBuf::from("/run/a.jsonl")));
+}
+
+#[test]
+fn invalid_cmdline_values_name_the_key() {
+    let cases: &[(&str, &str)] = &[
+        (
+            "ward.log_format=xml",
+            "ward.log_format: `xml` is not a log format",
+        ),
+        ("ward.log_level=a=b=c", "ward.log_level"),
+        ("ward.log_level", "ward.log_level: needs a value"),
+        (
+            "ward.audit_log=relative",
+            "ward.audit_log: `relative` is not an absolute path",
+        ),
+        (
+            "ward.shutdown_timeout=ten",
+            "ward.shutdown_timeout: `ten` is not a whole number",
+        ),
+        (
+            "ward.request_timeout=0",
+            "ward.request_timeout: 0 is out of range",
+        ),
+        (
+            "ward.oom_score_adj=2000",
+            "ward.oom_score_adj: 2000 is out of range",
+        ),
+        (
+            "ward.listen=unix:///a",
+            "ward.listen: `unix:///a` lacks `#services`",
+        ),
+        (
+            "ward.listen=vsock://x:1#health",
+            "ward.listen: `vsock://x:1` is not a valid vsock",
+        ),
+        (
+            "ward.listen=unix:///a#nope",
+            "ward.listen: unknown service `nope`",
+        ),
+        ("ward.listen=unix:///a#", "ward.listen: the list is empty"),
+    ];
+    for (line, want) in cases {
+        match parse_cmdline(line) {
+            Ok(_) => panic!("`{line}` accepted"),
+            Err(e) => assert!(
+                e.to_string().contains(want),
+                "`{line}`: `{e}` lacks `{want}`"
+            ),
+        }
+    }
+}
+
+#[test]
+fn cmdline_cannot_put_secrets_on_vsock() {
+    let err = from_text("", Some("ward.listen=vsock://-1:1#attestation-agent")).unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("ward.listen: `attestation-agent` may not be served on vsock"),
+        "{err}"
+    );
+}
+
+#[test]
+fn unknown_cmdline_keys_are_reported_not_fatal() {
+    let (o, unknown) = parse_cmdline("ward.colour=red ward.log_format=json ward.x").unwrap();
+    assert_eq!(o.log_format, Some(LogFormat::Json));
+    assert_eq!(unknown, vec!["ward.colour", "ward.x"]);
+}
+
+#[test]
+fn load_uses_defaults_only_when_the_default_file_is_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("absent.toml");
+    let (c, _) = Config::load(&missing, false, None).unwrap();
+    assert_eq!(c.listeners.len(), 4);
+    let err = Config::load(&missing, true, None).unwrap_err();
+    assert!(matches!(err, ConfigError::Read { .. }), "{err}");
+
+    let file = dir.path().join("ward.toml");
+    std::fs::write(&file, "[log]\nformat = \"json\"\n").unwrap();
+    let (c, unknown) = Config::load(&file, true, Some("ward.typo=1 ward.log_level=warn")).unwrap();
+    assert_eq!(c.log_format, LogFormat::Json);
+    assert_eq!(c.log_filter, "warn");
+    assert_eq!(unknown, vec!["ward.typo"]);
+}

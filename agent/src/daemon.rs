@@ -1,0 +1,160 @@
+//! The daemon's life: bind every listener, serve, report readiness, wait for a stop signal,
+//! drain, and record it all in the audit log.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ttrpc::asynchronous::Server;
+
+use crate::audit::{AuditError, AuditLog};
+use crate::config::Config;
+use crate::listen::{self, ListenAddr, ListenError};
+use crate::services::{self, DaemonState, Mode, RequestPolicy};
+use crate::systemd::Notifier;
+
+/// Why the daemon stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// A listener could not be bound.
+    #[error(transparent)]
+    Listen(#[from] ListenError),
+    /// The audit log could not be opened or written.
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+    /// A ttrpc server would not start.
+    #[error("{addr}: cannot start serving: {source}")]
+    Serve {
+        addr: ListenAddr,
+        #[source]
+        source: ttrpc::Error,
+    },
+    /// Signal handlers could not be installed.
+    #[error("cannot install signal handlers: {0}")]
+    Signals(#[source] std::io::Error),
+}
+
+struct Running {
+    addr: ListenAddr,
+    server: Server,
+}
+
+/// Serves `config` until SIGTERM or SIGINT, then drains in-flight requests for at most
+/// `config.shutdown_timeout`. Must run inside a tokio runtime.
+pub async fn run(config: &Config, mode: Mode) -> Result<(), DaemonError> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(DaemonError::Signals)?;
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .map_err(DaemonError::Signals)?;
+
+    let audit = match &config.audit_log {
+        Some(path) => Some(Arc::new(AuditLog::open(path)?)),
+        None => None,
+    };
+    let state = Arc::new(DaemonState::new(mode));
+    let policy = RequestPolicy {
+        max_duration: config.request_timeout,
+    };
+
+    let mut running = Vec::with_capacity(config.listeners.len());
+    for l in &config.listeners {
+        let bound = match listen::bind(&l.addr, l.mode) {
+            Ok(b) => b,
+            Err(e) => {
+                stop_all(&mut running, config.shutdown_timeout).await;
+                return Err(e.into());
+            }
+        };
+        let name = l.addr.to_string();
+        let mut server = Server::new()
+            .add_listener(bound.listener)
+            .register_service(services::services_for(&name, &l.services, &state, policy));
+        if let Err(source) = server.start().await {
+            stop_all(&mut running, config.shutdown_timeout).await;
+            return Err(DaemonError::Serve {
+                addr: l.addr.clone(),
+                source,
+            });
+        }
+        let served: Vec<_> = l.services.iter().map(|s| s.config_name()).collect();
+        tracing::info!(addr = %l.addr, services = ?served, "listening");
+        running.push(Running {
+            addr: l.addr.clone(),
+            server,
+        });
+    }
+
+    state.set_serving(true);
+    if let Some(audit) = &audit {
+        let listeners: Vec<_> = running.iter().map(|r| r.addr.to_string()).collect();
+        audit.record(
+            "agent.start",
+            "wardd",
+            Some(serde_json::json!({
+                "version": crate::VERSION,
+                "mode": mode.as_str(),
+                "listeners": listeners,
+            })),
+        )?;
+    }
+    let notifier = Notifier::from_env();
+    if let Err(e) = notifier.notify("READY=1\nSTATUS=serving") {
+        tracing::warn!(error = %e, "could not tell systemd we are ready");
+    }
+    let watchdog = notifier.watchdog_interval().map(|every| {
+        tokio::spawn(async move {
+            let n = Notifier::from_env();
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                if let Err(e) = n.notify("WATCHDOG=1") {
+                    tracing::warn!(error = %e, "watchdog ping failed");
+                }
+            }
+        })
+    });
+    tracing::info!(
+        version = crate::VERSION,
+        mode = mode.as_str(),
+        "wardd ready"
+    );
+
+    let signal = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    tracing::info!(signal, "stopping");
+    let _ = notifier.notify("STOPPING=1\nSTATUS=stopping");
+    if let Some(w) = watchdog {
+        w.abort();
+    }
+    state.set_serving(false);
+    stop_all(&mut running, config.shutdown_timeout).await;
+    if let Some(audit) = &audit {
+        audit.record(
+            "agent.stop",
+            "wardd",
+            Some(serde_json::json!({ "signal": signal })),
+        )?;
+        let (head, entries) = audit.head();
+        tracing::info!(path = %audit.path().display(), entries, head, "audit log closed");
+    }
+    tracing::info!("wardd stopped");
+    Ok(())
+}
+
+/// Stops accepting, lets in-flight requests finish within `deadline`, and removes socket files.
+async fn stop_all(running: &mut Vec<Running>, deadline: Duration) {
+    let drain = async {
+        for r in running.iter_mut() {
+            if let Err(e) = r.server.shutdown().await {
+                tracing::warn!(addr = %r.addr, error = %e, "unclean listener shutdown");
+            }
+        }
+    };
+    if tokio::time::timeout(deadline, drain).await.is_err() {
+        tracing::warn!(?deadline, "in-flight requests did not finish in time");
+    }
+    for r in running.drain(..) {
+        listen::cleanup(&r.addr);
+    }
+}

@@ -1,0 +1,25 @@
+//! wardd, the agent inside a confidential VM, and the library behind the `ward` CLI.
+//!
+//! Layout, by concept:
+//! - [`config`]: the TOML file, `ward.*` kernel command-line overrides, validation;
+//! - [`listen`]: listener addresses (`unix://`, `vsock://`) and binding them;
+//! - [`services`]: the ttrpc services, per-listener allow-lists, request spans and deadlines;
+//! - [`init`]: PID-1 duties (mounts, reaping, power-off on fatal error);
+//! - [`systemd`]: `sd_notify` readiness, stopping and watchdog;
+//! - [`audit`]: the append-only, hash-chained audit log;
+//! - [`daemon`]: the wiring that runs all of the above until a stop signal;
+//! - [`client`]: small clients for wardd's own services (the CLI and tests use them);
+//! - [`logging`]: `tracing` output, human or JSON.
+
+pub mod audit;
+pub mod client;
+pub mod config;
+pub mod daemon;
+pub mod init;
+pub mod listen;
+pub mod logging;
+pub mod services;
+pub mod systemd;
+
+/// wardd's version, as reported by the health service.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,171 @@
+//! Listeners: parsing addresses and binding them as ttrpc listeners.
+//!
+//! Unix sockets get their parent directory created, a stale socket file from an earlier run
+//! removed (only when nothing answers on it), and the configured permission bits. vsock listeners
+//! bind on the given CID and port; there is no vsock loopback on a development machine, so a
+//! bound vsock listener can only be reached from the host or, in a guest, through
+//! `vsock_loopback`.
+
+mod address;
+
+use std::io::ErrorKind;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+pub use address::{AddressError, ListenAddr, VSOCK_CID_ANY};
+
+/// Why a listener could not be bound.
+#[derive(Debug, thiserror::Error)]
+pub enum ListenError {
+    /// The socket's directory could not be created.
+    #[error("{addr}: cannot create the socket directory {dir}: {source}")]
+    Directory {
+        addr: ListenAddr,
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Something other than a socket is at the path; wardd will not remove it.
+    #[error("{addr}: {path} exists and is not a socket")]
+    NotASocket { addr: ListenAddr, path: PathBuf },
+    /// Another process is serving on the socket.
+    #[error("{addr}: another process is already serving on it")]
+    InUse { addr: ListenAddr },
+    /// bind(2), listen(2) or chmod(2) failed.
+    #[error("{addr}: cannot bind: {source}")]
+    Bind {
+        addr: ListenAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A bound listener, ready to hand to a ttrpc server.
+pub struct Bound {
+    pub addr: ListenAddr,
+    pub listener: ttrpc::asynchronous::transport::Listener,
+}
+
+/// Binds `addr`; `mode` applies to unix sockets. Must run inside a tokio runtime.
+pub fn bind(addr: &ListenAddr, mode: u32) -> Result<Bound, ListenError> {
+    let bind_err = |source| ListenError::Bind {
+        addr: addr.clone(),
+        source,
+    };
+    let listener = match addr {
+        ListenAddr::Unix(path) => {
+            prepare_unix_path(addr, path)?;
+            let l = tokio::net::UnixListener::bind(path).map_err(bind_err)?;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+                .map_err(bind_err)?;
+            ttrpc::asynchronous::transport::Listener::from(l)
+        }
+        ListenAddr::Vsock { cid, port } => {
+            let l = tokio_vsock::VsockListener::bind(tokio_vsock::VsockAddr::new(*cid, *port))
+                .map_err(bind_err)?;
+            ttrpc::asynchronous::transport::Listener::from(l)
+        }
+    };
+    Ok(Bound {
+        addr: addr.clone(),
+        listener,
+    })
+}
+
+/// Creates the socket's directory and clears a stale socket file left by an earlier run.
+fn prepare_unix_path(addr: &ListenAddr, path: &Path) -> Result<(), ListenError> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|source| ListenError::Directory {
+            addr: addr.clone(),
+            dir: dir.to_path_buf(),
+            source,
+        })?;
+    }
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(ListenError::Bind {
+            addr: addr.clone(),
+            source,
+        }),
+        Ok(meta) if !meta.file_type().is_socket() => Err(ListenError::NotASocket {
+            addr: addr.clone(),
+            path: path.to_path_buf(),
+        }),
+        Ok(_) => match std::os::unix::net::UnixStream::connect(path) {
+            Ok(_) => Err(ListenError::InUse { addr: addr.clone() }),
+            Err(_) => std::fs::remove_file(path).map_err(|source| ListenError::Bind {
+                addr: addr.clone(),
+                source,
+            }),
+        },
+    }
+}
+
+/// Removes a unix socket file on shutdown; vsock needs nothing.
+pub fn cleanup(addr: &ListenAddr) {
+    if let Some(path) = addr.unix_path()
+        && let Err(e) = std::fs::remove_file(path)
+        && e.kind() != ErrorKind::NotFound
+    {
+        tracing::warn!(%addr, error = %e, "could not remove the socket file");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn unix_socket_gets_its_directory_mode_and_replaces_a_stale_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nested/dir/w.sock");
+        let addr = ListenAddr::Unix(path.clone());
+        let bound = bind(&addr, 0o640).unwrap();
+        let meta = std::fs::metadata(&path).unwrap();
+        assert!(meta.file_type().is_socket());
+        assert_eq!(meta.permissions().mode() & 0o777, 0o640);
+
+        // While it is served, a second bind is refused and the file is left alone.
+        assert!(matches!(bind(&addr, 0o600), Err(ListenError::InUse { .. })));
+        drop(bound);
+        // Now stale: a new bind replaces it.
+        let _again = bind(&addr, 0o600).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_regular_file_is_never_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("precious");
+        std::fs::write(&path, "data").unwrap();
+        let err = bind(&ListenAddr::Unix(path.clone()), 0o600).err().unwrap();
+        assert!(matches!(err, ListenError::NotASocket { .. }), "{err}");
+        assert_eq!(std::fs::read(&path).unwrap(), b"data");
+    }
+
+    #[tokio::test]
+    async fn vsock_binds_where_the_kernel_has_vsock() {
+        if !Path::new("/dev/vsock").exists() {
+            eprintln!("skipped: /dev/vsock is absent, so this kernel cannot bind vsock listeners");
+            return;
+        }
+        let addr: ListenAddr = "vsock://-1:0".parse().unwrap();
+        // Port 0 is not special for vsock; use a high, likely free port instead.
+        let addr = match addr {
+            ListenAddr::Vsock { cid, .. } => ListenAddr::Vsock {
+                cid,
+                port: 40_000 + (std::process::id() % 20_000),
+            },
+            a => a,
+        };
+        match bind(&addr, 0o600) {
+            Ok(_) => {}
+            Err(ListenError::Bind { source, .. })
+                if source.raw_os_error() == Some(libc::EADDRNOTAVAIL)
+                    || source.raw_os_error() == Some(libc::EAFNOSUPPORT) =>
+            {
+                eprintln!("skipped: this kernel has /dev/vsock but no vsock transport: {source}");
+            }
+            Err(e) => panic!("vsock bind failed: {e}"),
+        }
+    }
+}

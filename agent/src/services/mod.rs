@@ -1,0 +1,125 @@
+//! The ttrpc services wardd serves and how each listener gets its own set.
+//!
+//! For every listener, each known service is registered in one of three forms: its real
+//! implementation when the listener allows it, an `UNIMPLEMENTED` answer when it is allowed but
+//! not built yet (never a fake success), or a `PERMISSION_DENIED` answer when the listener's
+//! allow-list excludes it. Every method handler is wrapped by [`guard`], which gives each request
+//! a tracing span and a deadline. Method names come from the generated code, never from a list
+//! kept by hand.
+
+mod catalog;
+mod guard;
+mod health;
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use ttrpc::asynchronous::Service;
+use ward_protos::{
+    attestation_agent_ttrpc, confidential_data_hub_ttrpc, keyprovider_ttrpc, ward_health_ttrpc,
+};
+
+pub use catalog::ServiceKind;
+pub use guard::RequestPolicy;
+pub use health::{DaemonState, Mode};
+
+/// Stands in for a service whose implementation has not landed: the generated trait's default
+/// methods are never reached, because [`services_for`] swaps every handler for a guard.
+struct Placeholder;
+
+impl attestation_agent_ttrpc::AttestationAgentService for Placeholder {}
+impl confidential_data_hub_ttrpc::GetResourceService for Placeholder {}
+impl confidential_data_hub_ttrpc::SealedSecretService for Placeholder {}
+impl confidential_data_hub_ttrpc::SecureMountService for Placeholder {}
+impl confidential_data_hub_ttrpc::ImagePullService for Placeholder {}
+impl keyprovider_ttrpc::KeyProviderService for Placeholder {}
+
+/// The generated service map for `kind`, with real implementations where they exist.
+fn generated(
+    kind: ServiceKind,
+    allowed: &BTreeSet<ServiceKind>,
+    state: &Arc<DaemonState>,
+) -> (HashMap<String, Service>, bool) {
+    let p = Arc::new(Placeholder);
+    match kind {
+        ServiceKind::Health => {
+            let served = allowed.iter().map(|k| k.ttrpc_name().to_string()).collect();
+            let health = health::Health::new(state.clone(), served);
+            (
+                ward_health_ttrpc::create_health_service(Arc::new(health)),
+                true,
+            )
+        }
+        ServiceKind::AttestationAgent => (
+            attestation_agent_ttrpc::create_attestation_agent_service(p),
+            false,
+        ),
+        ServiceKind::GetResource => (
+            confidential_data_hub_ttrpc::create_get_resource_service(p),
+            false,
+        ),
+        ServiceKind::SealedSecret => (
+            confidential_data_hub_ttrpc::create_sealed_secret_service(p),
+            false,
+        ),
+        ServiceKind::SecureMount => (
+            confidential_data_hub_ttrpc::create_secure_mount_service(p),
+            false,
+        ),
+        ServiceKind::ImagePull => (
+            confidential_data_hub_ttrpc::create_image_pull_service(p),
+            false,
+        ),
+        ServiceKind::KeyProvider => (keyprovider_ttrpc::create_key_provider_service(p), false),
+    }
+}
+
+/// Builds the service map for one listener.
+///
+/// `listener` names the listener in spans and errors; `allowed` is its allow-list.
+pub fn services_for(
+    listener: &str,
+    allowed: &BTreeSet<ServiceKind>,
+    state: &Arc<DaemonState>,
+    policy: RequestPolicy,
+) -> HashMap<String, Service> {
+    let listener: Arc<str> = Arc::from(listener);
+    let mut out = HashMap::new();
+    for kind in ServiceKind::ALL {
+        let (map, implemented) = generated(kind, allowed, state);
+        let verdict = if !allowed.contains(&kind) {
+            guard::Verdict::Denied
+        } else if implemented {
+            guard::Verdict::Serve
+        } else {
+            guard::Verdict::Unimplemented
+        };
+        for (name, service) in map {
+            let methods = service
+                .methods
+                .into_iter()
+                .map(|(method, inner)| {
+                    let path: Arc<str> = Arc::from(format!("/{name}/{method}"));
+                    let handler = guard::Guarded::new(
+                        inner,
+                        verdict,
+                        kind,
+                        path,
+                        listener.clone(),
+                        state.clone(),
+                        policy,
+                    );
+                    (method, Box::new(handler) as Box<_>)
+                })
+                .collect();
+            out.insert(
+                name,
+                Service {
+                    methods,
+                    streams: service.streams,
+                },
+            );
+        }
+    }
+    out
+}
