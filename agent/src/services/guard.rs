@@ -70,8 +70,12 @@ impl Guarded {
     }
 }
 
+/// A response carrying a non-OK status, as the generated handlers send them (an `Err` from a
+/// handler would reach the client as `UNKNOWN`).
 fn status(code: Code, message: String) -> ttrpc::Result<Response> {
-    Err(ttrpc::Error::RpcStatus(ttrpc::get_status(code, message)))
+    let mut response = Response::new();
+    response.set_status(ttrpc::get_status(code, message));
+    Ok(response)
 }
 
 #[async_trait]
@@ -119,12 +123,103 @@ impl MethodHandler for Guarded {
         let _enter = span.enter();
         let elapsed_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         match &result {
-            Ok(_) => tracing::info!(elapsed_us, "ok"),
-            Err(ttrpc::Error::RpcStatus(s)) => {
-                tracing::warn!(elapsed_us, code = ?s.code(), message = s.message(), "refused")
-            }
+            Ok(r) if r.status.code() == Code::OK => tracing::info!(elapsed_us, "ok"),
+            Ok(r) => tracing::warn!(
+                elapsed_us,
+                code = ?r.status.code(),
+                message = r.status.message(),
+                "refused"
+            ),
             Err(e) => tracing::warn!(elapsed_us, error = %e, "failed"),
         }
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::services::Mode;
+
+    /// A handler that answers OK after a delay.
+    struct Slow(Duration);
+
+    #[async_trait]
+    impl MethodHandler for Slow {
+        async fn handler(&self, _ctx: TtrpcContext, _req: Request) -> ttrpc::Result<Response> {
+            tokio::time::sleep(self.0).await;
+            Ok(Response::new())
+        }
+    }
+
+    fn ctx(timeout_nano: i64) -> TtrpcContext {
+        TtrpcContext {
+            mh: Default::default(),
+            metadata: HashMap::new(),
+            timeout_nano,
+            connection_data: Default::default(),
+        }
+    }
+
+    fn guarded(verdict: Verdict, delay: Duration, serving: bool) -> Guarded {
+        let state = Arc::new(DaemonState::new(Mode::Standalone));
+        state.set_serving(serving);
+        Guarded::new(
+            Box::new(Slow(delay)),
+            verdict,
+            ServiceKind::Health,
+            Arc::from("/ward.health.HealthService/Check"),
+            Arc::from("unix:///test.sock"),
+            state,
+            RequestPolicy {
+                max_duration: Duration::from_millis(200),
+            },
+        )
+    }
+
+    async fn code(g: &Guarded, timeout_nano: i64) -> Code {
+        g.handler(ctx(timeout_nano), Request::new())
+            .await
+            .unwrap()
+            .status
+            .code()
+    }
+
+    #[tokio::test]
+    async fn verdicts_map_to_statuses() {
+        let fast = Duration::ZERO;
+        assert_eq!(
+            code(&guarded(Verdict::Serve, fast, true), 0).await,
+            Code::OK
+        );
+        assert_eq!(
+            code(&guarded(Verdict::Denied, fast, true), 0).await,
+            Code::PERMISSION_DENIED
+        );
+        assert_eq!(
+            code(&guarded(Verdict::Unimplemented, fast, true), 0).await,
+            Code::UNIMPLEMENTED
+        );
+        assert_eq!(
+            code(&guarded(Verdict::Serve, fast, false), 0).await,
+            Code::UNAVAILABLE
+        );
+    }
+
+    #[tokio::test]
+    async fn the_shorter_of_client_and_server_deadlines_wins() {
+        let slow = guarded(Verdict::Serve, Duration::from_secs(5), true);
+        // No client deadline: the server's 200 ms applies.
+        assert_eq!(code(&slow, 0).await, Code::DEADLINE_EXCEEDED);
+        // A client deadline of 10 ms.
+        let started = std::time::Instant::now();
+        assert_eq!(code(&slow, 10_000_000).await, Code::DEADLINE_EXCEEDED);
+        assert!(started.elapsed() < Duration::from_millis(150));
+        // A client deadline longer than the server's is capped.
+        let started = std::time::Instant::now();
+        assert_eq!(code(&slow, 60_000_000_000).await, Code::DEADLINE_EXCEEDED);
+        assert!(started.elapsed() < Duration::from_secs(2));
     }
 }

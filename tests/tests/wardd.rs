@@ -1,0 +1,237 @@
+//! wardd end to end as an ordinary process: health over a unix socket through the generated
+//! ttrpc client and the `ward` CLI, allow-lists, UNIMPLEMENTED services, config errors, kernel
+//! command-line overrides, sd_notify, graceful SIGTERM, and the audit chain it leaves behind.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use ttrpc::Code;
+use ward_agent::client::HealthClient;
+use ward_protos::attestation_agent::GetEvidenceRequest;
+use ward_protos::attestation_agent_ttrpc::AttestationAgentServiceClient;
+use ward_protos::confidential_data_hub::GetResourceRequest;
+use ward_protos::confidential_data_hub_ttrpc::GetResourceServiceClient;
+use ward_protos::ward_health::ServingStatus;
+use ward_tests::{Wardd, config_text, rt, run_ward};
+
+fn status_code(err: ttrpc::Error) -> (Code, String) {
+    match err {
+        ttrpc::Error::RpcStatus(s) => (s.code(), s.message().to_string()),
+        other => panic!("expected an rpc status, got {other:?}"),
+    }
+}
+
+fn ctx() -> ttrpc::context::Context {
+    ttrpc::context::with_timeout(5_000_000_000)
+}
+
+#[test]
+fn health_over_unix_socket_with_the_generated_client_and_the_cli() {
+    let w = Wardd::start(&["health"]);
+    let check = rt().block_on(async {
+        let c = HealthClient::connect(&w.addr, Duration::from_secs(5))
+            .await
+            .unwrap();
+        let check = c.check().await.unwrap();
+        let version = c.version().await.unwrap();
+        assert_eq!(version.services, vec!["ward.health.HealthService"]);
+        check
+    });
+    assert_eq!(
+        check.status.enum_value(),
+        Ok(ServingStatus::SERVING_STATUS_SERVING)
+    );
+    assert_eq!(check.version, env!("CARGO_PKG_VERSION"));
+    assert_eq!(
+        check.mode, "systemd",
+        "NOTIFY_SOCKET was set, so wardd says systemd"
+    );
+
+    let (code, out, err) = run_ward("ward", &["health", "--addr", &w.addr]);
+    assert_eq!(code, 0, "stdout: {out}\nstderr: {err}");
+    assert!(out.starts_with("SERVING wardd "), "{out}");
+}
+
+#[test]
+fn ward_health_fails_when_nothing_listens() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = format!("unix://{}", dir.path().join("absent.sock").display());
+    let (code, out, err) = run_ward("ward", &["health", "--addr", &addr, "--timeout", "2"]);
+    assert_eq!(code, 1, "stdout: {out}\nstderr: {err}");
+    assert!(err.contains("cannot connect"), "{err}");
+}
+
+#[test]
+fn allowed_but_unbuilt_services_say_unimplemented_and_others_are_denied() {
+    let w = Wardd::start(&["health", "attestation-agent"]);
+    rt().block_on(async {
+        let client = ttrpc::asynchronous::Client::connect(&w.addr).await.unwrap();
+        let aa = AttestationAgentServiceClient::new(client.clone());
+        let err = aa
+            .get_evidence(ctx(), &GetEvidenceRequest::new())
+            .await
+            .unwrap_err();
+        let (code, msg) = status_code(err);
+        assert_eq!(code, Code::UNIMPLEMENTED, "{msg}");
+        assert!(
+            msg.contains("/attestation_agent.AttestationAgentService/GetEvidence"),
+            "{msg}"
+        );
+
+        let cdh = GetResourceServiceClient::new(client);
+        let err = cdh
+            .get_resource(ctx(), &GetResourceRequest::new())
+            .await
+            .unwrap_err();
+        let (code, msg) = status_code(err);
+        assert_eq!(code, Code::PERMISSION_DENIED, "{msg}");
+        assert!(
+            msg.contains("api.GetResourceService is not served on"),
+            "{msg}"
+        );
+    });
+}
+
+#[test]
+fn sigterm_stops_cleanly_and_leaves_a_verifiable_audit_chain() {
+    let mut w = Wardd::start(&["all"]);
+    let sock = w.dir.path().join("ward.sock");
+    assert!(sock.exists());
+    w.signal(Signal::SIGTERM);
+    w.notify
+        .wait_for("STOPPING=1", Duration::from_secs(10))
+        .unwrap();
+    let status = w.wait(Duration::from_secs(15));
+    assert_eq!(status.code(), Some(0), "stderr:\n{}", w.stderr());
+    assert!(!sock.exists(), "the socket file is removed on stop");
+
+    let log = std::fs::read_to_string(&w.audit).unwrap();
+    let events: Vec<String> = log
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["event"].to_string())
+        .collect();
+    assert_eq!(events, vec!["\"agent.start\"", "\"agent.stop\""]);
+
+    let audit = w.audit.display().to_string();
+    let (code, out, _) = run_ward("ward", &["audit", "verify", &audit]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.starts_with("OK ") && out.contains("2 entries"), "{out}");
+
+    // A second run continues the same chain.
+    let config = std::fs::read_to_string(w.dir.path().join("ward.toml")).unwrap();
+    let dir = std::mem::replace(&mut w.dir, tempfile::tempdir().unwrap());
+    drop(w);
+    let mut w2 = Wardd::start_with(dir, &config, "", &[]);
+    w2.signal(Signal::SIGINT);
+    assert_eq!(w2.wait(Duration::from_secs(15)).code(), Some(0));
+    let (code, out, _) = run_ward("ward", &["audit", "verify", &audit]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("4 entries"), "{out}");
+
+    // Tampering is caught by the CLI.
+    let text = std::fs::read_to_string(&w2.audit).unwrap();
+    std::fs::write(&w2.audit, text.replacen("agent.stop", "agent.stoq", 1)).unwrap();
+    let (code, out, _) = run_ward("ward", &["audit", "verify", &audit]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.starts_with("BROKEN") && out.contains("line 2"), "{out}");
+}
+
+#[test]
+fn a_config_error_is_one_line_naming_the_key_and_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("bad.toml");
+    let cases = [
+        (
+            "[[listener]]\naddress = \"vsock://-1:5000\"\nservices = [\"get-resource\"]\n",
+            "listener[0].services: `get-resource` may not be served on vsock://-1:5000",
+        ),
+        ("[log]\nformat = \"xml\"\n", "bad.toml:2:"),
+    ];
+    for (text, want) in cases {
+        std::fs::write(&cfg, text).unwrap();
+        let (code, out, err) = run_ward(
+            "wardd",
+            &["--config", cfg.to_str().unwrap(), "--cmdline", "/dev/null"],
+        );
+        assert_eq!(code, 2, "stdout: {out}\nstderr: {err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(
+            err.starts_with("wardd: config error: ") && err.contains(want),
+            "{err}"
+        );
+    }
+    let (code, _, err) = run_ward("wardd", &["--config", "/nonexistent/ward.toml"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("cannot read"), "{err}");
+}
+
+#[test]
+fn kernel_command_line_overrides_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_text(dir.path(), &["health"]);
+    let other = dir.path().join("from-cmdline.sock");
+    let cmdline = format!(
+        "console=ttyS0 ward.listen=unix://{}#health,attestation-agent ward.log_format=json ward.bogus=1",
+        other.display()
+    );
+    let mut w = Wardd::start_with(dir, &config, &cmdline, &[]);
+    assert!(
+        !w.dir.path().join("ward.sock").exists(),
+        "ward.listen replaced the file's listener"
+    );
+    let addr = format!("unix://{}", other.display());
+    let (code, out, _) = run_ward("ward", &["health", "--addr", &addr]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("attestation_agent.AttestationAgentService"),
+        "{out}"
+    );
+    w.signal(Signal::SIGTERM);
+    w.wait(Duration::from_secs(15));
+    let stderr = w.stderr();
+    let warn = stderr
+        .lines()
+        .find(|l| l.contains("unknown kernel command-line key"))
+        .unwrap_or_else(|| panic!("no warning about ward.bogus in:\n{stderr}"));
+    let json: serde_json::Value = serde_json::from_str(warn).expect("ward.log_format=json");
+    assert_eq!(json["fields"]["key"], "ward.bogus");
+}
+
+#[test]
+fn check_config_prints_the_effective_listeners() {
+    let (code, out, err) = run_ward(
+        "wardd",
+        &[
+            "--config",
+            "/nonexistent-default-is-not-explicit",
+            "--check-config",
+        ],
+    );
+    assert_eq!(code, 2, "an explicit missing file is an error: {err}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let defaults = dir.path().join("defaults.toml");
+    let (code, text, _) = run_ward("wardd", &["--print-default-config"]);
+    assert_eq!(code, 0);
+    std::fs::write(&defaults, text).unwrap();
+    let (code, out2, err) = run_ward(
+        "wardd",
+        &[
+            "--config",
+            defaults.to_str().unwrap(),
+            "--cmdline",
+            "/dev/null",
+            "--check-config",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out2.contains("vsock://-1:1030 health\n"), "{out2}");
+    assert!(
+        out2.contains("unix:///run/confidential-containers/cdh.sock get-resource,sealed-secret,secure-mount,image-pull,key-provider,health")
+            || out2.contains("unix:///run/confidential-containers/cdh.sock health,get-resource"),
+        "{out2}"
+    );
+    let _ = out;
+}
