@@ -19,12 +19,10 @@ pub fn bin_dir() -> PathBuf {
     }
     // Test executables live in target/<profile>/deps; the binaries one level up.
     let exe = std::env::current_exe().expect("current_exe");
-    let dir = exe
-        .parent()
+    exe.parent()
         .and_then(Path::parent)
         .expect("test executable has no target directory")
-        .to_path_buf();
-    dir
+        .to_path_buf()
 }
 
 /// The path of a built ward binary, with a clear message when it is missing.
