@@ -1,0 +1,28 @@
+# ward's tasks. `cargo install --locked just` once, then `just --list`.
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+# The end-to-end demo on embedded defaults.
+demo: build
+    scripts/demo.sh
+
+# Every test: unit, integration (wardd as a process and as PID 1), on debug builds.
+test: deps build
+    cargo test --workspace
+
+# Formatting and clippy, as CI runs them.
+lint:
+    cargo fmt --all -- --check
+    cargo clippy --workspace --all-targets -- -D warnings
+
+# Install the Debian packages the tests need (as root), or print the apt-get line.
+deps:
+    scripts/deps.sh
+
+# Debug binaries, which the integration tests and the demo run.
+build:
+    cargo build --workspace --bins
+
+# wardd's footprint: release binary size, exec-to-READY time (median of 20), idle RSS.
+bench-startup:
+    cargo build --release --workspace --bins
+    WARD_BIN_DIR={{justfile_directory()}}/target/release cargo run --release -q -p ward-tests --bin bench-startup

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs the Debian packages ward's tests and demo use. As root it installs them; otherwise it
+# prints the apt-get line to run. Tests whose tool is missing say so and skip.
+set -euo pipefail
+
+# util-linux: unshare and nsenter (the PID-1 test); procps: ps for debugging test failures.
+# Later issues add: docker-registry skopeo umoci (images), qemu-system-x86 linux-image-amd64
+# busybox-static cpio (rootfs), libtss2-dev pkg-config (Azure vTPM attesters).
+PACKAGES=(util-linux procps)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "deps: all present (${PACKAGES[*]})"
+  exit 0
+fi
+if [ "$(id -u)" -eq 0 ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}"
+else
+  echo "deps: missing ${missing[*]}; install them with:"
+  echo "  sudo apt-get install -y --no-install-recommends ${missing[*]}"
+fi
