@@ -1,0 +1,114 @@
+//! The TEE key pair of a KBS session: made fresh for each handshake, its public half bound into
+//! the evidence, its private half used only to open the JWEs the KBS returns. It never leaves
+//! wardd and is zeroized on drop (the `p256` and `rsa` key types zeroize themselves).
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use kbs_types::TeePubKey;
+use rsa::traits::PublicKeyParts;
+
+/// Which kind of key to make.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum KeyKind {
+    /// EC P-256 for `ECDH-ES+A256KW` (the KBS default).
+    #[default]
+    EcP256,
+    /// RSA-2048 for `RSA-OAEP-256`.
+    Rsa2048,
+}
+
+/// A session's private key.
+pub enum TeeKey {
+    Ec(p256::SecretKey),
+    Rsa(Box<rsa::RsaPrivateKey>),
+}
+
+/// Why a key could not be made.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot generate the TEE key: {0}")]
+pub struct KeyError(String);
+
+impl TeeKey {
+    /// Generates a fresh key from the OS random source.
+    pub fn generate(kind: KeyKind) -> Result<TeeKey, KeyError> {
+        let mut rng = rand::rngs::OsRng;
+        match kind {
+            KeyKind::EcP256 => Ok(TeeKey::Ec(p256::SecretKey::random(&mut rng))),
+            KeyKind::Rsa2048 => rsa::RsaPrivateKey::new(&mut rng, 2048)
+                .map(|k| TeeKey::Rsa(Box::new(k)))
+                .map_err(|e| KeyError(e.to_string())),
+        }
+    }
+
+    /// The public key as the JWK the KBS expects: only `kty`, `crv`/`alg`, and the key values
+    /// (extra members such as `kid` would break the server's hash of the binding).
+    pub fn public_jwk(&self) -> TeePubKey {
+        match self {
+            TeeKey::Ec(k) => {
+                let point = p256::EncodedPoint::from(k.public_key());
+                TeePubKey::EC {
+                    crv: "P-256".to_string(),
+                    alg: "ECDH-ES+A256KW".to_string(),
+                    x: URL_SAFE_NO_PAD.encode(point.x().map(|x| x.as_slice()).unwrap_or_default()),
+                    y: URL_SAFE_NO_PAD.encode(point.y().map(|y| y.as_slice()).unwrap_or_default()),
+                }
+            }
+            TeeKey::Rsa(k) => TeePubKey::RSA {
+                alg: "RSA-OAEP-256".to_string(),
+                k_mod: URL_SAFE_NO_PAD.encode(k.n().to_bytes_be()),
+                k_exp: URL_SAFE_NO_PAD.encode(k.e().to_bytes_be()),
+            },
+        }
+    }
+
+    pub(crate) fn ec(&self) -> Option<&p256::SecretKey> {
+        match self {
+            TeeKey::Ec(k) => Some(k),
+            TeeKey::Rsa(_) => None,
+        }
+    }
+
+    pub(crate) fn rsa(&self) -> Option<&rsa::RsaPrivateKey> {
+        match self {
+            TeeKey::Rsa(k) => Some(k),
+            TeeKey::Ec(_) => None,
+        }
+    }
+
+    /// "EC P-256" or "RSA".
+    pub fn kind(&self) -> &'static str {
+        match self {
+            TeeKey::Ec(_) => "EC P-256",
+            TeeKey::Rsa(_) => "RSA",
+        }
+    }
+}
+
+impl std::fmt::Debug for TeeKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TeeKey({}, private half redacted)", self.kind())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ec_jwk_has_only_the_members_the_kbs_hashes() {
+        let k = TeeKey::generate(KeyKind::EcP256).unwrap();
+        let v = serde_json::to_value(k.public_jwk()).unwrap();
+        let mut keys: Vec<_> = v.as_object().unwrap().keys().cloned().collect();
+        keys.sort();
+        assert_eq!(keys, ["alg", "crv", "kty", "x", "y"]);
+        assert_eq!(v["kty"], "EC");
+        assert_eq!(
+            URL_SAFE_NO_PAD
+                .decode(v["x"].as_str().unwrap())
+                .unwrap()
+                .len(),
+            32
+        );
+        assert!(!format!("{k:?}").contains(&hex::encode(k.ec().unwrap().to_bytes())));
+    }
+}
