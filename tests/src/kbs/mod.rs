@@ -1,0 +1,530 @@
+//! A development KBS: the server side of KBS protocol 0.4.0 (RCAR) as PROTOCOLS.md §1 describes
+//! Trustee, with the `sample` verifier, an in-memory resource store, an allow/deny policy per
+//! resource, Trustee's status codes and error bodies, and switches that make it misbehave on
+//! purpose (slow, 500s, garbage, damaged JWEs, forgotten sessions).
+//!
+//! Its checks are derived from the protocol text, not from ward's client: it parses requests as
+//! plain JSON by member name, computes the binding with its own canonical JSON (serde_json's
+//! sorted maps) and seals JWEs with its own code (`seal.rs`). It is for tests and the demo only:
+//! the sample verifier accepts any evidence that is correctly bound, which proves nothing.
+
+pub mod seal;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use p256::ecdsa::signature::{Signer, Verifier};
+use rand::RngCore;
+use sha2::{Digest, Sha256, Sha384};
+
+pub use seal::JweFault;
+
+/// Whether a resource may be released.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Policy {
+    Allow,
+    Deny,
+}
+
+/// Misbehaviour to inject; all off by default.
+#[derive(Clone, Debug, Default)]
+pub struct Faults {
+    /// Sleep this long before answering any request.
+    pub delay: Option<Duration>,
+    /// Answer this many requests with HTTP 500 before behaving.
+    pub fail_next: u32,
+    /// Answer 200s with a body that is not JSON.
+    pub garbage: bool,
+    /// Damage resource JWEs.
+    pub jwe: JweFault,
+}
+
+/// Request counts, to check how often a client ran the handshake.
+#[derive(Debug, Default)]
+pub struct Counts {
+    pub auth: AtomicU64,
+    pub attest: AtomicU64,
+    pub resource: AtomicU64,
+}
+
+struct Session {
+    nonce: String,
+    tee: String,
+    expires: Instant,
+    token: Option<String>,
+}
+
+struct Inner {
+    sessions: Mutex<HashMap<String, Session>>,
+    resources: Mutex<HashMap<String, (Vec<u8>, Policy)>>,
+    signing: Mutex<p256::ecdsa::SigningKey>,
+    faults: Mutex<Faults>,
+    counts: Counts,
+    token_ttl: Mutex<Duration>,
+    admin_token: String,
+}
+
+/// A running dev KBS on 127.0.0.1.
+pub struct DevKbs {
+    pub addr: SocketAddr,
+    inner: Arc<Inner>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+const ERR_PREFIX: &str = "https://github.com/confidential-containers/kbs/errors/";
+
+fn error(status: StatusCode, variant: &str, detail: impl Into<String>) -> Response {
+    let body =
+        serde_json::json!({"type": format!("{ERR_PREFIX}{variant}"), "detail": detail.into()});
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+fn unauthorized(variant: &str, detail: impl Into<String>) -> Response {
+    error(StatusCode::UNAUTHORIZED, variant, detail)
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn http_date(at: SystemTime) -> String {
+    let t = time::OffsetDateTime::from(at);
+    t.format(time::macros::format_description!(
+        "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
+    ))
+    .unwrap_or_default()
+}
+
+fn segment_ok(s: &str) -> bool {
+    // [A-Za-z0-9_-]+[A-Za-z0-9_.-]*
+    let mut c = s.chars();
+    matches!(c.next(), Some(f) if f.is_ascii_alphanumeric() || f == '_' || f == '-')
+        && c.all(|x| x.is_ascii_alphanumeric() || matches!(x, '_' | '-' | '.'))
+}
+
+impl DevKbs {
+    /// Starts a dev KBS on a free 127.0.0.1 port.
+    pub async fn start() -> std::io::Result<DevKbs> {
+        DevKbs::start_on("127.0.0.1:0").await
+    }
+
+    /// Starts a dev KBS on `addr` (loopback only).
+    pub async fn start_on(addr: &str) -> std::io::Result<DevKbs> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        if !addr.ip().is_loopback() {
+            return Err(std::io::Error::other(
+                "the dev KBS listens on loopback only",
+            ));
+        }
+        let mut admin = [0u8; 16];
+        rand::rngs::OsRng.fill_bytes(&mut admin);
+        let inner = Arc::new(Inner {
+            sessions: Mutex::new(HashMap::new()),
+            resources: Mutex::new(HashMap::new()),
+            signing: Mutex::new(p256::ecdsa::SigningKey::random(&mut rand::rngs::OsRng)),
+            faults: Mutex::new(Faults::default()),
+            counts: Counts::default(),
+            token_ttl: Mutex::new(Duration::from_secs(300)),
+            admin_token: hex::encode(admin),
+        });
+        let app = Router::new()
+            .route("/kbs/v0/auth", post(auth))
+            .route("/kbs/v0/attest", post(attest))
+            .route("/kbs/v0/{*path}", get(get_resource).post(put_resource))
+            .with_state(inner.clone());
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(DevKbs { addr, inner, task })
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stores a resource at `repo/type/tag`.
+    pub fn put(&self, path: &str, value: &[u8], policy: Policy) {
+        self.inner
+            .resources
+            .lock()
+            .unwrap()
+            .insert(path.to_string(), (value.to_vec(), policy));
+    }
+
+    /// Changes what misbehaviour is injected.
+    pub fn set_faults(&self, faults: Faults) {
+        *self.inner.faults.lock().unwrap() = faults;
+    }
+
+    /// Forgets every session and rotates the token signing key, as a restarted KBS would:
+    /// every cookie and token a client holds is now rejected.
+    pub fn forget_sessions(&self) {
+        self.inner.sessions.lock().unwrap().clear();
+        *self.inner.signing.lock().unwrap() =
+            p256::ecdsa::SigningKey::random(&mut rand::rngs::OsRng);
+    }
+
+    /// Lifetime of tokens issued from now on.
+    pub fn set_token_ttl(&self, ttl: Duration) {
+        *self.inner.token_ttl.lock().unwrap() = ttl;
+    }
+
+    /// How many auth, attest and resource requests arrived.
+    pub fn counts(&self) -> (u64, u64, u64) {
+        let c = &self.inner.counts;
+        (
+            c.auth.load(Ordering::SeqCst),
+            c.attest.load(Ordering::SeqCst),
+            c.resource.load(Ordering::SeqCst),
+        )
+    }
+
+    /// The bearer token the admin endpoint (`POST /kbs/v0/resource/...`) accepts.
+    pub fn admin_token(&self) -> &str {
+        &self.inner.admin_token
+    }
+}
+
+impl Drop for DevKbs {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Applies injected delay and 500s; `Some` is the response to send instead.
+async fn misbehave(inner: &Inner) -> Option<Response> {
+    let faults = inner.faults.lock().unwrap().clone();
+    if let Some(d) = faults.delay {
+        tokio::time::sleep(d).await;
+    }
+    if faults.fail_next > 0 {
+        inner.faults.lock().unwrap().fail_next -= 1;
+        return Some((StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response());
+    }
+    None
+}
+
+fn ok_json(inner: &Inner, body: String) -> Response {
+    let body = if inner.faults.lock().unwrap().garbage {
+        "<html>not json".to_string()
+    } else {
+        body
+    };
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response()
+}
+
+async fn auth(State(inner): State<Arc<Inner>>, body: Bytes) -> Response {
+    inner.counts.auth.fetch_add(1, Ordering::SeqCst);
+    if let Some(r) = misbehave(&inner).await {
+        return r;
+    }
+    let Ok(req) = serde_json::from_slice::<serde_json::Value>(&body) else {
+        return unauthorized("SerdeError", "auth request is not JSON");
+    };
+    if req["version"] != "0.4.0" {
+        return unauthorized(
+            "ProtocolVersion",
+            format!("version {} is not 0.4.0", req["version"]),
+        );
+    }
+    let Some(tee) = req["tee"].as_str() else {
+        return unauthorized("SerdeError", "auth request has no `tee`");
+    };
+    let mut nonce = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut nonce);
+    let nonce = STANDARD.encode(nonce);
+    let mut id = [0u8; 16];
+    rand::rngs::OsRng.fill_bytes(&mut id);
+    let id = hex::encode(id);
+    let ttl = Duration::from_secs(300);
+    inner.sessions.lock().unwrap().insert(
+        id.clone(),
+        Session {
+            nonce: nonce.clone(),
+            tee: tee.to_string(),
+            expires: Instant::now() + ttl,
+            token: None,
+        },
+    );
+    let mut resp = ok_json(
+        &inner,
+        serde_json::json!({"nonce": nonce, "extra-params": ""}).to_string(),
+    );
+    let cookie = format!(
+        "kbs-session-id={id}; Expires={}",
+        http_date(SystemTime::now() + ttl)
+    );
+    if let Ok(v) = cookie.parse() {
+        resp.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    resp
+}
+
+fn session_id(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == "kbs-session-id")
+        .map(|(_, v)| v.to_string())
+}
+
+/// The binding as the protocol text defines it: SHA-384 over the canonical JSON of
+/// `{"additional-evidence", "nonce", "tee-pubkey"}` (sorted keys, no whitespace).
+fn expected_report_data(additional: &str, nonce: &str, pubkey: &serde_json::Value) -> Vec<u8> {
+    // serde_json's default map is a BTreeMap: `to_string` sorts keys and writes no spaces.
+    let mut m = serde_json::Map::new();
+    m.insert("additional-evidence".into(), additional.into());
+    m.insert("nonce".into(), nonce.into());
+    m.insert("tee-pubkey".into(), pubkey.clone());
+    Sha384::digest(serde_json::Value::Object(m).to_string().as_bytes()).to_vec()
+}
+
+async fn attest(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes) -> Response {
+    inner.counts.attest.fetch_add(1, Ordering::SeqCst);
+    if let Some(r) = misbehave(&inner).await {
+        return r;
+    }
+    let Some(id) = session_id(&headers) else {
+        return unauthorized("UnAuthenticatedCookie", "no kbs-session-id cookie");
+    };
+    let (nonce, tee, old_token) = {
+        let sessions = inner.sessions.lock().unwrap();
+        match sessions.get(&id) {
+            Some(s) if s.expires > Instant::now() => {
+                (s.nonce.clone(), s.tee.clone(), s.token.clone())
+            }
+            _ => return unauthorized("UnAuthenticatedCookie", "unknown or expired session"),
+        }
+    };
+    if let Some(token) = old_token {
+        return ok_json(&inner, serde_json::json!({"token": token}).to_string());
+    }
+    let Ok(req) = serde_json::from_slice::<serde_json::Value>(&body) else {
+        return unauthorized("SerdeError", "attest request is not JSON");
+    };
+    let runtime = &req["runtime-data"];
+    let pubkey = &runtime["tee-pubkey"];
+    if runtime["nonce"].as_str() != Some(nonce.as_str()) {
+        return unauthorized(
+            "AttestationFailed",
+            "runtime-data nonce is not this session's nonce",
+        );
+    }
+    if !pubkey.is_object() {
+        return unauthorized("SerdeError", "runtime-data has no tee-pubkey");
+    }
+    let evidence = &req["tee-evidence"];
+    let Some(additional) = evidence["additional_evidence"].as_str() else {
+        return unauthorized(
+            "SerdeError",
+            "tee-evidence.additional_evidence is required (a string)",
+        );
+    };
+    let primary = &evidence["primary_evidence"];
+    if tee != "sample" {
+        return unauthorized(
+            "AttestationFailed",
+            format!("the dev KBS verifies only sample evidence, not {tee}"),
+        );
+    }
+    let reported = primary["report_data"]
+        .as_str()
+        .and_then(|s| STANDARD.decode(s).ok())
+        .unwrap_or_default();
+    let expected = expected_report_data(additional, &nonce, pubkey);
+    if reported != expected {
+        return unauthorized(
+            "AttestationFailed",
+            "sample evidence report_data does not bind this nonce and tee-pubkey",
+        );
+    }
+    let init_data = match &req["init-data"] {
+        serde_json::Value::Null => serde_json::Value::Null,
+        v => match v["body"].as_str() {
+            Some(b) if v["format"] == "toml" => hex::encode(Sha256::digest(b.as_bytes())).into(),
+            _ => return unauthorized("SerdeError", "init-data must be {format: toml, body}"),
+        },
+    };
+    let ttl = *inner.token_ttl.lock().unwrap();
+    let now = now_secs();
+    let claims = serde_json::json!({
+        "eat_profile": "tag:github.com,2023:veraison/ear",
+        "iat": now,
+        "exp": now + ttl.as_secs(),
+        "ear.verifier-id": {"developer": "ward dev KBS", "build": env!("CARGO_PKG_VERSION")},
+        "submods": {
+            "cpu0": {
+                "ear.status": "affirming",
+                "ear.trustworthiness-vector": {},
+                "ear.veraison.annotated-evidence": {
+                    "init_data": init_data,
+                    "report_data": hex::encode(&reported),
+                    "runtime_data_claims": {"nonce": nonce, "tee-pubkey": pubkey},
+                    "sample": primary,
+                },
+            },
+        },
+    });
+    let token = sign_jwt(&inner, &claims);
+    if let Some(s) = inner.sessions.lock().unwrap().get_mut(&id) {
+        s.token = Some(token.clone());
+    }
+    ok_json(&inner, serde_json::json!({"token": token}).to_string())
+}
+
+fn sign_jwt(inner: &Inner, claims: &serde_json::Value) -> String {
+    let header = URL_SAFE_NO_PAD.encode(r#"{"alg":"ES256","typ":"JWT"}"#);
+    let payload = URL_SAFE_NO_PAD.encode(claims.to_string());
+    let input = format!("{header}.{payload}");
+    let sig: p256::ecdsa::Signature = inner.signing.lock().unwrap().sign(input.as_bytes());
+    format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig.to_bytes()))
+}
+
+/// Verifies one of our tokens; returns its claims.
+fn verify_jwt(inner: &Inner, token: &str) -> Result<serde_json::Value, &'static str> {
+    let (input, sig) = token.rsplit_once('.').ok_or("not a JWT")?;
+    let sig = URL_SAFE_NO_PAD
+        .decode(sig)
+        .map_err(|_| "bad signature encoding")?;
+    let sig = p256::ecdsa::Signature::from_slice(&sig).map_err(|_| "bad signature")?;
+    let key = *inner.signing.lock().unwrap().verifying_key();
+    key.verify(input.as_bytes(), &sig)
+        .map_err(|_| "signature does not verify")?;
+    let payload = input.split('.').nth(1).ok_or("not a JWT")?;
+    let claims: serde_json::Value = serde_json::from_slice(
+        &URL_SAFE_NO_PAD
+            .decode(payload)
+            .map_err(|_| "bad payload encoding")?,
+    )
+    .map_err(|_| "payload is not JSON")?;
+    if claims["exp"].as_u64().unwrap_or(0) <= now_secs() {
+        return Err("token expired");
+    }
+    Ok(claims)
+}
+
+async fn get_resource(
+    State(inner): State<Arc<Inner>>,
+    Path(path): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    inner.counts.resource.fetch_add(1, Ordering::SeqCst);
+    if let Some(r) = misbehave(&inner).await {
+        return r;
+    }
+    // The token comes as a bearer token or through the attested session's cookie.
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_string);
+    let token = bearer.or_else(|| {
+        let id = session_id(&headers)?;
+        let sessions = inner.sessions.lock().unwrap();
+        sessions.get(&id).and_then(|s| s.token.clone())
+    });
+    let Some(token) = token else {
+        return unauthorized("TokenNotFound", "Attestation Token not found");
+    };
+    let claims = match verify_jwt(&inner, &token) {
+        Ok(c) => c,
+        Err(why) => return unauthorized("TokenVerifierError", why),
+    };
+    let Some(rest) = path.strip_prefix("resource/") else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "PluginNotFound",
+            format!("no plugin for `{path}`"),
+        );
+    };
+    let segments: Vec<&str> = rest.split('/').collect();
+    if segments.len() != 3 || !segments.iter().all(|s| segment_ok(s)) {
+        return error(
+            StatusCode::NOT_FOUND,
+            "InvalidRequestPath",
+            format!("invalid path `{rest}`"),
+        );
+    }
+    let entry = inner.resources.lock().unwrap().get(rest).cloned();
+    let Some((value, policy)) = entry else {
+        return unauthorized(
+            "PluginInternalError",
+            format!("resource `{rest}` not found"),
+        );
+    };
+    if policy == Policy::Deny {
+        return unauthorized("PolicyDeny", "Access denied by policy");
+    }
+    let pubkey = &claims["submods"]["cpu0"]["ear.veraison.annotated-evidence"]["runtime_data_claims"]
+        ["tee-pubkey"];
+    let fault = inner.faults.lock().unwrap().jwe;
+    match seal::seal(pubkey, &value, fault) {
+        Ok(jwe) => ok_json(&inner, jwe),
+        Err(e) => unauthorized("JweError", e),
+    }
+}
+
+async fn put_resource(
+    State(inner): State<Arc<Inner>>,
+    Path(path): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let authorized = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v == format!("Bearer {}", inner.admin_token));
+    if !authorized {
+        return unauthorized("AdminAuth", "admin token required");
+    }
+    let Some(rest) = path.strip_prefix("resource/") else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "PluginNotFound",
+            format!("no plugin for `{path}`"),
+        );
+    };
+    let segments: Vec<&str> = rest.split('/').collect();
+    if segments.len() != 3 || !segments.iter().all(|s| segment_ok(s)) {
+        return error(
+            StatusCode::NOT_FOUND,
+            "InvalidRequestPath",
+            format!("invalid path `{rest}`"),
+        );
+    }
+    inner
+        .resources
+        .lock()
+        .unwrap()
+        .insert(rest.to_string(), (body.to_vec(), Policy::Allow));
+    StatusCode::OK.into_response()
+}

@@ -1,0 +1,366 @@
+//! ward's KBS client against the development KBS on 127.0.0.1: the full RCAR handshake, one
+//! session for many callers, re-attestation when the KBS forgets, and every failure the issue
+//! names giving a clear, typed error.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use ward_attester::kbs::{
+    JweError, KbsClient, KbsConfig, KbsError, KeyKind, ResourceUri, RetryPolicy,
+};
+use ward_attester::report_data::ReportData;
+use ward_attester::tee::{Attester, AttesterError, SampleAttester, Tee};
+use ward_tests::kbs::{DevKbs, Faults, JweFault, Policy};
+
+fn config(kbs: &DevKbs) -> KbsConfig {
+    let mut c = KbsConfig::new(kbs.url());
+    c.retry = RetryPolicy {
+        attempts: 3,
+        first_backoff: Duration::from_millis(10),
+        timeout: Duration::from_secs(2),
+    };
+    c
+}
+
+fn client(kbs: &DevKbs) -> KbsClient {
+    KbsClient::new(config(kbs), Arc::new(SampleAttester)).unwrap()
+}
+
+fn uri(s: &str) -> ResourceUri {
+    ResourceUri::parse(s).unwrap()
+}
+
+#[tokio::test]
+async fn handshake_then_resources_with_one_session() {
+    let kbs = DevKbs::start().await.unwrap();
+    kbs.put("default/key/1", b"secret-one", Policy::Allow);
+    kbs.put("default/key/2", &[0u8; 4096], Policy::Allow);
+    let c = client(&kbs);
+    assert_eq!(
+        &c.get_resource(&uri("kbs:///default/key/1")).await.unwrap()[..],
+        b"secret-one"
+    );
+    for _ in 0..10 {
+        assert_eq!(
+            c.get_resource(&uri("kbs:///default/key/2"))
+                .await
+                .unwrap()
+                .len(),
+            4096
+        );
+    }
+    let (auth, attest, resource) = kbs.counts();
+    assert_eq!(
+        (auth, attest, resource),
+        (1, 1, 11),
+        "one handshake for eleven resources"
+    );
+    let claims = c.token_claims().await.unwrap();
+    assert_eq!(claims["submods"]["cpu0"]["ear.status"], "affirming");
+}
+
+#[tokio::test]
+async fn thirty_two_concurrent_callers_share_one_handshake() {
+    let kbs = DevKbs::start().await.unwrap();
+    kbs.put("default/key/1", b"shared", Policy::Allow);
+    let c = Arc::new(client(&kbs));
+    let tasks: Vec<_> = (0..32)
+        .map(|_| {
+            let c = c.clone();
+            tokio::spawn(async move { c.get_resource(&uri("kbs:///default/key/1")).await })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(&t.await.unwrap().unwrap()[..], b"shared");
+    }
+    let (auth, attest, _) = kbs.counts();
+    assert_eq!((auth, attest), (1, 1));
+}
+
+#[tokio::test]
+async fn rsa_tee_keys_work_too() {
+    let kbs = DevKbs::start().await.unwrap();
+    kbs.put("default/key/1", b"rsa-secret", Policy::Allow);
+    let mut cfg = config(&kbs);
+    cfg.key_kind = KeyKind::Rsa2048;
+    let c = KbsClient::new(cfg, Arc::new(SampleAttester)).unwrap();
+    assert_eq!(
+        &c.get_resource(&uri("kbs:///default/key/1")).await.unwrap()[..],
+        b"rsa-secret"
+    );
+}
+
+#[tokio::test]
+async fn a_forgetful_kbs_costs_exactly_one_reattestation() {
+    let kbs = DevKbs::start().await.unwrap();
+    kbs.put("default/key/1", b"v", Policy::Allow);
+    let c = client(&kbs);
+    c.get_resource(&uri("kbs:///default/key/1")).await.unwrap();
+    kbs.forget_sessions();
+    assert_eq!(
+        &c.get_resource(&uri("kbs:///default/key/1")).await.unwrap()[..],
+        b"v"
+    );
+    let (auth, attest, resource) = kbs.counts();
+    assert_eq!((auth, attest, resource), (2, 2, 3));
+}
+
+#[tokio::test]
+async fn an_expiring_token_is_renewed_before_use() {
+    let kbs = DevKbs::start().await.unwrap();
+    kbs.put("default/key/1", b"v", Policy::Allow);
+    kbs.set_token_ttl(Duration::from_secs(10)); // inside the client's 30 s renewal margin
+    let c = client(&kbs);
+    c.get_resource(&uri("kbs:///default/key/1")).await.unwrap();
+    c.get_resource(&uri("kbs:///default/key/1")).await.unwrap();
+    let (_, attest, resource) = kbs.counts();
+    assert_eq!(
+        (attest, resource),
+        (2, 2),
+        "renewed before the second use, no failed request"
+    );
+}
+
+#[tokio::test]
+async fn policy_denial_and_missing_resources_are_final() {
+    let kbs = DevKbs::start().await.unwrap();
+    kbs.put("default/key/denied", b"x", Policy::Deny);
+    let c = client(&kbs);
+    let e = c
+        .get_resource(&uri("kbs:///default/key/denied"))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, KbsError::PolicyDenied { .. }), "{e}");
+    assert!(e.to_string().contains("kbs:///default/key/denied"), "{e}");
+    let e = c
+        .get_resource(&uri("kbs:///default/key/missing"))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, KbsError::ResourceUnavailable { .. }), "{e}");
+    let (_, attest, resource) = kbs.counts();
+    assert_eq!(
+        (attest, resource),
+        (1, 2),
+        "no re-attestation and no retry for final errors"
+    );
+}
+
+#[tokio::test]
+async fn kbs_down_slow_failing_or_garbled() {
+    // Down: nothing listens on the port.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut cfg = KbsConfig::new(format!("http://127.0.0.1:{port}"));
+    cfg.retry = RetryPolicy {
+        attempts: 2,
+        first_backoff: Duration::from_millis(10),
+        timeout: Duration::from_millis(500),
+    };
+    let c = KbsClient::new(cfg.clone(), Arc::new(SampleAttester)).unwrap();
+    let e = c.token().await.unwrap_err();
+    assert!(
+        matches!(e, KbsError::Unreachable { attempts: 2, .. }),
+        "{e}"
+    );
+
+    // Slow: every answer takes longer than the timeout.
+    let kbs = DevKbs::start().await.unwrap();
+    kbs.set_faults(Faults {
+        delay: Some(Duration::from_secs(2)),
+        ..Default::default()
+    });
+    cfg.url = kbs.url();
+    let c = KbsClient::new(cfg.clone(), Arc::new(SampleAttester)).unwrap();
+    let e = c.token().await.unwrap_err();
+    assert!(matches!(e, KbsError::Timeout { attempts: 2, .. }), "{e}");
+
+    // 500 on every attempt, then a KBS that recovers after one 500.
+    kbs.set_faults(Faults {
+        fail_next: 2,
+        ..Default::default()
+    });
+    let c = KbsClient::new(cfg.clone(), Arc::new(SampleAttester)).unwrap();
+    let e = c.token().await.unwrap_err();
+    assert!(matches!(e, KbsError::Status { status: 500, .. }), "{e}");
+    kbs.set_faults(Faults {
+        fail_next: 1,
+        ..Default::default()
+    });
+    c.token().await.expect("one 500 is retried");
+
+    // Garbage instead of JSON.
+    kbs.set_faults(Faults {
+        garbage: true,
+        ..Default::default()
+    });
+    let c = KbsClient::new(cfg, Arc::new(SampleAttester)).unwrap();
+    let e = c.token().await.unwrap_err();
+    assert!(matches!(e, KbsError::Protocol { .. }), "{e}");
+}
+
+#[tokio::test]
+async fn damaged_jwes_are_refused_with_the_reason() {
+    let kbs = DevKbs::start().await.unwrap();
+    kbs.put("default/key/1", b"0123456789abcdef", Policy::Allow);
+    let c = client(&kbs);
+    let cases = [
+        (JweFault::Truncated, "truncated"),
+        (JweFault::ForeignKey, "another key"),
+        (JweFault::WrongAlg, "wrong alg"),
+        (JweFault::FlippedBit, "flipped bit"),
+    ];
+    for (fault, name) in cases {
+        kbs.set_faults(Faults {
+            jwe: fault,
+            ..Default::default()
+        });
+        let e = c
+            .get_resource(&uri("kbs:///default/key/1"))
+            .await
+            .unwrap_err();
+        let KbsError::Jwe { source, .. } = &e else {
+            panic!("{name}: {e}");
+        };
+        match fault {
+            JweFault::WrongAlg => assert!(
+                matches!(source, JweError::Unsupported { field: "alg", .. }),
+                "{name}: {e}"
+            ),
+            JweFault::Truncated => assert!(
+                matches!(source, JweError::Authentication(_) | JweError::Malformed(_)),
+                "{name}: {e}"
+            ),
+            _ => assert!(matches!(source, JweError::Authentication(_)), "{name}: {e}"),
+        }
+    }
+    kbs.set_faults(Faults::default());
+    assert_eq!(
+        &c.get_resource(&uri("kbs:///default/key/1")).await.unwrap()[..],
+        b"0123456789abcdef"
+    );
+}
+
+/// A TEE that binds the wrong thing: the KBS must refuse its evidence.
+type Rebind = fn(&ReportData) -> ReportData;
+
+struct Misbinding(Rebind);
+
+#[async_trait]
+impl Attester for Misbinding {
+    fn tee(&self) -> Tee {
+        Tee::Sample
+    }
+    async fn evidence(&self, rd: &ReportData) -> Result<serde_json::Value, AttesterError> {
+        SampleAttester.evidence(&(self.0)(rd)).await
+    }
+}
+
+#[tokio::test]
+async fn evidence_bound_to_anything_else_is_rejected() {
+    let kbs = DevKbs::start().await.unwrap();
+    let cases: [(&str, Rebind); 2] = [
+        ("another key or nonce", |rd| {
+            let mut b = rd.as_bytes().to_vec();
+            b[0] ^= 1;
+            ReportData::new(b).unwrap()
+        }),
+        ("padded to 64", |rd| {
+            ReportData::new(rd.padded().to_vec()).unwrap()
+        }),
+    ];
+    for (name, f) in cases {
+        let c = KbsClient::new(config(&kbs), Arc::new(Misbinding(f))).unwrap();
+        let e = c.token().await.unwrap_err();
+        assert!(
+            matches!(e, KbsError::AttestationRejected { .. }),
+            "{name}: {e}"
+        );
+        assert!(e.to_string().contains("does not bind"), "{name}: {e}");
+    }
+}
+
+#[tokio::test]
+async fn a_replayed_nonce_is_rejected_by_the_kbs() {
+    // Raw protocol: take session A's nonce and present it in session B.
+    let kbs = DevKbs::start().await.unwrap();
+    let http = reqwest::Client::new();
+    let auth = || async {
+        let r = http
+            .post(format!("{}/kbs/v0/auth", kbs.url()))
+            .body(r#"{"version":"0.4.0","tee":"sample","extra-params":""}"#)
+            .send()
+            .await
+            .unwrap();
+        let cookie = r.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .to_string();
+        let nonce = r.json::<serde_json::Value>().await.unwrap()["nonce"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        (cookie, nonce)
+    };
+    let (_cookie_a, nonce_a) = auth().await;
+    let (cookie_b, _nonce_b) = auth().await;
+    let body = serde_json::json!({
+        "init-data": null,
+        "runtime-data": {"nonce": nonce_a, "tee-pubkey": {"kty":"EC","crv":"P-256","alg":"ECDH-ES+A256KW","x":"AA","y":"AA"}},
+        "tee-evidence": {"primary_evidence": {"svn":"1","report_data":""}, "additional_evidence": ""},
+    });
+    let r = http
+        .post(format!("{}/kbs/v0/attest", kbs.url()))
+        .header("cookie", cookie_b)
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let err: serde_json::Value = r.json().await.unwrap();
+    assert!(
+        err["type"]
+            .as_str()
+            .unwrap()
+            .ends_with("/AttestationFailed"),
+        "{err}"
+    );
+    assert!(err["detail"].as_str().unwrap().contains("nonce"), "{err}");
+}
+
+#[tokio::test]
+async fn wrong_protocol_version_and_bad_paths_get_trustee_statuses() {
+    let kbs = DevKbs::start().await.unwrap();
+    let http = reqwest::Client::new();
+    let r = http
+        .post(format!("{}/kbs/v0/auth", kbs.url()))
+        .body(r#"{"version":"0.3.0","tee":"sample","extra-params":""}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let c = client(&kbs);
+    c.token().await.unwrap();
+    let token = c.token().await.unwrap();
+    let r = http
+        .get(format!("{}/kbs/v0/resource/a/../b", kbs.url()))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status() == 404 || r.status() == 401, "{}", r.status());
+    let r = http
+        .get(format!("{}/kbs/v0/nosuchplugin/a/b/c", kbs.url()))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+}
