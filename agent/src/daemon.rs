@@ -6,10 +6,11 @@ use std::time::Duration;
 
 use ttrpc::asynchronous::Server;
 
+use crate::attestation::{Attestation, AttestationSetupError};
 use crate::audit::{AuditError, AuditLog};
 use crate::config::Config;
 use crate::listen::{self, ListenAddr, ListenError};
-use crate::services::{self, DaemonState, Mode, RequestPolicy};
+use crate::services::{self, Context, DaemonState, Mode, RequestPolicy};
 use crate::systemd::Notifier;
 
 /// Why the daemon stopped with an error.
@@ -28,6 +29,9 @@ pub enum DaemonError {
         #[source]
         source: ttrpc::Error,
     },
+    /// The TEE or KBS settings cannot be used.
+    #[error(transparent)]
+    Attestation(#[from] AttestationSetupError),
     /// Signal handlers could not be installed.
     #[error("cannot install signal handlers: {0}")]
     Signals(#[source] std::io::Error),
@@ -51,6 +55,17 @@ pub async fn run(config: &Config, mode: Mode) -> Result<(), DaemonError> {
         None => None,
     };
     let state = Arc::new(DaemonState::new(mode));
+    let attestation = Arc::new(Attestation::from_config(config, audit.clone())?);
+    match attestation.tee() {
+        Ok(tee) => {
+            tracing::info!(%tee, kbs = config.kbs.as_ref().map(|k| k.url.as_str()), "attestation ready")
+        }
+        Err(e) => tracing::warn!(error = %e, "attestation unavailable"),
+    }
+    let ctx = Context {
+        daemon: state.clone(),
+        attestation,
+    };
     let policy = RequestPolicy {
         max_duration: config.request_timeout,
     };
@@ -67,7 +82,7 @@ pub async fn run(config: &Config, mode: Mode) -> Result<(), DaemonError> {
         let name = l.addr.to_string();
         let mut server = Server::new()
             .add_listener(bound.listener)
-            .register_service(services::services_for(&name, &l.services, &state, policy));
+            .register_service(services::services_for(&name, &l.services, &ctx, policy));
         if let Err(source) = server.start().await {
             stop_all(&mut running, config.shutdown_timeout).await;
             return Err(DaemonError::Serve {

@@ -11,6 +11,7 @@
 //! - [`client`]: small clients for wardd's own services (the CLI and tests use them);
 //! - [`logging`]: `tracing` output, human or JSON.
 
+pub mod attestation;
 pub mod audit;
 pub mod client;
 pub mod config;

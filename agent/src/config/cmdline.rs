@@ -6,7 +6,9 @@
 //!
 //! Keys: `ward.log_level`, `ward.log_format`, `ward.audit_log` (a path, or `off`),
 //! `ward.shutdown_timeout` and `ward.request_timeout` (seconds), `ward.oom_score_adj`, and
-//! `ward.listen=ADDRESS#SERVICE[,SERVICE...]`, repeatable, which replaces the listener list.
+//! `ward.listen=ADDRESS#SERVICE[,SERVICE...]`, repeatable, which replaces the listener list,
+//! `ward.tee` (`auto` or a TEE name), `ward.allow_sample` and `ward.kbs_url`. The sample TEE is
+//! refused on real TEE hardware whatever the command line says, so these cannot downgrade a guest.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -15,7 +17,10 @@ use super::{ConfigError, Listener, LogFormat, Origin, expand_services, oom_score
 use crate::listen::ListenAddr;
 
 /// The keys (after `ward.`) this version understands.
-const KEYS: [&str; 7] = [
+const KEYS: [&str; 10] = [
+    "tee",
+    "allow_sample",
+    "kbs_url",
     "log_level",
     "log_format",
     "audit_log",
@@ -36,6 +41,10 @@ pub struct Overrides {
     pub request_timeout: Option<Duration>,
     pub oom_score_adj: Option<i32>,
     pub listeners: Vec<Listener>,
+    /// `Some(None)` means detect.
+    pub tee: Option<Option<ward_attester::tee::Tee>>,
+    pub allow_sample: Option<bool>,
+    pub kbs_url: Option<String>,
 }
 
 /// Splits a kernel command line into words the way the kernel does: on whitespace, with double
@@ -121,6 +130,15 @@ pub fn parse_cmdline(line: &str) -> Result<(Overrides, Vec<String>), ConfigError
                 o.oom_score_adj = Some(oom_score_adj(&full, v)?);
             }
             "listen" => o.listeners.push(listener(value).map_err(bad)?),
+            "tee" => o.tee = Some(super::parse_tee(&full, value)?),
+            "allow_sample" => {
+                o.allow_sample = Some(match value {
+                    "1" | "true" | "yes" => true,
+                    "0" | "false" | "no" => false,
+                    v => return Err(bad(format!("`{v}` is not a boolean (true or false)"))),
+                })
+            }
+            "kbs_url" => o.kbs_url = Some(super::validate_kbs_url(&full, value)?),
             _ => unknown.push(full.clone()),
         }
     }

@@ -18,6 +18,9 @@ pub struct RawConfig {
     pub log: RawLog,
     pub audit: RawAudit,
     pub daemon: RawDaemon,
+    pub attestation: RawAttestation,
+    /// `[kbs]`: the Key Broker Service; absent means no KBS (tokens and resources unavailable).
+    pub kbs: Option<RawKbs>,
     /// `[[listener]]` tables; when the file has none, the defaults apply.
     pub listener: Vec<RawListener>,
 }
@@ -43,6 +46,56 @@ pub struct RawDaemon {
     pub shutdown_timeout_secs: u64,
     pub request_timeout_secs: u64,
     pub oom_score_adj: i32,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAttestation {
+    /// `auto` (detect) or a TEE name: snp, tdx, az-snp-vtpm, az-tdx-vtpm, sample.
+    pub tee: String,
+    /// Use the sample TEE when no real TEE is found (development only; never on real hardware).
+    pub allow_sample: bool,
+}
+
+impl Default for RawAttestation {
+    fn default() -> Self {
+        RawAttestation {
+            tee: "auto".to_string(),
+            allow_sample: false,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKbs {
+    /// Base URL, `https://host:port` (or `http://` for development).
+    pub url: String,
+    /// PEM CA certificate(s) to trust for the KBS instead of the system roots.
+    #[serde(default)]
+    pub cacert: Option<PathBuf>,
+    /// TEE key type: `ec` (P-256, default) or `rsa`.
+    #[serde(default = "default_key")]
+    pub key: String,
+    #[serde(default = "default_kbs_timeout")]
+    pub timeout_secs: u64,
+    #[serde(default = "default_kbs_attempts")]
+    pub attempts: u32,
+    /// Answer GetToken with CoCo's exact reply, which includes the TEE private key.
+    #[serde(default)]
+    pub coco_token_reply: bool,
+}
+
+fn default_key() -> String {
+    "ec".to_string()
+}
+
+fn default_kbs_timeout() -> u64 {
+    10
+}
+
+fn default_kbs_attempts() -> u32 {
+    3
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -106,6 +159,8 @@ impl Default for RawConfig {
             log: RawLog::default(),
             audit: RawAudit::default(),
             daemon: RawDaemon::default(),
+            attestation: RawAttestation::default(),
+            kbs: None,
             listener: vec![
                 listener(
                     "unix:///run/confidential-containers/attestation-agent/attestation-agent.sock"

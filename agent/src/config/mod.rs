@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use cmdline::{Overrides, parse_cmdline};
-pub use file::{DEFAULT_VSOCK_PORT, RawConfig, RawListener};
+pub use file::{DEFAULT_VSOCK_PORT, RawAttestation, RawConfig, RawKbs, RawListener};
 
 use crate::listen::ListenAddr;
 use crate::services::ServiceKind;
@@ -91,6 +91,25 @@ pub struct Listener {
     pub origin: Origin,
 }
 
+/// Which TEE to attest with.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AttestationSettings {
+    /// `None`: detect.
+    pub tee: Option<ward_attester::tee::Tee>,
+    pub allow_sample: bool,
+}
+
+/// A validated `[kbs]` section.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KbsSettings {
+    pub url: String,
+    pub cacert: Option<PathBuf>,
+    pub key: ward_attester::kbs::KeyKind,
+    pub timeout: Duration,
+    pub attempts: u32,
+    pub coco_token_reply: bool,
+}
+
 /// A validated configuration.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
@@ -106,6 +125,9 @@ pub struct Config {
     pub request_timeout: Duration,
     /// `oom_score_adj` applied to wardd in PID-1 mode (systemd sets it from the unit otherwise).
     pub oom_score_adj: i32,
+    pub attestation: AttestationSettings,
+    /// `None`: no KBS; tokens and resources are unavailable.
+    pub kbs: Option<KbsSettings>,
 }
 
 impl Config {
@@ -166,7 +188,16 @@ impl Config {
                 origin,
             });
         }
+        let kbs = match raw.kbs {
+            Some(k) => Some(validate_kbs(k)?),
+            None => None,
+        };
         Ok(Config {
+            attestation: AttestationSettings {
+                tee: parse_tee("attestation.tee", &raw.attestation.tee)?,
+                allow_sample: raw.attestation.allow_sample,
+            },
+            kbs,
             log_filter: raw.log.level,
             log_format: raw.log.format,
             audit_log: raw.audit.path.filter(|p| !p.as_os_str().is_empty()),
@@ -205,6 +236,27 @@ impl Config {
         }
         if !o.listeners.is_empty() {
             self.listeners = o.listeners;
+        }
+        if let Some(v) = o.tee {
+            self.attestation.tee = v;
+        }
+        if let Some(v) = o.allow_sample {
+            self.attestation.allow_sample = v;
+        }
+        if let Some(url) = o.kbs_url {
+            match &mut self.kbs {
+                Some(k) => k.url = url,
+                None => {
+                    self.kbs = Some(KbsSettings {
+                        url,
+                        cacert: None,
+                        key: ward_attester::kbs::KeyKind::EcP256,
+                        timeout: Duration::from_secs(10),
+                        attempts: 3,
+                        coco_token_reply: false,
+                    })
+                }
+            }
         }
     }
 
@@ -259,6 +311,67 @@ fn expand_services(names: &[String]) -> Result<BTreeSet<ServiceKind>, String> {
         set.extend(kinds);
     }
     Ok(set)
+}
+
+/// Parses a TEE name (`auto` = detect).
+pub(crate) fn parse_tee(
+    key: &str,
+    value: &str,
+) -> Result<Option<ward_attester::tee::Tee>, ConfigError> {
+    use ward_attester::tee::Tee;
+    Ok(Some(match value {
+        "auto" => return Ok(None),
+        "snp" => Tee::Snp,
+        "tdx" => Tee::Tdx,
+        "az-snp-vtpm" => Tee::AzSnpVtpm,
+        "az-tdx-vtpm" => Tee::AzTdxVtpm,
+        "sample" => Tee::Sample,
+        v => {
+            return Err(ConfigError::invalid(
+                key,
+                format!("`{v}` is not a TEE (auto, snp, tdx, az-snp-vtpm, az-tdx-vtpm, sample)"),
+            ));
+        }
+    }))
+}
+
+/// Checks a KBS URL: http(s), with a host.
+pub(crate) fn validate_kbs_url(key: &str, url: &str) -> Result<String, ConfigError> {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .ok_or_else(|| ConfigError::invalid(key, format!("`{url}` is not an http(s) URL")))?;
+    if rest.is_empty() || rest.starts_with('/') || rest.contains(char::is_whitespace) {
+        return Err(ConfigError::invalid(key, format!("`{url}` has no host")));
+    }
+    Ok(url.trim_end_matches('/').to_string())
+}
+
+fn validate_kbs(k: RawKbs) -> Result<KbsSettings, ConfigError> {
+    let key = match k.key.as_str() {
+        "ec" => ward_attester::kbs::KeyKind::EcP256,
+        "rsa" => ward_attester::kbs::KeyKind::Rsa2048,
+        v => {
+            return Err(ConfigError::invalid(
+                "kbs.key",
+                format!("`{v}` is not a key type (ec or rsa)"),
+            ));
+        }
+    };
+    if k.attempts == 0 || k.attempts > 10 {
+        return Err(ConfigError::invalid(
+            "kbs.attempts",
+            format!("{} is out of range (1 to 10)", k.attempts),
+        ));
+    }
+    Ok(KbsSettings {
+        url: validate_kbs_url("kbs.url", &k.url)?,
+        cacert: k.cacert,
+        key,
+        timeout: seconds("kbs.timeout_secs", k.timeout_secs)?,
+        attempts: k.attempts,
+        coco_token_reply: k.coco_token_reply,
+    })
 }
 
 fn validate_filter(key: &str, value: &str) -> Result<(), ConfigError> {

@@ -280,3 +280,68 @@ fn load_uses_defaults_only_when_the_default_file_is_missing() {
     assert_eq!(c.log_filter, "warn");
     assert_eq!(unknown, vec!["ward.typo"]);
 }
+
+#[test]
+fn attestation_and_kbs_settings() {
+    let c = from_text(
+        "[attestation]\ntee = \"sample\"\n[kbs]\nurl = \"https://kbs.example:8080/\"\nkey = \"rsa\"\n",
+        None,
+    )
+    .unwrap();
+    assert_eq!(c.attestation.tee, Some(ward_attester::tee::Tee::Sample));
+    let kbs = c.kbs.unwrap();
+    assert_eq!(kbs.url, "https://kbs.example:8080");
+    assert_eq!(kbs.key, ward_attester::kbs::KeyKind::Rsa2048);
+    assert!(!kbs.coco_token_reply);
+    assert_eq!(from_text("", None).unwrap().kbs, None);
+
+    let bad: &[(&str, &str)] = &[
+        (
+            "[attestation]\ntee = \"sgx\"\n",
+            "attestation.tee: `sgx` is not a TEE",
+        ),
+        (
+            "[kbs]\nurl = \"ftp://x\"\n",
+            "kbs.url: `ftp://x` is not an http(s) URL",
+        ),
+        (
+            "[kbs]\nurl = \"https://\"\n",
+            "kbs.url: `https://` has no host",
+        ),
+        ("[kbs]\nurl = \"http://k\"\nkey = \"dsa\"\n", "kbs.key"),
+        ("[kbs]\nurl = \"http://k\"\nattempts = 0\n", "kbs.attempts"),
+        ("[kbs]\nkey = \"ec\"\n", "missing field `url`"),
+    ];
+    for (text, want) in bad {
+        let e = from_text(text, None).unwrap_err().to_string();
+        assert!(e.contains(want), "`{e}` lacks `{want}`");
+    }
+}
+
+#[test]
+fn cmdline_attestation_keys() {
+    let c = from_text(
+        "",
+        Some("ward.tee=sample ward.allow_sample=true ward.kbs_url=http://10.0.2.2:8080"),
+    )
+    .unwrap();
+    assert_eq!(c.attestation.tee, Some(ward_attester::tee::Tee::Sample));
+    assert!(c.attestation.allow_sample);
+    assert_eq!(c.kbs.unwrap().url, "http://10.0.2.2:8080");
+    let c = from_text("[attestation]\ntee = \"tdx\"\n", Some("ward.tee=auto")).unwrap();
+    assert_eq!(c.attestation.tee, None);
+    for (line, want) in [
+        ("ward.tee=sev", "ward.tee: `sev` is not a TEE"),
+        (
+            "ward.allow_sample=maybe",
+            "ward.allow_sample: `maybe` is not a boolean",
+        ),
+        (
+            "ward.kbs_url=kbs",
+            "ward.kbs_url: `kbs` is not an http(s) URL",
+        ),
+    ] {
+        let e = parse_cmdline(line).unwrap_err().to_string();
+        assert!(e.contains(want), "`{e}` lacks `{want}`");
+    }
+}

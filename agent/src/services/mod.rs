@@ -7,9 +7,12 @@
 //! a tracing span and a deadline. Method names come from the generated code, never from a list
 //! kept by hand.
 
+mod attestation_agent;
 mod catalog;
+mod data_hub;
 mod guard;
 mod health;
+mod status;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -23,12 +26,18 @@ pub use catalog::ServiceKind;
 pub use guard::RequestPolicy;
 pub use health::{DaemonState, Mode};
 
+use crate::attestation::Attestation;
+
+/// What the services share: the daemon's state and its attestation side.
+pub struct Context {
+    pub daemon: Arc<DaemonState>,
+    pub attestation: Arc<Attestation>,
+}
+
 /// Stands in for a service whose implementation has not landed: the generated trait's default
 /// methods are never reached, because [`services_for`] swaps every handler for a guard.
 struct Placeholder;
 
-impl attestation_agent_ttrpc::AttestationAgentService for Placeholder {}
-impl confidential_data_hub_ttrpc::GetResourceService for Placeholder {}
 impl confidential_data_hub_ttrpc::SealedSecretService for Placeholder {}
 impl confidential_data_hub_ttrpc::SecureMountService for Placeholder {}
 impl confidential_data_hub_ttrpc::ImagePullService for Placeholder {}
@@ -38,26 +47,32 @@ impl keyprovider_ttrpc::KeyProviderService for Placeholder {}
 fn generated(
     kind: ServiceKind,
     allowed: &BTreeSet<ServiceKind>,
-    state: &Arc<DaemonState>,
+    ctx: &Context,
 ) -> (HashMap<String, Service>, bool) {
     let p = Arc::new(Placeholder);
     match kind {
         ServiceKind::Health => {
             let served = allowed.iter().map(|k| k.ttrpc_name().to_string()).collect();
-            let health = health::Health::new(state.clone(), served);
+            let health = health::Health::new(ctx.daemon.clone(), served);
             (
                 ward_health_ttrpc::create_health_service(Arc::new(health)),
                 true,
             )
         }
-        ServiceKind::AttestationAgent => (
-            attestation_agent_ttrpc::create_attestation_agent_service(p),
-            false,
-        ),
-        ServiceKind::GetResource => (
-            confidential_data_hub_ttrpc::create_get_resource_service(p),
-            false,
-        ),
+        ServiceKind::AttestationAgent => {
+            let aa = attestation_agent::AttestationAgent::new(ctx.attestation.clone());
+            (
+                attestation_agent_ttrpc::create_attestation_agent_service(Arc::new(aa)),
+                true,
+            )
+        }
+        ServiceKind::GetResource => {
+            let gr = data_hub::GetResource::new(ctx.attestation.clone());
+            (
+                confidential_data_hub_ttrpc::create_get_resource_service(Arc::new(gr)),
+                true,
+            )
+        }
         ServiceKind::SealedSecret => (
             confidential_data_hub_ttrpc::create_sealed_secret_service(p),
             false,
@@ -80,13 +95,13 @@ fn generated(
 pub fn services_for(
     listener: &str,
     allowed: &BTreeSet<ServiceKind>,
-    state: &Arc<DaemonState>,
+    ctx: &Context,
     policy: RequestPolicy,
 ) -> HashMap<String, Service> {
     let listener: Arc<str> = Arc::from(listener);
     let mut out = HashMap::new();
     for kind in ServiceKind::ALL {
-        let (map, implemented) = generated(kind, allowed, state);
+        let (map, implemented) = generated(kind, allowed, ctx);
         let verdict = if !allowed.contains(&kind) {
             guard::Verdict::Denied
         } else if implemented {
@@ -106,7 +121,7 @@ pub fn services_for(
                         kind,
                         path,
                         listener.clone(),
-                        state.clone(),
+                        ctx.daemon.clone(),
                         policy,
                     );
                     (method, Box::new(handler) as Box<_>)

@@ -159,6 +159,19 @@ impl KbsClient {
         Ok(session.token.as_str().to_string())
     }
 
+    /// The current token and the session's TEE private key as PEM (PKCS#8), for callers that
+    /// need CoCo's exact GetToken reply. Prefer [`Self::token`]: the key should not leave wardd.
+    pub async fn token_with_keypair_pem(
+        &self,
+    ) -> Result<(Zeroizing<String>, Zeroizing<String>), KbsError> {
+        let session = self.session(None).await?;
+        let pem = session
+            .key
+            .private_pem()
+            .map_err(|e| KbsError::Crypto(e.to_string()))?;
+        Ok((Zeroizing::new(session.token.as_str().to_string()), pem))
+    }
+
     /// The claims of the current token (running the handshake when needed).
     pub async fn token_claims(&self) -> Result<serde_json::Value, KbsError> {
         Ok(self.session(None).await?.token.claims().clone())

@@ -61,6 +61,19 @@ impl TeeKey {
         }
     }
 
+    /// The private key as PKCS#8 PEM (CoCo's GetToken reply carries it).
+    pub fn private_pem(&self) -> Result<zeroize::Zeroizing<String>, KeyError> {
+        use rsa::pkcs8::EncodePrivateKey;
+        match self {
+            TeeKey::Ec(k) => k
+                .to_pkcs8_pem(rsa::pkcs8::LineEnding::LF)
+                .map_err(|e| KeyError(e.to_string())),
+            TeeKey::Rsa(k) => k
+                .to_pkcs8_pem(rsa::pkcs8::LineEnding::LF)
+                .map_err(|e| KeyError(e.to_string())),
+        }
+    }
+
     pub(crate) fn ec(&self) -> Option<&p256::SecretKey> {
         match self {
             TeeKey::Ec(k) => Some(k),

@@ -1,0 +1,115 @@
+//! `attestation_agent.AttestationAgentService`, CoCo-compatible, over wardd's shared attester
+//! and KBS session.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use ttrpc::asynchronous::TtrpcContext;
+use ward_protos::attestation_agent::{
+    BindInitDataRequest, BindInitDataResponse, ExtendRuntimeMeasurementRequest,
+    ExtendRuntimeMeasurementResponse, GetAdditionalEvidenceRequest, GetAdditionalTeesRequest,
+    GetAdditionalTeesResponse, GetEvidenceRequest, GetEvidenceResponse, GetTeeTypeRequest,
+    GetTeeTypeResponse, GetTokenRequest, GetTokenResponse,
+};
+use ward_protos::attestation_agent_ttrpc::AttestationAgentService;
+
+use super::status;
+use crate::attestation::Attestation;
+
+pub(super) struct AttestationAgent {
+    attestation: Arc<Attestation>,
+}
+
+impl AttestationAgent {
+    pub(super) fn new(attestation: Arc<Attestation>) -> AttestationAgent {
+        AttestationAgent { attestation }
+    }
+}
+
+#[async_trait]
+impl AttestationAgentService for AttestationAgent {
+    async fn get_evidence(
+        &self,
+        _ctx: &TtrpcContext,
+        req: GetEvidenceRequest,
+    ) -> ttrpc::Result<GetEvidenceResponse> {
+        let evidence = self
+            .attestation
+            .evidence(&req.RuntimeData)
+            .await
+            .map_err(|e| status::attestation(&e))?;
+        Ok(GetEvidenceResponse {
+            Evidence: evidence,
+            ..Default::default()
+        })
+    }
+
+    /// No device attesters yet: CoCo answers empty bytes when there are no devices.
+    async fn get_additional_evidence(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: GetAdditionalEvidenceRequest,
+    ) -> ttrpc::Result<GetEvidenceResponse> {
+        Ok(GetEvidenceResponse::default())
+    }
+
+    async fn get_token(
+        &self,
+        _ctx: &TtrpcContext,
+        req: GetTokenRequest,
+    ) -> ttrpc::Result<GetTokenResponse> {
+        let token = self
+            .attestation
+            .token(&req.TokenType)
+            .await
+            .map_err(|e| status::attestation(&e))?;
+        Ok(GetTokenResponse {
+            Token: token.to_vec(),
+            ..Default::default()
+        })
+    }
+
+    async fn extend_runtime_measurement(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: ExtendRuntimeMeasurementRequest,
+    ) -> ttrpc::Result<ExtendRuntimeMeasurementResponse> {
+        Err(status::unimplemented(
+            "/attestation_agent.AttestationAgentService/ExtendRuntimeMeasurement",
+        ))
+    }
+
+    async fn bind_init_data(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: BindInitDataRequest,
+    ) -> ttrpc::Result<BindInitDataResponse> {
+        Err(status::unimplemented(
+            "/attestation_agent.AttestationAgentService/BindInitData",
+        ))
+    }
+
+    async fn get_tee_type(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: GetTeeTypeRequest,
+    ) -> ttrpc::Result<GetTeeTypeResponse> {
+        let tee = self
+            .attestation
+            .tee()
+            .map_err(|e| status::attestation(&e))?;
+        Ok(GetTeeTypeResponse {
+            tee: tee.to_string(),
+            ..Default::default()
+        })
+    }
+
+    /// No device attesters yet.
+    async fn get_additional_tees(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: GetAdditionalTeesRequest,
+    ) -> ttrpc::Result<GetAdditionalTeesResponse> {
+        Ok(GetAdditionalTeesResponse::default())
+    }
+}

@@ -1,0 +1,187 @@
+//! wardd's CoCo-compatible attestation-agent and GetResource services end to end: a real wardd
+//! process with the sample TEE, talking to the development KBS on 127.0.0.1, called through the
+//! generated ttrpc clients exactly as kata-agent and CDH clients call CoCo's daemons.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::Duration;
+
+use base64::Engine;
+use nix::sys::signal::Signal;
+use ttrpc::Code;
+use ward_protos::attestation_agent::{
+    GetAdditionalTeesRequest, GetEvidenceRequest, GetTeeTypeRequest, GetTokenRequest,
+};
+use ward_protos::attestation_agent_ttrpc::AttestationAgentServiceClient;
+use ward_protos::confidential_data_hub::GetResourceRequest;
+use ward_protos::confidential_data_hub_ttrpc::GetResourceServiceClient;
+use ward_tests::kbs::{DevKbs, Policy};
+use ward_tests::{Wardd, config_text};
+
+fn ctx() -> ttrpc::context::Context {
+    ttrpc::context::with_timeout(20_000_000_000)
+}
+
+fn code_of(e: ttrpc::Error) -> (Code, String) {
+    match e {
+        ttrpc::Error::RpcStatus(s) => (s.code(), s.message().to_string()),
+        other => panic!("expected a status, got {other:?}"),
+    }
+}
+
+async fn start_wardd(extra: String) -> Wardd {
+    tokio::task::spawn_blocking(move || {
+        let dir = tempfile::tempdir().unwrap();
+        let config = format!("{}{extra}", config_text(dir.path(), &["all"]));
+        Wardd::start_with(dir, &config, "", &[])
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coco_clients_get_evidence_tokens_and_resources() {
+    let kbs = DevKbs::start().await.unwrap();
+    kbs.put("default/key/1", b"the-secret-value", Policy::Allow);
+    kbs.put("default/key/denied", b"nope", Policy::Deny);
+    let mut w = start_wardd(format!(
+        "\n[attestation]\ntee = \"sample\"\n\n[kbs]\nurl = \"{}\"\ntimeout_secs = 5\n",
+        kbs.url()
+    ))
+    .await;
+
+    let client = ttrpc::asynchronous::Client::connect(&w.addr).await.unwrap();
+    let aa = AttestationAgentServiceClient::new(client.clone());
+    let cdh = GetResourceServiceClient::new(client);
+
+    let tee = aa
+        .get_tee_type(ctx(), &GetTeeTypeRequest::new())
+        .await
+        .unwrap();
+    assert_eq!(tee.tee, "sample");
+    let extra = aa
+        .get_additional_tees(ctx(), &GetAdditionalTeesRequest::new())
+        .await
+        .unwrap();
+    assert!(extra.additional_tees.is_empty());
+
+    let mut req = GetEvidenceRequest::new();
+    req.RuntimeData = vec![0x5a; 32];
+    let ev = aa.get_evidence(ctx(), &req).await.unwrap();
+    let ev: serde_json::Value = serde_json::from_slice(&ev.Evidence).unwrap();
+    let rd = base64::engine::general_purpose::STANDARD
+        .decode(ev["report_data"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(rd, vec![0x5a; 32]);
+
+    req.RuntimeData = vec![0; 65];
+    let (code, msg) = code_of(aa.get_evidence(ctx(), &req).await.unwrap_err());
+    assert_eq!(code, Code::INVALID_ARGUMENT, "{msg}");
+
+    let mut tr = GetTokenRequest::new();
+    tr.TokenType = "kbs".into();
+    let token = aa.get_token(ctx(), &tr).await.unwrap();
+    let token = String::from_utf8(token.Token).unwrap();
+    assert_eq!(
+        token.split('.').count(),
+        3,
+        "a bare JWT, no private key: {token}"
+    );
+    tr.TokenType = "coco_as".into();
+    let (code, _) = code_of(aa.get_token(ctx(), &tr).await.unwrap_err());
+    assert_eq!(code, Code::INVALID_ARGUMENT);
+
+    for path in ["kbs:///default/key/1", "default/key/1"] {
+        let mut r = GetResourceRequest::new();
+        r.ResourcePath = path.into();
+        let got = cdh.get_resource(ctx(), &r).await.unwrap();
+        assert_eq!(got.Resource, b"the-secret-value");
+    }
+    let cases = [
+        ("kbs:///default/key/denied", Code::PERMISSION_DENIED),
+        ("kbs:///default/key/absent", Code::NOT_FOUND),
+        ("kbs:///default/../etc", Code::INVALID_ARGUMENT),
+        ("kbs:///default//x", Code::INVALID_ARGUMENT),
+    ];
+    for (path, want) in cases {
+        let mut r = GetResourceRequest::new();
+        r.ResourcePath = path.into();
+        let (code, msg) = code_of(cdh.get_resource(ctx(), &r).await.unwrap_err());
+        assert_eq!(code, want, "{path}: {msg}");
+    }
+    let (auth, attest, _) = kbs.counts();
+    assert_eq!(
+        (auth, attest),
+        (1, 1),
+        "one KBS session for the token and every resource"
+    );
+
+    w.signal(Signal::SIGTERM);
+    tokio::task::spawn_blocking(move || {
+        assert_eq!(w.wait(Duration::from_secs(15)).code(), Some(0));
+        let log = std::fs::read_to_string(&w.audit).unwrap();
+        assert!(
+            !log.contains("the-secret-value"),
+            "no secret in the audit log"
+        );
+        let stderr = w.stderr();
+        assert!(
+            !stderr.contains("the-secret-value"),
+            "no secret in the logs"
+        );
+        let events: Vec<(String, String)> = log
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                (
+                    v["event"].as_str().unwrap().to_string(),
+                    v["subject"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        assert!(
+            events.contains(&("resource.release".into(), "kbs:///default/key/1".into())),
+            "{events:?}"
+        );
+        assert!(
+            events.contains(&(
+                "resource.refused".into(),
+                "kbs:///default/key/denied".into()
+            )),
+            "{events:?}"
+        );
+        assert!(events.iter().any(|(e, _)| e == "kbs.token"), "{events:?}");
+        assert!(
+            events.iter().any(|(e, _)| e == "attestation.evidence"),
+            "{events:?}"
+        );
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_tee_or_kbs_the_answers_say_why() {
+    let w = start_wardd(String::new()).await;
+    let client = ttrpc::asynchronous::Client::connect(&w.addr).await.unwrap();
+    let aa = AttestationAgentServiceClient::new(client.clone());
+    let (code, msg) = code_of(
+        aa.get_tee_type(ctx(), &GetTeeTypeRequest::new())
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(code, Code::FAILED_PRECONDITION, "{msg}");
+    assert!(msg.contains("no TEE found"), "{msg}");
+
+    let w2 = start_wardd("\n[attestation]\ntee = \"sample\"\n".to_string()).await;
+    let client = ttrpc::asynchronous::Client::connect(&w2.addr)
+        .await
+        .unwrap();
+    let cdh = GetResourceServiceClient::new(client);
+    let mut r = GetResourceRequest::new();
+    r.ResourcePath = "kbs:///a/b/c".into();
+    let (code, msg) = code_of(cdh.get_resource(ctx(), &r).await.unwrap_err());
+    assert_eq!(code, Code::FAILED_PRECONDITION, "{msg}");
+    assert!(msg.contains("no KBS is configured"), "{msg}");
+    drop(w);
+}
