@@ -185,3 +185,82 @@ async fn without_a_tee_or_kbs_the_answers_say_why() {
     assert!(msg.contains("no KBS is configured"), "{msg}");
     drop(w);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_attests_and_fetches_on_its_own() {
+    let kbs = DevKbs::start().await.unwrap();
+    kbs.put("default/key/cli", b"cli-secret", Policy::Allow);
+    kbs.put("default/key/no", b"x", Policy::Deny);
+    let url = kbs.url();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("secret");
+    let out_s = out.display().to_string();
+    let results = tokio::task::spawn_blocking(move || {
+        let run = |args: &[&str]| ward_tests::run_ward("ward", args);
+        (
+            run(&[
+                "get-resource",
+                "--kbs",
+                &url,
+                "--tee",
+                "sample",
+                "kbs:///default/key/cli",
+            ]),
+            run(&[
+                "get-resource",
+                "--kbs",
+                &url,
+                "--tee",
+                "sample",
+                "--out",
+                &out_s,
+                "kbs:///default/key/cli",
+            ]),
+            run(&[
+                "get-resource",
+                "--kbs",
+                &url,
+                "--tee",
+                "sample",
+                "kbs:///default/key/no",
+            ]),
+            run(&["attest", "--kbs", &url, "--tee", "sample"]),
+            run(&["evidence", "--tee", "sample", "--report-data", "00ff"]),
+            run(&[
+                "evidence",
+                "--tee",
+                "sample",
+                "--report-data",
+                &"00".repeat(65),
+            ]),
+            run(&["attest", "--kbs", &url]),
+        )
+    })
+    .await
+    .unwrap();
+    let (plain, to_file, denied, attest, evidence, too_long, no_tee) = results;
+    assert_eq!(plain.0, 0, "{plain:?}");
+    assert_eq!(plain.1, "cli-secret");
+    assert_eq!(to_file.0, 0, "{to_file:?}");
+    assert_eq!(std::fs::read(&out).unwrap(), b"cli-secret");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&out).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert_eq!(denied.0, 1);
+    assert!(
+        denied.2.contains("policy denied kbs:///default/key/no"),
+        "{denied:?}"
+    );
+    assert_eq!(attest.0, 0, "{attest:?}");
+    let claims: serde_json::Value = serde_json::from_str(&attest.1).unwrap();
+    assert_eq!(claims["submods"]["cpu0"]["ear.status"], "affirming");
+    assert_eq!(evidence.0, 0, "{evidence:?}");
+    let ev: serde_json::Value = serde_json::from_str(&evidence.1).unwrap();
+    assert_eq!(ev["report_data"], "AP8=");
+    assert_eq!(too_long.0, 1);
+    assert!(too_long.2.contains("65 bytes"), "{too_long:?}");
+    assert_eq!(no_tee.0, 1, "no TEE here and no --tee sample: {no_tee:?}");
+    assert!(no_tee.2.contains("no TEE found"), "{no_tee:?}");
+}

@@ -7,6 +7,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+mod kbs;
+
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use ward_agent::audit;
@@ -34,6 +36,46 @@ enum Command {
         /// Give up after this many seconds.
         #[arg(long, default_value_t = 5)]
         timeout: u64,
+    },
+    /// Collect TEE evidence for the given report data and print it.
+    Evidence {
+        /// auto, snp, tdx, az-snp-vtpm, az-tdx-vtpm, or sample (development).
+        #[arg(long, default_value = "auto")]
+        tee: String,
+        /// Report data as hex, at most 64 bytes.
+        #[arg(long, default_value = "")]
+        report_data: String,
+    },
+    /// Run the KBS handshake in this process and print the token's claims.
+    Attest {
+        /// The KBS base URL.
+        #[arg(long)]
+        kbs: String,
+        #[arg(long, default_value = "auto")]
+        tee: String,
+        /// PEM CA certificate(s) for the KBS's TLS certificate.
+        #[arg(long)]
+        cacert: Option<PathBuf>,
+        /// Use an RSA TEE key (RSA-OAEP-256) instead of EC P-256.
+        #[arg(long)]
+        rsa: bool,
+    },
+    /// Fetch a KBS resource: directly (--kbs) or through a running wardd (--addr).
+    GetResource {
+        /// kbs:///repo/type/tag
+        uri: String,
+        #[arg(long, conflicts_with = "addr", required_unless_present = "addr")]
+        kbs: Option<String>,
+        /// wardd's address, to go through its GetResource API.
+        #[arg(long)]
+        addr: Option<String>,
+        #[arg(long, default_value = "auto")]
+        tee: String,
+        #[arg(long)]
+        cacert: Option<PathBuf>,
+        /// Write the resource to this file (mode 0600) instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// Work with the hash-chained audit log.
     Audit {
@@ -68,13 +110,49 @@ fn main() -> ExitCode {
 
 /// Runs one command; `Ok(false)` means the check ran and failed.
 fn run(cli: Cli) -> anyhow::Result<bool> {
+    let rt = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the async runtime")
+    };
     match cli.command {
+        Command::Evidence { tee, report_data } => {
+            rt()?.block_on(kbs::evidence(kbs::parse_tee(&tee)?, &report_data))
+        }
+        Command::Attest {
+            kbs: url,
+            tee,
+            cacert,
+            rsa,
+        } => rt()?.block_on(kbs::attest(
+            &url,
+            kbs::parse_tee(&tee)?,
+            cacert.as_deref(),
+            rsa,
+        )),
+        Command::GetResource {
+            uri,
+            kbs: url,
+            addr,
+            tee,
+            cacert,
+            out,
+        } => {
+            let tee = kbs::parse_tee(&tee)?;
+            let source = match (&url, &addr) {
+                (Some(url), _) => kbs::Source::Kbs {
+                    url,
+                    tee,
+                    cacert: cacert.as_deref(),
+                },
+                (None, Some(addr)) => kbs::Source::Wardd { addr },
+                (None, None) => anyhow::bail!("give --kbs URL or --addr ADDR"),
+            };
+            rt()?.block_on(kbs::get_resource(source, &uri, out.as_ref()))
+        }
         Command::Health { addr, timeout } => {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .context("cannot start the async runtime")?;
-            rt.block_on(health(&addr, Duration::from_secs(timeout)))
+            rt()?.block_on(health(&addr, Duration::from_secs(timeout)))
         }
         Command::Audit {
             command: AuditCommand::Verify { file, expect_head },
