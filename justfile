@@ -26,3 +26,7 @@ build:
 bench-startup:
     cargo build --release --workspace --bins
     WARD_BIN_DIR={{justfile_directory()}}/target/release cargo run --release -q -p ward-tests --bin bench-startup
+
+# KBS handshake and resource figures against the dev KBS on loopback.
+bench-kbs:
+    cargo run --release -q -p ward-tests --bin bench-kbs

@@ -6,9 +6,11 @@
 
 use std::sync::Arc;
 
+use ward_attester::eventlog::{self, EventHash, EventLog, EventLogError};
+use ward_attester::initdata::{InitData, InitDataError};
 use ward_attester::kbs::{KbsClient, KbsConfig, KbsError, ResourceUri, RetryPolicy};
 use ward_attester::report_data::ReportData;
-use ward_attester::tee::{self, Attester, AttesterError, DetectOptions, Tee};
+use ward_attester::tee::{self, Attester, AttesterError, DetectOptions, InitDataBinding, Tee};
 use zeroize::Zeroizing;
 
 use crate::audit::AuditLog;
@@ -30,6 +32,8 @@ pub enum AttestationError {
     Evidence(#[from] AttesterError),
     #[error(transparent)]
     Kbs(#[from] KbsError),
+    #[error(transparent)]
+    EventLog(#[from] EventLogError),
     /// The audit log could not record a key release, so it was not released.
     #[error("audit log: {0}")]
     Audit(String),
@@ -49,6 +53,20 @@ pub enum AttestationSetupError {
     /// A TEE named in the config is not here, or sample was asked for on real hardware.
     #[error(transparent)]
     Tee(AttesterError),
+    #[error("initdata {path}: {detail}")]
+    InitData { path: String, detail: String },
+    #[error(transparent)]
+    EventLog(#[from] EventLogError),
+}
+
+/// What ExtendRuntimeMeasurement did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Extended {
+    Ok,
+    /// The platform has no runtime measurement register.
+    NotSupported,
+    /// Runtime measurement is off in the config.
+    NotEnabled,
 }
 
 /// The detected TEE and the shared KBS client.
@@ -57,6 +75,9 @@ pub struct Attestation {
     kbs: Option<KbsClient>,
     coco_token_reply: bool,
     audit: Option<Arc<AuditLog>>,
+    initdata: Option<InitData>,
+    eventlog: Option<EventLog>,
+    measurement_pcr: u64,
 }
 
 impl Attestation {
@@ -78,6 +99,28 @@ impl Attestation {
             Err(e @ AttesterError::NoTee { .. }) => Err(e.to_string()),
             Err(e) => return Err(AttestationSetupError::Tee(e)),
         };
+        let initdata = match &config.attestation.initdata {
+            Some(path) => match std::fs::read_to_string(path) {
+                Ok(text) => Some(InitData::parse(text).map_err(|e: InitDataError| {
+                    AttestationSetupError::InitData {
+                        path: path.display().to_string(),
+                        detail: e.to_string(),
+                    }
+                })?),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(e) => {
+                    return Err(AttestationSetupError::InitData {
+                        path: path.display().to_string(),
+                        detail: e.to_string(),
+                    });
+                }
+            },
+            None => None,
+        };
+        let eventlog = match &config.attestation.eventlog {
+            Some(path) if attester.is_ok() => Some(EventLog::open(path)?),
+            _ => None,
+        };
         let kbs = match (&config.kbs, &attester) {
             (Some(k), Ok(a)) => {
                 let ca_pem = match &k.cacert {
@@ -92,6 +135,7 @@ impl Attestation {
                 let mut kc = KbsConfig::new(k.url.clone());
                 kc.ca_pem = ca_pem;
                 kc.key_kind = k.key;
+                kc.init_data = initdata.as_ref().map(|d| d.body().to_string());
                 kc.retry = RetryPolicy {
                     attempts: k.attempts,
                     timeout: k.timeout,
@@ -106,7 +150,84 @@ impl Attestation {
             kbs,
             coco_token_reply: config.kbs.as_ref().is_some_and(|k| k.coco_token_reply),
             audit,
+            initdata,
+            eventlog,
+            measurement_pcr: config.attestation.measurement_pcr,
         })
+    }
+
+    /// Checks the boot initdata against the TEE's launch measurement (or extends it into a
+    /// register). A mismatch means the host handed over other initdata than it launched the
+    /// guest with: the caller must not go on.
+    pub async fn bind_boot_initdata(&self) -> Result<Option<InitDataBinding>, AttestationError> {
+        let Some(initdata) = &self.initdata else {
+            return Ok(None);
+        };
+        let binding = self.bind_init_data(initdata.digest()).await?;
+        Ok(Some(binding))
+    }
+
+    /// BindInitData: checks (or extends) an initdata digest.
+    pub async fn bind_init_data(&self, digest: &[u8]) -> Result<InitDataBinding, AttestationError> {
+        if digest.is_empty() || digest.len() > 64 {
+            return Err(AttestationError::InvalidArgument(format!(
+                "an initdata digest of {} bytes is not a SHA-2 digest",
+                digest.len()
+            )));
+        }
+        let binding = self.attester()?.bind_init_data(digest).await?;
+        self.record(
+            "initdata.bind",
+            &hex::encode(digest),
+            serde_json::json!({
+                "binding": format!("{binding:?}"),
+            }),
+        )?;
+        Ok(binding)
+    }
+
+    /// ExtendRuntimeMeasurement: records `domain operation content` in the event log and extends
+    /// the platform's runtime register with the event's digest.
+    pub async fn extend_runtime_measurement(
+        &self,
+        domain: &str,
+        operation: &str,
+        content: &str,
+        register: Option<u64>,
+    ) -> Result<Extended, AttestationError> {
+        let Some(log) = &self.eventlog else {
+            return Ok(Extended::NotEnabled);
+        };
+        let attester = self.attester()?;
+        let pcr = register.unwrap_or(self.measurement_pcr);
+        let (hash, index) = match attester.tee() {
+            Tee::Tdx | Tee::Sample => (EventHash::Sha384, eventlog::pcr_to_ccmr(pcr)),
+            Tee::AzSnpVtpm | Tee::AzTdxVtpm => (
+                EventHash::Sha256,
+                u32::try_from(pcr)
+                    .map_err(|_| AttestationError::InvalidArgument(format!("PCR {pcr}")))?,
+            ),
+            _ => return Ok(Extended::NotSupported),
+        };
+        let event = eventlog::build_event(hash, index, domain, operation, content)?;
+        match attester
+            .extend_runtime_measurement(&event.digest, pcr)
+            .await
+        {
+            Ok(()) => {}
+            Err(AttesterError::NotSupported { .. }) => return Ok(Extended::NotSupported),
+            Err(e) => return Err(e.into()),
+        }
+        log.append(&event)?;
+        self.record(
+            "runtime.extend",
+            &event.text,
+            serde_json::json!({
+                "register": event.register,
+                "digest": hex::encode(&event.digest),
+            }),
+        )?;
+        Ok(Extended::Ok)
     }
 
     fn attester(&self) -> Result<&Arc<dyn Attester>, AttestationError> {

@@ -32,6 +32,9 @@ pub enum DaemonError {
     /// The TEE or KBS settings cannot be used.
     #[error(transparent)]
     Attestation(#[from] AttestationSetupError),
+    /// The boot initdata does not match what the TEE measured (or cannot be checked).
+    #[error("initdata: {0}")]
+    InitData(String),
     /// Signal handlers could not be installed.
     #[error("cannot install signal handlers: {0}")]
     Signals(#[source] std::io::Error),
@@ -56,6 +59,11 @@ pub async fn run(config: &Config, mode: Mode) -> Result<(), DaemonError> {
     };
     let state = Arc::new(DaemonState::new(mode));
     let attestation = Arc::new(Attestation::from_config(config, audit.clone())?);
+    match attestation.bind_boot_initdata().await {
+        Ok(Some(binding)) => tracing::info!(?binding, "initdata bound to the launch measurement"),
+        Ok(None) => {}
+        Err(e) => return Err(DaemonError::InitData(e.to_string())),
+    }
     match attestation.tee() {
         Ok(tee) => {
             tracing::info!(%tee, kbs = config.kbs.as_ref().map(|k| k.url.as_str()), "attestation ready")

@@ -7,6 +7,8 @@
 //! To come in this crate: evidence parsers for `ward evidence --explain`, NVIDIA GPU evidence,
 //! and the KBS protocol 0.4.0 client.
 
+pub mod eventlog;
+pub mod initdata;
 pub mod kbs;
 pub mod report_data;
 pub mod tee;

@@ -99,13 +99,17 @@ pub struct Wardd {
     pub ready_after: Duration,
 }
 
-/// A config for one listener serving `services` at `<dir>/ward.sock`, with an audit log.
+/// A config for one listener serving `services` at `<dir>/ward.sock`, with an audit log, and
+/// initdata and the event log in `dir` (never the machine's /run).
 pub fn config_text(dir: &Path, services: &[&str]) -> String {
     let list: Vec<String> = services.iter().map(|s| format!("{s:?}")).collect();
     format!(
         "[log]\nlevel = \"debug\"\n\n[audit]\npath = {:?}\n\n[daemon]\nshutdown_timeout_secs = 5\n\n\
+         [attestation]\ninitdata = {:?}\neventlog = {:?}\n\n\
          [[listener]]\naddress = \"unix://{}\"\nservices = [{}]\n",
         dir.join("audit.jsonl").display().to_string(),
+        dir.join("initdata.toml").display().to_string(),
+        dir.join("eventlog").display().to_string(),
         dir.join("ward.sock").display(),
         list.join(", ")
     )

@@ -29,11 +29,18 @@ fn code_of(e: ttrpc::Error) -> (Code, String) {
     }
 }
 
-async fn start_wardd(extra: String) -> Wardd {
+/// Starts wardd serving everything; `extra` is appended to the config, `cmdline` is its kernel
+/// command line, `initdata` (if any) is written where the config points.
+async fn start_wardd(extra: String, cmdline: &str, initdata: Option<&str>) -> Wardd {
+    let cmdline = cmdline.to_string();
+    let initdata = initdata.map(str::to_string);
     tokio::task::spawn_blocking(move || {
         let dir = tempfile::tempdir().unwrap();
+        if let Some(doc) = initdata {
+            std::fs::write(dir.path().join("initdata.toml"), doc).unwrap();
+        }
         let config = format!("{}{extra}", config_text(dir.path(), &["all"]));
-        Wardd::start_with(dir, &config, "", &[])
+        Wardd::start_with(dir, &config, &cmdline, &[])
     })
     .await
     .unwrap()
@@ -44,10 +51,11 @@ async fn coco_clients_get_evidence_tokens_and_resources() {
     let kbs = DevKbs::start().await.unwrap();
     kbs.put("default/key/1", b"the-secret-value", Policy::Allow);
     kbs.put("default/key/denied", b"nope", Policy::Deny);
-    let mut w = start_wardd(format!(
-        "\n[attestation]\ntee = \"sample\"\n\n[kbs]\nurl = \"{}\"\ntimeout_secs = 5\n",
-        kbs.url()
-    ))
+    let mut w = start_wardd(
+        format!("\n[kbs]\nurl = \"{}\"\ntimeout_secs = 5\n", kbs.url()),
+        "ward.tee=sample",
+        None,
+    )
     .await;
 
     let client = ttrpc::asynchronous::Client::connect(&w.addr).await.unwrap();
@@ -162,7 +170,7 @@ async fn coco_clients_get_evidence_tokens_and_resources() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_tee_or_kbs_the_answers_say_why() {
-    let w = start_wardd(String::new()).await;
+    let w = start_wardd(String::new(), "", None).await;
     let client = ttrpc::asynchronous::Client::connect(&w.addr).await.unwrap();
     let aa = AttestationAgentServiceClient::new(client.clone());
     let (code, msg) = code_of(
@@ -173,7 +181,7 @@ async fn without_a_tee_or_kbs_the_answers_say_why() {
     assert_eq!(code, Code::FAILED_PRECONDITION, "{msg}");
     assert!(msg.contains("no TEE found"), "{msg}");
 
-    let w2 = start_wardd("\n[attestation]\ntee = \"sample\"\n".to_string()).await;
+    let w2 = start_wardd(String::new(), "ward.tee=sample", None).await;
     let client = ttrpc::asynchronous::Client::connect(&w2.addr)
         .await
         .unwrap();
@@ -263,4 +271,113 @@ async fn the_cli_attests_and_fetches_on_its_own() {
     assert!(too_long.2.contains("65 bytes"), "{too_long:?}");
     assert_eq!(no_tee.0, 1, "no TEE here and no --tee sample: {no_tee:?}");
     assert!(no_tee.2.contains("no TEE found"), "{no_tee:?}");
+}
+
+const INITDATA: &str = "version = \"0.1.0\"\nalgorithm = \"sha256\"\n[data]\n\"policy.rego\" = \"package agent_policy\"\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn initdata_goes_to_the_kbs_and_runtime_events_to_the_log() {
+    use sha2::Digest;
+    use ward_protos::attestation_agent::{
+        BindInitDataRequest, ExtendRuntimeMeasurementRequest, RuntimeMeasurementResult,
+    };
+    let kbs = DevKbs::start().await.unwrap();
+    let w = start_wardd(
+        format!("\n[kbs]\nurl = \"{}\"\n", kbs.url()),
+        "ward.tee=sample",
+        Some(INITDATA),
+    )
+    .await;
+    let client = ttrpc::asynchronous::Client::connect(&w.addr).await.unwrap();
+    let aa = AttestationAgentServiceClient::new(client);
+
+    // The initdata body went into the attestation; the dev KBS records its SHA-256.
+    let mut tr = GetTokenRequest::new();
+    tr.TokenType = "kbs".into();
+    let token = String::from_utf8(aa.get_token(ctx(), &tr).await.unwrap().Token).unwrap();
+    let payload = token.split('.').nth(1).unwrap();
+    let claims: serde_json::Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        claims["submods"]["cpu0"]["ear.veraison.annotated-evidence"]["init_data"],
+        hex::encode(sha2::Sha256::digest(INITDATA.as_bytes()))
+    );
+
+    let mut b = BindInitDataRequest::new();
+    b.Digest = sha2::Sha256::digest(INITDATA.as_bytes()).to_vec();
+    aa.bind_init_data(ctx(), &b).await.unwrap();
+    b.Digest = Vec::new();
+    let (code, _) = code_of(aa.bind_init_data(ctx(), &b).await.unwrap_err());
+    assert_eq!(code, Code::INVALID_ARGUMENT);
+
+    let mut e = ExtendRuntimeMeasurementRequest::new();
+    e.Domain = "github.com/confidential-containers".into();
+    e.Operation = "PullImage".into();
+    e.Content = r#"{"image":"busybox","digest":"sha256:00"}"#.into();
+    let r = aa.extend_runtime_measurement(ctx(), &e).await.unwrap();
+    assert_eq!(r.Result.enum_value(), Ok(RuntimeMeasurementResult::OK));
+    let log = std::fs::read(w.dir.path().join("eventlog")).unwrap();
+    let text = b"github.com/confidential-containers PullImage {\"image\":\"busybox\",\"digest\":\"sha256:00\"}";
+    assert!(
+        log.windows(text.len()).any(|win| win == text),
+        "the event text is in the log"
+    );
+    assert_eq!(
+        &log[0..4],
+        &4u32.to_le_bytes(),
+        "PCR 17 maps to CC MR 4 (RTMR3)"
+    );
+
+    e.Content = "two\nlines".into();
+    let (code, _) = code_of(aa.extend_runtime_measurement(ctx(), &e).await.unwrap_err());
+    assert_eq!(code, Code::INVALID_ARGUMENT);
+
+    // With the event log off, the answer says so.
+    let dir = tempfile::tempdir().unwrap();
+    let eventlog = format!(
+        "eventlog = {:?}",
+        dir.path().join("eventlog").display().to_string()
+    );
+    let cfg = config_text(dir.path(), &["all"]).replace(&eventlog, "eventlog = \"\"");
+    assert!(cfg.contains("eventlog = \"\""));
+    let off = tokio::task::spawn_blocking(move || {
+        ward_tests::Wardd::start_with(dir, &cfg, "ward.tee=sample", &[])
+    })
+    .await
+    .unwrap();
+    let aa = AttestationAgentServiceClient::new(
+        ttrpc::asynchronous::Client::connect(&off.addr)
+            .await
+            .unwrap(),
+    );
+    e.Content = "x".into();
+    let r = aa.extend_runtime_measurement(ctx(), &e).await.unwrap();
+    assert_eq!(
+        r.Result.enum_value(),
+        Ok(RuntimeMeasurementResult::NOT_ENABLED)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_initdata_stops_wardd_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("initdata.toml"),
+        "version = \"0.1.0\"\nalgorithm = \"md5\"\n",
+    )
+    .unwrap();
+    let config = config_text(dir.path(), &["health"]);
+    std::fs::write(dir.path().join("ward.toml"), &config).unwrap();
+    let cfg = dir.path().join("ward.toml").display().to_string();
+    let (code, _, err) = tokio::task::spawn_blocking(move || {
+        ward_tests::run_ward("wardd", &["--config", &cfg, "--cmdline", "/dev/null"])
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("initdata") && err.contains("md5"), "{err}");
 }

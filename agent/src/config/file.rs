@@ -55,6 +55,12 @@ pub struct RawAttestation {
     pub tee: String,
     /// Use the sample TEE when no real TEE is found (development only; never on real hardware).
     pub allow_sample: bool,
+    /// The initdata document (CoCo TOML); a missing file means no initdata.
+    pub initdata: PathBuf,
+    /// The runtime measurement event log; an empty string turns runtime measurement off.
+    pub eventlog: PathBuf,
+    /// Default PCR for runtime measurements (mapped to an RTMR on TDX), as CoCo's `init_pcr`.
+    pub measurement_pcr: u64,
 }
 
 impl Default for RawAttestation {
@@ -62,6 +68,9 @@ impl Default for RawAttestation {
         RawAttestation {
             tee: "auto".to_string(),
             allow_sample: false,
+            initdata: PathBuf::from("/run/confidential-containers/initdata/initdata.toml"),
+            eventlog: PathBuf::from("/run/attestation-agent/eventlog"),
+            measurement_pcr: 17,
         }
     }
 }

@@ -97,6 +97,11 @@ pub struct AttestationSettings {
     /// `None`: detect.
     pub tee: Option<ward_attester::tee::Tee>,
     pub allow_sample: bool,
+    /// Where initdata is read from at start (absent file: none).
+    pub initdata: Option<PathBuf>,
+    /// `None`: runtime measurement is off (ExtendRuntimeMeasurement answers NOT_ENABLED).
+    pub eventlog: Option<PathBuf>,
+    pub measurement_pcr: u64,
 }
 
 /// A validated `[kbs]` section.
@@ -196,6 +201,19 @@ impl Config {
             attestation: AttestationSettings {
                 tee: parse_tee("attestation.tee", &raw.attestation.tee)?,
                 allow_sample: raw.attestation.allow_sample,
+                initdata: Some(raw.attestation.initdata).filter(|p| !p.as_os_str().is_empty()),
+                eventlog: Some(raw.attestation.eventlog).filter(|p| !p.as_os_str().is_empty()),
+                measurement_pcr: if raw.attestation.measurement_pcr < 24 {
+                    raw.attestation.measurement_pcr
+                } else {
+                    return Err(ConfigError::invalid(
+                        "attestation.measurement_pcr",
+                        format!(
+                            "{} is not a PCR index (0 to 23)",
+                            raw.attestation.measurement_pcr
+                        ),
+                    ));
+                },
             },
             kbs,
             log_filter: raw.log.level,

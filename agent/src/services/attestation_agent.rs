@@ -9,12 +9,12 @@ use ward_protos::attestation_agent::{
     BindInitDataRequest, BindInitDataResponse, ExtendRuntimeMeasurementRequest,
     ExtendRuntimeMeasurementResponse, GetAdditionalEvidenceRequest, GetAdditionalTeesRequest,
     GetAdditionalTeesResponse, GetEvidenceRequest, GetEvidenceResponse, GetTeeTypeRequest,
-    GetTeeTypeResponse, GetTokenRequest, GetTokenResponse,
+    GetTeeTypeResponse, GetTokenRequest, GetTokenResponse, RuntimeMeasurementResult,
 };
 use ward_protos::attestation_agent_ttrpc::AttestationAgentService;
 
 use super::status;
-use crate::attestation::Attestation;
+use crate::attestation::{Attestation, Extended};
 
 pub(super) struct AttestationAgent {
     attestation: Arc<Attestation>,
@@ -72,21 +72,39 @@ impl AttestationAgentService for AttestationAgent {
     async fn extend_runtime_measurement(
         &self,
         _ctx: &TtrpcContext,
-        _req: ExtendRuntimeMeasurementRequest,
+        req: ExtendRuntimeMeasurementRequest,
     ) -> ttrpc::Result<ExtendRuntimeMeasurementResponse> {
-        Err(status::unimplemented(
-            "/attestation_agent.AttestationAgentService/ExtendRuntimeMeasurement",
-        ))
+        let outcome = self
+            .attestation
+            .extend_runtime_measurement(
+                &req.Domain,
+                &req.Operation,
+                &req.Content,
+                req.RegisterIndex,
+            )
+            .await
+            .map_err(|e| status::attestation(&e))?;
+        let result = match outcome {
+            Extended::Ok => RuntimeMeasurementResult::OK,
+            Extended::NotSupported => RuntimeMeasurementResult::NOT_SUPPORTED,
+            Extended::NotEnabled => RuntimeMeasurementResult::NOT_ENABLED,
+        };
+        Ok(ExtendRuntimeMeasurementResponse {
+            Result: result.into(),
+            ..Default::default()
+        })
     }
 
     async fn bind_init_data(
         &self,
         _ctx: &TtrpcContext,
-        _req: BindInitDataRequest,
+        req: BindInitDataRequest,
     ) -> ttrpc::Result<BindInitDataResponse> {
-        Err(status::unimplemented(
-            "/attestation_agent.AttestationAgentService/BindInitData",
-        ))
+        self.attestation
+            .bind_init_data(&req.Digest)
+            .await
+            .map_err(|e| status::attestation(&e))?;
+        Ok(BindInitDataResponse::default())
     }
 
     async fn get_tee_type(

@@ -14,6 +14,13 @@ pub fn attestation(e: &AttestationError) -> ttrpc::Error {
         AttestationError::InvalidArgument(_) => Code::INVALID_ARGUMENT,
         AttestationError::Audit(_) => Code::INTERNAL,
         AttestationError::Evidence(AttesterError::NotSupported { .. }) => Code::UNIMPLEMENTED,
+        AttestationError::Evidence(AttesterError::InitDataMismatch { .. }) => {
+            Code::FAILED_PRECONDITION
+        }
+        AttestationError::EventLog(ward_attester::eventlog::EventLogError::Invalid(_)) => {
+            Code::INVALID_ARGUMENT
+        }
+        AttestationError::EventLog(_) => Code::INTERNAL,
         AttestationError::Evidence(_) => Code::INTERNAL,
         AttestationError::Kbs(k) => match k {
             KbsError::PolicyDenied { .. } => Code::PERMISSION_DENIED,
@@ -32,12 +39,4 @@ pub fn attestation(e: &AttestationError) -> ttrpc::Error {
         },
     };
     ttrpc::Error::RpcStatus(ttrpc::get_status(code, e.to_string()))
-}
-
-/// A method of an implemented service that is not built yet.
-pub fn unimplemented(method: &str) -> ttrpc::Error {
-    ttrpc::Error::RpcStatus(ttrpc::get_status(
-        Code::UNIMPLEMENTED,
-        format!("{method} is not implemented by this wardd yet"),
-    ))
 }
