@@ -10,7 +10,7 @@
 
 mod azure;
 mod ccel;
-mod reader;
+pub(crate) mod reader;
 mod snp;
 mod tdx;
 
