@@ -5,7 +5,14 @@
 //! TEE hardware is present, so a misconfiguration can never downgrade a real guest to fake
 //! evidence. This module never logs key material; evidence is public by design.
 
+#[cfg(feature = "azure")]
+mod az_snp_vtpm;
+#[cfg(feature = "azure")]
+mod az_tdx_vtpm;
+pub mod configfs_tsm;
 mod sample;
+pub mod snp;
+pub mod tdx;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -13,7 +20,14 @@ use std::sync::Arc;
 use async_trait::async_trait;
 pub use kbs_types::Tee;
 
+#[cfg(feature = "azure")]
+pub use az_snp_vtpm::AzSnpVtpmAttester;
+#[cfg(feature = "azure")]
+pub use az_tdx_vtpm::AzTdxVtpmAttester;
+pub use configfs_tsm::{ConfigfsTsm, TsmError};
 pub use sample::SampleAttester;
+pub use snp::SnpAttester;
+pub use tdx::TdxAttester;
 
 use crate::report_data::ReportData;
 
@@ -41,6 +55,13 @@ pub enum AttesterError {
         what: String,
         #[source]
         source: std::io::Error,
+    },
+    /// The configfs-tsm report interface failed.
+    #[error("{tee}: {source}")]
+    Tsm {
+        tee: Tee,
+        #[source]
+        source: TsmError,
     },
     /// The TEE answered with something ward cannot use.
     #[error("{tee}: {detail}")]
@@ -118,10 +139,32 @@ impl Default for DetectOptions {
 }
 
 /// The real TEE platforms this build can attest, in CoCo's detection order, each with a probe
-/// that looks only at device and file presence under `root`.
+/// that looks only at device and file presence under `root`. The configfs-tsm provider (which
+/// takes making and removing one report entry to read) is read once and shared by the probes.
 fn hardware(root: &Path) -> Option<Arc<dyn Attester>> {
-    // Real platforms are added here in CoCo's order: tdx, az-tdx-vtpm, az-snp-vtpm, snp.
-    let _ = root;
+    let tsm = ConfigfsTsm::new(root);
+    let provider = if tsm.is_present() {
+        tsm.provider()
+            .inspect_err(|e| tracing::debug!(error = %e, "no configfs-tsm provider"))
+            .ok()
+    } else {
+        None
+    };
+    let provider = provider.as_deref();
+    if let Some(tdx) = TdxAttester::probe(root, provider) {
+        return Some(Arc::new(tdx));
+    }
+    #[cfg(feature = "azure")]
+    if let Some(az) = az_tdx_vtpm::probe(root) {
+        return Some(Arc::new(az));
+    }
+    #[cfg(feature = "azure")]
+    if let Some(az) = az_snp_vtpm::probe(root) {
+        return Some(Arc::new(az));
+    }
+    if let Some(snp) = SnpAttester::probe(root, provider) {
+        return Some(Arc::new(snp));
+    }
     None
 }
 
@@ -165,5 +208,79 @@ mod tests {
             detect(&opts),
             Err(AttesterError::NotPresent(Tee::Snp))
         ));
+    }
+
+    fn touch(root: &Path, rel: &str) {
+        let p = root.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, b"").unwrap();
+    }
+
+    fn opts(root: &Path, want: Option<Tee>) -> DetectOptions {
+        DetectOptions {
+            allow_sample: true,
+            want,
+            root: root.to_path_buf(),
+        }
+    }
+
+    #[test]
+    fn device_nodes_are_detected_in_cocos_order() {
+        let dir = tempfile::tempdir().unwrap();
+        touch(dir.path(), snp::DEVICE);
+        assert_eq!(detect(&opts(dir.path(), None)).unwrap().tee(), Tee::Snp);
+        touch(dir.path(), tdx::DEVICE);
+        // both present: tdx comes first
+        assert_eq!(detect(&opts(dir.path(), None)).unwrap().tee(), Tee::Tdx);
+        assert_eq!(
+            detect(&opts(dir.path(), Some(Tee::Tdx))).unwrap().tee(),
+            Tee::Tdx
+        );
+        assert!(matches!(
+            detect(&opts(dir.path(), Some(Tee::Snp))),
+            Err(AttesterError::NotPresent(Tee::Snp))
+        ));
+    }
+
+    #[test]
+    fn the_sample_tee_is_refused_on_real_hardware() {
+        for device in [tdx::DEVICE, snp::DEVICE] {
+            let dir = tempfile::tempdir().unwrap();
+            touch(dir.path(), device);
+            let mut o = opts(dir.path(), Some(Tee::Sample));
+            assert!(
+                matches!(detect(&o), Err(AttesterError::SampleOnRealTee(_))),
+                "{device}"
+            );
+            // allowing the sample TEE does not make it win over real hardware either
+            o.want = None;
+            assert_ne!(detect(&o).unwrap().tee(), Tee::Sample);
+        }
+    }
+
+    #[test]
+    fn configfs_tsm_providers_are_detected() {
+        for (kernel, tee) in [
+            (
+                tdx::tests::tdx_kernel(None) as Arc<dyn configfs_tsm::fake::Kernel>,
+                Tee::Tdx,
+            ),
+            (snp::tests::snp_kernel(None), Tee::Snp),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let _k = configfs_tsm::fake::install(dir.path(), kernel);
+            assert_eq!(detect(&opts(dir.path(), None)).unwrap().tee(), tee);
+            assert!(matches!(
+                detect(&opts(dir.path(), Some(Tee::Sample))),
+                Err(AttesterError::SampleOnRealTee(t)) if t == tee
+            ));
+            // the probe's report entry is gone again
+            let entries = std::fs::read_dir(dir.path().join(configfs_tsm::REPORT_DIR)).unwrap();
+            assert_eq!(entries.count(), 0);
+        }
+        // configfs-tsm without a provider this build knows: no TEE
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join(configfs_tsm::REPORT_DIR)).unwrap();
+        assert_eq!(detect(&opts(dir.path(), None)).unwrap().tee(), Tee::Sample);
     }
 }

@@ -1,0 +1,331 @@
+//! Evidence explained: parsers that turn attestation evidence into a readable, multi-line
+//! explanation, for `ward evidence --explain FILE [--vcek DER]`.
+//!
+//! [`explain`] recognises its input by content: a raw SEV-SNP report (1184 bytes), a TDX quote
+//! (v4, v5), a TCG2 event log (the CCEL table), or evidence JSON of the `snp`, `tdx`, `sample`,
+//! `az-snp-vtpm` and `az-tdx-vtpm` shapes (also inside an RCAR `tee-evidence` /
+//! `primary_evidence` wrapper). Every parser reads untrusted bytes through bounds-checked
+//! readers: truncated or garbage input is an [`ExplainError`], never a panic. This module only
+//! reads and explains; apart from [`verify_snp_signature`] it judges nothing.
+
+mod azure;
+mod ccel;
+pub(crate) mod reader;
+mod snp;
+mod tdx;
+
+#[cfg(test)]
+mod robustness;
+
+use std::fmt;
+
+use base64::Engine;
+use sev::firmware::guest::AttestationReport;
+use sev::firmware::host::CertTableEntry;
+
+pub use azure::{AzureEvidence, HclHardware, HclReport, TdReport, TpmQuote, parse_azure_evidence};
+pub use ccel::{Event, EventLog, algorithm_name, event_type_name, parse_event_log};
+pub use reader::Truncated;
+pub use snp::{
+    CertSummary, SNP_REPORT_LEN, SignatureError, SnpReport, parse_snp_report, policy_text,
+    verify_snp_signature,
+};
+pub use tdx::{TdAttributes, TdReportBody, TdxQuote, parse_tdx_quote};
+
+/// The largest input accepted (a CCEL table is 64 KiB to 1 MiB; evidence JSON carries one).
+pub const MAX_INPUT: usize = 16 << 20;
+
+/// Why evidence could not be explained.
+#[derive(Debug, thiserror::Error)]
+pub enum ExplainError {
+    /// The input ends inside a structure.
+    #[error(transparent)]
+    Truncated(#[from] Truncated),
+    /// A structure holds a value its format does not allow.
+    #[error("{what}: {detail}")]
+    Invalid { what: &'static str, detail: String },
+    /// The content matches none of the formats.
+    #[error(
+        "unrecognised input ({len} bytes): not an SNP report, TDX quote, TCG2 event log or evidence JSON"
+    )]
+    Unrecognised { len: usize },
+    /// The input is larger than [`MAX_INPUT`].
+    #[error("input is {0} bytes; at most {MAX_INPUT} are accepted")]
+    TooLarge(usize),
+    /// Evidence JSON that does not parse.
+    #[error("evidence JSON: {0}")]
+    Json(#[source] serde_json::Error),
+    /// A base64 field that does not decode.
+    #[error("`{field}` is not valid base64: {source}")]
+    Base64 {
+        field: &'static str,
+        #[source]
+        source: base64::DecodeError,
+    },
+}
+
+/// What the input was, parsed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Explanation {
+    /// A raw SEV-SNP attestation report.
+    SnpReport(Box<SnpReport>),
+    /// A raw TDX quote.
+    TdxQuote(Box<TdxQuote>),
+    /// A raw TCG2 event log.
+    EventLog(EventLog),
+    /// `snp` evidence JSON.
+    SnpEvidence {
+        report: Box<SnpReport>,
+        /// `None` when `cert_chain` is null (the verifier fetches the VCEK itself).
+        certs: Option<Vec<CertSummary>>,
+    },
+    /// `tdx` evidence JSON.
+    TdxEvidence {
+        quote: Box<TdxQuote>,
+        event_log: Option<EventLog>,
+    },
+    /// `sample` evidence JSON (development only; proves nothing).
+    SampleEvidence { svn: String, report_data: Vec<u8> },
+    /// `az-snp-vtpm` or `az-tdx-vtpm` evidence JSON.
+    Azure(Box<AzureEvidence>),
+}
+
+impl Explanation {
+    /// The SNP report inside, for a signature check with a VCEK/VLEK the user gives
+    /// (`--vcek DER`): raw reports, `snp` evidence and Azure SNP evidence.
+    pub fn snp_report(&self) -> Option<&SnpReport> {
+        match self {
+            Explanation::SnpReport(r) => Some(r),
+            Explanation::SnpEvidence { report, .. } => Some(report),
+            Explanation::Azure(a) => match &a.hcl.hardware {
+                HclHardware::Snp(r) => Some(r),
+                HclHardware::Tdx(_) => None,
+            },
+            _ => None,
+        }
+    }
+}
+
+/// Writes one `label: value` line of an explanation.
+pub(crate) fn field(
+    f: &mut fmt::Formatter<'_>,
+    label: &str,
+    value: impl fmt::Display,
+) -> fmt::Result {
+    writeln!(f, "  {label:<26} {value}")
+}
+
+/// Recognises and parses `input`.
+pub fn explain(input: &[u8]) -> Result<Explanation, ExplainError> {
+    if input.len() > MAX_INPUT {
+        return Err(ExplainError::TooLarge(input.len()));
+    }
+    let first = input.iter().find(|b| !b.is_ascii_whitespace());
+    if first == Some(&b'{') {
+        let v: serde_json::Value = serde_json::from_slice(input).map_err(ExplainError::Json)?;
+        return explain_json(&v);
+    }
+    if tdx::looks_like_tdx_quote(input) {
+        return Ok(Explanation::TdxQuote(Box::new(parse_tdx_quote(input)?)));
+    }
+    if ccel::looks_like_event_log(input) {
+        return Ok(Explanation::EventLog(parse_event_log(input)?));
+    }
+    let version = input
+        .get(0..4)
+        .and_then(|v| <[u8; 4]>::try_from(v).ok())
+        .map(u32::from_le_bytes);
+    if input.len() == SNP_REPORT_LEN && matches!(version, Some(2..=5)) {
+        return Ok(Explanation::SnpReport(Box::new(parse_snp_report(input)?)));
+    }
+    Err(ExplainError::Unrecognised { len: input.len() })
+}
+
+fn json_invalid(what: &'static str, detail: impl Into<String>) -> ExplainError {
+    ExplainError::Invalid {
+        what,
+        detail: detail.into(),
+    }
+}
+
+fn b64_std(v: &serde_json::Value, field: &'static str) -> Result<Vec<u8>, ExplainError> {
+    let s = v
+        .get(field)
+        .and_then(|s| s.as_str())
+        .ok_or_else(|| json_invalid("evidence JSON", format!("`{field}` is not a string")))?;
+    base64::engine::general_purpose::STANDARD
+        .decode(s)
+        .map_err(|source| ExplainError::Base64 { field, source })
+}
+
+/// Explains evidence JSON of one of the known shapes.
+pub fn explain_json(v: &serde_json::Value) -> Result<Explanation, ExplainError> {
+    // An RCAR attestation body or its `tee-evidence`: explain the primary evidence.
+    if let Some(inner) = v.get("tee-evidence").or_else(|| v.get("primary_evidence")) {
+        return explain_json(inner);
+    }
+    if v.get("attestation_report").is_some() {
+        #[derive(serde::Deserialize)]
+        struct SnpEvidence {
+            attestation_report: AttestationReport,
+            cert_chain: Option<Vec<CertTableEntry>>,
+        }
+        let e: SnpEvidence = serde_json::from_value(v.clone()).map_err(ExplainError::Json)?;
+        return Ok(Explanation::SnpEvidence {
+            report: Box::new(SnpReport {
+                report: e.attestation_report,
+            }),
+            certs: e
+                .cert_chain
+                .map(|c| c.iter().map(CertSummary::from).collect()),
+        });
+    }
+    if v.get("tpm_quote").is_some() {
+        return Ok(Explanation::Azure(Box::new(parse_azure_evidence(v)?)));
+    }
+    if v.get("quote").is_some() {
+        let quote = parse_tdx_quote(&b64_std(v, "quote")?)?;
+        let event_log = match v.get("cc_eventlog") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(_) => Some(parse_event_log(&b64_std(v, "cc_eventlog")?)?),
+        };
+        return Ok(Explanation::TdxEvidence {
+            quote: Box::new(quote),
+            event_log,
+        });
+    }
+    if let (Some(svn), Some(_)) = (v.get("svn"), v.get("report_data")) {
+        return Ok(Explanation::SampleEvidence {
+            svn: svn
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| svn.to_string()),
+            report_data: b64_std(v, "report_data")?,
+        });
+    }
+    Err(json_invalid(
+        "evidence JSON",
+        "none of the snp, tdx, sample, az-snp-vtpm or az-tdx-vtpm shapes",
+    ))
+}
+
+impl fmt::Display for Explanation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Explanation::SnpReport(r) => write!(f, "{r}"),
+            Explanation::TdxQuote(q) => write!(f, "{q}"),
+            Explanation::EventLog(l) => write!(f, "{l}"),
+            Explanation::SnpEvidence { report, certs } => {
+                writeln!(f, "snp evidence")?;
+                match certs {
+                    None => field(f, "cert_chain", "null (the verifier fetches the VCEK)")?,
+                    Some(certs) => {
+                        for c in certs {
+                            field(f, "certificate", format!("{} ({} bytes)", c.kind, c.len))?;
+                        }
+                    }
+                }
+                write!(f, "{report}")
+            }
+            Explanation::TdxEvidence { quote, event_log } => {
+                writeln!(f, "tdx evidence")?;
+                write!(f, "{quote}")?;
+                match event_log {
+                    Some(l) => write!(f, "{l}"),
+                    None => field(f, "cc_eventlog", "null (no CCEL)"),
+                }
+            }
+            Explanation::SampleEvidence { svn, report_data } => {
+                writeln!(f, "sample evidence (development only: proves nothing)")?;
+                field(f, "svn", svn)?;
+                field(f, "report data", hex::encode(report_data))
+            }
+            Explanation::Azure(a) => write!(f, "{a}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(name: &str) -> Vec<u8> {
+        std::fs::read(format!(
+            "{}/../../shared/fixtures/evidence/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn raw_inputs_are_recognised_by_content() {
+        assert!(matches!(
+            explain(&fixture("snp/test-report.bin")).unwrap(),
+            Explanation::SnpReport(_)
+        ));
+        assert!(matches!(
+            explain(&fixture("tdx/tdx_quote_4.dat")).unwrap(),
+            Explanation::TdxQuote(_)
+        ));
+        assert!(matches!(
+            explain(&fixture("tdx/tdx_quote_5.dat")).unwrap(),
+            Explanation::TdxQuote(_)
+        ));
+        assert!(matches!(
+            explain(&fixture("ccel/CCEL_data")).unwrap(),
+            Explanation::EventLog(_)
+        ));
+        assert!(matches!(
+            explain(&fixture("az-snp-vtpm/evidence-v2.json")).unwrap(),
+            Explanation::Azure(_)
+        ));
+        assert!(matches!(
+            explain(&fixture("az-tdx-vtpm/evidence-v1.json")).unwrap(),
+            Explanation::Azure(_)
+        ));
+        assert!(matches!(
+            explain(b"hello"),
+            Err(ExplainError::Unrecognised { len: 5 })
+        ));
+    }
+
+    #[test]
+    fn evidence_json_shapes_are_unwrapped() {
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let report = parse_snp_report(&fixture("snp/test-report.bin")).unwrap();
+        let snp = serde_json::json!({
+            "attestation_report": report.report,
+            "cert_chain": [CertTableEntry::new(
+                sev::firmware::host::CertType::VCEK,
+                fixture("snp/test-vcek.der"),
+            )],
+        });
+        let e = explain(snp.to_string().as_bytes()).unwrap();
+        assert_eq!(e.snp_report(), Some(&report));
+        let text = e.to_string();
+        assert!(text.contains("VCEK (1360 bytes)"), "{text}");
+
+        let tdx = serde_json::json!({
+            "cc_eventlog": b64.encode(fixture("ccel/CCEL_data")),
+            "quote": b64.encode(fixture("tdx/tdx_quote_4.dat")),
+        });
+        let wrapped = serde_json::json!({"tee-evidence": {"primary_evidence": tdx, "additional_evidence": ""}});
+        let Explanation::TdxEvidence { quote, event_log } = explain_json(&wrapped).unwrap() else {
+            panic!("not tdx evidence")
+        };
+        assert_eq!(quote.version, 4);
+        assert_eq!(event_log.unwrap().events.len(), 5);
+
+        let sample = serde_json::json!({"svn": "1", "report_data": b64.encode([7u8; 48])});
+        let e = explain_json(&sample).unwrap();
+        assert_eq!(
+            e,
+            Explanation::SampleEvidence {
+                svn: "1".into(),
+                report_data: vec![7; 48]
+            }
+        );
+        assert!(e.to_string().contains("proves nothing"));
+        assert!(explain_json(&serde_json::json!({"foo": 1})).is_err());
+    }
+}
