@@ -61,6 +61,36 @@ pub async fn evidence(tee: Option<Tee>, report_data_hex: &str) -> anyhow::Result
     Ok(true)
 }
 
+/// `ward evidence --explain`: parses saved evidence of any supported format and prints it;
+/// with a VCEK, checks the SNP report's signature (only the signature: the VCEK's chain to
+/// AMD's roots is the verifier's job).
+pub fn explain(file: &Path, vcek: Option<&Path>) -> anyhow::Result<bool> {
+    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let explanation = ward_attester::explain::explain(&bytes)
+        .with_context(|| format!("{} is not evidence ward can read", file.display()))?;
+    println!("{explanation}");
+    let Some(vcek) = vcek else {
+        return Ok(true);
+    };
+    let der = std::fs::read(vcek).with_context(|| format!("reading {}", vcek.display()))?;
+    let Some(report) = explanation.snp_report() else {
+        bail!(
+            "--vcek applies to SNP reports, and {} holds none",
+            file.display()
+        );
+    };
+    match ward_attester::explain::verify_snp_signature(report, &der) {
+        Ok(()) => {
+            println!("signature: OK (verified with {})", vcek.display());
+            Ok(true)
+        }
+        Err(e) => {
+            println!("signature: BAD ({e})");
+            Ok(false)
+        }
+    }
+}
+
 /// `ward attest`: runs the handshake and prints the token's claims.
 pub async fn attest(
     kbs: &str,

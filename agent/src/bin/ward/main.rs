@@ -37,14 +37,22 @@ enum Command {
         #[arg(long, default_value_t = 5)]
         timeout: u64,
     },
-    /// Collect TEE evidence for the given report data and print it.
+    /// Collect TEE evidence for the given report data and print it, or (--explain) parse saved
+    /// evidence and print what it says.
     Evidence {
         /// auto, snp, tdx, az-snp-vtpm, az-tdx-vtpm, or sample (development).
         #[arg(long, default_value = "auto")]
         tee: String,
         /// Report data as hex, at most 64 bytes.
-        #[arg(long, default_value = "")]
+        #[arg(long, default_value = "", conflicts_with = "explain")]
         report_data: String,
+        /// Explain a saved SNP report, TDX quote, CCEL event log, or evidence JSON.
+        #[arg(long, value_name = "FILE")]
+        explain: Option<PathBuf>,
+        /// With --explain: check the SNP report's signature against this VCEK/VLEK (DER); a bad
+        /// signature exits 1.
+        #[arg(long, value_name = "DER", requires = "explain")]
+        vcek: Option<PathBuf>,
     },
     /// Run the KBS handshake in this process and print the token's claims.
     Attest {
@@ -97,6 +105,11 @@ enum AuditCommand {
 }
 
 fn main() -> ExitCode {
+    // SAFETY: called first thing, before any other thread exists; restoring the default
+    // disposition makes `ward ... | head` end quietly instead of failing on a closed pipe.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     match run(cli) {
         Ok(true) => ExitCode::SUCCESS,
@@ -117,9 +130,14 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             .context("cannot start the async runtime")
     };
     match cli.command {
-        Command::Evidence { tee, report_data } => {
-            rt()?.block_on(kbs::evidence(kbs::parse_tee(&tee)?, &report_data))
-        }
+        Command::Evidence {
+            explain: Some(file),
+            vcek,
+            ..
+        } => kbs::explain(&file, vcek.as_deref()),
+        Command::Evidence {
+            tee, report_data, ..
+        } => rt()?.block_on(kbs::evidence(kbs::parse_tee(&tee)?, &report_data)),
         Command::Attest {
             kbs: url,
             tee,
