@@ -9,6 +9,7 @@
 //! - [`audit`]: the append-only, hash-chained audit log;
 //! - [`daemon`]: the wiring that runs all of the above until a stop signal;
 //! - [`client`]: small clients for wardd's own services (the CLI and tests use them);
+//! - [`sealed_secret`]: CoCo sealed secrets (ES256 JWS), verified before use;
 //! - [`logging`]: `tracing` output, human or JSON.
 
 pub mod attestation;
@@ -19,6 +20,7 @@ pub mod daemon;
 pub mod init;
 pub mod listen;
 pub mod logging;
+pub mod sealed_secret;
 pub mod services;
 pub mod systemd;
 

@@ -381,3 +381,60 @@ async fn broken_initdata_stops_wardd_with_a_clear_error() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("initdata") && err.contains("md5"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sealed_secrets_are_verified_then_released() {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use p256::ecdsa::signature::Signer;
+    use ward_protos::confidential_data_hub::UnsealSecretInput;
+    use ward_protos::confidential_data_hub_ttrpc::SealedSecretServiceClient;
+
+    let signer = p256::ecdsa::SigningKey::random(&mut rand::rngs::OsRng);
+    let jwk = p256::PublicKey::from(signer.verifying_key()).to_jwk_string();
+    let kbs = DevKbs::start().await.unwrap();
+    kbs.put("default/keys/signer", jwk.as_bytes(), Policy::Allow);
+    kbs.put("default/secret/db", b"db-password", Policy::Allow);
+    let seal = |kid: &str, name: &str| {
+        let h = URL_SAFE_NO_PAD.encode(serde_json::json!({"alg": "ES256", "kid": kid}).to_string());
+        let p = URL_SAFE_NO_PAD.encode(
+            serde_json::json!({"version": "0.1.0", "type": "vault", "name": name, "provider": "kbs",
+                "provider_settings": {}, "annotations": {}})
+            .to_string(),
+        );
+        let sig: p256::ecdsa::Signature = signer.sign(format!("{h}.{p}").as_bytes());
+        format!("sealed.{h}.{p}.{}", URL_SAFE_NO_PAD.encode(sig.to_bytes()))
+    };
+    let w = start_wardd(
+        format!("\n[kbs]\nurl = \"{}\"\n", kbs.url()),
+        "ward.tee=sample",
+        None,
+    )
+    .await;
+    let cdh = SealedSecretServiceClient::new(
+        ttrpc::asynchronous::Client::connect(&w.addr).await.unwrap(),
+    );
+
+    let mut req = UnsealSecretInput::new();
+    req.secret = seal("kbs:///default/keys/signer", "kbs:///default/secret/db").into_bytes();
+    assert_eq!(
+        cdh.unseal_secret(ctx(), &req).await.unwrap().plaintext,
+        b"db-password"
+    );
+
+    // Signed by the right key but altered: the payload names another resource.
+    let good = seal("kbs:///default/keys/signer", "kbs:///default/secret/db");
+    let parts: Vec<&str> = good.split('.').collect();
+    let other = seal("kbs:///default/keys/signer", "kbs:///default/secret/other");
+    let other_payload = other.split('.').nth(2).unwrap();
+    req.secret = format!("sealed.{}.{other_payload}.{}", parts[1], parts[3]).into_bytes();
+    let (code, msg) = code_of(cdh.unseal_secret(ctx(), &req).await.unwrap_err());
+    assert_eq!(code, Code::UNAUTHENTICATED, "{msg}");
+
+    req.secret = b"sealed.not.a.secret".to_vec();
+    let (code, _) = code_of(cdh.unseal_secret(ctx(), &req).await.unwrap_err());
+    assert_eq!(code, Code::INVALID_ARGUMENT);
+
+    req.secret = seal("kbs:///default/keys/absent", "kbs:///default/secret/db").into_bytes();
+    let (code, msg) = code_of(cdh.unseal_secret(ctx(), &req).await.unwrap_err());
+    assert_eq!(code, Code::NOT_FOUND, "{msg}");
+}

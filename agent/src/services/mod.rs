@@ -12,6 +12,7 @@ mod catalog;
 mod data_hub;
 mod guard;
 mod health;
+mod sealed_secret;
 mod status;
 
 use std::collections::{BTreeSet, HashMap};
@@ -38,7 +39,6 @@ pub struct Context {
 /// methods are never reached, because [`services_for`] swaps every handler for a guard.
 struct Placeholder;
 
-impl confidential_data_hub_ttrpc::SealedSecretService for Placeholder {}
 impl confidential_data_hub_ttrpc::SecureMountService for Placeholder {}
 impl confidential_data_hub_ttrpc::ImagePullService for Placeholder {}
 impl keyprovider_ttrpc::KeyProviderService for Placeholder {}
@@ -73,10 +73,13 @@ fn generated(
                 true,
             )
         }
-        ServiceKind::SealedSecret => (
-            confidential_data_hub_ttrpc::create_sealed_secret_service(p),
-            false,
-        ),
+        ServiceKind::SealedSecret => {
+            let u = sealed_secret::Unsealer::new(ctx.attestation.clone());
+            (
+                confidential_data_hub_ttrpc::create_sealed_secret_service(Arc::new(u)),
+                true,
+            )
+        }
         ServiceKind::SecureMount => (
             confidential_data_hub_ttrpc::create_secure_mount_service(p),
             false,
