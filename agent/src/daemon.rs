@@ -8,7 +8,7 @@ use ttrpc::asynchronous::Server;
 
 use crate::attestation::{Attestation, AttestationSetupError};
 use crate::audit::{AuditError, AuditLog};
-use crate::config::Config;
+use crate::config::{Config, Listener, Protocol};
 use crate::listen::{self, ListenAddr, ListenError};
 use crate::services::{self, Context, DaemonState, Mode, RequestPolicy};
 use crate::systemd::Notifier;
@@ -40,9 +40,24 @@ pub enum DaemonError {
     Signals(#[source] std::io::Error),
 }
 
-struct Running {
-    addr: ListenAddr,
-    server: Server,
+enum Running {
+    Ttrpc {
+        addr: ListenAddr,
+        server: Server,
+    },
+    Http {
+        addr: ListenAddr,
+        stop: tokio::sync::oneshot::Sender<()>,
+        task: tokio::task::JoinHandle<std::io::Result<()>>,
+    },
+}
+
+impl Running {
+    fn addr(&self) -> &ListenAddr {
+        match self {
+            Running::Ttrpc { addr, .. } | Running::Http { addr, .. } => addr,
+        }
+    }
 }
 
 /// Serves `config` until SIGTERM or SIGINT, then drains in-flight requests for at most
@@ -80,35 +95,25 @@ pub async fn run(config: &Config, mode: Mode) -> Result<(), DaemonError> {
 
     let mut running = Vec::with_capacity(config.listeners.len());
     for l in &config.listeners {
-        let bound = match listen::bind(&l.addr, l.mode) {
-            Ok(b) => b,
+        let name = l.addr.to_string();
+        let started = match l.protocol {
+            Protocol::Ttrpc => start_ttrpc(l, &name, &ctx, policy).await,
+            Protocol::Http => start_http(l, &name, &ctx).await,
+        };
+        match started {
+            Ok(r) => running.push(r),
             Err(e) => {
                 stop_all(&mut running, config.shutdown_timeout).await;
-                return Err(e.into());
+                return Err(e);
             }
-        };
-        let name = l.addr.to_string();
-        let mut server = Server::new()
-            .add_listener(bound.listener)
-            .register_service(services::services_for(&name, &l.services, &ctx, policy));
-        if let Err(source) = server.start().await {
-            stop_all(&mut running, config.shutdown_timeout).await;
-            return Err(DaemonError::Serve {
-                addr: l.addr.clone(),
-                source,
-            });
         }
         let served: Vec<_> = l.services.iter().map(|s| s.config_name()).collect();
-        tracing::info!(addr = %l.addr, services = ?served, "listening");
-        running.push(Running {
-            addr: l.addr.clone(),
-            server,
-        });
+        tracing::info!(addr = %l.addr, protocol = ?l.protocol, services = ?served, "listening");
     }
 
     state.set_serving(true);
     if let Some(audit) = &audit {
-        let listeners: Vec<_> = running.iter().map(|r| r.addr.to_string()).collect();
+        let listeners: Vec<_> = running.iter().map(|r| r.addr().to_string()).collect();
         audit.record(
             "agent.start",
             "wardd",
@@ -165,12 +170,61 @@ pub async fn run(config: &Config, mode: Mode) -> Result<(), DaemonError> {
     Ok(())
 }
 
+async fn start_ttrpc(
+    l: &Listener,
+    name: &str,
+    ctx: &Context,
+    policy: RequestPolicy,
+) -> Result<Running, DaemonError> {
+    let bound = listen::bind(&l.addr, l.mode)?;
+    let mut server = Server::new()
+        .add_listener(bound.listener)
+        .register_service(services::services_for(name, &l.services, ctx, policy));
+    server.start().await.map_err(|source| DaemonError::Serve {
+        addr: l.addr.clone(),
+        source,
+    })?;
+    Ok(Running::Ttrpc {
+        addr: l.addr.clone(),
+        server,
+    })
+}
+
+async fn start_http(l: &Listener, name: &str, ctx: &Context) -> Result<Running, DaemonError> {
+    let listener = listen::bind_http(&l.addr, l.mode).await?;
+    let router = crate::http::router(
+        ctx.attestation.clone(),
+        l.services.clone(),
+        name.to_string(),
+    );
+    let (stop, stopped) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(crate::http::serve(listener, router, stopped));
+    Ok(Running::Http {
+        addr: l.addr.clone(),
+        stop,
+        task,
+    })
+}
+
 /// Stops accepting, lets in-flight requests finish within `deadline`, and removes socket files.
 async fn stop_all(running: &mut Vec<Running>, deadline: Duration) {
     let drain = async {
         for r in running.iter_mut() {
-            if let Err(e) = r.server.shutdown().await {
-                tracing::warn!(addr = %r.addr, error = %e, "unclean listener shutdown");
+            match r {
+                Running::Ttrpc { addr, server } => {
+                    if let Err(e) = server.shutdown().await {
+                        tracing::warn!(%addr, error = %e, "unclean listener shutdown");
+                    }
+                }
+                Running::Http { addr, stop, task } => {
+                    let (tx, _) = tokio::sync::oneshot::channel();
+                    let _ = std::mem::replace(stop, tx).send(());
+                    match task.await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => tracing::warn!(%addr, error = %e, "HTTP listener failed"),
+                        Err(e) => tracing::warn!(%addr, error = %e, "HTTP listener task failed"),
+                    }
+                }
             }
         }
     };
@@ -178,6 +232,6 @@ async fn stop_all(running: &mut Vec<Running>, deadline: Duration) {
         tracing::warn!(?deadline, "in-flight requests did not finish in time");
     }
     for r in running.drain(..) {
-        listen::cleanup(&r.addr);
+        listen::cleanup(r.addr());
     }
 }

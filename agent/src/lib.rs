@@ -7,6 +7,7 @@
 //! - [`init`]: PID-1 duties (mounts, reaping, power-off on fatal error);
 //! - [`systemd`]: `sd_notify` readiness, stopping and watchdog;
 //! - [`audit`]: the append-only, hash-chained audit log;
+//! - [`http`]: CoCo's api-server-rest paths over in-guest HTTP listeners;
 //! - [`daemon`]: the wiring that runs all of the above until a stop signal;
 //! - [`client`]: small clients for wardd's own services (the CLI and tests use them);
 //! - [`sealed_secret`]: CoCo sealed secrets (ES256 JWS), verified before use;
@@ -17,6 +18,7 @@ pub mod audit;
 pub mod client;
 pub mod config;
 pub mod daemon;
+pub mod http;
 pub mod init;
 pub mod listen;
 pub mod logging;

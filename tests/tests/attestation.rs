@@ -438,3 +438,73 @@ async fn sealed_secrets_are_verified_then_released() {
     let (code, msg) = code_of(cdh.unseal_secret(ctx(), &req).await.unwrap_err());
     assert_eq!(code, Code::NOT_FOUND, "{msg}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_server_rest_paths_over_loopback_http() {
+    let kbs = DevKbs::start().await.unwrap();
+    kbs.put("default/key/1", b"over-http", Policy::Allow);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let extra = format!(
+        "\n[kbs]\nurl = \"{}\"\n\n[[listener]]\naddress = \"tcp://127.0.0.1:{port}\"\nservices = [\"get-resource\", \"health\"]\n",
+        kbs.url()
+    );
+    let w = start_wardd(extra, "ward.tee=sample", None).await;
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let get = |path: &str| http.get(format!("{base}{path}")).send();
+
+    let r = get("/cdh/resource/default/key/1").await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.unwrap().as_ref(), b"over-http");
+    assert_eq!(
+        get("/cdh/resource/default/key/absent")
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    let r = get("/aa/token?token_type=kbs").await.unwrap();
+    assert_eq!(
+        r.status(),
+        403,
+        "attestation-agent is not on this listener's list"
+    );
+    assert_eq!(get("/nope").await.unwrap().status(), 404);
+    assert_eq!(
+        http.post(format!("{base}/cdh/resource/default/key/1"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        405
+    );
+    let info: serde_json::Value = get("/info").await.unwrap().json().await.unwrap();
+    assert_eq!(info["tee"], "sample");
+    drop(w);
+
+    // A listener that allows the attestation agent answers tokens and evidence.
+    let extra = format!(
+        "\n[kbs]\nurl = \"{}\"\n\n[[listener]]\naddress = \"tcp://127.0.0.1:{port}\"\nservices = [\"attestation-agent\"]\n",
+        kbs.url()
+    );
+    let _w = start_wardd(extra, "ward.tee=sample", None).await;
+    let r = get("/aa/token?token_type=kbs").await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap().split('.').count(), 3);
+    assert_eq!(get("/aa/token").await.unwrap().status(), 400);
+    let r = get("/aa/evidence?runtime_data=hello").await.unwrap();
+    assert_eq!(r.status(), 200);
+    let ev: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(ev["report_data"], "aGVsbG8=");
+    let r = http
+        .post(format!("{base}/aa/aael"))
+        .body(r#"{"domain":"example.org","operation":"Run","content":"job-1"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}

@@ -164,8 +164,13 @@ fn listener(value: &str) -> Result<Listener, String> {
         .filter(|s| !s.is_empty())
         .map(str::to_string)
         .collect();
+    let protocol = match addr {
+        ListenAddr::Tcp(_) => super::Protocol::Http,
+        _ => super::Protocol::Ttrpc,
+    };
     Ok(Listener {
         addr,
+        protocol,
         services: expand_services(&names)?,
         mode: 0o600,
         origin: Origin::Cmdline,

@@ -117,6 +117,9 @@ pub struct RawListener {
     /// Permission bits of a unix socket file.
     #[serde(default = "default_mode")]
     pub mode: u32,
+    /// `ttrpc` (default) or `http` (CoCo's api-server-rest paths); tcp addresses are http.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
 }
 
 fn default_mode() -> u32 {
@@ -161,6 +164,7 @@ impl Default for RawConfig {
                 .map(|s| s.config_name().to_string())
                 .collect(),
             mode: default_mode(),
+            protocol: None,
         };
         let mut data_hub = ServiceKind::DATA_HUB.to_vec();
         data_hub.extend([ServiceKind::KeyProvider, ServiceKind::Health]);
@@ -184,6 +188,11 @@ impl Default for RawConfig {
                 listener(
                     format!("vsock://-1:{DEFAULT_VSOCK_PORT}"),
                     &[ServiceKind::Health],
+                ),
+                // CoCo's api-server-rest, with its default feature set (resources only).
+                listener(
+                    "tcp://127.0.0.1:8006".to_string(),
+                    &[ServiceKind::GetResource, ServiceKind::Health],
                 ),
             ],
         }

@@ -80,10 +80,20 @@ impl Origin {
     }
 }
 
+/// What a listener speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    /// ttrpc, as kata-agent and CoCo's clients speak it.
+    Ttrpc,
+    /// HTTP with CoCo's api-server-rest paths (`/aa/token`, `/aa/evidence`, `/cdh/resource/...`).
+    Http,
+}
+
 /// One validated listener.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Listener {
     pub addr: ListenAddr,
+    pub protocol: Protocol,
     /// The allow-list: every other service is refused on this listener.
     pub services: BTreeSet<ServiceKind>,
     /// Permission bits for a unix socket file.
@@ -180,6 +190,22 @@ impl Config {
                     })?;
             let services = expand_services(&l.services)
                 .map_err(|p| ConfigError::invalid(origin.key("services"), p))?;
+            let protocol = match (l.protocol.as_deref(), &addr) {
+                (None, ListenAddr::Tcp(_)) | (Some("http"), _) => Protocol::Http,
+                (Some("ttrpc"), ListenAddr::Tcp(_)) => {
+                    return Err(ConfigError::invalid(
+                        origin.key("protocol"),
+                        "tcp listeners speak http only",
+                    ));
+                }
+                (None | Some("ttrpc"), _) => Protocol::Ttrpc,
+                (Some(p), _) => {
+                    return Err(ConfigError::invalid(
+                        origin.key("protocol"),
+                        format!("`{p}` is not a protocol (ttrpc or http)"),
+                    ));
+                }
+            };
             if l.mode & !0o777 != 0 {
                 return Err(ConfigError::invalid(
                     origin.key("mode"),
@@ -188,6 +214,7 @@ impl Config {
             }
             listeners.push(Listener {
                 addr,
+                protocol,
                 services,
                 mode: l.mode,
                 origin,
@@ -294,6 +321,22 @@ impl Config {
                     l.origin.key("address"),
                     format!("{} is configured twice", l.addr),
                 ));
+            }
+            if l.protocol == Protocol::Http {
+                if matches!(l.addr, ListenAddr::Vsock { .. }) {
+                    return Err(ConfigError::invalid(
+                        l.origin.key("protocol"),
+                        format!("{}: the HTTP API is served in-guest only", l.addr),
+                    ));
+                }
+                if let Some(s) = l.services.iter().find(|s| !s.has_http_api()) {
+                    return Err(ConfigError::invalid(
+                        l.origin.key("services"),
+                        format!(
+                            "`{s}` has no HTTP API (health, attestation-agent, get-resource do)"
+                        ),
+                    ));
+                }
             }
             if !l.addr.is_in_guest()
                 && let Some(s) = l.services.iter().find(|s| !s.safe_for_untrusted_callers())

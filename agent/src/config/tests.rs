@@ -17,7 +17,7 @@ fn from_text(text: &str, cmdline: Option<&str>) -> Result<Config, ConfigError> {
 #[test]
 fn defaults_serve_coco_sockets_and_only_health_on_vsock() {
     let c = from_text("", None).unwrap();
-    assert_eq!(c.listeners.len(), 4);
+    assert_eq!(c.listeners.len(), 5);
     let vsock: Vec<_> = c
         .listeners
         .iter()
@@ -269,7 +269,7 @@ fn load_uses_defaults_only_when_the_default_file_is_missing() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("absent.toml");
     let (c, _) = Config::load(&missing, false, None).unwrap();
-    assert_eq!(c.listeners.len(), 4);
+    assert_eq!(c.listeners.len(), 5);
     let err = Config::load(&missing, true, None).unwrap_err();
     assert!(matches!(err, ConfigError::Read { .. }), "{err}");
 
@@ -342,6 +342,41 @@ fn cmdline_attestation_keys() {
         ),
     ] {
         let e = parse_cmdline(line).unwrap_err().to_string();
+        assert!(e.contains(want), "`{e}` lacks `{want}`");
+    }
+}
+
+#[test]
+fn http_listeners() {
+    let ok = "[[listener]]\naddress = \"tcp://127.0.0.1:8006\"\nservices = [\"get-resource\", \"attestation-agent\"]\n\
+              [[listener]]\naddress = \"unix:///run/w-http.sock\"\nprotocol = \"http\"\nservices = [\"health\"]\n";
+    let c = from_text(ok, None).unwrap();
+    assert_eq!(c.listeners[0].protocol, Protocol::Http);
+    assert_eq!(c.listeners[1].protocol, Protocol::Http);
+    let bad: &[(&str, &str)] = &[
+        (
+            "[[listener]]\naddress = \"tcp://0.0.0.0:8006\"\nservices = [\"health\"]\n",
+            "only loopback",
+        ),
+        (
+            "[[listener]]\naddress = \"tcp://127.0.0.1:1\"\nprotocol = \"ttrpc\"\nservices = [\"health\"]\n",
+            "tcp listeners speak http only",
+        ),
+        (
+            "[[listener]]\naddress = \"vsock://-1:9\"\nprotocol = \"http\"\nservices = [\"health\"]\n",
+            "in-guest only",
+        ),
+        (
+            "[[listener]]\naddress = \"unix:///a\"\nprotocol = \"http\"\nservices = [\"image-pull\"]\n",
+            "`image-pull` has no HTTP API",
+        ),
+        (
+            "[[listener]]\naddress = \"unix:///a\"\nprotocol = \"grpc\"\nservices = [\"health\"]\n",
+            "`grpc` is not a protocol",
+        ),
+    ];
+    for (text, want) in bad {
+        let e = from_text(text, None).unwrap_err().to_string();
         assert!(e.contains(want), "`{e}` lacks `{want}`");
     }
 }

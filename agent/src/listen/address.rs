@@ -1,8 +1,10 @@
-//! Listener addresses: `unix:///absolute/path` and `vsock://CID:PORT` (`-1` = any CID).
+//! Listener addresses: `unix:///absolute/path`, `vsock://CID:PORT` (`-1` = any CID), and
+//! `tcp://127.0.0.1:PORT` (loopback only: CoCo's api-server-rest address).
 //!
 //! Parsing is the only way to make a [`ListenAddr`], so a value of the type is always valid.
 
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 /// `VMADDR_CID_ANY`: listen on every CID of this guest.
@@ -18,14 +20,21 @@ pub enum ListenAddr {
     Unix(PathBuf),
     /// A vsock port; `cid` is [`VSOCK_CID_ANY`] for `-1`.
     Vsock { cid: u32, port: u32 },
+    /// A TCP port on a loopback address.
+    Tcp(SocketAddr),
 }
 
 /// Why an address string was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum AddressError {
-    /// The address starts with neither `unix://` nor `vsock://`.
-    #[error("`{0}` has no known scheme (expected unix:///path or vsock://CID:PORT)")]
+    /// The address starts with neither `unix://`, `vsock://` nor `tcp://`.
+    #[error(
+        "`{0}` has no known scheme (expected unix:///path, vsock://CID:PORT or tcp://127.0.0.1:PORT)"
+    )]
     UnknownScheme(String),
+    /// A TCP address that is not `IP:PORT` on loopback.
+    #[error("`{addr}` is not a valid tcp address: {reason}")]
+    BadTcp { addr: String, reason: &'static str },
     /// A unix path that is relative, empty, too long or holds a character we refuse.
     #[error("`{addr}` is not a valid unix socket address: {reason}")]
     BadUnixPath { addr: String, reason: &'static str },
@@ -39,14 +48,15 @@ impl ListenAddr {
     ///
     /// vsock callers may be the host (CID 2), which the trust model treats as untrusted.
     pub fn is_in_guest(&self) -> bool {
-        matches!(self, ListenAddr::Unix(_))
+        // TCP is loopback only (checked at parse time): the host cannot reach a guest's loopback.
+        matches!(self, ListenAddr::Unix(_) | ListenAddr::Tcp(_))
     }
 
     /// The unix socket path, when this is a unix address.
     pub fn unix_path(&self) -> Option<&Path> {
         match self {
             ListenAddr::Unix(p) => Some(p),
-            ListenAddr::Vsock { .. } => None,
+            ListenAddr::Vsock { .. } | ListenAddr::Tcp(_) => None,
         }
     }
 }
@@ -59,6 +69,18 @@ impl std::str::FromStr for ListenAddr {
             parse_unix(s, path)
         } else if let Some(rest) = s.strip_prefix("vsock://") {
             parse_vsock(s, rest)
+        } else if let Some(rest) = s.strip_prefix("tcp://") {
+            let addr: SocketAddr = rest.parse().map_err(|_| AddressError::BadTcp {
+                addr: s.to_string(),
+                reason: "expected IP:PORT",
+            })?;
+            if !addr.ip().is_loopback() {
+                return Err(AddressError::BadTcp {
+                    addr: s.to_string(),
+                    reason: "only loopback addresses are allowed (the network is untrusted)",
+                });
+            }
+            Ok(ListenAddr::Tcp(addr))
         } else {
             Err(AddressError::UnknownScheme(s.to_string()))
         }
@@ -132,6 +154,7 @@ impl fmt::Display for ListenAddr {
                 write!(f, "vsock://-1:{port}")
             }
             ListenAddr::Vsock { cid, port } => write!(f, "vsock://{cid}:{port}"),
+            ListenAddr::Tcp(a) => write!(f, "tcp://{a}"),
         }
     }
 }
@@ -169,6 +192,14 @@ mod tests {
             ),
             ("vsock://3:1", ListenAddr::Vsock { cid: 3, port: 1 }),
             ("vsock://0:0", ListenAddr::Vsock { cid: 0, port: 0 }),
+            (
+                "tcp://127.0.0.1:8006",
+                ListenAddr::Tcp("127.0.0.1:8006".parse().unwrap()),
+            ),
+            (
+                "tcp://[::1]:80",
+                ListenAddr::Tcp("[::1]:80".parse().unwrap()),
+            ),
         ];
         for (input, want) in cases {
             let got: ListenAddr = input.parse().unwrap();
@@ -181,7 +212,7 @@ mod tests {
     fn refuses_invalid_addresses() {
         let cases = [
             "",
-            "tcp://127.0.0.1:80",
+            "udp://127.0.0.1:80",
             "unix://",
             "unix://relative.sock",
             "unix:///run/",
@@ -199,6 +230,10 @@ mod tests {
             "vsock://4294967296:1",
             "vsock://3:4294967296",
             "vsock://+3:1",
+            "tcp://0.0.0.0:8006",
+            "tcp://10.0.0.1:80",
+            "tcp://127.0.0.1",
+            "tcp://localhost:80",
         ];
         for input in cases {
             assert!(input.parse::<ListenAddr>().is_err(), "{input} was accepted");

@@ -31,6 +31,12 @@ pub enum ListenError {
     /// Another process is serving on the socket.
     #[error("{addr}: another process is already serving on it")]
     InUse { addr: ListenAddr },
+    /// The address cannot carry this protocol.
+    #[error("{addr}: {detail}")]
+    Protocol {
+        addr: ListenAddr,
+        detail: &'static str,
+    },
     /// bind(2), listen(2) or chmod(2) failed.
     #[error("{addr}: cannot bind: {source}")]
     Bind {
@@ -38,6 +44,36 @@ pub enum ListenError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// A listener for the HTTP API (api-server-rest paths).
+pub enum HttpListener {
+    Unix(tokio::net::UnixListener),
+    Tcp(tokio::net::TcpListener),
+}
+
+/// Binds `addr` for HTTP; vsock is refused (the HTTP API serves secrets, in-guest only).
+pub async fn bind_http(addr: &ListenAddr, mode: u32) -> Result<HttpListener, ListenError> {
+    let bind_err = |source| ListenError::Bind {
+        addr: addr.clone(),
+        source,
+    };
+    match addr {
+        ListenAddr::Unix(path) => {
+            prepare_unix_path(addr, path)?;
+            let l = tokio::net::UnixListener::bind(path).map_err(bind_err)?;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+                .map_err(bind_err)?;
+            Ok(HttpListener::Unix(l))
+        }
+        ListenAddr::Tcp(a) => Ok(HttpListener::Tcp(
+            tokio::net::TcpListener::bind(a).await.map_err(bind_err)?,
+        )),
+        ListenAddr::Vsock { .. } => Err(ListenError::Protocol {
+            addr: addr.clone(),
+            detail: "the HTTP API is served in-guest only (unix or loopback tcp)",
+        }),
+    }
 }
 
 /// A bound listener, ready to hand to a ttrpc server.
@@ -64,6 +100,12 @@ pub fn bind(addr: &ListenAddr, mode: u32) -> Result<Bound, ListenError> {
             let l = tokio_vsock::VsockListener::bind(tokio_vsock::VsockAddr::new(*cid, *port))
                 .map_err(bind_err)?;
             ttrpc::asynchronous::transport::Listener::from(l)
+        }
+        ListenAddr::Tcp(_) => {
+            return Err(ListenError::Protocol {
+                addr: addr.clone(),
+                detail: "ttrpc is served on unix and vsock only; use protocol = \"http\" for tcp",
+            });
         }
     };
     Ok(Bound {

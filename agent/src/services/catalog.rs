@@ -79,6 +79,14 @@ impl ServiceKind {
         matches!(self, ServiceKind::Health)
     }
 
+    /// Whether this service has HTTP paths (CoCo's api-server-rest) besides ttrpc.
+    pub fn has_http_api(self) -> bool {
+        matches!(
+            self,
+            ServiceKind::Health | ServiceKind::AttestationAgent | ServiceKind::GetResource
+        )
+    }
+
     /// Parses a config name; `cdh` expands to the data-hub services and `all` to every service.
     pub fn parse_group(name: &str) -> Option<Vec<ServiceKind>> {
         match name {
