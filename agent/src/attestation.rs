@@ -141,7 +141,25 @@ impl Attestation {
                     timeout: k.timeout,
                     ..RetryPolicy::default()
                 };
-                Some(KbsClient::new(kc, a.clone())?)
+                let client = KbsClient::new(kc, a.clone())?;
+                Some(match &audit {
+                    Some(log) => {
+                        let log = log.clone();
+                        let url = k.url.clone();
+                        client.with_observer(Arc::new(move |claims: &serde_json::Value| {
+                            let submods: Vec<String> = claims["submods"]
+                                .as_object()
+                                .map(|m| m.keys().cloned().collect())
+                                .unwrap_or_default();
+                            let status = claims["submods"]["cpu0"]["ear.status"].clone();
+                            let detail = serde_json::json!({"submods": submods, "cpu0": status});
+                            if let Err(e) = log.record("kbs.attest", &url, Some(detail)) {
+                                tracing::error!(error = %e, "cannot audit the attestation");
+                            }
+                        }))
+                    }
+                    None => client,
+                })
             }
             _ => None,
         };

@@ -159,6 +159,11 @@ async fn coco_clients_get_evidence_tokens_and_resources() {
             "{events:?}"
         );
         assert!(events.iter().any(|(e, _)| e == "kbs.token"), "{events:?}");
+        assert_eq!(
+            events.iter().filter(|(e, _)| e == "kbs.attest").count(),
+            1,
+            "one attestation, audited: {events:?}"
+        );
         assert!(
             events.iter().any(|(e, _)| e == "attestation.evidence"),
             "{events:?}"

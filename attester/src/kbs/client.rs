@@ -79,8 +79,13 @@ pub(super) struct Session {
     generation: u64,
 }
 
+/// Called after each successful attestation with the new token's claims (public appraisal data,
+/// never the token itself), so the caller can audit it.
+pub type AttestObserver = Arc<dyn Fn(&serde_json::Value) + Send + Sync>;
+
 /// The shared KBS client. Cheap to clone the `Arc` around it; all callers share one session.
 pub struct KbsClient {
+    observer: Option<AttestObserver>,
     config: KbsConfig,
     base: String,
     http: reqwest::Client,
@@ -139,6 +144,7 @@ impl KbsClient {
             .build()
             .map_err(|e| KbsError::Config(format!("HTTP client: {e}")))?;
         Ok(KbsClient {
+            observer: None,
             config,
             base,
             http,
@@ -146,6 +152,12 @@ impl KbsClient {
             current: Mutex::new(None),
             handshake: tokio::sync::Mutex::new(0),
         })
+    }
+
+    /// Calls `observer` after every successful attestation.
+    pub fn with_observer(mut self, observer: AttestObserver) -> KbsClient {
+        self.observer = Some(observer);
+        self
     }
 
     /// The TEE this client attests as.
@@ -206,6 +218,9 @@ impl KbsClient {
         }
         *generation += 1;
         let session = Arc::new(self.run_handshake(*generation).await?);
+        if let Some(observe) = &self.observer {
+            observe(session.token.claims());
+        }
         *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(session.clone());
         Ok(session)
     }
