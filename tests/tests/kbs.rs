@@ -364,3 +364,51 @@ async fn wrong_protocol_version_and_bad_paths_get_trustee_statuses() {
         .unwrap();
     assert_eq!(r.status(), 404);
 }
+
+/// A CA and a `localhost` server certificate it signed, as PEM.
+fn test_pki() -> (String, String, String) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "ward test CA");
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let server_key = rcgen::KeyPair::generate().unwrap();
+    let server = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&server_key, &issuer)
+        .unwrap();
+    (ca_cert.pem(), server.pem(), server_key.serialize_pem())
+}
+
+#[tokio::test]
+async fn tls_to_the_kbs_trusts_only_the_configured_ca() {
+    let (ca, cert, key) = test_pki();
+    let kbs = DevKbs::start_tls(&cert, &key).await.unwrap();
+    kbs.put("default/key/1", b"over-tls", Policy::Allow);
+    assert!(kbs.url().starts_with("https://localhost:"));
+
+    let mut cfg = config(&kbs);
+    cfg.ca_pem = Some(ca.into_bytes());
+    let c = KbsClient::new(cfg.clone(), Arc::new(SampleAttester)).unwrap();
+    assert_eq!(
+        &c.get_resource(&uri("kbs:///default/key/1")).await.unwrap()[..],
+        b"over-tls"
+    );
+
+    // Another CA: the certificate is refused, and the client says it could not connect.
+    let (other_ca, _, _) = test_pki();
+    cfg.ca_pem = Some(other_ca.into_bytes());
+    cfg.retry.attempts = 1;
+    let c = KbsClient::new(cfg.clone(), Arc::new(SampleAttester)).unwrap();
+    let e = c.token().await.unwrap_err();
+    assert!(matches!(e, KbsError::Unreachable { .. }), "{e}");
+    assert!(e.to_string().to_lowercase().contains("certificate"), "{e}");
+
+    cfg.ca_pem = Some(b"not a certificate".to_vec());
+    assert!(matches!(
+        KbsClient::new(cfg, Arc::new(SampleAttester)),
+        Err(KbsError::Config(_))
+    ));
+}

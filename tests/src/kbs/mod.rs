@@ -80,6 +80,31 @@ pub struct DevKbs {
     pub addr: SocketAddr,
     inner: Arc<Inner>,
     task: tokio::task::JoinHandle<()>,
+    tls: bool,
+}
+
+/// Accepts TLS connections and serves `app` on each.
+async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    config: Arc<rustls::ServerConfig>,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    while let Ok((tcp, _)) = listener.accept().await {
+        let acceptor = acceptor.clone();
+        let app = app.clone();
+        tokio::spawn(async move {
+            // A client that refuses our certificate ends the handshake here.
+            let Ok(tls) = acceptor.accept(tcp).await else {
+                return;
+            };
+            let service = hyper_util::service::TowerToHyperService::new(app);
+            let _ =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                    .await;
+        });
+    }
 }
 
 const ERR_PREFIX: &str = "https://github.com/confidential-containers/kbs/errors/";
@@ -129,6 +154,33 @@ impl DevKbs {
 
     /// Starts a dev KBS on `addr` (loopback only).
     pub async fn start_on(addr: &str) -> std::io::Result<DevKbs> {
+        DevKbs::start_inner(addr, None).await
+    }
+
+    /// Starts a dev KBS serving HTTPS with `cert_pem` (chain) and `key_pem` on a free 127.0.0.1
+    /// port; its URL is `https://localhost:PORT`.
+    pub async fn start_tls(cert_pem: &str, key_pem: &str) -> std::io::Result<DevKbs> {
+        use rustls::pki_types::pem::PemObject;
+        let certs = rustls::pki_types::CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(std::io::Error::other)?;
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+            .map_err(std::io::Error::other)?;
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(std::io::Error::other)?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(std::io::Error::other)?;
+        DevKbs::start_inner("127.0.0.1:0", Some(Arc::new(config))).await
+    }
+
+    async fn start_inner(
+        addr: &str,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> std::io::Result<DevKbs> {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         if !addr.ip().is_loopback() {
@@ -152,15 +204,28 @@ impl DevKbs {
             .route("/kbs/v0/attest", post(attest))
             .route("/kbs/v0/{*path}", get(get_resource).post(put_resource))
             .with_state(inner.clone());
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        Ok(DevKbs { addr, inner, task })
+        let tls_enabled = tls.is_some();
+        let task = match tls {
+            None => tokio::spawn(async move {
+                let _ = axum::serve(listener, app).await;
+            }),
+            Some(config) => tokio::spawn(serve_tls(listener, app, config)),
+        };
+        Ok(DevKbs {
+            addr,
+            inner,
+            task,
+            tls: tls_enabled,
+        })
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT`, or `https://localhost:PORT` when serving TLS.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        if self.tls {
+            format!("https://localhost:{}", self.addr.port())
+        } else {
+            format!("http://{}", self.addr)
+        }
     }
 
     /// Stores a resource at `repo/type/tag`.
