@@ -8,12 +8,12 @@
 //! - [`kbs`]: the KBS protocol 0.4.0 (RCAR) client with one session shared by every caller;
 //! - [`initdata`]: CoCo initdata documents and their digests;
 //! - [`eventlog`]: the runtime measurement event log (AAEL, TCG2 `EV_EVENT_TAG` entries).
-//!
-//! To come in this crate: NVIDIA GPU evidence.
+//! - [`nvidia`]: NVIDIA confidential GPUs through NVML, and the GPUs-ready switch.
 
 pub mod eventlog;
 pub mod explain;
 pub mod initdata;
 pub mod kbs;
+pub mod nvidia;
 pub mod report_data;
 pub mod tee;
