@@ -103,9 +103,8 @@ impl GpuBackend for NvmlBackend {
             devToolsMode: 0,
         };
         // SAFETY: `state` is a valid, writable struct of the type the symbol expects.
-        check("nvmlSystemGetConfComputeState", None, unsafe {
-            get_state(&mut state)
-        })?;
+        let rc = unsafe { get_state(&mut state) };
+        check("nvmlSystemGetConfComputeState", None, rc)?;
         let mut settings = sys::nvmlSystemConfComputeSettings_v1_t {
             // NVML_STRUCT_VERSION(SystemConfComputeSettings, 1): size | version << 24.
             version: u32::try_from(std::mem::size_of::<sys::nvmlSystemConfComputeSettings_v1_t>())
@@ -117,17 +116,15 @@ impl GpuBackend for NvmlBackend {
             multiGpuMode: 0,
         };
         // SAFETY: as above; `version` tells the library the struct layout we pass.
-        check("nvmlSystemGetConfComputeSettings", None, unsafe {
-            get_settings(&mut settings)
-        })?;
+        let rc = unsafe { get_settings(&mut settings) };
+        check("nvmlSystemGetConfComputeSettings", None, rc)?;
         let mut caps = sys::nvmlConfComputeSystemCaps_t {
             cpuCaps: 0,
             gpusCaps: 0,
         };
         // SAFETY: as above.
-        check("nvmlSystemGetConfComputeCapabilities", None, unsafe {
-            get_caps(&mut caps)
-        })?;
+        let rc = unsafe { get_caps(&mut caps) };
+        check("nvmlSystemGetConfComputeCapabilities", None, rc)?;
         Ok(SystemCc {
             enabled: state.ccFeature == sys::NVML_CC_SYSTEM_FEATURE_ENABLED,
             devtools: state.devToolsMode == sys::NVML_CC_SYSTEM_DEVTOOLS_MODE_ON,
@@ -172,9 +169,8 @@ impl GpuBackend for NvmlBackend {
         let mut arch: sys::nvmlDeviceArchitecture_t = 0;
         // SAFETY: a valid device handle and a writable u32, as the symbol expects. The raw call
         // keeps architectures the wrapper does not know (it would fail with UnexpectedVariant).
-        check("nvmlDeviceGetArchitecture", Some(index), unsafe {
-            get_arch(d.handle(), &mut arch)
-        })?;
+        let rc = unsafe { get_arch(d.handle(), &mut arch) };
+        check("nvmlDeviceGetArchitecture", Some(index), rc)?;
         let memory = d.memory_info().map_err(e("nvmlDeviceGetMemoryInfo"))?;
         Ok(DeviceInfo {
             index,
@@ -203,10 +199,11 @@ impl GpuBackend for NvmlBackend {
             cecAttestationReport: [0; 4096],
         });
         // SAFETY: a valid device handle and a writable report struct of the expected layout.
+        let rc = unsafe { get(handle, report.as_mut()) };
         check(
             "nvmlDeviceGetConfComputeGpuAttestationReport",
             Some(index),
-            unsafe { get(handle, report.as_mut()) },
+            rc,
         )?;
         let size = usize::try_from(report.attestationReportSize).unwrap_or(usize::MAX);
         report
@@ -234,11 +231,8 @@ impl GpuBackend for NvmlBackend {
             attestationCertChain: [0; 5120],
         });
         // SAFETY: a valid device handle and a writable certificate struct of the expected layout.
-        check(
-            "nvmlDeviceGetConfComputeGpuCertificate",
-            Some(index),
-            unsafe { get(handle, cert.as_mut()) },
-        )?;
+        let rc = unsafe { get(handle, cert.as_mut()) };
+        check("nvmlDeviceGetConfComputeGpuCertificate", Some(index), rc)?;
         let size = usize::try_from(cert.attestationCertChainSize).unwrap_or(usize::MAX);
         cert.attestationCertChain
             .get(..size)
@@ -258,9 +252,8 @@ impl GpuBackend for NvmlBackend {
         )?;
         let mut ready: u32 = 0;
         // SAFETY: a writable u32, as the symbol expects.
-        check("nvmlSystemGetConfComputeGpusReadyState", None, unsafe {
-            get(&mut ready)
-        })?;
+        let rc = unsafe { get(&mut ready) };
+        check("nvmlSystemGetConfComputeGpusReadyState", None, rc)?;
         Ok(ready == sys::NVML_CC_ACCEPTING_CLIENT_REQUESTS_TRUE)
     }
 
@@ -276,8 +269,7 @@ impl GpuBackend for NvmlBackend {
             sys::NVML_CC_ACCEPTING_CLIENT_REQUESTS_FALSE
         };
         // SAFETY: a plain integer argument.
-        check("nvmlSystemSetConfComputeGpusReadyState", None, unsafe {
-            set(value)
-        })
+        let rc = unsafe { set(value) };
+        check("nvmlSystemSetConfComputeGpusReadyState", None, rc)
     }
 }
