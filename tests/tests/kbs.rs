@@ -412,3 +412,137 @@ async fn tls_to_the_kbs_trusts_only_the_configured_ca() {
         Err(KbsError::Config(_))
     ));
 }
+
+fn nvidia_fixture(name: &str) -> Vec<u8> {
+    std::fs::read(format!(
+        "{}/../../shared/fixtures/evidence/nvidia/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap()
+}
+
+fn scripted_gpus(gpus: u32) -> Arc<ward_attester::nvidia::ScriptedGpus> {
+    use ward_attester::nvidia::{Script, ScriptedGpus};
+    let template = hex::decode(
+        String::from_utf8(nvidia_fixture("hopperAttestationReport.txt"))
+            .unwrap()
+            .trim(),
+    )
+    .unwrap();
+    Arc::new(ScriptedGpus::new(
+        Script {
+            gpus,
+            arch_code: 9,
+            ..Default::default()
+        },
+        template,
+        nvidia_fixture("hopper_cert_chain_case1.txt"),
+    ))
+}
+
+#[tokio::test]
+async fn composite_cpu_and_gpu_evidence_is_bound_and_appraised() {
+    use sha2::Digest;
+    use ward_attester::nvidia::{CollectOptions, GpuBackend};
+    use ward_attester::tee::{DeviceAttester, NvidiaAttester, SampleDeviceAttester};
+    let kbs = DevKbs::start().await.unwrap();
+    kbs.put("default/key/1", b"gpu-workload-key", Policy::Allow);
+
+    // Two (scripted) H100s with real report bytes: the KBS checks each echoes the device nonce.
+    let gpus = scripted_gpus(2);
+    let backend: Arc<dyn GpuBackend> = gpus.clone();
+    let nvidia = NvidiaAttester::new(backend.clone(), CollectOptions::default())
+        .await
+        .unwrap();
+    let c = client(&kbs).with_devices(vec![Arc::new(nvidia) as Arc<dyn DeviceAttester>]);
+    assert_eq!(
+        &c.get_resource(&uri("kbs:///default/key/1")).await.unwrap()[..],
+        b"gpu-workload-key"
+    );
+    let claims = c.token_claims().await.unwrap();
+    let mut submods: Vec<_> = claims["submods"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
+    submods.sort();
+    assert_eq!(submods, ["cpu0", "gpu0", "gpu1"]);
+    assert_eq!(claims["submods"]["gpu1"]["arch"], "HOPPER");
+    assert_eq!(
+        gpus.set_ready_calls(),
+        0,
+        "the KBS client never touches the ready state"
+    );
+
+    // The sampledevice double, and the binding recomputed here from the protocol text.
+    let c = client(&kbs).with_devices(vec![
+        Arc::new(SampleDeviceAttester) as Arc<dyn DeviceAttester>
+    ]);
+    let claims = c.token_claims().await.unwrap();
+    assert_eq!(claims["submods"]["gpu0"]["device"], "sampledevice");
+    let ev = &claims["submods"]["cpu0"]["ear.veraison.annotated-evidence"];
+    let rt = &ev["runtime_data_claims"];
+    let device_rd = sha2::Sha384::digest(
+        format!(
+            r#"{{"nonce":{},"tee-pubkey":{}}}"#,
+            rt["nonce"],
+            serde_json::to_string(&sorted(&rt["tee-pubkey"])).unwrap()
+        )
+        .as_bytes(),
+    );
+    let additional = serde_json::json!({"sampledevice": {"report_data": base64::Engine::encode(&base64::engine::general_purpose::STANDARD, device_rd)}}).to_string();
+    let primary = sha2::Sha384::digest(
+        format!(
+            r#"{{"additional-evidence":{},"nonce":{},"tee-pubkey":{}}}"#,
+            serde_json::to_string(&additional).unwrap(),
+            rt["nonce"],
+            serde_json::to_string(&sorted(&rt["tee-pubkey"])).unwrap()
+        )
+        .as_bytes(),
+    );
+    assert_eq!(
+        ev["report_data"],
+        hex::encode(primary),
+        "primary binding recomputed independently"
+    );
+}
+
+/// A JSON value with object keys sorted (serde_json's default map already sorts).
+fn sorted(v: &serde_json::Value) -> serde_json::Value {
+    serde_json::from_str(&v.to_string()).unwrap()
+}
+
+#[tokio::test]
+async fn a_gpu_that_ignores_the_nonce_fails_the_attestation() {
+    use ward_attester::nvidia::{CollectOptions, GpuBackend, Script, ScriptedGpus};
+    use ward_attester::tee::{DeviceAttester, NvidiaAttester};
+    let kbs = DevKbs::start().await.unwrap();
+    let template = hex::decode(
+        String::from_utf8(nvidia_fixture("hopperAttestationReport.txt"))
+            .unwrap()
+            .trim(),
+    )
+    .unwrap();
+    let backend: Arc<dyn GpuBackend> = Arc::new(ScriptedGpus::new(
+        Script {
+            gpus: 1,
+            arch_code: 9,
+            ignore_nonce: true,
+            ..Default::default()
+        },
+        template,
+        nvidia_fixture("hopper_cert_chain_case1.txt"),
+    ));
+    let nvidia = NvidiaAttester::new(backend, CollectOptions::default())
+        .await
+        .unwrap();
+    let c = client(&kbs).with_devices(vec![Arc::new(nvidia) as Arc<dyn DeviceAttester>]);
+    let e = c.token().await.unwrap_err();
+    assert!(e.to_string().contains("does not echo the nonce"), "{e}");
+    assert_eq!(
+        kbs.counts().1,
+        0,
+        "refused before anything reached the KBS's attest endpoint"
+    );
+}

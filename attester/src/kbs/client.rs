@@ -8,14 +8,14 @@ use kbs_types::{Attestation, Challenge, CompositeEvidence, InitData, Request, Ru
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
-use super::binding::{BindingHash, primary_report_data};
+use super::binding::{BindingHash, device_report_data, primary_report_data};
 use super::jwe;
 use super::tee_key::{KeyKind, TeeKey};
 use super::token::Token;
 use super::uri::ResourceUri;
 use super::{KbsError, PROTOCOL_VERSION};
 use crate::report_data::ReportData;
-use crate::tee::Attester;
+use crate::tee::{Attester, DeviceAttester};
 
 /// Name of the session cookie Trustee sets.
 const SESSION_COOKIE: &str = "kbs-session-id";
@@ -86,6 +86,7 @@ pub type AttestObserver = Arc<dyn Fn(&serde_json::Value) + Send + Sync>;
 /// The shared KBS client. Cheap to clone the `Arc` around it; all callers share one session.
 pub struct KbsClient {
     observer: Option<AttestObserver>,
+    devices: Vec<Arc<dyn DeviceAttester>>,
     config: KbsConfig,
     base: String,
     http: reqwest::Client,
@@ -145,6 +146,7 @@ impl KbsClient {
             .map_err(|e| KbsError::Config(format!("HTTP client: {e}")))?;
         Ok(KbsClient {
             observer: None,
+            devices: Vec::new(),
             config,
             base,
             http,
@@ -152,6 +154,18 @@ impl KbsClient {
             current: Mutex::new(None),
             handshake: tokio::sync::Mutex::new(0),
         })
+    }
+
+    /// Adds device attesters (GPUs) whose evidence goes into every attestation as
+    /// `additional_evidence`.
+    pub fn with_devices(mut self, devices: Vec<Arc<dyn DeviceAttester>>) -> KbsClient {
+        self.devices = devices;
+        self
+    }
+
+    /// The device attesters.
+    pub fn devices(&self) -> &[Arc<dyn DeviceAttester>] {
+        &self.devices
     }
 
     /// Calls `observer` after every successful attestation.
@@ -282,7 +296,7 @@ impl KbsClient {
             .map_err(|e| KbsError::Crypto(e.to_string()))?
             .map_err(|e| KbsError::Crypto(e.to_string()))?;
         let jwk = key.public_jwk();
-        let additional_evidence = String::new();
+        let additional_evidence = self.device_evidence(hash, &challenge.nonce, &jwk).await?;
         let report_data = primary_report_data(hash, &challenge.nonce, &jwk, &additional_evidence)
             .map_err(|e| KbsError::Crypto(e.to_string()))?;
         let report_data =
@@ -334,6 +348,26 @@ impl KbsClient {
             key,
             generation,
         })
+    }
+
+    /// `additional_evidence`: the JSON string of `{"<tee>": evidence}` over every device
+    /// attester, or `""` when there are none.
+    async fn device_evidence(
+        &self,
+        hash: BindingHash,
+        nonce: &str,
+        jwk: &kbs_types::TeePubKey,
+    ) -> Result<String, KbsError> {
+        if self.devices.is_empty() {
+            return Ok(String::new());
+        }
+        let rd =
+            device_report_data(hash, nonce, jwk).map_err(|e| KbsError::Crypto(e.to_string()))?;
+        let mut map = serde_json::Map::new();
+        for d in &self.devices {
+            map.insert(d.tee().to_string(), d.evidence(&rd).await?);
+        }
+        serde_json::to_string(&map).map_err(|e| KbsError::Crypto(e.to_string()))
     }
 
     async fn fetch(

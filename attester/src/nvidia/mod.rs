@@ -20,7 +20,7 @@ use base64::engine::general_purpose::STANDARD;
 
 pub use backend::{DeviceInfo, GpuBackend, SystemCc};
 pub use nvml::NvmlBackend;
-pub use scripted::ScriptedGpus;
+pub use scripted::{Script, ScriptedGpus};
 
 /// Largest report NVML can return (its buffer).
 pub const MAX_REPORT: usize = 8192;

@@ -10,6 +10,7 @@ mod az_snp_vtpm;
 #[cfg(feature = "azure")]
 mod az_tdx_vtpm;
 pub mod configfs_tsm;
+mod device;
 mod sample;
 pub mod snp;
 pub mod tdx;
@@ -25,6 +26,7 @@ pub use az_snp_vtpm::AzSnpVtpmAttester;
 #[cfg(feature = "azure")]
 pub use az_tdx_vtpm::AzTdxVtpmAttester;
 pub use configfs_tsm::{ConfigfsTsm, TsmError};
+pub use device::{DeviceAttester, NvidiaAttester, SampleDeviceAttester};
 pub use sample::SampleAttester;
 pub use snp::SnpAttester;
 pub use tdx::TdxAttester;

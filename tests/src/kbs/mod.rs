@@ -432,6 +432,10 @@ async fn attest(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes
             "sample evidence report_data does not bind this nonce and tee-pubkey",
         );
     }
+    let gpus = match appraise_devices(additional, &nonce, pubkey) {
+        Ok(g) => g,
+        Err(why) => return unauthorized("AttestationFailed", why),
+    };
     let init_data = match &req["init-data"] {
         serde_json::Value::Null => serde_json::Value::Null,
         v => match v["body"].as_str() {
@@ -441,7 +445,7 @@ async fn attest(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes
     };
     let ttl = *inner.token_ttl.lock().unwrap();
     let now = now_secs();
-    let claims = serde_json::json!({
+    let mut claims = serde_json::json!({
         "eat_profile": "tag:github.com,2023:veraison/ear",
         "iat": now,
         "exp": now + ttl.as_secs(),
@@ -459,11 +463,75 @@ async fn attest(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes
             },
         },
     });
+    for (i, gpu) in gpus.into_iter().enumerate() {
+        claims["submods"][format!("gpu{i}")] = gpu;
+    }
     let token = sign_jwt(&inner, &claims);
     if let Some(s) = inner.sessions.lock().unwrap().get_mut(&id) {
         s.token = Some(token.clone());
     }
     ok_json(&inner, serde_json::json!({"token": token}).to_string())
+}
+
+/// Checks device evidence against the device binding `SHA-384(canonical({"nonce", "tee-pubkey"}))`:
+/// `sampledevice` must carry it whole as `report_data`; each NVIDIA report must echo its first 32
+/// bytes as the SPDM request nonce (bytes 4..36). Returns one appraisal per device.
+fn appraise_devices(
+    additional: &str,
+    nonce: &str,
+    pubkey: &serde_json::Value,
+) -> Result<Vec<serde_json::Value>, String> {
+    if additional.is_empty() {
+        return Ok(Vec::new());
+    }
+    let map: serde_json::Map<String, serde_json::Value> = serde_json::from_str(additional)
+        .map_err(|e| format!("additional_evidence is not a JSON object string: {e}"))?;
+    let mut m = serde_json::Map::new();
+    m.insert("nonce".into(), nonce.into());
+    m.insert("tee-pubkey".into(), pubkey.clone());
+    let expected = Sha384::digest(serde_json::Value::Object(m).to_string().as_bytes()).to_vec();
+    let mut gpus = Vec::new();
+    for (tee, ev) in map {
+        match tee.as_str() {
+            "sampledevice" => {
+                let got = ev["report_data"]
+                    .as_str()
+                    .and_then(|s| STANDARD.decode(s).ok())
+                    .unwrap_or_default();
+                if got != expected {
+                    return Err(
+                        "sampledevice report_data does not bind this nonce and tee-pubkey".into(),
+                    );
+                }
+                gpus.push(serde_json::json!({"ear.status": "affirming", "device": "sampledevice"}));
+            }
+            "nvidia" => {
+                let list = ev["device_evidence_list"]
+                    .as_array()
+                    .ok_or("nvidia evidence has no device_evidence_list")?;
+                for d in list {
+                    let report = d["evidence"]
+                        .as_str()
+                        .and_then(|s| STANDARD.decode(s).ok())
+                        .ok_or("nvidia evidence is not base64")?;
+                    if report.get(4..36) != expected.get(..32) {
+                        return Err(format!(
+                            "GPU {} report does not echo the device nonce",
+                            d["uuid"]
+                        ));
+                    }
+                    gpus.push(serde_json::json!({
+                        "ear.status": "affirming",
+                        "device": "nvidia",
+                        "uuid": d["uuid"],
+                        "arch": d["arch"],
+                    }));
+                }
+            }
+            other => return Err(format!("the dev KBS cannot appraise `{other}` evidence")),
+        }
+    }
+    Ok(gpus)
 }
 
 fn sign_jwt(inner: &Inner, claims: &serde_json::Value) -> String {
