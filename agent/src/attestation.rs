@@ -9,8 +9,12 @@ use std::sync::Arc;
 use ward_attester::eventlog::{self, EventHash, EventLog, EventLogError};
 use ward_attester::initdata::{InitData, InitDataError};
 use ward_attester::kbs::{KbsClient, KbsConfig, KbsError, ResourceUri, RetryPolicy};
+use ward_attester::nvidia::{self, CollectOptions, GpuBackend, GpuError, NvmlBackend};
 use ward_attester::report_data::ReportData;
-use ward_attester::tee::{self, Attester, AttesterError, DetectOptions, InitDataBinding, Tee};
+use ward_attester::tee::{
+    self, Attester, AttesterError, DetectOptions, DeviceAttester, InitDataBinding, NvidiaAttester,
+    SampleDeviceAttester, Tee,
+};
 use zeroize::Zeroizing;
 
 use crate::audit::AuditLog;
@@ -57,6 +61,9 @@ pub enum AttestationSetupError {
     InitData { path: String, detail: String },
     #[error(transparent)]
     EventLog(#[from] EventLogError),
+    /// GPUs are required but cannot be attested.
+    #[error("GPUs required but not attestable: {0}")]
+    Gpus(GpuError),
 }
 
 /// What ExtendRuntimeMeasurement did.
@@ -78,6 +85,43 @@ pub struct Attestation {
     initdata: Option<InitData>,
     eventlog: Option<EventLog>,
     measurement_pcr: u64,
+    devices: Vec<Arc<dyn DeviceAttester>>,
+    /// The NVIDIA backend and GPU count, to set the ready state after the KBS said yes.
+    gpus: Option<(Arc<dyn GpuBackend>, usize, std::time::Duration)>,
+    gpus_ready: tokio::sync::OnceCell<()>,
+}
+
+/// Finds attestable NVIDIA GPUs per the policy.
+async fn nvidia_attester(config: &Config) -> Result<Option<NvidiaAttester>, AttestationSetupError> {
+    use crate::config::GpuPolicy;
+    let policy = config.attestation.gpus;
+    if policy == GpuPolicy::Off {
+        return Ok(None);
+    }
+    let opts = CollectOptions {
+        allow_devtools: config.attestation.allow_gpu_devtools,
+        ..CollectOptions::default()
+    };
+    let found = match tokio::task::spawn_blocking(NvmlBackend::init).await {
+        Ok(Ok(backend)) => NvidiaAttester::new(Arc::new(backend), opts).await,
+        Ok(Err(e)) => Err(e),
+        Err(e) => Err(GpuError::ReadyState(e.to_string())),
+    };
+    match (found, policy) {
+        (Ok(a), _) => Ok(Some(a)),
+        (Err(e), GpuPolicy::Required) => Err(AttestationSetupError::Gpus(e)),
+        (Err(e), _) => {
+            match e {
+                GpuError::LibraryMissing(_) | GpuError::DriverNotLoaded | GpuError::NoGpus => {
+                    tracing::info!(reason = %e, "no NVIDIA GPU to attest")
+                }
+                other => {
+                    tracing::warn!(reason = %other, "NVIDIA GPUs present but not attested; they stay not ready")
+                }
+            }
+            Ok(None)
+        }
+    }
 }
 
 impl Attestation {
@@ -85,7 +129,7 @@ impl Attestation {
     ///
     /// An explicitly named TEE that is absent, or the sample TEE on real hardware, is an error;
     /// finding no TEE at all under `auto` is not (wardd still serves health).
-    pub fn from_config(
+    pub async fn from_config(
         config: &Config,
         audit: Option<Arc<AuditLog>>,
     ) -> Result<Attestation, AttestationSetupError> {
@@ -121,6 +165,17 @@ impl Attestation {
             Some(path) if attester.is_ok() => Some(EventLog::open(path)?),
             _ => None,
         };
+        let mut devices: Vec<Arc<dyn DeviceAttester>> = Vec::new();
+        let mut gpus = None;
+        if attester.is_ok() {
+            if let Some(n) = nvidia_attester(config).await? {
+                gpus = Some((n.backend().clone(), n.devices(), n.call_timeout()));
+                devices.push(Arc::new(n));
+            }
+            if config.attestation.sample_device {
+                devices.push(Arc::new(SampleDeviceAttester));
+            }
+        }
         let kbs = match (&config.kbs, &attester) {
             (Some(k), Ok(a)) => {
                 let ca_pem = match &k.cacert {
@@ -141,7 +196,7 @@ impl Attestation {
                     timeout: k.timeout,
                     ..RetryPolicy::default()
                 };
-                let client = KbsClient::new(kc, a.clone())?;
+                let client = KbsClient::new(kc, a.clone())?.with_devices(devices.clone());
                 Some(match &audit {
                     Some(log) => {
                         let log = log.clone();
@@ -171,7 +226,86 @@ impl Attestation {
             initdata,
             eventlog,
             measurement_pcr: config.attestation.measurement_pcr,
+            devices,
+            gpus,
+            gpus_ready: tokio::sync::OnceCell::new(),
         })
+    }
+
+    /// Whether there are GPUs to attest (and so to set ready after the KBS said yes).
+    pub fn has_gpus(&self) -> bool {
+        self.gpus.is_some()
+    }
+
+    /// The device attesters' names (GetAdditionalTees).
+    pub fn additional_tees(&self) -> Vec<String> {
+        self.devices.iter().map(|d| d.tee().to_string()).collect()
+    }
+
+    /// GetAdditionalEvidence: `{"<tee>": evidence}` for caller-chosen report data (zero-padded
+    /// to 64 bytes; GPUs use the first 32 as their nonce), or empty bytes without devices.
+    pub async fn additional_evidence(
+        &self,
+        report_data: &[u8],
+    ) -> Result<Vec<u8>, AttestationError> {
+        if self.devices.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rd = ReportData::new(report_data.to_vec())
+            .map_err(|e| AttestationError::InvalidArgument(e.to_string()))?
+            .padded();
+        let mut map = serde_json::Map::new();
+        for d in &self.devices {
+            map.insert(d.tee().to_string(), d.evidence(&rd).await?);
+        }
+        serde_json::to_vec(&map).map_err(|e| AttestationError::InvalidArgument(e.to_string()))
+    }
+
+    /// After a successful KBS call: if the GPUs are not ready yet (the boot-time attempt
+    /// failed), try again now that the KBS answers.
+    async fn retry_gpus_ready(&self) {
+        if self.gpus.is_some()
+            && self.gpus_ready.get().is_none()
+            && let Err(e) = self.make_gpus_ready().await
+        {
+            tracing::error!(error = %e, "GPUs left not ready");
+        }
+    }
+
+    /// Sets the GPUs-ready state once, after the KBS accepted the composite evidence and only
+    /// if its token appraised every GPU. Runs the handshake if there is no token yet.
+    pub async fn make_gpus_ready(&self) -> Result<(), AttestationError> {
+        let Some((backend, count, timeout)) = &self.gpus else {
+            return Ok(());
+        };
+        self.gpus_ready
+            .get_or_try_init(|| async {
+                let claims = self.kbs()?.token_claims().await?;
+                let submods: Vec<String> = claims["submods"]
+                    .as_object()
+                    .map(|m| m.keys().cloned().collect())
+                    .unwrap_or_default();
+                let result =
+                    nvidia::set_ready_after_attestation(backend, *count, &submods, *timeout).await;
+                self.record(
+                    "gpu.ready",
+                    "nvidia",
+                    serde_json::json!({
+                        "gpus": count,
+                        "appraised": submods,
+                        "ready": result.is_ok(),
+                        "error": result.as_ref().err().map(ToString::to_string),
+                    }),
+                )?;
+                result.map_err(|e| {
+                    AttestationError::Evidence(AttesterError::Malformed {
+                        tee: Tee::Nvidia,
+                        detail: e.to_string(),
+                    })
+                })
+            })
+            .await
+            .map(|_| ())
     }
 
     /// Checks the boot initdata against the TEE's launch measurement (or extends it into a
@@ -304,6 +438,7 @@ impl Attestation {
                 "with_private_key": self.coco_token_reply,
             }),
         )?;
+        self.retry_gpus_ready().await;
         Ok(reply)
     }
 
@@ -322,6 +457,7 @@ impl Attestation {
                         "bytes": value.len(),
                     }),
                 )?;
+                self.retry_gpus_ready().await;
                 Ok(value)
             }
             Err(e) => {

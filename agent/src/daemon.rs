@@ -73,7 +73,7 @@ pub async fn run(config: &Config, mode: Mode) -> Result<(), DaemonError> {
         None => None,
     };
     let state = Arc::new(DaemonState::new(mode));
-    let attestation = Arc::new(Attestation::from_config(config, audit.clone())?);
+    let attestation = Arc::new(Attestation::from_config(config, audit.clone()).await?);
     match attestation.bind_boot_initdata().await {
         Ok(Some(binding)) => tracing::info!(?binding, "initdata bound to the launch measurement"),
         Ok(None) => {}
@@ -84,6 +84,16 @@ pub async fn run(config: &Config, mode: Mode) -> Result<(), DaemonError> {
             tracing::info!(%tee, kbs = config.kbs.as_ref().map(|k| k.url.as_str()), "attestation ready")
         }
         Err(e) => tracing::warn!(error = %e, "attestation unavailable"),
+    }
+    if attestation.has_gpus() && config.kbs.is_some() {
+        // GPUs get no work until the KBS accepted them: attest now rather than at first use.
+        let a = attestation.clone();
+        tokio::spawn(async move {
+            match a.make_gpus_ready().await {
+                Ok(()) => tracing::info!("GPUs attested by the KBS and set ready"),
+                Err(e) => tracing::error!(error = %e, "GPUs left not ready"),
+            }
+        });
     }
     let ctx = Context {
         daemon: state.clone(),

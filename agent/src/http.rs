@@ -152,7 +152,7 @@ async fn info(State(api): State<Arc<Api>>) -> Response {
     let body = serde_json::json!({
         "version": crate::VERSION,
         "tee": tee,
-        "additional_tees": [],
+        "additional_tees": api.attestation.additional_tees(),
         "feature": features,
     });
     (

@@ -513,3 +513,46 @@ async fn api_server_rest_paths_over_loopback_http() {
         .unwrap();
     assert_eq!(r.status(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_evidence_through_the_coco_api() {
+    use ward_protos::attestation_agent::GetAdditionalEvidenceRequest;
+    let kbs = DevKbs::start().await.unwrap();
+    let extra = format!("\n[kbs]\nurl = \"{}\"\n", kbs.url());
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_text(dir.path(), &["all"]).replace(
+        "[attestation]\n",
+        "[attestation]\nsample_device = true\ngpus = \"off\"\n",
+    ) + &extra;
+    let w = tokio::task::spawn_blocking(move || {
+        Wardd::start_with(dir, &config, "ward.tee=sample", &[])
+    })
+    .await
+    .unwrap();
+    let aa = AttestationAgentServiceClient::new(
+        ttrpc::asynchronous::Client::connect(&w.addr).await.unwrap(),
+    );
+    let tees = aa
+        .get_additional_tees(ctx(), &GetAdditionalTeesRequest::new())
+        .await
+        .unwrap();
+    assert_eq!(tees.additional_tees, vec!["sampledevice"]);
+    let mut req = GetAdditionalEvidenceRequest::new();
+    req.RuntimeData = vec![7; 32];
+    let ev = aa.get_additional_evidence(ctx(), &req).await.unwrap();
+    let ev: serde_json::Value = serde_json::from_slice(&ev.Evidence).unwrap();
+    let rd = base64::engine::general_purpose::STANDARD
+        .decode(ev["sampledevice"]["report_data"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(&rd[..32], &[7; 32]);
+    let mut tr = GetTokenRequest::new();
+    tr.TokenType = "kbs".into();
+    let token = String::from_utf8(aa.get_token(ctx(), &tr).await.unwrap().Token).unwrap();
+    let claims: serde_json::Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(token.split('.').nth(1).unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(claims["submods"]["gpu0"]["device"], "sampledevice");
+}

@@ -104,3 +104,22 @@ fn garbage_is_refused_clearly() {
     assert_eq!(code, 1, "{err}");
     assert!(!err.contains("panicked"), "{err}");
 }
+
+#[test]
+fn without_an_nvidia_driver_ward_gpu_says_so() {
+    if std::path::Path::new("/dev/nvidiactl").exists() {
+        eprintln!(
+            "skipped: this machine has an NVIDIA driver; the real GPU is checked on the device machine"
+        );
+        return;
+    }
+    let (code, out, _) = run_ward("ward", &["gpu"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("NVML library not found") || out.contains("driver is not loaded"),
+        "{out}"
+    );
+    let (code, _, err) = run_ward("ward", &["evidence", "--tee", "sample", "--with-gpus"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("GPU evidence"), "{err}");
+}

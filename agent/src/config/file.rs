@@ -61,6 +61,12 @@ pub struct RawAttestation {
     pub eventlog: PathBuf,
     /// Default PCR for runtime measurements (mapped to an RTMR on TDX), as CoCo's `init_pcr`.
     pub measurement_pcr: u64,
+    /// NVIDIA GPUs: `auto` (attest them when NVML finds CC-capable GPUs), `required`, or `off`.
+    pub gpus: String,
+    /// Attest GPUs in developer-tools mode (not for production secrets).
+    pub allow_gpu_devtools: bool,
+    /// Add the `sampledevice` development double to the evidence (never on real hardware).
+    pub sample_device: bool,
 }
 
 impl Default for RawAttestation {
@@ -71,6 +77,9 @@ impl Default for RawAttestation {
             initdata: PathBuf::from("/run/confidential-containers/initdata/initdata.toml"),
             eventlog: PathBuf::from("/run/attestation-agent/eventlog"),
             measurement_pcr: 17,
+            gpus: "auto".to_string(),
+            allow_gpu_devtools: false,
+            sample_device: false,
         }
     }
 }

@@ -112,6 +112,19 @@ pub struct AttestationSettings {
     /// `None`: runtime measurement is off (ExtendRuntimeMeasurement answers NOT_ENABLED).
     pub eventlog: Option<PathBuf>,
     pub measurement_pcr: u64,
+    pub gpus: GpuPolicy,
+    pub allow_gpu_devtools: bool,
+    pub sample_device: bool,
+}
+
+/// Whether NVIDIA GPUs are attested.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GpuPolicy {
+    /// When NVML finds attestable GPUs; otherwise go on without (logged).
+    Auto,
+    /// wardd refuses to start unless the GPUs can be attested.
+    Required,
+    Off,
 }
 
 /// A validated `[kbs]` section.
@@ -230,6 +243,19 @@ impl Config {
                 allow_sample: raw.attestation.allow_sample,
                 initdata: Some(raw.attestation.initdata).filter(|p| !p.as_os_str().is_empty()),
                 eventlog: Some(raw.attestation.eventlog).filter(|p| !p.as_os_str().is_empty()),
+                gpus: match raw.attestation.gpus.as_str() {
+                    "auto" => GpuPolicy::Auto,
+                    "required" => GpuPolicy::Required,
+                    "off" => GpuPolicy::Off,
+                    v => {
+                        return Err(ConfigError::invalid(
+                            "attestation.gpus",
+                            format!("`{v}` is not a GPU policy (auto, required, off)"),
+                        ));
+                    }
+                },
+                allow_gpu_devtools: raw.attestation.allow_gpu_devtools,
+                sample_device: raw.attestation.sample_device,
                 measurement_pcr: if raw.attestation.measurement_pcr < 24 {
                     raw.attestation.measurement_pcr
                 } else {

@@ -44,13 +44,21 @@ impl AttestationAgentService for AttestationAgent {
         })
     }
 
-    /// No device attesters yet: CoCo answers empty bytes when there are no devices.
+    /// `{"<tee>": evidence}` over the device attesters; empty bytes without devices, as CoCo.
     async fn get_additional_evidence(
         &self,
         _ctx: &TtrpcContext,
-        _req: GetAdditionalEvidenceRequest,
+        req: GetAdditionalEvidenceRequest,
     ) -> ttrpc::Result<GetEvidenceResponse> {
-        Ok(GetEvidenceResponse::default())
+        let evidence = self
+            .attestation
+            .additional_evidence(&req.RuntimeData)
+            .await
+            .map_err(|e| status::attestation(&e))?;
+        Ok(GetEvidenceResponse {
+            Evidence: evidence,
+            ..Default::default()
+        })
     }
 
     async fn get_token(
@@ -122,12 +130,14 @@ impl AttestationAgentService for AttestationAgent {
         })
     }
 
-    /// No device attesters yet.
     async fn get_additional_tees(
         &self,
         _ctx: &TtrpcContext,
         _req: GetAdditionalTeesRequest,
     ) -> ttrpc::Result<GetAdditionalTeesResponse> {
-        Ok(GetAdditionalTeesResponse::default())
+        Ok(GetAdditionalTeesResponse {
+            additional_tees: self.attestation.additional_tees(),
+            ..Default::default()
+        })
     }
 }

@@ -52,12 +52,25 @@ fn client(
     Ok(KbsClient::new(config, attester(tee)?)?)
 }
 
-/// `ward evidence`: collects evidence for the given report data and prints it as JSON.
-pub async fn evidence(tee: Option<Tee>, report_data_hex: &str) -> anyhow::Result<bool> {
+/// `ward evidence`: collects evidence for the given report data and prints it as JSON; with
+/// GPUs, as `{"primary_evidence": .., "additional_evidence": {"nvidia": ..}}`.
+pub async fn evidence(
+    tee: Option<Tee>,
+    report_data_hex: &str,
+    with_gpus: bool,
+) -> anyhow::Result<bool> {
     let bytes = hex::decode(report_data_hex).context("--report-data is not hex")?;
     let rd = ReportData::new(bytes)?;
-    let ev = attester(tee)?.evidence(&rd).await?;
-    println!("{}", serde_json::to_string_pretty(&ev)?);
+    let primary = attester(tee)?.evidence(&rd).await?;
+    if !with_gpus {
+        println!("{}", serde_json::to_string_pretty(&primary)?);
+        return Ok(true);
+    }
+    let mut nonce = [0u8; 32];
+    nonce.copy_from_slice(&rd.padded()[..32]);
+    let gpus = crate::gpu::evidence(nonce).await.context("GPU evidence")?;
+    let out = serde_json::json!({"primary_evidence": primary, "additional_evidence": gpus});
+    println!("{}", serde_json::to_string_pretty(&out)?);
     Ok(true)
 }
 

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+mod gpu;
 mod kbs;
 
 use anyhow::Context;
@@ -46,6 +47,10 @@ enum Command {
         /// Report data as hex, at most 64 bytes.
         #[arg(long, default_value = "", conflicts_with = "explain")]
         report_data: String,
+        /// Also collect NVIDIA GPU evidence (the first 32 bytes of the report data, zero-padded,
+        /// are the GPU nonce).
+        #[arg(long, conflicts_with = "explain")]
+        with_gpus: bool,
         /// Explain a saved SNP report, TDX quote, CCEL event log, or evidence JSON.
         #[arg(long, value_name = "FILE")]
         explain: Option<PathBuf>,
@@ -54,6 +59,8 @@ enum Command {
         #[arg(long, value_name = "DER", requires = "explain")]
         vcek: Option<PathBuf>,
     },
+    /// Show each NVIDIA GPU's confidential-computing state, as NVML reports it.
+    Gpu,
     /// Run the KBS handshake in this process and print the token's claims.
     Attest {
         /// The KBS base URL.
@@ -136,8 +143,16 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             ..
         } => kbs::explain(&file, vcek.as_deref()),
         Command::Evidence {
-            tee, report_data, ..
-        } => rt()?.block_on(kbs::evidence(kbs::parse_tee(&tee)?, &report_data)),
+            tee,
+            report_data,
+            with_gpus,
+            ..
+        } => rt()?.block_on(kbs::evidence(
+            kbs::parse_tee(&tee)?,
+            &report_data,
+            with_gpus,
+        )),
+        Command::Gpu => gpu::show(),
         Command::Attest {
             kbs: url,
             tee,
