@@ -5,6 +5,7 @@ use proptest::prelude::*;
 
 use super::tests::{COCO_REPORT, REPORT, fixture_hex};
 use super::*;
+use crate::explain::{ExplainError, explain};
 
 fn chain(name: &str) -> Vec<GpuCert> {
     parse_cert_chain_pem(
@@ -103,6 +104,15 @@ fn truncation_anywhere_is_a_typed_error() {
                 "{name} cut at {n}: {:?}",
                 parse_report(&full[..n]).err()
             );
+            assert!(explain(&full[..n]).is_err(), "{name} cut at {n}");
+        }
+        // hex text cut anywhere is an error too
+        let text = hex::encode(&full[..end]);
+        for n in (0..text.len()).step_by(13) {
+            assert!(
+                explain(&text.as_bytes()[..n]).is_err(),
+                "{name} hex cut at {n}"
+            );
         }
     }
 }
@@ -176,6 +186,10 @@ fn declared_sizes_beyond_the_buffer_are_refused() {
     let mut big = full.clone();
     big.resize(MAX_REPORT_LEN + 1, 0);
     assert!(matches!(parse_report(&big), Err(GpuError::Invalid { .. })));
+    assert!(matches!(
+        explain(&big),
+        Err(ExplainError::Gpu(GpuError::Invalid { .. }))
+    ));
 }
 
 proptest! {
@@ -184,6 +198,7 @@ proptest! {
     #[test]
     fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..5000)) {
         let _ = parse_report(&bytes).map(|r| r.to_string());
+        let _ = explain(&bytes);
     }
 
     #[test]
