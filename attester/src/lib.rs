@@ -4,7 +4,9 @@
 //!   development TEE only when enabled, never on real hardware);
 //! - [`report_data`]: the at-most-64-byte report data a TEE signs;
 //! - [`explain`]: evidence parsers behind `ward evidence --explain` (SNP reports, TDX quotes,
-//!   CCEL event logs, Azure vTPM evidence) and the SNP report signature check;
+//!   CCEL event logs, Azure vTPM evidence, NVIDIA GPU evidence) and the SNP report signature check;
+//! - [`gpu`]: NVIDIA GPU attestation reports (SPDM GET_MEASUREMENTS), their P-384 signature and
+//!   the device certificate chain;
 //! - [`kbs`]: the KBS protocol 0.4.0 (RCAR) client with one session shared by every caller;
 //! - [`initdata`]: CoCo initdata documents and their digests;
 //! - [`eventlog`]: the runtime measurement event log (AAEL, TCG2 `EV_EVENT_TAG` entries).
@@ -12,6 +14,7 @@
 
 pub mod eventlog;
 pub mod explain;
+pub mod gpu;
 pub mod initdata;
 pub mod kbs;
 pub mod nvidia;

@@ -2,14 +2,17 @@
 //! explanation, for `ward evidence --explain FILE [--vcek DER]`.
 //!
 //! [`explain`] recognises its input by content: a raw SEV-SNP report (1184 bytes), a TDX quote
-//! (v4, v5), a TCG2 event log (the CCEL table), or evidence JSON of the `snp`, `tdx`, `sample`,
-//! `az-snp-vtpm` and `az-tdx-vtpm` shapes (also inside an RCAR `tee-evidence` /
-//! `primary_evidence` wrapper). Every parser reads untrusted bytes through bounds-checked
+//! (v4, v5), a TCG2 event log (the CCEL table), an NVIDIA GPU attestation report (raw or hex
+//! text), or evidence JSON of the `snp`, `tdx`, `sample`, `az-snp-vtpm`, `az-tdx-vtpm` and
+//! `nvidia` shapes (also inside an RCAR `tee-evidence` / `primary_evidence` wrapper, or
+//! `{"nvidia": ...}`). Every parser reads untrusted bytes through bounds-checked
 //! readers: truncated or garbage input is an [`ExplainError`], never a panic. This module only
-//! reads and explains; apart from [`verify_snp_signature`] it judges nothing.
+//! reads and explains; apart from [`verify_snp_signature`] and the GPU report and chain
+//! signatures of `nvidia` evidence it judges nothing.
 
 mod azure;
 mod ccel;
+mod nvidia;
 pub(crate) mod reader;
 mod snp;
 mod tdx;
@@ -19,12 +22,14 @@ mod robustness;
 
 use std::fmt;
 
+use crate::gpu::{GpuError, GpuReport, parse_report};
 use base64::Engine;
 use sev::firmware::guest::AttestationReport;
 use sev::firmware::host::CertTableEntry;
 
 pub use azure::{AzureEvidence, HclHardware, HclReport, TdReport, TpmQuote, parse_azure_evidence};
 pub use ccel::{Event, EventLog, algorithm_name, event_type_name, parse_event_log};
+pub use nvidia::{NvidiaDevice, NvidiaEvidence, parse_nvidia_evidence};
 pub use reader::Truncated;
 pub use snp::{
     CertSummary, SNP_REPORT_LEN, SignatureError, SnpReport, parse_snp_report, policy_text,
@@ -46,12 +51,15 @@ pub enum ExplainError {
     Invalid { what: &'static str, detail: String },
     /// The content matches none of the formats.
     #[error(
-        "unrecognised input ({len} bytes): not an SNP report, TDX quote, TCG2 event log or evidence JSON"
+        "unrecognised input ({len} bytes): not an SNP report, TDX quote, TCG2 event log, NVIDIA GPU report or evidence JSON"
     )]
     Unrecognised { len: usize },
     /// The input is larger than [`MAX_INPUT`].
     #[error("input is {0} bytes; at most {MAX_INPUT} are accepted")]
     TooLarge(usize),
+    /// An NVIDIA GPU report or certificate chain that does not parse.
+    #[error(transparent)]
+    Gpu(#[from] GpuError),
     /// Evidence JSON that does not parse.
     #[error("evidence JSON: {0}")]
     Json(#[source] serde_json::Error),
@@ -88,6 +96,10 @@ pub enum Explanation {
     SampleEvidence { svn: String, report_data: Vec<u8> },
     /// `az-snp-vtpm` or `az-tdx-vtpm` evidence JSON.
     Azure(Box<AzureEvidence>),
+    /// A bare NVIDIA GPU attestation report (raw bytes or hex text), without its chain.
+    GpuReport(Box<GpuReport>),
+    /// `nvidia` evidence JSON: reports, chains and their signature checks.
+    Nvidia(Box<NvidiaEvidence>),
 }
 
 impl Explanation {
@@ -124,6 +136,12 @@ pub fn explain(input: &[u8]) -> Result<Explanation, ExplainError> {
     if first == Some(&b'{') {
         let v: serde_json::Value = serde_json::from_slice(input).map_err(ExplainError::Json)?;
         return explain_json(&v);
+    }
+    if nvidia::looks_like_gpu_report(input) {
+        return Ok(Explanation::GpuReport(Box::new(parse_report(input)?)));
+    }
+    if let Some(bytes) = nvidia::hex_gpu_report(input) {
+        return Ok(Explanation::GpuReport(Box::new(parse_report(&bytes?)?)));
     }
     if tdx::looks_like_tdx_quote(input) {
         return Ok(Explanation::TdxQuote(Box::new(parse_tdx_quote(input)?)));
@@ -180,6 +198,9 @@ pub fn explain_json(v: &serde_json::Value) -> Result<Explanation, ExplainError> 
                 .map(|c| c.iter().map(CertSummary::from).collect()),
         });
     }
+    if v.get("device_evidence_list").is_some() || v.get("nvidia").is_some() {
+        return Ok(Explanation::Nvidia(Box::new(parse_nvidia_evidence(v)?)));
+    }
     if v.get("tpm_quote").is_some() {
         return Ok(Explanation::Azure(Box::new(parse_azure_evidence(v)?)));
     }
@@ -205,7 +226,7 @@ pub fn explain_json(v: &serde_json::Value) -> Result<Explanation, ExplainError> 
     }
     Err(json_invalid(
         "evidence JSON",
-        "none of the snp, tdx, sample, az-snp-vtpm or az-tdx-vtpm shapes",
+        "none of the snp, tdx, sample, az-snp-vtpm, az-tdx-vtpm or nvidia shapes",
     ))
 }
 
@@ -241,6 +262,15 @@ impl fmt::Display for Explanation {
                 field(f, "report data", hex::encode(report_data))
             }
             Explanation::Azure(a) => write!(f, "{a}"),
+            Explanation::GpuReport(r) => {
+                write!(f, "{r}")?;
+                field(
+                    f,
+                    "signature check",
+                    "needs the GPU's certificate chain (give nvidia evidence JSON)",
+                )
+            }
+            Explanation::Nvidia(e) => write!(f, "{e}"),
         }
     }
 }
