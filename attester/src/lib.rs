@@ -5,16 +5,14 @@
 //! - [`report_data`]: the at-most-64-byte report data a TEE signs;
 //! - [`explain`]: evidence parsers behind `ward evidence --explain` (SNP reports, TDX quotes,
 //!   CCEL event logs, Azure vTPM evidence, NVIDIA GPU evidence) and the SNP report signature check;
-//! - [`gpu`]: NVIDIA GPU attestation reports (SPDM GET_MEASUREMENTS), their P-384 signature and
-//!   the device certificate chain;
 //! - [`kbs`]: the KBS protocol 0.4.0 (RCAR) client with one session shared by every caller;
 //! - [`initdata`]: CoCo initdata documents and their digests;
-//! - [`eventlog`]: the runtime measurement event log (AAEL, TCG2 `EV_EVENT_TAG` entries).
-//! - [`nvidia`]: NVIDIA confidential GPUs through NVML, and the GPUs-ready switch.
+//! - [`eventlog`]: the runtime measurement event log (AAEL, TCG2 `EV_EVENT_TAG` entries);
+//! - [`nvidia`]: NVIDIA confidential GPUs: evidence through NVML, the GPUs-ready switch, and
+//!   the attestation report format (SPDM GET_MEASUREMENTS) with its P-384 signature and chain.
 
 pub mod eventlog;
 pub mod explain;
-pub mod gpu;
 pub mod initdata;
 pub mod kbs;
 pub mod nvidia;

@@ -123,3 +123,41 @@ fn without_an_nvidia_driver_ward_gpu_says_so() {
     assert_eq!(code, 1);
     assert!(err.contains("GPU evidence"), "{err}");
 }
+
+#[test]
+fn nvidia_reports_and_evidence_are_explained_and_checked() {
+    use base64::Engine;
+    let (code, out, err) = run_ward(
+        "ward",
+        &[
+            "evidence",
+            "--explain",
+            &fixture("nvidia/hopperAttestationReport.txt"),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("931d8dd0add203ac3d8b4fbde75e115278eefcdceac5b87671a748f32364dfcb"),
+        "{out}"
+    );
+    assert!(out.contains("550.90.07"), "{out}");
+
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    let report = hex::decode(
+        std::fs::read_to_string(fixture("nvidia/hopperAttestationReport.txt"))
+            .unwrap()
+            .trim(),
+    )
+    .unwrap();
+    let chain = std::fs::read(fixture("nvidia/hopper_cert_chain_case1.txt")).unwrap();
+    let wrong_chain = std::fs::read(fixture("nvidia/hopper_coco_certs1.txt")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for (name, chain, want_code) in [("good", &chain, 0), ("wrong-chain", &wrong_chain, 1)] {
+        let ev = serde_json::json!({"nvidia": {"device_evidence_list": [{
+            "arch": "HOPPER", "uuid": "GPU-1", "evidence": b64(&report), "certificate": b64(chain)}]}});
+        let path = dir.path().join(name);
+        std::fs::write(&path, ev.to_string()).unwrap();
+        let (code, out, err) = run_ward("ward", &["evidence", "--explain", path.to_str().unwrap()]);
+        assert_eq!(code, want_code, "{name}: {out}{err}");
+    }
+}

@@ -22,7 +22,7 @@ mod robustness;
 
 use std::fmt;
 
-use crate::gpu::{GpuError, GpuReport, parse_report};
+use crate::nvidia::report::{GpuReport, ReportError, parse_report};
 use base64::Engine;
 use sev::firmware::guest::AttestationReport;
 use sev::firmware::host::CertTableEntry;
@@ -59,7 +59,7 @@ pub enum ExplainError {
     TooLarge(usize),
     /// An NVIDIA GPU report or certificate chain that does not parse.
     #[error(transparent)]
-    Gpu(#[from] GpuError),
+    Gpu(#[from] ReportError),
     /// Evidence JSON that does not parse.
     #[error("evidence JSON: {0}")]
     Json(#[source] serde_json::Error),

@@ -11,7 +11,7 @@ use std::fmt;
 use base64::Engine;
 
 use super::{ExplainError, field, json_invalid};
-use crate::gpu::{
+use crate::nvidia::report::{
     ChainLink, GpuReport, VerifyError, check_chain, parse_cert_chain_pem, parse_report,
 };
 

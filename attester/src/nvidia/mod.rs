@@ -10,6 +10,7 @@
 
 mod backend;
 mod nvml;
+pub mod report;
 mod scripted;
 
 use std::sync::Arc;
@@ -65,6 +66,12 @@ pub enum GpuError {
     ReportSize { index: u32, size: u32 },
     #[error("GPU {index}: certificate chain size {size} is not usable")]
     ChainSize { index: u32, size: u32 },
+    #[error("GPU {index} (UUID {uuid}): the attestation report is malformed: {detail}")]
+    BadReport {
+        index: u32,
+        uuid: String,
+        detail: String,
+    },
     #[error("GPU {index} (UUID {uuid}): the report does not echo the nonce ward sent")]
     NonceNotEchoed { index: u32, uuid: String },
     #[error("GPU {index} (UUID {uuid}): certificate chain: {detail}")]
@@ -132,33 +139,14 @@ async fn call<T: Send + 'static>(
     }
 }
 
-/// Checks that `pem` holds at least one certificate block whose body is base64.
+/// Parses the PEM chain (every certificate must parse); returns how many it holds.
 fn check_chain(pem: &[u8]) -> Result<usize, String> {
     let text = std::str::from_utf8(pem).map_err(|_| "not PEM text".to_string())?;
-    let mut count = 0;
-    let mut rest = text;
-    while let Some(start) = rest.find("-----BEGIN CERTIFICATE-----") {
-        let after = &rest[start + 27..];
-        let end = after
-            .find("-----END CERTIFICATE-----")
-            .ok_or_else(|| "a certificate block is not closed".to_string())?;
-        let body: String = after[..end]
-            .chars()
-            .filter(|c| !c.is_whitespace())
-            .collect();
-        let der = STANDARD
-            .decode(body)
-            .map_err(|e| format!("certificate {count} is not base64: {e}"))?;
-        if der.first() != Some(&0x30) {
-            return Err(format!("certificate {count} is not DER"));
-        }
-        count += 1;
-        rest = &after[end + 25..];
-    }
-    if count == 0 {
+    let chain = report::parse_cert_chain_pem(text).map_err(|e| e.to_string())?;
+    if chain.is_empty() {
         return Err("no certificate in the chain".to_string());
     }
-    Ok(count)
+    Ok(chain.len())
 }
 
 /// One GPU's entry in `device_evidence_list`.
@@ -252,7 +240,12 @@ pub async fn collect(
                 size: u32::try_from(report.len()).unwrap_or(u32::MAX),
             });
         }
-        if report.get(REQUEST_NONCE) != Some(&nonce[..]) {
+        let parsed = report::parse_report(&report).map_err(|e| GpuError::BadReport {
+            index,
+            uuid: d.uuid.clone(),
+            detail: e.to_string(),
+        })?;
+        if parsed.request_nonce != nonce {
             return Err(GpuError::NonceNotEchoed {
                 index,
                 uuid: d.uuid.clone(),

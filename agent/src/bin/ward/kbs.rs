@@ -82,6 +82,12 @@ pub fn explain(file: &Path, vcek: Option<&Path>) -> anyhow::Result<bool> {
     let explanation = ward_attester::explain::explain(&bytes)
         .with_context(|| format!("{} is not evidence ward can read", file.display()))?;
     println!("{explanation}");
+    // NVIDIA evidence carries its own chain: a report that does not verify with it fails.
+    if let ward_attester::explain::Explanation::Nvidia(ev) = &explanation
+        && ev.devices.iter().any(|d| d.signature.is_err())
+    {
+        return Ok(false);
+    }
     let Some(vcek) = vcek else {
         return Ok(true);
     };

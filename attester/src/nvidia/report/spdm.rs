@@ -31,7 +31,7 @@ use std::fmt;
 use p384::ecdsa::signature::Verifier;
 use p384::ecdsa::{Signature, VerifyingKey};
 
-use super::{GpuError, VerifyError, certs, invalid};
+use super::{ReportError, VerifyError, certs, invalid};
 use crate::explain::field;
 use crate::explain::reader::Reader;
 
@@ -197,7 +197,7 @@ pub(crate) fn verify_raw(
 }
 
 /// Parses a GPU attestation report (raw bytes, as NVML returns it).
-pub fn parse_report(bytes: &[u8]) -> Result<GpuReport, GpuError> {
+pub fn parse_report(bytes: &[u8]) -> Result<GpuReport, ReportError> {
     const WHAT: &str = "GPU attestation report";
     if bytes.len() > MAX_REPORT_LEN {
         return Err(invalid(
@@ -262,7 +262,7 @@ pub fn parse_report(bytes: &[u8]) -> Result<GpuReport, GpuError> {
     })
 }
 
-fn version_ok(v: u8, which: &str) -> Result<(), GpuError> {
+fn version_ok(v: u8, which: &str) -> Result<(), ReportError> {
     if v == SPDM_1_1 {
         Ok(())
     } else {
@@ -273,7 +273,7 @@ fn version_ok(v: u8, which: &str) -> Result<(), GpuError> {
     }
 }
 
-fn code_ok(code: u8, want: u8, which: &str) -> Result<(), GpuError> {
+fn code_ok(code: u8, want: u8, which: &str) -> Result<(), ReportError> {
     if code == want {
         Ok(())
     } else {
@@ -289,7 +289,7 @@ fn u24([lo, mid, hi]: [u8; 3]) -> usize {
 }
 
 /// The measurement record: exactly `blocks` DMTF blocks that fill it.
-fn parse_record(record: &[u8], blocks: u8) -> Result<Vec<MeasurementBlock>, GpuError> {
+fn parse_record(record: &[u8], blocks: u8) -> Result<Vec<MeasurementBlock>, ReportError> {
     const WHAT: &str = "measurement record";
     let mut r = Reader::new(record, WHAT);
     let mut out: Vec<MeasurementBlock> = Vec::with_capacity(usize::from(blocks));
@@ -336,7 +336,7 @@ fn parse_record(record: &[u8], blocks: u8) -> Result<Vec<MeasurementBlock>, GpuE
     Ok(out)
 }
 
-fn parse_opaque(data: &[u8]) -> Result<OpaqueData, GpuError> {
+fn parse_opaque(data: &[u8]) -> Result<OpaqueData, ReportError> {
     const WHAT: &str = "opaque data";
     let mut r = Reader::new(data, WHAT);
     let mut o = OpaqueData::default();
@@ -374,7 +374,7 @@ fn parse_opaque(data: &[u8]) -> Result<OpaqueData, GpuError> {
 }
 
 /// A NUL-padded ASCII string.
-fn text(value: &[u8], name: &'static str) -> Result<String, GpuError> {
+fn text(value: &[u8], name: &'static str) -> Result<String, ReportError> {
     let end = value.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
     let s = value.get(..end).unwrap_or_default();
     if s.iter().all(|b| b.is_ascii_graphic() || *b == b' ') {
@@ -389,7 +389,7 @@ fn text(value: &[u8], name: &'static str) -> Result<String, GpuError> {
 
 /// NVIDIA's VBIOS version format: the first half of the bytes from last to first, then the
 /// byte after them (`00 9f 00 96 01 00 00 00` is `96.00.9f.00.01`).
-fn vbios(value: &[u8]) -> Result<String, GpuError> {
+fn vbios(value: &[u8]) -> Result<String, ReportError> {
     let half = value.len() / 2;
     let (Some(head), Some(next)) = (value.get(..half), value.get(half)) else {
         return Err(invalid("opaque data", "vbios_version is empty"));
@@ -399,7 +399,7 @@ fn vbios(value: &[u8]) -> Result<String, GpuError> {
     Ok(parts.join("."))
 }
 
-fn counts(value: &[u8]) -> Result<Vec<u32>, GpuError> {
+fn counts(value: &[u8]) -> Result<Vec<u32>, ReportError> {
     if value.len() % 4 != 0 {
         return Err(invalid(
             "opaque data",

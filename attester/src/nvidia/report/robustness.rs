@@ -100,7 +100,7 @@ fn truncation_anywhere_is_a_typed_error() {
         let end = full.len() - parse_report(&full).unwrap().trailing;
         for n in 0..end {
             assert!(
-                matches!(parse_report(&full[..n]), Err(GpuError::Truncated(_))),
+                matches!(parse_report(&full[..n]), Err(ReportError::Truncated(_))),
                 "{name} cut at {n}: {:?}",
                 parse_report(&full[..n]).err()
             );
@@ -128,67 +128,73 @@ fn declared_sizes_beyond_the_buffer_are_refused() {
     // the measurement record claims 16 MiB
     assert!(matches!(
         set(RECORD_LEN_AT, &[0xff, 0xff, 0xff]),
-        Err(GpuError::Truncated(_))
+        Err(ReportError::Truncated(_))
     ));
     // the opaque data claims 64 KiB
     let opaque_len_at = RECORD_LEN_AT + 3 + 3520 + NONCE_LEN;
     assert_eq!(&full[opaque_len_at..opaque_len_at + 2], &[0xa6, 0x01]); // 422
     assert!(matches!(
         set(opaque_len_at, &[0xff, 0xff]),
-        Err(GpuError::Truncated(_))
+        Err(ReportError::Truncated(_))
     ));
     // the first block claims more than the record holds
     let block = RECORD_LEN_AT + 3;
     assert!(matches!(
         set(block + 2, &[0xff, 0xff]),
-        Err(GpuError::Truncated(_))
+        Err(ReportError::Truncated(_))
     ));
     // the first block's DMTF value claims more than the block holds
     assert!(matches!(
         set(block + 5, &[0x31, 0x00]),
-        Err(GpuError::Truncated(_))
+        Err(ReportError::Truncated(_))
     ));
     // ... or less: bytes of the block left over
     assert!(matches!(
         set(block + 5, &[0x2f, 0x00]),
-        Err(GpuError::Invalid { .. })
+        Err(ReportError::Invalid { .. })
     ));
     // more blocks declared than the record holds, or fewer
     assert!(matches!(
         set(RECORD_LEN_AT - 1, &[65]),
-        Err(GpuError::Truncated(_))
+        Err(ReportError::Truncated(_))
     ));
     assert!(matches!(
         set(RECORD_LEN_AT - 1, &[63]),
-        Err(GpuError::Invalid { .. })
+        Err(ReportError::Invalid { .. })
     ));
     // the first opaque TLV claims more than the opaque data holds
     assert!(matches!(
         set(opaque_len_at + 4, &[0xff, 0x01]),
-        Err(GpuError::Truncated(_))
+        Err(ReportError::Truncated(_))
     ));
     // versions and codes other than SPDM 1.1 GET_MEASUREMENTS / MEASUREMENTS
     for (at, value) in [(0, 0x12), (1, 0xE1), (37, 0x10), (38, 0x7f), (2, 0x00)] {
         assert!(
-            matches!(set(at, &[value]), Err(GpuError::Invalid { .. })),
+            matches!(set(at, &[value]), Err(ReportError::Invalid { .. })),
             "byte {at} = {value:#x}"
         );
     }
     // the measurement specification is not DMTF; the same index twice
     assert!(matches!(
         set(block + 1, &[2]),
-        Err(GpuError::Invalid { .. })
+        Err(ReportError::Invalid { .. })
     ));
     let second = block + 4 + 0x33;
     assert_eq!(full[second], 2);
-    assert!(matches!(set(second, &[1]), Err(GpuError::Invalid { .. })));
+    assert!(matches!(
+        set(second, &[1]),
+        Err(ReportError::Invalid { .. })
+    ));
     // larger than NVML's buffer
     let mut big = full.clone();
     big.resize(MAX_REPORT_LEN + 1, 0);
-    assert!(matches!(parse_report(&big), Err(GpuError::Invalid { .. })));
+    assert!(matches!(
+        parse_report(&big),
+        Err(ReportError::Invalid { .. })
+    ));
     assert!(matches!(
         explain(&big),
-        Err(ExplainError::Gpu(GpuError::Invalid { .. }))
+        Err(ExplainError::Gpu(ReportError::Invalid { .. }))
     ));
 }
 

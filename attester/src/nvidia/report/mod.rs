@@ -8,7 +8,7 @@
 //!   certificate is signed by the next one ([`check_chain`]).
 //!
 //! This module reads untrusted bytes through bounds-checked readers: truncated or garbage input
-//! is a [`GpuError`], never a panic. It checks signatures and says what it found; it does not
+//! is a [`ReportError`], never a panic. It checks signatures and says what it found; it does not
 //! anchor the chain to NVIDIA's root certificate, compare measurements with NVIDIA's reference
 //! values (RIMs) or decide whether a GPU is trustworthy: that is a verifier's job.
 
@@ -30,7 +30,7 @@ use crate::explain::Truncated;
 
 /// Why a GPU report or certificate chain could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum GpuError {
+pub enum ReportError {
     /// The input ends inside a structure, or a size it declares runs past its end.
     #[error(transparent)]
     Truncated(#[from] Truncated),
@@ -56,8 +56,8 @@ pub enum VerifyError {
     Mismatch,
 }
 
-pub(crate) fn invalid(what: &'static str, detail: impl Into<String>) -> GpuError {
-    GpuError::Invalid {
+pub(crate) fn invalid(what: &'static str, detail: impl Into<String>) -> ReportError {
+    ReportError::Invalid {
         what,
         detail: detail.into(),
     }

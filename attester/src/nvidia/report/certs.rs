@@ -15,7 +15,7 @@ use x509_cert::der::asn1::ObjectIdentifier;
 use x509_cert::der::{Decode, Encode, Header, Reader, SliceReader};
 
 use super::spdm::FWID_LEN;
-use super::{GpuError, VerifyError, invalid};
+use super::{ReportError, VerifyError, invalid};
 
 const BEGIN: &str = "-----BEGIN CERTIFICATE-----";
 const END: &str = "-----END CERTIFICATE-----";
@@ -125,7 +125,7 @@ pub(crate) fn p384_key_of_der(der: &[u8]) -> Result<VerifyingKey, VerifyError> {
 
 /// Splits a PEM chain into its certificates, in order (NVIDIA puts the leaf first) and parses
 /// each. Text outside `BEGIN`/`END CERTIFICATE` blocks (whitespace, NUL padding) is ignored.
-pub fn parse_cert_chain_pem(pem: &str) -> Result<Vec<GpuCert>, GpuError> {
+pub fn parse_cert_chain_pem(pem: &str) -> Result<Vec<GpuCert>, ReportError> {
     let mut out = Vec::new();
     let mut rest = pem;
     while let Some(start) = rest.find(BEGIN) {
@@ -137,26 +137,27 @@ pub fn parse_cert_chain_pem(pem: &str) -> Result<Vec<GpuCert>, GpuError> {
             ));
         }
         let block = rest.get(start..).unwrap_or_default();
-        let end = block
-            .find(END)
-            .map(|e| e + END.len())
-            .ok_or_else(|| GpuError::Certificate {
-                index,
-                detail: "BEGIN CERTIFICATE without END".into(),
-            })?;
+        let end =
+            block
+                .find(END)
+                .map(|e| e + END.len())
+                .ok_or_else(|| ReportError::Certificate {
+                    index,
+                    detail: "BEGIN CERTIFICATE without END".into(),
+                })?;
         let (label, der) =
             x509_cert::der::pem::decode_vec(block.get(..end).unwrap_or_default().as_bytes())
-                .map_err(|e| GpuError::Certificate {
+                .map_err(|e| ReportError::Certificate {
                     index,
                     detail: format!("PEM: {e}"),
                 })?;
         if label != "CERTIFICATE" {
-            return Err(GpuError::Certificate {
+            return Err(ReportError::Certificate {
                 index,
                 detail: format!("PEM label {label}"),
             });
         }
-        let cert = GpuCert::from_der(&der).map_err(|e| GpuError::Certificate {
+        let cert = GpuCert::from_der(&der).map_err(|e| ReportError::Certificate {
             index,
             detail: e.to_string(),
         })?;
@@ -317,21 +318,21 @@ mod tests {
     fn pem_errors_are_typed() {
         assert!(matches!(
             parse_cert_chain_pem("no pem here"),
-            Err(GpuError::Invalid { .. })
+            Err(ReportError::Invalid { .. })
         ));
         assert!(matches!(
             parse_cert_chain_pem("-----BEGIN CERTIFICATE-----\nAAAA\n"),
-            Err(GpuError::Certificate { index: 0, .. })
+            Err(ReportError::Certificate { index: 0, .. })
         ));
         assert!(matches!(
             parse_cert_chain_pem("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"),
-            Err(GpuError::Certificate { index: 0, .. })
+            Err(ReportError::Certificate { index: 0, .. })
         ));
         let text = chain_text("hopper_cert_chain_case1.txt");
         let cut = &text[..text.len() / 2];
         assert!(matches!(
             parse_cert_chain_pem(cut),
-            Err(GpuError::Certificate { index: 2, .. })
+            Err(ReportError::Certificate { index: 2, .. })
         ));
         assert!(GpuCert::from_der(b"junk").is_err());
     }
