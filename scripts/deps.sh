@@ -3,10 +3,11 @@
 # prints the apt-get line to run. Tests whose tool is missing say so and skip.
 set -euo pipefail
 
-# util-linux: unshare and nsenter (the PID-1 test); procps: ps for debugging test failures.
-# Later issues add: docker-registry skopeo umoci (images), qemu-system-x86 linux-image-amd64
-# busybox-static cpio (rootfs), libtss2-dev pkg-config (Azure vTPM attesters).
-PACKAGES=(util-linux procps)
+# util-linux: unshare and nsenter (the PID-1 test); procps: ps for debugging test failures;
+# libtss2-dev, pkg-config: the Azure vTPM attesters (cargo feature `azure`, built in CI);
+# docker-registry, skopeo, umoci: real registries and images for the image tests.
+# Later issues add qemu-system-x86 linux-image-amd64 busybox-static cpio (rootfs).
+PACKAGES=(util-linux procps libtss2-dev pkg-config docker-registry skopeo umoci)
 
 missing=()
 for p in "${PACKAGES[@]}"; do
