@@ -1,9 +1,12 @@
 //! ward-image: pulling, verifying and decrypting OCI images and sealed model artifacts inside
 //! guest memory.
 //!
-//! Will own (issues "Encrypted OCI images" and "Sealed model weights"): registry pulls, ocicrypt
-//! (JWE recipients and CoCo key-provider packets, AES-256-CTR + HMAC-SHA256 layers), a streaming
-//! verify → decrypt → decompress → unpack pipeline that publishes nothing before every digest and
-//! tag holds, escape-proof unpacking, signature policy, and the chunked-AEAD sealed model format.
+//! - [`digest`]: `sha256:` digests and the streaming verifier every registry byte passes through;
+//! - [`registry`]: resolving references to verified manifests and configs (indexes by platform),
+//!   and streaming blobs to guest memory with size and digest checks.
 //!
-//! Nothing is implemented yet; wardd answers the image-pull API with `UNIMPLEMENTED`.
+//! To come: ocicrypt decryption, escape-proof unpacking, the pull pipeline and bundles, signature
+//! policy, and the sealed model format.
+
+pub mod digest;
+pub mod registry;

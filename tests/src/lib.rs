@@ -8,6 +8,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod kbs;
+pub mod registry;
 
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};

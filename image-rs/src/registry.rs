@@ -1,0 +1,545 @@
+//! Talking to registries: resolving a reference to a verified manifest and config (image indexes
+//! resolved by platform), and streaming blobs to guest memory through a digest check.
+//!
+//! Every byte from a registry is untrusted: manifests are checked against the digest that named
+//! them (the reference's, or the index entry's), configs and blobs against their descriptors,
+//! with size limits on everything. Credentials come from a containers `auth.json`; they are never
+//! logged.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::Path;
+use std::time::Duration;
+
+use base64::Engine;
+use futures_util::StreamExt;
+use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::manifest::OciDescriptor;
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference};
+use serde::Deserialize;
+use zeroize::Zeroizing;
+
+use crate::digest::{Digest, VerifyError};
+
+/// Largest manifest or index accepted.
+const MAX_MANIFEST: usize = 4 << 20;
+/// Largest image config accepted.
+const MAX_CONFIG: u64 = 8 << 20;
+
+pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+
+/// Why a pull from a registry failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("`{reference}` is not an image reference: {detail}")]
+    Reference { reference: String, detail: String },
+    #[error("registry configuration: {0}")]
+    Config(String),
+    #[error("{what} from {reference}: {detail}")]
+    Fetch {
+        what: String,
+        reference: String,
+        detail: String,
+    },
+    #[error("{what} of {reference} does not match: {source}")]
+    Verify {
+        what: String,
+        reference: String,
+        #[source]
+        source: VerifyError,
+    },
+    #[error("{what} of {reference} is malformed: {detail}")]
+    Malformed {
+        what: String,
+        reference: String,
+        detail: String,
+    },
+    #[error("{reference} has no manifest for {platform} (it has: {available})")]
+    NoPlatform {
+        reference: String,
+        platform: String,
+        available: String,
+    },
+    #[error("writing {what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The platform to pick from an image index.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Platform {
+    pub os: String,
+    pub architecture: String,
+    pub variant: Option<String>,
+}
+
+impl Platform {
+    /// This machine's platform in OCI names.
+    pub fn host() -> Platform {
+        let architecture = match std::env::consts::ARCH {
+            "x86_64" => "amd64",
+            "aarch64" => "arm64",
+            "s390x" => "s390x",
+            "powerpc64" => "ppc64le",
+            other => other,
+        };
+        Platform {
+            os: "linux".to_string(),
+            architecture: architecture.to_string(),
+            variant: None,
+        }
+    }
+}
+
+impl std::fmt::Display for Platform {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.os, self.architecture)?;
+        if let Some(v) = &self.variant {
+            write!(f, "/{v}")?;
+        }
+        Ok(())
+    }
+}
+
+/// How to reach registries.
+#[derive(Clone, Debug, Default)]
+pub struct RegistryConfig {
+    /// `host[:port]` served over plain HTTP (development registries).
+    pub insecure: Vec<String>,
+    /// PEM CA certificates to trust in addition to the system roots.
+    pub ca_pem: Option<Vec<u8>>,
+    /// Credentials per registry host, from a containers `auth.json`.
+    pub auths: HashMap<String, (String, Zeroizing<String>)>,
+    pub platform: Option<Platform>,
+    pub timeout: Option<Duration>,
+}
+
+#[derive(Deserialize)]
+struct AuthFile {
+    #[serde(default)]
+    auths: HashMap<String, AuthEntry>,
+}
+
+#[derive(Deserialize)]
+struct AuthEntry {
+    #[serde(default)]
+    auth: Option<String>,
+    #[serde(default)]
+    username: Option<String>,
+    #[serde(default)]
+    password: Option<String>,
+}
+
+impl RegistryConfig {
+    /// Reads credentials from a containers `auth.json` (`{"auths": {"host": {"auth":
+    /// base64("user:pass")}}}`), which may itself have come from the KBS.
+    pub fn with_auth_json(mut self, json: &[u8]) -> Result<RegistryConfig, RegistryError> {
+        let file: AuthFile = serde_json::from_slice(json)
+            .map_err(|e| RegistryError::Config(format!("auth.json: {e}")))?;
+        for (host, entry) in file.auths {
+            let (user, pass) = match (entry.auth, entry.username, entry.password) {
+                (Some(a), _, _) => {
+                    let decoded = Zeroizing::new(
+                        base64::engine::general_purpose::STANDARD
+                            .decode(a.trim())
+                            .map_err(|_| {
+                                RegistryError::Config(format!(
+                                    "auth.json: `auth` of {host} is not base64"
+                                ))
+                            })?,
+                    );
+                    let text = std::str::from_utf8(&decoded).map_err(|_| {
+                        RegistryError::Config(format!("auth.json: `auth` of {host} is not text"))
+                    })?;
+                    let (u, p) = text.split_once(':').ok_or_else(|| {
+                        RegistryError::Config(format!(
+                            "auth.json: `auth` of {host} is not user:password"
+                        ))
+                    })?;
+                    (u.to_string(), Zeroizing::new(p.to_string()))
+                }
+                (None, Some(u), Some(p)) => (u, Zeroizing::new(p)),
+                _ => continue,
+            };
+            let host = host
+                .trim_start_matches("https://")
+                .trim_start_matches("http://")
+                .trim_end_matches('/')
+                .to_string();
+            self.auths.insert(host, (user, pass));
+        }
+        Ok(self)
+    }
+}
+
+/// A descriptor as a manifest lists it.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Descriptor {
+    pub media_type: String,
+    pub digest: String,
+    pub size: i64,
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Manifest {
+    #[serde(default)]
+    media_type: Option<String>,
+    config: Descriptor,
+    layers: Vec<Descriptor>,
+}
+
+#[derive(Deserialize)]
+struct ImageConfig {
+    rootfs: RootFs,
+}
+
+#[derive(Deserialize)]
+struct RootFs {
+    diff_ids: Vec<String>,
+}
+
+/// An image whose manifest and config were fetched and verified.
+#[derive(Clone, Debug)]
+pub struct ResolvedImage {
+    pub reference: Reference,
+    /// The digest of the image manifest (inside an index, the platform's manifest).
+    pub manifest_digest: Digest,
+    pub config: Vec<u8>,
+    pub config_digest: Digest,
+    pub layers: Vec<Descriptor>,
+    /// The uncompressed, unencrypted layer digests, one per layer.
+    pub diff_ids: Vec<Digest>,
+}
+
+/// A registry client with ward's checks around it.
+pub struct Registry {
+    client: Client,
+    config: RegistryConfig,
+}
+
+fn parse_digest(what: &str, reference: &str, s: &str) -> Result<Digest, RegistryError> {
+    Digest::parse(s).map_err(|e| RegistryError::Malformed {
+        what: what.to_string(),
+        reference: reference.to_string(),
+        detail: e.to_string(),
+    })
+}
+
+impl Registry {
+    pub fn new(config: RegistryConfig) -> Result<Registry, RegistryError> {
+        let mut extra = Vec::new();
+        if let Some(pem) = &config.ca_pem {
+            extra.push(oci_client::client::Certificate {
+                encoding: oci_client::client::CertificateEncoding::Pem,
+                data: pem.clone(),
+            });
+        }
+        let client = Client::new(ClientConfig {
+            protocol: if config.insecure.is_empty() {
+                ClientProtocol::Https
+            } else {
+                ClientProtocol::HttpsExcept(config.insecure.clone())
+            },
+            extra_root_certificates: extra,
+            read_timeout: config.timeout,
+            connect_timeout: config.timeout,
+            ..Default::default()
+        });
+        Ok(Registry { client, config })
+    }
+
+    fn auth(&self, reference: &Reference) -> RegistryAuth {
+        match self.config.auths.get(reference.resolve_registry()) {
+            Some((u, p)) => RegistryAuth::Basic(u.clone(), p.to_string()),
+            None => RegistryAuth::Anonymous,
+        }
+    }
+
+    /// Parses `image` (`name[:tag][@sha256:...]`).
+    pub fn reference(image: &str) -> Result<Reference, RegistryError> {
+        image
+            .parse::<Reference>()
+            .map_err(|e| RegistryError::Reference {
+                reference: image.to_string(),
+                detail: e.to_string(),
+            })
+    }
+
+    /// Fetches a manifest (or index) and checks its bytes against `expected` when known.
+    async fn manifest_bytes(
+        &self,
+        reference: &Reference,
+        expected: Option<&Digest>,
+    ) -> Result<(Vec<u8>, Digest), RegistryError> {
+        let name = reference.whole();
+        let (bytes, _header_digest) = self
+            .client
+            .pull_manifest_raw(
+                reference,
+                &self.auth(reference),
+                &[OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LIST],
+            )
+            .await
+            .map_err(|e| RegistryError::Fetch {
+                what: "manifest".into(),
+                reference: name.clone(),
+                detail: e.to_string(),
+            })?;
+        if bytes.len() > MAX_MANIFEST {
+            return Err(RegistryError::Malformed {
+                what: "manifest".into(),
+                reference: name,
+                detail: format!("{} bytes is more than {MAX_MANIFEST}", bytes.len()),
+            });
+        }
+        let found = Digest::of(&bytes);
+        if let Some(expected) = expected
+            && &found != expected
+        {
+            return Err(RegistryError::Verify {
+                what: "manifest".into(),
+                reference: name,
+                source: VerifyError::Digest {
+                    expected: expected.clone(),
+                    found,
+                },
+            });
+        }
+        Ok((bytes.to_vec(), found))
+    }
+
+    /// Resolves `reference` to a verified image manifest and config for this platform.
+    pub async fn resolve(&self, reference: &Reference) -> Result<ResolvedImage, RegistryError> {
+        let name = reference.whole();
+        let pinned = reference
+            .digest()
+            .map(|d| parse_digest("reference digest", &name, d))
+            .transpose()?;
+        let (bytes, digest) = self.manifest_bytes(reference, pinned.as_ref()).await?;
+        let value: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|e| RegistryError::Malformed {
+                what: "manifest".into(),
+                reference: name.clone(),
+                detail: e.to_string(),
+            })?;
+        let (bytes, digest) = if value.get("manifests").is_some() {
+            let entry = self.pick_platform(&name, &value)?;
+            let entry_digest = parse_digest("index entry", &name, &entry)?;
+            let by_digest = reference.clone_with_digest(entry_digest.to_string());
+            self.manifest_bytes(&by_digest, Some(&entry_digest)).await?
+        } else {
+            (bytes, digest)
+        };
+        let manifest: Manifest =
+            serde_json::from_slice(&bytes).map_err(|e| RegistryError::Malformed {
+                what: "manifest".into(),
+                reference: name.clone(),
+                detail: e.to_string(),
+            })?;
+        if let Some(mt) = &manifest.media_type
+            && mt != OCI_MANIFEST
+            && mt != DOCKER_MANIFEST
+        {
+            return Err(RegistryError::Malformed {
+                what: "manifest".into(),
+                reference: name,
+                detail: format!("unsupported media type {mt}"),
+            });
+        }
+        let config_digest = parse_digest("config digest", &name, &manifest.config.digest)?;
+        let config = self
+            .small_blob(reference, &manifest.config, &config_digest)
+            .await?;
+        let parsed: ImageConfig =
+            serde_json::from_slice(&config).map_err(|e| RegistryError::Malformed {
+                what: "config".into(),
+                reference: name.clone(),
+                detail: e.to_string(),
+            })?;
+        let diff_ids = parsed
+            .rootfs
+            .diff_ids
+            .iter()
+            .map(|d| parse_digest("diff_id", &name, d))
+            .collect::<Result<Vec<_>, _>>()?;
+        if diff_ids.len() != manifest.layers.len() {
+            return Err(RegistryError::Malformed {
+                what: "config".into(),
+                reference: name,
+                detail: format!(
+                    "{} diff_ids for {} layers",
+                    diff_ids.len(),
+                    manifest.layers.len()
+                ),
+            });
+        }
+        for l in &manifest.layers {
+            parse_digest("layer digest", &name, &l.digest)?;
+        }
+        Ok(ResolvedImage {
+            reference: reference.clone(),
+            manifest_digest: digest,
+            config,
+            config_digest,
+            layers: manifest.layers,
+            diff_ids,
+        })
+    }
+
+    fn pick_platform(
+        &self,
+        name: &str,
+        index: &serde_json::Value,
+    ) -> Result<String, RegistryError> {
+        let want = self.config.platform.clone().unwrap_or_else(Platform::host);
+        let entries = index["manifests"].as_array().cloned().unwrap_or_default();
+        let mut available = Vec::new();
+        for e in &entries {
+            let p = &e["platform"];
+            let (os, arch, variant) = (
+                p["os"].as_str().unwrap_or_default(),
+                p["architecture"].as_str().unwrap_or_default(),
+                p["variant"].as_str(),
+            );
+            available.push(format!(
+                "{os}/{arch}{}",
+                variant.map(|v| format!("/{v}")).unwrap_or_default()
+            ));
+            let variant_ok = match (&want.variant, variant) {
+                (Some(w), Some(v)) => w == v,
+                (Some(_), None) => false,
+                (None, _) => true,
+            };
+            if os == want.os && arch == want.architecture && variant_ok {
+                if let Some(d) = e["digest"].as_str() {
+                    return Ok(d.to_string());
+                }
+            }
+        }
+        Err(RegistryError::NoPlatform {
+            reference: name.to_string(),
+            platform: want.to_string(),
+            available: available.join(", "),
+        })
+    }
+
+    async fn small_blob(
+        &self,
+        reference: &Reference,
+        desc: &Descriptor,
+        digest: &Digest,
+    ) -> Result<Vec<u8>, RegistryError> {
+        let name = reference.whole();
+        if desc.size < 0 || desc.size as u64 > MAX_CONFIG {
+            return Err(RegistryError::Malformed {
+                what: "config".into(),
+                reference: name,
+                detail: format!("size {} is out of range", desc.size),
+            });
+        }
+        let mut out = Vec::with_capacity(usize::try_from(desc.size).unwrap_or(0));
+        self.stream_blob(reference, desc, digest, &mut out, MAX_CONFIG)
+            .await?;
+        Ok(out)
+    }
+
+    /// Streams a blob into `sink`, verifying its size and digest; `limit` caps the bytes read.
+    pub async fn stream_blob(
+        &self,
+        reference: &Reference,
+        desc: &Descriptor,
+        digest: &Digest,
+        sink: &mut (dyn Write + Send),
+        limit: u64,
+    ) -> Result<(), RegistryError> {
+        use sha2::Digest as _;
+        let name = reference.whole();
+        let fetch_err = |detail: String| RegistryError::Fetch {
+            what: format!("blob {digest}"),
+            reference: name.clone(),
+            detail,
+        };
+        let oci_desc = OciDescriptor {
+            media_type: desc.media_type.clone(),
+            digest: digest.to_string(),
+            size: desc.size,
+            ..Default::default()
+        };
+        let mut stream = self
+            .client
+            .pull_blob_stream(reference, &oci_desc)
+            .await
+            .map_err(|e| fetch_err(e.to_string()))?;
+        let mut hasher = sha2::Sha256::new();
+        let mut read: u64 = 0;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| fetch_err(e.to_string()))?;
+            read = read.saturating_add(chunk.len() as u64);
+            if read > limit {
+                return Err(fetch_err(format!("blob exceeds {limit} bytes")));
+            }
+            hasher.update(&chunk);
+            sink.write_all(&chunk).map_err(|source| RegistryError::Io {
+                what: format!("blob {digest}"),
+                source,
+            })?;
+        }
+        let found = Digest::parse(&format!("sha256:{}", hex::encode(hasher.finalize())))
+            .map_err(|e| fetch_err(e.to_string()))?;
+        let verify = |source| RegistryError::Verify {
+            what: format!("blob {digest}"),
+            reference: name.clone(),
+            source,
+        };
+        if u64::try_from(desc.size).ok() != Some(read) {
+            return Err(verify(VerifyError::Size {
+                expected: u64::try_from(desc.size).unwrap_or(0),
+                found: read,
+            }));
+        }
+        if &found != digest {
+            return Err(verify(VerifyError::Digest {
+                expected: digest.clone(),
+                found,
+            }));
+        }
+        Ok(())
+    }
+
+    /// Streams a blob to a new file at `dest` (guest memory: a tmpfs), verified.
+    pub async fn fetch_blob_to(
+        &self,
+        reference: &Reference,
+        desc: &Descriptor,
+        dest: &Path,
+        limit: u64,
+    ) -> Result<(), RegistryError> {
+        let name = reference.whole();
+        let digest = parse_digest("layer digest", &name, &desc.digest)?;
+        let io = |source| RegistryError::Io {
+            what: dest.display().to_string(),
+            source,
+        };
+        let file = std::fs::File::create(dest).map_err(io)?;
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
+        let result = self
+            .stream_blob(reference, desc, &digest, &mut w, limit)
+            .await;
+        let flushed = w.flush().map_err(io);
+        if result.is_err() || flushed.is_err() {
+            let _ = std::fs::remove_file(dest);
+        }
+        result.and(flushed)
+    }
+}
