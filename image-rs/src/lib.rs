@@ -6,4 +6,10 @@
 //! verify → decrypt → decompress → unpack pipeline that publishes nothing before every digest and
 //! tag holds, escape-proof unpacking, signature policy, and the chunked-AEAD sealed model format.
 //!
-//! Nothing is implemented yet; wardd answers the image-pull API with `UNIMPLEMENTED`.
+//! Implemented so far:
+//! - [`ocicrypt`]: encrypted-layer formats and crypto (JWE recipients, CoCo key-provider packets
+//!   and the `UnWrapKey` protocol, streaming AES-256-CTR + HMAC-SHA256 layers, and the owner side).
+//!
+//! wardd still answers the image-pull API with `UNIMPLEMENTED`.
+
+pub mod ocicrypt;
