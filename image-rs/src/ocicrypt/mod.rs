@@ -15,6 +15,7 @@
 pub mod annotations;
 pub mod jwe;
 pub mod keys;
+pub mod layer;
 mod sha1;
 
 pub use annotations::{
@@ -22,3 +23,4 @@ pub use annotations::{
 };
 pub use jwe::JweError;
 pub use keys::{KeyError, PrivateKey, PublicKey};
+pub use layer::{LayerDecryptor, LayerEncryptor, LayerError, LayerKeys};
