@@ -1,0 +1,334 @@
+//! CoCo key-provider packets (`org.opencontainers.image.enc.keys.provider.attestation-agent`):
+//! the private options sealed with AES-256-GCM under a key-encryption key (KEK) that the KBS
+//! holds as the resource named by `kid`.
+//!
+//! Formats (confidential-containers/guest-components,
+//! `confidential-data-hub/hub/src/image/annotation_packet/{v1,v2}.rs` and
+//! `attestation-agent/coco_keyprovider/src/plugins/kbs.rs`):
+//! - v1 `{"kid":"kbs:///default/key/1","wrapped_data":b64,"iv":b64,"wrap_type":"A256GCM"}`;
+//! - v2 adds `"version":"0.1.0"`, `"provider":"kbs"` (the default when absent),
+//!   `"provider_settings":{}` and `"annotations":{}`; `iv` and `wrap_type` are required for `kbs`.
+//!
+//! `wrapped_data` is standard base64 of ciphertext ‖ 16-byte tag, `iv` standard base64 of 12
+//! bytes, no AAD. Other providers (`aliyun`, `ehsm`, ...) are refused with a typed error.
+//!
+//! Owns the packet format and the AES-GCM seal. The KEK comes from a [`KekSource`] (wardd's KBS
+//! client); this module never logs KEKs or unwrapped options, and errors name the `kid` only.
+
+use aes_gcm::aead::{Aead, KeyInit};
+use aes_gcm::{Aes256Gcm, Nonce};
+use async_trait::async_trait;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use rand::RngCore;
+use rand::rngs::OsRng;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use ward_attester::kbs::ResourceUri;
+use zeroize::Zeroizing;
+
+/// The provider name CoCo's images use (`...keys.provider.attestation-agent`).
+pub const ATTESTATION_AGENT: &str = "attestation-agent";
+/// The only v2 packet version.
+pub const PACKET_VERSION_V2: &str = "0.1.0";
+/// Largest packet accepted.
+pub const MAX_PACKET_BYTES: usize = 64 << 10;
+
+/// What a [`KekSource`] failed with (its own error, kept as the source).
+pub type KekFetchError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Where KEKs come from: wardd implements it with its KBS client (`kid` is the packet's
+/// `kbs:///repo/type/tag`, already checked to parse as a [`ResourceUri`]).
+#[async_trait]
+pub trait KekSource: Send + Sync {
+    /// The KEK named `kid` (32 bytes for `A256GCM`).
+    async fn kek(&self, kid: &str) -> Result<Zeroizing<Vec<u8>>, KekFetchError>;
+}
+
+/// Which packet format [`wrap_packet`] writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PacketVersion {
+    /// `kid`, `wrapped_data`, `iv`, `wrap_type`.
+    V1,
+    /// v1 plus `version`, `provider`, `provider_settings`, `annotations`.
+    V2,
+}
+
+/// Why a packet could not be read, unwrapped or made. Carries no key bytes.
+#[derive(Debug, thiserror::Error)]
+pub enum ProviderError {
+    /// Not the packet JSON, a member missing or not base64, a wrong size.
+    #[error("malformed key-provider packet: {0}")]
+    Malformed(String),
+    /// A packet version, provider or wrap type ward does not handle.
+    #[error("unsupported key-provider packet {field} `{value}`")]
+    Unsupported { field: &'static str, value: String },
+    /// The `kid` is not a KBS resource URI.
+    #[error("packet `kid` is not a KBS resource URI")]
+    Kid(#[source] ward_attester::kbs::UriError),
+    /// The KEK source failed for this `kid`.
+    #[error("fetching the KEK `{kid}` failed")]
+    Kek {
+        kid: String,
+        #[source]
+        source: KekFetchError,
+    },
+    /// The KEK is not 32 bytes.
+    #[error("the KEK `{kid}` is {len} bytes; A256GCM needs 32")]
+    KekLength { kid: String, len: usize },
+    /// AES-GCM authentication failed: wrong KEK for this `kid`, or the packet was altered.
+    #[error("unwrapping with the KEK `{kid}` failed: wrong key, or the packet was altered")]
+    Authentication { kid: String },
+}
+
+#[derive(Serialize, Deserialize)]
+struct PacketJson {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    version: Option<String>,
+    kid: String,
+    wrapped_data: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    provider: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    iv: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    wrap_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    provider_settings: Option<Map<String, Value>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    annotations: Option<Map<String, Value>>,
+}
+
+/// A checked `kbs` packet: what unwrapping needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Packet {
+    /// The KEK's resource URI, as the packet spells it.
+    pub kid: String,
+    /// Ciphertext ‖ tag.
+    pub wrapped_data: Vec<u8>,
+    /// The 12-byte GCM IV.
+    pub iv: [u8; 12],
+    /// `V2` when the packet carries a `version`.
+    pub version: PacketVersion,
+}
+
+impl Packet {
+    /// Parses and checks a packet (the annotation entry, base64-decoded).
+    pub fn parse(bytes: &[u8]) -> Result<Packet, ProviderError> {
+        if bytes.len() > MAX_PACKET_BYTES {
+            return Err(ProviderError::Malformed(format!(
+                "{} bytes is more than the {MAX_PACKET_BYTES} accepted",
+                bytes.len()
+            )));
+        }
+        let p: PacketJson = serde_json::from_slice(bytes)
+            .map_err(|e| ProviderError::Malformed(format!("not packet JSON: {e}")))?;
+        let version = match p.version.as_deref() {
+            None => PacketVersion::V1,
+            Some(PACKET_VERSION_V2) => PacketVersion::V2,
+            Some(other) => {
+                return Err(ProviderError::Unsupported {
+                    field: "version",
+                    value: other.to_string(),
+                });
+            }
+        };
+        if let Some(provider) = p.provider.as_deref().filter(|p| *p != "kbs") {
+            return Err(ProviderError::Unsupported {
+                field: "provider",
+                value: provider.to_string(),
+            });
+        }
+        let wrap_type = p
+            .wrap_type
+            .ok_or_else(|| ProviderError::Malformed("no `wrap_type`".to_string()))?;
+        if wrap_type != "A256GCM" {
+            return Err(ProviderError::Unsupported {
+                field: "wrap_type",
+                value: wrap_type,
+            });
+        }
+        ResourceUri::parse(&p.kid).map_err(ProviderError::Kid)?;
+        let iv =
+            p.iv.ok_or_else(|| ProviderError::Malformed("no `iv`".to_string()))?;
+        let iv = STANDARD
+            .decode(iv)
+            .map_err(|_| ProviderError::Malformed("`iv` is not base64".to_string()))?;
+        let iv = <[u8; 12]>::try_from(iv.as_slice())
+            .map_err(|_| ProviderError::Malformed(format!("`iv` is {} bytes, not 12", iv.len())))?;
+        let wrapped_data = STANDARD
+            .decode(&p.wrapped_data)
+            .map_err(|_| ProviderError::Malformed("`wrapped_data` is not base64".to_string()))?;
+        if wrapped_data.len() < 16 {
+            return Err(ProviderError::Malformed(format!(
+                "`wrapped_data` is {} bytes, shorter than the GCM tag",
+                wrapped_data.len()
+            )));
+        }
+        Ok(Packet {
+            kid: p.kid,
+            wrapped_data,
+            iv,
+            version,
+        })
+    }
+}
+
+fn cipher(kid: &str, kek: &[u8]) -> Result<Aes256Gcm, ProviderError> {
+    Aes256Gcm::new_from_slice(kek).map_err(|_| ProviderError::KekLength {
+        kid: kid.to_string(),
+        len: kek.len(),
+    })
+}
+
+/// Unwraps a packet: fetches its KEK from `kek` and returns the private options JSON.
+pub async fn unwrap_packet(
+    packet: &[u8],
+    kek: &dyn KekSource,
+) -> Result<Zeroizing<Vec<u8>>, ProviderError> {
+    let p = Packet::parse(packet)?;
+    let key = kek.kek(&p.kid).await.map_err(|source| ProviderError::Kek {
+        kid: p.kid.clone(),
+        source,
+    })?;
+    let plain = cipher(&p.kid, &key)?
+        .decrypt(Nonce::from_slice(&p.iv), p.wrapped_data.as_slice())
+        .map_err(|_| ProviderError::Authentication { kid: p.kid.clone() })?;
+    Ok(Zeroizing::new(plain))
+}
+
+/// Makes a packet (owner side): seals `private_options` under `kek` (32 bytes) with a fresh IV
+/// and names the KEK `kid` (a `kbs:///repo/type/tag` URI). Returns the packet JSON; the
+/// annotation value is its standard base64.
+pub fn wrap_packet(
+    kek: &[u8],
+    kid: &str,
+    private_options: &[u8],
+    version: PacketVersion,
+) -> Result<Vec<u8>, ProviderError> {
+    ResourceUri::parse(kid).map_err(ProviderError::Kid)?;
+    let mut iv = [0u8; 12];
+    OsRng.fill_bytes(&mut iv);
+    let sealed = cipher(kid, kek)?
+        .encrypt(Nonce::from_slice(&iv), private_options)
+        .map_err(|_| ProviderError::Authentication {
+            kid: kid.to_string(),
+        })?;
+    let v2 = version == PacketVersion::V2;
+    let p = PacketJson {
+        version: v2.then(|| PACKET_VERSION_V2.to_string()),
+        kid: kid.to_string(),
+        wrapped_data: STANDARD.encode(sealed),
+        provider: v2.then(|| "kbs".to_string()),
+        iv: Some(STANDARD.encode(iv)),
+        wrap_type: Some("A256GCM".to_string()),
+        provider_settings: v2.then(Map::new),
+        annotations: v2.then(Map::new),
+    };
+    serde_json::to_vec(&p).map_err(|e| ProviderError::Malformed(e.to_string()))
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    /// KEKs held in memory, by `kid`.
+    pub(crate) struct MemoryKeks(pub HashMap<String, Vec<u8>>);
+
+    #[async_trait]
+    impl KekSource for MemoryKeks {
+        async fn kek(&self, kid: &str) -> Result<Zeroizing<Vec<u8>>, KekFetchError> {
+            self.0
+                .get(kid)
+                .map(|k| Zeroizing::new(k.clone()))
+                .ok_or_else(|| format!("no KEK `{kid}`").into())
+        }
+    }
+
+    pub(crate) fn keks() -> MemoryKeks {
+        MemoryKeks(HashMap::from([
+            ("kbs:///default/key/1".to_string(), vec![5u8; 32]),
+            ("kbs:///default/key/2".to_string(), vec![6u8; 32]),
+        ]))
+    }
+
+    #[tokio::test]
+    async fn v1_and_v2_round_trip() {
+        let opts = br#"{"symkey":"..."}"#;
+        for version in [PacketVersion::V1, PacketVersion::V2] {
+            let packet = wrap_packet(&[5; 32], "kbs:///default/key/1", opts, version).unwrap();
+            let json: Value = serde_json::from_slice(&packet).unwrap();
+            assert_eq!(json["wrap_type"], "A256GCM");
+            assert_eq!(json.get("version").is_some(), version == PacketVersion::V2);
+            if version == PacketVersion::V2 {
+                assert_eq!(json["provider"], "kbs");
+                assert!(json["provider_settings"].is_object());
+            }
+            assert_eq!(Packet::parse(&packet).unwrap().version, version);
+            assert_eq!(&unwrap_packet(&packet, &keks()).await.unwrap()[..], opts);
+        }
+    }
+
+    /// A v2 packet as CoCo's `coco_keyprovider` writes it (members in its order).
+    #[tokio::test]
+    async fn reads_coco_v2_layout() {
+        let sealed = Aes256Gcm::new_from_slice(&[6; 32])
+            .unwrap()
+            .encrypt(Nonce::from_slice(&[9; 12]), &b"opts"[..])
+            .unwrap();
+        let packet = format!(
+            r#"{{"version":"0.1.0","kid":"kbs:///default/key/2","wrapped_data":"{}","provider":"kbs","iv":"{}","wrap_type":"A256GCM","provider_settings":{{}},"annotations":{{}}}}"#,
+            STANDARD.encode(sealed),
+            STANDARD.encode([9u8; 12])
+        );
+        assert_eq!(
+            &unwrap_packet(packet.as_bytes(), &keks()).await.unwrap()[..],
+            b"opts"
+        );
+    }
+
+    #[tokio::test]
+    async fn wrong_kek_and_refusals() {
+        let packet =
+            wrap_packet(&[7; 32], "kbs:///default/key/1", b"x", PacketVersion::V1).unwrap();
+        let err = unwrap_packet(&packet, &keks()).await.unwrap_err();
+        assert!(
+            matches!(err, ProviderError::Authentication { ref kid } if kid == "kbs:///default/key/1")
+        );
+        let packet =
+            wrap_packet(&[7; 32], "kbs:///default/key/3", b"x", PacketVersion::V1).unwrap();
+        assert!(matches!(
+            unwrap_packet(&packet, &keks()).await.unwrap_err(),
+            ProviderError::Kek { .. }
+        ));
+        assert!(matches!(
+            wrap_packet(&[7; 16], "kbs:///default/key/1", b"x", PacketVersion::V1),
+            Err(ProviderError::KekLength { len: 16, .. })
+        ));
+        assert!(matches!(
+            wrap_packet(&[7; 32], "kbs:///../key/1", b"x", PacketVersion::V1),
+            Err(ProviderError::Kid(_))
+        ));
+        let aliyun = br#"{"version":"0.1.0","kid":"k","wrapped_data":"","provider":"aliyun"}"#;
+        assert!(matches!(
+            Packet::parse(aliyun),
+            Err(ProviderError::Unsupported {
+                field: "provider",
+                ..
+            })
+        ));
+        let cbc = br#"{"kid":"kbs:///a/b/c","wrapped_data":"","iv":"","wrap_type":"A256CBC"}"#;
+        assert!(matches!(
+            Packet::parse(cbc),
+            Err(ProviderError::Unsupported {
+                field: "wrap_type",
+                ..
+            })
+        ));
+        assert!(matches!(
+            Packet::parse(b"{\"kid\":"),
+            Err(ProviderError::Malformed(_))
+        ));
+    }
+}
