@@ -6,4 +6,10 @@
 //! verify → decrypt → decompress → unpack pipeline that publishes nothing before every digest and
 //! tag holds, escape-proof unpacking, signature policy, and the chunked-AEAD sealed model format.
 //!
-//! Nothing is implemented yet; wardd answers the image-pull API with `UNIMPLEMENTED`.
+//! Implemented so far:
+//! - [`unpack`]: applying untrusted OCI layer tar streams onto a rootfs without escaping it
+//!   (`openat2` in-root resolution, whiteouts, limits).
+//!
+//! The rest is not implemented yet; wardd answers the image-pull API with `UNIMPLEMENTED`.
+
+pub mod unpack;
