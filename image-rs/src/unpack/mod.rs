@@ -55,6 +55,12 @@ mod apply;
 mod gate;
 mod path;
 mod root;
+#[cfg(test)]
+mod testkit;
+#[cfg(test)]
+mod tests;
+#[cfg(test)]
+mod tests_layers;
 mod whiteout;
 
 use std::path::PathBuf;
