@@ -5,11 +5,17 @@
 //! - [`registry`]: resolving references to verified manifests and configs (indexes by platform),
 //!   and streaming blobs to guest memory with size and digest checks;
 //! - [`ocicrypt`]: encrypted-layer formats and crypto (JWE recipients, CoCo key-provider packets
-//!   and the `UnWrapKey` protocol, streaming AES-256-CTR + HMAC-SHA256 layers, and the owner side).
+//!   and the `UnWrapKey` protocol, streaming AES-256-CTR + HMAC-SHA256 layers, and the owner side);
+//! - [`unpack`]: applying untrusted layers onto a rootfs so that nothing lands outside it
+//!   (`openat2(RESOLVE_IN_ROOT)`), with OCI whiteouts and limits;
+//! - [`pull`]: the pipeline (fetch → verify → decrypt → decompress → unpack → diff_id) that
+//!   publishes a rootfs only when every check held, and [`bundle`]: the runtime `config.json`.
 //!
-//! To come: escape-proof unpacking, the pull pipeline and bundles, signature policy, and the
-//! sealed model format.
+//! To come: signature policy and the sealed model format.
 
+pub mod bundle;
 pub mod digest;
 pub mod ocicrypt;
+pub mod pull;
 pub mod registry;
+pub mod unpack;
