@@ -30,6 +30,10 @@ level = "info"
 
 [attestation]
 tee = "sample"      # development only: refused on real TEE hardware
+eventlog = "$work/eventlog"
+
+[images]
+store = "$work/images"
 
 [kbs]
 url = "$kbs_url"

@@ -473,6 +473,13 @@ impl Attestation {
         }
     }
 
+    /// Records an event in the audit log; a failure is logged (the caller's work is done).
+    pub fn audit(&self, event: &str, subject: &str, detail: serde_json::Value) {
+        if let Err(e) = self.record(event, subject, detail) {
+            tracing::error!(event, error = %e, "cannot write the audit log");
+        }
+    }
+
     fn record(
         &self,
         event: &str,

@@ -32,6 +32,9 @@ pub enum DaemonError {
     /// The TEE or KBS settings cannot be used.
     #[error(transparent)]
     Attestation(#[from] AttestationSetupError),
+    /// The image settings cannot be used (a key file, the store directory).
+    #[error("images: {0}")]
+    Images(String),
     /// The boot initdata does not match what the TEE measured (or cannot be checked).
     #[error("initdata: {0}")]
     InitData(String),
@@ -95,9 +98,14 @@ pub async fn run(config: &Config, mode: Mode) -> Result<(), DaemonError> {
             }
         });
     }
+    let images = Arc::new(
+        crate::images::Images::new(&config.images, attestation.clone())
+            .map_err(|e| DaemonError::Images(e.to_string()))?,
+    );
     let ctx = Context {
         daemon: state.clone(),
         attestation,
+        images,
     };
     let policy = RequestPolicy {
         max_duration: config.request_timeout,

@@ -8,6 +8,7 @@
 //! - [`systemd`]: `sd_notify` readiness, stopping and watchdog;
 //! - [`audit`]: the append-only, hash-chained audit log;
 //! - [`http`]: CoCo's api-server-rest paths over in-guest HTTP listeners;
+//! - [`images`]: image pulls into bundles and ocicrypt key unwrapping, keys from the KBS;
 //! - [`daemon`]: the wiring that runs all of the above until a stop signal;
 //! - [`client`]: small clients for wardd's own services (the CLI and tests use them);
 //! - [`sealed_secret`]: CoCo sealed secrets (ES256 JWS), verified before use;
@@ -19,6 +20,7 @@ pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod http;
+pub mod images;
 pub mod init;
 pub mod listen;
 pub mod logging;

@@ -9,8 +9,10 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use ttrpc::Code;
 use ward_agent::client::HealthClient;
-use ward_protos::confidential_data_hub::{GetResourceRequest, ImagePullRequest};
-use ward_protos::confidential_data_hub_ttrpc::{GetResourceServiceClient, ImagePullServiceClient};
+use ward_protos::confidential_data_hub::{GetResourceRequest, SecureMountRequest};
+use ward_protos::confidential_data_hub_ttrpc::{
+    GetResourceServiceClient, SecureMountServiceClient,
+};
 use ward_protos::ward_health::ServingStatus;
 use ward_tests::{Wardd, config_text, rt, run_ward};
 
@@ -63,17 +65,17 @@ fn ward_health_fails_when_nothing_listens() {
 
 #[test]
 fn allowed_but_unbuilt_services_say_unimplemented_and_others_are_denied() {
-    let w = Wardd::start(&["health", "image-pull"]);
+    let w = Wardd::start(&["health", "secure-mount"]);
     rt().block_on(async {
         let client = ttrpc::asynchronous::Client::connect(&w.addr).await.unwrap();
-        let images = ImagePullServiceClient::new(client.clone());
-        let err = images
-            .pull_image(ctx(), &ImagePullRequest::new())
+        let mounts = SecureMountServiceClient::new(client.clone());
+        let err = mounts
+            .secure_mount(ctx(), &SecureMountRequest::new())
             .await
             .unwrap_err();
         let (code, msg) = status_code(err);
         assert_eq!(code, Code::UNIMPLEMENTED, "{msg}");
-        assert!(msg.contains("/api.ImagePullService/PullImage"), "{msg}");
+        assert!(msg.contains("/api.SecureMountService/SecureMount"), "{msg}");
 
         let cdh = GetResourceServiceClient::new(client);
         let err = cdh

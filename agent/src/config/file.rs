@@ -21,6 +21,7 @@ pub struct RawConfig {
     pub attestation: RawAttestation,
     /// `[kbs]`: the Key Broker Service; absent means no KBS (tokens and resources unavailable).
     pub kbs: Option<RawKbs>,
+    pub images: RawImages,
     /// `[[listener]]` tables; when the file has none, the defaults apply.
     pub listener: Vec<RawListener>,
 }
@@ -80,6 +81,36 @@ impl Default for RawAttestation {
             gpus: "auto".to_string(),
             allow_gpu_devtools: false,
             sample_device: false,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawImages {
+    /// The blob store: a directory on a tmpfs (guest memory).
+    pub store: PathBuf,
+    /// Registries (`host[:port]`) reached over plain HTTP.
+    pub insecure_registries: Vec<String>,
+    /// PEM CA certificates for registries, besides the system roots.
+    pub ca: Option<PathBuf>,
+    /// Private keys (PEM files) for JWE-encrypted layers.
+    pub decryption_keys: Vec<PathBuf>,
+    /// Layers downloaded at once.
+    pub concurrency: usize,
+    /// Refuse images with any unencrypted layer.
+    pub require_encrypted: bool,
+}
+
+impl Default for RawImages {
+    fn default() -> Self {
+        RawImages {
+            store: PathBuf::from("/run/ward/images"),
+            insecure_registries: Vec::new(),
+            ca: None,
+            decryption_keys: Vec::new(),
+            concurrency: 8,
+            require_encrypted: false,
         }
     }
 }
@@ -183,6 +214,7 @@ impl Default for RawConfig {
             daemon: RawDaemon::default(),
             attestation: RawAttestation::default(),
             kbs: None,
+            images: RawImages::default(),
             listener: vec![
                 listener(
                     "unix:///run/confidential-containers/attestation-agent/attestation-agent.sock"

@@ -127,6 +127,17 @@ pub enum GpuPolicy {
     Off,
 }
 
+/// A validated `[images]` section.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ImageSettings {
+    pub store: PathBuf,
+    pub insecure_registries: Vec<String>,
+    pub ca: Option<PathBuf>,
+    pub decryption_keys: Vec<PathBuf>,
+    pub concurrency: usize,
+    pub require_encrypted: bool,
+}
+
 /// A validated `[kbs]` section.
 #[derive(Clone, Debug, PartialEq)]
 pub struct KbsSettings {
@@ -156,6 +167,7 @@ pub struct Config {
     pub attestation: AttestationSettings,
     /// `None`: no KBS; tokens and resources are unavailable.
     pub kbs: Option<KbsSettings>,
+    pub images: ImageSettings,
 }
 
 impl Config {
@@ -237,7 +249,28 @@ impl Config {
             Some(k) => Some(validate_kbs(k)?),
             None => None,
         };
+        if raw.images.concurrency == 0 || raw.images.concurrency > 64 {
+            return Err(ConfigError::invalid(
+                "images.concurrency",
+                format!("{} is out of range (1 to 64)", raw.images.concurrency),
+            ));
+        }
+        if !raw.images.store.is_absolute() {
+            return Err(ConfigError::invalid(
+                "images.store",
+                "must be an absolute path",
+            ));
+        }
+        let images = ImageSettings {
+            store: raw.images.store,
+            insecure_registries: raw.images.insecure_registries,
+            ca: raw.images.ca,
+            decryption_keys: raw.images.decryption_keys,
+            concurrency: raw.images.concurrency,
+            require_encrypted: raw.images.require_encrypted,
+        };
         Ok(Config {
+            images,
             attestation: AttestationSettings {
                 tee: parse_tee("attestation.tee", &raw.attestation.tee)?,
                 allow_sample: raw.attestation.allow_sample,

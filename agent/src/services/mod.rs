@@ -12,6 +12,7 @@ mod catalog;
 mod data_hub;
 mod guard;
 mod health;
+mod image_pull;
 mod sealed_secret;
 mod status;
 
@@ -33,6 +34,7 @@ use crate::attestation::Attestation;
 pub struct Context {
     pub daemon: Arc<DaemonState>,
     pub attestation: Arc<Attestation>,
+    pub images: Arc<crate::images::Images>,
 }
 
 /// Stands in for a service whose implementation has not landed: the generated trait's default
@@ -40,8 +42,6 @@ pub struct Context {
 struct Placeholder;
 
 impl confidential_data_hub_ttrpc::SecureMountService for Placeholder {}
-impl confidential_data_hub_ttrpc::ImagePullService for Placeholder {}
-impl keyprovider_ttrpc::KeyProviderService for Placeholder {}
 
 /// The generated service map for `kind`, with real implementations where they exist.
 fn generated(
@@ -84,11 +84,20 @@ fn generated(
             confidential_data_hub_ttrpc::create_secure_mount_service(p),
             false,
         ),
-        ServiceKind::ImagePull => (
-            confidential_data_hub_ttrpc::create_image_pull_service(p),
-            false,
-        ),
-        ServiceKind::KeyProvider => (keyprovider_ttrpc::create_key_provider_service(p), false),
+        ServiceKind::ImagePull => {
+            let puller = image_pull::ImagePuller::new(ctx.images.clone());
+            (
+                confidential_data_hub_ttrpc::create_image_pull_service(Arc::new(puller)),
+                true,
+            )
+        }
+        ServiceKind::KeyProvider => {
+            let puller = image_pull::ImagePuller::new(ctx.images.clone());
+            (
+                keyprovider_ttrpc::create_key_provider_service(Arc::new(puller)),
+                true,
+            )
+        }
     }
 }
 

@@ -1,0 +1,165 @@
+//! wardd's image side: pulls for `api.ImagePullService` and key unwrapping for
+//! `keyprovider.KeyProviderService`, with layer keys from the config's private keys and
+//! key-encryption keys released by the KBS through the shared attestation session.
+//!
+//! Every pull is recorded in the audit log and as a `PullImage` runtime measurement (image and
+//! manifest digest), the way CoCo records it. Keys are never logged.
+
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use ward_image::ocicrypt::{KekSource, PrivateKey, provider::KekFetchError};
+use ward_image::pull::{Decryption, PullError, PullOptions, Pulled, Puller};
+use ward_image::registry::{Registry, RegistryConfig};
+use ward_image::unpack::UnpackPolicy;
+use zeroize::Zeroizing;
+
+use crate::attestation::Attestation;
+use crate::config::ImageSettings;
+
+/// Why an image request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ImagesError {
+    #[error("bundle path `{0}` must be absolute and free of `..`")]
+    BundlePath(String),
+    #[error(transparent)]
+    Pull(#[from] PullError),
+    #[error("image settings: {0}")]
+    Setup(String),
+    #[error("key unwrap: {0}")]
+    Unwrap(String),
+}
+
+/// Key-encryption keys from the KBS, by `kbs:///` URI.
+pub struct KbsKek(pub Arc<Attestation>);
+
+#[async_trait]
+impl KekSource for KbsKek {
+    async fn kek(&self, kid: &str) -> Result<Zeroizing<Vec<u8>>, KekFetchError> {
+        self.0
+            .resource(kid)
+            .await
+            .map_err(|e| Box::new(e) as KekFetchError)
+    }
+}
+
+/// The puller and the keys it may use.
+pub struct Images {
+    puller: Arc<Puller>,
+    decryption: Decryption,
+    attestation: Arc<Attestation>,
+}
+
+impl Images {
+    /// Builds the puller from `[images]`; private keys are read now (from files).
+    pub fn new(
+        settings: &ImageSettings,
+        attestation: Arc<Attestation>,
+    ) -> Result<Images, ImagesError> {
+        let mut keys = Vec::new();
+        for path in &settings.decryption_keys {
+            let pem = Zeroizing::new(
+                std::fs::read_to_string(path)
+                    .map_err(|e| ImagesError::Setup(format!("{}: {e}", path.display())))?,
+            );
+            keys.extend(
+                PrivateKey::all_from_pem(&pem)
+                    .map_err(|e| ImagesError::Setup(format!("{}: {e}", path.display())))?,
+            );
+        }
+        let ca_pem = match &settings.ca {
+            Some(p) => Some(
+                std::fs::read(p)
+                    .map_err(|e| ImagesError::Setup(format!("{}: {e}", p.display())))?,
+            ),
+            None => None,
+        };
+        let registry = Registry::new(RegistryConfig {
+            insecure: settings.insecure_registries.clone(),
+            ca_pem,
+            ..Default::default()
+        })
+        .map_err(|e| ImagesError::Setup(e.to_string()))?;
+        let puller = Puller::new(
+            registry,
+            PullOptions {
+                store: settings.store.clone(),
+                concurrency: settings.concurrency,
+                unpack: UnpackPolicy::default(),
+                require_encrypted: settings.require_encrypted,
+            },
+        )?;
+        Ok(Images {
+            puller: Arc::new(puller),
+            decryption: Decryption {
+                keys,
+                kek: Some(Arc::new(KbsKek(attestation.clone()))),
+            },
+            attestation,
+        })
+    }
+
+    /// Pulls `image` into `bundle` (`rootfs/` + `config.json`), measured and audited.
+    pub async fn pull(&self, image: &str, bundle: &str) -> Result<Pulled, ImagesError> {
+        let bundle = checked_bundle(bundle)?;
+        let pulled = self.puller.pull(image, &bundle, &self.decryption).await?;
+        let content =
+            serde_json::json!({"image": image, "digest": pulled.manifest_digest.to_string()})
+                .to_string();
+        if let Err(e) = self
+            .attestation
+            .extend_runtime_measurement(
+                "github.com/confidential-containers",
+                "PullImage",
+                &content,
+                None,
+            )
+            .await
+        {
+            tracing::warn!(error = %e, "PullImage runtime measurement failed");
+        }
+        self.attestation.audit(
+            "image.pull",
+            image,
+            serde_json::json!({
+                "digest": pulled.manifest_digest.to_string(),
+                "layers": pulled.layers,
+                "encrypted_layers": pulled.encrypted_layers,
+                "bundle": bundle.display().to_string(),
+            }),
+        );
+        Ok(pulled)
+    }
+
+    /// `keyprovider.KeyProviderService/UnWrapKey`: the ocicrypt key-provider protocol, with the
+    /// KEK from the KBS.
+    pub async fn unwrap_key(&self, input: &[u8]) -> Result<Zeroizing<Vec<u8>>, ImagesError> {
+        let kek = KbsKek(self.attestation.clone());
+        ward_image::ocicrypt::unwrap_key_request(input, &kek)
+            .await
+            .map_err(|e| ImagesError::Unwrap(e.to_string()))
+    }
+}
+
+/// An absolute path without `..` (the runtime's bundle directory).
+fn checked_bundle(bundle: &str) -> Result<PathBuf, ImagesError> {
+    let p = Path::new(bundle);
+    if !p.is_absolute() || p.components().any(|c| matches!(c, Component::ParentDir)) {
+        return Err(ImagesError::BundlePath(bundle.to_string()));
+    }
+    Ok(p.to_path_buf())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bundle_paths() {
+        assert!(checked_bundle("/run/kata-containers/abc").is_ok());
+        for bad in ["", "relative", "/run/../etc", "/a/b/../../c"] {
+            assert!(checked_bundle(bad).is_err(), "{bad}");
+        }
+    }
+}
