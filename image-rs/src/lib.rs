@@ -11,10 +11,13 @@
 //! - [`pull`]: the pipeline (fetch → verify → decrypt → decompress → unpack → diff_id) that
 //!   publishes a rootfs only when every check held, and [`bundle`]: the runtime `config.json`.
 //!
+//! - [`encrypt`]: the owner side, encrypting an OCI image layout for JWE recipients and KBS KEKs.
+//!
 //! To come: signature policy and the sealed model format.
 
 pub mod bundle;
 pub mod digest;
+pub mod encrypt;
 pub mod ocicrypt;
 pub mod pull;
 pub mod registry;

@@ -1,0 +1,136 @@
+//! wardd's CoCo ImagePull end to end: an image built with umoci, encrypted by ward's owner-side
+//! encryptor with CoCo key-provider packets whose KEK lives in the (development) KBS, pushed by
+//! skopeo to a real registry, pulled by wardd through the ttrpc API kata-agent uses.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use ward_image::encrypt::{Recipients, encrypt_layout};
+use ward_image::ocicrypt::{PacketVersion, ProviderRecipient};
+use ward_protos::confidential_data_hub::ImagePullRequest;
+use ward_protos::confidential_data_hub_ttrpc::ImagePullServiceClient;
+use ward_protos::keyprovider::KeyProviderKeyWrapProtocolInput;
+use ward_protos::keyprovider_ttrpc::KeyProviderServiceClient;
+use ward_tests::kbs::{DevKbs, Policy};
+use ward_tests::registry::{ImageBuilder, TestRegistry, image_tools};
+use ward_tests::{Wardd, config_text};
+
+fn ctx() -> ttrpc::context::Context {
+    ttrpc::context::with_timeout(60_000_000_000)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wardd_pulls_an_image_whose_key_the_kbs_releases() {
+    if let Err(skip) = image_tools() {
+        eprintln!("{skip}");
+        return;
+    }
+    let kek = [0x5cu8; 32];
+    let kbs = DevKbs::start().await.unwrap();
+    kbs.put("default/image-kek/1", &kek, Policy::Allow);
+    let (reg, reference, packet_annotation) = tokio::task::spawn_blocking(move || {
+        let reg = TestRegistry::start();
+        let img = ImageBuilder::new("v1");
+        std::fs::write(img.rootfs().join("app"), "confidential payload\n").unwrap();
+        img.layer();
+        std::fs::write(img.rootfs().join("app2"), "second\n").unwrap();
+        img.layer();
+        let recipients = Recipients {
+            jwe: Vec::new(),
+            providers: vec![ProviderRecipient {
+                kid: "kbs:///default/image-kek/1".into(),
+                kek: zeroize::Zeroizing::new(kek.to_vec()),
+                version: PacketVersion::V2,
+            }],
+        };
+        encrypt_layout(&img.layout, "v1", &recipients).unwrap();
+        let reference = reg.push(&img.layout, "v1", "test/coco-encrypted");
+        // One layer's provider annotation, to exercise UnWrapKey directly.
+        let index: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(img.layout.join("index.json")).unwrap()).unwrap();
+        let mdigest = index["manifests"][0]["digest"].as_str().unwrap().trim_start_matches("sha256:").to_string();
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(img.layout.join("blobs/sha256").join(mdigest)).unwrap()).unwrap();
+        let packet = manifest["layers"][0]["annotations"]["org.opencontainers.image.enc.keys.provider.attestation-agent"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        (reg, reference, packet)
+    })
+    .await
+    .unwrap();
+
+    let host = reg.host();
+    let kbs_url = kbs.url();
+    let w = tokio::task::spawn_blocking(move || {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config_text(dir.path(), &["all"]).replace(
+            "[images]\n",
+            &format!("[images]\ninsecure_registries = [{host:?}]\n"),
+        ) + &format!("\n[kbs]\nurl = \"{kbs_url}\"\n");
+        Wardd::start_with(dir, &config, "ward.tee=sample", &[])
+    })
+    .await
+    .unwrap();
+    let client = ttrpc::asynchronous::Client::connect(&w.addr).await.unwrap();
+    let images = ImagePullServiceClient::new(client.clone());
+    let bundle = w.dir.path().join("bundles/c1");
+    let mut req = ImagePullRequest::new();
+    req.image_url = reference.clone();
+    req.bundle_path = bundle.display().to_string();
+    let resp = images.pull_image(ctx(), &req).await.unwrap();
+    assert!(resp.manifest_digest.starts_with("sha256:"), "{resp:?}");
+    assert_eq!(
+        std::fs::read_to_string(bundle.join("rootfs/app")).unwrap(),
+        "confidential payload\n"
+    );
+    assert!(bundle.join("config.json").exists());
+
+    // The KEK was released once, audited by URI; the pull is audited and measured.
+    let audit = std::fs::read_to_string(&w.audit).unwrap();
+    assert!(
+        audit.contains(r#""event":"resource.release","subject":"kbs:///default/image-kek/1""#),
+        "{audit}"
+    );
+    assert!(audit.contains(r#""event":"image.pull""#), "{audit}");
+    assert!(!audit.contains("5c5c5c5c"), "no key bytes in the audit log");
+    let eventlog = std::fs::read(w.dir.path().join("eventlog")).unwrap();
+    let needle = format!(
+        "github.com/confidential-containers PullImage {{\"digest\":\"{}\"",
+        resp.manifest_digest
+    );
+    assert!(
+        eventlog
+            .windows(needle.len())
+            .any(|win| win == needle.as_bytes()),
+        "PullImage measured"
+    );
+
+    // A relative bundle path is refused.
+    req.bundle_path = "relative/bundle".into();
+    let e = images.pull_image(ctx(), &req).await.unwrap_err();
+    assert!(format!("{e:?}").contains("INVALID_ARGUMENT"), "{e:?}");
+
+    // UnWrapKey, as ocicrypt's key-provider protocol carries it (Go encodes bytes as base64).
+    use base64::Engine;
+    let annotation = base64::engine::general_purpose::STANDARD
+        .decode(&packet_annotation)
+        .unwrap();
+    let input = serde_json::json!({
+        "op": "keyunwrap",
+        "keyunwrapparams": {"dc": {}, "annotation": base64::engine::general_purpose::STANDARD.encode(&annotation)},
+    });
+    let kp = KeyProviderServiceClient::new(client);
+    let mut kreq = KeyProviderKeyWrapProtocolInput::new();
+    kreq.KeyProviderKeyWrapProtocolInput = input.to_string().into_bytes();
+    let out = kp.un_wrap_key(ctx(), &kreq).await.unwrap();
+    let out: serde_json::Value =
+        serde_json::from_slice(&out.KeyProviderKeyWrapProtocolOutput).unwrap();
+    let opts = base64::engine::general_purpose::STANDARD
+        .decode(out["keyunwrapresults"]["optsdata"].as_str().unwrap())
+        .unwrap();
+    let opts: serde_json::Value = serde_json::from_slice(&opts).unwrap();
+    assert!(
+        opts["symkey"].is_string() && opts["digest"].as_str().unwrap().starts_with("sha256:"),
+        "{opts}"
+    );
+}
