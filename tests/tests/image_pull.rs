@@ -134,3 +134,82 @@ async fn wardd_pulls_an_image_whose_key_the_kbs_releases() {
         "{opts}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_encrypts_for_the_owner_and_pulls_on_its_own() {
+    if let Err(skip) = image_tools() {
+        eprintln!("{skip}");
+        return;
+    }
+    let kbs = DevKbs::start().await.unwrap();
+    let kek = [7u8; 32];
+    kbs.put("default/image-kek/cli", &kek, Policy::Allow);
+    let kbs_url = kbs.url();
+    let (code, out, err, bundle_file, no_key) = tokio::task::spawn_blocking(move || {
+        let reg = TestRegistry::start();
+        let img = ImageBuilder::new("v1");
+        std::fs::write(img.rootfs().join("hello"), "from the owner\n").unwrap();
+        img.layer();
+        let work = tempfile::tempdir().unwrap();
+        let kek_file = work.path().join("kek");
+        std::fs::write(&kek_file, kek).unwrap();
+        let image = format!("{}:v1", img.layout.display());
+        let (code, out, err) = ward_tests::run_ward(
+            "ward",
+            &[
+                "image",
+                "encrypt",
+                &image,
+                "--kid",
+                "kbs:///default/image-kek/cli",
+                "--kek-file",
+                kek_file.to_str().unwrap(),
+            ],
+        );
+        assert_eq!(code, 0, "{out}{err}");
+        let reference = reg.push(&img.layout, "v1", "test/cli");
+        let bundle = work.path().join("bundle");
+        let store = work.path().join("store");
+        let args = |kbs: bool| {
+            let mut a = vec![
+                "pull".to_string(),
+                reference.clone(),
+                "--bundle".into(),
+                bundle.display().to_string(),
+                "--insecure-registry".into(),
+                reg.host(),
+                "--store".into(),
+                store.display().to_string(),
+            ];
+            if kbs {
+                a.extend([
+                    "--kbs".into(),
+                    kbs_url.clone(),
+                    "--tee".into(),
+                    "sample".into(),
+                ]);
+            }
+            a
+        };
+        let no_key_args = args(false);
+        let no_key = ward_tests::run_ward(
+            "ward",
+            &no_key_args.iter().map(String::as_str).collect::<Vec<_>>(),
+        );
+        let with = args(true);
+        let (code, out, err) =
+            ward_tests::run_ward("ward", &with.iter().map(String::as_str).collect::<Vec<_>>());
+        let content = std::fs::read_to_string(bundle.join("rootfs/hello")).ok();
+        (code, out, err, content, no_key)
+    })
+    .await
+    .unwrap();
+    assert_eq!(no_key.0, 1, "{no_key:?}");
+    assert!(
+        no_key.2.contains("provider.attestation-agent"),
+        "{no_key:?}"
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("1 layers (1 encrypted)"), "{out}");
+    assert_eq!(bundle_file.as_deref(), Some("from the owner\n"));
+}

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 mod gpu;
+mod image;
 mod kbs;
 
 use anyhow::Context;
@@ -92,10 +93,54 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Pull an image into a bundle (rootfs + config.json), verifying and decrypting in memory.
+    Pull {
+        image: String,
+        #[arg(long)]
+        bundle: PathBuf,
+        /// Private key (PEM) for JWE-encrypted layers; repeatable.
+        #[arg(long = "decryption-key")]
+        decryption_keys: Vec<PathBuf>,
+        /// Registry (host[:port]) to reach over plain HTTP; repeatable.
+        #[arg(long = "insecure-registry")]
+        insecure: Vec<String>,
+        /// KBS for key-provider packets (the KEK is released after attestation).
+        #[arg(long)]
+        kbs: Option<String>,
+        #[arg(long, default_value = "auto")]
+        tee: String,
+        /// The blob store (use a tmpfs).
+        #[arg(long, default_value = "/run/ward/images")]
+        store: PathBuf,
+    },
+    /// Owner-side image operations.
+    Image {
+        #[command(subcommand)]
+        command: ImageCommand,
+    },
     /// Work with the hash-chained audit log.
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ImageCommand {
+    /// Encrypt every layer of an OCI image layout in place, for JWE recipients and/or a KEK held
+    /// by the KBS (CoCo key-provider packets).
+    Encrypt {
+        /// OCI-LAYOUT-DIR:TAG
+        image: String,
+        /// Recipient public key (PEM); repeatable.
+        #[arg(long = "jwe")]
+        jwe: Vec<PathBuf>,
+        /// The KBS resource URI of the KEK (kbs:///repo/type/tag).
+        #[arg(long)]
+        kid: Option<String>,
+        /// The 32-byte KEK, as uploaded to the KBS under --kid.
+        #[arg(long)]
+        kek_file: Option<PathBuf>,
     },
 }
 
@@ -153,6 +198,32 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             with_gpus,
         )),
         Command::Gpu => gpu::show(),
+        Command::Pull {
+            image: img,
+            bundle,
+            decryption_keys,
+            insecure,
+            kbs: url,
+            tee,
+            store,
+        } => rt()?.block_on(image::pull(image::PullArgs {
+            image: &img,
+            bundle: &bundle,
+            keys: &decryption_keys,
+            insecure: &insecure,
+            kbs: url.as_deref(),
+            tee: kbs::parse_tee(&tee)?,
+            store: &store,
+        })),
+        Command::Image {
+            command:
+                ImageCommand::Encrypt {
+                    image: img,
+                    jwe,
+                    kid,
+                    kek_file,
+                },
+        } => image::encrypt(&img, &jwe, kid.as_deref(), kek_file.as_deref()),
         Command::Attest {
             kbs: url,
             tee,

@@ -1,0 +1,138 @@
+//! `ward pull` (pull an image into a bundle on its own, for owners and debugging) and
+//! `ward image encrypt` (the owner side: encrypt an OCI layout for JWE recipients and/or a
+//! KBS-held key-encryption key).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use async_trait::async_trait;
+use ward_attester::kbs::{KbsClient, KbsConfig, ResourceUri};
+use ward_attester::tee::{self, DetectOptions, Tee};
+use ward_image::encrypt::{Recipients, encrypt_layout};
+use ward_image::ocicrypt::provider::KekFetchError;
+use ward_image::ocicrypt::{KekSource, PacketVersion, PrivateKey, ProviderRecipient, PublicKey};
+use ward_image::pull::{Decryption, PullOptions, Puller};
+use ward_image::registry::{Registry, RegistryConfig};
+use ward_image::unpack::UnpackPolicy;
+use zeroize::Zeroizing;
+
+struct CliKek(KbsClient);
+
+#[async_trait]
+impl KekSource for CliKek {
+    async fn kek(&self, kid: &str) -> Result<Zeroizing<Vec<u8>>, KekFetchError> {
+        let uri = ResourceUri::parse(kid).map_err(|e| Box::new(e) as KekFetchError)?;
+        self.0
+            .get_resource(&uri)
+            .await
+            .map_err(|e| Box::new(e) as KekFetchError)
+    }
+}
+
+/// What `ward pull` needs.
+pub struct PullArgs<'a> {
+    pub image: &'a str,
+    pub bundle: &'a Path,
+    pub keys: &'a [PathBuf],
+    pub insecure: &'a [String],
+    pub kbs: Option<&'a str>,
+    pub tee: Option<Tee>,
+    pub store: &'a Path,
+}
+
+pub async fn pull(a: PullArgs<'_>) -> anyhow::Result<bool> {
+    let mut keys = Vec::new();
+    for k in a.keys {
+        let pem = Zeroizing::new(
+            std::fs::read_to_string(k).with_context(|| format!("reading {}", k.display()))?,
+        );
+        keys.extend(PrivateKey::all_from_pem(&pem).with_context(|| k.display().to_string())?);
+    }
+    let kek: Option<Arc<dyn KekSource>> = match a.kbs {
+        Some(url) => {
+            let attester = tee::detect(&DetectOptions {
+                want: a.tee,
+                ..Default::default()
+            })?;
+            Some(Arc::new(CliKek(KbsClient::new(
+                KbsConfig::new(url),
+                attester,
+            )?)))
+        }
+        None => None,
+    };
+    let registry = Registry::new(RegistryConfig {
+        insecure: a.insecure.to_vec(),
+        ..Default::default()
+    })?;
+    let puller = Arc::new(Puller::new(
+        registry,
+        PullOptions {
+            store: a.store.to_path_buf(),
+            concurrency: 8,
+            unpack: UnpackPolicy::default(),
+            require_encrypted: false,
+        },
+    )?);
+    let started = Instant::now();
+    let pulled = puller
+        .pull(a.image, a.bundle, &Decryption { keys, kek })
+        .await?;
+    println!(
+        "pulled {} ({}) into {}: {} layers ({} encrypted), {:.1} MiB fetched in {:.2} s",
+        a.image,
+        pulled.manifest_digest,
+        a.bundle.display(),
+        pulled.layers,
+        pulled.encrypted_layers,
+        pulled.bytes_fetched as f64 / 1048576.0,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(true)
+}
+
+/// `ward image encrypt LAYOUT:TAG`: encrypts every layer in place.
+pub fn encrypt(
+    image: &str,
+    jwe: &[PathBuf],
+    kid: Option<&str>,
+    kek_file: Option<&Path>,
+) -> anyhow::Result<bool> {
+    let (layout, tag) = image
+        .rsplit_once(':')
+        .context("give the image as OCI-LAYOUT-DIR:TAG")?;
+    let mut recipients = Recipients::default();
+    for p in jwe {
+        let pem = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+        recipients
+            .jwe
+            .push(PublicKey::from_pem(&pem).with_context(|| p.display().to_string())?);
+    }
+    match (kid, kek_file) {
+        (Some(kid), Some(f)) => {
+            ResourceUri::parse(kid)?;
+            let kek = Zeroizing::new(
+                std::fs::read(f).with_context(|| format!("reading {}", f.display()))?,
+            );
+            if kek.len() != 32 {
+                bail!(
+                    "{}: a KEK is 32 bytes, this file has {}",
+                    f.display(),
+                    kek.len()
+                );
+            }
+            recipients.providers.push(ProviderRecipient {
+                kid: kid.to_string(),
+                kek,
+                version: PacketVersion::V2,
+            });
+        }
+        (None, None) => {}
+        _ => bail!("--kid and --kek-file go together"),
+    }
+    let digest = encrypt_layout(Path::new(layout), tag, &recipients)?;
+    println!("encrypted {image}: new manifest {digest}");
+    Ok(true)
+}
