@@ -2,7 +2,7 @@
 set shell := ["bash", "-euo", "pipefail", "-c"]
 
 # The end-to-end demo on embedded defaults.
-demo: build
+demo: deps build
     scripts/demo.sh
 
 # Every test: unit, integration (wardd as a process and as PID 1), on debug builds.
@@ -30,3 +30,8 @@ bench-startup:
 # KBS handshake and resource figures against the dev KBS on loopback.
 bench-kbs:
     cargo run --release -q -p ward-tests --bin bench-kbs
+
+# Image pull figures: 512 MiB layer, plain and encrypted, ward pull against skopeo copy.
+bench-pull:
+    cargo build --release --workspace --bins
+    WARD_BIN_DIR={{justfile_directory()}}/target/release cargo run --release -q -p ward-tests --bin bench-pull

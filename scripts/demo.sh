@@ -14,14 +14,19 @@ sock="$work/ward.sock"
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
-step "start the development KBS (sample verifier; a test double for Trustee) with one secret"
+step "start the development KBS (sample verifier; a test double for Trustee) with a secret and an image key"
+kek="0123456789abcdef0123456789abcdef"   # 32 bytes: the image owner's key-encryption key
+printf '%s' "$kek" > "$work/kek"
 "$bin/dev-kbs" --url-file "$work/kbs.url" \
   --resource default/key/demo="a secret only an attested guest gets" \
+  --resource default/image-kek/demo="$kek" \
   --deny default/key/forbidden=never > "$work/kbs.log" 2>&1 &
 kbs_pid=$!
 for _ in $(seq 1 100); do [ -s "$work/kbs.url" ] && break; sleep 0.05; done
 kbs_url=$(cat "$work/kbs.url")
 cat "$work/kbs.log"
+
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 
 step "generated development config ($work/ward.toml)"
 cat > "$work/ward.toml" <<TOML
@@ -34,6 +39,7 @@ eventlog = "$work/eventlog"
 
 [images]
 store = "$work/images"
+insecure_registries = ["127.0.0.1:$port"]
 
 [kbs]
 url = "$kbs_url"
@@ -66,6 +72,28 @@ echo
 
 step "a resource the KBS policy denies gives a clear error"
 "$bin/ward" get-resource --addr "unix://$sock" kbs:///default/key/forbidden || true
+
+if command -v docker-registry >/dev/null && command -v skopeo >/dev/null && command -v umoci >/dev/null; then
+  step "owner side: build an image with umoci, encrypt it with ward (key in the KBS), push it with skopeo"
+  printf 'version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: 127.0.0.1:%s\n' "$work/registry" "$port" > "$work/registry.yml"
+  docker-registry serve "$work/registry.yml" > "$work/registry.log" 2>&1 &
+  reg_pid=$!
+  trap 'kill $pid $kbs_pid $reg_pid 2>/dev/null || true' EXIT
+  umoci init --layout "$work/layout" && umoci new --image "$work/layout:v1"
+  umoci unpack --image "$work/layout:v1" "$work/img-bundle" >/dev/null
+  echo "hello from an encrypted image" > "$work/img-bundle/rootfs/hello.txt"
+  umoci repack --refresh-bundle --image "$work/layout:v1" "$work/img-bundle"
+  "$bin/ward" image encrypt "$work/layout:v1" --kid kbs:///default/image-kek/demo --kek-file "$work/kek"
+  for _ in $(seq 1 100); do (echo > /dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.05; done
+  skopeo copy --quiet --dest-tls-verify=false "oci:$work/layout:v1" "docker://127.0.0.1:$port/demo/secret-app:v1"
+
+  step "wardd pulls it through CoCo's ImagePull API: the KBS releases the key to the attested guest"
+  "$bin/ward" pull --addr "unix://$sock" "127.0.0.1:$port/demo/secret-app:v1" --bundle "$work/bundle"
+  cat "$work/bundle/rootfs/hello.txt"
+  kill $reg_pid 2>/dev/null || true
+else
+  step "image pull skipped: docker-registry, skopeo and umoci are not installed (just deps)"
+fi
 
 step "ward attest --kbs $kbs_url --tee sample (the handshake run by the CLI itself)"
 "$bin/ward" attest --kbs "$kbs_url" --tee sample | head -40

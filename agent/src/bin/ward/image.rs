@@ -93,6 +93,33 @@ pub async fn pull(a: PullArgs<'_>) -> anyhow::Result<bool> {
     Ok(true)
 }
 
+/// `ward pull --addr`: asks wardd (`api.ImagePullService/PullImage`) to pull into `bundle`.
+pub async fn pull_via_wardd(addr: &str, image: &str, bundle: &Path) -> anyhow::Result<bool> {
+    use ward_protos::confidential_data_hub::ImagePullRequest;
+    use ward_protos::confidential_data_hub_ttrpc::ImagePullServiceClient;
+    let bundle = std::path::absolute(bundle)?;
+    let client = ttrpc::asynchronous::Client::connect(addr)
+        .await
+        .with_context(|| format!("connecting to wardd at {addr}"))?;
+    let mut req = ImagePullRequest::new();
+    req.image_url = image.to_string();
+    req.bundle_path = bundle.display().to_string();
+    let started = Instant::now();
+    let ctx = ttrpc::context::with_timeout(600_000_000_000);
+    let resp = ImagePullServiceClient::new(client)
+        .pull_image(ctx, &req)
+        .await
+        .map_err(crate::kbs::rpc_error)
+        .with_context(|| format!("PullImage {image} through wardd at {addr}"))?;
+    println!(
+        "wardd pulled {image} ({}) into {} in {:.2} s",
+        resp.manifest_digest,
+        bundle.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(true)
+}
+
 /// `ward image encrypt LAYOUT:TAG`: encrypts every layer in place.
 pub fn encrypt(
     image: &str,

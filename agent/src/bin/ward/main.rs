@@ -93,11 +93,15 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
-    /// Pull an image into a bundle (rootfs + config.json), verifying and decrypting in memory.
+    /// Pull an image into a bundle (rootfs + config.json), verifying and decrypting in memory:
+    /// on its own, or through a running wardd's ImagePull API (--addr).
     Pull {
         image: String,
         #[arg(long)]
         bundle: PathBuf,
+        /// wardd's address: pull through its CoCo ImagePull API instead of in this process.
+        #[arg(long, conflicts_with_all = ["decryption_keys", "insecure", "kbs"])]
+        addr: Option<String>,
         /// Private key (PEM) for JWE-encrypted layers; repeatable.
         #[arg(long = "decryption-key")]
         decryption_keys: Vec<PathBuf>,
@@ -201,6 +205,13 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
         Command::Pull {
             image: img,
             bundle,
+            addr: Some(addr),
+            ..
+        } => rt()?.block_on(image::pull_via_wardd(&addr, &img, &bundle)),
+        Command::Pull {
+            image: img,
+            bundle,
+            addr: None,
             decryption_keys,
             insecure,
             kbs: url,
