@@ -314,6 +314,50 @@ impl Puller {
         })
     }
 
+    /// Whether an encrypted layer's ciphertext matches its HMAC (a full pass over the blob).
+    fn hmac_holds(&self, digest: &Digest, key: &LayerKey) -> bool {
+        let Ok(file) = std::fs::File::open(self.blob_path(digest)) else {
+            return false;
+        };
+        let mut d = LayerDecryptor::new(std::io::BufReader::new(file), &key.private, &key.public);
+        std::io::copy(&mut d, &mut std::io::sink()).is_ok()
+    }
+
+    /// Decompresses and unpacks one layer's plaintext into `staging`, checking its diff_id.
+    fn apply_one(
+        plain: Box<dyn Read + Send + '_>,
+        compression: Compression,
+        staging: &Path,
+        policy: &UnpackPolicy,
+        diff_id: &Digest,
+        index: usize,
+        digest: &str,
+    ) -> Result<(), PullError> {
+        let tar =
+            decompress(plain, compression).map_err(io(format!("layer {index}: decompressor")))?;
+        let mut verifying = VerifyingReader::new(tar, u64::MAX);
+        apply_layer(&mut verifying, staging, policy).map_err(|e| PullError::Unpack {
+            index,
+            digest: digest.to_string(),
+            detail: e.to_string(),
+        })?;
+        // Drains the rest (tar padding; for encrypted layers this reaches EOF, where the HMAC
+        // is checked) and compares the diff_id.
+        match verifying.finish(diff_id, None) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(source)) => Err(PullError::DiffId {
+                index,
+                digest: digest.to_string(),
+                source,
+            }),
+            Err(e) => Err(PullError::Decrypt {
+                index,
+                digest: digest.to_string(),
+                detail: e.to_string(),
+            }),
+        }
+    }
+
     /// Applies every layer in order into `staging`; returns how many were encrypted.
     fn apply_all(
         &self,
@@ -345,35 +389,29 @@ impl Puller {
                 }
                 None => blob,
             };
-            let tar = decompress(plain, *compression)
-                .map_err(io(format!("layer {index}: decompressor")))?;
-            let mut verifying = VerifyingReader::new(tar, u64::MAX);
-            apply_layer(&mut verifying, staging, &self.opts.unpack).map_err(|e| {
-                PullError::Unpack {
-                    index,
-                    digest: desc.digest.clone(),
-                    detail: e.to_string(),
-                }
-            })?;
-            // Drains the rest (tar padding; for encrypted layers this reaches EOF, where the
-            // HMAC is checked) and compares the diff_id.
-            match verifying.finish(diff_id, None) {
-                Ok(Ok(())) => {}
-                Ok(Err(source)) => {
-                    return Err(PullError::DiffId {
-                        index,
-                        digest: desc.digest.clone(),
-                        source,
-                    });
-                }
-                Err(e) => {
+            let result = Self::apply_one(
+                plain,
+                *compression,
+                staging,
+                &self.opts.unpack,
+                diff_id,
+                index,
+                &desc.digest,
+            );
+            if let (Err(e), Some(k)) = (&result, key) {
+                // A tampered ciphertext usually breaks the decompressor or the tar parser before
+                // the end of the stream, where the HMAC is checked: name the real cause.
+                if !self.hmac_holds(&digest, k) {
                     return Err(PullError::Decrypt {
                         index,
                         digest: desc.digest.clone(),
-                        detail: e.to_string(),
+                        detail: format!(
+                            "layer authentication (HMAC) failed: the layer was altered ({e})"
+                        ),
                     });
                 }
             }
+            result?;
         }
         Ok(encrypted)
     }

@@ -321,3 +321,236 @@ mod pulls {
         );
     }
 }
+
+mod formats {
+    use std::path::Path;
+    use std::process::Command;
+    use std::sync::Arc;
+
+    use super::*;
+    use ward_image::ocicrypt::PrivateKey;
+    use ward_image::pull::{Decryption, PullError, PullOptions, Puller};
+    use ward_image::registry::Platform;
+    use ward_image::unpack::UnpackPolicy;
+    use ward_tests::registry::run;
+
+    fn puller_with(reg: &TestRegistry, store: &Path, platform: Option<Platform>) -> Arc<Puller> {
+        let registry = Registry::new(RegistryConfig {
+            insecure: vec![reg.host()],
+            platform,
+            ..Default::default()
+        })
+        .unwrap();
+        Arc::new(
+            Puller::new(
+                registry,
+                PullOptions {
+                    store: store.to_path_buf(),
+                    concurrency: 8,
+                    unpack: UnpackPolicy::default(),
+                    require_encrypted: false,
+                },
+            )
+            .unwrap(),
+        )
+    }
+
+    fn read_json(path: &Path) -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+    }
+
+    fn write_blob(layout: &Path, bytes: &[u8]) -> (String, usize) {
+        let d = Digest::of(bytes);
+        std::fs::write(layout.join("blobs/sha256").join(d.hex()), bytes).unwrap();
+        (d.to_string(), bytes.len())
+    }
+
+    fn blob(layout: &Path, digest: &str) -> std::path::PathBuf {
+        layout
+            .join("blobs/sha256")
+            .join(digest.trim_start_matches("sha256:"))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn docker_v2s2_and_multi_arch_indexes() {
+        if let Err(skip) = image_tools() {
+            eprintln!("{skip}");
+            return;
+        }
+        let (reg, docker_ref, index_ref) = tokio::task::spawn_blocking(|| {
+            let reg = TestRegistry::start();
+            // amd64 image with one file, arm64 image with another.
+            let amd = ImageBuilder::new("v1");
+            std::fs::write(amd.rootfs().join("arch"), "amd64\n").unwrap();
+            amd.layer();
+            let docker_ref = format!("{}/test/docker:v1", reg.host());
+            run(Command::new("skopeo").args([
+                "copy", "--quiet", "--dest-tls-verify=false", "--format", "v2s2",
+                &format!("oci:{}:v1", amd.layout.display()), &format!("docker://{docker_ref}"),
+            ]));
+            // An OCI index in amd's layout pointing at amd's manifest and a variant claiming arm64.
+            let index = read_json(&amd.layout.join("index.json"));
+            let amd_desc = index["manifests"][0].clone();
+            let mut arm_manifest = read_json(&blob(&amd.layout, amd_desc["digest"].as_str().unwrap()));
+            let mut arm_config = read_json(&blob(&amd.layout, arm_manifest["config"]["digest"].as_str().unwrap()));
+            arm_config["architecture"] = "arm64".into();
+            let (cd, cs) = write_blob(&amd.layout, arm_config.to_string().as_bytes());
+            arm_manifest["config"]["digest"] = cd.into();
+            arm_manifest["config"]["size"] = cs.into();
+            let (md, ms) = write_blob(&amd.layout, arm_manifest.to_string().as_bytes());
+            let mut amd_entry = amd_desc.clone();
+            amd_entry["platform"] = serde_json::json!({"os": "linux", "architecture": "amd64"});
+            amd_entry.as_object_mut().unwrap().remove("annotations");
+            let arm_entry = serde_json::json!({"mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "digest": md, "size": ms, "platform": {"os": "linux", "architecture": "arm64"}});
+            let oci_index = serde_json::json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+                "manifests": [arm_entry, amd_entry]});
+            let (idx, idx_size) = write_blob(&amd.layout, oci_index.to_string().as_bytes());
+            let top = serde_json::json!({"schemaVersion": 2, "manifests": [{"mediaType": "application/vnd.oci.image.index.v1+json",
+                "digest": idx, "size": idx_size, "annotations": {"org.opencontainers.image.ref.name": "multi"}}]});
+            std::fs::write(amd.layout.join("index.json"), top.to_string()).unwrap();
+            let index_ref = format!("{}/test/multi:v1", reg.host());
+            run(Command::new("skopeo").args([
+                "copy", "--quiet", "--all", "--dest-tls-verify=false",
+                &format!("oci:{}:multi", amd.layout.display()), &format!("docker://{index_ref}"),
+            ]));
+            (reg, docker_ref, index_ref)
+        })
+        .await
+        .unwrap();
+        let work = tempfile::tempdir().unwrap();
+
+        let p = puller_with(&reg, &work.path().join("s1"), None);
+        p.pull(
+            &docker_ref,
+            &work.path().join("docker"),
+            &Decryption::default(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            std::fs::read_to_string(work.path().join("docker/rootfs/arch")).unwrap(),
+            "amd64\n"
+        );
+
+        let amd64 = Platform {
+            os: "linux".into(),
+            architecture: "amd64".into(),
+            variant: None,
+        };
+        let p = puller_with(&reg, &work.path().join("s2"), Some(amd64));
+        let pulled = p
+            .pull(
+                &index_ref,
+                &work.path().join("multi"),
+                &Decryption::default(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(pulled.layers, 1);
+
+        let s390 = Platform {
+            os: "linux".into(),
+            architecture: "s390x".into(),
+            variant: None,
+        };
+        let p = puller_with(&reg, &work.path().join("s3"), Some(s390));
+        let e = p
+            .pull(
+                &index_ref,
+                &work.path().join("none"),
+                &Decryption::default(),
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("no manifest for linux/s390x")
+                && e.to_string().contains("linux/arm64"),
+            "{e}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_re_digested_tampered_encrypted_layer_fails_its_hmac() {
+        if let Err(skip) = image_tools() {
+            eprintln!("{skip}");
+            return;
+        }
+        // A malicious registry that flips a ciphertext bit and fixes up every digest: only the
+        // layer's HMAC can catch it, and the pull must publish nothing.
+        let keys = tempfile::tempdir().unwrap();
+        let key = keys.path().join("key.pem");
+        let public = keys.path().join("pub.pem");
+        run(Command::new("openssl")
+            .args(["genrsa", "-out"])
+            .arg(&key)
+            .arg("2048"));
+        run(Command::new("openssl")
+            .args(["rsa", "-in"])
+            .arg(&key)
+            .args(["-pubout", "-out"])
+            .arg(&public));
+        let (reg, reference) = tokio::task::spawn_blocking(move || {
+            let reg = TestRegistry::start();
+            let img = ImageBuilder::new("v1");
+            std::fs::write(img.rootfs().join("data"), vec![b'x'; 200_000]).unwrap();
+            img.layer();
+            let enc = img.dir.path().join("enc");
+            run(Command::new("skopeo").args([
+                "copy",
+                "--quiet",
+                "--encryption-key",
+                &format!("jwe:{}", public.display()),
+                &format!("oci:{}:v1", img.layout.display()),
+                &format!("oci:{}:v1", enc.display()),
+            ]));
+            let mut index = read_json(&enc.join("index.json"));
+            let mdigest = index["manifests"][0]["digest"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            let mut manifest = read_json(&blob(&enc, &mdigest));
+            let ldigest = manifest["layers"][0]["digest"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            let mut bytes = std::fs::read(blob(&enc, &ldigest)).unwrap();
+            let mid = bytes.len() / 2;
+            bytes[mid] ^= 1;
+            let (nd, ns) = write_blob(&enc, &bytes);
+            manifest["layers"][0]["digest"] = nd.into();
+            manifest["layers"][0]["size"] = ns.into();
+            let (md, ms) = write_blob(&enc, manifest.to_string().as_bytes());
+            index["manifests"][0]["digest"] = md.into();
+            index["manifests"][0]["size"] = ms.into();
+            std::fs::write(enc.join("index.json"), index.to_string()).unwrap();
+            let r = reg.push(&enc, "v1", "test/tampered");
+            (reg, r)
+        })
+        .await
+        .unwrap();
+        let work = tempfile::tempdir().unwrap();
+        let p = puller_with(&reg, &work.path().join("store"), None);
+        let decryption = Decryption {
+            keys: PrivateKey::all_from_pem(&std::fs::read_to_string(&key).unwrap()).unwrap(),
+            kek: None,
+        };
+        let bundle = work.path().join("bundle");
+        let e = p.pull(&reference, &bundle, &decryption).await.unwrap_err();
+        assert!(
+            matches!(e, PullError::Decrypt { .. } | PullError::Unpack { .. }),
+            "{e}"
+        );
+        assert!(e.to_string().to_lowercase().contains("hmac"), "{e}");
+        assert!(!bundle.join("rootfs").exists(), "nothing published");
+        let leftovers: Vec<_> = std::fs::read_dir(&bundle)
+            .map(|d| d.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        assert!(
+            leftovers
+                .iter()
+                .all(|n| !n.to_string_lossy().contains("staging")),
+            "{leftovers:?}"
+        );
+    }
+}
