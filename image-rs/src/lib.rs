@@ -18,6 +18,7 @@
 pub mod bundle;
 pub mod digest;
 pub mod encrypt;
+pub mod follow;
 pub mod ocicrypt;
 pub mod pull;
 pub mod registry;

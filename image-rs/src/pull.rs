@@ -13,9 +13,10 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use tokio::sync::{Mutex, Semaphore};
+use tokio::sync::Semaphore;
 
 use crate::digest::{Digest, VerifyError, VerifyingReader};
+use crate::follow::{FollowReader, Growing, ProgressWriter};
 use crate::ocicrypt::{
     Compression, KekSource, LayerAnnotations, LayerDecryptor, LayerMediaType, PrivateKey,
     PrivateOptions, PublicOptions,
@@ -123,7 +124,51 @@ struct LayerKey {
 pub struct Puller {
     registry: Registry,
     opts: PullOptions,
-    blob_locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+    /// Downloads under way, by digest: the partial file and its progress.
+    inflight: std::sync::Mutex<HashMap<String, (PathBuf, Arc<Growing>)>>,
+}
+
+/// Where the unpacker reads a layer from.
+enum Source {
+    /// A verified blob already in the store.
+    Stored(PathBuf),
+    /// A blob still downloading (by this pull or another): followed as it grows.
+    Follow {
+        partial: PathBuf,
+        done: PathBuf,
+        growing: Arc<Growing>,
+    },
+}
+
+impl Source {
+    fn open(&self) -> std::io::Result<Box<dyn Read + Send>> {
+        Ok(match self {
+            Source::Stored(p) => Box::new(std::io::BufReader::with_capacity(
+                1 << 20,
+                std::fs::File::open(p)?,
+            )),
+            Source::Follow {
+                partial,
+                done,
+                growing,
+            } => {
+                // The download renames the file into place when it has verified it.
+                let file = std::fs::File::open(partial).or_else(|_| std::fs::File::open(done))?;
+                Box::new(std::io::BufReader::with_capacity(
+                    1 << 20,
+                    FollowReader::new(file, growing.clone()),
+                ))
+            }
+        })
+    }
+
+    /// Whether the whole blob is there and verified (so its HMAC can be checked).
+    fn complete(&self) -> bool {
+        match self {
+            Source::Stored(_) => true,
+            Source::Follow { growing, .. } => matches!(growing.outcome(), Some(Ok(()))),
+        }
+    }
 }
 
 impl Puller {
@@ -133,7 +178,7 @@ impl Puller {
         Ok(Puller {
             registry,
             opts,
-            blob_locks: Mutex::new(HashMap::new()),
+            inflight: std::sync::Mutex::new(HashMap::new()),
         })
     }
 
@@ -145,33 +190,84 @@ impl Puller {
         self.opts.store.join("blobs").join(digest.hex())
     }
 
-    /// Fetches one blob into the store unless it is already there; a blob in the store was
-    /// verified before it was renamed into place.
-    async fn ensure_blob(
-        &self,
-        image: &ResolvedImage,
+    /// Where layer `desc` will be read from: the store, a download already under way, or a new
+    /// download started here (returned as a task yielding the bytes fetched).
+    #[allow(clippy::type_complexity)]
+    fn start_blob(
+        self: &Arc<Self>,
+        image: &Arc<ResolvedImage>,
         desc: &Descriptor,
-    ) -> Result<u64, PullError> {
+        permits: &Arc<Semaphore>,
+    ) -> Result<
+        (
+            Source,
+            Option<tokio::task::JoinHandle<Result<u64, PullError>>>,
+        ),
+        PullError,
+    > {
         let digest = Digest::parse(&desc.digest).map_err(|e| RegistryError::Malformed {
             what: "layer digest".into(),
             reference: image.reference.whole(),
             detail: e.to_string(),
         })?;
-        let lock = {
-            let mut locks = self.blob_locks.lock().await;
-            locks.entry(digest.to_string()).or_default().clone()
-        };
-        let _held = lock.lock().await;
-        let path = self.blob_path(&digest);
-        if path.exists() {
-            return Ok(0);
+        let done = self.blob_path(&digest);
+        let mut inflight = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((partial, growing)) = inflight.get(&digest.to_string()) {
+            return Ok((
+                Source::Follow {
+                    partial: partial.clone(),
+                    done,
+                    growing: growing.clone(),
+                },
+                None,
+            ));
         }
-        let partial = path.with_extension(format!("partial-{}", std::process::id()));
-        self.registry
-            .fetch_blob_to(&image.reference, desc, &partial, MAX_LAYER)
-            .await?;
-        std::fs::rename(&partial, &path).map_err(io(format!("storing blob {digest}")))?;
-        Ok(u64::try_from(desc.size).unwrap_or(0))
+        if done.exists() {
+            return Ok((Source::Stored(done), None));
+        }
+        let partial = done.with_extension(format!("partial-{:016x}", rand::random::<u64>()));
+        let file = std::fs::File::create(&partial)
+            .map_err(io(format!("creating {}", partial.display())))?;
+        let growing = Growing::new();
+        inflight.insert(digest.to_string(), (partial.clone(), growing.clone()));
+        drop(inflight);
+
+        let me = self.clone();
+        let image = image.clone();
+        let desc = desc.clone();
+        let permits = permits.clone();
+        let (task_partial, task_done, task_growing) =
+            (partial.clone(), done.clone(), growing.clone());
+        let task = tokio::spawn(async move {
+            let _permit = permits.acquire_owned().await;
+            let mut sink = ProgressWriter::new(file, task_growing.clone());
+            let result = me
+                .registry
+                .stream_blob(&image.reference, &desc, &digest, &mut sink, MAX_LAYER)
+                .await
+                .map_err(PullError::from)
+                .and_then(|()| {
+                    std::fs::rename(&task_partial, &task_done)
+                        .map_err(io(format!("storing blob {digest}")))
+                });
+            if result.is_err() {
+                let _ = std::fs::remove_file(&task_partial);
+            }
+            me.inflight
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&digest.to_string());
+            task_growing.finish(result.as_ref().map(|_| ()).map_err(ToString::to_string));
+            result.map(|()| u64::try_from(desc.size).unwrap_or(0))
+        });
+        Ok((
+            Source::Follow {
+                partial,
+                done,
+                growing,
+            },
+            Some(task),
+        ))
     }
 
     /// Pulls `image` into `bundle/rootfs`, decrypting with `keys`.
@@ -208,40 +304,52 @@ impl Puller {
             kinds.push((mt.compression(), key));
         }
 
+        // Start every download now; the unpacker follows each layer as it arrives, in order.
         let permits = Arc::new(Semaphore::new(self.opts.concurrency.max(1)));
+        let mut sources = Vec::with_capacity(resolved.layers.len());
         let mut tasks = Vec::new();
-        for l in resolved.layers.clone() {
-            let me = self.clone();
-            let resolved = resolved.clone();
-            let permits = permits.clone();
-            tasks.push(tokio::spawn(async move {
-                let _p = permits.acquire_owned().await;
-                me.ensure_blob(&resolved, &l).await
-            }));
-        }
-        let mut fetched = 0u64;
-        for t in tasks {
-            fetched += t.await.map_err(|e| PullError::Io {
-                what: "layer download task".into(),
-                source: std::io::Error::other(e.to_string()),
-            })??;
+        for l in &resolved.layers {
+            let (source, task) = self.start_blob(&resolved, l, &permits)?;
+            sources.push(source);
+            tasks.extend(task);
         }
 
         std::fs::create_dir_all(bundle).map_err(io(format!("creating {}", bundle.display())))?;
-        let staging = bundle.join(format!(".rootfs.staging-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&staging);
+        let staging = bundle.join(format!(".rootfs.staging-{:016x}", rand::random::<u64>()));
         std::fs::create_dir_all(&staging).map_err(io("creating the staging rootfs"))?;
         let me = self.clone();
         let staging2 = staging.clone();
         let resolved2 = resolved.clone();
-        let applied =
-            tokio::task::spawn_blocking(move || me.apply_all(&resolved2, &kinds, &staging2))
-                .await
-                .map_err(|e| PullError::Io {
-                    what: "unpack task".into(),
-                    source: std::io::Error::other(e.to_string()),
-                })
-                .and_then(|r| r);
+        let applied = tokio::task::spawn_blocking(move || {
+            me.apply_all(&resolved2, &kinds, &sources, &staging2)
+        })
+        .await
+        .map_err(|e| PullError::Io {
+            what: "unpack task".into(),
+            source: std::io::Error::other(e.to_string()),
+        })
+        .and_then(|r| r);
+        // A failed download is the root cause of whatever the unpacker saw.
+        let mut fetched = 0u64;
+        let mut download_error = None;
+        for t in tasks {
+            match t.await {
+                Ok(Ok(n)) => fetched += n,
+                Ok(Err(e)) => {
+                    download_error.get_or_insert(e);
+                }
+                Err(e) => {
+                    download_error.get_or_insert(PullError::Io {
+                        what: "layer download task".into(),
+                        source: std::io::Error::other(e.to_string()),
+                    });
+                }
+            }
+        }
+        let applied = match (applied, download_error) {
+            (_, Some(e)) => Err(e),
+            (a, None) => a,
+        };
         let encrypted = match applied {
             Ok(n) => n,
             Err(e) => {
@@ -363,14 +471,16 @@ impl Puller {
         &self,
         image: &ResolvedImage,
         kinds: &[(Compression, Option<LayerKey>)],
+        sources: &[Source],
         staging: &Path,
     ) -> Result<usize, PullError> {
         let mut encrypted = 0;
-        for (index, ((desc, diff_id), (compression, key))) in image
+        for (index, (((desc, diff_id), (compression, key)), source)) in image
             .layers
             .iter()
             .zip(&image.diff_ids)
             .zip(kinds)
+            .zip(sources)
             .enumerate()
         {
             let digest = Digest::parse(&desc.digest).map_err(|e| PullError::Unpack {
@@ -378,10 +488,9 @@ impl Puller {
                 digest: desc.digest.clone(),
                 detail: e.to_string(),
             })?;
-            let file = std::fs::File::open(self.blob_path(&digest))
+            let blob = source
+                .open()
                 .map_err(io(format!("opening blob {digest}")))?;
-            let blob: Box<dyn Read + Send> =
-                Box::new(std::io::BufReader::with_capacity(1 << 20, file));
             let plain: Box<dyn Read + Send> = match key {
                 Some(k) => {
                     encrypted += 1;
@@ -398,7 +507,7 @@ impl Puller {
                 index,
                 &desc.digest,
             );
-            if let (Err(e), Some(k)) = (&result, key) {
+            if let (Err(e), Some(k), true) = (&result, key, source.complete()) {
                 // A tampered ciphertext usually breaks the decompressor or the tar parser before
                 // the end of the stream, where the HMAC is checked: name the real cause.
                 if !self.hmac_holds(&digest, k) {

@@ -229,6 +229,44 @@ mod pulls {
         assert_eq!(again.manifest_digest, pulled.manifest_digest);
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_pulls_of_one_image_share_the_download() {
+        if let Err(skip) = image_tools() {
+            eprintln!("{skip}");
+            return;
+        }
+        let (reg, reference) = tokio::task::spawn_blocking(|| {
+            let reg = TestRegistry::start();
+            let img = ImageBuilder::new("v1");
+            std::fs::write(img.rootfs().join("big"), vec![7u8; 8 << 20]).unwrap();
+            img.layer();
+            let r = reg.push(&img.layout, "v1", "test/shared");
+            (reg, r)
+        })
+        .await
+        .unwrap();
+        let work = tempfile::tempdir().unwrap();
+        let p = puller(&reg, &work.path().join("store"));
+        let (a, b) = tokio::join!(
+            p.pull(&reference, &work.path().join("a"), &Decryption::default()),
+            p.pull(&reference, &work.path().join("b"), &Decryption::default()),
+        );
+        let (a, b) = (a.unwrap(), b.unwrap());
+        assert_eq!(
+            a.bytes_fetched + b.bytes_fetched,
+            a.bytes_fetched.max(b.bytes_fetched),
+            "one download"
+        );
+        for bundle in ["a", "b"] {
+            assert_eq!(
+                std::fs::read(work.path().join(bundle).join("rootfs/big"))
+                    .unwrap()
+                    .len(),
+                8 << 20
+            );
+        }
+    }
+
     fn rsa_keypair(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
         let key = dir.join("key.pem");
         let public = dir.join("pub.pem");
