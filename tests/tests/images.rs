@@ -247,9 +247,11 @@ mod pulls {
         .unwrap();
         let work = tempfile::tempdir().unwrap();
         let p = puller(&reg, &work.path().join("store"));
+        let (bundle_a, bundle_b) = (work.path().join("a"), work.path().join("b"));
+        let none = Decryption::default();
         let (a, b) = tokio::join!(
-            p.pull(&reference, &work.path().join("a"), &Decryption::default()),
-            p.pull(&reference, &work.path().join("b"), &Decryption::default()),
+            p.pull(&reference, &bundle_a, &none),
+            p.pull(&reference, &bundle_b, &none),
         );
         let (a, b) = (a.unwrap(), b.unwrap());
         assert_eq!(
