@@ -44,9 +44,12 @@ impl KekSource for KbsKek {
     }
 }
 
-/// The puller and the keys it may use.
+/// The puller and the keys it may use. The registry client is made at the first pull (so start-up
+/// does not pay for TLS roots, and registry credentials held by the KBS can be fetched then).
 pub struct Images {
-    puller: Arc<Puller>,
+    settings: ImageSettings,
+    ca_pem: Option<Vec<u8>>,
+    puller: tokio::sync::OnceCell<Arc<Puller>>,
     decryption: Decryption,
     attestation: Arc<Attestation>,
 }
@@ -75,23 +78,10 @@ impl Images {
             ),
             None => None,
         };
-        let registry = Registry::new(RegistryConfig {
-            insecure: settings.insecure_registries.clone(),
-            ca_pem,
-            ..Default::default()
-        })
-        .map_err(|e| ImagesError::Setup(e.to_string()))?;
-        let puller = Puller::new(
-            registry,
-            PullOptions {
-                store: settings.store.clone(),
-                concurrency: settings.concurrency,
-                unpack: UnpackPolicy::default(),
-                require_encrypted: settings.require_encrypted,
-            },
-        )?;
         Ok(Images {
-            puller: Arc::new(puller),
+            settings: settings.clone(),
+            ca_pem,
+            puller: tokio::sync::OnceCell::new(),
             decryption: Decryption {
                 keys,
                 kek: Some(Arc::new(KbsKek(attestation.clone()))),
@@ -100,10 +90,53 @@ impl Images {
         })
     }
 
+    /// The puller, made at first use; registry credentials from a file or the KBS.
+    async fn puller(&self) -> Result<&Arc<Puller>, ImagesError> {
+        self.puller
+            .get_or_try_init(|| async {
+                let mut rc = RegistryConfig {
+                    insecure: self.settings.insecure_registries.clone(),
+                    ca_pem: self.ca_pem.clone(),
+                    ..Default::default()
+                };
+                if let Some(auth) = &self.settings.auth {
+                    let json = if auth.starts_with("kbs:") {
+                        self.attestation.resource(auth).await.map_err(|e| {
+                            ImagesError::Setup(format!("registry credentials {auth}: {e}"))
+                        })?
+                    } else {
+                        Zeroizing::new(
+                            std::fs::read(auth)
+                                .map_err(|e| ImagesError::Setup(format!("{auth}: {e}")))?,
+                        )
+                    };
+                    rc = rc
+                        .with_auth_json(&json)
+                        .map_err(|e| ImagesError::Setup(e.to_string()))?;
+                }
+                let registry = Registry::new(rc).map_err(|e| ImagesError::Setup(e.to_string()))?;
+                let puller = Puller::new(
+                    registry,
+                    PullOptions {
+                        store: self.settings.store.clone(),
+                        concurrency: self.settings.concurrency,
+                        unpack: UnpackPolicy::default(),
+                        require_encrypted: self.settings.require_encrypted,
+                    },
+                )?;
+                Ok::<_, ImagesError>(Arc::new(puller))
+            })
+            .await
+    }
+
     /// Pulls `image` into `bundle` (`rootfs/` + `config.json`), measured and audited.
     pub async fn pull(&self, image: &str, bundle: &str) -> Result<Pulled, ImagesError> {
         let bundle = checked_bundle(bundle)?;
-        let pulled = self.puller.pull(image, &bundle, &self.decryption).await?;
+        let pulled = self
+            .puller()
+            .await?
+            .pull(image, &bundle, &self.decryption)
+            .await?;
         let content =
             serde_json::json!({"image": image, "digest": pulled.manifest_digest.to_string()})
                 .to_string();

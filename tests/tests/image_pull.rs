@@ -27,6 +27,12 @@ async fn wardd_pulls_an_image_whose_key_the_kbs_releases() {
     let kek = [0x5cu8; 32];
     let kbs = DevKbs::start().await.unwrap();
     kbs.put("default/image-kek/1", &kek, Policy::Allow);
+    // Registry credentials held by the KBS (the test registry is open, so they go unused).
+    kbs.put(
+        "default/credential/registry",
+        br#"{"auths":{"registry.example":{"auth":"dXNlcjpwYXNz"}}}"#,
+        Policy::Allow,
+    );
     let (reg, reference, packet_annotation) = tokio::task::spawn_blocking(move || {
         let reg = TestRegistry::start();
         let img = ImageBuilder::new("v1");
@@ -65,7 +71,7 @@ async fn wardd_pulls_an_image_whose_key_the_kbs_releases() {
         let dir = tempfile::tempdir().unwrap();
         let config = config_text(dir.path(), &["all"]).replace(
             "[images]\n",
-            &format!("[images]\ninsecure_registries = [{host:?}]\n"),
+            &format!("[images]\ninsecure_registries = [{host:?}]\nauth = \"kbs:///default/credential/registry\"\n"),
         ) + &format!("\n[kbs]\nurl = \"{kbs_url}\"\n");
         Wardd::start_with(dir, &config, "ward.tee=sample", &[])
     })
@@ -92,6 +98,16 @@ async fn wardd_pulls_an_image_whose_key_the_kbs_releases() {
         "{audit}"
     );
     assert!(audit.contains(r#""event":"image.pull""#), "{audit}");
+    assert!(
+        audit.contains(
+            r#""event":"resource.release","subject":"kbs:///default/credential/registry""#
+        ),
+        "registry credentials came from the KBS: {audit}"
+    );
+    assert!(
+        !audit.contains("dXNlcjpwYXNz"),
+        "no credential in the audit log"
+    );
     assert!(!audit.contains("5c5c5c5c"), "no key bytes in the audit log");
     let eventlog = std::fs::read(w.dir.path().join("eventlog")).unwrap();
     let needle = format!(

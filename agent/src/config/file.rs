@@ -100,6 +100,8 @@ pub struct RawImages {
     pub concurrency: usize,
     /// Refuse images with any unencrypted layer.
     pub require_encrypted: bool,
+    /// Registry credentials: a containers `auth.json` file, or a `kbs:///` resource holding one.
+    pub auth: Option<String>,
 }
 
 impl Default for RawImages {
@@ -111,6 +113,7 @@ impl Default for RawImages {
             decryption_keys: Vec::new(),
             concurrency: 8,
             require_encrypted: false,
+            auth: None,
         }
     }
 }

@@ -136,6 +136,8 @@ pub struct ImageSettings {
     pub decryption_keys: Vec<PathBuf>,
     pub concurrency: usize,
     pub require_encrypted: bool,
+    /// A path to an `auth.json`, or a `kbs:///` URI of one.
+    pub auth: Option<String>,
 }
 
 /// A validated `[kbs]` section.
@@ -268,6 +270,21 @@ impl Config {
             decryption_keys: raw.images.decryption_keys,
             concurrency: raw.images.concurrency,
             require_encrypted: raw.images.require_encrypted,
+            auth: match raw.images.auth {
+                Some(a) if a.starts_with("kbs:") => {
+                    ward_attester::kbs::ResourceUri::parse(&a)
+                        .map_err(|e| ConfigError::invalid("images.auth", e.to_string()))?;
+                    Some(a)
+                }
+                Some(a) if a.starts_with('/') => Some(a),
+                Some(a) => {
+                    return Err(ConfigError::invalid(
+                        "images.auth",
+                        format!("`{a}` is neither an absolute path nor a kbs:/// URI"),
+                    ));
+                }
+                None => None,
+            },
         };
         Ok(Config {
             images,
