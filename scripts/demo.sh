@@ -26,7 +26,11 @@ for _ in $(seq 1 100); do [ -s "$work/kbs.url" ] && break; sleep 0.05; done
 kbs_url=$(cat "$work/kbs.url")
 cat "$work/kbs.log"
 
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+# A free loopback port for the demo registry (coreutils and bash only).
+while :; do
+  port=$(shuf -i 20000-60000 -n 1)
+  (echo > "/dev/tcp/127.0.0.1/$port") 2>/dev/null || break
+done
 
 step "generated development config ($work/ward.toml)"
 cat > "$work/ward.toml" <<TOML
