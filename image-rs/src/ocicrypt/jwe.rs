@@ -22,7 +22,7 @@ use rand::RngCore;
 use rand::rngs::OsRng;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
-use sha2::{Digest, Sha256};
+use sha2::Sha256;
 use zeroize::Zeroizing;
 
 use super::keys::{PrivateKey, PublicKey};
@@ -100,20 +100,15 @@ fn str_member<'a>(header: &'a Map<String, Value>, name: &str) -> Option<&'a str>
     header.get(name).and_then(Value::as_str)
 }
 
-/// The Concat KDF of RFC 7518 §4.6.2 with SHA-256, for a 256-bit key (one round).
+/// The Concat KDF of RFC 7518 §4.6.2 with SHA-256 for a 256-bit key: the same function the KBS
+/// client uses (tested there against RFC 7518 Appendix C).
 fn concat_kdf(z: &[u8], alg: &str, apu: &[u8], apv: &[u8]) -> Zeroizing<[u8; 32]> {
-    let len = |b: &[u8]| u32::try_from(b.len()).unwrap_or(u32::MAX).to_be_bytes();
-    let mut h = Sha256::new();
-    h.update(1u32.to_be_bytes());
-    h.update(z);
-    h.update(len(alg.as_bytes()));
-    h.update(alg.as_bytes());
-    h.update(len(apu));
-    h.update(apu);
-    h.update(len(apv));
-    h.update(apv);
-    h.update(256u32.to_be_bytes());
-    Zeroizing::new(h.finalize().into())
+    let derived = ward_attester::kbs::concat_kdf(z, alg, apu, apv, 256);
+    let mut out = Zeroizing::new([0u8; 32]);
+    for (o, d) in out.iter_mut().zip(derived.iter()) {
+        *o = *d;
+    }
+    out
 }
 
 /// Uncompressed SEC1 point from JWK coordinates of `n` bytes each.
