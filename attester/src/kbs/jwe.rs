@@ -174,7 +174,13 @@ pub fn decrypt(body: &[u8], key: &TeeKey) -> Result<Zeroizing<Vec<u8>>, JweError
 
 /// The Concat KDF of RFC 7518 §4.6.2 (NIST SP 800-56A) with SHA-256, for keys of at most
 /// 256 bits (one hash round). Shared with ocicrypt's JWE recipients.
-pub fn concat_kdf(z: &[u8], alg: &str, apu: &[u8], apv: &[u8], key_bits: u32) -> Zeroizing<Vec<u8>> {
+pub fn concat_kdf(
+    z: &[u8],
+    alg: &str,
+    apu: &[u8],
+    apv: &[u8],
+    key_bits: u32,
+) -> Zeroizing<Vec<u8>> {
     let len = |b: &[u8]| u32::try_from(b.len()).unwrap_or(u32::MAX).to_be_bytes();
     let mut h = Sha256::new();
     h.update(1u32.to_be_bytes());

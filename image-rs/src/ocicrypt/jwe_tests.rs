@@ -1,3 +1,5 @@
+use sha2::Digest;
+
 use super::*;
 use crate::ocicrypt::annotations::{LayerAnnotations, PrivateOptions};
 use crate::ocicrypt::keys::tests::{
