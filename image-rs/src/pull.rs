@@ -114,6 +114,30 @@ pub struct Decryption {
     pub kek: Option<Arc<dyn KekSource>>,
 }
 
+/// A KEK source that asks its inner source once per key id for the length of one pull, so an
+/// image whose layers share a KEK costs one KBS round trip, not one per layer. Keys are zeroized
+/// when the pull ends.
+struct PullKekCache<'a> {
+    inner: &'a dyn KekSource,
+    keys: tokio::sync::Mutex<HashMap<String, zeroize::Zeroizing<Vec<u8>>>>,
+}
+
+#[async_trait::async_trait]
+impl KekSource for PullKekCache<'_> {
+    async fn kek(
+        &self,
+        kid: &str,
+    ) -> Result<zeroize::Zeroizing<Vec<u8>>, crate::ocicrypt::provider::KekFetchError> {
+        let mut keys = self.keys.lock().await;
+        if let Some(k) = keys.get(kid) {
+            return Ok(k.clone());
+        }
+        let k = self.inner.kek(kid).await?;
+        keys.insert(kid.to_string(), k.clone());
+        Ok(k)
+    }
+}
+
 /// One layer's unwrapped key material, ready for the blocking unpack.
 struct LayerKey {
     private: PrivateOptions,
@@ -280,6 +304,10 @@ impl Puller {
         let reference = Registry::reference(image)?;
         let resolved = Arc::new(self.registry.resolve(&reference).await?);
         // Check every layer's type and unwrap every layer key before fetching anything.
+        let cache = decryption.kek.as_deref().map(|inner| PullKekCache {
+            inner,
+            keys: tokio::sync::Mutex::new(HashMap::new()),
+        });
         let mut kinds = Vec::with_capacity(resolved.layers.len());
         for (index, l) in resolved.layers.iter().enumerate() {
             let mt = LayerMediaType::parse(&l.media_type).map_err(|_| PullError::MediaType {
@@ -289,7 +317,15 @@ impl Puller {
             })?;
             let enc = mt.is_encrypted();
             let key = if enc {
-                Some(self.layer_key(index, l, decryption).await?)
+                Some(
+                    self.layer_key(
+                        index,
+                        l,
+                        &decryption.keys,
+                        cache.as_ref().map(|c| c as &dyn KekSource),
+                    )
+                    .await?,
+                )
             } else {
                 None
             };
@@ -382,7 +418,8 @@ impl Puller {
         &self,
         index: usize,
         desc: &Descriptor,
-        decryption: &Decryption,
+        keys: &[PrivateKey],
+        kek: Option<&dyn KekSource>,
     ) -> Result<LayerKey, PullError> {
         let carries = || {
             desc.annotations
@@ -398,24 +435,20 @@ impl Puller {
                 digest: desc.digest.clone(),
                 detail: e.to_string(),
             })?;
-        if decryption.keys.is_empty() && decryption.kek.is_none() {
+        if keys.is_empty() && kek.is_none() {
             return Err(PullError::NoKey {
                 index,
                 digest: desc.digest.clone(),
                 carries: carries(),
             });
         }
-        let private = crate::ocicrypt::unwrap_private_options(
-            &annotations,
-            &decryption.keys,
-            decryption.kek.as_deref(),
-        )
-        .await
-        .map_err(|e| PullError::NoKey {
-            index,
-            digest: desc.digest.clone(),
-            carries: format!("{}; {e}", carries()),
-        })?;
+        let private = crate::ocicrypt::unwrap_private_options(&annotations, keys, kek)
+            .await
+            .map_err(|e| PullError::NoKey {
+                index,
+                digest: desc.digest.clone(),
+                carries: format!("{}; {e}", carries()),
+            })?;
         Ok(LayerKey {
             private,
             public: annotations.public,

@@ -98,6 +98,13 @@ async fn wardd_pulls_an_image_whose_key_the_kbs_releases() {
         "{audit}"
     );
     assert!(audit.contains(r#""event":"image.pull""#), "{audit}");
+    assert_eq!(
+        audit
+            .matches(r#""subject":"kbs:///default/image-kek/1""#)
+            .count(),
+        1,
+        "two layers share one KEK, released once per pull: {audit}"
+    );
     assert!(
         audit.contains(
             r#""event":"resource.release","subject":"kbs:///default/credential/registry""#
