@@ -167,3 +167,19 @@ impl ImageBuilder {
             .arg(&self.bundle));
     }
 }
+
+/// An RSA-2048 key pair made by openssl: (private PEM path, public PEM path) in `dir`.
+pub fn rsa_keypair(dir: &Path) -> (PathBuf, PathBuf) {
+    let key = dir.join("key.pem");
+    let public = dir.join("pub.pem");
+    run(Command::new("openssl")
+        .args(["genrsa", "-out"])
+        .arg(&key)
+        .arg("2048"));
+    run(Command::new("openssl")
+        .args(["rsa", "-in"])
+        .arg(&key)
+        .args(["-pubout", "-out"])
+        .arg(&public));
+    (key, public)
+}

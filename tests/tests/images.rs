@@ -115,7 +115,7 @@ mod pulls {
     use ward_image::ocicrypt::PrivateKey;
     use ward_image::pull::{Decryption, PullError, PullOptions, Puller};
     use ward_image::unpack::UnpackPolicy;
-    use ward_tests::registry::run;
+    use ward_tests::registry::{rsa_keypair, run};
 
     fn puller(reg: &TestRegistry, store: &Path) -> Arc<Puller> {
         Arc::new(
@@ -269,21 +269,6 @@ mod pulls {
         }
     }
 
-    fn rsa_keypair(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
-        let key = dir.join("key.pem");
-        let public = dir.join("pub.pem");
-        run(Command::new("openssl")
-            .args(["genrsa", "-out"])
-            .arg(&key)
-            .arg("2048"));
-        run(Command::new("openssl")
-            .args(["rsa", "-in"])
-            .arg(&key)
-            .args(["-pubout", "-out"])
-            .arg(&public));
-        (key, public)
-    }
-
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_skopeo_encrypted_image_needs_its_key_and_detects_tampering() {
         if let Err(skip) = image_tools() {
@@ -372,7 +357,7 @@ mod formats {
     use ward_image::pull::{Decryption, PullError, PullOptions, Puller};
     use ward_image::registry::Platform;
     use ward_image::unpack::UnpackPolicy;
-    use ward_tests::registry::run;
+    use ward_tests::registry::{rsa_keypair, run};
 
     fn puller_with(reg: &TestRegistry, store: &Path, platform: Option<Platform>) -> Arc<Puller> {
         let registry = Registry::new(RegistryConfig {
@@ -519,17 +504,7 @@ mod formats {
         // A malicious registry that flips a ciphertext bit and fixes up every digest: only the
         // layer's HMAC can catch it, and the pull must publish nothing.
         let keys = tempfile::tempdir().unwrap();
-        let key = keys.path().join("key.pem");
-        let public = keys.path().join("pub.pem");
-        run(Command::new("openssl")
-            .args(["genrsa", "-out"])
-            .arg(&key)
-            .arg("2048"));
-        run(Command::new("openssl")
-            .args(["rsa", "-in"])
-            .arg(&key)
-            .args(["-pubout", "-out"])
-            .arg(&public));
+        let (key, public) = rsa_keypair(keys.path());
         let (reg, reference) = tokio::task::spawn_blocking(move || {
             let reg = TestRegistry::start();
             let img = ImageBuilder::new("v1");

@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use ward_tests::bin;
-use ward_tests::registry::{ImageBuilder, TestRegistry, image_tools, run};
+use ward_tests::registry::{ImageBuilder, TestRegistry, image_tools, rsa_keypair, run};
 
 const RUNS: usize = 5;
 const SIZE_MIB: usize = 512;
@@ -56,17 +56,7 @@ fn main() {
     }
     img.layer();
     let work = tempfile::tempdir().unwrap();
-    let key = work.path().join("key.pem");
-    let public = work.path().join("pub.pem");
-    run(Command::new("openssl")
-        .args(["genrsa", "-out"])
-        .arg(&key)
-        .arg("2048"));
-    run(Command::new("openssl")
-        .args(["rsa", "-in"])
-        .arg(&key)
-        .args(["-pubout", "-out"])
-        .arg(&public));
+    let (key, public) = rsa_keypair(work.path());
     let plain = reg.push(&img.layout, "v1", "bench/plain");
     let encrypted = format!("{}/bench/encrypted:v1", reg.host());
     run(Command::new("skopeo").args([

@@ -464,6 +464,26 @@ async fn attest(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes
     ok_json(&inner, serde_json::json!({"token": token}).to_string())
 }
 
+/// `resource/<repo>/<type>/<tag>` -> `repo/type/tag`, or Trustee's 404 answer.
+fn resource_path(path: &str) -> Result<&str, Box<Response>> {
+    let Some(rest) = path.strip_prefix("resource/") else {
+        return Err(Box::new(error(
+            StatusCode::NOT_FOUND,
+            "PluginNotFound",
+            format!("no plugin for `{path}`"),
+        )));
+    };
+    let segments: Vec<&str> = rest.split('/').collect();
+    if segments.len() != 3 || !segments.iter().all(|s| segment_ok(s)) {
+        return Err(Box::new(error(
+            StatusCode::NOT_FOUND,
+            "InvalidRequestPath",
+            format!("invalid path `{rest}`"),
+        )));
+    }
+    Ok(rest)
+}
+
 async fn get_resource(
     State(inner): State<Arc<Inner>>,
     Path(path): Path<String>,
@@ -491,21 +511,10 @@ async fn get_resource(
         Ok(c) => c,
         Err(why) => return unauthorized("TokenVerifierError", why),
     };
-    let Some(rest) = path.strip_prefix("resource/") else {
-        return error(
-            StatusCode::NOT_FOUND,
-            "PluginNotFound",
-            format!("no plugin for `{path}`"),
-        );
+    let rest = match resource_path(&path) {
+        Ok(r) => r,
+        Err(response) => return *response,
     };
-    let segments: Vec<&str> = rest.split('/').collect();
-    if segments.len() != 3 || !segments.iter().all(|s| segment_ok(s)) {
-        return error(
-            StatusCode::NOT_FOUND,
-            "InvalidRequestPath",
-            format!("invalid path `{rest}`"),
-        );
-    }
     let entry = inner.resources.lock().unwrap().get(rest).cloned();
     let Some((value, policy)) = entry else {
         return unauthorized(
@@ -538,21 +547,10 @@ async fn put_resource(
     if !authorized {
         return unauthorized("AdminAuth", "admin token required");
     }
-    let Some(rest) = path.strip_prefix("resource/") else {
-        return error(
-            StatusCode::NOT_FOUND,
-            "PluginNotFound",
-            format!("no plugin for `{path}`"),
-        );
+    let rest = match resource_path(&path) {
+        Ok(r) => r,
+        Err(response) => return *response,
     };
-    let segments: Vec<&str> = rest.split('/').collect();
-    if segments.len() != 3 || !segments.iter().all(|s| segment_ok(s)) {
-        return error(
-            StatusCode::NOT_FOUND,
-            "InvalidRequestPath",
-            format!("invalid path `{rest}`"),
-        );
-    }
     inner
         .resources
         .lock()
