@@ -103,6 +103,22 @@ impl TestRegistry {
         reference
     }
 
+    /// Pushes `layout:tag` as `name:tag` with every layer JWE-encrypted by skopeo for the public
+    /// key `public` (PEM), returning the reference.
+    pub fn push_encrypted(&self, layout: &Path, tag: &str, name: &str, public: &Path) -> String {
+        let reference = format!("{}/{name}:{tag}", self.host());
+        run(Command::new("skopeo").args([
+            "copy",
+            "--quiet",
+            "--dest-tls-verify=false",
+            "--encryption-key",
+            &format!("jwe:{}", public.display()),
+            &format!("oci:{}:{tag}", layout.display()),
+            &format!("docker://{reference}"),
+        ]));
+        reference
+    }
+
     /// The file holding blob `digest` (`sha256:...`) in the registry's storage.
     pub fn blob_path(&self, digest: &str) -> PathBuf {
         let hex = digest.trim_start_matches("sha256:");

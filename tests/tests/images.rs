@@ -280,16 +280,7 @@ mod pulls {
         let (reg, reference) = tokio::task::spawn_blocking(move || {
             let reg = TestRegistry::start();
             let img = rich_image();
-            let reference = format!("{}/test/encrypted:v1", reg.host());
-            run(Command::new("skopeo").args([
-                "copy",
-                "--quiet",
-                "--dest-tls-verify=false",
-                "--encryption-key",
-                &format!("jwe:{}", public.display()),
-                &format!("oci:{}:v1", img.layout.display()),
-                &format!("docker://{reference}"),
-            ]));
+            let reference = reg.push_encrypted(&img.layout, "v1", "test/encrypted", &public);
             (reg, reference)
         })
         .await

@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use ward_tests::bin;
-use ward_tests::registry::{ImageBuilder, TestRegistry, image_tools, rsa_keypair, run};
+use ward_tests::registry::{ImageBuilder, TestRegistry, image_tools, rsa_keypair};
 
 const RUNS: usize = 5;
 const SIZE_MIB: usize = 512;
@@ -58,16 +58,7 @@ fn main() {
     let work = tempfile::tempdir().unwrap();
     let (key, public) = rsa_keypair(work.path());
     let plain = reg.push(&img.layout, "v1", "bench/plain");
-    let encrypted = format!("{}/bench/encrypted:v1", reg.host());
-    run(Command::new("skopeo").args([
-        "copy",
-        "--quiet",
-        "--dest-tls-verify=false",
-        "--encryption-key",
-        &format!("jwe:{}", public.display()),
-        &format!("oci:{}:v1", img.layout.display()),
-        &format!("docker://{encrypted}"),
-    ]));
+    let encrypted = reg.push_encrypted(&img.layout, "v1", "bench/encrypted", &public);
     let ward = bin("ward");
     for (name, reference, keyed) in [
         ("plain", &plain, false),
