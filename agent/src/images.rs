@@ -10,13 +10,14 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use ward_image::ocicrypt::{KekSource, PrivateKey, provider::KekFetchError};
+use ward_image::policy::{Policy, ResourceSource};
 use ward_image::pull::{Decryption, PullError, PullOptions, Pulled, Puller};
 use ward_image::registry::{Registry, RegistryConfig};
 use ward_image::unpack::UnpackPolicy;
 use zeroize::Zeroizing;
 
 use crate::attestation::Attestation;
-use crate::config::ImageSettings;
+use crate::config::{ImageSettings, PolicySource};
 
 /// Why an image request failed.
 #[derive(Debug, thiserror::Error)]
@@ -44,12 +45,22 @@ impl KekSource for KbsKek {
     }
 }
 
+#[async_trait]
+impl ResourceSource for KbsKek {
+    async fn resource(&self, uri: &str) -> Result<Zeroizing<Vec<u8>>, KekFetchError> {
+        self.kek(uri).await
+    }
+}
+
 /// The puller and the keys it may use. The registry client is made at the first pull (so start-up
 /// does not pay for TLS roots, and registry credentials held by the KBS can be fetched then).
 pub struct Images {
     settings: ImageSettings,
     ca_pem: Option<Vec<u8>>,
     puller: tokio::sync::OnceCell<Arc<Puller>>,
+    /// The signature policy, when it could be read at start-up (a `kbs:///` one is fetched at
+    /// the first pull).
+    policy: Option<Arc<Policy>>,
     decryption: Decryption,
     attestation: Arc<Attestation>,
 }
@@ -78,8 +89,13 @@ impl Images {
             ),
             None => None,
         };
+        let policy = match &settings.policy {
+            PolicySource::Kbs(_) => None,
+            source => Some(Arc::new(local_policy(source, &settings.signed)?)),
+        };
         Ok(Images {
             settings: settings.clone(),
+            policy,
             ca_pem,
             puller: tokio::sync::OnceCell::new(),
             decryption: Decryption {
@@ -97,6 +113,7 @@ impl Images {
                 let mut rc = RegistryConfig {
                     insecure: self.settings.insecure_registries.clone(),
                     ca_pem: self.ca_pem.clone(),
+                    mirrors: self.settings.mirrors.clone(),
                     ..Default::default()
                 };
                 if let Some(auth) = &self.settings.auth {
@@ -124,6 +141,21 @@ impl Images {
                         require_encrypted: self.settings.require_encrypted,
                     },
                 )?;
+                let policy = match (&self.policy, &self.settings.policy) {
+                    (Some(p), _) => p.clone(),
+                    (None, PolicySource::Kbs(uri)) => {
+                        let json = self.attestation.resource(uri).await.map_err(|e| {
+                            ImagesError::Setup(format!("signature policy {uri}: {e}"))
+                        })?;
+                        Arc::new(
+                            Policy::from_json(&json, None)
+                                .map_err(|e| ImagesError::Setup(format!("{uri}: {e}")))?,
+                        )
+                    }
+                    (None, other) => Arc::new(local_policy(other, &self.settings.signed)?),
+                };
+                let resources: Arc<dyn ResourceSource> = Arc::new(KbsKek(self.attestation.clone()));
+                let puller = puller.with_policy(policy, Some(resources));
                 Ok::<_, ImagesError>(Arc::new(puller))
             })
             .await
@@ -132,11 +164,23 @@ impl Images {
     /// Pulls `image` into `bundle` (`rootfs/` + `config.json`), measured and audited.
     pub async fn pull(&self, image: &str, bundle: &str) -> Result<Pulled, ImagesError> {
         let bundle = checked_bundle(bundle)?;
-        let pulled = self
+        let pulled = match self
             .puller()
             .await?
             .pull(image, &bundle, &self.decryption)
-            .await?;
+            .await
+        {
+            Ok(p) => p,
+            Err(PullError::Policy(e)) => {
+                self.attestation.audit(
+                    "image.policy_refused",
+                    image,
+                    serde_json::json!({"reason": e.to_string()}),
+                );
+                return Err(PullError::Policy(e).into());
+            }
+            Err(e) => return Err(e.into()),
+        };
         let content =
             serde_json::json!({"image": image, "digest": pulled.manifest_digest.to_string()})
                 .to_string();
@@ -159,6 +203,7 @@ impl Images {
                 "digest": pulled.manifest_digest.to_string(),
                 "layers": pulled.layers,
                 "encrypted_layers": pulled.encrypted_layers,
+                "policy": pulled.policy.to_string(),
                 "bundle": bundle.display().to_string(),
             }),
         );
@@ -173,6 +218,28 @@ impl Images {
             .await
             .map_err(|e| ImagesError::Unwrap(e.to_string()))
     }
+}
+
+/// The policy from the config file: a `policy.json`, or accept/reject with `signed` scopes.
+fn local_policy(source: &PolicySource, signed: &[(String, String)]) -> Result<Policy, ImagesError> {
+    let mut policy = match source {
+        PolicySource::Accept => Policy::accept_anything(),
+        PolicySource::Reject => Policy::reject(),
+        PolicySource::File(p) => {
+            return Policy::from_file(p).map_err(|e| ImagesError::Setup(e.to_string()));
+        }
+        PolicySource::Kbs(uri) => {
+            return Err(ImagesError::Setup(format!(
+                "signature policy {uri} is fetched from the KBS at the first pull"
+            )));
+        }
+    };
+    for (scope, key) in signed {
+        policy
+            .require_signature(scope, key, None)
+            .map_err(|e| ImagesError::Setup(e.to_string()))?;
+    }
+    Ok(policy)
 }
 
 /// An absolute path without `..` (the runtime's bundle directory).

@@ -43,6 +43,11 @@ impl Growing {
         self.cv.notify_all();
     }
 
+    /// Bytes written so far.
+    pub fn written(&self) -> u64 {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).written
+    }
+
     /// Whether the download ended, and how.
     pub fn outcome(&self) -> Option<Result<(), String>> {
         self.state

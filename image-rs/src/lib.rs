@@ -13,13 +13,18 @@
 //!
 //! - [`encrypt`]: the owner side, encrypting an OCI image layout for JWE recipients and KBS KEKs.
 //!
-//! To come: signature policy and the sealed model format.
+//! - [`policy`]: containers `policy.json` signature policy (sigstore/cosign signatures, keys by
+//!   path, inline or from the KBS), checked before any layer is fetched.
+//!
+//! To come: the sealed model format.
 
 pub mod bundle;
 pub mod digest;
 pub mod encrypt;
 pub mod follow;
 pub mod ocicrypt;
+pub mod policy;
+pub mod progress;
 pub mod pull;
 pub mod registry;
 pub mod unpack;

@@ -21,6 +21,8 @@ use crate::ocicrypt::{
     Compression, KekSource, LayerAnnotations, LayerDecryptor, LayerMediaType, PrivateKey,
     PrivateOptions, PublicOptions,
 };
+use crate::policy::{Accepted, Policy, PolicyError, ResourceSource};
+use crate::progress::{LayerInfo, NoProgress, PullProgress};
 use crate::registry::{Descriptor, Registry, RegistryError, ResolvedImage};
 use crate::unpack::{UnpackPolicy, apply_layer};
 
@@ -32,6 +34,8 @@ pub const MAX_LAYER: u64 = 16 << 30;
 pub enum PullError {
     #[error(transparent)]
     Registry(#[from] RegistryError),
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
     #[error("layer {index} ({digest}) has media type {media_type}, which ward cannot unpack")]
     MediaType {
         index: usize,
@@ -76,6 +80,21 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> PullError {
     move |source| PullError::Io { what, source }
 }
 
+/// Reports the bytes downloaded of each followed layer every 100 ms until all have ended.
+async fn report_downloads(layers: Vec<(usize, Arc<Growing>)>, progress: Arc<dyn PullProgress>) {
+    loop {
+        let mut open = false;
+        for (index, g) in &layers {
+            progress.layer_fetched(*index, g.written());
+            open |= g.outcome().is_none();
+        }
+        if !open {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 /// Wraps `r` in the decompressor for `c`.
 pub fn decompress<'a>(r: impl Read + 'a, c: Compression) -> std::io::Result<Box<dyn Read + 'a>> {
     Ok(match c {
@@ -101,6 +120,8 @@ pub struct PullOptions {
 #[derive(Clone, Debug)]
 pub struct Pulled {
     pub manifest_digest: Digest,
+    /// What the signature policy accepted the image on.
+    pub policy: Accepted,
     pub layers: usize,
     pub encrypted_layers: usize,
     pub bytes_fetched: u64,
@@ -148,6 +169,9 @@ struct LayerKey {
 pub struct Puller {
     registry: Registry,
     opts: PullOptions,
+    policy: Arc<Policy>,
+    /// Where `kbs:///` policy keys come from.
+    resources: Option<Arc<dyn ResourceSource>>,
     /// Downloads under way, by digest: the partial file and its progress.
     inflight: std::sync::Mutex<HashMap<String, (PathBuf, Arc<Growing>)>>,
 }
@@ -202,8 +226,22 @@ impl Puller {
         Ok(Puller {
             registry,
             opts,
+            policy: Arc::new(Policy::accept_anything()),
+            resources: None,
             inflight: std::sync::Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Checks every image against `policy` (the default accepts anything), with `kbs:///` keys
+    /// from `resources`.
+    pub fn with_policy(
+        mut self,
+        policy: Arc<Policy>,
+        resources: Option<Arc<dyn ResourceSource>>,
+    ) -> Puller {
+        self.policy = policy;
+        self.resources = resources;
+        self
     }
 
     pub fn registry(&self) -> &Registry {
@@ -301,8 +339,34 @@ impl Puller {
         bundle: &Path,
         decryption: &Decryption,
     ) -> Result<Pulled, PullError> {
+        self.pull_with_progress(image, bundle, decryption, Arc::new(NoProgress))
+            .await
+    }
+
+    /// [`Puller::pull`], reporting progress to `progress`.
+    pub async fn pull_with_progress(
+        self: &Arc<Self>,
+        image: &str,
+        bundle: &Path,
+        decryption: &Decryption,
+        progress: Arc<dyn PullProgress>,
+    ) -> Result<Pulled, PullError> {
         let reference = Registry::reference(image)?;
         let resolved = Arc::new(self.registry.resolve(&reference).await?);
+        // The policy decides before any layer is fetched or taken from the store.
+        let mut digests = vec![resolved.top_digest.clone()];
+        if resolved.manifest_digest != resolved.top_digest {
+            digests.push(resolved.manifest_digest.clone());
+        }
+        let accepted = self
+            .policy
+            .check(
+                &resolved.reference,
+                &digests,
+                &self.registry,
+                self.resources.as_deref(),
+            )
+            .await?;
         // Check every layer's type and unwrap every layer key before fetching anything.
         let cache = decryption.kek.as_deref().map(|inner| PullKekCache {
             inner,
@@ -339,16 +403,33 @@ impl Puller {
             }
             kinds.push((mt.compression(), key));
         }
+        let infos: Vec<LayerInfo> = resolved
+            .layers
+            .iter()
+            .zip(&kinds)
+            .map(|(l, (_, key))| LayerInfo {
+                digest: l.digest.clone(),
+                size: u64::try_from(l.size).unwrap_or(0),
+                encrypted: key.is_some(),
+            })
+            .collect();
+        progress.resolved(image, &infos);
 
         // Start every download now; the unpacker follows each layer as it arrives, in order.
         let permits = Arc::new(Semaphore::new(self.opts.concurrency.max(1)));
         let mut sources = Vec::with_capacity(resolved.layers.len());
         let mut tasks = Vec::new();
-        for l in &resolved.layers {
+        let mut following = Vec::new();
+        for (index, l) in resolved.layers.iter().enumerate() {
             let (source, task) = self.start_blob(&resolved, l, &permits)?;
+            match &source {
+                Source::Stored(_) => progress.layer_cached(index),
+                Source::Follow { growing, .. } => following.push((index, growing.clone())),
+            }
             sources.push(source);
             tasks.extend(task);
         }
+        let ticker = tokio::spawn(report_downloads(following, progress.clone()));
 
         std::fs::create_dir_all(bundle).map_err(io(format!("creating {}", bundle.display())))?;
         let staging = bundle.join(format!(".rootfs.staging-{:016x}", rand::random::<u64>()));
@@ -356,8 +437,9 @@ impl Puller {
         let me = self.clone();
         let staging2 = staging.clone();
         let resolved2 = resolved.clone();
+        let progress2 = progress.clone();
         let applied = tokio::task::spawn_blocking(move || {
-            me.apply_all(&resolved2, &kinds, &sources, &staging2)
+            me.apply_all(&resolved2, &kinds, &sources, &staging2, &*progress2)
         })
         .await
         .map_err(|e| PullError::Io {
@@ -382,6 +464,7 @@ impl Puller {
                 }
             }
         }
+        ticker.abort();
         let applied = match (applied, download_error) {
             (_, Some(e)) => Err(e),
             (a, None) => a,
@@ -407,6 +490,7 @@ impl Puller {
         }
         Ok(Pulled {
             manifest_digest: resolved.manifest_digest.clone(),
+            policy: accepted,
             layers: resolved.layers.len(),
             encrypted_layers: encrypted,
             bytes_fetched: fetched,
@@ -506,6 +590,7 @@ impl Puller {
         kinds: &[(Compression, Option<LayerKey>)],
         sources: &[Source],
         staging: &Path,
+        progress: &dyn PullProgress,
     ) -> Result<usize, PullError> {
         let mut encrypted = 0;
         for (index, (((desc, diff_id), (compression, key)), source)) in image
@@ -554,6 +639,7 @@ impl Puller {
                 }
             }
             result?;
+            progress.layer_done(index);
         }
         Ok(encrypted)
     }

@@ -9,6 +9,7 @@
 
 pub mod kbs;
 pub mod registry;
+pub mod sigstore;
 
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};

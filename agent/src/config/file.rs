@@ -102,6 +102,34 @@ pub struct RawImages {
     pub require_encrypted: bool,
     /// Registry credentials: a containers `auth.json` file, or a `kbs:///` resource holding one.
     pub auth: Option<String>,
+    /// Signature policy: `accept` (the default), `reject`, a containers `policy.json` path, or a
+    /// `kbs:///` resource holding one.
+    pub policy: String,
+    /// With `accept` or `reject`: scopes whose images need a sigstore signature by a key.
+    pub signed: Vec<RawSigned>,
+    /// Registry mirrors.
+    pub mirror: Vec<RawMirror>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSigned {
+    /// A registry, namespace, repository or reference (`registry.example.com/team`).
+    pub scope: String,
+    /// The cosign public key: an absolute PEM path or a `kbs:///` URI.
+    pub key: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMirror {
+    /// The registry host mirrored.
+    pub registry: String,
+    /// Mirror hosts, tried in order before the registry.
+    pub mirrors: Vec<String>,
+    /// Use the mirrors only for references by digest.
+    #[serde(default)]
+    pub digest_only: bool,
 }
 
 impl Default for RawImages {
@@ -114,6 +142,9 @@ impl Default for RawImages {
             concurrency: 8,
             require_encrypted: false,
             auth: None,
+            policy: "accept".into(),
+            signed: Vec::new(),
+            mirror: Vec::new(),
         }
     }
 }

@@ -138,6 +138,24 @@ pub struct ImageSettings {
     pub require_encrypted: bool,
     /// A path to an `auth.json`, or a `kbs:///` URI of one.
     pub auth: Option<String>,
+    pub policy: PolicySource,
+    /// `(scope, key)`: images under `scope` need a sigstore signature by `key` (a PEM path or a
+    /// `kbs:///` URI).
+    pub signed: Vec<(String, String)>,
+    pub mirrors: Vec<ward_image::registry::Mirror>,
+}
+
+/// Where the signature policy comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PolicySource {
+    /// Accept images not named in `signed` (containers' and CoCo's default).
+    Accept,
+    /// Refuse images not named in `signed`.
+    Reject,
+    /// A containers `policy.json` file.
+    File(PathBuf),
+    /// A `kbs:///` resource holding a `policy.json`, fetched at the first pull.
+    Kbs(String),
 }
 
 /// A validated `[kbs]` section.
@@ -263,7 +281,76 @@ impl Config {
                 "must be an absolute path",
             ));
         }
+        let policy = match raw.images.policy.as_str() {
+            "accept" => PolicySource::Accept,
+            "reject" => PolicySource::Reject,
+            p if p.starts_with("kbs:") => {
+                ward_attester::kbs::ResourceUri::parse(p)
+                    .map_err(|e| ConfigError::invalid("images.policy", e.to_string()))?;
+                PolicySource::Kbs(p.to_string())
+            }
+            p if p.starts_with('/') => PolicySource::File(PathBuf::from(p)),
+            p => {
+                return Err(ConfigError::invalid(
+                    "images.policy",
+                    format!("`{p}` is not accept, reject, an absolute path or a kbs:/// URI"),
+                ));
+            }
+        };
+        if !raw.images.signed.is_empty()
+            && !matches!(policy, PolicySource::Accept | PolicySource::Reject)
+        {
+            return Err(ConfigError::invalid(
+                "images.signed",
+                "only with policy = \"accept\" or \"reject\" (a policy.json names its own keys)",
+            ));
+        }
+        let mut signed = Vec::new();
+        for s in raw.images.signed {
+            if s.scope.is_empty() {
+                return Err(ConfigError::invalid(
+                    "images.signed",
+                    "`scope` is empty (use policy = \"reject\" with a scope per registry)",
+                ));
+            }
+            if s.key.starts_with("kbs:") {
+                ward_attester::kbs::ResourceUri::parse(&s.key)
+                    .map_err(|e| ConfigError::invalid("images.signed", e.to_string()))?;
+            } else if !s.key.starts_with('/') {
+                return Err(ConfigError::invalid(
+                    "images.signed",
+                    format!(
+                        "key `{}` is neither an absolute path nor a kbs:/// URI",
+                        s.key
+                    ),
+                ));
+            }
+            signed.push((s.scope, s.key));
+        }
+        let mut mirrors = Vec::new();
+        for m in raw.images.mirror {
+            if m.registry.is_empty()
+                || m.mirrors.is_empty()
+                || m.mirrors.iter().any(|h| h.contains('/'))
+            {
+                return Err(ConfigError::invalid(
+                    "images.mirror",
+                    format!(
+                        "`{}`: a registry host and at least one mirror host (no paths)",
+                        m.registry
+                    ),
+                ));
+            }
+            mirrors.push(ward_image::registry::Mirror {
+                registry: m.registry,
+                mirrors: m.mirrors,
+                digest_only: m.digest_only,
+            });
+        }
         let images = ImageSettings {
+            policy,
+            signed,
+            mirrors,
             store: raw.images.store,
             insecure_registries: raw.images.insecure_registries,
             ca: raw.images.ca,

@@ -380,3 +380,60 @@ fn http_listeners() {
         assert!(e.contains(want), "`{e}` lacks `{want}`");
     }
 }
+
+#[test]
+fn image_policy_and_mirrors() {
+    let c = from_text(
+        "[images]\npolicy = \"reject\"\n\
+         [[images.signed]]\nscope = \"registry.example/team\"\nkey = \"kbs:///default/cosign-key/1\"\n\
+         [[images.mirror]]\nregistry = \"docker.io\"\nmirrors = [\"mirror.local:5000\"]\ndigest_only = true\n",
+        None,
+    )
+    .unwrap();
+    assert_eq!(c.images.policy, PolicySource::Reject);
+    assert_eq!(
+        c.images.signed,
+        [(
+            "registry.example/team".to_string(),
+            "kbs:///default/cosign-key/1".to_string()
+        )]
+    );
+    assert_eq!(c.images.mirrors[0].mirrors, ["mirror.local:5000"]);
+    assert!(c.images.mirrors[0].digest_only);
+    assert_eq!(
+        from_text("[images]\npolicy = \"kbs:///default/security-policy/test\"\n", None)
+            .unwrap()
+            .images
+            .policy,
+        PolicySource::Kbs("kbs:///default/security-policy/test".into())
+    );
+    assert_eq!(
+        from_text("", None).unwrap().images.policy,
+        PolicySource::Accept,
+        "containers' and CoCo's default"
+    );
+
+    for (text, key) in [
+        ("[images]\npolicy = \"maybe\"\n", "images.policy"),
+        ("[images]\npolicy = \"kbs:///two/parts\"\n", "images.policy"),
+        (
+            "[images]\npolicy = \"/etc/containers/policy.json\"\n[[images.signed]]\nscope = \"r.io\"\nkey = \"/k.pub\"\n",
+            "images.signed",
+        ),
+        (
+            "[images]\n[[images.signed]]\nscope = \"r.io\"\nkey = \"relative.pub\"\n",
+            "images.signed",
+        ),
+        (
+            "[images]\n[[images.mirror]]\nregistry = \"docker.io\"\nmirrors = []\n",
+            "images.mirror",
+        ),
+        (
+            "[images]\n[[images.mirror]]\nregistry = \"docker.io\"\nmirrors = [\"m.local/path\"]\n",
+            "images.mirror",
+        ),
+    ] {
+        let e = from_text(text, None).unwrap_err().to_string();
+        assert!(e.contains(key), "{text}: {e}");
+    }
+}

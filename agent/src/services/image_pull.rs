@@ -21,6 +21,8 @@ fn status(e: &ImagesError) -> ttrpc::Error {
         ImagesError::Unwrap(_) => Code::PERMISSION_DENIED,
         ImagesError::Pull(p) => match p {
             PullError::Registry(_) => Code::UNAVAILABLE,
+            PullError::Policy(ward_image::policy::PolicyError::Fetch { .. }) => Code::UNAVAILABLE,
+            PullError::Policy(_) => Code::PERMISSION_DENIED,
             PullError::NoKey { .. } | PullError::Decrypt { .. } => Code::PERMISSION_DENIED,
             PullError::MediaType { .. } => Code::INVALID_ARGUMENT,
             PullError::DiffId { .. } | PullError::Unpack { .. } => Code::DATA_LOSS,

@@ -13,12 +13,22 @@ use ward_attester::tee::{self, DetectOptions, Tee};
 use ward_image::encrypt::{Recipients, encrypt_layout};
 use ward_image::ocicrypt::provider::KekFetchError;
 use ward_image::ocicrypt::{KekSource, PacketVersion, PrivateKey, ProviderRecipient, PublicKey};
+use ward_image::policy::{Policy, ResourceSource};
 use ward_image::pull::{Decryption, PullOptions, Puller};
-use ward_image::registry::{Registry, RegistryConfig};
+use ward_image::registry::{Mirror, Registry, RegistryConfig};
 use ward_image::unpack::UnpackPolicy;
 use zeroize::Zeroizing;
 
+use crate::progress::Bars;
+
 struct CliKek(KbsClient);
+
+#[async_trait]
+impl ResourceSource for CliKek {
+    async fn resource(&self, uri: &str) -> Result<Zeroizing<Vec<u8>>, KekFetchError> {
+        self.kek(uri).await
+    }
+}
 
 #[async_trait]
 impl KekSource for CliKek {
@@ -40,6 +50,54 @@ pub struct PullArgs<'a> {
     pub kbs: Option<&'a str>,
     pub tee: Option<Tee>,
     pub store: &'a Path,
+    /// `accept`, `reject` or a policy.json path.
+    pub policy: &'a str,
+    /// `SCOPE=KEY` pairs.
+    pub signed: &'a [String],
+    /// `REGISTRY=MIRROR` pairs.
+    pub mirrors: &'a [String],
+    pub quiet: bool,
+}
+
+/// The signature policy `ward pull` was asked for.
+fn cli_policy(policy: &str, signed: &[String]) -> anyhow::Result<Policy> {
+    let mut p = match policy {
+        "accept" => Policy::accept_anything(),
+        "reject" => Policy::reject(),
+        path => {
+            if !signed.is_empty() {
+                bail!(
+                    "--signed goes with --policy accept or reject; a policy.json names its own keys"
+                );
+            }
+            return Ok(Policy::from_file(Path::new(path))?);
+        }
+    };
+    for s in signed {
+        let (scope, key) = s
+            .split_once('=')
+            .with_context(|| format!("--signed {s}: give SCOPE=KEY"))?;
+        p.require_signature(scope, key, None)?;
+    }
+    Ok(p)
+}
+
+fn cli_mirrors(pairs: &[String]) -> anyhow::Result<Vec<Mirror>> {
+    let mut out: Vec<Mirror> = Vec::new();
+    for pair in pairs {
+        let (registry, mirror) = pair
+            .split_once('=')
+            .with_context(|| format!("--mirror {pair}: give REGISTRY=MIRROR"))?;
+        match out.iter_mut().find(|m| m.registry == registry) {
+            Some(m) => m.mirrors.push(mirror.to_string()),
+            None => out.push(Mirror {
+                registry: registry.to_string(),
+                mirrors: vec![mirror.to_string()],
+                digest_only: false,
+            }),
+        }
+    }
+    Ok(out)
 }
 
 pub async fn pull(a: PullArgs<'_>) -> anyhow::Result<bool> {
@@ -50,7 +108,8 @@ pub async fn pull(a: PullArgs<'_>) -> anyhow::Result<bool> {
         );
         keys.extend(PrivateKey::all_from_pem(&pem).with_context(|| k.display().to_string())?);
     }
-    let kek: Option<Arc<dyn KekSource>> = match a.kbs {
+    let policy = Arc::new(cli_policy(a.policy, a.signed)?);
+    let kbs: Option<Arc<CliKek>> = match a.kbs {
         Some(url) => {
             let attester = tee::detect(&DetectOptions {
                 want: a.tee,
@@ -63,32 +122,41 @@ pub async fn pull(a: PullArgs<'_>) -> anyhow::Result<bool> {
         }
         None => None,
     };
+    let kek = kbs.clone().map(|k| k as Arc<dyn KekSource>);
+    let resources = kbs.map(|k| k as Arc<dyn ResourceSource>);
     let registry = Registry::new(RegistryConfig {
         insecure: a.insecure.to_vec(),
+        mirrors: cli_mirrors(a.mirrors)?,
         ..Default::default()
     })?;
-    let puller = Arc::new(Puller::new(
-        registry,
-        PullOptions {
-            store: a.store.to_path_buf(),
-            concurrency: 8,
-            unpack: UnpackPolicy::default(),
-            require_encrypted: false,
-        },
-    )?);
+    let puller = Arc::new(
+        Puller::new(
+            registry,
+            PullOptions {
+                store: a.store.to_path_buf(),
+                concurrency: 8,
+                unpack: UnpackPolicy::default(),
+                require_encrypted: false,
+            },
+        )?
+        .with_policy(policy, resources),
+    );
     let started = Instant::now();
+    let bars = Arc::new(Bars::new(a.quiet));
     let pulled = puller
-        .pull(a.image, a.bundle, &Decryption { keys, kek })
+        .pull_with_progress(a.image, a.bundle, &Decryption { keys, kek }, bars)
         .await?;
     println!(
-        "pulled {} ({}) into {}: {} layers ({} encrypted), {:.1} MiB fetched in {:.2} s",
+        "pulled {} ({}) into {}: {} layers ({} encrypted), {:.1} MiB fetched in {:.2} s; \
+         signature policy: {}",
         a.image,
         pulled.manifest_digest,
         a.bundle.display(),
         pulled.layers,
         pulled.encrypted_layers,
         pulled.bytes_fetched as f64 / 1048576.0,
-        started.elapsed().as_secs_f64()
+        started.elapsed().as_secs_f64(),
+        pulled.policy
     );
     Ok(true)
 }

@@ -10,6 +10,7 @@ use std::time::Duration;
 mod gpu;
 mod image;
 mod kbs;
+mod progress;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -100,7 +101,7 @@ enum Command {
         #[arg(long)]
         bundle: PathBuf,
         /// wardd's address: pull through its CoCo ImagePull API instead of in this process.
-        #[arg(long, conflicts_with_all = ["decryption_keys", "insecure", "kbs"])]
+        #[arg(long, conflicts_with_all = ["decryption_keys", "insecure", "kbs", "policy", "signed", "mirrors"])]
         addr: Option<String>,
         /// Private key (PEM) for JWE-encrypted layers; repeatable.
         #[arg(long = "decryption-key")]
@@ -116,6 +117,20 @@ enum Command {
         /// The blob store (use a tmpfs).
         #[arg(long, default_value = "/run/ward/images")]
         store: PathBuf,
+        /// Signature policy: `accept`, `reject` (with --signed scopes), or a containers
+        /// policy.json file.
+        #[arg(long, default_value = "accept")]
+        policy: String,
+        /// SCOPE=KEY: images under SCOPE need a sigstore (cosign) signature by the public key
+        /// in file KEY (or held by the KBS at kbs:///...); repeatable.
+        #[arg(long = "signed")]
+        signed: Vec<String>,
+        /// REGISTRY=MIRROR: fetch REGISTRY's images from MIRROR first; repeatable.
+        #[arg(long = "mirror")]
+        mirrors: Vec<String>,
+        /// No progress bars, only the summary.
+        #[arg(long, short)]
+        quiet: bool,
     },
     /// Owner-side image operations.
     Image {
@@ -217,6 +232,10 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             kbs: url,
             tee,
             store,
+            policy,
+            signed,
+            mirrors,
+            quiet,
         } => rt()?.block_on(image::pull(image::PullArgs {
             image: &img,
             bundle: &bundle,
@@ -225,6 +244,10 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             kbs: url.as_deref(),
             tee: kbs::parse_tee(&tee)?,
             store: &store,
+            policy: &policy,
+            signed: &signed,
+            mirrors: &mirrors,
+            quiet,
         })),
         Command::Image {
             command:

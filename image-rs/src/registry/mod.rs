@@ -22,6 +22,8 @@ use zeroize::Zeroizing;
 
 use crate::digest::{Digest, VerifyError};
 
+mod signatures;
+
 /// Largest manifest or index accepted.
 const MAX_MANIFEST: usize = 4 << 20;
 /// Largest image config accepted.
@@ -119,6 +121,22 @@ pub struct RegistryConfig {
     pub auths: HashMap<String, (String, Zeroizing<String>)>,
     pub platform: Option<Platform>,
     pub timeout: Option<Duration>,
+    /// Mirrors tried before the registry they stand in for.
+    pub mirrors: Vec<Mirror>,
+}
+
+/// Registries that serve the same repositories as `registry` (containers' registries.conf
+/// `[[registry.mirror]]`). Everything fetched from a mirror is checked against the same digests,
+/// so a mirror can withhold content but never change it; when pulling by tag, a mirror decides
+/// which manifest the tag names, so `digest_only` keeps mirrors to references by digest (and the
+/// signature policy still applies to whatever a tag resolved to).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Mirror {
+    /// The registry host mirrored (`docker.io`, `registry.example.com:5000`).
+    pub registry: String,
+    /// Mirror hosts, tried in order; the registry itself is tried last.
+    pub mirrors: Vec<String>,
+    pub digest_only: bool,
 }
 
 #[derive(Deserialize)]
@@ -212,7 +230,10 @@ struct RootFs {
 /// An image whose manifest and config were fetched and verified.
 #[derive(Clone, Debug)]
 pub struct ResolvedImage {
+    /// The reference pulled, with the mirror it was found on (if any).
     pub reference: Reference,
+    /// The digest the reference resolved to: the index's when there is one, else the manifest's.
+    pub top_digest: Digest,
     /// The digest of the image manifest (inside an index, the platform's manifest).
     pub manifest_digest: Digest,
     pub config: Vec<u8>,
@@ -319,8 +340,48 @@ impl Registry {
         Ok((bytes.to_vec(), found))
     }
 
-    /// Resolves `reference` to a verified image manifest and config for this platform.
+    /// Where `reference` may be fetched from, in order: its mirrors, then the registry itself.
+    pub fn sources(&self, reference: &Reference) -> Vec<Reference> {
+        let mut out = Vec::new();
+        for m in &self.config.mirrors {
+            if m.registry != reference.registry() || (m.digest_only && reference.digest().is_none())
+            {
+                continue;
+            }
+            for host in &m.mirrors {
+                let mut r = reference.clone();
+                r.set_mirror_registry(host.clone());
+                out.push(r);
+            }
+        }
+        out.push(reference.clone());
+        out
+    }
+
+    /// Resolves `reference` to a verified image manifest and config for this platform, from its
+    /// first mirror that serves it or else from its registry. The returned reference says where
+    /// it was found; its blobs are fetched from there.
     pub async fn resolve(&self, reference: &Reference) -> Result<ResolvedImage, RegistryError> {
+        let sources = self.sources(reference);
+        let last = sources.len().saturating_sub(1);
+        for (i, source) in sources.into_iter().enumerate() {
+            match self.resolve_at(&source).await {
+                Ok(r) => return Ok(r),
+                Err(e) if i < last => {
+                    tracing::warn!(
+                        image = %reference,
+                        mirror = source.resolve_registry(),
+                        error = %e,
+                        "mirror failed; trying the next source"
+                    );
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(RegistryError::Config(format!("no source for {reference}")))
+    }
+
+    async fn resolve_at(&self, reference: &Reference) -> Result<ResolvedImage, RegistryError> {
         let name = reference.whole();
         let pinned = reference
             .digest()
@@ -333,6 +394,7 @@ impl Registry {
                 reference: name.clone(),
                 detail: e.to_string(),
             })?;
+        let top_digest = digest.clone();
         let (bytes, digest) = if value.get("manifests").is_some() {
             let entry = self.pick_platform(&name, &value)?;
             let entry_digest = parse_digest("index entry", &name, &entry)?;
@@ -389,6 +451,7 @@ impl Registry {
         }
         Ok(ResolvedImage {
             reference: reference.clone(),
+            top_digest,
             manifest_digest: digest,
             config,
             config_digest,
