@@ -401,10 +401,13 @@ fn image_policy_and_mirrors() {
     assert_eq!(c.images.mirrors[0].mirrors, ["mirror.local:5000"]);
     assert!(c.images.mirrors[0].digest_only);
     assert_eq!(
-        from_text("[images]\npolicy = \"kbs:///default/security-policy/test\"\n", None)
-            .unwrap()
-            .images
-            .policy,
+        from_text(
+            "[images]\npolicy = \"kbs:///default/security-policy/test\"\n",
+            None
+        )
+        .unwrap()
+        .images
+        .policy,
         PolicySource::Kbs("kbs:///default/security-policy/test".into())
     );
     assert_eq!(

@@ -7,7 +7,7 @@
 //! `encrypted_key` at the top level, which is ignored). Headers are merged protected ∪
 //! shared `unprotected` ∪ recipient `header`.
 //! - key management: `RSA-OAEP` (SHA-1, skopeo's choice), `RSA-OAEP-256`, `ECDH-ES+A256KW` on
-//!   P-256 or P-384 (Concat KDF with SHA-256, AlgorithmID = `alg`, then AES key unwrap);
+//!   P-256, P-384 or P-521 (Concat KDF with SHA-256, AlgorithmID = `alg`, then AES key unwrap);
 //! - content: `A256GCM`, AAD = the raw `protected` member (`.` + `aad` when present).
 //!
 //! Every recipient is tried with every key. Never logs keys, content keys or the plaintext
@@ -155,7 +155,7 @@ impl Slot {
             ("RSA-OAEP-256", PrivateKey::Rsa(k)) => {
                 k.decrypt_blinded(&mut OsRng, rsa::Oaep::new::<Sha256>(), &self.encrypted_key)
             }
-            ("ECDH-ES+A256KW", PrivateKey::P256(_) | PrivateKey::P384(_)) => {
+            ("ECDH-ES+A256KW", PrivateKey::P256(_) | PrivateKey::P384(_) | PrivateKey::P521(_)) => {
                 return self.ecdh_unwrap(key);
             }
             _ => return None,
@@ -179,6 +179,11 @@ impl Slot {
             ("P-384", PrivateKey::P384(sk)) => {
                 let pk = p384::PublicKey::from_sec1_bytes(&sec1_point(&x, &y, 48)?).ok()?;
                 let s = p384::ecdh::diffie_hellman(sk.to_nonzero_scalar(), pk.as_affine());
+                Zeroizing::new(s.raw_secret_bytes().to_vec())
+            }
+            ("P-521", PrivateKey::P521(sk)) => {
+                let pk = p521::PublicKey::from_sec1_bytes(&sec1_point(&x, &y, 66)?).ok()?;
+                let s = p521::ecdh::diffie_hellman(sk.to_nonzero_scalar(), pk.as_affine());
                 Zeroizing::new(s.raw_secret_bytes().to_vec())
             }
             _ => return None,
@@ -374,6 +379,13 @@ fn wrap_for(key: &PublicKey, cek: &[u8]) -> Result<(Value, Vec<u8>), JweError> {
             let (x, y) = point.x().zip(point.y()).ok_or_else(failed)?;
             let z = Zeroizing::new(eph.diffie_hellman(pk).raw_secret_bytes().to_vec());
             (epk_json("P-384", x, y), z)
+        }
+        PublicKey::P521(pk) => {
+            let eph = p521::ecdh::EphemeralSecret::random(&mut OsRng);
+            let point = eph.public_key().to_encoded_point(false);
+            let (x, y) = point.x().zip(point.y()).ok_or_else(failed)?;
+            let z = Zeroizing::new(eph.diffie_hellman(pk).raw_secret_bytes().to_vec());
+            (epk_json("P-521", x, y), z)
         }
     };
     let kek = concat_kdf(&z, "ECDH-ES+A256KW", &[], &[]);

@@ -3,7 +3,7 @@ use sha2::Digest;
 use super::*;
 use crate::ocicrypt::annotations::{LayerAnnotations, PrivateOptions};
 use crate::ocicrypt::keys::tests::{
-    EC_PKCS8, EC_SEC1_WITH_PARAMS, P384_PKCS8, RSA_PKCS1, RSA_PKCS8,
+    EC_PKCS8, EC_SEC1_WITH_PARAMS, P384_PKCS8, P521_PKCS8, RSA_PKCS1, RSA_PKCS8,
 };
 
 const SKOPEO: &str = include_str!("testdata/skopeo-1.9.3-jwe.json");
@@ -24,7 +24,12 @@ fn key(pem: &str) -> PrivateKey {
 
 #[test]
 fn round_trip_every_algorithm() {
-    let keys = [key(RSA_PKCS1), key(EC_SEC1_WITH_PARAMS), key(P384_PKCS8)];
+    let keys = [
+        key(RSA_PKCS1),
+        key(EC_SEC1_WITH_PARAMS),
+        key(P384_PKCS8),
+        key(P521_PKCS8),
+    ];
     for k in &keys {
         let jwe = encrypt(b"private options", &[k.public_key()]).unwrap();
         let plain = decrypt(&[jwe], std::slice::from_ref(k)).unwrap();
@@ -40,8 +45,8 @@ fn round_trip_every_algorithm() {
     }
 }
 
-/// What skopeo 1.9.3 wrote: flattened RSA-OAEP (SHA-1), flattened ECDH-ES+A256KW on P-256
-/// and P-384, and the general form with both RSA and P-256 recipients.
+/// What skopeo 1.9.3 wrote: flattened RSA-OAEP (SHA-1), flattened ECDH-ES+A256KW on P-256,
+/// P-384 and P-521, and the general form with both RSA and P-256 recipients.
 #[test]
 fn opens_skopeo_jwes() {
     for (case, pem) in [
@@ -50,6 +55,7 @@ fn opens_skopeo_jwes() {
         ("two", RSA_PKCS1),
         ("two", EC_SEC1_WITH_PARAMS),
         ("384", P384_PKCS8),
+        ("521", P521_PKCS8),
     ] {
         let (ann, _) = skopeo_case(case);
         let plain = decrypt(&ann.jwe, &[key(pem)]).unwrap();

@@ -30,7 +30,7 @@ pub enum KeyError {
     )]
     Encrypted,
     /// The block's content is not a key of a kind ward supports.
-    #[error("PEM `{label}`: not an RSA, P-256 or P-384 key")]
+    #[error("PEM `{label}`: not an RSA, P-256, P-384 or P-521 key")]
     Unsupported { label: String },
 }
 
@@ -42,6 +42,8 @@ pub enum PrivateKey {
     P256(p256::SecretKey),
     /// EC P-384 (for `ECDH-ES+A256KW`).
     P384(p384::SecretKey),
+    /// EC P-521 (for `ECDH-ES+A256KW`).
+    P521(p521::SecretKey),
 }
 
 /// A public key that JWE recipients can be made for.
@@ -53,6 +55,8 @@ pub enum PublicKey {
     P256(p256::PublicKey),
     /// EC P-384: wrapped with `ECDH-ES+A256KW`.
     P384(p384::PublicKey),
+    /// EC P-521: wrapped with `ECDH-ES+A256KW`.
+    P521(p521::PublicKey),
 }
 
 impl fmt::Debug for PrivateKey {
@@ -147,11 +151,13 @@ impl PrivateKey {
             "EC PRIVATE KEY" => p256::SecretKey::from_sec1_der(der)
                 .map(PrivateKey::P256)
                 .or_else(|_| p384::SecretKey::from_sec1_der(der).map(PrivateKey::P384))
+                .or_else(|_| p521::SecretKey::from_sec1_der(der).map(PrivateKey::P521))
                 .map_err(|_| unsupported()),
             "PRIVATE KEY" => rsa::RsaPrivateKey::from_pkcs8_der(der)
                 .map(|k| PrivateKey::Rsa(Box::new(k)))
                 .or_else(|_| p256::SecretKey::from_pkcs8_der(der).map(PrivateKey::P256))
                 .or_else(|_| p384::SecretKey::from_pkcs8_der(der).map(PrivateKey::P384))
+                .or_else(|_| p521::SecretKey::from_pkcs8_der(der).map(PrivateKey::P521))
                 .map_err(|_| unsupported()),
             _ => Err(unsupported()),
         }
@@ -180,6 +186,7 @@ impl PrivateKey {
             PrivateKey::Rsa(k) => PublicKey::Rsa(k.to_public_key()),
             PrivateKey::P256(k) => PublicKey::P256(k.public_key()),
             PrivateKey::P384(k) => PublicKey::P384(k.public_key()),
+            PrivateKey::P521(k) => PublicKey::P521(k.public_key()),
         }
     }
 
@@ -209,6 +216,7 @@ impl PublicKey {
                 .map(PublicKey::Rsa)
                 .or_else(|_| p256::PublicKey::from_public_key_der(der).map(PublicKey::P256))
                 .or_else(|_| p384::PublicKey::from_public_key_der(der).map(PublicKey::P384))
+                .or_else(|_| p521::PublicKey::from_public_key_der(der).map(PublicKey::P521))
                 .map_err(|_| unsupported()),
             _ => Err(unsupported()),
         }
@@ -220,6 +228,7 @@ impl PublicKey {
             PublicKey::Rsa(k) => format!("RSA-{}", k.size() * 8),
             PublicKey::P256(_) => "EC P-256".to_string(),
             PublicKey::P384(_) => "EC P-384".to_string(),
+            PublicKey::P521(_) => "EC P-521".to_string(),
         }
     }
 }
@@ -238,6 +247,7 @@ pub(crate) mod tests {
     pub(crate) const EC_PUB: &str = include_str!("testdata/p256.pub.pem");
     pub(crate) const RSA_PUB: &str = include_str!("testdata/rsa2048.pub.pem");
     pub(crate) const P384_PKCS8: &str = include_str!("testdata/p384.pkcs8.pem");
+    pub(crate) const P521_PKCS8: &str = include_str!("testdata/p521.pkcs8.pem");
 
     #[test]
     fn reads_openssl_keys() {
