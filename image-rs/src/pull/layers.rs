@@ -1,0 +1,234 @@
+//! Turning a downloaded layer into files: unwrapping its key (JWE recipients, key-provider
+//! packets through a per-pull KEK cache), decrypting, decompressing, unpacking into the staging
+//! rootfs and checking its diff_id (and, for encrypted layers, naming an HMAC failure as such).
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::Path;
+
+use super::blobs::Source;
+use super::{PullError, Puller, io};
+use crate::digest::{Digest, VerifyingReader};
+use crate::ocicrypt::{
+    Compression, KekSource, LayerAnnotations, LayerDecryptor, PrivateKey, PrivateOptions,
+    PublicOptions,
+};
+use crate::progress::PullProgress;
+use crate::registry::{Descriptor, ResolvedImage};
+use crate::unpack::{UnpackPolicy, apply_layer};
+
+/// Wraps `r` in the decompressor for `c`.
+pub fn decompress<'a>(r: impl Read + 'a, c: Compression) -> std::io::Result<Box<dyn Read + 'a>> {
+    Ok(match c {
+        Compression::None => Box::new(r),
+        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(r)),
+        Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(r)?),
+    })
+}
+
+/// A KEK source that asks its inner source once per key id for the length of one pull, so an
+/// image whose layers share a KEK costs one KBS round trip, not one per layer. Keys are zeroized
+/// when the pull ends.
+pub(super) struct PullKekCache<'a> {
+    pub(super) inner: &'a dyn KekSource,
+    pub(super) keys: tokio::sync::Mutex<HashMap<String, zeroize::Zeroizing<Vec<u8>>>>,
+}
+
+#[async_trait::async_trait]
+impl KekSource for PullKekCache<'_> {
+    async fn kek(
+        &self,
+        kid: &str,
+    ) -> Result<zeroize::Zeroizing<Vec<u8>>, crate::ocicrypt::provider::KekFetchError> {
+        let mut keys = self.keys.lock().await;
+        if let Some(k) = keys.get(kid) {
+            return Ok(k.clone());
+        }
+        let k = self.inner.kek(kid).await?;
+        keys.insert(kid.to_string(), k.clone());
+        Ok(k)
+    }
+}
+
+/// One layer's unwrapped key material, ready for the blocking unpack.
+pub(super) struct LayerKey {
+    private: PrivateOptions,
+    public: PublicOptions,
+}
+
+impl Puller {
+    /// Opens a layer's key material (JWE recipients, then key-provider packets via the KBS).
+    pub(super) async fn layer_key(
+        &self,
+        index: usize,
+        desc: &Descriptor,
+        keys: &[PrivateKey],
+        kek: Option<&dyn KekSource>,
+    ) -> Result<LayerKey, PullError> {
+        let carries = || {
+            desc.annotations
+                .keys()
+                .filter(|k| k.starts_with("org.opencontainers.image.enc.keys."))
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let annotations =
+            LayerAnnotations::parse(desc.annotations.iter()).map_err(|e| PullError::Decrypt {
+                index,
+                digest: desc.digest.clone(),
+                detail: e.to_string(),
+            })?;
+        if keys.is_empty() && kek.is_none() {
+            return Err(PullError::NoKey {
+                index,
+                digest: desc.digest.clone(),
+                carries: carries(),
+            });
+        }
+        let private = crate::ocicrypt::unwrap_private_options(&annotations, keys, kek)
+            .await
+            .map_err(|e| PullError::NoKey {
+                index,
+                digest: desc.digest.clone(),
+                carries: format!("{}; {e}", carries()),
+            })?;
+        Ok(LayerKey {
+            private,
+            public: annotations.public,
+        })
+    }
+
+    /// Whether an encrypted layer's ciphertext matches its HMAC (a full pass over the blob).
+    fn hmac_holds(&self, digest: &Digest, key: &LayerKey) -> bool {
+        let Ok(file) = std::fs::File::open(self.blob_path(digest)) else {
+            return false;
+        };
+        let mut d = LayerDecryptor::new(std::io::BufReader::new(file), &key.private, &key.public);
+        std::io::copy(&mut d, &mut std::io::sink()).is_ok()
+    }
+
+    /// Decompresses and unpacks one layer's plaintext into `staging`, checking its diff_id.
+    fn apply_one(
+        plain: Box<dyn Read + Send + '_>,
+        compression: Compression,
+        staging: &Path,
+        policy: &UnpackPolicy,
+        diff_id: &Digest,
+        index: usize,
+        digest: &str,
+    ) -> Result<(), PullError> {
+        let tar =
+            decompress(plain, compression).map_err(io(format!("layer {index}: decompressor")))?;
+        let mut verifying = VerifyingReader::new(tar, u64::MAX);
+        apply_layer(&mut verifying, staging, policy).map_err(|e| PullError::Unpack {
+            index,
+            digest: digest.to_string(),
+            detail: e.to_string(),
+        })?;
+        // Drains the rest (tar padding; for encrypted layers this reaches EOF, where the HMAC
+        // is checked) and compares the diff_id.
+        match verifying.finish(diff_id, None) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(source)) => Err(PullError::DiffId {
+                index,
+                digest: digest.to_string(),
+                source,
+            }),
+            Err(e) => Err(PullError::Decrypt {
+                index,
+                digest: digest.to_string(),
+                detail: e.to_string(),
+            }),
+        }
+    }
+
+    /// Applies every layer in order into `staging`; returns how many were encrypted.
+    pub(super) fn apply_all(
+        &self,
+        image: &ResolvedImage,
+        kinds: &[(Compression, Option<LayerKey>)],
+        sources: &[Source],
+        staging: &Path,
+        progress: &dyn PullProgress,
+    ) -> Result<usize, PullError> {
+        let mut encrypted = 0;
+        for (index, (((desc, diff_id), (compression, key)), source)) in image
+            .layers
+            .iter()
+            .zip(&image.diff_ids)
+            .zip(kinds)
+            .zip(sources)
+            .enumerate()
+        {
+            let digest = Digest::parse(&desc.digest).map_err(|e| PullError::Unpack {
+                index,
+                digest: desc.digest.clone(),
+                detail: e.to_string(),
+            })?;
+            let blob = source
+                .open()
+                .map_err(io(format!("opening blob {digest}")))?;
+            let plain: Box<dyn Read + Send> = match key {
+                Some(k) => {
+                    encrypted += 1;
+                    Box::new(LayerDecryptor::new(blob, &k.private, &k.public))
+                }
+                None => blob,
+            };
+            let result = Self::apply_one(
+                plain,
+                *compression,
+                staging,
+                &self.opts.unpack,
+                diff_id,
+                index,
+                &desc.digest,
+            );
+            if let (Err(e), Some(k), true) = (&result, key, source.complete()) {
+                // A tampered ciphertext usually breaks the decompressor or the tar parser before
+                // the end of the stream, where the HMAC is checked: name the real cause.
+                if !self.hmac_holds(&digest, k) {
+                    return Err(PullError::Decrypt {
+                        index,
+                        digest: desc.digest.clone(),
+                        detail: format!(
+                            "layer authentication (HMAC) failed: the layer was altered ({e})"
+                        ),
+                    });
+                }
+            }
+            result?;
+            progress.layer_done(index);
+        }
+        Ok(encrypted)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    #[test]
+    fn decompressors_round_trip() {
+        let data = b"tar bytes".repeat(100);
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&data).unwrap();
+        let gz = gz.finish().unwrap();
+        let zs = zstd::stream::encode_all(&data[..], 1).unwrap();
+        for (bytes, c) in [
+            (&data, Compression::None),
+            (&gz, Compression::Gzip),
+            (&zs, Compression::Zstd),
+        ] {
+            let mut out = Vec::new();
+            decompress(&bytes[..], c)
+                .unwrap()
+                .read_to_end(&mut out)
+                .unwrap();
+            assert_eq!(out, data, "{c:?}");
+        }
+    }
+}

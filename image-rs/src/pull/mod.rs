@@ -1,0 +1,321 @@
+//! The pull pipeline: resolve → fetch every layer concurrently into the content-addressed blob
+//! store (guest memory) with its digest checked → for each layer in order: decrypt (ocicrypt) →
+//! decompress → unpack into a staging directory while hashing the tar for its diff_id → check
+//! the diff_id (and, for encrypted layers, the HMAC at the end of the stream) → publish the
+//! staging directory as the bundle's rootfs with one rename.
+//!
+//! Nothing is visible as ready before every digest, diff_id and tag has held: a failure at any
+//! step removes the staging directory and leaves the bundle as it was. Two pulls of the same
+//! blob share one download; blobs stay in the store for later images.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio::sync::Semaphore;
+
+mod blobs;
+mod layers;
+
+use blobs::{Source, report_downloads};
+use layers::PullKekCache;
+pub use layers::decompress;
+
+use crate::digest::{Digest, VerifyError};
+use crate::follow::Growing;
+use crate::ocicrypt::{KekSource, LayerMediaType, PrivateKey};
+use crate::policy::{Accepted, Policy, PolicyError, ResourceSource};
+use crate::progress::{LayerInfo, NoProgress, PullProgress};
+use crate::registry::{Registry, RegistryError};
+use crate::unpack::UnpackPolicy;
+
+/// Largest layer blob accepted.
+pub const MAX_LAYER: u64 = 16 << 30;
+
+/// Why a pull failed. The bundle is untouched in every case.
+#[derive(Debug, thiserror::Error)]
+pub enum PullError {
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    #[error("layer {index} ({digest}) has media type {media_type}, which ward cannot unpack")]
+    MediaType {
+        index: usize,
+        digest: String,
+        media_type: String,
+    },
+    #[error("layer {index} ({digest}) is encrypted and no key fits it (it carries: {carries})")]
+    NoKey {
+        index: usize,
+        digest: String,
+        carries: String,
+    },
+    #[error("layer {index} ({digest}): {detail}")]
+    Decrypt {
+        index: usize,
+        digest: String,
+        detail: String,
+    },
+    #[error("layer {index} ({digest}): uncompressed content does not match its diff_id: {source}")]
+    DiffId {
+        index: usize,
+        digest: String,
+        #[source]
+        source: VerifyError,
+    },
+    #[error("layer {index} ({digest}): unpacking: {detail}")]
+    Unpack {
+        index: usize,
+        digest: String,
+        detail: String,
+    },
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> PullError {
+    let what = what.into();
+    move |source| PullError::Io { what, source }
+}
+
+/// Settings of a puller.
+#[derive(Clone, Debug)]
+pub struct PullOptions {
+    /// The blob store (a directory on a tmpfs: guest memory).
+    pub store: PathBuf,
+    /// Layers downloaded at once.
+    pub concurrency: usize,
+    pub unpack: UnpackPolicy,
+    /// Refuse images with any plain layer.
+    pub require_encrypted: bool,
+}
+
+/// What a pull produced.
+#[derive(Clone, Debug)]
+pub struct Pulled {
+    pub manifest_digest: Digest,
+    /// What the signature policy accepted the image on.
+    pub policy: Accepted,
+    pub layers: usize,
+    pub encrypted_layers: usize,
+    pub bytes_fetched: u64,
+}
+
+/// The keys a pull may use for encrypted layers: private keys for JWE recipients, and a KEK
+/// source (the KBS) for CoCo key-provider packets.
+#[derive(Default)]
+pub struct Decryption {
+    pub keys: Vec<PrivateKey>,
+    pub kek: Option<Arc<dyn KekSource>>,
+}
+
+/// Pulls images into bundles, sharing downloads.
+pub struct Puller {
+    registry: Registry,
+    opts: PullOptions,
+    policy: Arc<Policy>,
+    /// Where `kbs:///` policy keys come from.
+    resources: Option<Arc<dyn ResourceSource>>,
+    /// Downloads under way, by digest: the partial file and its progress.
+    inflight: std::sync::Mutex<HashMap<String, (PathBuf, Arc<Growing>)>>,
+}
+
+impl Puller {
+    pub fn new(registry: Registry, opts: PullOptions) -> Result<Puller, PullError> {
+        std::fs::create_dir_all(opts.store.join("blobs"))
+            .map_err(io(format!("creating {}", opts.store.display())))?;
+        Ok(Puller {
+            registry,
+            opts,
+            policy: Arc::new(Policy::accept_anything()),
+            resources: None,
+            inflight: std::sync::Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Checks every image against `policy` (the default accepts anything), with `kbs:///` keys
+    /// from `resources`.
+    pub fn with_policy(
+        mut self,
+        policy: Arc<Policy>,
+        resources: Option<Arc<dyn ResourceSource>>,
+    ) -> Puller {
+        self.policy = policy;
+        self.resources = resources;
+        self
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Pulls `image` into `bundle/rootfs`, decrypting with `keys`.
+    pub async fn pull(
+        self: &Arc<Self>,
+        image: &str,
+        bundle: &Path,
+        decryption: &Decryption,
+    ) -> Result<Pulled, PullError> {
+        self.pull_with_progress(image, bundle, decryption, Arc::new(NoProgress))
+            .await
+    }
+
+    /// [`Puller::pull`], reporting progress to `progress`.
+    pub async fn pull_with_progress(
+        self: &Arc<Self>,
+        image: &str,
+        bundle: &Path,
+        decryption: &Decryption,
+        progress: Arc<dyn PullProgress>,
+    ) -> Result<Pulled, PullError> {
+        let reference = Registry::reference(image)?;
+        let resolved = Arc::new(self.registry.resolve(&reference).await?);
+        // The policy decides before any layer is fetched or taken from the store.
+        let mut digests = vec![resolved.top_digest.clone()];
+        if resolved.manifest_digest != resolved.top_digest {
+            digests.push(resolved.manifest_digest.clone());
+        }
+        let accepted = self
+            .policy
+            .check(
+                &resolved.reference,
+                &digests,
+                &self.registry,
+                self.resources.as_deref(),
+            )
+            .await?;
+        // Check every layer's type and unwrap every layer key before fetching anything.
+        let cache = decryption.kek.as_deref().map(|inner| PullKekCache {
+            inner,
+            keys: tokio::sync::Mutex::new(HashMap::new()),
+        });
+        let mut kinds = Vec::with_capacity(resolved.layers.len());
+        for (index, l) in resolved.layers.iter().enumerate() {
+            let mt = LayerMediaType::parse(&l.media_type).map_err(|_| PullError::MediaType {
+                index,
+                digest: l.digest.clone(),
+                media_type: l.media_type.clone(),
+            })?;
+            let enc = mt.is_encrypted();
+            let key = if enc {
+                Some(
+                    self.layer_key(
+                        index,
+                        l,
+                        &decryption.keys,
+                        cache.as_ref().map(|c| c as &dyn KekSource),
+                    )
+                    .await?,
+                )
+            } else {
+                None
+            };
+            if !enc && self.opts.require_encrypted {
+                return Err(PullError::NoKey {
+                    index,
+                    digest: l.digest.clone(),
+                    carries: "nothing: the layer is not encrypted, and policy requires encryption"
+                        .into(),
+                });
+            }
+            kinds.push((mt.compression(), key));
+        }
+        let infos: Vec<LayerInfo> = resolved
+            .layers
+            .iter()
+            .zip(&kinds)
+            .map(|(l, (_, key))| LayerInfo {
+                digest: l.digest.clone(),
+                size: u64::try_from(l.size).unwrap_or(0),
+                encrypted: key.is_some(),
+            })
+            .collect();
+        progress.resolved(image, &infos);
+
+        // Start every download now; the unpacker follows each layer as it arrives, in order.
+        let permits = Arc::new(Semaphore::new(self.opts.concurrency.max(1)));
+        let mut sources = Vec::with_capacity(resolved.layers.len());
+        let mut tasks = Vec::new();
+        let mut following = Vec::new();
+        for (index, l) in resolved.layers.iter().enumerate() {
+            let (source, task) = self.start_blob(&resolved, l, &permits)?;
+            match &source {
+                Source::Stored(_) => progress.layer_cached(index),
+                Source::Follow { growing, .. } => following.push((index, growing.clone())),
+            }
+            sources.push(source);
+            tasks.extend(task);
+        }
+        let ticker = tokio::spawn(report_downloads(following, progress.clone()));
+
+        std::fs::create_dir_all(bundle).map_err(io(format!("creating {}", bundle.display())))?;
+        let staging = bundle.join(format!(".rootfs.staging-{:016x}", rand::random::<u64>()));
+        std::fs::create_dir_all(&staging).map_err(io("creating the staging rootfs"))?;
+        let me = self.clone();
+        let staging2 = staging.clone();
+        let resolved2 = resolved.clone();
+        let progress2 = progress.clone();
+        let applied = tokio::task::spawn_blocking(move || {
+            me.apply_all(&resolved2, &kinds, &sources, &staging2, &*progress2)
+        })
+        .await
+        .map_err(|e| PullError::Io {
+            what: "unpack task".into(),
+            source: std::io::Error::other(e.to_string()),
+        })
+        .and_then(|r| r);
+        // A failed download is the root cause of whatever the unpacker saw.
+        let mut fetched = 0u64;
+        let mut download_error = None;
+        for t in tasks {
+            match t.await {
+                Ok(Ok(n)) => fetched += n,
+                Ok(Err(e)) => {
+                    download_error.get_or_insert(e);
+                }
+                Err(e) => {
+                    download_error.get_or_insert(PullError::Io {
+                        what: "layer download task".into(),
+                        source: std::io::Error::other(e.to_string()),
+                    });
+                }
+            }
+        }
+        ticker.abort();
+        let applied = match (applied, download_error) {
+            (_, Some(e)) => Err(e),
+            (a, None) => a,
+        };
+        let encrypted = match applied {
+            Ok(n) => n,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&staging);
+                return Err(e);
+            }
+        };
+        let publish = (|| {
+            crate::bundle::write_runtime_config(bundle, &resolved.config)?;
+            let rootfs = bundle.join("rootfs");
+            if rootfs.exists() {
+                std::fs::remove_dir_all(&rootfs).map_err(io("replacing the old rootfs"))?;
+            }
+            std::fs::rename(&staging, &rootfs).map_err(io("publishing the rootfs"))
+        })();
+        if let Err(e) = publish {
+            let _ = std::fs::remove_dir_all(&staging);
+            return Err(e);
+        }
+        Ok(Pulled {
+            manifest_digest: resolved.manifest_digest.clone(),
+            policy: accepted,
+            layers: resolved.layers.len(),
+            encrypted_layers: encrypted,
+            bytes_fetched: fetched,
+        })
+    }
+}
