@@ -1,4 +1,4 @@
-//! The pull pipeline: resolve → fetch every layer concurrently into the content-addressed blob
+//! The pull pipeline: resolve → signature policy (before any layer is used) → fetch every layer concurrently into the content-addressed blob
 //! store (guest memory) with its digest checked → for each layer in order: decrypt (ocicrypt) →
 //! decompress → unpack into a staging directory while hashing the tar for its diff_id → check
 //! the diff_id (and, for encrypted layers, the HMAC at the end of the stream) → publish the
