@@ -22,7 +22,10 @@ use zeroize::Zeroizing;
 
 use crate::digest::{Digest, VerifyError};
 
+mod artifact;
 mod signatures;
+
+pub use artifact::Artifact;
 
 /// Largest manifest or index accepted.
 const MAX_MANIFEST: usize = 4 << 20;
