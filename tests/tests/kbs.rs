@@ -546,3 +546,43 @@ async fn a_gpu_that_ignores_the_nonce_fails_the_attestation() {
         "refused before anything reached the KBS's attest endpoint"
     );
 }
+
+#[tokio::test]
+async fn owners_upload_resources_with_an_admin_jwt() {
+    use ward_attester::kbs::admin::{AdminError, AdminKey, put_resource};
+    let kbs = DevKbs::start().await.unwrap();
+    let key = AdminKey::from_pem(&kbs.admin_key_pem()).unwrap();
+    let target = uri("kbs:///default/model-kek/1");
+    put_resource(&kbs.url(), None, &key, &target, &[0x42; 32])
+        .await
+        .unwrap();
+    // The guest gets it after attestation.
+    assert_eq!(
+        &client(&kbs).get_resource(&target).await.unwrap()[..],
+        &[0x42; 32]
+    );
+    // Another operator's key is refused, with Trustee's error shape.
+    let other = {
+        use ed25519_dalek::pkcs8::EncodePrivateKey as _;
+        let sk = ed25519_dalek::SigningKey::from_bytes(&[1u8; 32]);
+        AdminKey::from_pem(&sk.to_pkcs8_pem(Default::default()).unwrap()).unwrap()
+    };
+    let e = put_resource(&kbs.url(), None, &other, &target, b"evil")
+        .await
+        .unwrap_err();
+    match &e {
+        AdminError::Refused { status, body, .. } => {
+            assert_eq!(*status, 401);
+            assert!(
+                body.contains("AdminAuth") && body.contains("not signed by the admin key"),
+                "{body}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        &client(&kbs).get_resource(&target).await.unwrap()[..],
+        &[0x42; 32],
+        "the refused upload changed nothing"
+    );
+}

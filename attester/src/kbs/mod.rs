@@ -9,6 +9,7 @@
 //! This module never logs or stores a resource, the token, or the TEE private key: resources come
 //! back in zeroizing buffers, errors name URIs and statuses only.
 
+pub mod admin;
 mod answer;
 mod binding;
 mod client;

@@ -74,7 +74,8 @@ struct Inner {
     faults: Mutex<Faults>,
     counts: Counts,
     token_ttl: Mutex<Duration>,
-    admin_token: String,
+    /// The operator's key: admin JWTs must be signed by it (Ed25519, `alg: EdDSA`).
+    admin: ed25519_dalek::SigningKey,
 }
 
 /// A running dev KBS on 127.0.0.1.
@@ -190,8 +191,7 @@ impl DevKbs {
                 "the dev KBS listens on loopback only",
             ));
         }
-        let mut admin = [0u8; 16];
-        rand::rngs::OsRng.fill_bytes(&mut admin);
+        let admin = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
         let inner = Arc::new(Inner {
             sessions: Mutex::new(HashMap::new()),
             resources: Mutex::new(HashMap::new()),
@@ -199,7 +199,7 @@ impl DevKbs {
             faults: Mutex::new(Faults::default()),
             counts: Counts::default(),
             token_ttl: Mutex::new(Duration::from_secs(300)),
-            admin_token: hex::encode(admin),
+            admin,
         });
         let app = Router::new()
             .route("/kbs/v0/auth", post(auth))
@@ -267,9 +267,15 @@ impl DevKbs {
         )
     }
 
-    /// The bearer token the admin endpoint (`POST /kbs/v0/resource/...`) accepts.
-    pub fn admin_token(&self) -> &str {
-        &self.inner.admin_token
+    /// The operator's Ed25519 private key (PKCS#8 PEM) whose JWTs the admin endpoint
+    /// (`POST /kbs/v0/resource/...`) accepts, as Trustee's `auth_public_key` would.
+    pub fn admin_key_pem(&self) -> String {
+        use ed25519_dalek::pkcs8::EncodePrivateKey as _;
+        self.inner
+            .admin
+            .to_pkcs8_pem(Default::default())
+            .map(|p| p.to_string())
+            .unwrap()
     }
 }
 
@@ -534,18 +540,64 @@ async fn get_resource(
     }
 }
 
+/// Checks an admin JWT the way Trustee does: EdDSA over `header.claims` with the admin key,
+/// inside its `nbf`..`exp` window.
+fn admin_token_ok(admin: &ed25519_dalek::SigningKey, token: &str) -> Result<(), &'static str> {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use ed25519_dalek::Verifier as _;
+    let mut parts = token.split('.');
+    let (Some(h), Some(c), Some(s), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err("admin token is not a JWT");
+    };
+    let header: serde_json::Value = URL_SAFE_NO_PAD
+        .decode(h)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .ok_or("admin token header is malformed")?;
+    if header["alg"] != "EdDSA" {
+        return Err("admin token must be EdDSA");
+    }
+    let sig = URL_SAFE_NO_PAD
+        .decode(s)
+        .ok()
+        .and_then(|b| ed25519_dalek::Signature::from_slice(&b).ok())
+        .ok_or("admin token signature is malformed")?;
+    admin
+        .verifying_key()
+        .verify(format!("{h}.{c}").as_bytes(), &sig)
+        .map_err(|_| "admin token is not signed by the admin key")?;
+    let claims: serde_json::Value = URL_SAFE_NO_PAD
+        .decode(c)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .ok_or("admin token claims are malformed")?;
+    let now = now_secs();
+    let exp = claims["exp"].as_u64().ok_or("admin token has no exp")?;
+    let nbf = claims["nbf"].as_u64().unwrap_or(0);
+    if now >= exp || now + 60 < nbf {
+        return Err("admin token is expired or not yet valid");
+    }
+    Ok(())
+}
+
 async fn put_resource(
     State(inner): State<Arc<Inner>>,
     Path(path): Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let authorized = headers
+    let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v == format!("Bearer {}", inner.admin_token));
-    if !authorized {
-        return unauthorized("AdminAuth", "admin token required");
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if let Err(why) = token
+        .ok_or("admin token required")
+        .and_then(|t| admin_token_ok(&inner.admin, t))
+    {
+        return unauthorized("AdminAuth", why);
     }
     let rest = match resource_path(&path) {
         Ok(r) => r,
