@@ -5,4 +5,7 @@
 //! request queue, an OpenAI-compatible HTTP API, and end-to-end encrypted sessions (HPKE) bound
 //! to the attestation.
 //!
-//! Nothing is implemented yet.
+//! Implemented so far: [`e2e`], the message layer of end-to-end encrypted inference
+//! (`docs/encrypted-inference.md`).
+
+pub mod e2e;

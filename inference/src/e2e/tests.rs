@@ -1,0 +1,173 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use super::*;
+
+const NOW: u64 = 1_800_000_000;
+
+fn body() -> serde_json::Value {
+    serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "the secret prompt"}]})
+}
+
+#[test]
+fn requests_and_responses_round_trip_in_both_suites() {
+    for suite in [Suite::XWing, Suite::X25519] {
+        let server = ServerKey::generate(suite);
+        let config = KeyConfig::decode(&server.config().encode()).unwrap();
+        assert_eq!(&config, server.config());
+        let (msg, opener) = RequestSealer::seal(&config, &body(), NOW).unwrap();
+        assert!(
+            !msg.windows(6).any(|w| w == b"secret"),
+            "no plaintext on the wire"
+        );
+        let opened = server.open_request(&msg, NOW + 3).unwrap();
+        let got: serde_json::Value = serde_json::from_slice(&opened.body).unwrap();
+        assert_eq!(got, body(), "the ward_e2e member is removed");
+        let resp = opened.sealer.seal_whole(b"the secret answer").unwrap();
+        assert_eq!(&opener.open_whole(&resp).unwrap()[..], b"the secret answer");
+    }
+}
+
+#[test]
+fn streamed_chunks_arrive_in_order_whatever_the_fragmentation() {
+    let server = ServerKey::generate(Suite::X25519);
+    let (msg, mut opener) = RequestSealer::seal(server.config(), &body(), NOW).unwrap();
+    let mut sealer = server.open_request(&msg, NOW).unwrap().sealer;
+    let mut wire = sealer.prelude().to_vec();
+    let parts = ["Hel", "lo, ", "wor", "ld"];
+    for (i, p) in parts.iter().enumerate() {
+        wire.extend(
+            sealer
+                .seal_chunk(p.as_bytes(), i == parts.len() - 1)
+                .unwrap(),
+        );
+    }
+    assert!(
+        sealer.seal_chunk(b"more", true).is_err(),
+        "nothing after final"
+    );
+    let mut text = Vec::new();
+    for byte in wire.chunks(5) {
+        for c in opener.feed(byte).unwrap() {
+            text.extend_from_slice(&c);
+        }
+    }
+    assert_eq!(text, b"Hello, world");
+    opener.finish().unwrap();
+}
+
+#[test]
+fn tampered_foreign_stale_and_replayed_requests_are_refused() {
+    let server = ServerKey::generate(Suite::XWing);
+    let other = ServerKey::generate(Suite::XWing);
+    let (msg, _) = RequestSealer::seal(server.config(), &body(), NOW).unwrap();
+
+    let mut flipped = msg.clone();
+    *flipped.last_mut().unwrap() ^= 1;
+    assert_eq!(
+        server.open_request(&flipped, NOW).err(),
+        Some(E2eError::Decrypt)
+    );
+    let mut flipped_enc = msg.clone();
+    flipped_enc[10] ^= 1;
+    assert!(server.open_request(&flipped_enc, NOW).is_err());
+
+    let (for_other, _) = RequestSealer::seal(other.config(), &body(), NOW).unwrap();
+    let e = server.open_request(&for_other, NOW).err().unwrap();
+    assert!(matches!(e, E2eError::WrongKey | E2eError::Decrypt), "{e:?}");
+
+    assert_eq!(
+        server.open_request(&msg, NOW + 301).err(),
+        Some(E2eError::Stale { skew: 301 })
+    );
+    server.open_request(&msg, NOW).unwrap();
+    assert_eq!(
+        server.open_request(&msg, NOW + 1).err(),
+        Some(E2eError::Replay)
+    );
+    assert!(server.open_request(&msg[..20], NOW).is_err());
+}
+
+#[test]
+fn altered_reordered_spliced_and_truncated_responses_are_refused() {
+    let server = ServerKey::generate(Suite::X25519);
+    let stream = |server: &ServerKey| {
+        let (msg, opener) = RequestSealer::seal(server.config(), &body(), NOW).unwrap();
+        let mut sealer = server.open_request(&msg, NOW).unwrap().sealer;
+        let prelude = sealer.prelude().to_vec();
+        let chunks: Vec<Vec<u8>> = (0..3)
+            .map(|i| {
+                sealer
+                    .seal_chunk(format!("part {i}").as_bytes(), i == 2)
+                    .unwrap()
+            })
+            .collect();
+        (opener, prelude, chunks)
+    };
+
+    let (mut o, p, c) = stream(&server);
+    let mut altered = c[1].clone();
+    *altered.last_mut().unwrap() ^= 1;
+    o.feed(&p).unwrap();
+    o.feed(&c[0]).unwrap();
+    assert_eq!(o.feed(&altered).err(), Some(E2eError::Chunk { index: 1 }));
+
+    let (mut o, p, c) = stream(&server);
+    o.feed(&p).unwrap();
+    assert_eq!(
+        o.feed(&c[1]).err(),
+        Some(E2eError::Chunk { index: 0 }),
+        "reordered"
+    );
+
+    let (mut o, p, c) = stream(&server);
+    o.feed(&p).unwrap();
+    o.feed(&c[0]).unwrap();
+    o.feed(&c[1]).unwrap();
+    assert_eq!(
+        o.finish().err(),
+        Some(E2eError::Truncated),
+        "final chunk dropped"
+    );
+
+    let (mut o, p, c) = stream(&server);
+    for x in [&p, &c[0], &c[1], &c[2]] {
+        o.feed(x).unwrap();
+    }
+    assert_eq!(o.feed(&c[2]).err(), Some(E2eError::AfterFinal));
+
+    // A response to another request cannot be spliced in.
+    let (mut o, _, _) = stream(&server);
+    let (_, p2, c2) = stream(&server);
+    o.feed(&p2).unwrap();
+    assert_eq!(o.feed(&c2[0]).err(), Some(E2eError::Chunk { index: 0 }));
+}
+
+#[test]
+fn the_binding_covers_nonce_key_and_gpus() {
+    let server = ServerKey::generate(Suite::XWing);
+    let kc = server.config().encode();
+    let nonce = [7u8; 32];
+    let rd = report_data(&nonce, &kc, Some(b"[gpu]"));
+    check_binding(&rd, &nonce, &kc, Some(b"[gpu]")).unwrap();
+    assert!(check_binding(&rd, &[8u8; 32], &kc, Some(b"[gpu]")).is_err());
+    let other = ServerKey::generate(Suite::XWing).config().encode();
+    assert!(check_binding(&rd, &nonce, &other, Some(b"[gpu]")).is_err());
+    assert!(check_binding(&rd, &nonce, &kc, None).is_err());
+    assert!(check_binding(&rd, &[7u8; 16], &kc, Some(b"[gpu]")).is_err());
+}
+
+#[test]
+fn key_configs_and_varints_parse_strictly() {
+    let kc = ServerKey::generate(Suite::X25519).config().encode();
+    assert_eq!(kc.len(), 1 + 2 + 32 + 6);
+    assert!(KeyConfig::decode(&kc[..kc.len() - 1]).is_err());
+    let mut unknown = kc.clone();
+    unknown[1] = 0x99;
+    assert!(KeyConfig::decode(&unknown).is_err());
+    for v in [0u64, 63, 64, 16383, 16384, (1 << 30) - 1, 1 << 30, 1 << 40] {
+        let mut b = Vec::new();
+        put_varint(&mut b, v);
+        assert_eq!(get_varint(&b), Some((v, b.len())), "{v}");
+        assert_eq!(get_varint(&b[..b.len() - 1]), None);
+    }
+}
