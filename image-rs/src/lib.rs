@@ -12,8 +12,10 @@
 //!   publishes a rootfs only when every check held, and [`bundle`]: the runtime `config.json`.
 //!
 //! - [`encrypt`]: the owner side, encrypting an OCI image layout for JWE recipients and KBS KEKs.
+//! - [`sealed`]: sealed model weights (chunked AES-256-GCM under KBS KEKs, `docs/sealed-model.md`):
+//!   sealing, verified random access and parallel whole-file opening in guest memory.
 //!
-//! To come: signature policy and the sealed model format.
+//! To come: signature policy and the OCI packaging of sealed models.
 
 pub mod bundle;
 pub mod digest;
@@ -22,4 +24,5 @@ pub mod follow;
 pub mod ocicrypt;
 pub mod pull;
 pub mod registry;
+pub mod sealed;
 pub mod unpack;
