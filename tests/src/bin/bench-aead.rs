@@ -132,6 +132,9 @@ fn nonce(index: u64, last: bool) -> [u8; 12] {
     n
 }
 
+/// What [`over_chunks`] does to one chunk: `(index, last, bytes, tag)`.
+type ChunkOp<'a> = dyn Fn(u64, bool, &mut [u8], &mut [u8; 16]) + Sync + 'a;
+
 /// Runs `f(index, chunk, tag)` over every chunk of `buf` on `threads` threads (a shared queue,
 /// as the opener schedules them) and returns the elapsed time.
 fn over_chunks(
@@ -139,7 +142,7 @@ fn over_chunks(
     tags: &mut [[u8; 16]],
     chunk: usize,
     threads: usize,
-    f: &(dyn Fn(u64, bool, &mut [u8], &mut [u8; 16]) + Sync),
+    f: &ChunkOp<'_>,
 ) -> Duration {
     let n = tags.len();
     let work: Vec<_> = buf
