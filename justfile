@@ -35,3 +35,8 @@ bench-kbs:
 bench-pull:
     cargo build --release --workspace --bins
     WARD_BIN_DIR={{justfile_directory()}}/target/release cargo run --release -q -p ward-tests --bin bench-pull
+
+# Bulk AES-256-GCM for sealed models: aes-gcm 0.10/0.11, ring, aws-lc-rs on 1 GiB by chunk size,
+# 1 core and all cores, next to `openssl speed`; then SHA-256 and ward's sealed opener end to end.
+bench-aead:
+    cargo run --release -q -p ward-tests --bin bench-aead

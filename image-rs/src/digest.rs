@@ -38,6 +38,16 @@ impl Digest {
         Digest(Sha256::digest(bytes).into())
     }
 
+    /// A digest from its 32 raw bytes (a sealed header's plaintext SHA-256).
+    pub fn from_bytes(bytes: [u8; 32]) -> Digest {
+        Digest(bytes)
+    }
+
+    /// The 32 raw bytes.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
     /// The hex part, for file names.
     pub fn hex(&self) -> String {
         hex::encode(self.0)

@@ -12,11 +12,13 @@
 //!   publishes a rootfs only when every check held, and [`bundle`]: the runtime `config.json`.
 //!
 //! - [`encrypt`]: the owner side, encrypting an OCI image layout for JWE recipients and KBS KEKs.
+//! - [`sealed`]: sealed model weights (chunked AES-256-GCM under KBS KEKs, `docs/sealed-model.md`):
+//!   sealing, verified random access and parallel whole-file opening in guest memory.
 //!
 //! - [`policy`]: containers `policy.json` signature policy (sigstore/cosign signatures, keys by
 //!   path, inline or from the KBS), checked before any layer is fetched.
 //!
-//! To come: the sealed model format.
+//! To come: the OCI packaging of sealed models.
 
 pub mod bundle;
 pub mod digest;
@@ -27,4 +29,5 @@ pub mod policy;
 pub mod progress;
 pub mod pull;
 pub mod registry;
+pub mod sealed;
 pub mod unpack;
