@@ -18,12 +18,14 @@
 //! - [`policy`]: containers `policy.json` signature policy (sigstore/cosign signatures, keys by
 //!   path, inline or from the KBS), checked before any layer is fetched.
 //!
-//! To come: the OCI packaging of sealed models.
+//! - [`model`]: sealed models as OCI artifacts: sealing a directory, pushing, and loading into
+//!   guest memory with every file checked against its header and the policy's digests.
 
 pub mod bundle;
 pub mod digest;
 pub mod encrypt;
 pub mod follow;
+pub mod model;
 pub mod ocicrypt;
 pub mod policy;
 pub mod progress;

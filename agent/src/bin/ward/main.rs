@@ -10,6 +10,7 @@ use std::time::Duration;
 mod gpu;
 mod image;
 mod kbs;
+mod model;
 mod progress;
 
 use anyhow::Context;
@@ -137,6 +138,11 @@ enum Command {
         #[command(subcommand)]
         command: ImageCommand,
     },
+    /// Owner-side sealed-model operations: seal, push, upload the KEK, check offline.
+    Model {
+        #[command(subcommand)]
+        command: ModelCommand,
+    },
     /// Work with the hash-chained audit log.
     Audit {
         #[command(subcommand)]
@@ -160,6 +166,57 @@ enum ImageCommand {
         /// The 32-byte KEK, as uploaded to the KBS under --kid.
         #[arg(long)]
         kek_file: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ModelCommand {
+    /// Seal every file of a model directory into an OCI layout (chunked AES-256-GCM under a
+    /// KEK the KBS will hold); prints the policy entry that pins the plaintext digests.
+    Seal {
+        dir: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// The KBS resource URI of the KEK (kbs:///repo/type/tag).
+        #[arg(long)]
+        kid: String,
+        /// The 32-byte KEK; a new random one is written there (0600) when the file is absent.
+        #[arg(long)]
+        kek_file: PathBuf,
+        /// Chunk size in bytes.
+        #[arg(long, default_value_t = ward_image::sealed::header::DEFAULT_CHUNK_SIZE)]
+        chunk_size: u32,
+    },
+    /// Push a sealed layout to a registry as an OCI artifact.
+    Push {
+        sealed: PathBuf,
+        reference: String,
+        /// Registry (host[:port]) reached over plain HTTP; repeatable.
+        #[arg(long = "insecure-registry")]
+        insecure: Vec<String>,
+    },
+    /// Upload the KEK to Trustee with the admin API (POST /kbs/v0/resource/..., admin JWT).
+    KbsPut {
+        #[arg(long)]
+        kbs: String,
+        /// The operator's Ed25519 private key (PKCS#8 PEM).
+        #[arg(long)]
+        admin_key: PathBuf,
+        #[arg(long)]
+        kid: String,
+        #[arg(long)]
+        kek_file: PathBuf,
+        #[arg(long)]
+        cacert: Option<PathBuf>,
+    },
+    /// Check a sealed layout offline: every file opened and verified, then written; any
+    /// tampering exits non-zero with nothing written.
+    Unseal {
+        sealed: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long)]
+        kek_file: PathBuf,
     },
 }
 
@@ -258,6 +315,38 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
                     kek_file,
                 },
         } => image::encrypt(&img, &jwe, kid.as_deref(), kek_file.as_deref()),
+        Command::Model { command } => match command {
+            ModelCommand::Seal {
+                dir,
+                out,
+                kid,
+                kek_file,
+                chunk_size,
+            } => model::seal(&dir, &out, &kid, &kek_file, chunk_size),
+            ModelCommand::Push {
+                sealed,
+                reference,
+                insecure,
+            } => rt()?.block_on(model::push(&sealed, &reference, &insecure)),
+            ModelCommand::KbsPut {
+                kbs: url,
+                admin_key,
+                kid,
+                kek_file,
+                cacert,
+            } => rt()?.block_on(model::kbs_put(
+                &url,
+                &admin_key,
+                &kid,
+                &kek_file,
+                cacert.as_deref(),
+            )),
+            ModelCommand::Unseal {
+                sealed,
+                out,
+                kek_file,
+            } => model::unseal(&sealed, &out, &kek_file),
+        },
         Command::Attest {
             kbs: url,
             tee,

@@ -1,0 +1,129 @@
+//! `ward model`: the owner side of sealed models. `seal` a model directory into an OCI layout
+//! (a new random KEK when the KEK file does not exist yet), `push` it to a registry, `kbs-put`
+//! the KEK into Trustee with the admin API, and `unseal` a layout offline to check it. Each
+//! prints the policy entry that pins the model's digests.
+
+use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::Path;
+
+use anyhow::{Context, bail};
+use ward_attester::kbs::ResourceUri;
+use ward_attester::kbs::admin::{AdminKey, put_resource};
+use ward_image::model::{LAYOUT_TAG, policy_entry, seal_dir, unseal_layout};
+use ward_image::registry::{Registry, RegistryConfig};
+use ward_image::sealed::Kek;
+use zeroize::Zeroizing;
+
+/// Reads a 32-byte KEK, or makes one (mode 0600) when `create` and the file does not exist.
+fn kek_file(path: &Path, create: bool) -> anyhow::Result<Kek> {
+    match std::fs::read(path) {
+        Ok(bytes) => {
+            let bytes = Zeroizing::new(bytes);
+            if bytes.len() != 32 {
+                bail!(
+                    "{}: a KEK is 32 bytes, this file has {}",
+                    path.display(),
+                    bytes.len()
+                );
+            }
+            Kek::from_slice(&bytes).context("KEK")
+        }
+        Err(e) if create && e.kind() == std::io::ErrorKind::NotFound => {
+            let key = Zeroizing::new(rand::random::<[u8; 32]>());
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .with_context(|| format!("creating {}", path.display()))?;
+            f.write_all(&key[..])?;
+            eprintln!("made a new random KEK in {} (mode 0600)", path.display());
+            Ok(Kek::new(key))
+        }
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+pub fn seal(
+    dir: &Path,
+    out: &Path,
+    kid: &str,
+    kek: &Path,
+    chunk_size: u32,
+) -> anyhow::Result<bool> {
+    ResourceUri::parse(kid)?;
+    let kek = kek_file(kek, true)?;
+    let m = seal_dir(dir, out, &kek, kid, chunk_size)?;
+    println!(
+        "sealed {} files into {} (manifest {}, KEK {kid})\n",
+        m.digests.len(),
+        out.display(),
+        m.manifest_digest
+    );
+    print!(
+        "{}",
+        policy_entry("REGISTRY/REPO:TAG", &m.manifest_digest, kid, &m.digests)
+    );
+    Ok(true)
+}
+
+pub async fn push(layout: &Path, reference: &str, insecure: &[String]) -> anyhow::Result<bool> {
+    let registry = Registry::new(RegistryConfig {
+        insecure: insecure.to_vec(),
+        ..Default::default()
+    })?;
+    let r = Registry::reference(reference)?;
+    let digest = registry.push_layout(layout, LAYOUT_TAG, &r).await?;
+    println!("pushed {} as {reference} ({digest})", layout.display());
+    println!(
+        "pin it by digest: {}/{}@{digest}",
+        r.registry(),
+        r.repository()
+    );
+    Ok(true)
+}
+
+pub async fn kbs_put(
+    url: &str,
+    admin_key: &Path,
+    kid: &str,
+    kek: &Path,
+    cacert: Option<&Path>,
+) -> anyhow::Result<bool> {
+    let uri = ResourceUri::parse(kid)?;
+    let pem = Zeroizing::new(
+        std::fs::read_to_string(admin_key)
+            .with_context(|| format!("reading {}", admin_key.display()))?,
+    );
+    let key = AdminKey::from_pem(&pem)?;
+    let kek =
+        Zeroizing::new(std::fs::read(kek).with_context(|| format!("reading {}", kek.display()))?);
+    if kek.len() != 32 {
+        bail!("a KEK is 32 bytes, this file has {}", kek.len());
+    }
+    let ca = match cacert {
+        Some(p) => Some(std::fs::read(p).with_context(|| format!("reading {}", p.display()))?),
+        None => None,
+    };
+    put_resource(url, ca.as_deref(), &key, &uri, &kek).await?;
+    println!("uploaded the KEK as {uri} to {url}");
+    println!(
+        "the KBS releases it to guests its resource policy admits; pin the model's digests in wardd's [[model]] entry"
+    );
+    Ok(true)
+}
+
+pub fn unseal(layout: &Path, out: &Path, kek: &Path) -> anyhow::Result<bool> {
+    let kek = kek_file(kek, false)?;
+    let digests = unseal_layout(layout, &kek, out)?;
+    println!(
+        "unsealed {} files into {}; every chunk and digest held:",
+        digests.len(),
+        out.display()
+    );
+    for (name, d) in &digests {
+        println!("  {d}  {name}");
+    }
+    Ok(true)
+}

@@ -1,0 +1,311 @@
+//! The guest side: a sealed model from a registry into guest memory. Each file's bytes go from
+//! the registry stream (digest-checked) to a decrypting thread through a bounded channel, so a
+//! file decrypts on all cores while it downloads and memory holds the plaintext plus a few
+//! chunks in flight. A file is handed out only when its header, chunks, plaintext digest,
+//! annotations and the policy's pin all agree.
+
+use std::io::Write;
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+
+use futures_util::StreamExt as _;
+use zeroize::Zeroizing;
+
+use super::{
+    ANN_KEK, ANN_PLAINTEXT_DIGEST, ANN_TITLE, ARTIFACT_TYPE, CLEAR_FILE, MAX_FILES, ModelError,
+    PinnedDigests, SEALED_FILE,
+};
+use crate::digest::Digest;
+use crate::ocicrypt::KekSource;
+use crate::registry::{Descriptor, Registry};
+use crate::sealed::{Kek, KekId, OpenOptions, SealedHeader, StreamOpener};
+
+/// Largest model file.
+pub const MAX_FILE: u64 = 1 << 40;
+
+/// One file of a loaded model: its plaintext in guest memory, zeroized on drop.
+pub struct ModelFile {
+    pub name: String,
+    /// SHA-256 of the plaintext (checked).
+    pub digest: Digest,
+    pub data: Zeroizing<Vec<u8>>,
+    pub sealed: bool,
+}
+
+impl std::fmt::Debug for ModelFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "ModelFile({}, {}, {} bytes)",
+            self.name,
+            self.digest,
+            self.data.len()
+        )
+    }
+}
+
+/// A model in guest memory.
+#[derive(Debug)]
+pub struct LoadedModel {
+    pub reference: String,
+    pub manifest_digest: Digest,
+    pub kek_id: String,
+    pub files: Vec<ModelFile>,
+}
+
+impl LoadedModel {
+    /// The file named `name`.
+    pub fn file(&self, name: &str) -> Option<&ModelFile> {
+        self.files.iter().find(|f| f.name == name)
+    }
+}
+
+/// Checks that an authenticated header names what the manifest says.
+pub(super) fn check_header(name: &str, kid: &str, header: &SealedHeader) -> Result<(), ModelError> {
+    if header.name().as_str() != name {
+        return Err(ModelError::Mismatch {
+            name: name.to_string(),
+            detail: format!("the sealed header names it {}", header.name().as_str()),
+        });
+    }
+    if header.kek_id().as_str() != kid {
+        return Err(ModelError::Mismatch {
+            name: name.to_string(),
+            detail: format!(
+                "sealed under {}, the manifest says {kid}",
+                header.kek_id().as_str()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Bytes from the download to the decrypting thread.
+struct ToOpener(SyncSender<Vec<u8>>);
+
+impl Write for ToOpener {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .send(buf.to_vec())
+            .map_err(|_| std::io::Error::other("the decrypting thread stopped"))?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn open_stream(
+    rx: Receiver<Vec<u8>>,
+    kek: &Kek,
+    options: OpenOptions,
+) -> Result<crate::sealed::OpenedFile, crate::sealed::SealedError> {
+    let mut opener = StreamOpener::new(kek, options);
+    for bytes in rx {
+        opener.push(&bytes)?;
+    }
+    opener.finish()
+}
+
+struct Want {
+    name: String,
+    sealed: bool,
+    layer_digest: Digest,
+    pinned: Option<Digest>,
+    annotated: Option<Digest>,
+}
+
+/// Fetches the sealed model `reference` with its KEK from `keks`, checking every file against
+/// `pinned` (when given, it must name every file of the model and nothing else).
+pub async fn fetch_model(
+    registry: &Registry,
+    reference: &str,
+    keks: &dyn KekSource,
+    pinned: Option<&PinnedDigests>,
+    concurrency: usize,
+) -> Result<LoadedModel, ModelError> {
+    let r = Registry::reference(reference)?;
+    let artifact = registry.resolve_artifact(&r).await?;
+    if artifact.artifact_type.as_deref() != Some(ARTIFACT_TYPE) {
+        return Err(ModelError::Malformed(format!(
+            "{reference} is not a sealed model (artifact type {:?})",
+            artifact.artifact_type
+        )));
+    }
+    if artifact.layers.len() > MAX_FILES || artifact.layers.is_empty() {
+        return Err(ModelError::Malformed(format!(
+            "{} files (1 to {MAX_FILES})",
+            artifact.layers.len()
+        )));
+    }
+    let kid = artifact
+        .annotations
+        .get(ANN_KEK)
+        .cloned()
+        .ok_or_else(|| ModelError::Malformed(format!("no {ANN_KEK} annotation")))?;
+    KekId::parse(&kid).map_err(|source| ModelError::Sealed {
+        name: "(manifest)".into(),
+        source,
+    })?;
+    let mut wants = Vec::new();
+    for l in &artifact.layers {
+        let name = l
+            .annotations
+            .get(ANN_TITLE)
+            .cloned()
+            .ok_or_else(|| ModelError::Malformed(format!("layer {} has no title", l.digest)))?;
+        let sealed = match l.media_type.as_str() {
+            SEALED_FILE => true,
+            CLEAR_FILE => false,
+            other => {
+                return Err(ModelError::Mismatch {
+                    name,
+                    detail: format!("media type {other} is not a model file this ward knows"),
+                });
+            }
+        };
+        if u64::try_from(l.size).unwrap_or(u64::MAX) > MAX_FILE {
+            return Err(ModelError::Mismatch {
+                name,
+                detail: "too large".into(),
+            });
+        }
+        if wants.iter().any(|w: &Want| w.name == name) {
+            return Err(ModelError::Malformed(format!("{name} appears twice")));
+        }
+        let pin = match pinned {
+            Some(p) => Some(p.get(&name).cloned().ok_or_else(|| ModelError::Policy {
+                name: name.clone(),
+                expected: "(not pinned)".into(),
+                found: "a file policy does not name".into(),
+            })?),
+            None => None,
+        };
+        wants.push(Want {
+            name,
+            sealed,
+            layer_digest: Digest::parse(&l.digest)
+                .map_err(|e| ModelError::Malformed(e.to_string()))?,
+            pinned: pin,
+            annotated: l
+                .annotations
+                .get(ANN_PLAINTEXT_DIGEST)
+                .and_then(|d| Digest::parse(d).ok()),
+        });
+    }
+    if let Some(p) = pinned
+        && let Some(missing) = p.keys().find(|n| !wants.iter().any(|w| &w.name == *n))
+    {
+        return Err(ModelError::MissingFile(missing.clone()));
+    }
+    let kek = if wants.iter().any(|w| w.sealed) {
+        let bytes = keks.kek(&kid).await.map_err(|e| ModelError::Kek {
+            kid: kid.clone(),
+            detail: e.to_string(),
+        })?;
+        Some(
+            Kek::from_slice(&bytes).map_err(|source| ModelError::Sealed {
+                name: "(KEK)".into(),
+                source,
+            })?,
+        )
+    } else {
+        None
+    };
+
+    let jobs = artifact.layers.iter().zip(wants).map(|(desc, want)| {
+        let kek = kek.as_ref();
+        let at = &artifact.reference;
+        let kid = &kid;
+        async move { fetch_file(registry, at, desc, want, kek, kid).await }
+    });
+    let mut results: Vec<(usize, ModelFile)> = Vec::new();
+    let mut stream = futures_util::stream::iter(
+        jobs.enumerate()
+            .map(|(i, f)| async move { f.await.map(|file| (i, file)) }),
+    )
+    .buffer_unordered(concurrency.max(1));
+    while let Some(r) = stream.next().await {
+        results.push(r?);
+    }
+    drop(stream);
+    results.sort_by_key(|(i, _)| *i);
+    Ok(LoadedModel {
+        reference: reference.to_string(),
+        manifest_digest: artifact.manifest_digest,
+        kek_id: kid,
+        files: results.into_iter().map(|(_, f)| f).collect(),
+    })
+}
+
+async fn fetch_file(
+    registry: &Registry,
+    at: &oci_client::Reference,
+    desc: &Descriptor,
+    want: Want,
+    kek: Option<&Kek>,
+    kid: &str,
+) -> Result<ModelFile, ModelError> {
+    let name = want.name.clone();
+    if !want.sealed {
+        let mut data = Zeroizing::new(Vec::new());
+        registry
+            .stream_blob(at, desc, &want.layer_digest, &mut *data, MAX_FILE)
+            .await?;
+        let digest = Digest::of(&data);
+        if let Some(p) = &want.pinned
+            && *p != digest
+        {
+            return Err(ModelError::Policy {
+                name,
+                expected: p.to_string(),
+                found: digest.to_string(),
+            });
+        }
+        return Ok(ModelFile {
+            name: want.name,
+            digest,
+            data,
+            sealed: false,
+        });
+    }
+    let kek = kek
+        .ok_or_else(|| ModelError::Malformed("no KEK".into()))?
+        .clone();
+    let mut options = OpenOptions::default();
+    if let Some(p) = want.pinned.clone().or(want.annotated.clone()) {
+        options = options.expect_digest(p);
+    }
+    // A few MiB in flight between the download and the decryption.
+    let (tx, rx) = sync_channel::<Vec<u8>>(64);
+    let opener = tokio::task::spawn_blocking(move || open_stream(rx, &kek, options));
+    let mut sink = ToOpener(tx);
+    let downloaded = registry
+        .stream_blob(at, desc, &want.layer_digest, &mut sink, MAX_FILE)
+        .await;
+    drop(sink);
+    let opened = opener
+        .await
+        .map_err(|e| ModelError::Malformed(e.to_string()))?;
+    // A download error is the cause of whatever the opener saw.
+    downloaded?;
+    let file = opened.map_err(|source| ModelError::Sealed {
+        name: name.clone(),
+        source,
+    })?;
+    check_header(&name, kid, &file.header)?;
+    let digest = file.header.plaintext_sha256().clone();
+    if let Some(a) = &want.annotated
+        && *a != digest
+    {
+        return Err(ModelError::Mismatch {
+            name,
+            detail: format!("annotated {a}, sealed {digest}"),
+        });
+    }
+    Ok(ModelFile {
+        name: want.name,
+        digest,
+        data: file.plaintext.into_zeroizing(),
+        sealed: true,
+    })
+}

@@ -1,0 +1,204 @@
+//! Sealed models end to end against real components: the owner seals a directory with `ward
+//! model seal`, pushes it to a real registry with `ward model push`, uploads the KEK to the
+//! (development) KBS with `ward model kbs-put` and its admin JWT; the guest side attests, gets the
+//! KEK, and decrypts every file into memory while it downloads, checked against the policy's pins.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use ward_attester::kbs::{KbsClient, KbsConfig, ResourceUri};
+use ward_attester::tee::SampleAttester;
+use ward_image::digest::Digest;
+use ward_image::model::{ModelError, fetch_model};
+use ward_image::ocicrypt::KekSource;
+use ward_image::ocicrypt::provider::KekFetchError;
+use ward_image::registry::{Registry, RegistryConfig};
+use ward_tests::kbs::DevKbs;
+use ward_tests::registry::{TestRegistry, image_tools};
+use ward_tests::run_ward;
+use zeroize::Zeroizing;
+
+struct Keks(KbsClient);
+
+#[async_trait]
+impl KekSource for Keks {
+    async fn kek(&self, kid: &str) -> Result<Zeroizing<Vec<u8>>, KekFetchError> {
+        let uri = ResourceUri::parse(kid).map_err(|e| Box::new(e) as KekFetchError)?;
+        self.0
+            .get_resource(&uri)
+            .await
+            .map_err(|e| Box::new(e) as KekFetchError)
+    }
+}
+
+const KID: &str = "kbs:///default/model-kek/tiny";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sealed_model_travels_from_owner_to_guest_memory() {
+    if let Err(skip) = image_tools() {
+        eprintln!("{skip}");
+        return;
+    }
+    let kbs = DevKbs::start().await.unwrap();
+    let admin = kbs.admin_key_pem();
+    let kbs_url = kbs.url();
+    let (reg, work, reference, pins, weights) = tokio::task::spawn_blocking(move || {
+        let reg = TestRegistry::start();
+        let work = tempfile::tempdir().unwrap();
+        let w = work.path();
+        let model = w.join("model");
+        std::fs::create_dir_all(model.join("tok")).unwrap();
+        let weights: Vec<u8> = (0..5_000_000u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
+        std::fs::write(model.join("model.safetensors"), &weights).unwrap();
+        std::fs::write(
+            model.join("config.json"),
+            br#"{"architectures":["LlamaForCausalLM"]}"#,
+        )
+        .unwrap();
+        std::fs::write(model.join("tok/tokenizer.json"), br#"{"model":{}}"#).unwrap();
+        let s = |p: &std::path::Path| p.display().to_string();
+        let (code, out, err) = run_ward(
+            "ward",
+            &[
+                "model",
+                "seal",
+                &s(&model),
+                "--out",
+                &s(&w.join("sealed")),
+                "--kid",
+                KID,
+                "--kek-file",
+                &s(&w.join("kek")),
+                "--chunk-size",
+                "65536",
+            ],
+        );
+        assert_eq!(code, 0, "{out}{err}");
+        assert!(err.contains("made a new random KEK"), "{err}");
+        assert!(
+            out.contains("[model.digests]") && out.contains("\"model.safetensors\" = \"sha256:"),
+            "{out}"
+        );
+        let mut pins = BTreeMap::new();
+        for line in out.lines().filter(|l| l.contains("= \"sha256:")) {
+            let (name, d) = line.split_once(" = ").unwrap();
+            pins.insert(
+                name.trim_matches('"').to_string(),
+                Digest::parse(d.trim_matches('"')).unwrap(),
+            );
+        }
+        assert_eq!(pins.len(), 3);
+        let reference = format!("{}/models/tiny:v1", reg.host());
+        let (code, out, err) = run_ward(
+            "ward",
+            &[
+                "model",
+                "push",
+                &s(&w.join("sealed")),
+                &reference,
+                "--insecure-registry",
+                &reg.host(),
+            ],
+        );
+        assert_eq!(code, 0, "{out}{err}");
+        std::fs::write(w.join("admin.pem"), &admin).unwrap();
+        let (code, out, err) = run_ward(
+            "ward",
+            &[
+                "model",
+                "kbs-put",
+                "--kbs",
+                &kbs_url,
+                "--admin-key",
+                &s(&w.join("admin.pem")),
+                "--kid",
+                KID,
+                "--kek-file",
+                &s(&w.join("kek")),
+            ],
+        );
+        assert_eq!(code, 0, "{out}{err}");
+        // Offline check by the owner.
+        let (code, out, err) = run_ward(
+            "ward",
+            &[
+                "model",
+                "unseal",
+                &s(&w.join("sealed")),
+                "--out",
+                &s(&w.join("check")),
+                "--kek-file",
+                &s(&w.join("kek")),
+            ],
+        );
+        assert_eq!(code, 0, "{out}{err}");
+        assert_eq!(
+            std::fs::read(w.join("check/model.safetensors")).unwrap(),
+            weights
+        );
+        (reg, work, reference, pins, weights)
+    })
+    .await
+    .unwrap();
+
+    // The guest: attest, get the KEK, load into memory with the owner's pins.
+    let registry = Registry::new(RegistryConfig {
+        insecure: vec![reg.host()],
+        ..Default::default()
+    })
+    .unwrap();
+    let keks = Keks(KbsClient::new(KbsConfig::new(kbs.url()), Arc::new(SampleAttester)).unwrap());
+    let m = fetch_model(&registry, &reference, &keks, Some(&pins), 4)
+        .await
+        .unwrap();
+    assert_eq!(m.kek_id, KID);
+    assert_eq!(&m.file("model.safetensors").unwrap().data[..], &weights[..]);
+    assert_eq!(
+        &m.file("tok/tokenizer.json").unwrap().data[..],
+        br#"{"model":{}}"#
+    );
+
+    // A pin the model does not match: refused by name.
+    let mut wrong = pins.clone();
+    wrong.insert("config.json".into(), Digest::of(b"another config"));
+    let e = fetch_model(&registry, &reference, &keks, Some(&wrong), 4)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("config.json"), "{e}");
+    // A pinned file the model lacks.
+    let mut more = pins.clone();
+    more.insert("extra.bin".into(), Digest::of(b"x"));
+    assert!(matches!(
+        fetch_model(&registry, &reference, &keks, Some(&more), 4).await,
+        Err(ModelError::MissingFile(_))
+    ));
+
+    // One flipped bit in the registry's copy of the weights: the download's digest check fails.
+    let layout = work.path().join("sealed");
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let md = Digest::parse(index["manifests"][0]["digest"].as_str().unwrap()).unwrap();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("blobs/sha256").join(md.hex())).unwrap())
+            .unwrap();
+    let big = manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .max_by_key(|l| l["size"].as_u64().unwrap())
+        .unwrap();
+    let blob = reg.blob_path(big["digest"].as_str().unwrap());
+    let mut bytes = std::fs::read(&blob).unwrap();
+    bytes[1_000_000] ^= 1;
+    std::fs::write(&blob, &bytes).unwrap();
+    let e = fetch_model(&registry, &reference, &keks, Some(&pins), 4)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().to_lowercase().contains("digest"), "{e}");
+    drop(work);
+}
