@@ -151,6 +151,23 @@ pub struct KbsSettings {
     pub coco_token_reply: bool,
 }
 
+/// What wardd does once its start-up self-check is over (`ward.self_check=`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AfterSelfCheck {
+    /// Keep serving (the outcome is logged).
+    Serve,
+    /// Stop as on SIGTERM; as PID 1 that powers the guest off. A failed check is a fatal error.
+    PowerOff,
+}
+
+/// The start-up self-check, asked for on the kernel command line (boot tests, image smoke tests).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SelfCheckSettings {
+    pub then: AfterSelfCheck,
+    /// A `kbs:///` resource to fetch through the shared KBS session (its value is never logged).
+    pub resource: Option<String>,
+}
+
 /// A validated configuration.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
@@ -170,6 +187,10 @@ pub struct Config {
     /// `None`: no KBS; tokens and resources are unavailable.
     pub kbs: Option<KbsSettings>,
     pub images: ImageSettings,
+    /// `ward.net=`: a static address for one interface, applied in PID-1 mode only.
+    pub net: Option<crate::init::NetConfig>,
+    /// `ward.self_check=`: check wardd's own listeners (and a KBS resource) once ready.
+    pub self_check: Option<SelfCheckSettings>,
 }
 
 impl Config {
@@ -332,6 +353,8 @@ impl Config {
                 raw.daemon.request_timeout_secs,
             )?,
             oom_score_adj: oom_score_adj("daemon.oom_score_adj", raw.daemon.oom_score_adj)?,
+            net: None,
+            self_check: None,
         })
     }
 
@@ -363,6 +386,20 @@ impl Config {
         }
         if let Some(v) = o.allow_sample {
             self.attestation.allow_sample = v;
+        }
+        if let Some(v) = o.net {
+            self.net = Some(v);
+        }
+        match (o.self_check, o.self_check_resource) {
+            (Some(then), resource) => self.self_check = Some(SelfCheckSettings { then, resource }),
+            // A resource alone asks for a check that keeps serving afterwards.
+            (None, Some(resource)) => {
+                self.self_check = Some(SelfCheckSettings {
+                    then: AfterSelfCheck::Serve,
+                    resource: Some(resource),
+                })
+            }
+            (None, None) => {}
         }
         if let Some(url) = o.kbs_url {
             match &mut self.kbs {
