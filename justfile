@@ -35,3 +35,13 @@ bench-kbs:
 bench-pull:
     cargo build --release --workspace --bins
     WARD_BIN_DIR={{justfile_directory()}}/target/release cargo run --release -q -p ward-tests --bin bench-pull
+
+# A guest initrd: wardd (release) as /init, Debian's kernel, only the modules wardd needs.
+initrd *ARGS:
+    rootfs/build-initrd.sh {{ARGS}}
+
+# Boot the initrd under qemu: wardd attests to the dev KBS, fetches a secret, self-checks
+# over vsock, powers off; prints boot-to-ready and the initrd size. (Also part of `just test`.)
+boot-test: deps
+    cargo build -p ward-agent --bins
+    cargo test -p ward-tests --test boot -- --nocapture
