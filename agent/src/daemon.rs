@@ -109,7 +109,7 @@ pub async fn run(config: &Config, mode: Mode) -> Result<(), DaemonError> {
     let ctx = Context {
         daemon: state.clone(),
         attestation: attestation.clone(),
-        images,
+        images: images.clone(),
     };
     let policy = RequestPolicy {
         max_duration: config.request_timeout,
@@ -175,14 +175,15 @@ pub async fn run(config: &Config, mode: Mode) -> Result<(), DaemonError> {
     let (check, stop_after_check) = match &config.self_check {
         Some(settings) => {
             let poweroff = settings.then == AfterSelfCheck::PowerOff;
-            let (listeners, settings, a) = (
+            let (listeners, settings, a, i) = (
                 config.listeners.clone(),
                 settings.clone(),
                 attestation.clone(),
+                images.clone(),
             );
             let timeout = config.request_timeout;
             let task = tokio::spawn(async move {
-                let outcome = crate::selfcheck::run(&listeners, &settings, &a, timeout).await;
+                let outcome = crate::selfcheck::run(&listeners, &settings, &a, &i, timeout).await;
                 report_self_check(&outcome, mode);
                 outcome
             });
@@ -242,6 +243,7 @@ fn report_self_check(outcome: &Result<SelfCheckReport, SelfCheckError>, mode: Mo
                 healthy = ?r.healthy,
                 resource = r.resource.as_ref().map(|(uri, _)| uri.as_str()),
                 bytes = r.resource.as_ref().map(|(_, n)| *n),
+                image = r.image.as_ref().map(|(image, _)| image.as_str()),
                 "self-check passed"
             );
             "wardd: self-check passed".to_string()

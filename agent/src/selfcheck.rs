@@ -1,7 +1,8 @@
 //! The start-up self-check (`ward.self_check=`, `ward.self_check_resource=`): once wardd is
 //! ready it calls its own health service on every ttrpc listener that serves it, vsock ones
 //! through the local CID (1, which needs the `vsock_loopback` module in a guest), and, when
-//! asked, fetches one KBS resource through the shared session, as a client in the guest would.
+//! asked, fetches one KBS resource through the shared session and pulls one image into a
+//! scratch bundle (`/run/ward/self-check`), as clients in the guest would.
 //! A booted image proves its whole path this way with no second program in it.
 //!
 //! Never logs a resource's value: only its URI and size (the release is audited as any other).
@@ -11,6 +12,7 @@ use std::time::Duration;
 use crate::attestation::{Attestation, AttestationError};
 use crate::client::{ClientError, HealthClient};
 use crate::config::{Listener, Protocol, SelfCheckSettings};
+use crate::images::{Images, ImagesError};
 use crate::listen::{ListenAddr, VSOCK_CID_ANY};
 use crate::services::ServiceKind;
 
@@ -40,11 +42,18 @@ pub enum SelfCheckError {
         #[source]
         source: AttestationError,
     },
+    /// The image could not be pulled.
+    #[error("image {image}: {source}")]
+    Image {
+        image: String,
+        #[source]
+        source: ImagesError,
+    },
     /// The self-check task itself panicked or was cancelled.
     #[error("the self-check task ended abnormally: {0}")]
     Aborted(String),
-    /// No ttrpc listener serves health, and no resource was asked for: nothing was checked.
-    #[error("nothing to check: no ttrpc listener serves health and no resource was named")]
+    /// No ttrpc listener serves health, and no resource or image was named: nothing was checked.
+    #[error("nothing to check: no ttrpc listener serves health and no resource or image was named")]
     Nothing,
 }
 
@@ -55,7 +64,12 @@ pub struct SelfCheckReport {
     pub healthy: Vec<String>,
     /// The resource fetched, with its size in bytes.
     pub resource: Option<(String, usize)>,
+    /// The image pulled, with its manifest digest.
+    pub image: Option<(String, String)>,
 }
+
+/// Where the self-check's image pull unpacks (under wardd's own runtime directory).
+pub const BUNDLE: &str = "/run/ward/self-check";
 
 /// The address a client inside the guest dials to reach `addr`, when it speaks ttrpc health.
 fn dial_address(l: &Listener) -> Option<String> {
@@ -81,6 +95,7 @@ pub async fn run(
     listeners: &[Listener],
     settings: &SelfCheckSettings,
     attestation: &Attestation,
+    images: &Images,
     timeout: Duration,
 ) -> Result<SelfCheckReport, SelfCheckError> {
     let mut report = SelfCheckReport::default();
@@ -120,7 +135,26 @@ pub async fn run(
         tracing::info!(%uri, bytes = value.len(), "self-check: resource released by the KBS");
         report.resource = Some((uri.clone(), value.len()));
     }
-    if report.healthy.is_empty() && report.resource.is_none() {
+    if let Some(image) = &settings.image {
+        let pulled = images
+            .pull(image, BUNDLE)
+            .await
+            .map_err(|source| SelfCheckError::Image {
+                image: image.clone(),
+                source,
+            })?;
+        let digest = pulled.manifest_digest.to_string();
+        tracing::info!(
+            %image,
+            %digest,
+            layers = pulled.layers,
+            encrypted_layers = pulled.encrypted_layers,
+            bundle = BUNDLE,
+            "self-check: image pulled"
+        );
+        report.image = Some((image.clone(), digest));
+    }
+    if report.healthy.is_empty() && report.resource.is_none() && report.image.is_none() {
         return Err(SelfCheckError::Nothing);
     }
     Ok(report)

@@ -13,7 +13,8 @@
 //! For booted images: `ward.net=IFACE:ADDRESS/PREFIX[:GATEWAY]` (a static IPv4 address, PID-1
 //! mode only), `ward.self_check=serve|poweroff` (once ready, call wardd's own health service on
 //! each ttrpc listener, then keep serving or stop) and `ward.self_check_resource=kbs:///...` (also
-//! fetch that resource through the KBS session; its value is never logged).
+//! fetch that resource through the KBS session; its value is never logged), and
+//! `ward.self_check_image=REFERENCE` (also pull that image into a scratch bundle).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -22,7 +23,7 @@ use super::{ConfigError, Listener, LogFormat, Origin, expand_services, oom_score
 use crate::listen::ListenAddr;
 
 /// The keys (after `ward.`) this version understands.
-const KEYS: [&str; 13] = [
+const KEYS: [&str; 14] = [
     "tee",
     "allow_sample",
     "kbs_url",
@@ -36,6 +37,7 @@ const KEYS: [&str; 13] = [
     "net",
     "self_check",
     "self_check_resource",
+    "self_check_image",
 ];
 
 /// Validated values taken from the kernel command line.
@@ -56,6 +58,7 @@ pub struct Overrides {
     pub net: Option<crate::init::NetConfig>,
     pub self_check: Option<super::AfterSelfCheck>,
     pub self_check_resource: Option<String>,
+    pub self_check_image: Option<String>,
 }
 
 /// Splits a kernel command line into words the way the kernel does: on whitespace, with double
@@ -168,6 +171,13 @@ pub fn parse_cmdline(line: &str) -> Result<(Overrides, Vec<String>), ConfigError
                 ward_attester::kbs::ResourceUri::parse(value)
                     .map_err(|e| bad(format!("`{value}`: {e}")))?;
                 o.self_check_resource = Some(value.to_string());
+            }
+            "self_check_image" => {
+                // The reference itself is parsed by the puller, which names the problem.
+                if value.len() > 512 || value.chars().any(|c| c.is_control()) {
+                    return Err(bad(format!("`{value}` is not an image reference")));
+                }
+                o.self_check_image = Some(value.to_string());
             }
             _ => unknown.push(full.clone()),
         }

@@ -166,6 +166,8 @@ pub struct SelfCheckSettings {
     pub then: AfterSelfCheck,
     /// A `kbs:///` resource to fetch through the shared KBS session (its value is never logged).
     pub resource: Option<String>,
+    /// An image to pull into a scratch bundle (`[images]` settings and keys apply).
+    pub image: Option<String>,
 }
 
 /// A validated configuration.
@@ -390,16 +392,14 @@ impl Config {
         if let Some(v) = o.net {
             self.net = Some(v);
         }
-        match (o.self_check, o.self_check_resource) {
-            (Some(then), resource) => self.self_check = Some(SelfCheckSettings { then, resource }),
-            // A resource alone asks for a check that keeps serving afterwards.
-            (None, Some(resource)) => {
-                self.self_check = Some(SelfCheckSettings {
-                    then: AfterSelfCheck::Serve,
-                    resource: Some(resource),
-                })
-            }
-            (None, None) => {}
+        // A resource or an image alone asks for a check that keeps serving afterwards.
+        let asked = o.self_check_resource.is_some() || o.self_check_image.is_some();
+        if let Some(then) = o.self_check.or(asked.then_some(AfterSelfCheck::Serve)) {
+            self.self_check = Some(SelfCheckSettings {
+                then,
+                resource: o.self_check_resource,
+                image: o.self_check_image,
+            });
         }
         if let Some(url) = o.kbs_url {
             match &mut self.kbs {

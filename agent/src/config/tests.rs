@@ -400,6 +400,16 @@ fn cmdline_boot_keys() {
         Some(SelfCheckSettings {
             then: AfterSelfCheck::PowerOff,
             resource: Some("kbs:///default/key/boot".to_string()),
+            image: None,
+        })
+    );
+    let c = from_text("", Some("ward.self_check_image=10.0.2.2:5000/boot/app:v1")).unwrap();
+    assert_eq!(
+        c.self_check,
+        Some(SelfCheckSettings {
+            then: AfterSelfCheck::Serve,
+            resource: None,
+            image: Some("10.0.2.2:5000/boot/app:v1".to_string()),
         })
     );
     // None of them is on by default, and a file cannot turn them on.
