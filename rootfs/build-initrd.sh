@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds a guest initrd with wardd as /init, and fetches the kernel to boot it with.
 #
-#   rootfs/build-initrd.sh [--debug] [--wardd PATH] [--out DIR] [--modules "NAME..."]
+#   rootfs/build-initrd.sh [--debug] [--wardd PATH] [--out DIR] [--modules "NAME..."] [--config FILE] [--no-ca-certs]
 #
 # - The kernel is Debian's linux-image-amd64 (the real linux-image-<version> it depends on),
 #   fetched with `apt-get download` and unpacked with `dpkg-deb -x` into a cache directory
@@ -12,6 +12,11 @@
 # - Kernel modules: only those wardd needs (virtio PCI and net, vsock with the virtio and
 #   loopback transports, configfs for TSM reports, sev-guest), with their dependencies from
 #   modules.dep, listed in load order in /etc/ward/modules.load, which wardd loads as PID 1.
+# - The build host's CA bundle (/etc/ssl/certs/ca-certificates.crt, Debian's ca-certificates)
+#   for registries and KBSes with public certificates; part of the measured initrd. The registry
+#   client cannot start without a CA store, even for plain-HTTP registries. --no-ca-certs omits it.
+# - --config FILE becomes /etc/ward/ward.toml (without it wardd runs on its built-in defaults
+#   and the ward.* kernel command line).
 # - --debug adds busybox-static as /bin/busybox and /bin/sh (boot with rdinit=/bin/sh to look
 #   around); the default initrd holds nothing else.
 #
@@ -26,6 +31,8 @@ cache="${WARD_CACHE:-$root/.work/cache}"
 out="$root/.work/initrd"
 wardd=""
 debug=0
+config=""
+ca_certs=1
 modules="virtio_pci virtio_net vsock vmw_vsock_virtio_transport vsock_loopback configfs sev-guest"
 kernel_package="${KERNEL_PACKAGE:-linux-image-amd64}"
 
@@ -40,6 +47,8 @@ while [ $# -gt 0 ]; do
     --wardd) wardd="${2:?--wardd needs a path}"; shift ;;
     --out) out="${2:?--out needs a directory}"; shift ;;
     --modules) modules="${2?--modules needs a list}"; shift ;;
+    --config) config="${2:?--config needs a file}"; shift ;;
+    --no-ca-certs) ca_certs=0 ;;
     -h|--help) usage ;;
     *) echo "build-initrd: unknown argument $1" >&2; usage ;;
   esac
@@ -122,6 +131,19 @@ copy_libs() {
   done < <(ldd "$1" 2>/dev/null | awk '/=> \// {print $3} /^[[:space:]]*\// {print $1}')
 }
 copy_libs "$staging/init"
+
+ca_bundle=/etc/ssl/certs/ca-certificates.crt
+if [ "$ca_certs" -eq 1 ]; then
+  if [ -s "$ca_bundle" ]; then
+    install -D -m 0644 "$ca_bundle" "$staging$ca_bundle"
+  else
+    log "no $ca_bundle on this machine (install ca-certificates): the initrd has no CA store"
+  fi
+fi
+
+if [ -n "$config" ]; then
+  install -m 0644 "$config" "$staging/etc/ward/ward.toml"
+fi
 
 if [ "$debug" -eq 1 ]; then
   [ -x /bin/busybox ] || { log "--debug needs busybox-static (/bin/busybox)"; exit 1; }

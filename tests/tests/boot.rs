@@ -3,7 +3,9 @@
 //! command line, configures the NIC (`ward.net=`), attests with the sample TEE to the dev KBS
 //! on this machine (10.0.2.2 in qemu's user network is the host's loopback), then its
 //! self-check calls health on every ttrpc listener (vsock through `vsock_loopback`), fetches a
-//! secret, and powers the guest off. The test reads the serial console and fails on any panic,
+//! secret, pulls an encrypted image from a registry on this machine (its key released by the
+//! KBS; this part is skipped when docker-registry, skopeo or umoci are missing), and powers the
+//! guest off. The test reads the serial console and fails on any panic,
 //! error or timeout; it prints boot-to-ready (kernel time of wardd's READY) and the initrd size.
 //!
 //! KVM is used when /dev/kvm opens and the kernel starts under it; otherwise (or with
@@ -18,7 +20,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use ward_tests::bin;
+use ward_tests::registry::{ImageBuilder, TestRegistry, image_tools};
+use ward_tests::{bin, run_ward};
 
 /// The whole boot, kernel start to power-off, under software emulation on a slow machine.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(240);
@@ -242,12 +245,15 @@ struct KbsProcess {
 }
 
 impl KbsProcess {
-    fn start(dir: &Path, secret: &str) -> KbsProcess {
+    fn start(dir: &Path, resources: &[(&str, &str)]) -> KbsProcess {
         let url_file = dir.join("kbs.url");
-        let child = Command::new(bin("dev-kbs"))
-            .args(["--listen", "127.0.0.1:0", "--url-file"])
-            .arg(&url_file)
-            .args(["--resource", &format!("default/key/boot={secret}")])
+        let mut cmd = Command::new(bin("dev-kbs"));
+        cmd.args(["--listen", "127.0.0.1:0", "--url-file"])
+            .arg(&url_file);
+        for (path, value) in resources {
+            cmd.args(["--resource", &format!("{path}={value}")]);
+        }
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -295,12 +301,58 @@ fn wardd_boots_as_init_attests_serves_and_powers_off() {
     let test_started = Instant::now();
     let work = tempfile::tempdir().unwrap();
 
+    // An image whose layer is encrypted with a KEK only the KBS holds, in a registry on this
+    // machine: the guest reaches it as 10.0.2.2:PORT, over plain HTTP (configured below).
+    let kek = "0123456789abcdef0123456789abcdef"; // 32 bytes
+    let registry = match image_tools() {
+        Ok(()) => {
+            let reg = TestRegistry::start();
+            let img = ImageBuilder::new("v1");
+            std::fs::write(img.rootfs().join("hello"), "from an encrypted image\n").unwrap();
+            img.layer();
+            let kek_file = work.path().join("kek");
+            std::fs::write(&kek_file, kek).unwrap();
+            let (code, out, err) = run_ward(
+                "ward",
+                &[
+                    "image",
+                    "encrypt",
+                    &format!("{}:v1", img.layout.display()),
+                    "--kid",
+                    "kbs:///default/image-kek/boot",
+                    "--kek-file",
+                    kek_file.to_str().unwrap(),
+                ],
+            );
+            assert_eq!(code, 0, "{out}{err}");
+            reg.push(&img.layout, "v1", "boot/secret-app");
+            let guest_ref = format!("10.0.2.2:{}/boot/secret-app:v1", reg.port);
+            Some((reg, img, guest_ref))
+        }
+        Err(skip) => {
+            eprintln!("image pull part {skip}");
+            None
+        }
+    };
+    let config = work.path().join("ward.toml");
+    let insecure = registry
+        .as_ref()
+        .map(|(r, _, _)| format!("\"10.0.2.2:{}\"", r.port))
+        .unwrap_or_default();
+    std::fs::write(
+        &config,
+        format!("[images]\ninsecure_registries = [{insecure}]\n"),
+    )
+    .unwrap();
+
     // The initrd, from the wardd this test run built (stripped by the script).
     let out = Command::new(repo_root().join("rootfs/build-initrd.sh"))
         .arg("--wardd")
         .arg(bin("wardd"))
         .arg("--out")
         .arg(work.path())
+        .arg("--config")
+        .arg(&config)
         .output()
         .unwrap();
     let build_log = format!(
@@ -316,14 +368,23 @@ fn wardd_boots_as_init_attests_serves_and_powers_off() {
 
     // A secret the guest can only get by attesting; it must never show on the console.
     let secret = format!("boot-secret-{}", hex::encode(rand::random::<[u8; 12]>()));
-    let kbs = KbsProcess::start(work.path(), &secret);
+    let kbs = KbsProcess::start(
+        work.path(),
+        &[
+            ("default/key/boot", &secret),
+            ("default/image-kek/boot", kek),
+        ],
+    );
     let port = kbs.url.rsplit(':').next().unwrap().to_string();
-    let append = format!(
+    let mut append = format!(
         "console=ttyS0 panic=-1 loglevel=6 \
          ward.tee=sample ward.allow_sample=true ward.kbs_url=http://10.0.2.2:{port} \
          ward.net=eth0:10.0.2.15/24:10.0.2.2 ward.log_level=info \
          ward.self_check=poweroff ward.self_check_resource=kbs:///default/key/boot"
     );
+    if let Some((_, _, guest_ref)) = &registry {
+        append.push_str(&format!(" ward.self_check_image={guest_ref}"));
+    }
 
     let wanted = std::env::var("WARD_BOOT_ACCEL").unwrap_or_default();
     let mut result = if wanted != "tcg" && kvm_usable() {
@@ -366,8 +427,10 @@ fn wardd_boots_as_init_attests_serves_and_powers_off() {
         );
     }
     assert!(
-        !console.iter().any(|l| l.contains(&secret)),
-        "the secret's value reached the console"
+        !console
+            .iter()
+            .any(|l| l.contains(&secret) || l.contains(kek)),
+        "a secret's value reached the console"
     );
     let has = |needle: &str| console.iter().any(|l| l.contains(needle));
     for needle in [
@@ -388,9 +451,21 @@ fn wardd_boots_as_init_attests_serves_and_powers_off() {
         "qemu ended with {:?}",
         result.exit
     );
+    let resources = if let Some((_, _, guest_ref)) = &registry {
+        // The layer's key came from the KBS and the layer decrypted and verified in the guest.
+        for needle in [
+            format!("self-check: image pulled image={guest_ref}"),
+            "encrypted_layers=1".to_string(),
+        ] {
+            assert!(has(&needle), "the console lacks `{needle}`:\n{}", dump());
+        }
+        2
+    } else {
+        1
+    };
     assert!(
-        kbs_out.contains("1 resource requests"),
-        "the dev KBS saw no resource request: {kbs_out}"
+        kbs_out.contains(&format!("{resources} resource requests")),
+        "the dev KBS did not serve {resources} resources: {kbs_out}"
     );
 
     // Kernel start to READY, by the kernel's own clock (wardd writes READY to /dev/kmsg).
@@ -406,6 +481,7 @@ fn wardd_boots_as_init_attests_serves_and_powers_off() {
         .iter()
         .find(|l| l.text.contains("Linux version"))
         .map(|l| l.at);
+    drop(registry);
     eprintln!(
         "boot ({}): kernel start to wardd READY {boot_to_ready:.3} s (printk clock); \
          qemu start to READY {:.2} s wall (kernel banner at {:.2} s); initrd {} bytes ({} KiB); \
