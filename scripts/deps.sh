@@ -8,9 +8,10 @@ set -euo pipefail
 # docker-registry, skopeo, umoci: real registries and images for the image tests;
 # qemu-system-x86, cpio, kmod (depmod), zstd, busybox-static: the initrd build and the qemu boot
 # test (rootfs/build-initrd.sh fetches Debian's kernel with apt-get download, never installs it);
-# systemd: systemd-analyze verify for rootfs/systemd/ (tests/tests/systemd_unit.rs).
+# systemd: systemd-analyze verify for rootfs/systemd/ (tests/tests/systemd_unit.rs);
+# and the shellcheck package, with which CI lints rootfs/'s scripts.
 PACKAGES=(util-linux procps libtss2-dev pkg-config docker-registry skopeo umoci
-  qemu-system-x86 cpio kmod zstd busybox-static systemd)
+  qemu-system-x86 cpio kmod zstd busybox-static systemd shellcheck)
 
 missing=()
 for p in "${PACKAGES[@]}"; do
