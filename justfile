@@ -40,3 +40,13 @@ bench-pull:
 # 1 core and all cores, next to `openssl speed`; then SHA-256 and ward's sealed opener end to end.
 bench-aead:
     cargo run --release -q -p ward-tests --bin bench-aead
+
+# A guest initrd: wardd (release) as /init, Debian's kernel, only the modules wardd needs.
+initrd *ARGS:
+    rootfs/build-initrd.sh {{ARGS}}
+
+# Boot the initrd under qemu: wardd attests to the dev KBS, fetches a secret, self-checks
+# over vsock, powers off; prints boot-to-ready and the initrd size. (Also part of `just test`.)
+boot-test: deps
+    cargo build -p ward-agent --bins
+    cargo test -p ward-tests --test boot -- --nocapture

@@ -5,9 +5,13 @@ set -euo pipefail
 
 # util-linux: unshare and nsenter (the PID-1 test); procps: ps for debugging test failures;
 # libtss2-dev, pkg-config: the Azure vTPM attesters (cargo feature `azure`, built in CI);
-# docker-registry, skopeo, umoci: real registries and images for the image tests.
-# Later issues add qemu-system-x86 linux-image-amd64 busybox-static cpio (rootfs).
-PACKAGES=(util-linux procps libtss2-dev pkg-config docker-registry skopeo umoci)
+# docker-registry, skopeo, umoci: real registries and images for the image tests;
+# qemu-system-x86, cpio, kmod (depmod), zstd, busybox-static: the initrd build and the qemu boot
+# test (rootfs/build-initrd.sh fetches Debian's kernel with apt-get download, never installs it);
+# systemd: systemd-analyze verify for rootfs/systemd/ (tests/tests/systemd_unit.rs);
+# and the shellcheck package, with which CI lints rootfs/'s scripts.
+PACKAGES=(util-linux procps libtss2-dev pkg-config docker-registry skopeo umoci
+  qemu-system-x86 cpio kmod zstd busybox-static systemd shellcheck)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

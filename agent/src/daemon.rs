@@ -8,8 +8,9 @@ use ttrpc::asynchronous::Server;
 
 use crate::attestation::{Attestation, AttestationSetupError};
 use crate::audit::{AuditError, AuditLog};
-use crate::config::{Config, Listener, Protocol};
+use crate::config::{AfterSelfCheck, Config, Listener, Protocol};
 use crate::listen::{self, ListenAddr, ListenError};
+use crate::selfcheck::{SelfCheckError, SelfCheckReport};
 use crate::services::{self, Context, DaemonState, Mode, RequestPolicy};
 use crate::systemd::Notifier;
 
@@ -41,6 +42,9 @@ pub enum DaemonError {
     /// Signal handlers could not be installed.
     #[error("cannot install signal handlers: {0}")]
     Signals(#[source] std::io::Error),
+    /// The start-up self-check failed (`ward.self_check=poweroff`).
+    #[error("self-check failed: {0}")]
+    SelfCheck(#[source] crate::selfcheck::SelfCheckError),
 }
 
 enum Running {
@@ -104,8 +108,8 @@ pub async fn run(config: &Config, mode: Mode) -> Result<(), DaemonError> {
     );
     let ctx = Context {
         daemon: state.clone(),
-        attestation,
-        images,
+        attestation: attestation.clone(),
+        images: images.clone(),
     };
     let policy = RequestPolicy {
         max_duration: config.request_timeout,
@@ -163,10 +167,38 @@ pub async fn run(config: &Config, mode: Mode) -> Result<(), DaemonError> {
         mode = mode.as_str(),
         "wardd ready"
     );
+    if mode == Mode::Pid1 {
+        // On the console with the kernel's timestamp: boot tests measure boot-to-ready by it.
+        crate::init::kmsg(5, "wardd: ready");
+    }
 
+    let (check, stop_after_check) = match &config.self_check {
+        Some(settings) => {
+            let poweroff = settings.then == AfterSelfCheck::PowerOff;
+            let (listeners, settings, a, i) = (
+                config.listeners.clone(),
+                settings.clone(),
+                attestation.clone(),
+                images.clone(),
+            );
+            let timeout = config.request_timeout;
+            let task = tokio::spawn(async move {
+                let outcome = crate::selfcheck::run(&listeners, &settings, &a, &i, timeout).await;
+                report_self_check(&outcome, mode);
+                outcome
+            });
+            (Some(task), poweroff)
+        }
+        None => (None, false),
+    };
+    let mut check_failure = None;
     let signal = tokio::select! {
         _ = term.recv() => "SIGTERM",
         _ = int.recv() => "SIGINT",
+        outcome = self_check_done(check), if stop_after_check => {
+            check_failure = outcome.err();
+            "self-check done"
+        }
     };
     tracing::info!(signal, "stopping");
     let _ = notifier.notify("STOPPING=1\nSTATUS=stopping");
@@ -185,7 +217,45 @@ pub async fn run(config: &Config, mode: Mode) -> Result<(), DaemonError> {
         tracing::info!(path = %audit.path().display(), entries, head, "audit log closed");
     }
     tracing::info!("wardd stopped");
-    Ok(())
+    match check_failure {
+        Some(e) => Err(DaemonError::SelfCheck(e)),
+        None => Ok(()),
+    }
+}
+
+/// The self-check's outcome; a task that died counts as a failure, and no task never ends.
+async fn self_check_done(
+    task: Option<tokio::task::JoinHandle<Result<SelfCheckReport, SelfCheckError>>>,
+) -> Result<SelfCheckReport, SelfCheckError> {
+    match task {
+        Some(t) => match t.await {
+            Ok(outcome) => outcome,
+            Err(e) => Err(SelfCheckError::Aborted(e.to_string())),
+        },
+        None => std::future::pending().await,
+    }
+}
+
+fn report_self_check(outcome: &Result<SelfCheckReport, SelfCheckError>, mode: Mode) {
+    let line = match outcome {
+        Ok(r) => {
+            tracing::info!(
+                healthy = ?r.healthy,
+                resource = r.resource.as_ref().map(|(uri, _)| uri.as_str()),
+                bytes = r.resource.as_ref().map(|(_, n)| *n),
+                image = r.image.as_ref().map(|(image, _)| image.as_str()),
+                "self-check passed"
+            );
+            "wardd: self-check passed".to_string()
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "self-check failed");
+            format!("wardd: self-check failed: {e}")
+        }
+    };
+    if mode == Mode::Pid1 {
+        crate::init::kmsg(if outcome.is_ok() { 5 } else { 3 }, &line);
+    }
 }
 
 async fn start_ttrpc(

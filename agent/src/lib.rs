@@ -12,7 +12,8 @@
 //! - [`daemon`]: the wiring that runs all of the above until a stop signal;
 //! - [`client`]: small clients for wardd's own services (the CLI and tests use them);
 //! - [`sealed_secret`]: CoCo sealed secrets (ES256 JWS), verified before use;
-//! - [`logging`]: `tracing` output, human or JSON.
+//! - [`logging`]: `tracing` output, human or JSON;
+//! - [`selfcheck`]: the start-up self-check a booted image runs on itself (`ward.self_check=`).
 
 pub mod attestation;
 pub mod audit;
@@ -25,6 +26,7 @@ pub mod init;
 pub mod listen;
 pub mod logging;
 pub mod sealed_secret;
+pub mod selfcheck;
 pub mod services;
 pub mod systemd;
 

@@ -560,3 +560,31 @@ mod formats {
         );
     }
 }
+
+/// A guest without a CA store (a minimal initrd) gets a clear registry error from a pull, not a
+/// panic from inside the registry client (oci-client builds a default reqwest client, which
+/// panics there). rustls-native-certs reads only SSL_CERT_FILE / SSL_CERT_DIR when they are set.
+#[test]
+fn without_a_ca_store_a_pull_fails_with_a_message_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(ward_tests::bin("ward"))
+        .args([
+            "pull",
+            "127.0.0.1:9/none/such:v1",
+            "--insecure-registry",
+            "127.0.0.1:9",
+        ])
+        .arg("--bundle")
+        .arg(dir.path().join("bundle"))
+        .arg("--store")
+        .arg(dir.path().join("store"))
+        .env("SSL_CERT_FILE", dir.path().join("no-such-bundle.pem"))
+        .env("SSL_CERT_DIR", dir.path().join("no-such-dir"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_ne!(out.status.code(), Some(101), "{err}");
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("no usable system CA store"), "{err}");
+}

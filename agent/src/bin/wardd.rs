@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use ward_agent::config::{Config, DEFAULT_CONFIG_PATH, RawConfig};
+use ward_agent::init::MountReport;
 use ward_agent::services::Mode;
 use ward_agent::{daemon, init, logging};
 
@@ -79,14 +80,33 @@ fn run(args: &Args, pid1: bool) -> End {
             Err(e) => End::Fatal(format!("cannot print the defaults: {e}")),
         };
     }
-    // As PID 1 nothing is mounted yet, not even /proc (where the command line is).
-    let mounts = if pid1 {
-        match init::mount_early() {
-            Ok(report) => Some(report),
+    // As PID 1 nothing is mounted yet, not even /proc (where the command line is); then the
+    // initrd's kernel modules (virtio, vsock...) are loaded, before anything needs a device.
+    let (mounts, modules) = if pid1 {
+        let mounts = match init::mount_early() {
+            Ok(report) => report,
             Err(e) => return End::Fatal(format!("early mounts failed: {e}")),
-        }
+        };
+        let modules = match init::load_modules(std::path::Path::new(init::MODULES_LIST)) {
+            Ok(report) => report,
+            Err(e) => return End::Fatal(format!("kernel modules: {e}")),
+        };
+        // A module may have brought a filesystem the first pass found absent (configfs).
+        let mounts = if modules.loaded.is_empty() {
+            mounts
+        } else {
+            match init::mount_early() {
+                Ok(again) => MountReport {
+                    mounted: [mounts.mounted, again.mounted].concat(),
+                    already: mounts.already,
+                    absent: again.absent,
+                },
+                Err(e) => return End::Fatal(format!("early mounts after modules failed: {e}")),
+            }
+        };
+        (Some(mounts), Some(modules))
     } else {
-        None
+        (None, None)
     };
 
     let (path, explicit) = match &args.config {
@@ -111,7 +131,35 @@ fn run(args: &Args, pid1: bool) -> End {
         tracing::warn!(key, "unknown kernel command-line key ignored");
     }
     if let Some(report) = mounts {
-        tracing::info!(mounted = ?report.mounted, already = ?report.already, "early mounts");
+        tracing::info!(
+            mounted = ?report.mounted,
+            already = ?report.already,
+            absent = ?report.absent,
+            "early mounts"
+        );
+    }
+    if let Some(report) = modules
+        && report != init::ModuleReport::default()
+    {
+        tracing::info!(
+            loaded = ?report.loaded,
+            already = ?report.already,
+            no_device = ?report.no_device,
+            "kernel modules"
+        );
+    }
+    if pid1 {
+        if let Err(e) = init::loopback_up() {
+            tracing::warn!(error = %e, "cannot bring up lo");
+        }
+        if let Some(net) = &config.net {
+            match init::configure_net(net) {
+                Ok(()) => tracing::info!(%net, "network configured"),
+                Err(e) => return End::Fatal(format!("ward.net={net}: {e}")),
+            }
+        }
+    } else if let Some(net) = &config.net {
+        tracing::warn!(%net, "ward.net is applied in PID-1 mode only; ignored");
     }
     let mode = if pid1 {
         Mode::Pid1

@@ -9,6 +9,12 @@
 //! `ward.listen=ADDRESS#SERVICE[,SERVICE...]`, repeatable, which replaces the listener list,
 //! `ward.tee` (`auto` or a TEE name), `ward.allow_sample` and `ward.kbs_url`. The sample TEE is
 //! refused on real TEE hardware whatever the command line says, so these cannot downgrade a guest.
+//!
+//! For booted images: `ward.net=IFACE:ADDRESS/PREFIX[:GATEWAY]` (a static IPv4 address, PID-1
+//! mode only), `ward.self_check=serve|poweroff` (once ready, call wardd's own health service on
+//! each ttrpc listener, then keep serving or stop) and `ward.self_check_resource=kbs:///...` (also
+//! fetch that resource through the KBS session; its value is never logged), and
+//! `ward.self_check_image=REFERENCE` (also pull that image into a scratch bundle).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -17,7 +23,7 @@ use super::{ConfigError, Listener, LogFormat, Origin, expand_services, oom_score
 use crate::listen::ListenAddr;
 
 /// The keys (after `ward.`) this version understands.
-const KEYS: [&str; 10] = [
+const KEYS: [&str; 14] = [
     "tee",
     "allow_sample",
     "kbs_url",
@@ -28,6 +34,10 @@ const KEYS: [&str; 10] = [
     "request_timeout",
     "oom_score_adj",
     "listen",
+    "net",
+    "self_check",
+    "self_check_resource",
+    "self_check_image",
 ];
 
 /// Validated values taken from the kernel command line.
@@ -45,6 +55,10 @@ pub struct Overrides {
     pub tee: Option<Option<ward_attester::tee::Tee>>,
     pub allow_sample: Option<bool>,
     pub kbs_url: Option<String>,
+    pub net: Option<crate::init::NetConfig>,
+    pub self_check: Option<super::AfterSelfCheck>,
+    pub self_check_resource: Option<String>,
+    pub self_check_image: Option<String>,
 }
 
 /// Splits a kernel command line into words the way the kernel does: on whitespace, with double
@@ -139,6 +153,32 @@ pub fn parse_cmdline(line: &str) -> Result<(Overrides, Vec<String>), ConfigError
                 })
             }
             "kbs_url" => o.kbs_url = Some(super::validate_kbs_url(&full, value)?),
+            "net" => {
+                o.net = Some(
+                    value
+                        .parse::<crate::init::NetConfig>()
+                        .map_err(|e| bad(e.to_string()))?,
+                )
+            }
+            "self_check" => {
+                o.self_check = Some(match value {
+                    "serve" => super::AfterSelfCheck::Serve,
+                    "poweroff" => super::AfterSelfCheck::PowerOff,
+                    v => return Err(bad(format!("`{v}` is not serve or poweroff"))),
+                })
+            }
+            "self_check_resource" => {
+                ward_attester::kbs::ResourceUri::parse(value)
+                    .map_err(|e| bad(format!("`{value}`: {e}")))?;
+                o.self_check_resource = Some(value.to_string());
+            }
+            "self_check_image" => {
+                // The reference itself is parsed by the puller, which names the problem.
+                if value.len() > 512 || value.chars().any(|c| c.is_control()) {
+                    return Err(bad(format!("`{value}` is not an image reference")));
+                }
+                o.self_check_image = Some(value.to_string());
+            }
             _ => unknown.push(full.clone()),
         }
     }

@@ -169,6 +169,25 @@ pub struct KbsSettings {
     pub coco_token_reply: bool,
 }
 
+/// What wardd does once its start-up self-check is over (`ward.self_check=`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AfterSelfCheck {
+    /// Keep serving (the outcome is logged).
+    Serve,
+    /// Stop as on SIGTERM; as PID 1 that powers the guest off. A failed check is a fatal error.
+    PowerOff,
+}
+
+/// The start-up self-check, asked for on the kernel command line (boot tests, image smoke tests).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SelfCheckSettings {
+    pub then: AfterSelfCheck,
+    /// A `kbs:///` resource to fetch through the shared KBS session (its value is never logged).
+    pub resource: Option<String>,
+    /// An image to pull into a scratch bundle (`[images]` settings and keys apply).
+    pub image: Option<String>,
+}
+
 /// A validated configuration.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
@@ -188,6 +207,10 @@ pub struct Config {
     /// `None`: no KBS; tokens and resources are unavailable.
     pub kbs: Option<KbsSettings>,
     pub images: ImageSettings,
+    /// `ward.net=`: a static address for one interface, applied in PID-1 mode only.
+    pub net: Option<crate::init::NetConfig>,
+    /// `ward.self_check=`: check wardd's own listeners (and a KBS resource) once ready.
+    pub self_check: Option<SelfCheckSettings>,
 }
 
 impl Config {
@@ -419,6 +442,8 @@ impl Config {
                 raw.daemon.request_timeout_secs,
             )?,
             oom_score_adj: oom_score_adj("daemon.oom_score_adj", raw.daemon.oom_score_adj)?,
+            net: None,
+            self_check: None,
         })
     }
 
@@ -450,6 +475,18 @@ impl Config {
         }
         if let Some(v) = o.allow_sample {
             self.attestation.allow_sample = v;
+        }
+        if let Some(v) = o.net {
+            self.net = Some(v);
+        }
+        // A resource or an image alone asks for a check that keeps serving afterwards.
+        let asked = o.self_check_resource.is_some() || o.self_check_image.is_some();
+        if let Some(then) = o.self_check.or(asked.then_some(AfterSelfCheck::Serve)) {
+            self.self_check = Some(SelfCheckSettings {
+                then,
+                resource: o.self_check_resource,
+                image: o.self_check_image,
+            });
         }
         if let Some(url) = o.kbs_url {
             match &mut self.kbs {

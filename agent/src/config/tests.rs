@@ -440,3 +440,68 @@ fn image_policy_and_mirrors() {
         assert!(e.contains(key), "{text}: {e}");
     }
 }
+
+#[test]
+fn cmdline_boot_keys() {
+    let c = from_text(
+        "",
+        Some(
+            "ward.net=eth0:10.0.2.15/24:10.0.2.2 ward.self_check=poweroff \
+             ward.self_check_resource=kbs:///default/key/boot",
+        ),
+    )
+    .unwrap();
+    assert_eq!(
+        c.net.as_ref().map(ToString::to_string).as_deref(),
+        Some("eth0:10.0.2.15/24:10.0.2.2")
+    );
+    assert_eq!(
+        c.self_check,
+        Some(SelfCheckSettings {
+            then: AfterSelfCheck::PowerOff,
+            resource: Some("kbs:///default/key/boot".to_string()),
+            image: None,
+        })
+    );
+    let c = from_text("", Some("ward.self_check_image=10.0.2.2:5000/boot/app:v1")).unwrap();
+    assert_eq!(
+        c.self_check,
+        Some(SelfCheckSettings {
+            then: AfterSelfCheck::Serve,
+            resource: None,
+            image: Some("10.0.2.2:5000/boot/app:v1".to_string()),
+        })
+    );
+    // None of them is on by default, and a file cannot turn them on.
+    let c = from_text("", None).unwrap();
+    assert_eq!((c.net, c.self_check), (None, None));
+    // A resource alone asks for a check that keeps serving.
+    let c = from_text("", Some("ward.self_check_resource=kbs:///a/b/c")).unwrap();
+    assert_eq!(c.self_check.map(|s| s.then), Some(AfterSelfCheck::Serve));
+    for (line, want) in [
+        (
+            "ward.net=eth0",
+            "ward.net: `eth0` is not IFACE:ADDRESS/PREFIX",
+        ),
+        (
+            "ward.net=eth0:10.0.2.15/40",
+            "ward.net: `40` is not a prefix length",
+        ),
+        (
+            "ward.net=eth0:10.0.2.15/24:10.9.9.9",
+            "ward.net: gateway 10.9.9.9 is not another address in 10.0.2.15/24",
+        ),
+        (
+            "ward.self_check=reboot",
+            "ward.self_check: `reboot` is not serve or poweroff",
+        ),
+        (
+            "ward.self_check_resource=/etc/passwd",
+            "ward.self_check_resource: `/etc/passwd`",
+        ),
+        ("ward.net=", "ward.net: needs a value"),
+    ] {
+        let e = parse_cmdline(line).unwrap_err().to_string();
+        assert!(e.contains(want), "`{e}` lacks `{want}`");
+    }
+}

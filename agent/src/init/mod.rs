@@ -1,16 +1,23 @@
-//! PID-1 duties: early mounts, reaping orphans, `oom_score_adj`, and powering off (never
-//! exiting) on a stop request, a fatal error or a panic.
+//! PID-1 duties: early mounts, kernel modules from the initrd's list, the loopback interface
+//! and an optional static address (`ward.net=`), reaping orphans, `oom_score_adj`, and powering
+//! off (never exiting) on a stop request, a fatal error or a panic.
 //!
 //! Nothing here runs unless wardd really is PID 1 ([`is_pid1`]): a wardd started by systemd or
 //! from a shell never mounts, reaps or powers anything off. As PID 1, wardd must not spawn
 //! children through `tokio::process` (the reaper would collect their exit status first).
 
+mod modules;
 mod mounts;
+mod net;
 mod poweroff;
 mod reaper;
 
+pub use modules::{MODULES_LIST, ModuleError, ModuleReport, load_modules, parse_list};
 pub use mounts::{MountError, MountReport, mount_early};
-pub use poweroff::{install_panic_hook, power_off, terminate_all};
+pub use net::{
+    IfName, NetConfig, NetError, NetParseError, configure as configure_net, loopback_up,
+};
+pub use poweroff::{install_panic_hook, kmsg, power_off, terminate_all};
 pub use reaper::{reap_ready, spawn_reaper};
 
 /// Whether this process is PID 1 of its PID namespace.

@@ -35,7 +35,7 @@ pub fn terminate_all(grace: Duration) {
 /// kernel refuses, wardd aborts, which as PID 1 ends the guest too.
 pub fn power_off(reason: &str) -> ! {
     let _ = writeln!(std::io::stderr(), "wardd: powering off: {reason}");
-    kmsg(&format!("wardd: powering off: {reason}"));
+    kmsg(2, &format!("wardd: powering off: {reason}"));
     nix::unistd::sync();
     let err = reboot(RebootMode::RB_POWER_OFF);
     let _ = writeln!(
@@ -45,10 +45,11 @@ pub fn power_off(reason: &str) -> ! {
     std::process::abort()
 }
 
-/// Writes a line to the kernel log, so it survives a console that is not read.
-fn kmsg(line: &str) {
+/// Writes a line to the kernel log at `level` (0 emergency to 7 debug), so it survives a
+/// console that is not read and carries the kernel's timestamp. Best effort.
+pub fn kmsg(level: u8, line: &str) {
     if let Ok(mut f) = std::fs::OpenOptions::new().write(true).open("/dev/kmsg") {
-        let _ = writeln!(f, "<2>{line}");
+        let _ = writeln!(f, "<{}>{line}", level.min(7));
     }
 }
 

@@ -124,6 +124,10 @@ impl KbsClient {
                 ));
             }
             builder = builder.tls_certs_only(certs);
+        } else if base.starts_with("http://") {
+            // Plain HTTP never uses TLS, so trust no root rather than load the platform's: a
+            // minimal initrd has no CA store, and building the platform verifier would fail.
+            builder = builder.tls_certs_only(Vec::new());
         }
         let http = builder
             .build()

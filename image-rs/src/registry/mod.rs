@@ -269,7 +269,21 @@ impl Registry {
                 data: pem.clone(),
             });
         }
-        let client = Client::new(ClientConfig {
+        // oci-client also builds a default reqwest client (struct-update `..Default::default()`
+        // in its TryFrom), and reqwest's default client panics when the system has no CA store,
+        // as in a minimal initrd, even for plain-HTTP registries. Find out first and say so.
+        reqwest::Client::builder().build().map_err(|e| {
+            let cause = std::error::Error::source(&e)
+                .map(|s| format!(": {s}"))
+                .unwrap_or_default();
+            RegistryError::Config(format!(
+                "no usable system CA store{cause} (the registry client needs one even for \
+                 plain-HTTP registries: install ca-certificates in the guest)"
+            ))
+        })?;
+        // try_from, not new: new falls back to a default configuration on error, which would
+        // silently drop the CA and timeouts configured here.
+        let client = Client::try_from(ClientConfig {
             protocol: if config.insecure.is_empty() {
                 ClientProtocol::Https
             } else {
@@ -279,7 +293,8 @@ impl Registry {
             read_timeout: config.timeout,
             connect_timeout: config.timeout,
             ..Default::default()
-        });
+        })
+        .map_err(|e| RegistryError::Config(e.to_string()))?;
         Ok(Registry { client, config })
     }
 

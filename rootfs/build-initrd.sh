@@ -1,0 +1,230 @@
+#!/usr/bin/env bash
+# Builds a guest initrd with wardd as /init, and fetches the kernel to boot it with.
+#
+#   rootfs/build-initrd.sh [--debug] [--wardd PATH] [--out DIR] [--modules "NAME..."] [--config FILE] [--no-ca-certs]
+#
+# - The kernel is Debian's linux-image-amd64 (the real linux-image-<version> it depends on),
+#   fetched with `apt-get download` and unpacked with `dpkg-deb -x` into a cache directory
+#   (never installed); `depmod -b` writes the modules.dep the package leaves to its postinst.
+# - wardd: a static musl build when the x86_64-unknown-linux-musl target is installed, else the
+#   glibc build with the shared libraries `ldd` names. `--wardd PATH` takes a built binary
+#   (the boot test passes the debug build); it is always stripped into the initrd.
+# - Kernel modules: only those wardd needs (virtio PCI and net, vsock with the virtio and
+#   loopback transports, configfs for TSM reports, sev-guest), with their dependencies from
+#   modules.dep, listed in load order in /etc/ward/modules.load, which wardd loads as PID 1.
+# - The build host's CA bundle (/etc/ssl/certs/ca-certificates.crt, Debian's ca-certificates)
+#   for registries and KBSes with public certificates; part of the measured initrd. The registry
+#   client cannot start without a CA store, even for plain-HTTP registries. --no-ca-certs omits it.
+# - --config FILE becomes /etc/ward/ward.toml (without it wardd runs on its built-in defaults
+#   and the ward.* kernel command line).
+# - --debug adds busybox-static as /bin/busybox and /bin/sh (boot with rdinit=/bin/sh to look
+#   around); the default initrd holds nothing else.
+#
+# Writes DIR/vmlinuz, DIR/initrd.img (or initrd-debug.img) and DIR/kernel-version, and prints
+# the initrd's size. Needs: apt-get, dpkg-deb, depmod (kmod), cpio, zstd or gzip; root for the
+# /dev/console node (without it, the kernel has no console to hand to /init).
+# Environment: WARD_CACHE (default .work/cache), KERNEL_PACKAGE (default linux-image-amd64).
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+cache="${WARD_CACHE:-$root/.work/cache}"
+out="$root/.work/initrd"
+wardd=""
+debug=0
+config=""
+ca_certs=1
+modules="virtio_pci virtio_net vsock vmw_vsock_virtio_transport vsock_loopback configfs sev-guest"
+kernel_package="${KERNEL_PACKAGE:-linux-image-amd64}"
+
+usage() {
+  sed -n '2,4p' "$0" | sed 's/^# \{0,1\}//' >&2
+  exit 2
+}
+
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --debug) debug=1 ;;
+    --wardd) wardd="${2:?--wardd needs a path}"; shift ;;
+    --out) out="${2:?--out needs a directory}"; shift ;;
+    --modules) modules="${2?--modules needs a list}"; shift ;;
+    --config) config="${2:?--config needs a file}"; shift ;;
+    --no-ca-certs) ca_certs=0 ;;
+    -h|--help) usage ;;
+    *) echo "build-initrd: unknown argument $1" >&2; usage ;;
+  esac
+  shift
+done
+
+log() { echo "build-initrd: $*" >&2; }
+need() { command -v "$1" >/dev/null 2>&1 || { log "missing $1 ($2)"; exit 1; }; }
+need apt-get "Debian's apt"
+need dpkg-deb "dpkg"
+need depmod "the kmod package"
+need cpio "the cpio package"
+
+# --- the kernel -------------------------------------------------------------------------------
+# The metapackage names the real one (linux-image-6.1.0-NN-amd64).
+real_package=$(apt-cache depends "$kernel_package" 2>/dev/null \
+  | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
+if [ -z "$real_package" ]; then
+  real_package="$kernel_package"
+fi
+kdir="$cache/kernel/$real_package"
+if [ ! -d "$kdir/boot" ]; then
+  log "fetching $real_package (apt-get download, not installed)"
+  rm -rf "$kdir.tmp" && mkdir -p "$kdir.tmp"
+  # apt warns that root downloads unsandboxed; that is expected here.
+  (cd "$kdir.tmp" && apt-get download -q "$real_package" 2>&1 | grep -v "unsandboxed" >&2) || true
+  deb=$(find "$kdir.tmp" -maxdepth 1 -name '*.deb' | head -n1)
+  if [ -z "$deb" ]; then
+    log "apt-get download $real_package gave no .deb (run apt-get update?)"
+    exit 1
+  fi
+  dpkg-deb -x "$deb" "$kdir.tmp/root"
+  rm -f "$deb"
+  rm -rf "$kdir" && mv "$kdir.tmp/root" "$kdir" && rm -rf "$kdir.tmp"
+fi
+vmlinuz=$(find "$kdir/boot" -maxdepth 1 -name 'vmlinuz-*' | head -n1)
+kver=${vmlinuz##*/vmlinuz-}
+moddir="$kdir/lib/modules/$kver"
+if [ ! -s "$moddir/modules.dep" ]; then
+  log "depmod for $kver"
+  depmod -b "$kdir" "$kver"
+fi
+
+# --- the tree ---------------------------------------------------------------------------------
+staging=$(mktemp -d)
+trap 'rm -rf "$staging"' EXIT
+mkdir -p "$staging"/{dev,proc,sys,run,tmp,etc/ward,lib/modules/"$kver"}
+chmod 1777 "$staging/tmp"
+if [ "$(id -u)" -eq 0 ]; then
+  mknod -m 600 "$staging/dev/console" c 5 1
+  mknod -m 666 "$staging/dev/null" c 1 3
+else
+  log "not root: no /dev/console node in the initrd (the kernel will warn and /init gets no stdio)"
+fi
+
+# wardd: musl when the target is there, else glibc with its libraries.
+if [ -z "$wardd" ]; then
+  cd "$root"
+  if rustup target list --installed 2>/dev/null | grep -qx x86_64-unknown-linux-musl; then
+    log "building a static wardd (x86_64-unknown-linux-musl, release)"
+    cargo build -q --release --target x86_64-unknown-linux-musl -p ward-agent --bin wardd
+    wardd="${CARGO_TARGET_DIR:-$root/target}/x86_64-unknown-linux-musl/release/wardd"
+  else
+    log "no musl target installed: the glibc release build with its shared libraries"
+    cargo build -q --release -p ward-agent --bin wardd
+    wardd="${CARGO_TARGET_DIR:-$root/target}/release/wardd"
+  fi
+fi
+[ -x "$wardd" ] || { log "$wardd is not an executable"; exit 1; }
+strip -o "$staging/init" "$wardd" 2>/dev/null || cp "$wardd" "$staging/init"
+chmod 755 "$staging/init"
+
+copy_libs() {
+  # ldd prints "name => /path (addr)" and "/path (addr)"; a static binary has none.
+  local lib
+  while read -r lib; do
+    [ -n "$lib" ] || continue
+    mkdir -p "$staging$(dirname "$lib")"
+    cp -L "$lib" "$staging$lib"
+  done < <(ldd "$1" 2>/dev/null | awk '/=> \// {print $3} /^[[:space:]]*\// {print $1}')
+}
+copy_libs "$staging/init"
+
+ca_bundle=/etc/ssl/certs/ca-certificates.crt
+if [ "$ca_certs" -eq 1 ]; then
+  if [ -s "$ca_bundle" ]; then
+    install -D -m 0644 "$ca_bundle" "$staging$ca_bundle"
+  else
+    log "no $ca_bundle on this machine (install ca-certificates): the initrd has no CA store"
+  fi
+fi
+
+if [ -n "$config" ]; then
+  install -m 0644 "$config" "$staging/etc/ward/ward.toml"
+fi
+
+if [ "$debug" -eq 1 ]; then
+  [ -x /bin/busybox ] || { log "--debug needs busybox-static (/bin/busybox)"; exit 1; }
+  if ldd /bin/busybox >/dev/null 2>&1; then
+    log "/bin/busybox is dynamic: install busybox-static"
+    exit 1
+  fi
+  mkdir -p "$staging/bin"
+  cp /bin/busybox "$staging/bin/busybox"
+  ln -s busybox "$staging/bin/sh"
+fi
+
+# --- kernel modules, dependencies first -------------------------------------------------------
+# modules.dep: "kernel/x/y.ko: kernel/a.ko kernel/b.ko"; every line holds the module's whole
+# dependency closure, loaded from the last entry to the first (as modprobe does).
+declare -A dep_line=()
+declare -A by_name=()
+while IFS= read -r line; do
+  mod=${line%%:*}
+  name=$(basename "$mod" .ko)
+  name=${name//-/_}
+  by_name[$name]=$mod
+  dep_line[$mod]=${line#*:}
+done < "$moddir/modules.dep"
+
+order=()
+declare -A added=()
+add_module() {
+  local mod=$1 deps d i
+  [ -n "${added[$mod]:-}" ] && return
+  read -r -a deps <<< "${dep_line[$mod]}"
+  for ((i = ${#deps[@]} - 1; i >= 0; i--)); do
+    d=${deps[$i]}
+    add_module "$d"
+  done
+  added[$mod]=1
+  order+=("$mod")
+}
+for m in $modules; do
+  key=${m//-/_}
+  if [ -z "${by_name[$key]:-}" ]; then
+    if grep -q "/${m}.ko\$\|/${m//_/-}.ko\$" "$moddir/modules.builtin" 2>/dev/null; then
+      log "module $m is built into $kver"
+      continue
+    fi
+    log "module $m is not in $kver"
+    exit 1
+  fi
+  add_module "${by_name[$key]}"
+done
+{
+  echo "# kernel modules for wardd to load as PID 1, dependencies first (build-initrd.sh)"
+  for mod in "${order[@]}"; do
+    case "$mod" in
+      *.ko) ;;
+      *) log "$mod is compressed; this script handles uncompressed .ko only"; exit 1 ;;
+    esac
+    mkdir -p "$staging/lib/modules/$kver/$(dirname "$mod")"
+    cp "$moddir/$mod" "$staging/lib/modules/$kver/$mod"
+    echo "/lib/modules/$kver/$mod"
+  done
+} > "$staging/etc/ward/modules.load"
+
+# --- the archive ------------------------------------------------------------------------------
+mkdir -p "$out"
+name=initrd.img
+[ "$debug" -eq 1 ] && name=initrd-debug.img
+if command -v zstd >/dev/null 2>&1; then
+  compress=(zstd -q -9 -T0)
+else
+  compress=(gzip -9 -n)
+fi
+(cd "$staging" && find . -mindepth 1 -print0 | LC_ALL=C sort -z \
+  | cpio --null --create --format=newc --reproducible --owner=0:0 --quiet) \
+  | "${compress[@]}" > "$out/$name.tmp"
+mv "$out/$name.tmp" "$out/$name"
+cp "$vmlinuz" "$out/vmlinuz"
+echo "$kver" > "$out/kernel-version"
+
+size=$(stat -c %s "$out/$name")
+log "kernel $kver: $out/vmlinuz"
+log "modules: ${#order[@]} ($(for mod in "${order[@]}"; do basename "$mod" .ko; done | paste -sd' '))"
+log "wardd: $(stat -c %s "$staging/init") bytes stripped; libraries: $(find "$staging/lib" "$staging/lib64" -name '*.so*' 2>/dev/null | wc -l)"
+echo "initrd: $out/$name $size bytes ($((size / 1024)) KiB, ${compress[0]})"
