@@ -227,7 +227,7 @@ impl SealedOpener {
             )?;
             first = end;
         }
-        let actual_digest = hasher.finish();
+        let actual_digest = hasher.finish()?;
         if &actual_digest != self.header.plaintext_sha256() {
             return Err(SealedError::PlaintextDigestMismatch {
                 name: self.header.name().to_string(),
