@@ -170,7 +170,7 @@ impl SealedOpener {
     /// Opens the whole file `sealed` (header included, exactly [`SealedHeader::sealed_len`]
     /// bytes) on `threads` threads into one buffer and checks the plaintext SHA-256.
     pub fn open_file(
-        self,
+        &self,
         sealed: &[u8],
         threads: NonZeroUsize,
     ) -> Result<OpenedFile, SealedError> {
@@ -227,7 +227,7 @@ impl SealedOpener {
             )?;
             first = end;
         }
-        let actual_digest = hasher.finish();
+        let actual_digest = hasher.finish()?;
         if &actual_digest != self.header.plaintext_sha256() {
             return Err(SealedError::PlaintextDigestMismatch {
                 name: self.header.name().to_string(),
@@ -236,7 +236,7 @@ impl SealedOpener {
             });
         }
         Ok(OpenedFile {
-            header: self.header,
+            header: self.header.clone(),
             plaintext: out,
         })
     }
@@ -246,11 +246,11 @@ fn usize_range(r: std::ops::Range<u64>) -> Option<std::ops::Range<usize>> {
     Some(usize::try_from(r.start).ok()?..usize::try_from(r.end).ok()?)
 }
 
-/// Chunks per parallel run: enough for every thread to have work and the hasher to overlap,
-/// at least 256 MiB of plaintext per run.
+/// Chunks per parallel run: 256 MiB of plaintext (256 chunks at the default size), at most
+/// 16 384 chunks (tiny chunk sizes would make huge work lists), and at least 8 per thread.
 pub(crate) fn run_len(chunk_size: u32, threads: NonZeroUsize) -> u64 {
     let by_bytes = (256u64 << 20).div_ceil(u64::from(chunk_size));
-    by_bytes.max(threads.get() as u64 * 8)
+    by_bytes.min(16_384).max(threads.get() as u64 * 8)
 }
 
 /// Opens a whole sealed file held in memory: header, policy digest, length, every chunk on

@@ -88,7 +88,7 @@ pub fn seal<R: Read + Seek, W: Write>(
         }
     }
     input.seek(SeekFrom::Start(start)).map_err(io)?;
-    seal_stream(input, len, &hasher.finish(), output, kek, params)
+    seal_stream(input, len, &hasher.finish()?, output, kek, params)
 }
 
 /// Seals `input`, which the caller says holds `plaintext_len` bytes with SHA-256
@@ -135,7 +135,7 @@ pub fn seal_stream<R: Read, W: Write>(
         output.write_all(&tag).map_err(io)?;
     }
     let mut probe = [0u8; 1];
-    if read_full(&mut input, &mut probe)? != 0 || &hasher.finish() != plaintext_sha256 {
+    if read_full(&mut input, &mut probe)? != 0 || &hasher.finish()? != plaintext_sha256 {
         return Err(SealedError::InputChanged);
     }
     output.flush().map_err(io)?;

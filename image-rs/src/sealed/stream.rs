@@ -168,7 +168,7 @@ impl StreamOpener {
                     hasher,
                     ..
                 } = *body;
-                let actual = hasher.finish();
+                let actual = hasher.finish()?;
                 let header = opener.header().clone();
                 if &actual != header.plaintext_sha256() {
                     return Err(SealedError::PlaintextDigestMismatch {

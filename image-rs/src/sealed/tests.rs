@@ -104,6 +104,11 @@ fn random_access_opens_any_chunk_alone() {
         let end = (start + C as usize).min(plain.len());
         assert_eq!(&got[..], &plain[start..end]);
     }
+    // The same opener then opens the whole file.
+    let whole = opener
+        .open_file(&file, NonZeroUsize::new(2).unwrap())
+        .unwrap();
+    assert_eq!(&whole.plaintext[..], &plain[..]);
     let n = opener.chunk_count();
     assert!(matches!(
         opener.open_chunk(n, &file[chunk(&file, 0)]),
