@@ -106,6 +106,7 @@ pub async fn run(config: &Config, mode: Mode) -> Result<(), DaemonError> {
         crate::images::Images::new(&config.images, attestation.clone())
             .map_err(|e| DaemonError::Images(e.to_string()))?,
     );
+    let models = Arc::new(crate::models::Models::new(&config.models));
     let ctx = Context {
         daemon: state.clone(),
         attestation: attestation.clone(),
@@ -170,6 +171,12 @@ pub async fn run(config: &Config, mode: Mode) -> Result<(), DaemonError> {
     if mode == Mode::Pid1 {
         // On the console with the kernel's timestamp: boot tests measure boot-to-ready by it.
         crate::init::kmsg(5, "wardd: ready");
+    }
+    if !config.models.is_empty() {
+        // Models load after READY: the APIs serve meanwhile, and a model that fails to load
+        // is reported (audit, logs) without taking wardd down.
+        let (m, i, a) = (models.clone(), images.clone(), attestation.clone());
+        tokio::spawn(async move { m.load_all(&i, &a).await });
     }
 
     let (check, stop_after_check) = match &config.self_check {

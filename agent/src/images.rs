@@ -161,6 +161,12 @@ impl Images {
             .await
     }
 
+    /// The registry client (made at first use, with the `[images]` settings: insecure
+    /// registries, CA, mirrors, credentials), for sealed models.
+    pub async fn registry(&self) -> Result<&Registry, ImagesError> {
+        Ok(self.puller().await?.registry())
+    }
+
     /// Pulls `image` into `bundle` (`rootfs/` + `config.json`), measured and audited.
     pub async fn pull(&self, image: &str, bundle: &str) -> Result<Pulled, ImagesError> {
         let bundle = checked_bundle(bundle)?;

@@ -25,6 +25,7 @@ pub mod images;
 pub mod init;
 pub mod listen;
 pub mod logging;
+pub mod models;
 pub mod sealed_secret;
 pub mod selfcheck;
 pub mod services;

@@ -202,3 +202,108 @@ async fn a_sealed_model_travels_from_owner_to_guest_memory() {
     assert!(e.to_string().to_lowercase().contains("digest"), "{e}");
     drop(work);
 }
+
+/// wardd loads the models its config names, once it serves: from the registry and from a local
+/// layout, each audited and measured by digest; a model whose pin does not match is refused and
+/// audited, and wardd keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wardd_loads_configured_models_after_ready() {
+    use ward_image::model::seal_dir;
+    use ward_image::sealed::Kek;
+    use ward_tests::kbs::Policy;
+    use ward_tests::{Wardd, config_text};
+
+    if let Err(skip) = image_tools() {
+        eprintln!("{skip}");
+        return;
+    }
+    let kbs = DevKbs::start().await.unwrap();
+    let kek = [0x33u8; 32];
+    kbs.put("default/model-kek/tiny", &kek, Policy::Allow);
+    let reg = tokio::task::spawn_blocking(TestRegistry::start)
+        .await
+        .unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let model = work.path().join("model");
+    std::fs::create_dir_all(&model).unwrap();
+    std::fs::write(model.join("weights.bin"), vec![7u8; 300_000]).unwrap();
+    std::fs::write(model.join("config.json"), b"{}").unwrap();
+    let layout = work.path().join("sealed");
+    let sealed = seal_dir(&model, &layout, &Kek::new(Zeroizing::new(kek)), KID, 65536).unwrap();
+    let registry = Registry::new(RegistryConfig {
+        insecure: vec![reg.host()],
+        ..Default::default()
+    })
+    .unwrap();
+    let reference = format!("{}/models/tiny:v1", reg.host());
+    let pushed = registry
+        .push_layout(&layout, "model", &Registry::reference(&reference).unwrap())
+        .await
+        .unwrap();
+    let digests: String = sealed
+        .digests
+        .iter()
+        .map(|(n, d)| format!("{n:?} = \"{d}\"\n"))
+        .collect();
+    let host = reg.host();
+    let kbs_url = kbs.url();
+    let layout_path = layout.display().to_string();
+    let pushed_text = pushed.to_string();
+    let w = tokio::task::spawn_blocking(move || {
+        let dir = tempfile::tempdir().unwrap();
+        let models = format!(
+            "[[model]]\nname = \"remote\"\nsource = \"{host}/models/tiny@{pushed}\"\nkek = \"{KID}\"\n[model.digests]\n{digests}\n\
+             [[model]]\nname = \"local\"\nsource = \"{layout_path}\"\n[model.digests]\n{digests}\n\
+             [[model]]\nname = \"wrong-pin\"\nsource = \"{host}/models/tiny:v1\"\n[model.digests]\n\"weights.bin\" = \"{}\"\n\"config.json\" = \"{}\"\n",
+            Digest::of(b"not these weights"),
+            Digest::of(b"{}"),
+        );
+        let config = config_text(dir.path(), &["all"])
+            .replace("[images]\n", &format!("[images]\ninsecure_registries = [{host:?}]\n"))
+            .replace("[[listener]]", &format!("{models}\n[[listener]]"))
+            + &format!("\n[kbs]\nurl = \"{kbs_url}\"\n");
+        Wardd::start_with(dir, &config, "ward.tee=sample", &[])
+    })
+    .await
+    .unwrap();
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let audit = loop {
+        let audit = std::fs::read_to_string(&w.audit).unwrap_or_default();
+        if audit.matches("\"event\":\"model.load").count() >= 3 {
+            break audit;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "models did not load: {audit}\n{}",
+            w.stderr()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert!(
+        audit.contains(r#""event":"model.load","subject":"remote""#),
+        "{audit}"
+    );
+    assert!(
+        audit.contains(r#""event":"model.load","subject":"local""#),
+        "{audit}"
+    );
+    assert!(
+        audit.contains(&pushed_text),
+        "audited by manifest digest: {audit}"
+    );
+    assert!(
+        audit.contains(r#""event":"model.load_failed","subject":"wrong-pin""#),
+        "{audit}"
+    );
+    assert!(audit.contains("weights.bin"), "{audit}");
+    assert!(!audit.contains("33333333"), "no key bytes in the audit log");
+    let eventlog = std::fs::read(w.dir.path().join("eventlog")).unwrap();
+    let needle = b"github.com/ward LoadModel";
+    assert!(
+        eventlog.windows(needle.len()).any(|x| x == needle),
+        "LoadModel measured"
+    );
+    // Still serving.
+    let (code, out, err) = run_ward("ward", &["health", "--addr", &w.addr]);
+    assert_eq!(code, 0, "{out}{err}");
+}

@@ -22,6 +22,8 @@ pub struct RawConfig {
     /// `[kbs]`: the Key Broker Service; absent means no KBS (tokens and resources unavailable).
     pub kbs: Option<RawKbs>,
     pub images: RawImages,
+    /// `[[model]]` tables: sealed models to load at start.
+    pub model: Vec<RawModel>,
     /// `[[listener]]` tables; when the file has none, the defaults apply.
     pub listener: Vec<RawListener>,
 }
@@ -109,6 +111,20 @@ pub struct RawImages {
     pub signed: Vec<RawSigned>,
     /// Registry mirrors.
     pub mirror: Vec<RawMirror>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawModel {
+    /// The name requests use.
+    pub name: String,
+    /// A registry reference (pin it by digest) or an absolute path to a sealed layout.
+    pub source: String,
+    /// The KEK URI the model must be sealed under (the manifest names it; this pins it).
+    #[serde(default)]
+    pub kek: Option<String>,
+    /// File name to plaintext `sha256:` digest, as `ward model seal` prints them.
+    pub digests: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -249,6 +265,7 @@ impl Default for RawConfig {
             attestation: RawAttestation::default(),
             kbs: None,
             images: RawImages::default(),
+            model: Vec::new(),
             listener: vec![
                 listener(
                     "unix:///run/confidential-containers/attestation-agent/attestation-agent.sock"

@@ -145,6 +145,60 @@ pub struct ImageSettings {
     pub mirrors: Vec<ward_image::registry::Mirror>,
 }
 
+/// A validated `[[model]]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ModelSettings {
+    pub name: String,
+    pub source: ModelSource,
+    pub kek: Option<String>,
+    /// The plaintext digests policy pins (every file of the model).
+    pub digests: ward_image::model::PinnedDigests,
+}
+
+/// Where a model comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ModelSource {
+    Registry(String),
+    Layout(PathBuf),
+}
+
+fn models(raw: Vec<file::RawModel>) -> Result<Vec<ModelSettings>, ConfigError> {
+    let mut out: Vec<ModelSettings> = Vec::new();
+    for m in raw {
+        let bad = |d: String| ConfigError::invalid("model", format!("`{}`: {d}", m.name));
+        if m.name.is_empty() || out.iter().any(|o| o.name == m.name) {
+            return Err(bad("names must be non-empty and unique".into()));
+        }
+        let source = if m.source.starts_with('/') {
+            ModelSource::Layout(PathBuf::from(&m.source))
+        } else {
+            ward_image::registry::Registry::reference(&m.source).map_err(|e| bad(e.to_string()))?;
+            ModelSource::Registry(m.source.clone())
+        };
+        if let Some(k) = &m.kek {
+            ward_attester::kbs::ResourceUri::parse(k).map_err(|e| bad(e.to_string()))?;
+        }
+        if m.digests.is_empty() {
+            return Err(bad(
+                "`digests` is empty: pin every file (ward model seal prints the table)".into(),
+            ));
+        }
+        let mut digests = ward_image::model::PinnedDigests::new();
+        for (file, d) in &m.digests {
+            let d = ward_image::digest::Digest::parse(d)
+                .map_err(|e| bad(format!("digest of {file}: {e}")))?;
+            digests.insert(file.clone(), d);
+        }
+        out.push(ModelSettings {
+            name: m.name,
+            source,
+            kek: m.kek,
+            digests,
+        });
+    }
+    Ok(out)
+}
+
 /// Where the signature policy comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PolicySource {
@@ -207,6 +261,8 @@ pub struct Config {
     /// `None`: no KBS; tokens and resources are unavailable.
     pub kbs: Option<KbsSettings>,
     pub images: ImageSettings,
+    /// Sealed models to load at start.
+    pub models: Vec<ModelSettings>,
     /// `ward.net=`: a static address for one interface, applied in PID-1 mode only.
     pub net: Option<crate::init::NetConfig>,
     /// `ward.self_check=`: check wardd's own listeners (and a KBS resource) once ready.
@@ -397,6 +453,7 @@ impl Config {
             },
         };
         Ok(Config {
+            models: models(raw.model)?,
             images,
             attestation: AttestationSettings {
                 tee: parse_tee("attestation.tee", &raw.attestation.tee)?,

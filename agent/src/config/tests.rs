@@ -505,3 +505,46 @@ fn cmdline_boot_keys() {
         assert!(e.contains(want), "`{e}` lacks `{want}`");
     }
 }
+
+#[test]
+fn model_entries() {
+    let d = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    let c = from_text(
+        &format!(
+            "[[model]]\nname = \"m\"\nsource = \"r.io/models/m@{d}\"\nkek = \"kbs:///default/model-kek/1\"\n[model.digests]\n\"model.safetensors\" = \"{d}\"\n\
+             [[model]]\nname = \"local\"\nsource = \"/run/ward/models/m\"\n[model.digests]\n\"a\" = \"{d}\"\n"
+        ),
+        None,
+    )
+    .unwrap();
+    assert_eq!(c.models.len(), 2);
+    assert!(matches!(c.models[0].source, ModelSource::Registry(_)));
+    assert!(matches!(c.models[1].source, ModelSource::Layout(_)));
+    for (text, want) in [
+        (
+            format!("[[model]]\nname = \"m\"\nsource = \"r.io/m:v1\"\n[model.digests]\n"),
+            "digests",
+        ),
+        (
+            format!(
+                "[[model]]\nname = \"m\"\nsource = \"r.io/m:v1\"\n[model.digests]\n\"a\" = \"md5:x\"\n"
+            ),
+            "digest of a",
+        ),
+        (
+            format!(
+                "[[model]]\nname = \"m\"\nsource = \"r.io/m:v1\"\nkek = \"kbs:///x\"\n[model.digests]\n\"a\" = \"{d}\"\n"
+            ),
+            "model",
+        ),
+        (
+            format!(
+                "[[model]]\nname = \"m\"\nsource = \"r.io/m:v1\"\n[model.digests]\n\"a\" = \"{d}\"\n[[model]]\nname = \"m\"\nsource = \"r.io/m:v2\"\n[model.digests]\n\"a\" = \"{d}\"\n"
+            ),
+            "unique",
+        ),
+    ] {
+        let e = from_text(&text, None).unwrap_err().to_string();
+        assert!(e.contains(want), "{text}: {e}");
+    }
+}

@@ -212,18 +212,23 @@ pub async fn fetch_model(
         None
     };
 
-    let jobs = artifact.layers.iter().zip(wants).map(|(desc, want)| {
+    // Boxed futures (not closures over borrowed data) so the whole load can be spawned.
+    type Job<'a> = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<(usize, ModelFile), ModelError>> + Send + 'a>,
+    >;
+    let mut jobs: Vec<Job<'_>> = Vec::with_capacity(wants.len());
+    for (i, (desc, want)) in artifact.layers.iter().zip(wants).enumerate() {
         let kek = kek.as_ref();
         let at = &artifact.reference;
-        let kid = &kid;
-        async move { fetch_file(registry, at, desc, want, kek, kid).await }
-    });
+        let kid = kid.as_str();
+        jobs.push(Box::pin(async move {
+            fetch_file(registry, at, desc, want, kek, kid)
+                .await
+                .map(|f| (i, f))
+        }));
+    }
     let mut results: Vec<(usize, ModelFile)> = Vec::new();
-    let mut stream = futures_util::stream::iter(
-        jobs.enumerate()
-            .map(|(i, f)| async move { f.await.map(|file| (i, file)) }),
-    )
-    .buffer_unordered(concurrency.max(1));
+    let mut stream = futures_util::stream::iter(jobs).buffer_unordered(concurrency.max(1));
     while let Some(r) = stream.next().await {
         results.push(r?);
     }

@@ -12,7 +12,7 @@ mod tests;
 use std::collections::BTreeMap;
 
 pub use fetch::{LoadedModel, ModelFile, fetch_model};
-pub use package::{SealedModel, seal_dir, unseal_layout};
+pub use package::{SealedModel, layout_kek_id, load_layout, seal_dir, unseal_layout};
 
 use crate::digest::Digest;
 use crate::sealed::SealedError;
@@ -68,9 +68,15 @@ pub enum ModelError {
     #[error("policy pins {0}, which the model does not have")]
     MissingFile(String),
     #[error(transparent)]
-    Registry(#[from] crate::registry::RegistryError),
+    Registry(Box<crate::registry::RegistryError>),
     #[error("key-encryption key {kid}: {detail}")]
     Kek { kid: String, detail: String },
+}
+
+impl From<crate::registry::RegistryError> for ModelError {
+    fn from(e: crate::registry::RegistryError) -> ModelError {
+        ModelError::Registry(Box::new(e))
+    }
 }
 
 /// The digests policy pins: file name to plaintext SHA-256 (every one must be present).

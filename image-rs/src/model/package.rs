@@ -246,22 +246,40 @@ pub(super) fn layout_manifest(layout: &Path) -> Result<(Digest, serde_json::Valu
     Ok((d, m))
 }
 
-/// Opens every file of the layout with `kek` and writes the plaintexts under `out` (which must
-/// not exist), only after every file verified. Returns the plaintext digests.
-pub fn unseal_layout(layout: &Path, kek: &Kek, out: &Path) -> Result<PinnedDigests, ModelError> {
-    if out.exists() {
-        return Err(ModelError::Malformed(format!(
-            "{} already exists",
-            out.display()
-        )));
-    }
-    let (_, manifest) = layout_manifest(layout)?;
+/// The manifest digest and KEK id of a local sealed layout (to ask the KBS for the KEK).
+pub fn layout_kek_id(layout: &Path) -> Result<(Digest, String), ModelError> {
+    let (d, manifest) = layout_manifest(layout)?;
+    let kid = manifest["annotations"][ANN_KEK]
+        .as_str()
+        .ok_or_else(|| ModelError::Malformed(format!("no {ANN_KEK} annotation")))?;
+    KekId::parse(kid).map_err(|source| ModelError::Sealed {
+        name: "(manifest)".into(),
+        source,
+    })?;
+    Ok((d, kid.to_string()))
+}
+
+/// Opens every file of a local layout with `kek` in memory, checked like a registry fetch:
+/// headers against annotations and the manifest's KEK id, plaintext digests against the
+/// annotations and `pinned` (which must name every file when given).
+pub fn load_layout(
+    layout: &Path,
+    kek: &Kek,
+    pinned: Option<&PinnedDigests>,
+) -> Result<super::LoadedModel, ModelError> {
+    let (manifest_digest, manifest) = layout_manifest(layout)?;
     let kid = manifest["annotations"][ANN_KEK]
         .as_str()
         .unwrap_or_default()
         .to_string();
     let layers = manifest["layers"].as_array().cloned().unwrap_or_default();
-    let mut opened = Vec::new();
+    if layers.is_empty() || layers.len() > MAX_FILES {
+        return Err(ModelError::Malformed(format!(
+            "{} files (1 to {MAX_FILES})",
+            layers.len()
+        )));
+    }
+    let mut files = Vec::new();
     for l in &layers {
         let name = l["annotations"][ANN_TITLE]
             .as_str()
@@ -273,14 +291,22 @@ pub fn unseal_layout(layout: &Path, kek: &Kek, out: &Path) -> Result<PinnedDiges
                 detail: format!("media type {} is not a sealed file", l["mediaType"]),
             });
         }
-        let (_, bytes) = read_blob(layout, l["digest"].as_str().unwrap_or_default())?;
-        let expected = l["annotations"][ANN_PLAINTEXT_DIGEST]
+        let annotated = l["annotations"][ANN_PLAINTEXT_DIGEST]
             .as_str()
             .and_then(|d| Digest::parse(d).ok())
             .ok_or_else(|| ModelError::Mismatch {
                 name: name.clone(),
                 detail: "no plaintext digest annotation".into(),
             })?;
+        let expected = match pinned {
+            Some(p) => p.get(&name).cloned().ok_or_else(|| ModelError::Policy {
+                name: name.clone(),
+                expected: "(not pinned)".into(),
+                found: "a file policy does not name".into(),
+            })?,
+            None => annotated.clone(),
+        };
+        let (_, bytes) = read_blob(layout, l["digest"].as_str().unwrap_or_default())?;
         let file = open(&bytes, kek, &OpenOptions::default().expect_digest(expected)).map_err(
             |source| ModelError::Sealed {
                 name: name.clone(),
@@ -288,19 +314,53 @@ pub fn unseal_layout(layout: &Path, kek: &Kek, out: &Path) -> Result<PinnedDiges
             },
         )?;
         super::fetch::check_header(&name, &kid, &file.header)?;
-        opened.push((name, file));
+        if *file.header.plaintext_sha256() != annotated {
+            return Err(ModelError::Mismatch {
+                name,
+                detail: "the annotation and the sealed header disagree".into(),
+            });
+        }
+        files.push(super::ModelFile {
+            name,
+            digest: file.header.plaintext_sha256().clone(),
+            data: file.plaintext.into_zeroizing(),
+            sealed: true,
+        });
     }
+    if let Some(p) = pinned
+        && let Some(missing) = p.keys().find(|n| !files.iter().any(|f| &f.name == *n))
+    {
+        return Err(ModelError::MissingFile(missing.clone()));
+    }
+    Ok(super::LoadedModel {
+        reference: layout.display().to_string(),
+        manifest_digest,
+        kek_id: kid,
+        files,
+    })
+}
+
+/// Opens every file of the layout with `kek` and writes the plaintexts under `out` (which must
+/// not exist), only after every file verified. Returns the plaintext digests.
+pub fn unseal_layout(layout: &Path, kek: &Kek, out: &Path) -> Result<PinnedDigests, ModelError> {
+    if out.exists() {
+        return Err(ModelError::Malformed(format!(
+            "{} already exists",
+            out.display()
+        )));
+    }
+    let model = load_layout(layout, kek, None)?;
     let staging = out.with_extension(format!("partial-{:016x}", rand::random::<u64>()));
     let written = (|| {
         let mut digests = BTreeMap::new();
-        for (name, file) in &opened {
+        for f in &model.files {
             // Names passed FileName's rules (relative, no `..`, no empty component).
-            let path = staging.join(name);
+            let path = staging.join(&f.name);
             if let Some(parent) = path.parent() {
                 std::fs::create_dir_all(parent).map_err(io(parent.display().to_string()))?;
             }
-            std::fs::write(&path, &file.plaintext[..]).map_err(io(path.display().to_string()))?;
-            digests.insert(name.clone(), file.header.plaintext_sha256().clone());
+            std::fs::write(&path, &f.data[..]).map_err(io(path.display().to_string()))?;
+            digests.insert(f.name.clone(), f.digest.clone());
         }
         std::fs::rename(&staging, out).map_err(io(format!("publishing {}", out.display())))?;
         Ok(digests)

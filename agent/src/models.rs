@@ -1,0 +1,172 @@
+//! Sealed models named in `[[model]]`: loaded in the background once wardd serves, from a
+//! registry (decrypted while downloading) or a local sealed layout, with the KEK released by the
+//! KBS, every file checked against the pinned digests, into guest memory only. Each load is
+//! audited and measured (`LoadModel`, by manifest and file digests); a failure leaves that model
+//! unavailable and says why, without stopping wardd.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+use ward_image::model::{LoadedModel, ModelError, fetch_model, load_layout};
+use ward_image::ocicrypt::KekSource;
+use ward_image::sealed::Kek;
+
+use crate::attestation::Attestation;
+use crate::config::{ModelSettings, ModelSource};
+use crate::images::{Images, KbsKek};
+
+/// Where one model stands.
+#[derive(Clone, Debug)]
+pub enum ModelState {
+    Loading,
+    Ready(Arc<LoadedModel>),
+    Failed(String),
+}
+
+/// The models wardd holds.
+pub struct Models {
+    settings: Vec<ModelSettings>,
+    states: RwLock<BTreeMap<String, ModelState>>,
+}
+
+impl Models {
+    pub fn new(settings: &[ModelSettings]) -> Models {
+        let states = settings
+            .iter()
+            .map(|m| (m.name.clone(), ModelState::Loading))
+            .collect();
+        Models {
+            settings: settings.to_vec(),
+            states: RwLock::new(states),
+        }
+    }
+
+    /// Every model's state, by name.
+    pub fn states(&self) -> BTreeMap<String, ModelState> {
+        self.states
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The model `name`, when loaded.
+    pub fn get(&self, name: &str) -> Option<Arc<LoadedModel>> {
+        match self
+            .states
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+        {
+            Some(ModelState::Ready(m)) => Some(m.clone()),
+            _ => None,
+        }
+    }
+
+    fn set(&self, name: &str, state: ModelState) {
+        self.states
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_string(), state);
+    }
+
+    /// Loads every model, one after the other (each uses every core while it decrypts).
+    pub async fn load_all(&self, images: &Images, attestation: &Arc<Attestation>) {
+        for m in &self.settings {
+            let span = tracing::info_span!("model.load", model = %m.name);
+            let _enter = span.enter();
+            let started = std::time::Instant::now();
+            match load_one(m, images, attestation).await {
+                Ok(model) => {
+                    let files: BTreeMap<&str, String> = model
+                        .files
+                        .iter()
+                        .map(|f| (f.name.as_str(), f.digest.to_string()))
+                        .collect();
+                    let bytes: usize = model.files.iter().map(|f| f.data.len()).sum();
+                    tracing::info!(
+                        manifest = %model.manifest_digest,
+                        files = model.files.len(),
+                        bytes,
+                        secs = started.elapsed().as_secs_f64(),
+                        "model loaded into guest memory"
+                    );
+                    let content = serde_json::json!({
+                        "model": m.name,
+                        "manifest": model.manifest_digest.to_string(),
+                        "files": files,
+                    })
+                    .to_string();
+                    if let Err(e) = attestation
+                        .extend_runtime_measurement("github.com/ward", "LoadModel", &content, None)
+                        .await
+                    {
+                        tracing::warn!(error = %e, "LoadModel runtime measurement failed");
+                    }
+                    attestation.audit(
+                        "model.load",
+                        &m.name,
+                        serde_json::json!({
+                            "source": model.reference,
+                            "manifest": model.manifest_digest.to_string(),
+                            "kek": model.kek_id,
+                            "files": files,
+                            "bytes": bytes,
+                        }),
+                    );
+                    self.set(&m.name, ModelState::Ready(Arc::new(model)));
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "model not loaded");
+                    attestation.audit(
+                        "model.load_failed",
+                        &m.name,
+                        serde_json::json!({"reason": e.to_string()}),
+                    );
+                    self.set(&m.name, ModelState::Failed(e.to_string()));
+                }
+            }
+        }
+    }
+}
+
+async fn load_one(
+    m: &ModelSettings,
+    images: &Images,
+    attestation: &Arc<Attestation>,
+) -> Result<LoadedModel, ModelError> {
+    let keks = KbsKek(attestation.clone());
+    let model = match &m.source {
+        ModelSource::Registry(reference) => {
+            let registry = images
+                .registry()
+                .await
+                .map_err(|e| ModelError::Malformed(format!("registry client: {e}")))?;
+            fetch_model(registry, reference, &keks, Some(&m.digests), 4).await?
+        }
+        ModelSource::Layout(path) => {
+            let (_, manifest) = ward_image::model::layout_kek_id(path)?;
+            let bytes = keks.kek(&manifest).await.map_err(|e| ModelError::Kek {
+                kid: manifest.clone(),
+                detail: e.to_string(),
+            })?;
+            let kek = Kek::from_slice(&bytes).map_err(|source| ModelError::Sealed {
+                name: "(KEK)".into(),
+                source,
+            })?;
+            let path = path.clone();
+            let digests = m.digests.clone();
+            tokio::task::spawn_blocking(move || load_layout(&path, &kek, Some(&digests)))
+                .await
+                .map_err(|e| ModelError::Malformed(e.to_string()))??
+        }
+    };
+    if let Some(k) = &m.kek
+        && *k != model.kek_id
+    {
+        return Err(ModelError::Mismatch {
+            name: m.name.clone(),
+            detail: format!("sealed under {}, the config pins {k}", model.kek_id),
+        });
+    }
+    Ok(model)
+}
