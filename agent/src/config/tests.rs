@@ -522,13 +522,12 @@ fn model_entries() {
     assert!(matches!(c.models[1].source, ModelSource::Layout(_)));
     for (text, want) in [
         (
-            format!("[[model]]\nname = \"m\"\nsource = \"r.io/m:v1\"\n[model.digests]\n"),
+            "[[model]]\nname = \"m\"\nsource = \"r.io/m:v1\"\n[model.digests]\n".to_string(),
             "digests",
         ),
         (
-            format!(
-                "[[model]]\nname = \"m\"\nsource = \"r.io/m:v1\"\n[model.digests]\n\"a\" = \"md5:x\"\n"
-            ),
+            "[[model]]\nname = \"m\"\nsource = \"r.io/m:v1\"\n[model.digests]\n\"a\" = \"md5:x\"\n"
+                .to_string(),
             "digest of a",
         ),
         (
