@@ -17,7 +17,7 @@ step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 step "start the development KBS (sample verifier; a test double for Trustee) with a secret and an image key"
 kek="0123456789abcdef0123456789abcdef"   # 32 bytes: the image owner's key-encryption key
 printf '%s' "$kek" > "$work/kek"
-"$bin/dev-kbs" --url-file "$work/kbs.url" \
+"$bin/dev-kbs" --url-file "$work/kbs.url" --admin-key-file "$work/kbs-admin.pem" \
   --resource default/key/demo="a secret only an attested guest gets" \
   --resource default/image-kek/demo="$kek" \
   --deny default/key/forbidden=never > "$work/kbs.log" 2>&1 &
@@ -31,6 +31,40 @@ while :; do
   port=$(shuf -i 20000-60000 -n 1)
   (echo > "/dev/tcp/127.0.0.1/$port") 2>/dev/null || break
 done
+
+have_tools=false
+if command -v docker-registry >/dev/null && command -v skopeo >/dev/null && command -v umoci >/dev/null; then
+  have_tools=true
+fi
+model_entry=""
+if $have_tools; then
+  step "a local registry (docker-registry on 127.0.0.1:$port)"
+  printf 'version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: 127.0.0.1:%s\n' "$work/registry" "$port" > "$work/registry.yml"
+  docker-registry serve "$work/registry.yml" > "$work/registry.log" 2>&1 &
+  reg_pid=$!
+  trap 'kill $kbs_pid $reg_pid 2>/dev/null || true' EXIT
+  for _ in $(seq 1 100); do (echo > /dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.05; done
+
+  step "owner side: build an image with umoci, encrypt it with ward (key in the KBS), push it with skopeo"
+  umoci init --layout "$work/layout" && umoci new --image "$work/layout:v1"
+  umoci unpack --image "$work/layout:v1" "$work/img-bundle" >/dev/null
+  echo "hello from an encrypted image" > "$work/img-bundle/rootfs/hello.txt"
+  umoci repack --refresh-bundle --image "$work/layout:v1" "$work/img-bundle"
+  "$bin/ward" image encrypt "$work/layout:v1" --kid kbs:///default/image-kek/demo --kek-file "$work/kek"
+  skopeo copy --quiet --dest-tls-verify=false "oci:$work/layout:v1" "docker://127.0.0.1:$port/demo/secret-app:v1"
+
+  step "model owner: seal a small model (a new random KEK), push it, upload the KEK with the KBS admin API"
+  mkdir -p "$work/tiny-model"
+  head -c 8388608 /dev/urandom > "$work/tiny-model/model.safetensors"
+  echo '{"architectures": ["LlamaForCausalLM"]}' > "$work/tiny-model/config.json"
+  "$bin/ward" model seal "$work/tiny-model" --out "$work/tiny-model.sealed" \
+    --kid kbs:///default/model-kek/demo --kek-file "$work/model.kek"
+  "$bin/ward" model push "$work/tiny-model.sealed" "127.0.0.1:$port/demo/tiny-model:v1" \
+    --insecure-registry "127.0.0.1:$port" | tee "$work/model-push.txt"
+  "$bin/ward" model kbs-put --kbs "$kbs_url" --admin-key "$work/kbs-admin.pem" \
+    --kid kbs:///default/model-kek/demo --kek-file "$work/model.kek"
+  model_entry=$(sed -n '/^\[\[model\]\]/,$p' "$work/model-push.txt")
+fi
 
 step "generated development config ($work/ward.toml)"
 cat > "$work/ward.toml" <<TOML
@@ -51,6 +85,8 @@ url = "$kbs_url"
 [audit]
 path = "$work/audit.jsonl"
 
+$model_entry
+
 [[listener]]
 address = "unix://$sock"
 services = ["all"]
@@ -60,7 +96,7 @@ cat "$work/ward.toml"
 step "start wardd"
 "$bin/wardd" --config "$work/ward.toml" --cmdline /dev/null 2> "$work/wardd.log" &
 pid=$!
-trap 'kill $pid $kbs_pid 2>/dev/null || true' EXIT
+trap 'kill $pid $kbs_pid ${reg_pid:-} 2>/dev/null || true' EXIT
 for _ in $(seq 1 100); do
   [ -S "$sock" ] && break
   kill -0 $pid 2>/dev/null || { cat "$work/wardd.log"; echo "wardd exited early"; exit 1; }
@@ -77,26 +113,17 @@ echo
 step "a resource the KBS policy denies gives a clear error"
 "$bin/ward" get-resource --addr "unix://$sock" kbs:///default/key/forbidden || true
 
-if command -v docker-registry >/dev/null && command -v skopeo >/dev/null && command -v umoci >/dev/null; then
-  step "owner side: build an image with umoci, encrypt it with ward (key in the KBS), push it with skopeo"
-  printf 'version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: 127.0.0.1:%s\n' "$work/registry" "$port" > "$work/registry.yml"
-  docker-registry serve "$work/registry.yml" > "$work/registry.log" 2>&1 &
-  reg_pid=$!
-  trap 'kill $pid $kbs_pid $reg_pid 2>/dev/null || true' EXIT
-  umoci init --layout "$work/layout" && umoci new --image "$work/layout:v1"
-  umoci unpack --image "$work/layout:v1" "$work/img-bundle" >/dev/null
-  echo "hello from an encrypted image" > "$work/img-bundle/rootfs/hello.txt"
-  umoci repack --refresh-bundle --image "$work/layout:v1" "$work/img-bundle"
-  "$bin/ward" image encrypt "$work/layout:v1" --kid kbs:///default/image-kek/demo --kek-file "$work/kek"
-  for _ in $(seq 1 100); do (echo > /dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.05; done
-  skopeo copy --quiet --dest-tls-verify=false "oci:$work/layout:v1" "docker://127.0.0.1:$port/demo/secret-app:v1"
-
-  step "wardd pulls it through CoCo's ImagePull API: the KBS releases the key to the attested guest"
+if $have_tools; then
+  step "wardd pulls the image through CoCo's ImagePull API: the KBS releases the key to the attested guest"
   "$bin/ward" pull --addr "unix://$sock" "127.0.0.1:$port/demo/secret-app:v1" --bundle "$work/bundle"
   cat "$work/bundle/rootfs/hello.txt"
+
+  step "wardd loaded the sealed model after READY (KEK from the KBS, decrypted in memory, digests pinned)"
+  for _ in $(seq 1 200); do grep -q '"event":"model.load' "$work/audit.jsonl" 2>/dev/null && break; sleep 0.1; done
+  grep '"event":"model.load' "$work/audit.jsonl"
   kill $reg_pid 2>/dev/null || true
 else
-  step "image pull skipped: docker-registry, skopeo and umoci are not installed (just deps)"
+  step "image and model steps skipped: docker-registry, skopeo and umoci are not installed (just deps)"
 fi
 
 step "ward attest --kbs $kbs_url --tee sample (the handshake run by the CLI itself)"

@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
+use tracing::Instrument as _;
 use ward_image::model::{LoadedModel, ModelError, fetch_model, load_layout};
 use ward_image::ocicrypt::KekSource;
 use ward_image::sealed::Kek;
@@ -73,57 +74,67 @@ impl Models {
     pub async fn load_all(&self, images: &Images, attestation: &Arc<Attestation>) {
         for m in &self.settings {
             let span = tracing::info_span!("model.load", model = %m.name);
-            let _enter = span.enter();
-            let started = std::time::Instant::now();
-            match load_one(m, images, attestation).await {
-                Ok(model) => {
-                    let files: BTreeMap<&str, String> = model
-                        .files
-                        .iter()
-                        .map(|f| (f.name.as_str(), f.digest.to_string()))
-                        .collect();
-                    let bytes: usize = model.files.iter().map(|f| f.data.len()).sum();
-                    tracing::info!(
-                        manifest = %model.manifest_digest,
-                        files = model.files.len(),
-                        bytes,
-                        secs = started.elapsed().as_secs_f64(),
-                        "model loaded into guest memory"
-                    );
-                    let content = serde_json::json!({
-                        "model": m.name,
+            self.load_and_record(m, images, attestation)
+                .instrument(span)
+                .await;
+        }
+    }
+
+    async fn load_and_record(
+        &self,
+        m: &ModelSettings,
+        images: &Images,
+        attestation: &Arc<Attestation>,
+    ) {
+        let started = std::time::Instant::now();
+        match load_one(m, images, attestation).await {
+            Ok(model) => {
+                let files: BTreeMap<&str, String> = model
+                    .files
+                    .iter()
+                    .map(|f| (f.name.as_str(), f.digest.to_string()))
+                    .collect();
+                let bytes: usize = model.files.iter().map(|f| f.data.len()).sum();
+                tracing::info!(
+                    manifest = %model.manifest_digest,
+                    files = model.files.len(),
+                    bytes,
+                    secs = started.elapsed().as_secs_f64(),
+                    "model loaded into guest memory"
+                );
+                let content = serde_json::json!({
+                    "model": m.name,
+                    "manifest": model.manifest_digest.to_string(),
+                    "files": files,
+                })
+                .to_string();
+                if let Err(e) = attestation
+                    .extend_runtime_measurement("github.com/ward", "LoadModel", &content, None)
+                    .await
+                {
+                    tracing::warn!(error = %e, "LoadModel runtime measurement failed");
+                }
+                attestation.audit(
+                    "model.load",
+                    &m.name,
+                    serde_json::json!({
+                        "source": model.reference,
                         "manifest": model.manifest_digest.to_string(),
+                        "kek": model.kek_id,
                         "files": files,
-                    })
-                    .to_string();
-                    if let Err(e) = attestation
-                        .extend_runtime_measurement("github.com/ward", "LoadModel", &content, None)
-                        .await
-                    {
-                        tracing::warn!(error = %e, "LoadModel runtime measurement failed");
-                    }
-                    attestation.audit(
-                        "model.load",
-                        &m.name,
-                        serde_json::json!({
-                            "source": model.reference,
-                            "manifest": model.manifest_digest.to_string(),
-                            "kek": model.kek_id,
-                            "files": files,
-                            "bytes": bytes,
-                        }),
-                    );
-                    self.set(&m.name, ModelState::Ready(Arc::new(model)));
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "model not loaded");
-                    attestation.audit(
-                        "model.load_failed",
-                        &m.name,
-                        serde_json::json!({"reason": e.to_string()}),
-                    );
-                    self.set(&m.name, ModelState::Failed(e.to_string()));
-                }
+                        "bytes": bytes,
+                    }),
+                );
+                self.set(&m.name, ModelState::Ready(Arc::new(model)));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "model not loaded");
+                attestation.audit(
+                    "model.load_failed",
+                    &m.name,
+                    serde_json::json!({"reason": e.to_string()}),
+                );
+                self.set(&m.name, ModelState::Failed(e.to_string()));
             }
         }
     }

@@ -12,7 +12,9 @@ mod tests;
 use std::collections::BTreeMap;
 
 pub use fetch::{LoadedModel, ModelFile, fetch_model};
-pub use package::{SealedModel, layout_kek_id, load_layout, seal_dir, unseal_layout};
+pub use package::{
+    SealedModel, layout_digests, layout_kek_id, load_layout, seal_dir, unseal_layout,
+};
 
 use crate::digest::Digest;
 use crate::sealed::SealedError;
@@ -84,16 +86,17 @@ pub type PinnedDigests = BTreeMap<String, Digest>;
 
 /// A policy entry that pins `digests` (what the owner tools print and wardd's config takes).
 pub fn policy_entry(
-    reference: &str,
+    name: &str,
+    repository: &str,
     manifest: &Digest,
     kid: &str,
     digests: &PinnedDigests,
 ) -> String {
     let mut out = format!(
-        "[[model]]\nname = \"...\"\nsource = \"{reference}@{manifest}\"\nkek = \"{kid}\"\n\n[model.digests]\n"
+        "[[model]]\nname = \"{name}\"\nsource = \"{repository}@{manifest}\"\nkek = \"{kid}\"\n\n[model.digests]\n"
     );
-    for (name, d) in digests {
-        out.push_str(&format!("{name:?} = \"{d}\"\n"));
+    for (file, d) in digests {
+        out.push_str(&format!("{file:?} = \"{d}\"\n"));
     }
     out
 }

@@ -246,6 +246,29 @@ pub(super) fn layout_manifest(layout: &Path) -> Result<(Digest, serde_json::Valu
     Ok((d, m))
 }
 
+/// The manifest digest, KEK id and plaintext digests (from the annotations) of a local sealed
+/// layout, for printing the policy entry after a push.
+pub fn layout_digests(layout: &Path) -> Result<(Digest, String, PinnedDigests), ModelError> {
+    let (d, kid) = layout_kek_id(layout)?;
+    let (_, manifest) = layout_manifest(layout)?;
+    let mut digests = BTreeMap::new();
+    for l in manifest["layers"].as_array().cloned().unwrap_or_default() {
+        let name = l["annotations"][ANN_TITLE]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let pd = l["annotations"][ANN_PLAINTEXT_DIGEST]
+            .as_str()
+            .and_then(|x| Digest::parse(x).ok())
+            .ok_or_else(|| ModelError::Mismatch {
+                name: name.clone(),
+                detail: "no plaintext digest annotation".into(),
+            })?;
+        digests.insert(name, pd);
+    }
+    Ok((d, kid, digests))
+}
+
 /// The manifest digest and KEK id of a local sealed layout (to ask the KBS for the KEK).
 pub fn layout_kek_id(layout: &Path) -> Result<(Digest, String), ModelError> {
     let (d, manifest) = layout_manifest(layout)?;

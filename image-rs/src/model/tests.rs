@@ -41,7 +41,7 @@ fn seal_then_unseal_gives_the_same_tree() {
             "{name}"
         );
     }
-    let entry = policy_entry("r.io/m:v1", &m.manifest_digest, KID, &m.digests);
+    let entry = policy_entry("m", "r.io/m", &m.manifest_digest, KID, &m.digests);
     assert!(
         entry.contains("\"shards/model-00001.safetensors\" = \"sha256:"),
         "{entry}"

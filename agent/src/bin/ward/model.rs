@@ -10,7 +10,7 @@ use std::path::Path;
 use anyhow::{Context, bail};
 use ward_attester::kbs::ResourceUri;
 use ward_attester::kbs::admin::{AdminKey, put_resource};
-use ward_image::model::{LAYOUT_TAG, policy_entry, seal_dir, unseal_layout};
+use ward_image::model::{LAYOUT_TAG, layout_digests, policy_entry, seal_dir, unseal_layout};
 use ward_image::registry::{Registry, RegistryConfig};
 use ward_image::sealed::Kek;
 use zeroize::Zeroizing;
@@ -61,9 +61,19 @@ pub fn seal(
         out.display(),
         m.manifest_digest
     );
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_else(|| "model".into());
     print!(
         "{}",
-        policy_entry("REGISTRY/REPO:TAG", &m.manifest_digest, kid, &m.digests)
+        policy_entry(
+            &name,
+            "REGISTRY/REPOSITORY",
+            &m.manifest_digest,
+            kid,
+            &m.digests
+        )
     );
     Ok(true)
 }
@@ -74,12 +84,17 @@ pub async fn push(layout: &Path, reference: &str, insecure: &[String]) -> anyhow
         ..Default::default()
     })?;
     let r = Registry::reference(reference)?;
+    let (_, kid, digests) = layout_digests(layout)?;
     let digest = registry.push_layout(layout, LAYOUT_TAG, &r).await?;
-    println!("pushed {} as {reference} ({digest})", layout.display());
     println!(
-        "pin it by digest: {}/{}@{digest}",
-        r.registry(),
-        r.repository()
+        "pushed {} as {reference} ({digest}); wardd's entry:\n",
+        layout.display()
+    );
+    let repository = format!("{}/{}", r.registry(), r.repository());
+    let name = r.repository().rsplit('/').next().unwrap_or("model");
+    print!(
+        "{}",
+        policy_entry(name, &repository, &digest, &kid, &digests)
     );
     Ok(true)
 }
