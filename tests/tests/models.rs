@@ -8,31 +8,15 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use async_trait::async_trait;
-use ward_attester::kbs::{KbsClient, KbsConfig, ResourceUri};
+use ward_attester::kbs::{KbsClient, KbsConfig};
 use ward_attester::tee::SampleAttester;
 use ward_image::digest::Digest;
 use ward_image::model::{ModelError, fetch_model};
-use ward_image::ocicrypt::KekSource;
-use ward_image::ocicrypt::provider::KekFetchError;
 use ward_image::registry::{Registry, RegistryConfig};
 use ward_tests::kbs::DevKbs;
 use ward_tests::registry::{TestRegistry, image_tools};
 use ward_tests::run_ward;
 use zeroize::Zeroizing;
-
-struct Keks(KbsClient);
-
-#[async_trait]
-impl KekSource for Keks {
-    async fn kek(&self, kid: &str) -> Result<Zeroizing<Vec<u8>>, KekFetchError> {
-        let uri = ResourceUri::parse(kid).map_err(|e| Box::new(e) as KekFetchError)?;
-        self.0
-            .get_resource(&uri)
-            .await
-            .map_err(|e| Box::new(e) as KekFetchError)
-    }
-}
 
 const KID: &str = "kbs:///default/model-kek/tiny";
 
@@ -152,7 +136,7 @@ async fn a_sealed_model_travels_from_owner_to_guest_memory() {
         ..Default::default()
     })
     .unwrap();
-    let keks = Keks(KbsClient::new(KbsConfig::new(kbs.url()), Arc::new(SampleAttester)).unwrap());
+    let keks = KbsClient::new(KbsConfig::new(kbs.url()), Arc::new(SampleAttester)).unwrap();
     let m = fetch_model(&registry, &reference, &keks, Some(&pins), 4)
         .await
         .unwrap();

@@ -45,6 +45,17 @@ pub trait KekSource: Send + Sync {
     async fn kek(&self, kid: &str) -> Result<Zeroizing<Vec<u8>>, KekFetchError>;
 }
 
+/// The KBS client itself is a KEK source (for tools that attest on their own, like `ward pull`).
+#[async_trait]
+impl KekSource for ward_attester::kbs::KbsClient {
+    async fn kek(&self, kid: &str) -> Result<Zeroizing<Vec<u8>>, KekFetchError> {
+        let uri = ResourceUri::parse(kid).map_err(|e| Box::new(e) as KekFetchError)?;
+        self.get_resource(&uri)
+            .await
+            .map_err(|e| Box::new(e) as KekFetchError)
+    }
+}
+
 /// Which packet format [`wrap_packet`] writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PacketVersion {

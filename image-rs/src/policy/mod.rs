@@ -54,6 +54,13 @@ pub trait ResourceSource: Send + Sync {
     async fn resource(&self, uri: &str) -> Result<Zeroizing<Vec<u8>>, KekFetchError>;
 }
 
+#[async_trait]
+impl ResourceSource for ward_attester::kbs::KbsClient {
+    async fn resource(&self, uri: &str) -> Result<Zeroizing<Vec<u8>>, KekFetchError> {
+        crate::ocicrypt::KekSource::kek(self, uri).await
+    }
+}
+
 /// Where an image's sigstore signatures come from (the registry, in production).
 #[async_trait]
 pub trait SignatureSource: Send + Sync {

@@ -42,23 +42,10 @@ impl Registry {
     /// Resolves `reference` to an OCI artifact manifest (no index, no image config), from its
     /// first mirror that serves it or else from its registry.
     pub async fn resolve_artifact(&self, reference: &Reference) -> Result<Artifact, RegistryError> {
-        let sources = self.sources(reference);
-        let last = sources.len().saturating_sub(1);
-        for (i, source) in sources.into_iter().enumerate() {
-            match self.resolve_artifact_at(&source).await {
-                Ok(a) => return Ok(a),
-                Err(e) if i < last => {
-                    tracing::warn!(
-                        artifact = %reference,
-                        mirror = source.resolve_registry(),
-                        error = %e,
-                        "mirror failed; trying the next source"
-                    );
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        Err(RegistryError::Config(format!("no source for {reference}")))
+        self.first_source(reference, |source| async move {
+            self.resolve_artifact_at(&source).await
+        })
+        .await
     }
 
     async fn resolve_artifact_at(&self, reference: &Reference) -> Result<Artifact, RegistryError> {

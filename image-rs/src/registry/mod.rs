@@ -380,15 +380,34 @@ impl Registry {
     /// first mirror that serves it or else from its registry. The returned reference says where
     /// it was found; its blobs are fetched from there.
     pub async fn resolve(&self, reference: &Reference) -> Result<ResolvedImage, RegistryError> {
+        self.first_source(
+            reference,
+            |source| async move { self.resolve_at(&source).await },
+        )
+        .await
+    }
+
+    /// Runs `attempt` on each source of `reference` (its mirrors, then its registry) until one
+    /// succeeds; the registry's own error is the one returned when all fail.
+    pub(crate) async fn first_source<T, F, Fut>(
+        &self,
+        reference: &Reference,
+        attempt: F,
+    ) -> Result<T, RegistryError>
+    where
+        F: Fn(Reference) -> Fut,
+        Fut: std::future::Future<Output = Result<T, RegistryError>>,
+    {
         let sources = self.sources(reference);
         let last = sources.len().saturating_sub(1);
         for (i, source) in sources.into_iter().enumerate() {
-            match self.resolve_at(&source).await {
+            let mirror = source.resolve_registry().to_string();
+            match attempt(source).await {
                 Ok(r) => return Ok(r),
                 Err(e) if i < last => {
                     tracing::warn!(
-                        image = %reference,
-                        mirror = source.resolve_registry(),
+                        reference = %reference,
+                        mirror,
                         error = %e,
                         "mirror failed; trying the next source"
                     );

@@ -7,11 +7,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use async_trait::async_trait;
 use ward_attester::kbs::{KbsClient, KbsConfig, ResourceUri};
 use ward_attester::tee::{self, DetectOptions, Tee};
 use ward_image::encrypt::{Recipients, encrypt_layout};
-use ward_image::ocicrypt::provider::KekFetchError;
 use ward_image::ocicrypt::{KekSource, PacketVersion, PrivateKey, ProviderRecipient, PublicKey};
 use ward_image::policy::{Policy, ResourceSource};
 use ward_image::pull::{Decryption, PullOptions, Puller};
@@ -20,26 +18,6 @@ use ward_image::unpack::UnpackPolicy;
 use zeroize::Zeroizing;
 
 use crate::progress::Bars;
-
-struct CliKek(KbsClient);
-
-#[async_trait]
-impl ResourceSource for CliKek {
-    async fn resource(&self, uri: &str) -> Result<Zeroizing<Vec<u8>>, KekFetchError> {
-        self.kek(uri).await
-    }
-}
-
-#[async_trait]
-impl KekSource for CliKek {
-    async fn kek(&self, kid: &str) -> Result<Zeroizing<Vec<u8>>, KekFetchError> {
-        let uri = ResourceUri::parse(kid).map_err(|e| Box::new(e) as KekFetchError)?;
-        self.0
-            .get_resource(&uri)
-            .await
-            .map_err(|e| Box::new(e) as KekFetchError)
-    }
-}
 
 /// What `ward pull` needs.
 pub struct PullArgs<'a> {
@@ -109,16 +87,13 @@ pub async fn pull(a: PullArgs<'_>) -> anyhow::Result<bool> {
         keys.extend(PrivateKey::all_from_pem(&pem).with_context(|| k.display().to_string())?);
     }
     let policy = Arc::new(cli_policy(a.policy, a.signed)?);
-    let kbs: Option<Arc<CliKek>> = match a.kbs {
+    let kbs: Option<Arc<KbsClient>> = match a.kbs {
         Some(url) => {
             let attester = tee::detect(&DetectOptions {
                 want: a.tee,
                 ..Default::default()
             })?;
-            Some(Arc::new(CliKek(KbsClient::new(
-                KbsConfig::new(url),
-                attester,
-            )?)))
+            Some(Arc::new(KbsClient::new(KbsConfig::new(url), attester)?))
         }
         None => None,
     };
