@@ -108,9 +108,8 @@ pub(super) fn load(
             cfg.max_position_embeddings
         )));
     }
-    if !(cfg.rms_norm_eps.is_finite() && cfg.rms_norm_eps > 0.0)
-        || !(cfg.rope_theta.is_finite() && cfg.rope_theta > 0.0)
-    {
+    let positive = |x: f64| x.is_finite() && x > 0.0;
+    if !positive(cfg.rms_norm_eps) || !positive(f64::from(cfg.rope_theta)) {
         return Err(InferenceError::InvalidConfig(
             "rms_norm_eps and rope_theta must be positive".into(),
         ));
