@@ -238,3 +238,86 @@ fn sentencepiece_unigram(
     tokenizer.with_decoder(Some(decoder));
     Ok(tokenizer)
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    fn s(v: &str) -> Value {
+        Value::String(v.to_owned())
+    }
+
+    /// A SentencePiece-style vocabulary: control tokens, byte-fallback tokens, pieces with scores.
+    fn spm_metadata() -> HashMap<String, Value> {
+        let mut tokens = vec![s("<unk>"), s("<s>"), s("</s>")];
+        let mut types = vec![Value::I32(2), Value::I32(3), Value::I32(3)];
+        let mut scores = vec![Value::F32(0.0); 3];
+        for b in 0..=255u8 {
+            tokens.push(s(&format!("<0x{b:02X}>")));
+            types.push(Value::I32(6));
+            scores.push(Value::F32(0.0));
+        }
+        for (piece, score) in [
+            ("\u{2581}hello", -1.0),
+            ("\u{2581}world", -1.5),
+            ("\u{2581}", -3.0),
+            ("h", -5.0),
+            ("e", -5.0),
+            ("l", -5.0),
+            ("o", -5.0),
+        ] {
+            tokens.push(s(piece));
+            types.push(Value::I32(1));
+            scores.push(Value::F32(score));
+        }
+        HashMap::from([
+            ("tokenizer.ggml.model".to_owned(), s("llama")),
+            ("tokenizer.ggml.tokens".to_owned(), Value::Array(tokens)),
+            ("tokenizer.ggml.token_type".to_owned(), Value::Array(types)),
+            ("tokenizer.ggml.scores".to_owned(), Value::Array(scores)),
+            ("tokenizer.ggml.bos_token_id".to_owned(), Value::U32(1)),
+            ("tokenizer.ggml.eos_token_id".to_owned(), Value::U32(2)),
+        ])
+    }
+
+    #[test]
+    fn sentencepiece_vocab_encodes_pieces_and_falls_back_to_bytes() {
+        let v = from_metadata(&spm_metadata()).unwrap();
+        assert!(v.add_bos, "SentencePiece vocabularies add BOS by default");
+        assert_eq!((v.bos_id, v.eos_ids.clone()), (Some(1), vec![2]));
+        let t = &v.tokenizer;
+        let ids = t.encode("hello world", false).unwrap().get_ids().to_vec();
+        let pieces: Vec<String> = ids.iter().map(|i| t.id_to_token(*i).unwrap()).collect();
+        assert_eq!(pieces, ["\u{2581}hello", "\u{2581}world"]);
+        assert_eq!(t.decode(&ids, true).unwrap(), "hello world");
+        // "é" is not a piece: it goes through its UTF-8 bytes and decodes back whole.
+        let ids = t.encode("hello é", false).unwrap().get_ids().to_vec();
+        let pieces: Vec<String> = ids.iter().map(|i| t.id_to_token(*i).unwrap()).collect();
+        assert_eq!(pieces, ["\u{2581}hello", "\u{2581}", "<0xC3>", "<0xA9>"]);
+        assert_eq!(t.decode(&ids, true).unwrap(), "hello é");
+        // Control tokens in text are single special tokens.
+        let ids = t.encode("<s>hello", false).unwrap().get_ids().to_vec();
+        assert_eq!(ids.first(), Some(&1));
+    }
+
+    #[test]
+    fn bad_tokenizer_metadata_is_a_typed_error() {
+        let mut md = spm_metadata();
+        md.insert("tokenizer.ggml.tokens".into(), Value::U32(3));
+        assert!(matches!(
+            from_metadata(&md),
+            Err(InferenceError::GgufMetadata { .. })
+        ));
+        let mut md = spm_metadata();
+        md.insert("tokenizer.ggml.model".into(), s("gpt2"));
+        md.insert(
+            "tokenizer.ggml.merges".into(),
+            Value::Array(vec![s("no-space")]),
+        );
+        assert!(matches!(
+            from_metadata(&md),
+            Err(InferenceError::GgufMetadata { .. })
+        ));
+    }
+}
