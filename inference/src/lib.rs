@@ -1,11 +1,43 @@
 //! ward-inference: a local inference runtime on candle, served by wardd.
 //!
-//! Will own (issue "Inference runtime over vsock"): llama-family models loaded from decrypted
-//! in-memory buffers (safetensors and GGUF), tokenizer and chat templates, sampling, a bounded
-//! request queue, an OpenAI-compatible HTTP API, and end-to-end encrypted sessions (HPKE) bound
-//! to the attestation.
+//! What it owns (issue #7, runtime core):
+//! - [`Model`]: llama-family models (Llama 2/3, Mistral, SmolLM2...) loaded from decrypted
+//!   in-memory buffers, as GGUF (quantised, tokenizer and chat template in the metadata) or as
+//!   safetensors (`config.json`, `tokenizer.json`, `tokenizer_config.json`);
+//! - the generation loop: chat template, KV cache, sampling, stop sequences, streaming, usage;
+//! - [`Engine`]: a bounded queue with back-pressure, concurrent sequences on worker threads,
+//!   cancellation.
 //!
-//! Implemented so far: [`e2e`], the message layer of end-to-end encrypted inference
-//! (`docs/encrypted-inference.md`).
+//! What it must never do: read model bytes from disk on its own (the sealed-model loader hands
+//! them over), log prompts or generated text, or panic on a malformed model.
+//! - [`e2e`]: the message layer of end-to-end encrypted inference (`docs/encrypted-inference.md`).
+//!
+//! Still to come: the OpenAI-compatible HTTP API and its wiring to [`e2e`] and wardd.
 
+pub mod chat;
 pub mod e2e;
+mod engine;
+mod error;
+mod generate;
+mod gguf_tokenizer;
+pub mod model;
+mod request;
+pub mod sampling;
+mod text_stream;
+
+#[cfg(test)]
+mod test_models;
+#[cfg(test)]
+mod tests;
+
+pub use chat::{ChatMessage, ChatTemplate};
+pub use engine::{CancelHandle, Engine, EngineConfig, EngineStats, GenerationStream};
+pub use error::InferenceError;
+pub use model::{
+    DeviceKind, LoadOptions, Model, ModelInfo, ModelSource, SafetensorsFiles, Session,
+};
+pub use request::{
+    Completion, FinishReason, Finished, MAX_STOP_LEN, MAX_STOPS, Prompt, Request, StreamEvent,
+    Usage,
+};
+pub use sampling::SamplingParams;

@@ -1,0 +1,319 @@
+//! Models loaded from memory: the llama family (Llama 2/3, Mistral, SmolLM2 and other llama-layout
+//! models) from GGUF (quantised) or safetensors buffers, with their tokenizer, special tokens and
+//! chat template.
+//!
+//! The runtime API takes buffers only: the sealed-model loader hands over decrypted bytes and this
+//! module never opens a file (the `*_file` conveniences for tests and the CLI read into memory
+//! first). A loaded [`Model`] is immutable and shared through an `Arc`; each generation gets its
+//! own [`Session`] holding its KV cache.
+
+mod gguf;
+mod gguf_precheck;
+mod safetensors;
+
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Tensor};
+use candle_transformers::models::{llama, quantized_llama};
+use tokenizers::Tokenizer;
+
+use crate::chat::{CHATML_TEMPLATE, ChatMessage, ChatTemplate};
+use crate::error::InferenceError;
+
+pub use safetensors::SafetensorsFiles;
+
+/// Where the model runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum DeviceKind {
+    /// The CPU, with the SIMD features the crate was built for.
+    #[default]
+    Cpu,
+    /// An NVIDIA GPU by ordinal (needs the `cuda` feature).
+    Cuda(usize),
+}
+
+impl DeviceKind {
+    pub(crate) fn device(self) -> Result<Device, InferenceError> {
+        match self {
+            Self::Cpu => Ok(Device::Cpu),
+            Self::Cuda(ordinal) => Device::new_cuda(ordinal)
+                .map_err(|e| InferenceError::Device(format!("CUDA device {ordinal}: {e}"))),
+        }
+    }
+}
+
+/// Options of [`Model::load`].
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    pub device: DeviceKind,
+    /// A name for logs and `/v1/models`; defaults to the GGUF `general.name` or `model`.
+    pub name: Option<String>,
+}
+
+/// The serialized model handed over by the sealed-model loader.
+#[derive(Debug, Clone)]
+pub enum ModelSource {
+    /// A GGUF file's bytes (weights, tokenizer and chat template in its metadata).
+    Gguf(Vec<u8>),
+    /// A Hugging Face checkpoint: `config.json`, `tokenizer.json`, weights.
+    Safetensors(SafetensorsFiles),
+}
+
+/// What a loaded model is, for listings and limits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelInfo {
+    pub name: String,
+    /// `gguf-llama` or `safetensors-llama`.
+    pub format: &'static str,
+    pub vocab_size: usize,
+    /// The most tokens (prompt + completion) one sequence may hold.
+    pub context_length: usize,
+    pub num_layers: usize,
+}
+
+pub(crate) enum Weights {
+    /// Quantised llama; sessions clone it (tensors are reference-counted, only the caches differ).
+    Gguf(quantized_llama::ModelWeights),
+    Llama {
+        model: llama::Llama,
+        config: llama::Config,
+        dtype: DType,
+    },
+}
+
+/// Special tokens and prompt conventions of a model.
+pub(crate) struct Vocab {
+    pub tokenizer: Tokenizer,
+    pub bos_id: Option<u32>,
+    /// Prepend BOS ourselves (GGUF); safetensors tokenizers do it in their post-processor.
+    pub add_bos: bool,
+    pub eos_ids: Vec<u32>,
+    pub chat_template: ChatTemplate,
+}
+
+pub(crate) struct ModelInner {
+    pub info: ModelInfo,
+    pub weights: Weights,
+    pub vocab: Vocab,
+    pub device: Device,
+}
+
+/// A loaded model: weights, tokenizer and chat template, cheap to clone and share across threads.
+#[derive(Clone)]
+pub struct Model {
+    pub(crate) inner: Arc<ModelInner>,
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model")
+            .field("info", &self.inner.info)
+            .finish()
+    }
+}
+
+impl Model {
+    /// Loads a model from its in-memory serialization.
+    pub fn load(source: ModelSource, options: &LoadOptions) -> Result<Self, InferenceError> {
+        match source {
+            ModelSource::Gguf(bytes) => Self::from_gguf(&bytes, options),
+            ModelSource::Safetensors(files) => Self::from_safetensors(files, options),
+        }
+    }
+
+    /// Loads a llama-architecture GGUF from memory.
+    pub fn from_gguf(bytes: &[u8], options: &LoadOptions) -> Result<Self, InferenceError> {
+        let span = tracing::info_span!("model_load", format = "gguf", bytes = bytes.len());
+        let _enter = span.enter();
+        let device = options.device.device()?;
+        let inner = gguf::load(bytes, options, device)?;
+        tracing::info!(name = %inner.info.name, vocab = inner.info.vocab_size, layers = inner.info.num_layers, "model loaded");
+        Ok(Self {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// Loads a llama-architecture safetensors checkpoint from memory.
+    pub fn from_safetensors(
+        files: SafetensorsFiles,
+        options: &LoadOptions,
+    ) -> Result<Self, InferenceError> {
+        let span = tracing::info_span!("model_load", format = "safetensors");
+        let _enter = span.enter();
+        let device = options.device.device()?;
+        let inner = safetensors::load(files, options, device)?;
+        tracing::info!(name = %inner.info.name, vocab = inner.info.vocab_size, layers = inner.info.num_layers, "model loaded");
+        Ok(Self {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// Convenience for tests and the CLI: reads a GGUF file into memory, then [`Model::from_gguf`].
+    pub fn from_gguf_file(
+        path: &std::path::Path,
+        options: &LoadOptions,
+    ) -> Result<Self, InferenceError> {
+        let bytes = std::fs::read(path).map_err(|e| {
+            InferenceError::InvalidRequest(format!("cannot read {}: {e}", path.display()))
+        })?;
+        Self::from_gguf(&bytes, options)
+    }
+
+    pub fn info(&self) -> &ModelInfo {
+        &self.inner.info
+    }
+
+    /// The tokenizer (for counting tokens, or decoding ids).
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.inner.vocab.tokenizer
+    }
+
+    /// Renders a conversation with the model's chat template, opening the assistant turn.
+    pub fn render_chat(&self, messages: &[ChatMessage]) -> Result<String, InferenceError> {
+        self.inner.vocab.chat_template.render(messages, true)
+    }
+
+    /// Tokenizes a prompt. `chat` prompts come from the template, which writes BOS itself where
+    /// the model wants it; plain prompts get the model's BOS convention.
+    pub fn encode(&self, text: &str, chat: bool) -> Result<Vec<u32>, InferenceError> {
+        let vocab = &self.inner.vocab;
+        // A chat template writes special tokens as text: never let the tokenizer add more.
+        let encoding = vocab
+            .tokenizer
+            .encode(text, !chat)
+            .map_err(InferenceError::tokenizer)?;
+        let mut ids = encoding.get_ids().to_vec();
+        if vocab.add_bos
+            && let Some(bos) = vocab.bos_id
+            && ids.first() != Some(&bos)
+        {
+            ids.insert(0, bos);
+        }
+        Ok(ids)
+    }
+
+    pub(crate) fn is_eos(&self, id: u32) -> bool {
+        self.inner.vocab.eos_ids.contains(&id)
+    }
+
+    /// A fresh sequence state (empty KV cache) sharing this model's weights.
+    pub fn new_session(&self) -> Result<Session, InferenceError> {
+        let state = match &self.inner.weights {
+            Weights::Gguf(w) => {
+                let mut w = w.clone();
+                w.clear_kv_cache();
+                SessionState::Gguf(Box::new(w))
+            }
+            Weights::Llama { config, dtype, .. } => SessionState::Llama(Box::new(
+                llama::Cache::new(true, *dtype, config, &self.inner.device)?,
+            )),
+        };
+        Ok(Session {
+            model: self.clone(),
+            state,
+        })
+    }
+}
+
+enum SessionState {
+    Gguf(Box<quantized_llama::ModelWeights>),
+    Llama(Box<llama::Cache>),
+}
+
+/// One sequence being generated: the model plus this sequence's KV cache.
+pub struct Session {
+    model: Model,
+    state: SessionState,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session").finish_non_exhaustive()
+    }
+}
+
+impl Session {
+    /// Runs `tokens` at positions `pos..pos + tokens.len()` and returns the logits of the last one.
+    /// `pos == 0` starts a new sequence.
+    pub fn forward(&mut self, tokens: &[u32], pos: usize) -> Result<Vec<f32>, InferenceError> {
+        let inner = &self.model.inner;
+        if tokens.is_empty() {
+            return Err(InferenceError::InvalidRequest("no tokens to run".into()));
+        }
+        let end = pos.saturating_add(tokens.len());
+        if end > inner.info.context_length {
+            return Err(InferenceError::PromptTooLong {
+                prompt_tokens: end,
+                context: inner.info.context_length,
+            });
+        }
+        if let Some(bad) = tokens
+            .iter()
+            .find(|t| **t as usize >= inner.info.vocab_size)
+        {
+            return Err(InferenceError::InvalidRequest(format!(
+                "token id {bad} outside the vocabulary"
+            )));
+        }
+        let input = Tensor::new(tokens, &inner.device)?.unsqueeze(0)?;
+        let logits = match (&mut self.state, &inner.weights) {
+            (SessionState::Gguf(w), _) => w.forward(&input, pos)?,
+            (SessionState::Llama(cache), Weights::Llama { model, .. }) => {
+                model.forward(&input, pos, cache)?
+            }
+            (SessionState::Llama(_), Weights::Gguf(_)) => {
+                return Err(InferenceError::InvalidConfig(
+                    "session does not match its model".into(),
+                ));
+            }
+        };
+        Ok(logits.squeeze(0)?.to_dtype(DType::F32)?.to_vec1::<f32>()?)
+    }
+}
+
+/// Picks the chat template: the model's own, else ChatML.
+pub(crate) fn chat_template(
+    source: Option<String>,
+    bos: &str,
+    eos: &str,
+) -> Result<ChatTemplate, InferenceError> {
+    ChatTemplate::new(
+        source.unwrap_or_else(|| CHATML_TEMPLATE.to_owned()),
+        bos,
+        eos,
+    )
+}
+
+/// Checks shared by both formats: positive sizes that divide as attention needs.
+pub(crate) fn check_dims(
+    hidden: usize,
+    heads: usize,
+    kv_heads: usize,
+    layers: usize,
+    ffn: usize,
+    vocab: usize,
+) -> Result<(), InferenceError> {
+    let bad = |m: String| Err(InferenceError::InvalidConfig(m));
+    if hidden == 0 || heads == 0 || kv_heads == 0 || layers == 0 || ffn == 0 || vocab == 0 {
+        return bad(format!(
+            "zero size (hidden {hidden}, heads {heads}, kv heads {kv_heads}, layers {layers}, ffn {ffn}, vocab {vocab})"
+        ));
+    }
+    if layers > 1024 || heads > 4096 || hidden > 1 << 20 || ffn > 1 << 22 || vocab > 1 << 24 {
+        return bad("sizes beyond any supported model".into());
+    }
+    if hidden % heads != 0 {
+        return bad(format!(
+            "hidden size {hidden} not divisible by {heads} heads"
+        ));
+    }
+    if heads % kv_heads != 0 {
+        return bad(format!(
+            "{heads} heads not divisible by {kv_heads} kv heads"
+        ));
+    }
+    if (hidden / heads) % 2 != 0 {
+        return bad(format!("odd head dimension {}", hidden / heads));
+    }
+    Ok(())
+}
