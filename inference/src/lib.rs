@@ -21,10 +21,13 @@ mod error;
 mod generate;
 mod gguf_tokenizer;
 pub mod model;
+pub mod openai;
 mod request;
 pub mod sampling;
 mod text_stream;
 
+#[cfg(test)]
+mod openai_tests;
 #[cfg(test)]
 mod test_models;
 #[cfg(test)]

@@ -1,0 +1,464 @@
+//! The OpenAI-compatible HTTP API over [`Engine`]s: `GET /v1/models`,
+//! `POST /v1/chat/completions` and `POST /v1/completions`, non-streaming and streaming (SSE
+//! `chat.completion.chunk` / `text_completion` events, `data: [DONE]` last), usage counts, and
+//! OpenAI-shaped errors (`{"error": {"message", "type", "param", "code"}}`). Existing OpenAI
+//! clients work by changing only the base URL. Prompts and outputs are never logged.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::sse::{Event, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use futures_util::StreamExt as _;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::{
+    ChatMessage, Engine, FinishReason, GenerationStream, InferenceError, Request, SamplingParams,
+    StreamEvent,
+};
+
+/// Largest `max_tokens` accepted.
+pub const MAX_TOKENS_CAP: usize = 8192;
+/// `max_tokens` when the request gives none.
+pub const DEFAULT_MAX_TOKENS: usize = 256;
+
+/// The engines served, by model id.
+pub type Engines = BTreeMap<String, Arc<Engine>>;
+
+/// An OpenAI-shaped error: `{"error": {"message", "type", "param", "code"}}` with its status.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    kind: &'static str,
+    code: Option<&'static str>,
+    message: String,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(json!({"error": {"message": self.message, "type": self.kind,
+                                   "param": null, "code": self.code}})),
+        )
+            .into_response()
+    }
+}
+
+/// An OpenAI-shaped error.
+pub fn error(
+    status: StatusCode,
+    kind: &'static str,
+    code: Option<&'static str>,
+    message: impl Into<String>,
+) -> ApiError {
+    ApiError {
+        status,
+        kind,
+        code,
+        message: message.into(),
+    }
+}
+
+fn engine_error(e: &InferenceError) -> ApiError {
+    match e {
+        InferenceError::QueueFull { .. } => error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limit_error",
+            Some("queue_full"),
+            e.to_string(),
+        ),
+        InferenceError::InvalidRequest(_) | InferenceError::PromptTooLong { .. } => error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            None,
+            e.to_string(),
+        ),
+        InferenceError::ShutDown => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            Some("shutting_down"),
+            e.to_string(),
+        ),
+        _ => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            None,
+            "generation failed",
+        ),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Stop {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Deserialize)]
+struct StreamOptions {
+    #[serde(default)]
+    include_usage: bool,
+}
+
+/// The fields both endpoints share (unknown fields are ignored, as OpenAI's server does).
+#[derive(Deserialize)]
+struct Common {
+    model: String,
+    #[serde(default)]
+    max_tokens: Option<usize>,
+    #[serde(default)]
+    max_completion_tokens: Option<usize>,
+    #[serde(default)]
+    temperature: Option<f32>,
+    #[serde(default)]
+    top_p: Option<f32>,
+    #[serde(default)]
+    top_k: Option<usize>,
+    #[serde(default)]
+    seed: Option<u64>,
+    #[serde(default)]
+    repetition_penalty: Option<f32>,
+    #[serde(default)]
+    stop: Option<Stop>,
+    #[serde(default)]
+    stream: bool,
+    #[serde(default)]
+    stream_options: Option<StreamOptions>,
+    #[serde(default)]
+    n: Option<usize>,
+}
+
+#[derive(Deserialize)]
+struct ChatBody {
+    #[serde(flatten)]
+    common: Common,
+    messages: Vec<ChatIn>,
+}
+
+#[derive(Deserialize)]
+struct ChatIn {
+    role: String,
+    content: Content,
+}
+
+/// A message's content: a string, or OpenAI's list of parts (only text parts are accepted).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Content {
+    Text(String),
+    Parts(Vec<Value>),
+}
+
+impl Content {
+    fn text(self) -> Result<String, String> {
+        match self {
+            Content::Text(t) => Ok(t),
+            Content::Parts(parts) => parts
+                .iter()
+                .map(|p| match (p["type"].as_str(), p["text"].as_str()) {
+                    (Some("text"), Some(t)) => Ok(t.to_string()),
+                    _ => Err("only text content parts are supported".to_string()),
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(|v| v.join("")),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct CompletionBody {
+    #[serde(flatten)]
+    common: Common,
+    prompt: Value,
+}
+
+/// The engine request for `common` and `prompt`, or an OpenAI-shaped 400.
+fn build(common: &Common, request: Request) -> Result<Request, ApiError> {
+    let bad = |m: String| error(StatusCode::BAD_REQUEST, "invalid_request_error", None, m);
+    if common.n.is_some_and(|n| n != 1) {
+        return Err(bad("only n = 1 is supported".into()));
+    }
+    let max_tokens = common
+        .max_completion_tokens
+        .or(common.max_tokens)
+        .unwrap_or(DEFAULT_MAX_TOKENS);
+    if max_tokens == 0 || max_tokens > MAX_TOKENS_CAP {
+        return Err(bad(format!("max_tokens must be 1 to {MAX_TOKENS_CAP}")));
+    }
+    let mut sampling = SamplingParams {
+        temperature: common.temperature.unwrap_or(1.0),
+        top_p: common.top_p,
+        top_k: common.top_k,
+        ..SamplingParams::default()
+    };
+    if let Some(seed) = common.seed {
+        sampling.seed = seed;
+    }
+    if let Some(p) = common.repetition_penalty {
+        sampling.repetition_penalty = p;
+    }
+    let stop = match &common.stop {
+        None => Vec::new(),
+        Some(Stop::One(s)) => vec![s.clone()],
+        Some(Stop::Many(v)) => v.clone(),
+    };
+    let r = request
+        .with_max_tokens(max_tokens)
+        .with_sampling(sampling)
+        .with_stop(stop);
+    r.validate().map_err(|e| engine_error(&e))?;
+    Ok(r)
+}
+
+fn engine<'a>(engines: &'a Engines, model: &str) -> Result<&'a Arc<Engine>, ApiError> {
+    engines.get(model).ok_or_else(|| {
+        error(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            Some("model_not_found"),
+            format!("The model `{model}` does not exist"),
+        )
+    })
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn finish_reason(r: FinishReason) -> &'static str {
+    match r {
+        FinishReason::Stop => "stop",
+        FinishReason::Length => "length",
+    }
+}
+
+async fn models(State(engines): State<Arc<Engines>>) -> Response {
+    let data: Vec<Value> = engines
+        .keys()
+        .map(|id| json!({"id": id, "object": "model", "created": 0, "owned_by": "ward"}))
+        .collect();
+    Json(json!({"object": "list", "data": data})).into_response()
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    Chat,
+    Text,
+}
+
+async fn chat(
+    State(engines): State<Arc<Engines>>,
+    body: Result<Json<ChatBody>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Json(body) = match body {
+        Ok(b) => b,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                None,
+                e.body_text(),
+            )
+            .into_response();
+        }
+    };
+    let engine = match engine(&engines, &body.common.model) {
+        Ok(e) => e.clone(),
+        Err(r) => return r.into_response(),
+    };
+    let mut messages = Vec::with_capacity(body.messages.len());
+    for m in body.messages {
+        match m.content.text() {
+            Ok(t) => messages.push(ChatMessage::new(m.role, t)),
+            Err(e) => {
+                return error(StatusCode::BAD_REQUEST, "invalid_request_error", None, e)
+                    .into_response();
+            }
+        }
+    }
+    let request = match build(&body.common, Request::chat(messages)) {
+        Ok(r) => r,
+        Err(resp) => return resp.into_response(),
+    };
+    run(engine, request, &body.common, Kind::Chat).await
+}
+
+async fn completions(
+    State(engines): State<Arc<Engines>>,
+    body: Result<Json<CompletionBody>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Json(body) = match body {
+        Ok(b) => b,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                None,
+                e.body_text(),
+            )
+            .into_response();
+        }
+    };
+    let engine = match engine(&engines, &body.common.model) {
+        Ok(e) => e.clone(),
+        Err(r) => return r.into_response(),
+    };
+    let prompt = match &body.prompt {
+        Value::String(s) => s.clone(),
+        Value::Array(a) if a.len() == 1 && a[0].is_string() => {
+            a[0].as_str().unwrap_or_default().to_string()
+        }
+        _ => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                None,
+                "prompt must be one string",
+            )
+            .into_response();
+        }
+    };
+    let request = match build(&body.common, Request::text(prompt)) {
+        Ok(r) => r,
+        Err(resp) => return resp.into_response(),
+    };
+    run(engine, request, &body.common, Kind::Text).await
+}
+
+async fn run(engine: Arc<Engine>, request: Request, common: &Common, kind: Kind) -> Response {
+    let stream = match engine.submit(request) {
+        Ok(s) => s,
+        Err(e) => return engine_error(&e).into_response(),
+    };
+    let (id, object) = match kind {
+        Kind::Chat => (
+            format!("chatcmpl-{:016x}", rand::random::<u64>()),
+            "chat.completion",
+        ),
+        Kind::Text => (
+            format!("cmpl-{:016x}", rand::random::<u64>()),
+            "text_completion",
+        ),
+    };
+    let created = now();
+    let model = common.model.clone();
+    if !common.stream {
+        let done = match stream.collect().await {
+            Ok(c) => c,
+            Err(e) => return engine_error(&e).into_response(),
+        };
+        let choice = match kind {
+            Kind::Chat => {
+                json!({"index": 0, "message": {"role": "assistant", "content": done.text},
+                                 "logprobs": null, "finish_reason": finish_reason(done.finish_reason)})
+            }
+            Kind::Text => json!({"index": 0, "text": done.text, "logprobs": null,
+                                 "finish_reason": finish_reason(done.finish_reason)}),
+        };
+        return Json(json!({
+            "id": id, "object": object, "created": created, "model": model,
+            "choices": [choice],
+            "usage": {"prompt_tokens": done.usage.prompt_tokens,
+                      "completion_tokens": done.usage.completion_tokens,
+                      "total_tokens": done.usage.total_tokens()},
+        }))
+        .into_response();
+    }
+    let include_usage = common
+        .stream_options
+        .as_ref()
+        .is_some_and(|o| o.include_usage);
+    let chunk_object = match kind {
+        Kind::Chat => "chat.completion.chunk",
+        Kind::Text => "text_completion",
+    };
+    let events = sse_events(
+        stream,
+        kind,
+        id,
+        chunk_object,
+        created,
+        model,
+        include_usage,
+    );
+    Sse::new(events).into_response()
+}
+
+/// The SSE events of a streamed generation; dropping the stream (the client went away)
+/// cancels the generation and frees its slot.
+fn sse_events(
+    stream: GenerationStream,
+    kind: Kind,
+    id: String,
+    object: &'static str,
+    created: u64,
+    model: String,
+    include_usage: bool,
+) -> impl futures_util::Stream<Item = Result<Event, Infallible>> {
+    let chunk = move |delta: Value, finish: Value| {
+        let choice = match kind {
+            Kind::Chat => {
+                json!({"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish})
+            }
+            Kind::Text => json!({"index": 0, "text": delta["content"].as_str().unwrap_or_default(),
+                                 "logprobs": null, "finish_reason": finish}),
+        };
+        json!({"id": id, "object": object, "created": created, "model": model, "choices": [choice]})
+    };
+    let event = |v: Value| Event::default().data(v.to_string());
+    let first = (kind == Kind::Chat).then(|| {
+        event(chunk(
+            json!({"role": "assistant", "content": ""}),
+            Value::Null,
+        ))
+    });
+    let body = stream.flat_map(move |ev| {
+        let out: Vec<Event> = match ev {
+            Ok(StreamEvent::Delta(text)) => {
+                vec![event(chunk(json!({"content": text}), Value::Null))]
+            }
+            Ok(StreamEvent::Finished(f)) => {
+                let mut v = vec![event(chunk(
+                    json!({}),
+                    json!(finish_reason(f.finish_reason)),
+                ))];
+                if include_usage {
+                    // OpenAI's usage chunk: the same envelope, no choices.
+                    let mut last = chunk(json!({}), Value::Null);
+                    last["choices"] = json!([]);
+                    last["usage"] = json!({"prompt_tokens": f.usage.prompt_tokens,
+                                           "completion_tokens": f.usage.completion_tokens,
+                                           "total_tokens": f.usage.total_tokens()});
+                    v.push(event(last));
+                }
+                v.push(Event::default().data("[DONE]"));
+                v
+            }
+            Err(e) => vec![event(json!({"error": {"message": e.to_string(),
+                "type": "server_error", "param": null, "code": null}}))],
+        };
+        futures_util::stream::iter(out.into_iter().map(Ok))
+    });
+    futures_util::stream::iter(first.into_iter().map(Ok)).chain(body)
+}
+
+/// The router of the OpenAI-compatible API over `engines`.
+pub fn router(engines: Arc<Engines>) -> Router {
+    Router::new()
+        .route("/v1/models", get(models))
+        .route("/v1/chat/completions", post(chat))
+        .route("/v1/completions", post(completions))
+        .with_state(engines)
+}
