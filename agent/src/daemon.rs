@@ -107,7 +107,9 @@ pub async fn run(config: &Config, mode: Mode) -> Result<(), DaemonError> {
             .map_err(|e| DaemonError::Images(e.to_string()))?,
     );
     let models = Arc::new(crate::models::Models::new(&config.models));
+    let engines = ward_inference::openai::SharedEngines::default();
     let ctx = Context {
+        engines: engines.clone(),
         daemon: state.clone(),
         attestation: attestation.clone(),
         images: images.clone(),
@@ -176,7 +178,7 @@ pub async fn run(config: &Config, mode: Mode) -> Result<(), DaemonError> {
         // Models load after READY: the APIs serve meanwhile, and a model that fails to load
         // is reported (audit, logs) without taking wardd down.
         let (m, i, a) = (models.clone(), images.clone(), attestation.clone());
-        tokio::spawn(async move { m.load_all(&i, &a).await });
+        tokio::spawn(async move { m.load_all(&i, &a, &engines).await });
     }
 
     let (check, stop_after_check) = match &config.self_check {
@@ -291,6 +293,7 @@ async fn start_http(l: &Listener, name: &str, ctx: &Context) -> Result<Running, 
         ctx.attestation.clone(),
         l.services.clone(),
         name.to_string(),
+        ctx.engines.clone(),
     );
     let (stop, stopped) = tokio::sync::oneshot::channel();
     let task = tokio::spawn(crate::http::serve(listener, router, stopped));

@@ -172,20 +172,25 @@ pub fn router(
     attestation: Arc<Attestation>,
     allowed: BTreeSet<ServiceKind>,
     listener: String,
+    engines: ward_inference::openai::SharedEngines,
 ) -> Router {
+    let inference = allowed.contains(&ServiceKind::Inference);
     let api = Arc::new(Api {
         attestation,
         allowed,
         listener: listener.clone(),
     });
-    Router::new()
+    let mut app = Router::new()
         .route("/aa/token", get(token))
         .route("/aa/evidence", get(evidence))
         .route("/aa/aael", post(aael))
         .route("/cdh/resource/{repo}/{type}/{tag}", get(resource))
         .route("/info", get(info))
-        .fallback(not_found)
-        .with_state(api)
+        .with_state(api);
+    if inference {
+        app = app.merge(ward_inference::openai::router(engines));
+    }
+    app.fallback(not_found)
         .layer(axum::middleware::from_fn(move |req: axum::extract::Request, next: axum::middleware::Next| {
             let span = tracing::info_span!("http", method = %req.method(), path = %req.uri().path(), listener = %listener);
             async move {

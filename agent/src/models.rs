@@ -70,13 +70,44 @@ impl Models {
             .insert(name.to_string(), state);
     }
 
-    /// Loads every model, one after the other (each uses every core while it decrypts).
-    pub async fn load_all(&self, images: &Images, attestation: &Arc<Attestation>) {
+    /// Loads every model, one after the other (each uses every core while it decrypts), and
+    /// starts an inference engine for each one whose files the runtime can run.
+    pub async fn load_all(
+        &self,
+        images: &Images,
+        attestation: &Arc<Attestation>,
+        engines: &ward_inference::openai::SharedEngines,
+    ) {
         for m in &self.settings {
             let span = tracing::info_span!("model.load", model = %m.name);
             self.load_and_record(m, images, attestation)
-                .instrument(span)
+                .instrument(span.clone())
                 .await;
+            let Some(model) = self.get(&m.name) else {
+                continue;
+            };
+            let name = m.name.clone();
+            let started = std::time::Instant::now();
+            let engine = tokio::task::spawn_blocking(move || serve(&name, &model)).await;
+            let _enter = span.enter();
+            match engine {
+                Ok(Ok(Some(engine))) => {
+                    tracing::info!(
+                        secs = started.elapsed().as_secs_f64(),
+                        "inference engine ready"
+                    );
+                    if let Ok(mut e) = engines.write() {
+                        e.insert(m.name.clone(), Arc::new(engine));
+                    }
+                }
+                Ok(Ok(None)) => tracing::info!(
+                    "no runnable weights (GGUF or safetensors llama): loaded, not served"
+                ),
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "the inference runtime refused the model")
+                }
+                Err(e) => tracing::error!(error = %e, "inference engine task failed"),
+            }
         }
     }
 
@@ -138,6 +169,47 @@ impl Models {
             }
         }
     }
+}
+
+/// An inference engine for `model`: a `.gguf` file, or `config.json` + `tokenizer.json` +
+/// `*.safetensors` (llama family). `None` when the model has neither.
+fn serve(
+    name: &str,
+    model: &LoadedModel,
+) -> Result<Option<ward_inference::Engine>, ward_inference::InferenceError> {
+    use ward_inference::{Engine, EngineConfig, LoadOptions, Model, SafetensorsFiles};
+    let options = LoadOptions {
+        name: Some(name.to_string()),
+        ..LoadOptions::default()
+    };
+    let by_name = |n: &str| model.file(n).map(|f| f.data.to_vec());
+    let loaded = if let Some(gguf) = model.files.iter().find(|f| f.name.ends_with(".gguf")) {
+        Model::from_gguf(&gguf.data, &options)?
+    } else if let (Some(config_json), Some(tokenizer_json)) =
+        (by_name("config.json"), by_name("tokenizer.json"))
+    {
+        let weights: Vec<Vec<u8>> = model
+            .files
+            .iter()
+            .filter(|f| f.name.ends_with(".safetensors"))
+            .map(|f| f.data.to_vec())
+            .collect();
+        if weights.is_empty() {
+            return Ok(None);
+        }
+        Model::from_safetensors(
+            SafetensorsFiles {
+                config_json,
+                tokenizer_json,
+                tokenizer_config_json: by_name("tokenizer_config.json"),
+                weights,
+            },
+            &options,
+        )?
+    } else {
+        return Ok(None);
+    };
+    Engine::new(loaded, EngineConfig::default()).map(Some)
 }
 
 async fn load_one(

@@ -31,6 +31,12 @@ pub const DEFAULT_MAX_TOKENS: usize = 256;
 
 /// The engines served, by model id.
 pub type Engines = BTreeMap<String, Arc<Engine>>;
+/// Engines that come and go while the server runs (models load after wardd is ready).
+pub type SharedEngines = Arc<std::sync::RwLock<Engines>>;
+
+fn snapshot(engines: &SharedEngines) -> Engines {
+    engines.read().map(|e| e.clone()).unwrap_or_default()
+}
 
 /// An OpenAI-shaped error: `{"error": {"message", "type", "param", "code"}}` with its status.
 #[derive(Debug)]
@@ -244,8 +250,8 @@ fn finish_reason(r: FinishReason) -> &'static str {
     }
 }
 
-async fn models(State(engines): State<Arc<Engines>>) -> Response {
-    let data: Vec<Value> = engines
+async fn models(State(engines): State<SharedEngines>) -> Response {
+    let data: Vec<Value> = snapshot(&engines)
         .keys()
         .map(|id| json!({"id": id, "object": "model", "created": 0, "owned_by": "ward"}))
         .collect();
@@ -259,7 +265,7 @@ enum Kind {
 }
 
 async fn chat(
-    State(engines): State<Arc<Engines>>,
+    State(engines): State<SharedEngines>,
     body: Result<Json<ChatBody>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
     let Json(body) = match body {
@@ -274,7 +280,7 @@ async fn chat(
             .into_response();
         }
     };
-    let engine = match engine(&engines, &body.common.model) {
+    let engine = match engine(&snapshot(&engines), &body.common.model) {
         Ok(e) => e.clone(),
         Err(r) => return r.into_response(),
     };
@@ -296,7 +302,7 @@ async fn chat(
 }
 
 async fn completions(
-    State(engines): State<Arc<Engines>>,
+    State(engines): State<SharedEngines>,
     body: Result<Json<CompletionBody>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
     let Json(body) = match body {
@@ -311,7 +317,7 @@ async fn completions(
             .into_response();
         }
     };
-    let engine = match engine(&engines, &body.common.model) {
+    let engine = match engine(&snapshot(&engines), &body.common.model) {
         Ok(e) => e.clone(),
         Err(r) => return r.into_response(),
     };
@@ -455,7 +461,7 @@ fn sse_events(
 }
 
 /// The router of the OpenAI-compatible API over `engines`.
-pub fn router(engines: Arc<Engines>) -> Router {
+pub fn router(engines: SharedEngines) -> Router {
     Router::new()
         .route("/v1/models", get(models))
         .route("/v1/chat/completions", post(chat))

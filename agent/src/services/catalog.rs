@@ -23,11 +23,13 @@ pub enum ServiceKind {
     ImagePull,
     /// `keyprovider.KeyProviderService` (ocicrypt key provider).
     KeyProvider,
+    /// The OpenAI-compatible inference API over the loaded models (HTTP listeners).
+    Inference,
 }
 
 impl ServiceKind {
     /// Every service, in the order they are listed to operators.
-    pub const ALL: [ServiceKind; 7] = [
+    pub const ALL: [ServiceKind; 8] = [
         ServiceKind::Health,
         ServiceKind::AttestationAgent,
         ServiceKind::GetResource,
@@ -35,6 +37,7 @@ impl ServiceKind {
         ServiceKind::SecureMount,
         ServiceKind::ImagePull,
         ServiceKind::KeyProvider,
+        ServiceKind::Inference,
     ];
 
     /// The services CoCo's confidential-data-hub serves on its socket.
@@ -55,6 +58,7 @@ impl ServiceKind {
             ServiceKind::SecureMount => "api.SecureMountService",
             ServiceKind::ImagePull => "api.ImagePullService",
             ServiceKind::KeyProvider => "keyprovider.KeyProviderService",
+            ServiceKind::Inference => "ward.inference.InferenceService",
         }
     }
 
@@ -68,6 +72,7 @@ impl ServiceKind {
             ServiceKind::SecureMount => "secure-mount",
             ServiceKind::ImagePull => "image-pull",
             ServiceKind::KeyProvider => "key-provider",
+            ServiceKind::Inference => "inference",
         }
     }
 
@@ -83,7 +88,10 @@ impl ServiceKind {
     pub fn has_http_api(self) -> bool {
         matches!(
             self,
-            ServiceKind::Health | ServiceKind::AttestationAgent | ServiceKind::GetResource
+            ServiceKind::Health
+                | ServiceKind::AttestationAgent
+                | ServiceKind::GetResource
+                | ServiceKind::Inference
         )
     }
 
@@ -124,7 +132,7 @@ mod tests {
 
     #[test]
     fn groups_expand() {
-        assert_eq!(ServiceKind::parse_group("all").unwrap().len(), 7);
+        assert_eq!(ServiceKind::parse_group("all").unwrap().len(), 8);
         assert_eq!(
             ServiceKind::parse_group("cdh").unwrap(),
             ServiceKind::DATA_HUB.to_vec()

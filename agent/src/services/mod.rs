@@ -35,6 +35,8 @@ pub struct Context {
     pub daemon: Arc<DaemonState>,
     pub attestation: Arc<Attestation>,
     pub images: Arc<crate::images::Images>,
+    /// The inference engines of the loaded models (HTTP listeners serve them).
+    pub engines: ward_inference::openai::SharedEngines,
 }
 
 /// Stands in for a service whose implementation has not landed: the generated trait's default
@@ -98,6 +100,8 @@ fn generated(
                 true,
             )
         }
+        // HTTP only so far (the OpenAI-compatible API); no ttrpc service yet.
+        ServiceKind::Inference => (HashMap::new(), false),
     }
 }
 
