@@ -108,7 +108,12 @@ pub async fn run(config: &Config, mode: Mode) -> Result<(), DaemonError> {
     );
     let models = Arc::new(crate::models::Models::new(&config.models));
     let engines = ward_inference::openai::SharedEngines::default();
+    let e2e = Arc::new(crate::e2e_http::E2e {
+        key: ward_inference::e2e::ServerKey::generate(ward_inference::e2e::Suite::XWing),
+        attestation: attestation.clone(),
+    });
     let ctx = Context {
+        e2e,
         engines: engines.clone(),
         daemon: state.clone(),
         attestation: attestation.clone(),
@@ -294,6 +299,7 @@ async fn start_http(l: &Listener, name: &str, ctx: &Context) -> Result<Running, 
         l.services.clone(),
         name.to_string(),
         ctx.engines.clone(),
+        ctx.e2e.clone(),
     );
     let (stop, stopped) = tokio::sync::oneshot::channel();
     let task = tokio::spawn(crate::http::serve(listener, router, stopped));

@@ -173,6 +173,7 @@ pub fn router(
     allowed: BTreeSet<ServiceKind>,
     listener: String,
     engines: ward_inference::openai::SharedEngines,
+    e2e: Arc<crate::e2e_http::E2e>,
 ) -> Router {
     let inference = allowed.contains(&ServiceKind::Inference);
     let api = Arc::new(Api {
@@ -188,7 +189,13 @@ pub fn router(
         .route("/info", get(info))
         .with_state(api);
     if inference {
-        app = app.merge(ward_inference::openai::router(engines));
+        let openai = ward_inference::openai::router(engines).layer(
+            axum::middleware::from_fn_with_state(e2e.clone(), crate::e2e_http::layer),
+        );
+        let attestation = Router::new()
+            .route("/v1/attestation", get(crate::e2e_http::attestation))
+            .with_state(e2e);
+        app = app.merge(openai).merge(attestation);
     }
     app.fallback(not_found)
         .layer(axum::middleware::from_fn(move |req: axum::extract::Request, next: axum::middleware::Next| {

@@ -20,6 +20,7 @@ pub mod audit;
 pub mod client;
 pub mod config;
 pub mod daemon;
+pub mod e2e_http;
 pub mod http;
 pub mod images;
 pub mod init;

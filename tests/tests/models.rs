@@ -6,6 +6,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeMap;
+
+use base64::Engine as _;
 use std::sync::Arc;
 
 use ward_attester::kbs::{KbsClient, KbsConfig};
@@ -396,11 +398,72 @@ async fn wardd_serves_a_sealed_real_model_over_the_openai_api() {
         .as_str()
         .unwrap_or_default();
     assert!(answer.contains("Paris"), "{resp}");
+    // The same question encrypted end to end to the attested key, streamed back chunk by chunk.
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let nonce: [u8; 32] = rand::random();
+    let att: serde_json::Value = http
+        .get(format!("{base}/attestation?nonce={}", b64.encode(nonce)))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key_config = b64.decode(att["key_config"].as_str().unwrap()).unwrap();
+    let rd = base64::engine::general_purpose::STANDARD
+        .decode(att["evidence"]["report_data"].as_str().unwrap())
+        .unwrap();
+    ward_inference::e2e::check_binding(&rd, &nonce, &key_config, None).unwrap();
+    let config = ward_inference::e2e::KeyConfig::decode(&key_config).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let (msg, mut opener) = ward_inference::e2e::RequestSealer::seal(
+        &config,
+        &serde_json::json!({"model": "smollm2", "stream": true, "max_tokens": 24, "temperature": 0,
+            "messages": [{"role": "user", "content": "What is the capital of France? Answer in one sentence."}]}),
+        now,
+    )
+    .unwrap();
+    let mut resp = http
+        .post(format!("{base}/chat/completions"))
+        .header("content-type", "application/ward-e2e")
+        .body(msg)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.headers()["content-type"],
+        "application/ward-e2e-stream"
+    );
+    let mut sse = Vec::new();
+    while let Some(bytes) = resp.chunk().await.unwrap() {
+        for c in opener.feed(&bytes).unwrap() {
+            sse.extend_from_slice(&c);
+        }
+    }
+    opener.finish().unwrap();
+    let sse = String::from_utf8(sse).unwrap();
+    let text: String = sse
+        .split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .filter_map(|d| serde_json::from_str::<serde_json::Value>(d).ok())
+        .filter_map(|c| {
+            c["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .collect();
+    assert!(text.contains("Paris"), "{sse}");
+
     let audit = std::fs::read_to_string(&w.audit).unwrap();
     assert!(
         audit.contains(r#""event":"model.load","subject":"smollm2""#),
         "{audit}"
     );
+    assert!(audit.contains(r#""event":"inference.e2e""#), "{audit}");
     assert!(
         !audit.contains("capital of France"),
         "no prompt in the audit log"

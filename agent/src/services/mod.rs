@@ -37,6 +37,8 @@ pub struct Context {
     pub images: Arc<crate::images::Images>,
     /// The inference engines of the loaded models (HTTP listeners serve them).
     pub engines: ward_inference::openai::SharedEngines,
+    /// The boot-time HPKE key of encrypted inference and its attestation.
+    pub e2e: Arc<crate::e2e_http::E2e>,
 }
 
 /// Stands in for a service whose implementation has not landed: the generated trait's default

@@ -126,12 +126,16 @@ impl ResponseOpener {
         Ok(())
     }
 
-    /// Opens a whole (non-streamed) response body.
+    /// Opens a whole response body: every chunk, concatenated, once the final one held.
     pub fn open_whole(mut self, body: &[u8]) -> Result<Zeroizing<Vec<u8>>, E2eError> {
-        let mut chunks = self.feed(body)?;
-        if !self.finished || chunks.len() != 1 {
+        let chunks = self.feed(body)?;
+        if !self.finished {
             return Err(E2eError::Truncated);
         }
-        Ok(chunks.remove(0))
+        let mut out = Zeroizing::new(Vec::new());
+        for c in chunks {
+            out.extend_from_slice(&c);
+        }
+        Ok(out)
     }
 }

@@ -1,0 +1,224 @@
+//! End-to-end encrypted inference on wardd's HTTP listeners (`docs/encrypted-inference.md`):
+//! `GET /v1/attestation?nonce=` returns TEE evidence whose report data binds the client's nonce,
+//! the boot-time HPKE key configuration and the GPU evidence; requests sent with
+//! `Content-Type: application/ward-e2e` are opened here, answered by the ordinary
+//! OpenAI-compatible routes, and their response bodies sealed chunk by chunk (SSE events
+//! included) with a key exported from the request's HPKE context. Each encrypted exchange is
+//! audited by the SHA-256 of its ciphertexts, never by content.
+
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Query, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use futures_util::StreamExt as _;
+use sha2::{Digest as _, Sha256};
+use ward_inference::e2e::{E2eError, MAX_REQUEST, ServerKey, report_data};
+
+use crate::attestation::Attestation;
+
+/// The content type of encrypted requests and non-streamed responses.
+pub const E2E_TYPE: &str = "application/ward-e2e";
+/// The content type of encrypted streamed responses.
+pub const E2E_STREAM_TYPE: &str = "application/ward-e2e-stream";
+
+/// The boot-time key and the attestation that vouches for it.
+pub struct E2e {
+    pub key: ServerKey,
+    pub attestation: Arc<Attestation>,
+}
+
+fn bad(status: StatusCode, message: &str) -> Response {
+    (
+        status,
+        axum::Json(
+            serde_json::json!({"error": {"message": message, "type": "invalid_request_error",
+                                                "param": null, "code": null}}),
+        ),
+    )
+        .into_response()
+}
+
+#[derive(serde::Deserialize)]
+pub struct NonceQuery {
+    nonce: String,
+}
+
+/// `GET /v1/attestation?nonce=<base64url, 32 to 64 bytes>`.
+pub async fn attestation(State(e2e): State<Arc<E2e>>, Query(q): Query<NonceQuery>) -> Response {
+    let Ok(nonce) =
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(q.nonce.trim_end_matches('='))
+    else {
+        return bad(StatusCode::BAD_REQUEST, "nonce is not base64url");
+    };
+    if !(32..=64).contains(&nonce.len()) {
+        return bad(StatusCode::BAD_REQUEST, "nonce must be 32 to 64 bytes");
+    }
+    let key_config = e2e.key.config().encode();
+    // GPUs sign a nonce derived from the client's; their evidence is then bound by the CPU's.
+    let gpus = match e2e
+        .attestation
+        .additional_evidence(&Sha256::digest(&nonce))
+        .await
+    {
+        Ok(g) if g.is_empty() => None,
+        Ok(g) => Some(g),
+        Err(e) => {
+            tracing::error!(error = %e, "GPU evidence failed");
+            return bad(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "GPU evidence is unavailable",
+            );
+        }
+    };
+    let rd = report_data(&nonce, &key_config, gpus.as_deref());
+    let evidence = match e2e.attestation.evidence(&rd).await {
+        Ok(ev) => ev,
+        Err(e) => {
+            tracing::error!(error = %e, "evidence failed");
+            return bad(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "TEE evidence is unavailable",
+            );
+        }
+    };
+    let tee = e2e
+        .attestation
+        .tee()
+        .map(|t| t.to_string())
+        .unwrap_or_default();
+    let parse = |b: &[u8]| serde_json::from_slice::<serde_json::Value>(b).unwrap_or_default();
+    axum::Json(serde_json::json!({
+        "version": 1,
+        "tee": tee,
+        "evidence": parse(&evidence),
+        "gpus": gpus.as_deref().map(parse),
+        "gpus_raw": gpus.as_deref().map(|g| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(g)),
+        "key_config": base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&key_config),
+        "report_data": hex::encode(rd),
+    }))
+    .into_response()
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Opens encrypted requests and seals their responses; plaintext requests pass through.
+pub async fn layer(State(e2e): State<Arc<E2e>>, req: Request, next: Next) -> Response {
+    let encrypted = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(E2E_TYPE.as_bytes()));
+    if !encrypted {
+        return next.run(req).await;
+    }
+    let (mut parts, body) = req.into_parts();
+    let Ok(sealed) = axum::body::to_bytes(body, MAX_REQUEST).await else {
+        return bad(StatusCode::PAYLOAD_TOO_LARGE, "encrypted request too large");
+    };
+    let request_hash = hex::encode(Sha256::digest(&sealed));
+    let opened = match e2e.key.open_request(&sealed, now()) {
+        Ok(o) => o,
+        Err(e) => {
+            // One answer for every reason; the reason goes to the log and the audit log only.
+            tracing::warn!(reason = %e, "encrypted request refused");
+            e2e.attestation.audit(
+                "inference.e2e_refused",
+                parts.uri.path(),
+                serde_json::json!({"request_sha256": request_hash, "reason": reason(&e)}),
+            );
+            return bad(StatusCode::BAD_REQUEST, "bad encrypted request");
+        }
+    };
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    parts.headers.remove(header::CONTENT_LENGTH);
+    let path = parts.uri.path().to_string();
+    let inner = Request::from_parts(parts, Body::from(opened.body.to_vec()));
+    let response = next.run(inner).await;
+    let (mut parts, body) = response.into_parts();
+    let streamed = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(if streamed { E2E_STREAM_TYPE } else { E2E_TYPE }),
+    );
+    parts.headers.remove(header::CONTENT_LENGTH);
+    let mut sealer = opened.sealer;
+    let prelude = Bytes::copy_from_slice(&sealer.prelude());
+    let audit = e2e.clone();
+    let mut hash = Sha256::new();
+    hash.update(&prelude);
+    let mut frames = body.into_data_stream();
+    let out = async_stream(move |tx| async move {
+        if tx.send(Ok(prelude)).await.is_err() {
+            return;
+        }
+        while let Some(frame) = frames.next().await {
+            let Ok(data) = frame else { break };
+            match sealer.seal_chunk(&data, false) {
+                Ok(c) => {
+                    hash.update(&c);
+                    if tx.send(Ok(Bytes::from(c))).await.is_err() {
+                        return;
+                    }
+                }
+                Err(_) => return,
+            }
+        }
+        if let Ok(last) = sealer.seal_chunk(b"", true) {
+            hash.update(&last);
+            let _ = tx.send(Ok(Bytes::from(last))).await;
+        }
+        audit.attestation.audit(
+            "inference.e2e",
+            &path,
+            serde_json::json!({
+                "request_sha256": request_hash,
+                "response_sha256": hex::encode(hash.finalize()),
+                "suite": format!("{:?}", audit.key.config().suite),
+            }),
+        );
+    });
+    Response::from_parts(parts, Body::from_stream(out))
+}
+
+fn reason(e: &E2eError) -> &'static str {
+    match e {
+        E2eError::WrongKey => "wrong key",
+        E2eError::Decrypt => "does not decrypt",
+        E2eError::Replay => "replay",
+        E2eError::Stale { .. } => "stale",
+        _ => "malformed",
+    }
+}
+
+/// A body stream fed by a task through a bounded channel.
+fn async_stream<F, Fut>(
+    f: F,
+) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(f(tx));
+    tokio_stream_from(rx)
+}
+
+fn tokio_stream_from(
+    mut rx: tokio::sync::mpsc::Receiver<Result<Bytes, std::io::Error>>,
+) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}

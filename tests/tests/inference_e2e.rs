@@ -1,0 +1,129 @@
+//! Encrypted inference through a real wardd: the attestation endpoint binds the client's nonce
+//! and the boot-time HPKE key (sample TEE here: the binding is what a client can check), and an
+//! encrypted request is opened by wardd, answered by the OpenAI-compatible routes and sealed
+//! back; tampered and replayed requests are refused. (The real model's encrypted answer is in
+//! models.rs when SmolLM2 is available; here no model is loaded, so the answer is an encrypted
+//! OpenAI error.)
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use base64::Engine as _;
+use ward_inference::e2e::{KeyConfig, RequestSealer, check_binding};
+use ward_tests::{Wardd, config_text};
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attested_key_and_encrypted_requests() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let w = tokio::task::spawn_blocking(move || {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config_text(dir.path(), &["all"]).replace(
+            "[[listener]]",
+            &format!(
+                "[[listener]]\naddress = \"tcp://127.0.0.1:{port}\"\nservices = [\"inference\"]\nprotocol = \"http\"\n\n[[listener]]"
+            ),
+        );
+        Wardd::start_with(dir, &config, "ward.tee=sample", &[])
+    })
+    .await
+    .unwrap();
+    let base = format!("http://127.0.0.1:{port}/v1");
+    let http = reqwest::Client::new();
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+    // 1. Attestation for a fresh nonce; the client checks the binding.
+    let nonce: [u8; 32] = rand::random();
+    let att: serde_json::Value = http
+        .get(format!("{base}/attestation?nonce={}", b64.encode(nonce)))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(att["tee"], "sample", "{att}");
+    let key_config = b64.decode(att["key_config"].as_str().unwrap()).unwrap();
+    let config = KeyConfig::decode(&key_config).unwrap();
+    assert_eq!(
+        config.suite,
+        ward_inference::e2e::Suite::XWing,
+        "post-quantum by default"
+    );
+    let rd = base64::engine::general_purpose::STANDARD
+        .decode(att["evidence"]["report_data"].as_str().unwrap())
+        .unwrap();
+    check_binding(&rd, &nonce, &key_config, None).unwrap();
+    let other: [u8; 32] = rand::random();
+    assert!(
+        check_binding(&rd, &other, &key_config, None).is_err(),
+        "bound to this nonce only"
+    );
+    let short = http
+        .get(format!("{base}/attestation?nonce={}", b64.encode([1u8; 8])))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(short.status(), 400);
+
+    // 2. An encrypted request: the (encrypted) answer is OpenAI's error for an unknown model.
+    let body = serde_json::json!({"model": "no-such-model",
+        "messages": [{"role": "user", "content": "a confidential prompt"}]});
+    let (msg, opener) = RequestSealer::seal(&config, &body, now()).unwrap();
+    let resp = http
+        .post(format!("{base}/chat/completions"))
+        .header("content-type", "application/ward-e2e")
+        .body(msg.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    assert_eq!(resp.headers()["content-type"], "application/ward-e2e");
+    let sealed = resp.bytes().await.unwrap();
+    assert!(
+        !sealed.windows(5).any(|w| w == b"model"),
+        "the answer is encrypted"
+    );
+    let plain = opener.open_whole(&sealed).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&plain).unwrap();
+    assert_eq!(v["error"]["code"], "model_not_found", "{v}");
+
+    // 3. The same message again is a replay; a flipped bit does not open.
+    let replay = http
+        .post(format!("{base}/chat/completions"))
+        .header("content-type", "application/ward-e2e")
+        .body(msg.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(replay.status(), 400);
+    let (mut tampered, _) = RequestSealer::seal(&config, &body, now()).unwrap();
+    let last = tampered.len() - 1;
+    tampered[last] ^= 1;
+    let r = http
+        .post(format!("{base}/chat/completions"))
+        .header("content-type", "application/ward-e2e")
+        .body(tampered)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+
+    let audit = std::fs::read_to_string(&w.audit).unwrap();
+    assert!(audit.contains(r#""event":"inference.e2e""#), "{audit}");
+    assert!(audit.contains(r#""reason":"replay""#), "{audit}");
+    assert!(audit.contains(r#""reason":"does not decrypt""#), "{audit}");
+    assert!(
+        !audit.contains("confidential prompt"),
+        "no plaintext in the audit log"
+    );
+}
