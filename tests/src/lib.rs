@@ -235,3 +235,39 @@ pub fn rt() -> tokio::runtime::Runtime {
         .build()
         .unwrap()
 }
+
+/// What a client of encrypted inference does first: fetch `/v1/attestation` for a fresh nonce
+/// from `base` (`http://HOST:PORT/v1`), check that the (sample) evidence's report data binds the
+/// nonce and the key configuration, and return the key to encrypt to.
+pub async fn attested_key(http: &reqwest::Client, base: &str) -> ward_inference::e2e::KeyConfig {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let nonce: [u8; 32] = rand::random();
+    let att: serde_json::Value = http
+        .get(format!("{base}/attestation?nonce={}", b64.encode(nonce)))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key_config = b64.decode(att["key_config"].as_str().unwrap()).unwrap();
+    let rd = base64::engine::general_purpose::STANDARD
+        .decode(att["evidence"]["report_data"].as_str().unwrap())
+        .unwrap();
+    ward_inference::e2e::check_binding(&rd, &nonce, &key_config, None).unwrap();
+    let other: [u8; 32] = rand::random();
+    assert!(
+        ward_inference::e2e::check_binding(&rd, &other, &key_config, None).is_err(),
+        "bound to this nonce only"
+    );
+    ward_inference::e2e::KeyConfig::decode(&key_config).unwrap()
+}
+
+/// Seconds since the epoch.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}

@@ -8,14 +8,18 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use base64::Engine as _;
-use ward_inference::e2e::{KeyConfig, RequestSealer, check_binding};
+use ward_inference::e2e::RequestSealer;
 use ward_tests::{Wardd, config_text};
 
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
+use ward_tests::unix_now as now;
+
+async fn post_sealed(http: &reqwest::Client, url: &str, msg: Vec<u8>) -> reqwest::Response {
+    http.post(url)
+        .header("content-type", "application/ward-e2e")
+        .body(msg)
+        .send()
+        .await
         .unwrap()
-        .as_secs()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -42,31 +46,11 @@ async fn attested_key_and_encrypted_requests() {
     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
     // 1. Attestation for a fresh nonce; the client checks the binding.
-    let nonce: [u8; 32] = rand::random();
-    let att: serde_json::Value = http
-        .get(format!("{base}/attestation?nonce={}", b64.encode(nonce)))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(att["tee"], "sample", "{att}");
-    let key_config = b64.decode(att["key_config"].as_str().unwrap()).unwrap();
-    let config = KeyConfig::decode(&key_config).unwrap();
+    let config = ward_tests::attested_key(&http, &base).await;
     assert_eq!(
         config.suite,
         ward_inference::e2e::Suite::XWing,
         "post-quantum by default"
-    );
-    let rd = base64::engine::general_purpose::STANDARD
-        .decode(att["evidence"]["report_data"].as_str().unwrap())
-        .unwrap();
-    check_binding(&rd, &nonce, &key_config, None).unwrap();
-    let other: [u8; 32] = rand::random();
-    assert!(
-        check_binding(&rd, &other, &key_config, None).is_err(),
-        "bound to this nonce only"
     );
     let short = http
         .get(format!("{base}/attestation?nonce={}", b64.encode([1u8; 8])))
@@ -79,13 +63,7 @@ async fn attested_key_and_encrypted_requests() {
     let body = serde_json::json!({"model": "no-such-model",
         "messages": [{"role": "user", "content": "a confidential prompt"}]});
     let (msg, opener) = RequestSealer::seal(&config, &body, now()).unwrap();
-    let resp = http
-        .post(format!("{base}/chat/completions"))
-        .header("content-type", "application/ward-e2e")
-        .body(msg.clone())
-        .send()
-        .await
-        .unwrap();
+    let resp = post_sealed(&http, &format!("{base}/chat/completions"), msg.clone()).await;
     assert_eq!(resp.status(), 404);
     assert_eq!(resp.headers()["content-type"], "application/ward-e2e");
     let sealed = resp.bytes().await.unwrap();
@@ -98,24 +76,12 @@ async fn attested_key_and_encrypted_requests() {
     assert_eq!(v["error"]["code"], "model_not_found", "{v}");
 
     // 3. The same message again is a replay; a flipped bit does not open.
-    let replay = http
-        .post(format!("{base}/chat/completions"))
-        .header("content-type", "application/ward-e2e")
-        .body(msg.clone())
-        .send()
-        .await
-        .unwrap();
+    let replay = post_sealed(&http, &format!("{base}/chat/completions"), msg.clone()).await;
     assert_eq!(replay.status(), 400);
     let (mut tampered, _) = RequestSealer::seal(&config, &body, now()).unwrap();
     let last = tampered.len() - 1;
     tampered[last] ^= 1;
-    let r = http
-        .post(format!("{base}/chat/completions"))
-        .header("content-type", "application/ward-e2e")
-        .body(tampered)
-        .send()
-        .await
-        .unwrap();
+    let r = post_sealed(&http, &format!("{base}/chat/completions"), tampered).await;
     assert_eq!(r.status(), 400);
 
     let audit = std::fs::read_to_string(&w.audit).unwrap();

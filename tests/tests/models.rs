@@ -7,7 +7,6 @@
 
 use std::collections::BTreeMap;
 
-use base64::Engine as _;
 use std::sync::Arc;
 
 use ward_attester::kbs::{KbsClient, KbsConfig};
@@ -399,26 +398,8 @@ async fn wardd_serves_a_sealed_real_model_over_the_openai_api() {
         .unwrap_or_default();
     assert!(answer.contains("Paris"), "{resp}");
     // The same question encrypted end to end to the attested key, streamed back chunk by chunk.
-    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    let nonce: [u8; 32] = rand::random();
-    let att: serde_json::Value = http
-        .get(format!("{base}/attestation?nonce={}", b64.encode(nonce)))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let key_config = b64.decode(att["key_config"].as_str().unwrap()).unwrap();
-    let rd = base64::engine::general_purpose::STANDARD
-        .decode(att["evidence"]["report_data"].as_str().unwrap())
-        .unwrap();
-    ward_inference::e2e::check_binding(&rd, &nonce, &key_config, None).unwrap();
-    let config = ward_inference::e2e::KeyConfig::decode(&key_config).unwrap();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
+    let config = ward_tests::attested_key(&http, &base).await;
+    let now = ward_tests::unix_now();
     let (msg, mut opener) = ward_inference::e2e::RequestSealer::seal(
         &config,
         &serde_json::json!({"model": "smollm2", "stream": true, "max_tokens": 24, "temperature": 0,
