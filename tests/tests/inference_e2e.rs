@@ -84,6 +84,33 @@ async fn attested_key_and_encrypted_requests() {
     let r = post_sealed(&http, &format!("{base}/chat/completions"), tampered).await;
     assert_eq!(r.status(), 400);
 
+    // 4. `ward chat` does the same as a client: refuses sample evidence unless told, and shows
+    // the decrypted error of an unknown model.
+    let b = base.clone();
+    let (refused, unknown) = tokio::task::spawn_blocking(move || {
+        (
+            ward_tests::run_ward("ward", &["chat", "hi", "--url", &b, "--model", "nope"]),
+            ward_tests::run_ward(
+                "ward",
+                &[
+                    "chat",
+                    "hi",
+                    "--url",
+                    &b,
+                    "--model",
+                    "nope",
+                    "--allow-sample",
+                ],
+            ),
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(refused.0, 1, "{refused:?}");
+    assert!(refused.2.contains("sample evidence"), "{refused:?}");
+    assert_eq!(unknown.0, 1, "{unknown:?}");
+    assert!(unknown.2.contains("`nope` does not exist"), "{unknown:?}");
+
     let audit = std::fs::read_to_string(&w.audit).unwrap();
     assert!(audit.contains(r#""event":"inference.e2e""#), "{audit}");
     assert!(audit.contains(r#""reason":"replay""#), "{audit}");

@@ -439,6 +439,29 @@ async fn wardd_serves_a_sealed_real_model_over_the_openai_api() {
         .collect();
     assert!(text.contains("Paris"), "{sse}");
 
+    // And through the CLI a user would use.
+    let b = base.clone();
+    let (code, out, err) = tokio::task::spawn_blocking(move || {
+        ward_tests::run_ward(
+            "ward",
+            &[
+                "chat",
+                "What is the capital of France? Answer in one sentence.",
+                "--url",
+                &b,
+                "--model",
+                "smollm2",
+                "--allow-sample",
+                "--max-tokens",
+                "24",
+            ],
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("Paris"), "{out}{err}");
+
     let audit = std::fs::read_to_string(&w.audit).unwrap();
     assert!(
         audit.contains(r#""event":"model.load","subject":"smollm2""#),

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+mod chat;
 mod gpu;
 mod image;
 mod kbs;
@@ -137,6 +138,30 @@ enum Command {
     Image {
         #[command(subcommand)]
         command: ImageCommand,
+    },
+    /// Ask a model served by wardd, with the prompt encrypted end to end to a key the TEE's
+    /// attestation vouches for (checked first; a mismatch is an error naming what differed).
+    Chat {
+        prompt: String,
+        /// The OpenAI-compatible base URL (`http://HOST:PORT/v1`).
+        #[arg(long)]
+        url: String,
+        #[arg(long)]
+        model: String,
+        /// SNP: check the report signature with this VCEK/VLEK (DER).
+        #[arg(long)]
+        vcek: Option<PathBuf>,
+        /// The expected launch measurement (SNP MEASUREMENT or TDX MRTD), hex.
+        #[arg(long)]
+        measurement: Option<String>,
+        /// Accept sample evidence (development only: it proves nothing about hardware).
+        #[arg(long)]
+        allow_sample: bool,
+        #[arg(long, default_value_t = 256)]
+        max_tokens: usize,
+        /// Sampling temperature; 0 (the default) is greedy and reproducible.
+        #[arg(long, default_value_t = 0.0)]
+        temperature: f32,
     },
     /// Owner-side sealed-model operations: seal, push, upload the KEK, check offline.
     Model {
@@ -315,6 +340,25 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
                     kek_file,
                 },
         } => image::encrypt(&img, &jwe, kid.as_deref(), kek_file.as_deref()),
+        Command::Chat {
+            prompt,
+            url,
+            model,
+            vcek,
+            measurement,
+            allow_sample,
+            max_tokens,
+            temperature,
+        } => rt()?.block_on(chat::chat(chat::ChatArgs {
+            url: &url,
+            model: &model,
+            prompt: &prompt,
+            vcek: vcek.as_deref(),
+            measurement: measurement.as_deref(),
+            allow_sample,
+            max_tokens,
+            temperature,
+        })),
         Command::Model { command } => match command {
             ModelCommand::Seal {
                 dir,
