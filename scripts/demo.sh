@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
-# The end-to-end demo on embedded defaults: start the development KBS holding a secret, start
-# wardd with the sample TEE on a generated development config (a unix socket), ask its health,
-# fetch the secret through wardd's CoCo-compatible GetResource (wardd attests to the KBS once),
-# show what `ward attest` sees, stop wardd, and verify the audit chain it wrote.
+# The end-to-end demo on embedded defaults: start the development KBS holding a secret; as owners,
+# encrypt an image and seal two models (a small one, and SmolLM2 when scripts/fetch-model.sh can
+# fetch it), push them to a local registry and upload their keys with the KBS admin API; start
+# wardd with the sample TEE on a generated development config; ask its health, fetch the secret
+# through CoCo's GetResource, pull the encrypted image through CoCo's ImagePull, watch the
+# models load into guest memory, and ask SmolLM2 a question with `ward chat` (attestation
+# checked, prompt encrypted end to end, answer streamed); then stop wardd and verify the audit
+# chain it wrote.
 # Expects the debug binaries (`just demo` builds them first).
 set -euo pipefail
 
@@ -64,7 +68,30 @@ if $have_tools; then
   "$bin/ward" model kbs-put --kbs "$kbs_url" --admin-key "$work/kbs-admin.pem" \
     --kid kbs:///default/model-kek/demo --kek-file "$work/model.kek"
   model_entry=$(sed -n '/^\[\[model\]\]/,$p' "$work/model-push.txt")
+
+  gguf="${WARD_SMOLLM2_GGUF:-${XDG_CACHE_HOME:-$HOME/.cache}/ward/models/SmolLM2-135M-Instruct.Q4_1.gguf}"
+  [ -s "$gguf" ] || "$root/scripts/fetch-model.sh" >/dev/null 2>&1 || true
+  if [ -s "$gguf" ]; then
+    step "model owner: seal a real model (SmolLM2-135M, GGUF), push it, upload its KEK"
+    mkdir -p "$work/smollm2"
+    ln "$gguf" "$work/smollm2/model.gguf" 2>/dev/null || cp "$gguf" "$work/smollm2/model.gguf"
+    "$bin/ward" model seal "$work/smollm2" --out "$work/smollm2.sealed" \
+      --kid kbs:///default/model-kek/smollm2 --kek-file "$work/smollm2.kek" | head -3
+    "$bin/ward" model push "$work/smollm2.sealed" "127.0.0.1:$port/demo/smollm2:v1" \
+      --insecure-registry "127.0.0.1:$port" > "$work/smollm2-push.txt"
+    "$bin/ward" model kbs-put --kbs "$kbs_url" --admin-key "$work/kbs-admin.pem" \
+      --kid kbs:///default/model-kek/smollm2 --kek-file "$work/smollm2.kek"
+    model_entry="$model_entry
+$(sed -n '/^\[\[model\]\]/,$p' "$work/smollm2-push.txt")"
+  else
+    step "no SmolLM2 GGUF (scripts/fetch-model.sh could not fetch it): the encrypted chat step is skipped"
+  fi
 fi
+while :; do
+  api_port=$(shuf -i 20000-60000 -n 1)
+  [ "$api_port" != "$port" ] || continue
+  (echo > "/dev/tcp/127.0.0.1/$api_port") 2>/dev/null || break
+done
 
 step "generated development config ($work/ward.toml)"
 cat > "$work/ward.toml" <<TOML
@@ -90,6 +117,11 @@ $model_entry
 [[listener]]
 address = "unix://$sock"
 services = ["all"]
+
+[[listener]]                # the OpenAI-compatible API, plain and end-to-end encrypted
+address = "tcp://127.0.0.1:$api_port"
+services = ["inference"]
+protocol = "http"
 TOML
 cat "$work/ward.toml"
 
@@ -121,6 +153,24 @@ if $have_tools; then
   step "wardd loaded the sealed model after READY (KEK from the KBS, decrypted in memory, digests pinned)"
   for _ in $(seq 1 200); do grep -q '"event":"model.load' "$work/audit.jsonl" 2>/dev/null && break; sleep 0.1; done
   grep '"event":"model.load' "$work/audit.jsonl"
+
+  if grep -q smollm2 "$work/ward.toml"; then
+    step "ward chat: verify the attestation, encrypt the prompt to the attested key, stream the answer"
+    for _ in $(seq 1 120); do
+      grep -q '"event":"model.load[^"]*","subject":"smollm2"' "$work/audit.jsonl" 2>/dev/null && break
+      sleep 0.5
+    done
+    for _ in $(seq 1 60); do
+      if "$bin/ward" chat "What is the capital of France? Answer in one sentence." \
+        --url "http://127.0.0.1:$api_port/v1" --model smollm2 --allow-sample --max-tokens 32 \
+        2> "$work/chat.err"; then
+        break
+      fi
+      grep -q "does not exist" "$work/chat.err" || { cat "$work/chat.err"; break; }
+      sleep 1
+    done
+    grep '"event":"inference.e2e"' "$work/audit.jsonl" | tail -1
+  fi
   kill $reg_pid 2>/dev/null || true
 else
   step "image and model steps skipped: docker-registry, skopeo and umoci are not installed (just deps)"
