@@ -47,7 +47,7 @@ if $have_tools; then
   docker-registry serve "$work/registry.yml" > "$work/registry.log" 2>&1 &
   reg_pid=$!
   trap 'kill $kbs_pid $reg_pid 2>/dev/null || true' EXIT
-  for _ in $(seq 1 100); do (echo > /dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.05; done
+  for _ in $(seq 1 100); do (echo > /dev/tcp/127.0.0.1/"$port") 2>/dev/null && break; sleep 0.05; done
 
   step "owner side: build an image with umoci, encrypt it with ward (key in the KBS), push it with skopeo"
   umoci init --layout "$work/layout" && umoci new --image "$work/layout:v1"
@@ -171,7 +171,7 @@ if $have_tools; then
     done
     grep '"event":"inference.e2e"' "$work/audit.jsonl" | tail -1
   fi
-  kill $reg_pid 2>/dev/null || true
+  kill "$reg_pid" 2>/dev/null || true
 else
   step "image and model steps skipped: docker-registry, skopeo and umoci are not installed (just deps)"
 fi
