@@ -32,14 +32,7 @@ pub struct E2e {
 }
 
 fn bad(status: StatusCode, message: &str) -> Response {
-    (
-        status,
-        axum::Json(
-            serde_json::json!({"error": {"message": message, "type": "invalid_request_error",
-                                                "param": null, "code": null}}),
-        ),
-    )
-        .into_response()
+    ward_inference::openai::error(status, "invalid_request_error", None, message).into_response()
 }
 
 #[derive(serde::Deserialize)]

@@ -264,83 +264,63 @@ enum Kind {
     Text,
 }
 
-async fn chat(
-    State(engines): State<SharedEngines>,
-    body: Result<Json<ChatBody>, axum::extract::rejection::JsonRejection>,
-) -> Response {
-    let Json(body) = match body {
-        Ok(b) => b,
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "invalid_request_error",
-                None,
-                e.body_text(),
-            )
-            .into_response();
-        }
-    };
-    let engine = match engine(&snapshot(&engines), &body.common.model) {
-        Ok(e) => e.clone(),
-        Err(r) => return r.into_response(),
-    };
-    let mut messages = Vec::with_capacity(body.messages.len());
-    for m in body.messages {
-        match m.content.text() {
-            Ok(t) => messages.push(ChatMessage::new(m.role, t)),
-            Err(e) => {
-                return error(StatusCode::BAD_REQUEST, "invalid_request_error", None, e)
-                    .into_response();
-            }
-        }
-    }
-    let request = match build(&body.common, Request::chat(messages)) {
-        Ok(r) => r,
-        Err(resp) => return resp.into_response(),
-    };
-    run(engine, request, &body.common, Kind::Chat).await
+type JsonBody<T> = Result<Json<T>, axum::extract::rejection::JsonRejection>;
+
+fn invalid(message: impl Into<String>) -> ApiError {
+    error(
+        StatusCode::BAD_REQUEST,
+        "invalid_request_error",
+        None,
+        message,
+    )
+}
+
+async fn chat(State(engines): State<SharedEngines>, body: JsonBody<ChatBody>) -> Response {
+    chat_request(engines, body)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn chat_request(
+    engines: SharedEngines,
+    body: JsonBody<ChatBody>,
+) -> Result<Response, ApiError> {
+    let Json(body) = body.map_err(|e| invalid(e.body_text()))?;
+    let engine = engine(&snapshot(&engines), &body.common.model)?.clone();
+    let messages = body
+        .messages
+        .into_iter()
+        .map(|m| m.content.text().map(|t| ChatMessage::new(m.role, t)))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(invalid)?;
+    let request = build(&body.common, Request::chat(messages))?;
+    Ok(run(engine, request, &body.common, Kind::Chat).await)
 }
 
 async fn completions(
     State(engines): State<SharedEngines>,
-    body: Result<Json<CompletionBody>, axum::extract::rejection::JsonRejection>,
+    body: JsonBody<CompletionBody>,
 ) -> Response {
-    let Json(body) = match body {
-        Ok(b) => b,
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "invalid_request_error",
-                None,
-                e.body_text(),
-            )
-            .into_response();
-        }
-    };
-    let engine = match engine(&snapshot(&engines), &body.common.model) {
-        Ok(e) => e.clone(),
-        Err(r) => return r.into_response(),
-    };
+    completion_request(engines, body)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn completion_request(
+    engines: SharedEngines,
+    body: JsonBody<CompletionBody>,
+) -> Result<Response, ApiError> {
+    let Json(body) = body.map_err(|e| invalid(e.body_text()))?;
+    let engine = engine(&snapshot(&engines), &body.common.model)?.clone();
     let prompt = match &body.prompt {
         Value::String(s) => s.clone(),
         Value::Array(a) if a.len() == 1 && a[0].is_string() => {
             a[0].as_str().unwrap_or_default().to_string()
         }
-        _ => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "invalid_request_error",
-                None,
-                "prompt must be one string",
-            )
-            .into_response();
-        }
+        _ => return Err(invalid("prompt must be one string")),
     };
-    let request = match build(&body.common, Request::text(prompt)) {
-        Ok(r) => r,
-        Err(resp) => return resp.into_response(),
-    };
-    run(engine, request, &body.common, Kind::Text).await
+    let request = build(&body.common, Request::text(prompt))?;
+    Ok(run(engine, request, &body.common, Kind::Text).await)
 }
 
 async fn run(engine: Arc<Engine>, request: Request, common: &Common, kind: Kind) -> Response {
