@@ -7,6 +7,7 @@
 
 mod cmdline;
 mod file;
+mod images;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -14,6 +15,7 @@ use std::time::Duration;
 
 pub use cmdline::{Overrides, parse_cmdline};
 pub use file::{DEFAULT_VSOCK_PORT, RawAttestation, RawConfig, RawKbs, RawListener};
+pub use images::{ImageSettings, ModelSettings, ModelSource, PolicySource};
 
 use crate::listen::ListenAddr;
 use crate::services::ServiceKind;
@@ -125,91 +127,6 @@ pub enum GpuPolicy {
     /// wardd refuses to start unless the GPUs can be attested.
     Required,
     Off,
-}
-
-/// A validated `[images]` section.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ImageSettings {
-    pub store: PathBuf,
-    pub insecure_registries: Vec<String>,
-    pub ca: Option<PathBuf>,
-    pub decryption_keys: Vec<PathBuf>,
-    pub concurrency: usize,
-    pub require_encrypted: bool,
-    /// A path to an `auth.json`, or a `kbs:///` URI of one.
-    pub auth: Option<String>,
-    pub policy: PolicySource,
-    /// `(scope, key)`: images under `scope` need a sigstore signature by `key` (a PEM path or a
-    /// `kbs:///` URI).
-    pub signed: Vec<(String, String)>,
-    pub mirrors: Vec<ward_image::registry::Mirror>,
-}
-
-/// A validated `[[model]]`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ModelSettings {
-    pub name: String,
-    pub source: ModelSource,
-    pub kek: Option<String>,
-    /// The plaintext digests policy pins (every file of the model).
-    pub digests: ward_image::model::PinnedDigests,
-}
-
-/// Where a model comes from.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ModelSource {
-    Registry(String),
-    Layout(PathBuf),
-}
-
-fn models(raw: Vec<file::RawModel>) -> Result<Vec<ModelSettings>, ConfigError> {
-    let mut out: Vec<ModelSettings> = Vec::new();
-    for m in raw {
-        let bad = |d: String| ConfigError::invalid("model", format!("`{}`: {d}", m.name));
-        if m.name.is_empty() || out.iter().any(|o| o.name == m.name) {
-            return Err(bad("names must be non-empty and unique".into()));
-        }
-        let source = if m.source.starts_with('/') {
-            ModelSource::Layout(PathBuf::from(&m.source))
-        } else {
-            ward_image::registry::Registry::reference(&m.source).map_err(|e| bad(e.to_string()))?;
-            ModelSource::Registry(m.source.clone())
-        };
-        if let Some(k) = &m.kek {
-            ward_attester::kbs::ResourceUri::parse(k).map_err(|e| bad(e.to_string()))?;
-        }
-        if m.digests.is_empty() {
-            return Err(bad(
-                "`digests` is empty: pin every file (ward model seal prints the table)".into(),
-            ));
-        }
-        let mut digests = ward_image::model::PinnedDigests::new();
-        for (file, d) in &m.digests {
-            let d = ward_image::digest::Digest::parse(d)
-                .map_err(|e| bad(format!("digest of {file}: {e}")))?;
-            digests.insert(file.clone(), d);
-        }
-        out.push(ModelSettings {
-            name: m.name,
-            source,
-            kek: m.kek,
-            digests,
-        });
-    }
-    Ok(out)
-}
-
-/// Where the signature policy comes from.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum PolicySource {
-    /// Accept images not named in `signed` (containers' and CoCo's default).
-    Accept,
-    /// Refuse images not named in `signed`.
-    Reject,
-    /// A containers `policy.json` file.
-    File(PathBuf),
-    /// A `kbs:///` resource holding a `policy.json`, fetched at the first pull.
-    Kbs(String),
 }
 
 /// A validated `[kbs]` section.
@@ -348,112 +265,9 @@ impl Config {
             Some(k) => Some(validate_kbs(k)?),
             None => None,
         };
-        if raw.images.concurrency == 0 || raw.images.concurrency > 64 {
-            return Err(ConfigError::invalid(
-                "images.concurrency",
-                format!("{} is out of range (1 to 64)", raw.images.concurrency),
-            ));
-        }
-        if !raw.images.store.is_absolute() {
-            return Err(ConfigError::invalid(
-                "images.store",
-                "must be an absolute path",
-            ));
-        }
-        let policy = match raw.images.policy.as_str() {
-            "accept" => PolicySource::Accept,
-            "reject" => PolicySource::Reject,
-            p if p.starts_with("kbs:") => {
-                ward_attester::kbs::ResourceUri::parse(p)
-                    .map_err(|e| ConfigError::invalid("images.policy", e.to_string()))?;
-                PolicySource::Kbs(p.to_string())
-            }
-            p if p.starts_with('/') => PolicySource::File(PathBuf::from(p)),
-            p => {
-                return Err(ConfigError::invalid(
-                    "images.policy",
-                    format!("`{p}` is not accept, reject, an absolute path or a kbs:/// URI"),
-                ));
-            }
-        };
-        if !raw.images.signed.is_empty()
-            && !matches!(policy, PolicySource::Accept | PolicySource::Reject)
-        {
-            return Err(ConfigError::invalid(
-                "images.signed",
-                "only with policy = \"accept\" or \"reject\" (a policy.json names its own keys)",
-            ));
-        }
-        let mut signed = Vec::new();
-        for s in raw.images.signed {
-            if s.scope.is_empty() {
-                return Err(ConfigError::invalid(
-                    "images.signed",
-                    "`scope` is empty (use policy = \"reject\" with a scope per registry)",
-                ));
-            }
-            if s.key.starts_with("kbs:") {
-                ward_attester::kbs::ResourceUri::parse(&s.key)
-                    .map_err(|e| ConfigError::invalid("images.signed", e.to_string()))?;
-            } else if !s.key.starts_with('/') {
-                return Err(ConfigError::invalid(
-                    "images.signed",
-                    format!(
-                        "key `{}` is neither an absolute path nor a kbs:/// URI",
-                        s.key
-                    ),
-                ));
-            }
-            signed.push((s.scope, s.key));
-        }
-        let mut mirrors = Vec::new();
-        for m in raw.images.mirror {
-            if m.registry.is_empty()
-                || m.mirrors.is_empty()
-                || m.mirrors.iter().any(|h| h.contains('/'))
-            {
-                return Err(ConfigError::invalid(
-                    "images.mirror",
-                    format!(
-                        "`{}`: a registry host and at least one mirror host (no paths)",
-                        m.registry
-                    ),
-                ));
-            }
-            mirrors.push(ward_image::registry::Mirror {
-                registry: m.registry,
-                mirrors: m.mirrors,
-                digest_only: m.digest_only,
-            });
-        }
-        let images = ImageSettings {
-            policy,
-            signed,
-            mirrors,
-            store: raw.images.store,
-            insecure_registries: raw.images.insecure_registries,
-            ca: raw.images.ca,
-            decryption_keys: raw.images.decryption_keys,
-            concurrency: raw.images.concurrency,
-            require_encrypted: raw.images.require_encrypted,
-            auth: match raw.images.auth {
-                Some(a) if a.starts_with("kbs:") => {
-                    ward_attester::kbs::ResourceUri::parse(&a)
-                        .map_err(|e| ConfigError::invalid("images.auth", e.to_string()))?;
-                    Some(a)
-                }
-                Some(a) if a.starts_with('/') => Some(a),
-                Some(a) => {
-                    return Err(ConfigError::invalid(
-                        "images.auth",
-                        format!("`{a}` is neither an absolute path nor a kbs:/// URI"),
-                    ));
-                }
-                None => None,
-            },
-        };
+        let images = images::images(raw.images)?;
         Ok(Config {
-            models: models(raw.model)?,
+            models: images::models(raw.model)?,
             images,
             attestation: AttestationSettings {
                 tee: parse_tee("attestation.tee", &raw.attestation.tee)?,
