@@ -106,6 +106,11 @@ impl Images {
         })
     }
 
+    /// The private keys of `[images] decryption_keys` (JWE recipients of encrypted layers).
+    pub fn decryption_keys(&self) -> &[PrivateKey] {
+        &self.decryption.keys
+    }
+
     /// The puller, made at first use; registry credentials from a file or the KBS.
     async fn puller(&self) -> Result<&Arc<Puller>, ImagesError> {
         self.puller

@@ -154,6 +154,7 @@ impl Models {
                         "kek": model.kek_id,
                         "files": files,
                         "bytes": bytes,
+                        "mlocked": model.files.iter().all(|f| f.data.locked()),
                     }),
                 );
                 self.set(&m.name, ModelState::Ready(Arc::new(model)));
@@ -182,7 +183,15 @@ fn serve(
         name: Some(name.to_string()),
         ..LoadOptions::default()
     };
-    let by_name = |n: &str| model.file(n).map(|f| f.data.to_vec());
+    // Files are found by their base name, so that a model image's `models/x/config.json` serves
+    // as well as a sealed model's `config.json`.
+    let by_name = |n: &str| {
+        model
+            .files
+            .iter()
+            .find(|f| f.name == n || f.name.ends_with(&format!("/{n}")))
+            .map(|f| f.data.to_vec())
+    };
     let loaded = if let Some(gguf) = model.files.iter().find(|f| f.name.ends_with(".gguf")) {
         Model::from_gguf(&gguf.data, &options)?
     } else if let (Some(config_json), Some(tokenizer_json)) =
@@ -224,7 +233,15 @@ async fn load_one(
                 .registry()
                 .await
                 .map_err(|e| ModelError::Malformed(format!("registry client: {e}")))?;
-            fetch_model(registry, reference, &keks, Some(&m.digests), 4).await?
+            fetch_model(
+                registry,
+                reference,
+                &keks,
+                images.decryption_keys(),
+                Some(&m.digests),
+                4,
+            )
+            .await?
         }
         ModelSource::Layout(path) => {
             let (_, manifest) = ward_image::model::layout_kek_id(path)?;

@@ -138,7 +138,7 @@ async fn a_sealed_model_travels_from_owner_to_guest_memory() {
     })
     .unwrap();
     let keks = KbsClient::new(KbsConfig::new(kbs.url()), Arc::new(SampleAttester)).unwrap();
-    let m = fetch_model(&registry, &reference, &keks, Some(&pins), 4)
+    let m = fetch_model(&registry, &reference, &keks, &[], Some(&pins), 4)
         .await
         .unwrap();
     assert_eq!(m.kek_id, KID);
@@ -151,7 +151,7 @@ async fn a_sealed_model_travels_from_owner_to_guest_memory() {
     // A pin the model does not match: refused by name.
     let mut wrong = pins.clone();
     wrong.insert("config.json".into(), Digest::of(b"another config"));
-    let e = fetch_model(&registry, &reference, &keks, Some(&wrong), 4)
+    let e = fetch_model(&registry, &reference, &keks, &[], Some(&wrong), 4)
         .await
         .unwrap_err();
     assert!(e.to_string().contains("config.json"), "{e}");
@@ -159,7 +159,7 @@ async fn a_sealed_model_travels_from_owner_to_guest_memory() {
     let mut more = pins.clone();
     more.insert("extra.bin".into(), Digest::of(b"x"));
     assert!(matches!(
-        fetch_model(&registry, &reference, &keks, Some(&more), 4).await,
+        fetch_model(&registry, &reference, &keks, &[], Some(&more), 4).await,
         Err(ModelError::MissingFile(_))
     ));
 
@@ -181,7 +181,7 @@ async fn a_sealed_model_travels_from_owner_to_guest_memory() {
     let mut bytes = std::fs::read(&blob).unwrap();
     bytes[1_000_000] ^= 1;
     std::fs::write(&blob, &bytes).unwrap();
-    let e = fetch_model(&registry, &reference, &keks, Some(&pins), 4)
+    let e = fetch_model(&registry, &reference, &keks, &[], Some(&pins), 4)
         .await
         .unwrap_err();
     assert!(e.to_string().to_lowercase().contains("digest"), "{e}");

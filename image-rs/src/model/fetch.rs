@@ -15,19 +15,20 @@ use super::{
     PinnedDigests, SEALED_FILE,
 };
 use crate::digest::Digest;
-use crate::ocicrypt::KekSource;
+use crate::ocicrypt::{KekSource, PrivateKey};
 use crate::registry::{Descriptor, Registry};
-use crate::sealed::{Kek, KekId, OpenOptions, SealedHeader, StreamOpener};
+use crate::sealed::{Kek, KekId, OpenOptions, PlaintextBuffer, SealedHeader, StreamOpener};
 
 /// Largest model file.
 pub const MAX_FILE: u64 = 1 << 40;
 
-/// One file of a loaded model: its plaintext in guest memory, zeroized on drop.
+/// One file of a loaded model: its plaintext in guest memory (locked where allowed, zeroized on
+/// drop).
 pub struct ModelFile {
     pub name: String,
     /// SHA-256 of the plaintext (checked).
     pub digest: Digest,
-    pub data: Zeroizing<Vec<u8>>,
+    pub data: PlaintextBuffer,
     pub sealed: bool,
 }
 
@@ -80,7 +81,7 @@ pub(super) fn check_header(name: &str, kid: &str, header: &SealedHeader) -> Resu
 }
 
 /// Bytes from the download to the decrypting thread.
-struct ToOpener(SyncSender<Vec<u8>>);
+pub(super) struct ToOpener(pub(super) SyncSender<Vec<u8>>);
 
 impl Write for ToOpener {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
@@ -114,23 +115,49 @@ struct Want {
     annotated: Option<Digest>,
 }
 
-/// Fetches the sealed model `reference` with its KEK from `keks`, checking every file against
-/// `pinned` (when given, it must name every file of the model and nothing else).
+/// Fetches the model `reference` into guest memory.
+///
+/// A sealed model (artifact type [`ARTIFACT_TYPE`]) gets its KEK from `keks`, and every file is
+/// checked against `pinned` (when given, it must name every file of the model and nothing else).
+/// Any other reference is taken as an ordinary OCI image whose tar layers (optionally
+/// ocicrypt-encrypted: JWE recipients opened with `keys`, key-provider packets with `keks`) hold
+/// the model files: `pinned` is then required and names the paths to load.
 pub async fn fetch_model(
     registry: &Registry,
     reference: &str,
     keks: &dyn KekSource,
+    keys: &[PrivateKey],
     pinned: Option<&PinnedDigests>,
     concurrency: usize,
 ) -> Result<LoadedModel, ModelError> {
     let r = Registry::reference(reference)?;
-    let artifact = registry.resolve_artifact(&r).await?;
-    if artifact.artifact_type.as_deref() != Some(ARTIFACT_TYPE) {
-        return Err(ModelError::Malformed(format!(
-            "{reference} is not a sealed model (artifact type {:?})",
-            artifact.artifact_type
-        )));
-    }
+    let artifact = match registry.resolve_artifact(&r).await {
+        Ok(a) if a.artifact_type.as_deref() == Some(ARTIFACT_TYPE) => a,
+        // An image manifest, or an index of them: a model shipped as an image.
+        Ok(_) | Err(crate::registry::RegistryError::Malformed { .. }) => {
+            let image = registry.resolve(&r).await.map_err(|e| {
+                ModelError::Malformed(format!(
+                    "{reference} is neither a sealed model nor an image: {e}"
+                ))
+            })?;
+            let pinned = pinned.ok_or_else(|| {
+                ModelError::Malformed(format!(
+                    "{reference} is an image: pin the digests of the files to load from it"
+                ))
+            })?;
+            return super::image::fetch_model_image(
+                registry,
+                reference,
+                image,
+                keks,
+                keys,
+                pinned,
+                concurrency,
+            )
+            .await;
+        }
+        Err(e) => return Err(e.into()),
+    };
     if artifact.layers.len() > MAX_FILES || artifact.layers.is_empty() {
         return Err(ModelError::Malformed(format!(
             "{} files (1 to {MAX_FILES})",
@@ -252,11 +279,17 @@ async fn fetch_file(
 ) -> Result<ModelFile, ModelError> {
     let name = want.name.clone();
     if !want.sealed {
-        let mut data = Zeroizing::new(Vec::new());
+        // Clear files (public tokenizers and configs) are small: read, then moved into locked
+        // memory like the rest.
+        let mut bytes = Zeroizing::new(Vec::new());
         registry
-            .stream_blob(at, desc, &want.layer_digest, &mut *data, MAX_FILE)
+            .stream_blob(at, desc, &want.layer_digest, &mut *bytes, MAX_FILE)
             .await?;
-        let digest = Digest::of(&data);
+        let digest = Digest::of(&bytes);
+        let data = PlaintextBuffer::copy_from(&bytes).map_err(|source| ModelError::Sealed {
+            name: name.clone(),
+            source,
+        })?;
         if let Some(p) = &want.pinned
             && *p != digest
         {
@@ -310,7 +343,7 @@ async fn fetch_file(
     Ok(ModelFile {
         name: want.name,
         digest,
-        data: file.plaintext.into_zeroizing(),
+        data: file.plaintext,
         sealed: true,
     })
 }

@@ -5,6 +5,7 @@
 //! annotations and the digests policy pins. Nothing touches disk on the guest side.
 
 mod fetch;
+mod image;
 mod package;
 #[cfg(test)]
 mod tests;
@@ -71,6 +72,12 @@ pub enum ModelError {
     MissingFile(String),
     #[error(transparent)]
     Registry(Box<crate::registry::RegistryError>),
+    #[error("model image layer {index} ({digest}): {detail}")]
+    Layer {
+        index: usize,
+        digest: String,
+        detail: String,
+    },
     #[error("key-encryption key {kid}: {detail}")]
     Kek { kid: String, detail: String },
 }

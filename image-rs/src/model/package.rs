@@ -346,7 +346,7 @@ pub fn load_layout(
         files.push(super::ModelFile {
             name,
             digest: file.header.plaintext_sha256().clone(),
-            data: file.plaintext.into_zeroizing(),
+            data: file.plaintext,
             sealed: true,
         });
     }
