@@ -38,6 +38,12 @@ bench-pull:
     cargo build --release --workspace --bins
     WARD_BIN_DIR={{justfile_directory()}}/target/release cargo run --release -q -p ward-tests --bin bench-pull
 
+# Loading a 1 GiB model from a local registry into memory: sealed, and as an ocicrypt image,
+# against a plain digest-checked download of the same bytes; peak RSS per phase.
+bench-model:
+    cargo build --release --workspace --bins
+    WARD_BIN_DIR={{justfile_directory()}}/target/release cargo run --release -q -p ward-tests --bin bench-model
+
 # Bulk AES-256-GCM for sealed models: aes-gcm 0.10/0.11, ring, aws-lc-rs on 1 GiB by chunk size,
 # 1 core and all cores, next to `openssl speed`; then SHA-256 and ward's sealed opener end to end.
 bench-aead:
