@@ -15,9 +15,14 @@
 //!
 //! Each is the median of `RUNS`; peak RSS is measured per phase in this process (VmHWM, reset
 //! through /proc/self/clear_refs) and printed above the resident size before the phase.
-//! Run on release builds: `just bench-model`.
+//!
+//! Then (`ttft.rs`): wardd started on a config naming a sealed ~1 GiB model in the registry, timed
+//! from spawn to READY, to the model being served and to the first streamed token, next to the
+//! same GGUF loaded from memory by the runtime alone. Run on release builds: `just bench-model`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod ttft;
 
 use std::io::Write;
 use std::process::Command;
@@ -222,6 +227,8 @@ async fn main() {
         sealed_t.as_secs_f64() / plain.as_secs_f64(),
         image_t.as_secs_f64() / plain.as_secs_f64()
     );
+    first_token(&work, &registry, &reg, &kbs, kek).await;
+
     // What existing tooling does with the same image: skopeo cannot decrypt key-provider packets
     // without a keyprovider daemon, so it copies the image as it is (still encrypted) to disk.
     let mut times = Vec::new();
@@ -246,4 +253,104 @@ async fn main() {
         bytes as f64 / skopeo.as_secs_f64() / 1e9,
         sealed_t.as_secs_f64() / skopeo.as_secs_f64()
     );
+}
+
+/// wardd start to first token with a sealed ~1 GiB model, and the runtime alone on the same GGUF.
+async fn first_token(
+    work: &tempfile::TempDir,
+    registry: &Registry,
+    reg: &TestRegistry,
+    kbs: &DevKbs,
+    kek: [u8; 32],
+) {
+    let Some(tokenizer) = ttft::smollm2() else {
+        println!("wardd start -> first token: skipped (no SmolLM2 GGUF: scripts/fetch-model.sh)");
+        return;
+    };
+    let dir = work.path().join("model-1g");
+    std::fs::create_dir_all(&dir).unwrap();
+    let gguf = dir.join("model.gguf");
+    let size = tokio::task::spawn_blocking({
+        let gguf = gguf.clone();
+        move || ttft::write_model(&tokenizer, &gguf)
+    })
+    .await
+    .unwrap();
+    let bytes = std::fs::read(&gguf).unwrap();
+    let (loaded, first) = ttft::in_memory_first_token(&bytes).await;
+    drop(bytes);
+    let layout = work.path().join("model-1g.sealed");
+    let sealed = seal_dir(&dir, &layout, &Kek::new(Zeroizing::new(kek)), KID, 1 << 20).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    let reference = format!("{}/bench/model-1g:v1", reg.host());
+    let pushed = registry
+        .push_layout(&layout, "model", &Registry::reference(&reference).unwrap())
+        .await
+        .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (host, kbs_url) = (reg.host(), kbs.url());
+    let digest = sealed.digests["model.gguf"].to_string();
+    let started = Instant::now();
+    let w = tokio::task::spawn_blocking(move || {
+        let dir = tempfile::tempdir().unwrap();
+        let config = ward_tests::config_text(dir.path(), &["all"])
+            .replace(
+                "[images]\n",
+                &format!("[images]\ninsecure_registries = [{host:?}]\n"),
+            )
+            .replace(
+                "[[listener]]",
+                &format!(
+                    "[[model]]\nname = \"bench\"\nsource = \"{host}/bench/model-1g@{pushed}\"\n\
+                     [model.digests]\n\"model.gguf\" = \"{digest}\"\n\n\
+                     [[listener]]\naddress = \"tcp://127.0.0.1:{port}\"\n\
+                     services = [\"inference\", \"health\"]\nprotocol = \"http\"\n\n[[listener]]"
+                ),
+            )
+            .replace("level = \"debug\"", "level = \"info\"")
+            + &format!("\n[kbs]\nurl = \"{kbs_url}\"\n");
+        ward_tests::Wardd::start_with(dir, &config, "ward.tee=sample", &[])
+    })
+    .await
+    .unwrap();
+    let ready = w.ready_after;
+    let http = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}/v1");
+    let until = Instant::now() + Duration::from_secs(600);
+    loop {
+        let served = match http.get(format!("{base}/models")).send().await {
+            Ok(r) => r.text().await.unwrap_or_default().contains("\"bench\""),
+            Err(_) => false,
+        };
+        if served {
+            break;
+        }
+        assert!(Instant::now() < until, "not served: {}", w.stderr());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let served = started.elapsed();
+    ttft::first_streamed_token(&http, &base, "bench").await;
+    let token = started.elapsed();
+    println!(
+        "\nsealed {:.2} GiB model (llama Q8_0, random weights, SmolLM2 tokenizer) in wardd:",
+        size as f64 / (1u64 << 30) as f64
+    );
+    println!(
+        "  spawn -> READY {:.3} s, -> model served {:.2} s, -> first token {:.2} s",
+        ready.as_secs_f64(),
+        served.as_secs_f64(),
+        token.as_secs_f64()
+    );
+    println!(
+        "  baseline, the same GGUF already in memory: engine ready {:.2} s, first token {:.2} s \
+         (wardd / baseline: {:.2}x)",
+        loaded.as_secs_f64(),
+        first.as_secs_f64(),
+        token.as_secs_f64() / first.as_secs_f64()
+    );
+    drop(w);
 }
