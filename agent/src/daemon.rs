@@ -108,13 +108,16 @@ pub async fn run(config: &Config, mode: Mode) -> Result<(), DaemonError> {
     );
     let models = Arc::new(crate::models::Models::new(&config.models));
     let engines = ward_inference::openai::SharedEngines::default();
-    let e2e = Arc::new(crate::e2e_http::E2e {
-        key: ward_inference::e2e::ServerKey::generate(ward_inference::e2e::Suite::XWing),
-        attestation: attestation.clone(),
+    let inference = Arc::new(crate::inference_api::Shared {
+        e2e: Arc::new(crate::inference_api::e2e::E2e {
+            key: ward_inference::e2e::ServerKey::generate(ward_inference::e2e::Suite::XWing),
+            attestation: attestation.clone(),
+        }),
+        engines: engines.clone(),
+        models: models.clone(),
     });
     let ctx = Context {
-        e2e,
-        engines: engines.clone(),
+        inference,
         daemon: state.clone(),
         attestation: attestation.clone(),
         images: images.clone(),
@@ -138,7 +141,13 @@ pub async fn run(config: &Config, mode: Mode) -> Result<(), DaemonError> {
             }
         }
         let served: Vec<_> = l.services.iter().map(|s| s.config_name()).collect();
-        tracing::info!(addr = %l.addr, protocol = ?l.protocol, services = ?served, "listening");
+        let inference = l.services.contains(&services::ServiceKind::Inference);
+        tracing::info!(addr = %l.addr, protocol = ?l.protocol, services = ?served,
+            encrypted_only = inference.then_some(l.encrypted_only), "listening");
+        if inference && !l.encrypted_only && !l.addr.is_in_guest() {
+            tracing::warn!(addr = %l.addr, "plaintext inference on vsock: prompts and answers \
+                in clear are visible to the host (encrypted_only = false)");
+        }
     }
 
     state.set_serving(true);
@@ -294,12 +303,16 @@ async fn start_ttrpc(
 
 async fn start_http(l: &Listener, name: &str, ctx: &Context) -> Result<Running, DaemonError> {
     let listener = listen::bind_http(&l.addr, l.mode).await?;
+    let inference = l
+        .services
+        .contains(&services::ServiceKind::Inference)
+        .then(|| crate::inference_api::router(&ctx.inference, name, l.encrypted_only));
     let router = crate::http::router(
         ctx.attestation.clone(),
         l.services.clone(),
         name.to_string(),
-        ctx.engines.clone(),
-        ctx.e2e.clone(),
+        l.addr.is_in_guest(),
+        inference,
     );
     let (stop, stopped) = tokio::sync::oneshot::channel();
     let task = tokio::spawn(crate::http::serve(listener, router, stopped));

@@ -171,6 +171,7 @@ mod tests {
             protocol,
             services: services.iter().copied().collect(),
             mode: 0o600,
+            encrypted_only: false,
             origin: Origin::Cmdline,
         }
     }

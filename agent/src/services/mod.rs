@@ -35,10 +35,9 @@ pub struct Context {
     pub daemon: Arc<DaemonState>,
     pub attestation: Arc<Attestation>,
     pub images: Arc<crate::images::Images>,
-    /// The inference engines of the loaded models (HTTP listeners serve them).
-    pub engines: ward_inference::openai::SharedEngines,
-    /// The boot-time HPKE key of encrypted inference and its attestation.
-    pub e2e: Arc<crate::e2e_http::E2e>,
+    /// The inference engines of the loaded models, the boot-time HPKE key of encrypted
+    /// inference and its attestation.
+    pub inference: Arc<crate::inference_api::Shared>,
 }
 
 /// Stands in for a service whose implementation has not landed: the generated trait's default
