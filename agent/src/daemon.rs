@@ -130,7 +130,7 @@ pub async fn run(config: &Config, mode: Mode) -> Result<(), DaemonError> {
     for l in &config.listeners {
         let name = l.addr.to_string();
         let started = match l.protocol {
-            Protocol::Ttrpc => start_ttrpc(l, &name, &ctx, policy).await,
+            Protocol::Ttrpc => start_ttrpc(l, &ctx, policy).await,
             Protocol::Http => start_http(l, &name, &ctx).await,
         };
         match started {
@@ -283,14 +283,13 @@ fn report_self_check(outcome: &Result<SelfCheckReport, SelfCheckError>, mode: Mo
 
 async fn start_ttrpc(
     l: &Listener,
-    name: &str,
     ctx: &Context,
     policy: RequestPolicy,
 ) -> Result<Running, DaemonError> {
     let bound = listen::bind(&l.addr, l.mode)?;
     let mut server = Server::new()
         .add_listener(bound.listener)
-        .register_service(services::services_for(name, &l.services, ctx, policy));
+        .register_service(services::services_for(l, ctx, policy));
     server.start().await.map_err(|source| DaemonError::Serve {
         addr: l.addr.clone(),
         source,
