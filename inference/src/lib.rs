@@ -28,8 +28,9 @@ mod text_stream;
 
 #[cfg(test)]
 mod openai_tests;
-#[cfg(test)]
-mod test_models;
+/// Tiny llama models generated in memory (fixed seed), for tests here and in other crates.
+#[cfg(any(test, feature = "test-util"))]
+pub mod test_models;
 #[cfg(test)]
 mod tests;
 
