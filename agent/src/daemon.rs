@@ -264,6 +264,7 @@ fn report_self_check(outcome: &Result<SelfCheckReport, SelfCheckError>, mode: Mo
         Ok(r) => {
             tracing::info!(
                 healthy = ?r.healthy,
+                inference = ?r.inference,
                 resource = r.resource.as_ref().map(|(uri, _)| uri.as_str()),
                 bytes = r.resource.as_ref().map(|(_, n)| *n),
                 image = r.image.as_ref().map(|(image, _)| image.as_str()),

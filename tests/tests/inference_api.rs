@@ -398,3 +398,35 @@ async fn inference_over_ttrpc_and_encrypted_only_listeners() {
     );
     assert!(!w.stderr().contains(SECRET), "no prompt in wardd's logs");
 }
+
+/// The start-up self-check does what a remote client of an encrypted-only listener does
+/// (attestation, plaintext refused, an encrypted request answered sealed); the boot test does
+/// the same over vsock in a guest.
+#[test]
+fn the_self_check_asks_an_encrypted_only_listener_as_a_client_would() {
+    let dir = tempfile::tempdir().unwrap();
+    let enc = dir.path().join("enc.sock");
+    let config = ward_tests::config_text(dir.path(), &["health"]).replace(
+        "[[listener]]",
+        &format!(
+            "[[listener]]\naddress = \"unix://{}\"\nservices = [\"inference\"]\n\
+             encrypted_only = true\n\n[[listener]]",
+            enc.display()
+        ),
+    );
+    let mut w = ward_tests::Wardd::start_with(
+        dir,
+        &config,
+        "ward.tee=sample ward.self_check=poweroff",
+        &[],
+    );
+    let status = w.wait(std::time::Duration::from_secs(60));
+    let stderr = w.stderr();
+    assert!(status.success(), "{stderr}");
+    assert!(
+        stderr.contains("self-check: encrypted inference answered")
+            && stderr.contains(&format!("unix://{}", enc.display())),
+        "{stderr}"
+    );
+    assert!(stderr.contains("self-check passed"), "{stderr}");
+}
