@@ -10,9 +10,9 @@
 //!
 //! What it must never do: read model bytes from disk on its own (the sealed-model loader hands
 //! them over), log prompts or generated text, or panic on a malformed model.
-//! - [`e2e`]: the message layer of end-to-end encrypted inference (`docs/encrypted-inference.md`).
-//!
-//! Still to come: the OpenAI-compatible HTTP API and its wiring to [`e2e`] and wardd.
+//! - [`e2e`]: the message layer of end-to-end encrypted inference (`docs/encrypted-inference.md`);
+//! - [`openai`]: the OpenAI-compatible HTTP API over [`Engine`]s, which wardd serves over HTTP
+//!   and ttrpc behind [`e2e`].
 
 pub mod chat;
 pub mod e2e;
