@@ -125,3 +125,102 @@ pub(super) fn expand_services(names: &[String]) -> Result<BTreeSet<ServiceKind>,
     }
     Ok(set)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::from_text;
+    use super::*;
+
+    #[test]
+    fn http_listeners() {
+        let ok = "[[listener]]\naddress = \"tcp://127.0.0.1:8006\"\nservices = [\"get-resource\", \"attestation-agent\"]\n\
+                  [[listener]]\naddress = \"unix:///run/w-http.sock\"\nprotocol = \"http\"\nservices = [\"health\"]\n";
+        let c = from_text(ok, None).unwrap();
+        assert_eq!(c.listeners[0].protocol, Protocol::Http);
+        assert_eq!(c.listeners[1].protocol, Protocol::Http);
+        let bad: &[(&str, &str)] = &[
+            (
+                "[[listener]]\naddress = \"tcp://0.0.0.0:8006\"\nservices = [\"health\"]\n",
+                "only loopback",
+            ),
+            (
+                "[[listener]]\naddress = \"tcp://127.0.0.1:1\"\nprotocol = \"ttrpc\"\nservices = [\"health\"]\n",
+                "tcp listeners speak http only",
+            ),
+            (
+                "[[listener]]\naddress = \"vsock://-1:9\"\nprotocol = \"http\"\nservices = [\"health\"]\n",
+                "HTTP on vsock serves the inference API only",
+            ),
+            (
+                "[[listener]]\naddress = \"unix:///a\"\nprotocol = \"http\"\nservices = [\"image-pull\"]\n",
+                "`image-pull` has no HTTP API",
+            ),
+            (
+                "[[listener]]\naddress = \"unix:///a\"\nprotocol = \"grpc\"\nservices = [\"health\"]\n",
+                "`grpc` is not a protocol",
+            ),
+        ];
+        for (text, want) in bad {
+            let e = from_text(text, None).unwrap_err().to_string();
+            assert!(e.contains(want), "`{e}` lacks `{want}`");
+        }
+    }
+
+    #[test]
+    fn inference_on_vsock_is_encrypted_only_by_default() {
+        let text = "[[listener]]\naddress = \"vsock://-1:1031\"\nservices = [\"inference\", \"health\"]\n\
+                    [[listener]]\naddress = \"vsock://-1:1032\"\nprotocol = \"http\"\nservices = [\"inference\"]\n\
+                    [[listener]]\naddress = \"vsock://-1:1033\"\nservices = [\"inference\"]\nencrypted_only = false\n\
+                    [[listener]]\naddress = \"unix:///run/w.sock\"\nservices = [\"inference\"]\n\
+                    [[listener]]\naddress = \"tcp://127.0.0.1:8080\"\nservices = [\"inference\"]\nencrypted_only = true\n";
+        let c = from_text(text, None).unwrap();
+        let only: Vec<_> = c.listeners.iter().map(|l| l.encrypted_only).collect();
+        assert_eq!(only, [true, true, false, false, true]);
+        assert_eq!(c.listeners[1].protocol, Protocol::Http);
+        // The command line takes the default of the address.
+        let c = from_text(
+            "",
+            Some("ward.listen=vsock://-1:1031#inference ward.listen=unix:///run/w.sock#inference"),
+        )
+        .unwrap();
+        assert!(c.listeners[0].encrypted_only);
+        assert!(!c.listeners[1].encrypted_only);
+        // The defaults keep vsock to health.
+        let c = from_text("", None).unwrap();
+        assert!(
+            c.listeners
+                .iter()
+                .all(|l| l.addr.is_in_guest() || l.services.iter().eq([ServiceKind::Health].iter()))
+        );
+
+        let bad: &[(&str, &str)] = &[
+            (
+                "[[listener]]\naddress = \"unix:///a\"\nservices = [\"health\"]\nencrypted_only = true\n",
+                "listener[0].encrypted_only: applies to the inference service",
+            ),
+            (
+                "[[listener]]\naddress = \"vsock://-1:9\"\nprotocol = \"http\"\nservices = [\"inference\", \"get-resource\"]\n",
+                "`get-resource` may not be served on vsock://-1:9",
+            ),
+            (
+                "[[listener]]\naddress = \"vsock://-1:9\"\nservices = [\"all\"]\n",
+                "may not be served on vsock",
+            ),
+            (
+                "[[listener]]\naddress = \"unix:///a\"\nservices = [\"inference\"]\nencrypted_only = \"yes\"\n",
+                "ward.toml:",
+            ),
+        ];
+        for (text, want) in bad {
+            let e = from_text(text, None).unwrap_err().to_string();
+            assert!(e.contains(want), "`{e}` lacks `{want}`");
+        }
+        let e = from_text(
+            "",
+            Some("ward.listen=vsock://-1:9#inference,attestation-agent"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("`attestation-agent` may not be served"), "{e}");
+    }
+}
