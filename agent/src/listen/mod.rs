@@ -229,14 +229,21 @@ mod tests {
             a => a,
         };
         match bind(&addr, 0o600) {
-            Ok(_) => {}
+            Ok(bound) => drop(bound),
             Err(ListenError::Bind { source, .. })
                 if source.raw_os_error() == Some(libc::EADDRNOTAVAIL)
                     || source.raw_os_error() == Some(libc::EAFNOSUPPORT) =>
             {
                 eprintln!("skipped: this kernel has /dev/vsock but no vsock transport: {source}");
+                return;
             }
             Err(e) => panic!("vsock bind failed: {e}"),
+        }
+        // HTTP (the inference API) binds the same port once the ttrpc listener is gone.
+        match bind_http(&addr, 0o600).await {
+            Ok(HttpListener::Vsock(_)) => {}
+            Ok(_) => panic!("a vsock address bound as something else"),
+            Err(e) => panic!("vsock HTTP bind failed: {e}"),
         }
     }
 }
