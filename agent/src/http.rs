@@ -1,7 +1,10 @@
 //! The HTTP API: CoCo's api-server-rest paths, so its users work unchanged, on in-guest listeners
 //! only (unix sockets and loopback TCP):
 //! `GET /aa/token?token_type=kbs`, `GET /aa/evidence?runtime_data=...`, `POST /aa/aael`,
-//! `GET /cdh/resource/<repo>/<type>/<tag>`, `GET /info`.
+//! `GET /cdh/resource/<repo>/<type>/<tag>`, `GET /info`; and the inference API
+//! ([`crate::inference_api`]) where the listener serves `inference`. On vsock, where the caller
+//! may be the host, only the inference API (and `/info` with `health`) is routed: the
+//! api-server-rest paths do not exist there.
 //!
 //! Answers follow api-server-rest: 200 with the raw bytes (`application/octet-stream`), 400 for a
 //! missing parameter, 403 for a path whose service is not on this listener's allow-list, 404 for
@@ -167,35 +170,35 @@ async fn not_found() -> Response {
     text(StatusCode::NOT_FOUND, "URL NOT FOUND")
 }
 
-/// The router for one listener.
+/// The router for one listener: `in_guest` says whether its callers are inside the guest, and
+/// `inference` is the listener's inference API when it serves one.
 pub fn router(
     attestation: Arc<Attestation>,
     allowed: BTreeSet<ServiceKind>,
     listener: String,
-    engines: ward_inference::openai::SharedEngines,
-    e2e: Arc<crate::e2e_http::E2e>,
+    in_guest: bool,
+    inference: Option<Router>,
 ) -> Router {
-    let inference = allowed.contains(&ServiceKind::Inference);
+    let health = allowed.contains(&ServiceKind::Health);
     let api = Arc::new(Api {
         attestation,
         allowed,
         listener: listener.clone(),
     });
-    let mut app = Router::new()
-        .route("/aa/token", get(token))
-        .route("/aa/evidence", get(evidence))
-        .route("/aa/aael", post(aael))
-        .route("/cdh/resource/{repo}/{type}/{tag}", get(resource))
-        .route("/info", get(info))
-        .with_state(api);
-    if inference {
-        let openai = ward_inference::openai::router(engines).layer(
-            axum::middleware::from_fn_with_state(e2e.clone(), crate::e2e_http::layer),
-        );
-        let attestation = Router::new()
-            .route("/v1/attestation", get(crate::e2e_http::attestation))
-            .with_state(e2e);
-        app = app.merge(openai).merge(attestation);
+    let mut rest = Router::new();
+    if in_guest {
+        rest = rest
+            .route("/aa/token", get(token))
+            .route("/aa/evidence", get(evidence))
+            .route("/aa/aael", post(aael))
+            .route("/cdh/resource/{repo}/{type}/{tag}", get(resource));
+    }
+    if in_guest || health {
+        rest = rest.route("/info", get(info));
+    }
+    let mut app = rest.with_state(api);
+    if let Some(inference) = inference {
+        app = app.merge(inference);
     }
     app.fallback(not_found)
         .layer(axum::middleware::from_fn(move |req: axum::extract::Request, next: axum::middleware::Next| {
@@ -225,6 +228,11 @@ pub async fn serve(
                 .await
         }
         HttpListener::Tcp(l) => {
+            axum::serve(l, router)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+        HttpListener::Vsock(l) => {
             axum::serve(l, router)
                 .with_graceful_shutdown(shutdown)
                 .await

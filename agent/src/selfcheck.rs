@@ -1,7 +1,10 @@
 //! The start-up self-check (`ward.self_check=`, `ward.self_check_resource=`): once wardd is
 //! ready it calls its own health service on every ttrpc listener that serves it, vsock ones
-//! through the local CID (1, which needs the `vsock_loopback` module in a guest), and, when
-//! asked, fetches one KBS resource through the shared session and pulls one image into a
+//! through the local CID (1, which needs the `vsock_loopback` module in a guest); on every ttrpc
+//! listener that serves inference it fetches an attestation for a fresh nonce, sends an
+//! encrypted request (for a model that does not exist: the sealed answer must be OpenAI's 404)
+//! and, where the listener is encrypted-only, checks that plaintext is refused (415); and, when
+//! asked, it fetches one KBS resource through the shared session and pulls one image into a
 //! scratch bundle (`/run/ward/self-check`), as clients in the guest would.
 //! A booted image proves its whole path this way with no second program in it.
 //!
@@ -15,6 +18,8 @@ use crate::config::{Listener, Protocol, SelfCheckSettings};
 use crate::images::{Images, ImagesError};
 use crate::listen::{ListenAddr, VSOCK_CID_ANY};
 use crate::services::ServiceKind;
+
+mod inference;
 
 /// `VMADDR_CID_LOCAL`: this guest, through the vsock loopback transport.
 const VSOCK_CID_LOCAL: u32 = 1;
@@ -49,11 +54,18 @@ pub enum SelfCheckError {
         #[source]
         source: ImagesError,
     },
+    /// An inference listener did not answer as it should.
+    #[error("inference on {addr}: {detail}")]
+    Inference { addr: String, detail: String },
     /// The self-check task itself panicked or was cancelled.
     #[error("the self-check task ended abnormally: {0}")]
     Aborted(String),
-    /// No ttrpc listener serves health, and no resource or image was named: nothing was checked.
-    #[error("nothing to check: no ttrpc listener serves health and no resource or image was named")]
+    /// No ttrpc listener serves health or inference, and no resource or image was named:
+    /// nothing was checked.
+    #[error(
+        "nothing to check: no ttrpc listener serves health or inference and no resource or \
+         image was named"
+    )]
     Nothing,
 }
 
@@ -62,6 +74,8 @@ pub enum SelfCheckError {
 pub struct SelfCheckReport {
     /// The addresses whose health service answered SERVING.
     pub healthy: Vec<String>,
+    /// The addresses whose inference service answered an encrypted request.
+    pub inference: Vec<String>,
     /// The resource fetched, with its size in bytes.
     pub resource: Option<(String, usize)>,
     /// The image pulled, with its manifest digest.
@@ -71,9 +85,10 @@ pub struct SelfCheckReport {
 /// Where the self-check's image pull unpacks (under wardd's own runtime directory).
 pub const BUNDLE: &str = "/run/ward/self-check";
 
-/// The address a client inside the guest dials to reach `addr`, when it speaks ttrpc health.
-fn dial_address(l: &Listener) -> Option<String> {
-    if l.protocol != Protocol::Ttrpc || !l.services.contains(&ServiceKind::Health) {
+/// The address a client inside the guest dials to reach `l`, when it speaks ttrpc and serves
+/// `service`.
+fn dial_address(l: &Listener, service: ServiceKind) -> Option<String> {
+    if l.protocol != Protocol::Ttrpc || !l.services.contains(&service) {
         return None;
     }
     match &l.addr {
@@ -99,7 +114,10 @@ pub async fn run(
     timeout: Duration,
 ) -> Result<SelfCheckReport, SelfCheckError> {
     let mut report = SelfCheckReport::default();
-    for addr in listeners.iter().filter_map(dial_address) {
+    for addr in listeners
+        .iter()
+        .filter_map(|l| dial_address(l, ServiceKind::Health))
+    {
         let check = async {
             let client = HealthClient::connect(&addr, timeout).await?;
             client.check().await
@@ -123,6 +141,24 @@ pub async fn run(
         }
         tracing::info!(%addr, mode = %answer.mode, "self-check: health answered SERVING");
         report.healthy.push(addr);
+    }
+    for l in listeners {
+        let Some(addr) = dial_address(l, ServiceKind::Inference) else {
+            continue;
+        };
+        tokio::time::timeout(timeout, inference::check(&addr, l.encrypted_only, timeout))
+            .await
+            .map_err(|_| SelfCheckError::Timeout {
+                addr: addr.clone(),
+                timeout,
+            })?
+            .map_err(|detail| SelfCheckError::Inference {
+                addr: addr.clone(),
+                detail,
+            })?;
+        tracing::info!(%addr, encrypted_only = l.encrypted_only,
+            "self-check: encrypted inference answered");
+        report.inference.push(addr);
     }
     if let Some(uri) = &settings.resource {
         let value = attestation
@@ -154,7 +190,11 @@ pub async fn run(
         );
         report.image = Some((image.clone(), digest));
     }
-    if report.healthy.is_empty() && report.resource.is_none() && report.image.is_none() {
+    if report.healthy.is_empty()
+        && report.inference.is_empty()
+        && report.resource.is_none()
+        && report.image.is_none()
+    {
         return Err(SelfCheckError::Nothing);
     }
     Ok(report)
@@ -171,6 +211,7 @@ mod tests {
             protocol,
             services: services.iter().copied().collect(),
             mode: 0o600,
+            encrypted_only: false,
             origin: Origin::Cmdline,
         }
     }
@@ -202,7 +243,22 @@ mod tests {
             ),
         ];
         for (l, want) in cases {
-            assert_eq!(dial_address(&l).as_deref(), want, "{}", l.addr);
+            assert_eq!(
+                dial_address(&l, ServiceKind::Health).as_deref(),
+                want,
+                "{}",
+                l.addr
+            );
         }
+        let inference = listener(
+            "vsock://-1:1031",
+            Protocol::Ttrpc,
+            &[ServiceKind::Inference],
+        );
+        assert_eq!(
+            dial_address(&inference, ServiceKind::Inference).as_deref(),
+            Some("vsock://1:1031")
+        );
+        assert_eq!(dial_address(&inference, ServiceKind::Health), None);
     }
 }

@@ -10,9 +10,9 @@
 //!
 //! What it must never do: read model bytes from disk on its own (the sealed-model loader hands
 //! them over), log prompts or generated text, or panic on a malformed model.
-//! - [`e2e`]: the message layer of end-to-end encrypted inference (`docs/encrypted-inference.md`).
-//!
-//! Still to come: the OpenAI-compatible HTTP API and its wiring to [`e2e`] and wardd.
+//! - [`e2e`]: the message layer of end-to-end encrypted inference (`docs/encrypted-inference.md`);
+//! - [`openai`]: the OpenAI-compatible HTTP API over [`Engine`]s, which wardd serves over HTTP
+//!   and ttrpc behind [`e2e`].
 
 pub mod chat;
 pub mod e2e;
@@ -28,8 +28,9 @@ mod text_stream;
 
 #[cfg(test)]
 mod openai_tests;
-#[cfg(test)]
-mod test_models;
+/// Tiny llama models generated in memory (fixed seed), for tests here and in other crates.
+#[cfg(any(test, feature = "test-util"))]
+pub mod test_models;
 #[cfg(test)]
 mod tests;
 

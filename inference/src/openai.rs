@@ -3,6 +3,9 @@
 //! `chat.completion.chunk` / `text_completion` events, `data: [DONE]` last), usage counts, and
 //! OpenAI-shaped errors (`{"error": {"message", "type", "param", "code"}}`). Existing OpenAI
 //! clients work by changing only the base URL. Prompts and outputs are never logged.
+//!
+//! A server that audits requests puts an [`OutcomeSlot`] in a request's extensions and reads
+//! back what the request came to (model, token counts, finish reason), never its text.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -10,7 +13,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use axum::http::StatusCode;
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
@@ -21,7 +24,7 @@ use serde_json::{Value, json};
 
 use crate::{
     ChatMessage, Engine, FinishReason, GenerationStream, InferenceError, Request, SamplingParams,
-    StreamEvent,
+    StreamEvent, Usage,
 };
 
 /// Largest `max_tokens` accepted.
@@ -36,6 +39,50 @@ pub type SharedEngines = Arc<std::sync::RwLock<Engines>>;
 
 fn snapshot(engines: &SharedEngines) -> Engines {
     engines.read().map(|e| e.clone()).unwrap_or_default()
+}
+
+/// What one completion request came to: the model it named and, once generation finished, its
+/// token counts and finish reason. Holds no prompt or generated text.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Outcome {
+    /// The `model` of the request body, once it parsed.
+    pub model: Option<String>,
+    /// Whether the response was streamed (SSE).
+    pub stream: bool,
+    /// Token counts, when generation finished.
+    pub usage: Option<Usage>,
+    /// `stop` or `length`, when generation finished.
+    pub finish_reason: Option<&'static str>,
+}
+
+/// Where a handler leaves the [`Outcome`] of the request that carries this slot in its
+/// extensions; the server keeps a clone and reads it once the response body has been sent.
+#[derive(Clone, Debug, Default)]
+pub struct OutcomeSlot(Arc<std::sync::Mutex<Outcome>>);
+
+impl OutcomeSlot {
+    /// The outcome so far.
+    pub fn get(&self) -> Outcome {
+        self.0.lock().map(|o| o.clone()).unwrap_or_default()
+    }
+
+    fn update(&self, f: impl FnOnce(&mut Outcome)) {
+        if let Ok(mut o) = self.0.lock() {
+            f(&mut o);
+        }
+    }
+
+    fn finished(&self, usage: Usage, reason: FinishReason) {
+        self.update(|o| {
+            o.usage = Some(usage);
+            o.finish_reason = Some(finish_reason(reason));
+        });
+    }
+}
+
+/// The request's slot, or a fresh one nobody reads.
+fn slot(ext: Option<Extension<OutcomeSlot>>) -> OutcomeSlot {
+    ext.map(|Extension(s)| s).unwrap_or_default()
 }
 
 /// An OpenAI-shaped error: `{"error": {"message", "type", "param", "code"}}` with its status.
@@ -275,17 +322,23 @@ fn invalid(message: impl Into<String>) -> ApiError {
     )
 }
 
-async fn chat(State(engines): State<SharedEngines>, body: JsonBody<ChatBody>) -> Response {
-    chat_request(engines, body)
+async fn chat(
+    State(engines): State<SharedEngines>,
+    outcome: Option<Extension<OutcomeSlot>>,
+    body: JsonBody<ChatBody>,
+) -> Response {
+    chat_request(engines, slot(outcome), body)
         .await
         .unwrap_or_else(IntoResponse::into_response)
 }
 
 async fn chat_request(
     engines: SharedEngines,
+    outcome: OutcomeSlot,
     body: JsonBody<ChatBody>,
 ) -> Result<Response, ApiError> {
     let Json(body) = body.map_err(|e| invalid(e.body_text()))?;
+    noted(&outcome, &body.common);
     let engine = engine(&snapshot(&engines), &body.common.model)?.clone();
     let messages = body
         .messages
@@ -294,23 +347,26 @@ async fn chat_request(
         .collect::<Result<Vec<_>, _>>()
         .map_err(invalid)?;
     let request = build(&body.common, Request::chat(messages))?;
-    Ok(run(engine, request, &body.common, Kind::Chat).await)
+    Ok(run(engine, request, &body.common, Kind::Chat, outcome).await)
 }
 
 async fn completions(
     State(engines): State<SharedEngines>,
+    outcome: Option<Extension<OutcomeSlot>>,
     body: JsonBody<CompletionBody>,
 ) -> Response {
-    completion_request(engines, body)
+    completion_request(engines, slot(outcome), body)
         .await
         .unwrap_or_else(IntoResponse::into_response)
 }
 
 async fn completion_request(
     engines: SharedEngines,
+    outcome: OutcomeSlot,
     body: JsonBody<CompletionBody>,
 ) -> Result<Response, ApiError> {
     let Json(body) = body.map_err(|e| invalid(e.body_text()))?;
+    noted(&outcome, &body.common);
     let engine = engine(&snapshot(&engines), &body.common.model)?.clone();
     let prompt = match &body.prompt {
         Value::String(s) => s.clone(),
@@ -320,10 +376,24 @@ async fn completion_request(
         _ => return Err(invalid("prompt must be one string")),
     };
     let request = build(&body.common, Request::text(prompt))?;
-    Ok(run(engine, request, &body.common, Kind::Text).await)
+    Ok(run(engine, request, &body.common, Kind::Text, outcome).await)
 }
 
-async fn run(engine: Arc<Engine>, request: Request, common: &Common, kind: Kind) -> Response {
+/// Notes the model and streaming of a request whose body parsed.
+fn noted(outcome: &OutcomeSlot, common: &Common) {
+    outcome.update(|o| {
+        o.model = Some(common.model.clone());
+        o.stream = common.stream;
+    });
+}
+
+async fn run(
+    engine: Arc<Engine>,
+    request: Request,
+    common: &Common,
+    kind: Kind,
+    outcome: OutcomeSlot,
+) -> Response {
     let stream = match engine.submit(request) {
         Ok(s) => s,
         Err(e) => return engine_error(&e).into_response(),
@@ -345,6 +415,7 @@ async fn run(engine: Arc<Engine>, request: Request, common: &Common, kind: Kind)
             Ok(c) => c,
             Err(e) => return engine_error(&e).into_response(),
         };
+        outcome.finished(done.usage, done.finish_reason);
         let choice = match kind {
             Kind::Chat => {
                 json!({"index": 0, "message": {"role": "assistant", "content": done.text},
@@ -378,12 +449,14 @@ async fn run(engine: Arc<Engine>, request: Request, common: &Common, kind: Kind)
         created,
         model,
         include_usage,
+        outcome,
     );
     Sse::new(events).into_response()
 }
 
 /// The SSE events of a streamed generation; dropping the stream (the client went away)
 /// cancels the generation and frees its slot.
+#[allow(clippy::too_many_arguments)]
 fn sse_events(
     stream: GenerationStream,
     kind: Kind,
@@ -392,6 +465,7 @@ fn sse_events(
     created: u64,
     model: String,
     include_usage: bool,
+    outcome: OutcomeSlot,
 ) -> impl futures_util::Stream<Item = Result<Event, Infallible>> {
     let chunk = move |delta: Value, finish: Value| {
         let choice = match kind {
@@ -416,6 +490,7 @@ fn sse_events(
                 vec![event(chunk(json!({"content": text}), Value::Null))]
             }
             Ok(StreamEvent::Finished(f)) => {
+                outcome.finished(f.usage, f.finish_reason);
                 let mut v = vec![event(chunk(
                     json!({}),
                     json!(finish_reason(f.finish_reason)),

@@ -7,11 +7,17 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 
-use crate::openai::{Engines, router};
+use crate::openai::{Engines, Outcome, OutcomeSlot, router};
 use crate::test_models::gguf_model;
 use crate::{Engine, EngineConfig};
 
 async fn serve() -> String {
+    serve_with(None).await
+}
+
+/// Serves the tiny model; with `outcome`, every request carries that slot (as wardd's audit
+/// layer does).
+async fn serve_with(outcome: Option<OutcomeSlot>) -> String {
     let engine = Engine::new(
         gguf_model(),
         EngineConfig {
@@ -23,9 +29,16 @@ async fn serve() -> String {
     let engines: Engines = [("tiny".to_string(), Arc::new(engine))].into();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        axum::serve(listener, router(Arc::new(std::sync::RwLock::new(engines)))).await
-    });
+    let mut app = router(Arc::new(std::sync::RwLock::new(engines)));
+    if let Some(slot) = outcome {
+        app = app.layer(axum::middleware::from_fn(
+            move |mut req: axum::extract::Request, next: axum::middleware::Next| {
+                req.extensions_mut().insert(slot.clone());
+                next.run(req)
+            },
+        ));
+    }
+    tokio::spawn(async move { axum::serve(listener, app).await });
     format!("http://{addr}/v1")
 }
 
@@ -162,4 +175,37 @@ async fn completions_and_errors() {
     )
     .await;
     assert_eq!(status, 400, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_outcome_slot_gets_model_counts_and_finish_reason_but_no_text() {
+    let slot = OutcomeSlot::default();
+    let base = serve_with(Some(slot.clone())).await;
+    for stream in [false, true] {
+        let (status, body) = post(&format!("{base}/chat/completions"), chat_body(stream)).await;
+        assert_eq!(status, 200, "{body}");
+        let o = slot.get();
+        assert_eq!(o.model.as_deref(), Some("tiny"));
+        assert_eq!(o.stream, stream);
+        let usage = o.usage.unwrap();
+        assert!(usage.prompt_tokens > 0 && usage.completion_tokens > 0);
+        assert!(usage.completion_tokens <= 12);
+        assert!(["stop", "length"].contains(&o.finish_reason.unwrap()));
+    }
+    // A refused request names its model, with no counts.
+    let slot = OutcomeSlot::default();
+    let base = serve_with(Some(slot.clone())).await;
+    let (status, _) = post(
+        &format!("{base}/completions"),
+        json!({"model": "gpt-9", "prompt": "x"}),
+    )
+    .await;
+    assert_eq!(status, 404);
+    assert_eq!(
+        slot.get(),
+        Outcome {
+            model: Some("gpt-9".into()),
+            ..Outcome::default()
+        }
+    );
 }

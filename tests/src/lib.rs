@@ -9,6 +9,7 @@
 
 pub mod kbs;
 pub mod registry;
+pub mod served;
 pub mod sigstore;
 
 use std::os::unix::net::UnixDatagram;
@@ -251,11 +252,20 @@ pub async fn attested_key(http: &reqwest::Client, base: &str) -> ward_inference:
         .json()
         .await
         .unwrap();
+    checked_key(&att, &nonce)
+}
+
+/// The key configuration of an attestation answer (`GET /v1/attestation`, or the ttrpc
+/// `Attestation` call) for `nonce`, once the (sample) evidence's report data is seen to bind
+/// both.
+pub fn checked_key(att: &serde_json::Value, nonce: &[u8]) -> ward_inference::e2e::KeyConfig {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
     let key_config = b64.decode(att["key_config"].as_str().unwrap()).unwrap();
     let rd = base64::engine::general_purpose::STANDARD
         .decode(att["evidence"]["report_data"].as_str().unwrap())
         .unwrap();
-    ward_inference::e2e::check_binding(&rd, &nonce, &key_config, None).unwrap();
+    ward_inference::e2e::check_binding(&rd, nonce, &key_config, None).unwrap();
     let other: [u8; 32] = rand::random();
     assert!(
         ward_inference::e2e::check_binding(&rd, &other, &key_config, None).is_err(),

@@ -2,11 +2,13 @@
 //! under `qemu-system-x86_64`. wardd mounts, loads its modules, reads `ward.*` from the kernel
 //! command line, configures the NIC (`ward.net=`), attests with the sample TEE to the dev KBS
 //! on this machine (10.0.2.2 in qemu's user network is the host's loopback), then its
-//! self-check calls health on every ttrpc listener (vsock through `vsock_loopback`), fetches a
-//! secret, pulls an encrypted image from a registry on this machine (its key released by the
-//! KBS; this part is skipped when docker-registry, skopeo or umoci are missing), and powers the
-//! guest off. The test reads the serial console and fails on any panic,
-//! error or timeout; it prints boot-to-ready (kernel time of wardd's READY) and the initrd size.
+//! self-check calls health on every ttrpc listener (vsock through `vsock_loopback`), asks an
+//! encrypted-only inference listener on vsock what a remote client would (attestation, plaintext
+//! refused, an encrypted request answered sealed), fetches a secret, pulls an encrypted image
+//! from a registry on this machine (its key released by the KBS; this part is skipped when
+//! docker-registry, skopeo or umoci are missing), and powers the guest off. The test reads the
+//! serial console and fails on any panic, error or timeout; it prints boot-to-ready (kernel time
+//! of wardd's READY) and the initrd size.
 //!
 //! KVM is used when /dev/kvm opens and the kernel starts under it; otherwise (or with
 //! `WARD_BOOT_ACCEL=tcg`) software emulation. Skipped with a message when qemu, or the kernel
@@ -380,7 +382,9 @@ fn wardd_boots_as_init_attests_serves_and_powers_off() {
         "console=ttyS0 panic=-1 loglevel=6 \
          ward.tee=sample ward.allow_sample=true ward.kbs_url=http://10.0.2.2:{port} \
          ward.net=eth0:10.0.2.15/24:10.0.2.2 ward.log_level=info \
-         ward.self_check=poweroff ward.self_check_resource=kbs:///default/key/boot"
+         ward.self_check=poweroff ward.self_check_resource=kbs:///default/key/boot \
+         ward.listen=unix:///run/ward/ward.sock#all ward.listen=vsock://-1:1030#health \
+         ward.listen=vsock://-1:1031#inference"
     );
     if let Some((_, _, guest_ref)) = &registry {
         append.push_str(&format!(" ward.self_check_image={guest_ref}"));
@@ -438,6 +442,7 @@ fn wardd_boots_as_init_attests_serves_and_powers_off() {
         "attestation ready tee=sample",
         "wardd ready version=",
         "self-check: health answered SERVING addr=vsock://1:1030",
+        "self-check: encrypted inference answered addr=vsock://1:1031 encrypted_only=true",
         "attested to the KBS",
         "self-check: resource released by the KBS uri=kbs:///default/key/boot",
         "wardd: self-check passed",

@@ -112,9 +112,21 @@ async fn attested_key_and_encrypted_requests() {
     assert!(unknown.2.contains("`nope` does not exist"), "{unknown:?}");
 
     let audit = std::fs::read_to_string(&w.audit).unwrap();
-    assert!(audit.contains(r#""event":"inference.e2e""#), "{audit}");
-    assert!(audit.contains(r#""reason":"replay""#), "{audit}");
-    assert!(audit.contains(r#""reason":"does not decrypt""#), "{audit}");
+    let entries = ward_tests::served::inference_entries(&w.audit);
+    let model_not_found = entries
+        .iter()
+        .find(|e| e["detail"]["status"] == 404)
+        .unwrap_or_else(|| panic!("{entries:?}"));
+    let d = &model_not_found["detail"];
+    assert_eq!(d["encrypted"], true, "{d}");
+    assert_eq!(d["model"], "no-such-model", "{d}");
+    assert_eq!(d["transport"], "http", "{d}");
+    assert!(
+        d["request_sha256"].is_string() && d["response_sha256"].is_string(),
+        "{d}"
+    );
+    assert!(audit.contains(r#""refused":"replay""#), "{audit}");
+    assert!(audit.contains(r#""refused":"does not decrypt""#), "{audit}");
     assert!(
         !audit.contains("confidential prompt"),
         "no plaintext in the audit log"

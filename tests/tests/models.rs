@@ -467,7 +467,24 @@ async fn wardd_serves_a_sealed_real_model_over_the_openai_api() {
         audit.contains(r#""event":"model.load","subject":"smollm2""#),
         "{audit}"
     );
-    assert!(audit.contains(r#""event":"inference.e2e""#), "{audit}");
+    let entries = ward_tests::served::inference_entries(&w.audit);
+    let encrypted = entries
+        .iter()
+        .find(|e| e["detail"]["encrypted"] == true && e["detail"]["status"] == 200)
+        .unwrap_or_else(|| panic!("{entries:?}"));
+    assert_eq!(encrypted["detail"]["model"], "smollm2", "{encrypted}");
+    assert!(
+        encrypted["detail"]["model_digest"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("sha256:")),
+        "{encrypted}"
+    );
+    assert!(
+        encrypted["detail"]["completion_tokens"]
+            .as_u64()
+            .unwrap_or(0)
+            > 0
+    );
     assert!(
         !audit.contains("capital of France"),
         "no prompt in the audit log"

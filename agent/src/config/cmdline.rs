@@ -209,6 +209,7 @@ fn listener(value: &str) -> Result<Listener, String> {
         _ => super::Protocol::Ttrpc,
     };
     Ok(Listener {
+        encrypted_only: super::default_encrypted_only(&addr),
         addr,
         protocol,
         services: expand_services(&names)?,

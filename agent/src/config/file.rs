@@ -210,6 +210,10 @@ pub struct RawListener {
     /// `ttrpc` (default) or `http` (CoCo's api-server-rest paths); tcp addresses are http.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protocol: Option<String>,
+    /// Refuse plaintext inference requests (only `application/ward-e2e`); only for listeners
+    /// that serve `inference`. Default: true on vsock, false in the guest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encrypted_only: Option<bool>,
 }
 
 fn default_mode() -> u32 {
@@ -255,6 +259,7 @@ impl Default for RawConfig {
                 .collect(),
             mode: default_mode(),
             protocol: None,
+            encrypted_only: None,
         };
         let mut data_hub = ServiceKind::DATA_HUB.to_vec();
         data_hub.extend([ServiceKind::KeyProvider, ServiceKind::Health]);

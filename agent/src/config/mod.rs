@@ -8,6 +8,7 @@
 mod cmdline;
 mod file;
 mod images;
+mod listeners;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -16,6 +17,8 @@ use std::time::Duration;
 pub use cmdline::{Overrides, parse_cmdline};
 pub use file::{DEFAULT_VSOCK_PORT, RawAttestation, RawConfig, RawKbs, RawListener};
 pub use images::{ImageSettings, ModelSettings, ModelSource, PolicySource};
+pub use listeners::default_encrypted_only;
+use listeners::expand_services;
 
 use crate::listen::ListenAddr;
 use crate::services::ServiceKind;
@@ -100,6 +103,9 @@ pub struct Listener {
     pub services: BTreeSet<ServiceKind>,
     /// Permission bits for a unix socket file.
     pub mode: u32,
+    /// Inference requests must be end-to-end encrypted (`application/ward-e2e`); plaintext
+    /// ones are refused with 415. Default: on vsock, not in the guest.
+    pub encrypted_only: bool,
     pub origin: Origin,
 }
 
@@ -220,47 +226,12 @@ impl Config {
     /// Validates a parsed file.
     pub fn from_raw(raw: RawConfig) -> Result<Config, ConfigError> {
         validate_filter("log.level", &raw.log.level)?;
-        let mut listeners = Vec::with_capacity(raw.listener.len());
-        for (i, l) in raw.listener.into_iter().enumerate() {
-            let origin = Origin::File(i);
-            let addr: ListenAddr =
-                l.address
-                    .parse()
-                    .map_err(|e: crate::listen::AddressError| {
-                        ConfigError::invalid(origin.key("address"), e.to_string())
-                    })?;
-            let services = expand_services(&l.services)
-                .map_err(|p| ConfigError::invalid(origin.key("services"), p))?;
-            let protocol = match (l.protocol.as_deref(), &addr) {
-                (None, ListenAddr::Tcp(_)) | (Some("http"), _) => Protocol::Http,
-                (Some("ttrpc"), ListenAddr::Tcp(_)) => {
-                    return Err(ConfigError::invalid(
-                        origin.key("protocol"),
-                        "tcp listeners speak http only",
-                    ));
-                }
-                (None | Some("ttrpc"), _) => Protocol::Ttrpc,
-                (Some(p), _) => {
-                    return Err(ConfigError::invalid(
-                        origin.key("protocol"),
-                        format!("`{p}` is not a protocol (ttrpc or http)"),
-                    ));
-                }
-            };
-            if l.mode & !0o777 != 0 {
-                return Err(ConfigError::invalid(
-                    origin.key("mode"),
-                    format!("{:#o} is not a permission mode (at most 0o777)", l.mode),
-                ));
-            }
-            listeners.push(Listener {
-                addr,
-                protocol,
-                services,
-                mode: l.mode,
-                origin,
-            });
-        }
+        let listeners = raw
+            .listener
+            .into_iter()
+            .enumerate()
+            .map(|(i, l)| listeners::from_raw(i, l))
+            .collect::<Result<Vec<_>, _>>()?;
         let kbs = match raw.kbs {
             Some(k) => Some(validate_kbs(k)?),
             None => None,
@@ -377,7 +348,7 @@ impl Config {
     }
 
     /// Checks that hold across keys: at least one listener, no address twice, and nothing
-    /// secret-bearing served where the caller may be the host.
+    /// secret-bearing served where the caller may be the host (`listeners.rs`).
     pub fn check(&self) -> Result<(), ConfigError> {
         if self.listeners.is_empty() {
             return Err(ConfigError::invalid(
@@ -393,56 +364,10 @@ impl Config {
                     format!("{} is configured twice", l.addr),
                 ));
             }
-            if l.protocol == Protocol::Http {
-                if matches!(l.addr, ListenAddr::Vsock { .. }) {
-                    return Err(ConfigError::invalid(
-                        l.origin.key("protocol"),
-                        format!("{}: the HTTP API is served in-guest only", l.addr),
-                    ));
-                }
-                if let Some(s) = l.services.iter().find(|s| !s.has_http_api()) {
-                    return Err(ConfigError::invalid(
-                        l.origin.key("services"),
-                        format!(
-                            "`{s}` has no HTTP API (health, attestation-agent, get-resource do)"
-                        ),
-                    ));
-                }
-            }
-            if !l.addr.is_in_guest()
-                && let Some(s) = l.services.iter().find(|s| !s.safe_for_untrusted_callers())
-            {
-                return Err(ConfigError::invalid(
-                    l.origin.key("services"),
-                    format!(
-                        "`{s}` may not be served on {}: vsock callers include the untrusted host; \
-                         serve it on an in-guest unix socket",
-                        l.addr
-                    ),
-                ));
-            }
+            listeners::check(l)?;
         }
         Ok(())
     }
-}
-
-/// Expands service names and groups (`cdh`, `all`) into a set; an empty list is refused.
-fn expand_services(names: &[String]) -> Result<BTreeSet<ServiceKind>, String> {
-    if names.is_empty() {
-        return Err("the list is empty: name the services this listener serves".to_string());
-    }
-    let mut set = BTreeSet::new();
-    for name in names {
-        let kinds = ServiceKind::parse_group(name).ok_or_else(|| {
-            let known: Vec<_> = ServiceKind::ALL.iter().map(|k| k.config_name()).collect();
-            format!(
-                "unknown service `{name}` (known: {}, or the groups cdh, all)",
-                known.join(", ")
-            )
-        })?;
-        set.extend(kinds);
-    }
-    Ok(set)
 }
 
 /// Parses a TEE name (`auto` = detect).

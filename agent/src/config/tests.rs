@@ -4,7 +4,7 @@ use std::path::Path;
 
 use super::*;
 
-fn from_text(text: &str, cmdline: Option<&str>) -> Result<Config, ConfigError> {
+pub(super) fn from_text(text: &str, cmdline: Option<&str>) -> Result<Config, ConfigError> {
     let raw = RawConfig::from_toml(Path::new("ward.toml"), text)?;
     let mut config = Config::from_raw(raw)?;
     if let Some(line) = cmdline {
@@ -342,41 +342,6 @@ fn cmdline_attestation_keys() {
         ),
     ] {
         let e = parse_cmdline(line).unwrap_err().to_string();
-        assert!(e.contains(want), "`{e}` lacks `{want}`");
-    }
-}
-
-#[test]
-fn http_listeners() {
-    let ok = "[[listener]]\naddress = \"tcp://127.0.0.1:8006\"\nservices = [\"get-resource\", \"attestation-agent\"]\n\
-              [[listener]]\naddress = \"unix:///run/w-http.sock\"\nprotocol = \"http\"\nservices = [\"health\"]\n";
-    let c = from_text(ok, None).unwrap();
-    assert_eq!(c.listeners[0].protocol, Protocol::Http);
-    assert_eq!(c.listeners[1].protocol, Protocol::Http);
-    let bad: &[(&str, &str)] = &[
-        (
-            "[[listener]]\naddress = \"tcp://0.0.0.0:8006\"\nservices = [\"health\"]\n",
-            "only loopback",
-        ),
-        (
-            "[[listener]]\naddress = \"tcp://127.0.0.1:1\"\nprotocol = \"ttrpc\"\nservices = [\"health\"]\n",
-            "tcp listeners speak http only",
-        ),
-        (
-            "[[listener]]\naddress = \"vsock://-1:9\"\nprotocol = \"http\"\nservices = [\"health\"]\n",
-            "in-guest only",
-        ),
-        (
-            "[[listener]]\naddress = \"unix:///a\"\nprotocol = \"http\"\nservices = [\"image-pull\"]\n",
-            "`image-pull` has no HTTP API",
-        ),
-        (
-            "[[listener]]\naddress = \"unix:///a\"\nprotocol = \"grpc\"\nservices = [\"health\"]\n",
-            "`grpc` is not a protocol",
-        ),
-    ];
-    for (text, want) in bad {
-        let e = from_text(text, None).unwrap_err().to_string();
         assert!(e.contains(want), "`{e}` lacks `{want}`");
     }
 }

@@ -1,4 +1,4 @@
-//! Listeners: parsing addresses and binding them as ttrpc listeners.
+//! Listeners: parsing addresses and binding them as ttrpc or HTTP listeners.
 //!
 //! Unix sockets get their parent directory created, a stale socket file from an earlier run
 //! removed (only when nothing answers on it), and the configured permission bits. vsock listeners
@@ -46,13 +46,42 @@ pub enum ListenError {
     },
 }
 
-/// A listener for the HTTP API (api-server-rest paths).
+/// A listener for the HTTP API (api-server-rest paths in the guest, inference anywhere).
 pub enum HttpListener {
     Unix(tokio::net::UnixListener),
     Tcp(tokio::net::TcpListener),
+    /// Inference only: the configuration refuses any other service on vsock.
+    Vsock(VsockHttp),
 }
 
-/// Binds `addr` for HTTP; vsock is refused (the HTTP API serves secrets, in-guest only).
+/// A vsock listener for axum.
+pub struct VsockHttp(tokio_vsock::VsockListener);
+
+impl axum::serve::Listener for VsockHttp {
+    type Io = tokio_vsock::VsockStream;
+    type Addr = tokio_vsock::VsockAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            match self.0.accept().await {
+                Ok(conn) => return conn,
+                // As axum does for TCP: a failed accept (no file descriptors left, a peer that
+                // reset) must not end the listener; wait a little and go on.
+                Err(e) => {
+                    tracing::warn!(error = %e, "vsock accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.0.local_addr()
+    }
+}
+
+/// Binds `addr` for HTTP. The configuration allows vsock only for listeners whose HTTP routes
+/// are the inference API (`config::listeners`); the router mounts nothing else there.
 pub async fn bind_http(addr: &ListenAddr, mode: u32) -> Result<HttpListener, ListenError> {
     let bind_err = |source| ListenError::Bind {
         addr: addr.clone(),
@@ -69,10 +98,10 @@ pub async fn bind_http(addr: &ListenAddr, mode: u32) -> Result<HttpListener, Lis
         ListenAddr::Tcp(a) => Ok(HttpListener::Tcp(
             tokio::net::TcpListener::bind(a).await.map_err(bind_err)?,
         )),
-        ListenAddr::Vsock { .. } => Err(ListenError::Protocol {
-            addr: addr.clone(),
-            detail: "the HTTP API is served in-guest only (unix or loopback tcp)",
-        }),
+        ListenAddr::Vsock { cid, port } => Ok(HttpListener::Vsock(VsockHttp(
+            tokio_vsock::VsockListener::bind(tokio_vsock::VsockAddr::new(*cid, *port))
+                .map_err(bind_err)?,
+        ))),
     }
 }
 
@@ -200,14 +229,21 @@ mod tests {
             a => a,
         };
         match bind(&addr, 0o600) {
-            Ok(_) => {}
+            Ok(bound) => drop(bound),
             Err(ListenError::Bind { source, .. })
                 if source.raw_os_error() == Some(libc::EADDRNOTAVAIL)
                     || source.raw_os_error() == Some(libc::EAFNOSUPPORT) =>
             {
                 eprintln!("skipped: this kernel has /dev/vsock but no vsock transport: {source}");
+                return;
             }
             Err(e) => panic!("vsock bind failed: {e}"),
+        }
+        // HTTP (the inference API) binds the same port once the ttrpc listener is gone.
+        match bind_http(&addr, 0o600).await {
+            Ok(HttpListener::Vsock(_)) => {}
+            Ok(_) => panic!("a vsock address bound as something else"),
+            Err(e) => panic!("vsock HTTP bind failed: {e}"),
         }
     }
 }

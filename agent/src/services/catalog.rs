@@ -23,7 +23,8 @@ pub enum ServiceKind {
     ImagePull,
     /// `keyprovider.KeyProviderService` (ocicrypt key provider).
     KeyProvider,
-    /// The OpenAI-compatible inference API over the loaded models (HTTP listeners).
+    /// `ward.inference.InferenceService` and the OpenAI-compatible HTTP API over the loaded
+    /// models.
     Inference,
 }
 
@@ -78,10 +79,12 @@ impl ServiceKind {
 
     /// Whether this service may be offered to a caller outside the guest (the host over vsock).
     ///
-    /// Only services that release nothing secret and change nothing qualify. Serving any other
-    /// service on vsock is a configuration error.
+    /// Only services that release nothing secret and change nothing qualify: health, and
+    /// inference, whose weights never leave the guest and whose prompts are end-to-end encrypted
+    /// (listeners outside the guest are encrypted-only unless configured otherwise). Serving any
+    /// other service on vsock is a configuration error.
     pub fn safe_for_untrusted_callers(self) -> bool {
-        matches!(self, ServiceKind::Health)
+        matches!(self, ServiceKind::Health | ServiceKind::Inference)
     }
 
     /// Whether this service has HTTP paths (CoCo's api-server-rest) besides ttrpc.
@@ -141,11 +144,11 @@ mod tests {
     }
 
     #[test]
-    fn only_health_is_safe_for_the_host() {
+    fn only_health_and_inference_are_safe_for_the_host() {
         let safe: Vec<_> = ServiceKind::ALL
             .into_iter()
             .filter(|k| k.safe_for_untrusted_callers())
             .collect();
-        assert_eq!(safe, vec![ServiceKind::Health]);
+        assert_eq!(safe, vec![ServiceKind::Health, ServiceKind::Inference]);
     }
 }

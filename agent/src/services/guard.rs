@@ -1,12 +1,12 @@
-//! The wrapper around every ttrpc method handler: a span per request, the allow-list verdict,
-//! a deadline, and one log line with the outcome.
+//! The wrapper around every ttrpc method handler, unary or streaming: a span per request, the
+//! allow-list verdict, a deadline, and one log line with the outcome.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use tracing::Instrument;
-use ttrpc::asynchronous::{MethodHandler, TtrpcContext};
+use ttrpc::asynchronous::{MethodHandler, StreamHandler, StreamInner, TtrpcContext};
 use ttrpc::{Code, Request, Response};
 
 use super::{DaemonState, ServiceKind};
@@ -29,8 +29,8 @@ pub struct RequestPolicy {
     pub max_duration: Duration,
 }
 
-pub(super) struct Guarded {
-    inner: Box<dyn MethodHandler + Send + Sync>,
+pub(super) struct Guarded<H> {
+    inner: H,
     verdict: Verdict,
     kind: ServiceKind,
     path: Arc<str>,
@@ -39,16 +39,21 @@ pub(super) struct Guarded {
     policy: RequestPolicy,
 }
 
-impl Guarded {
+/// A unary method's handler.
+pub(super) type Method = Box<dyn MethodHandler + Send + Sync>;
+/// A streaming method's handler.
+pub(super) type Stream = Arc<dyn StreamHandler + Send + Sync>;
+
+impl<H> Guarded<H> {
     pub(super) fn new(
-        inner: Box<dyn MethodHandler + Send + Sync>,
+        inner: H,
         verdict: Verdict,
         kind: ServiceKind,
         path: Arc<str>,
         listener: Arc<str>,
         state: Arc<DaemonState>,
         policy: RequestPolicy,
-    ) -> Guarded {
+    ) -> Guarded<H> {
         Guarded {
             inner,
             verdict,
@@ -61,26 +66,20 @@ impl Guarded {
     }
 
     /// The deadline for this request: the client's, capped by the server's maximum.
-    fn deadline(&self, ctx: &TtrpcContext) -> Duration {
+    fn deadline(&self, timeout_nano: i64) -> Duration {
         let max = self.policy.max_duration;
-        match u64::try_from(ctx.timeout_nano) {
+        match u64::try_from(timeout_nano) {
             Ok(n) if n > 0 => Duration::from_nanos(n).min(max),
             _ => max,
         }
     }
-}
 
-/// A response carrying a non-OK status, as the generated handlers send them (an `Err` from a
-/// handler would reach the client as `UNKNOWN`).
-fn status(code: Code, message: String) -> ttrpc::Result<Response> {
-    let mut response = Response::new();
-    response.set_status(ttrpc::get_status(code, message));
-    Ok(response)
-}
-
-#[async_trait]
-impl MethodHandler for Guarded {
-    async fn handler(&self, ctx: TtrpcContext, req: Request) -> ttrpc::Result<Response> {
+    /// Runs `call` (not started yet) under this method's verdict, span and deadline.
+    async fn run<T: Answer>(
+        &self,
+        timeout_nano: i64,
+        call: impl Future<Output = ttrpc::Result<T>>,
+    ) -> ttrpc::Result<T> {
         let id = self.state.next_request_id();
         let span = tracing::info_span!(
             "request",
@@ -89,31 +88,34 @@ impl MethodHandler for Guarded {
             listener = %self.listener,
         );
         let started = Instant::now();
-        let deadline = self.deadline(&ctx);
+        let deadline = self.deadline(timeout_nano);
         let result = async {
             match self.verdict {
-                Verdict::Denied => status(
+                Verdict::Denied => Ok(T::refusal(
                     Code::PERMISSION_DENIED,
                     format!(
                         "{} is not served on {} (not on its allow-list)",
                         self.kind.ttrpc_name(),
                         self.listener
                     ),
-                ),
-                Verdict::Unimplemented => status(
+                )),
+                Verdict::Unimplemented => Ok(T::refusal(
                     Code::UNIMPLEMENTED,
                     format!("{} is not implemented by this wardd yet", self.path),
-                ),
+                )),
                 Verdict::Serve => {
                     if !self.state.is_serving() {
-                        return status(Code::UNAVAILABLE, "wardd is shutting down".to_string());
+                        return Ok(T::refusal(
+                            Code::UNAVAILABLE,
+                            "wardd is shutting down".to_string(),
+                        ));
                     }
-                    match tokio::time::timeout(deadline, self.inner.handler(ctx, req)).await {
+                    match tokio::time::timeout(deadline, call).await {
                         Ok(r) => r,
-                        Err(_) => status(
+                        Err(_) => Ok(T::refusal(
                             Code::DEADLINE_EXCEEDED,
                             format!("{} took longer than {deadline:?}", self.path),
-                        ),
+                        )),
                     }
                 }
             }
@@ -123,16 +125,70 @@ impl MethodHandler for Guarded {
         let _enter = span.enter();
         let elapsed_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         match &result {
-            Ok(r) if r.status.code() == Code::OK => tracing::info!(elapsed_us, "ok"),
-            Ok(r) => tracing::warn!(
-                elapsed_us,
-                code = ?r.status.code(),
-                message = r.status.message(),
-                "refused"
-            ),
+            Ok(r) => match r.refused() {
+                None => tracing::info!(elapsed_us, "ok"),
+                Some(s) => tracing::warn!(
+                    elapsed_us,
+                    code = ?s.code(),
+                    message = s.message(),
+                    "refused"
+                ),
+            },
             Err(e) => tracing::warn!(elapsed_us, error = %e, "failed"),
         }
         result
+    }
+}
+
+/// What a handler answers: a response (unary), or an optional closing response (streams).
+trait Answer: Sized {
+    /// An answer carrying a non-OK status, as the generated handlers send them (an `Err` from
+    /// a handler would reach the client as `UNKNOWN`).
+    fn refusal(code: Code, message: String) -> Self;
+    /// The non-OK status this answer carries, if any.
+    fn refused(&self) -> Option<&ttrpc::proto::Status>;
+}
+
+impl Answer for Response {
+    fn refusal(code: Code, message: String) -> Response {
+        let mut response = Response::new();
+        response.set_status(ttrpc::get_status(code, message));
+        response
+    }
+
+    fn refused(&self) -> Option<&ttrpc::proto::Status> {
+        (self.status.code() != Code::OK).then_some(&*self.status)
+    }
+}
+
+impl Answer for Option<Response> {
+    fn refusal(code: Code, message: String) -> Option<Response> {
+        Some(Response::refusal(code, message))
+    }
+
+    fn refused(&self) -> Option<&ttrpc::proto::Status> {
+        self.as_ref().and_then(Answer::refused)
+    }
+}
+
+#[async_trait]
+impl MethodHandler for Guarded<Method> {
+    async fn handler(&self, ctx: TtrpcContext, req: Request) -> ttrpc::Result<Response> {
+        let timeout_nano = ctx.timeout_nano;
+        self.run(timeout_nano, self.inner.handler(ctx, req)).await
+    }
+}
+
+#[async_trait]
+impl StreamHandler for Guarded<Stream> {
+    async fn handler(
+        &self,
+        ctx: TtrpcContext,
+        stream: StreamInner,
+    ) -> ttrpc::Result<Option<Response>> {
+        let timeout_nano = ctx.timeout_nano;
+        self.run(timeout_nano, self.inner.handler(ctx, stream))
+            .await
     }
 }
 
@@ -163,7 +219,7 @@ mod tests {
         }
     }
 
-    fn guarded(verdict: Verdict, delay: Duration, serving: bool) -> Guarded {
+    fn guarded(verdict: Verdict, delay: Duration, serving: bool) -> Guarded<Method> {
         let state = Arc::new(DaemonState::new(Mode::Standalone));
         state.set_serving(serving);
         Guarded::new(
@@ -179,8 +235,8 @@ mod tests {
         )
     }
 
-    async fn code(g: &Guarded, timeout_nano: i64) -> Code {
-        g.handler(ctx(timeout_nano), Request::new())
+    async fn code(g: &Guarded<Method>, timeout_nano: i64) -> Code {
+        MethodHandler::handler(g, ctx(timeout_nano), Request::new())
             .await
             .unwrap()
             .status

@@ -4,8 +4,8 @@
 //! implementation when the listener allows it, an `UNIMPLEMENTED` answer when it is allowed but
 //! not built yet (never a fake success), or a `PERMISSION_DENIED` answer when the listener's
 //! allow-list excludes it. Every method handler is wrapped by [`guard`], which gives each request
-//! a tracing span and a deadline. Method names come from the generated code, never from a list
-//! kept by hand.
+//! a tracing span and a deadline, streaming methods included. Method names come from the
+//! generated code, never from a list kept by hand.
 
 mod attestation_agent;
 mod catalog;
@@ -13,15 +13,17 @@ mod data_hub;
 mod guard;
 mod health;
 mod image_pull;
+mod inference;
 mod sealed_secret;
 mod status;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use ttrpc::asynchronous::Service;
 use ward_protos::{
     attestation_agent_ttrpc, confidential_data_hub_ttrpc, keyprovider_ttrpc, ward_health_ttrpc,
+    ward_inference_ttrpc,
 };
 
 pub use catalog::ServiceKind;
@@ -29,16 +31,16 @@ pub use guard::RequestPolicy;
 pub use health::{DaemonState, Mode};
 
 use crate::attestation::Attestation;
+use crate::config::Listener;
 
 /// What the services share: the daemon's state and its attestation side.
 pub struct Context {
     pub daemon: Arc<DaemonState>,
     pub attestation: Arc<Attestation>,
     pub images: Arc<crate::images::Images>,
-    /// The inference engines of the loaded models (HTTP listeners serve them).
-    pub engines: ward_inference::openai::SharedEngines,
-    /// The boot-time HPKE key of encrypted inference and its attestation.
-    pub e2e: Arc<crate::e2e_http::E2e>,
+    /// The inference engines of the loaded models, the boot-time HPKE key of encrypted
+    /// inference and its attestation.
+    pub inference: Arc<crate::inference_api::Shared>,
 }
 
 /// Stands in for a service whose implementation has not landed: the generated trait's default
@@ -47,12 +49,14 @@ struct Placeholder;
 
 impl confidential_data_hub_ttrpc::SecureMountService for Placeholder {}
 
-/// The generated service map for `kind`, with real implementations where they exist.
+/// The generated service map for `kind` on `listener`, with real implementations where they
+/// exist.
 fn generated(
     kind: ServiceKind,
-    allowed: &BTreeSet<ServiceKind>,
+    listener: &Listener,
     ctx: &Context,
 ) -> (HashMap<String, Service>, bool) {
+    let allowed = &listener.services;
     let p = Arc::new(Placeholder);
     match kind {
         ServiceKind::Health => {
@@ -102,24 +106,37 @@ fn generated(
                 true,
             )
         }
-        // HTTP only so far (the OpenAI-compatible API); no ttrpc service yet.
-        ServiceKind::Inference => (HashMap::new(), false),
+        ServiceKind::Inference => {
+            // Built only where served: the router holds this listener's settings.
+            let router = if allowed.contains(&kind) {
+                crate::inference_api::router(
+                    &ctx.inference,
+                    &listener.addr.to_string(),
+                    listener.encrypted_only,
+                )
+            } else {
+                axum::Router::new()
+            };
+            let service = inference::Inference::new(router);
+            (
+                ward_inference_ttrpc::create_inference_service(Arc::new(service)),
+                true,
+            )
+        }
     }
 }
 
-/// Builds the service map for one listener.
-///
-/// `listener` names the listener in spans and errors; `allowed` is its allow-list.
+/// Builds the service map for one listener, whose address names it in spans and errors.
 pub fn services_for(
-    listener: &str,
-    allowed: &BTreeSet<ServiceKind>,
+    l: &Listener,
     ctx: &Context,
     policy: RequestPolicy,
 ) -> HashMap<String, Service> {
-    let listener: Arc<str> = Arc::from(listener);
+    let allowed = &l.services;
+    let listener: Arc<str> = Arc::from(l.addr.to_string());
     let mut out = HashMap::new();
     for kind in ServiceKind::ALL {
-        let (map, implemented) = generated(kind, allowed, ctx);
+        let (map, implemented) = generated(kind, l, ctx);
         let verdict = if !allowed.contains(&kind) {
             guard::Verdict::Denied
         } else if implemented {
@@ -142,16 +159,27 @@ pub fn services_for(
                         ctx.daemon.clone(),
                         policy,
                     );
-                    (method, Box::new(handler) as Box<_>)
+                    (method, Box::new(handler) as guard::Method)
                 })
                 .collect();
-            out.insert(
-                name,
-                Service {
-                    methods,
-                    streams: service.streams,
-                },
-            );
+            let streams = service
+                .streams
+                .into_iter()
+                .map(|(method, inner)| {
+                    let path: Arc<str> = Arc::from(format!("/{name}/{method}"));
+                    let handler = guard::Guarded::new(
+                        inner,
+                        verdict,
+                        kind,
+                        path,
+                        listener.clone(),
+                        ctx.daemon.clone(),
+                        policy,
+                    );
+                    (method, Arc::new(handler) as guard::Stream)
+                })
+                .collect();
+            out.insert(name, Service { methods, streams });
         }
     }
     out

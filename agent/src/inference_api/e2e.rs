@@ -1,10 +1,11 @@
-//! End-to-end encrypted inference on wardd's HTTP listeners (`docs/encrypted-inference.md`):
+//! End-to-end encrypted inference (`docs/encrypted-inference.md`):
 //! `GET /v1/attestation?nonce=` returns TEE evidence whose report data binds the client's nonce,
 //! the boot-time HPKE key configuration and the GPU evidence; requests sent with
 //! `Content-Type: application/ward-e2e` are opened here, answered by the ordinary
 //! OpenAI-compatible routes, and their response bodies sealed chunk by chunk (SSE events
-//! included) with a key exported from the request's HPKE context. Each encrypted exchange is
-//! audited by the SHA-256 of its ciphertexts, never by content.
+//! included) with a key exported from the request's HPKE context. The SHA-256 of each
+//! ciphertext (and the reason for a refusal) goes into the request's [`SealedNote`], from which
+//! its one audit entry is written; never any content.
 
 use std::sync::Arc;
 
@@ -19,6 +20,39 @@ use sha2::{Digest as _, Sha256};
 use ward_inference::e2e::{E2eError, MAX_REQUEST, ServerKey, report_data};
 
 use crate::attestation::Attestation;
+
+/// What the encryption layer learnt about one request, for its audit entry.
+#[derive(Clone, Debug, Default)]
+pub struct SealedNote(Arc<std::sync::Mutex<Sealed>>);
+
+/// The hashes of an encrypted exchange and why it was refused, if it was.
+#[derive(Clone, Debug, Default)]
+pub struct Sealed {
+    pub request_sha256: Option<String>,
+    pub response_sha256: Option<String>,
+    pub suite: Option<String>,
+    pub refused: Option<&'static str>,
+}
+
+impl SealedNote {
+    /// What was noted so far.
+    pub fn get(&self) -> Sealed {
+        self.0.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    fn update(&self, f: impl FnOnce(&mut Sealed)) {
+        if let Ok(mut s) = self.0.lock() {
+            f(&mut s);
+        }
+    }
+}
+
+/// Whether a request carries an encrypted body.
+pub fn is_sealed(headers: &axum::http::HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(E2E_TYPE.as_bytes()))
+}
 
 /// The content type of encrypted requests and non-streamed responses.
 pub const E2E_TYPE: &str = "application/ward-e2e";
@@ -105,28 +139,28 @@ fn now() -> u64 {
 
 /// Opens encrypted requests and seals their responses; plaintext requests pass through.
 pub async fn layer(State(e2e): State<Arc<E2e>>, req: Request, next: Next) -> Response {
-    let encrypted = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(E2E_TYPE.as_bytes()));
-    if !encrypted {
+    if !is_sealed(req.headers()) {
         return next.run(req).await;
     }
+    let note = req
+        .extensions()
+        .get::<SealedNote>()
+        .cloned()
+        .unwrap_or_default();
+    note.update(|n| n.suite = Some(format!("{:?}", e2e.key.config().suite)));
     let (mut parts, body) = req.into_parts();
     let Ok(sealed) = axum::body::to_bytes(body, MAX_REQUEST).await else {
+        note.update(|n| n.refused = Some("too large"));
         return bad(StatusCode::PAYLOAD_TOO_LARGE, "encrypted request too large");
     };
     let request_hash = hex::encode(Sha256::digest(&sealed));
+    note.update(|n| n.request_sha256 = Some(request_hash));
     let opened = match e2e.key.open_request(&sealed, now()) {
         Ok(o) => o,
         Err(e) => {
             // One answer for every reason; the reason goes to the log and the audit log only.
             tracing::warn!(reason = %e, "encrypted request refused");
-            e2e.attestation.audit(
-                "inference.e2e_refused",
-                parts.uri.path(),
-                serde_json::json!({"request_sha256": request_hash, "reason": reason(&e)}),
-            );
+            note.update(|n| n.refused = Some(reason(&e)));
             return bad(StatusCode::BAD_REQUEST, "bad encrypted request");
         }
     };
@@ -135,7 +169,6 @@ pub async fn layer(State(e2e): State<Arc<E2e>>, req: Request, next: Next) -> Res
         HeaderValue::from_static("application/json"),
     );
     parts.headers.remove(header::CONTENT_LENGTH);
-    let path = parts.uri.path().to_string();
     let inner = Request::from_parts(parts, Body::from(opened.body.to_vec()));
     let response = next.run(inner).await;
     let (mut parts, body) = response.into_parts();
@@ -150,7 +183,6 @@ pub async fn layer(State(e2e): State<Arc<E2e>>, req: Request, next: Next) -> Res
     parts.headers.remove(header::CONTENT_LENGTH);
     let mut sealer = opened.sealer;
     let prelude = Bytes::copy_from_slice(&sealer.prelude());
-    let audit = e2e.clone();
     let mut hash = Sha256::new();
     hash.update(&prelude);
     let mut frames = body.into_data_stream();
@@ -172,17 +204,11 @@ pub async fn layer(State(e2e): State<Arc<E2e>>, req: Request, next: Next) -> Res
         }
         if let Ok(last) = sealer.seal_chunk(b"", true) {
             hash.update(&last);
+            // Noted before the last chunk goes out, so the entry written when the body ends
+            // has it.
+            note.update(|n| n.response_sha256 = Some(hex::encode(hash.finalize())));
             let _ = tx.send(Ok(Bytes::from(last))).await;
         }
-        audit.attestation.audit(
-            "inference.e2e",
-            &path,
-            serde_json::json!({
-                "request_sha256": request_hash,
-                "response_sha256": hex::encode(hash.finalize()),
-                "suite": format!("{:?}", audit.key.config().suite),
-            }),
-        );
     });
     Response::from_parts(parts, Body::from_stream(out))
 }
