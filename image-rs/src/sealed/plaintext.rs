@@ -7,8 +7,9 @@
 //!   limit allows; where it does not (an unprivileged process, `RLIMIT_MEMLOCK` of a few MiB), the
 //!   buffer works unlocked and says so through [`PlaintextBuffer::locked`], and the first such
 //!   refusal is logged once;
-//! - it is left out of core dumps (`MADV_DONTDUMP`) and not inherited by a forked child
-//!   (`MADV_WIPEONFORK` where the kernel has it);
+//! - it is left out of core dumps (`MADV_DONTDUMP`), not inherited by a forked child
+//!   (`MADV_WIPEONFORK` where the kernel has it), and backed by transparent huge pages where the
+//!   kernel allows (`MADV_HUGEPAGE`, for buffers of 2 MiB or more);
 //! - it is zeroized (volatile writes) before it is unlocked and unmapped on drop, and no copy of
 //!   it is left in a freed heap block.
 //!
@@ -37,6 +38,9 @@ pub struct PlaintextBuffer {
 unsafe impl Send for PlaintextBuffer {}
 // SAFETY: `&PlaintextBuffer` only allows reading the bytes; mutation needs `&mut`.
 unsafe impl Sync for PlaintextBuffer {}
+
+/// The transparent huge page size on x86-64 and arm64 (4 KiB base pages).
+const HUGE_PAGE: usize = 2 << 20;
 
 /// Whether a refused `mlock` has been logged (once per process, not once per file).
 static MLOCK_REFUSAL_LOGGED: AtomicBool = AtomicBool::new(false);
@@ -94,6 +98,11 @@ impl PlaintextBuffer {
         unsafe {
             libc::madvise(raw, n, libc::MADV_DONTDUMP);
             libc::madvise(raw, n, libc::MADV_WIPEONFORK);
+            // Model files are large and written once: 2 MiB pages cut page faults (and TLB
+            // misses when the runtime reads them) by 512x where THP is in `madvise` mode.
+            if n >= HUGE_PAGE {
+                libc::madvise(raw, n, libc::MADV_HUGEPAGE);
+            }
         }
         let locked = match lock(raw, n) {
             Ok(()) => true,

@@ -56,6 +56,19 @@ fn status_kib(field: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// User + system CPU time of this process so far (every thread: ward's side of the work, not
+/// the registry's).
+fn cpu_time() -> Duration {
+    let mut u = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage fills the struct it is given; RUSAGE_SELF is always valid.
+    let u = unsafe {
+        libc::getrusage(libc::RUSAGE_SELF, u.as_mut_ptr());
+        u.assume_init()
+    };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(u.ru_utime) + tv(u.ru_stime)
+}
+
 /// Runs `phase` RUNS times, prints its figures, returns the median wall time.
 async fn measure<F, Fut>(name: &str, bytes: u64, phase: F) -> Duration
 where
@@ -63,21 +76,25 @@ where
     Fut: std::future::Future<Output = ()>,
 {
     let mut times = Vec::new();
+    let mut cpu = Vec::new();
     let mut peak_growth = 0u64;
     for _ in 0..RUNS {
         // Reset the high-water mark to the current RSS (Linux >= 4.0).
         let _ = std::fs::write("/proc/self/clear_refs", "5");
         let before = status_kib("VmRSS:");
+        let c = cpu_time();
         let t = Instant::now();
         phase().await;
         times.push(t.elapsed());
+        cpu.push(cpu_time().saturating_sub(c));
         peak_growth = peak_growth.max(status_kib("VmHWM:").saturating_sub(before));
     }
     let m = median(times);
     println!(
-        "{name:<44} {:>7.2} s  {:>5.2} GB/s  peak RSS +{} MiB ({:.3}x the file)",
+        "{name:<44} {:>6.2} s {:>5.2} GB/s  ward CPU {:>5.2} s  peak RSS +{} MiB ({:.3}x the file)",
         m.as_secs_f64(),
         bytes as f64 / m.as_secs_f64() / 1e9,
+        median(cpu).as_secs_f64(),
         peak_growth / 1024,
         (peak_growth * 1024) as f64 / bytes as f64
     );

@@ -150,8 +150,16 @@ pub async fn first_streamed_token(http: &reqwest::Client, base: &str, model: &st
     let mut seen = String::new();
     while let Some(chunk) = resp.chunk().await.unwrap() {
         seen.push_str(&String::from_utf8_lossy(&chunk));
-        if seen.contains("\"delta\"") {
-            return;
+        // The first event may only announce the role: wait for generated text (or the end).
+        for data in seen.lines().filter_map(|l| l.strip_prefix("data: ")) {
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(data) else {
+                continue;
+            };
+            let choice = &v["choices"][0];
+            let text = choice["delta"]["content"].as_str().unwrap_or_default();
+            if !text.is_empty() || !choice["finish_reason"].is_null() {
+                return;
+            }
         }
     }
     panic!("no token streamed: {seen}");
