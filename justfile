@@ -57,10 +57,11 @@ boot-test: deps
 fetch-model:
     scripts/fetch-model.sh
 
-# Inference prefill/decode tokens/s on the CPU (built for x86-64-v3): SmolLM2-135M Q4_1, and next to
-# PyTorch transformers on the same files in the same run, random-weight llama checkpoints with
-# SmolLM2-135M's and TinyLlama-1.1B's shapes (f32 safetensors, 0.5 + 4.4 GB, generated once under
-# ~/.cache/ward/bench). torch comes from $WARD_BENCH_PYTHON (default python3; SKIP without it).
+# SmolLM2-135M Q4_1, and llama checkpoints with SmolLM2-135M's and TinyLlama-1.1B's shapes and random
+# weights (f32 safetensors, 0.5 + 4.4 GB, generated once under ~/.cache/ward/bench) run in ward and in
+# PyTorch transformers on the same files, in alternating rounds. torch comes from $WARD_BENCH_PYTHON
+# (default python3; SKIP without it).
+# Inference prefill/decode tok/s on the CPU (x86-64-v3 build), next to PyTorch on the same models.
 bench-infer: fetch-model
     RUSTFLAGS="-C target-cpu=x86-64-v3" cargo build --release -q -p ward-inference --bins --target-dir target/x86-64-v3
     bin=target/x86-64-v3/release; cache="${XDG_CACHE_HOME:-$HOME/.cache}/ward"; \
