@@ -64,6 +64,30 @@ boot-test: deps
 fetch-model:
     scripts/fetch-model.sh
 
-# Inference prefill/decode tokens/s on the CPU for SmolLM2 (PyTorch baseline when installed).
+# SmolLM2-135M Q4_1, and llama checkpoints with SmolLM2-135M's and TinyLlama-1.1B's shapes and random
+# weights (f32 safetensors, 0.5 + 4.4 GB, generated once under ~/.cache/ward/bench) run in ward and in
+# PyTorch transformers on the same files, in alternating rounds. torch comes from $WARD_BENCH_PYTHON
+# (default python3; SKIP without it).
+# Inference prefill/decode tok/s on the CPU (x86-64-v3 build), next to PyTorch on the same models.
 bench-infer: fetch-model
-    cargo run --release -q -p ward-inference --bin bench-infer
+    RUSTFLAGS="-C target-cpu=x86-64-v3" cargo build --release -q -p ward-inference --bins --target-dir target/x86-64-v3
+    bin=target/x86-64-v3/release; cache="${XDG_CACHE_HOME:-$HOME/.cache}/ward"; \
+      $bin/gen-bench-model smollm2-135m "$cache/bench/smollm2-135m-random-f32"; \
+      $bin/gen-bench-model tinyllama-1.1b "$cache/bench/tinyllama-1.1b-random-f32"; \
+      $bin/bench-infer "$cache/models/SmolLM2-135M-Instruct.Q4_1.gguf" --no-baseline; \
+      $bin/bench-infer "$cache/bench/smollm2-135m-random-f32"; \
+      $bin/bench-infer "$cache/bench/tinyllama-1.1b-random-f32" --prompt-tokens 64 --gen-tokens 32
+
+# The same for the 135M models on the portable build (x86-64, SSE2 only: what the workspace builds).
+bench-infer-portable: fetch-model
+    cargo build --release -q -p ward-inference --bins
+    bin=target/release; cache="${XDG_CACHE_HOME:-$HOME/.cache}/ward"; \
+      $bin/gen-bench-model smollm2-135m "$cache/bench/smollm2-135m-random-f32"; \
+      $bin/bench-infer "$cache/models/SmolLM2-135M-Instruct.Q4_1.gguf" --no-baseline; \
+      $bin/bench-infer "$cache/bench/smollm2-135m-random-f32"
+
+# End-to-end encryption cost per request (X-Wing, X25519) and per streamed token, next to
+# SmolLM2-135M's decode time per token (x86-64-v3 build).
+bench-e2e: fetch-model
+    RUSTFLAGS="-C target-cpu=x86-64-v3" cargo build --release -q -p ward-inference --bin bench-infer --target-dir target/x86-64-v3
+    target/x86-64-v3/release/bench-infer --e2e

@@ -13,6 +13,7 @@
 use std::collections::HashMap;
 
 use candle_core::quantized::gguf_file::Value;
+use tokenizers::SplitDelimiterBehavior;
 use tokenizers::decoders::byte_fallback::ByteFallback;
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
 use tokenizers::decoders::fuse::Fuse;
@@ -24,6 +25,7 @@ use tokenizers::normalizers::{Prepend, Replace};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::digits::Digits;
 use tokenizers::pre_tokenizers::sequence::Sequence as PreTokenizerSequence;
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::{AddedToken, DecoderWrapper, NormalizerWrapper, PreTokenizerWrapper, Tokenizer};
 
 use crate::error::InferenceError;
@@ -163,6 +165,9 @@ pub(crate) fn from_metadata(md: &HashMap<String, Value>) -> Result<GgufVocab, In
     })
 }
 
+/// The pre-tokenizer regex of Qwen2's `tokenizer.json` (llama.cpp's `qwen2` pre-tokenizer).
+const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
 fn gpt2_bpe(md: &HashMap<String, Value>, tokens: &[&String]) -> Result<Tokenizer, InferenceError> {
     let vocab: tokenizers::models::bpe::Vocab = tokens
         .iter()
@@ -192,10 +197,22 @@ fn gpt2_bpe(md: &HashMap<String, Value>, tokens: &[&String]) -> Result<Tokenizer
         .get("tokenizer.ggml.pre")
         .and_then(|v| v.to_string().ok())
         .map(String::as_str);
-    let pre_tokenizer: PreTokenizerWrapper = if matches!(pre, Some("smollm" | "starcoder")) {
-        PreTokenizerSequence::new(vec![Digits::new(true).into(), byte_level.into()]).into()
-    } else {
-        byte_level.into()
+    let pre_tokenizer: PreTokenizerWrapper = match pre {
+        Some("smollm" | "starcoder") => {
+            PreTokenizerSequence::new(vec![Digits::new(true).into(), byte_level.into()]).into()
+        }
+        // Qwen2's own split (its tokenizer.json): then bytes to characters, no further regex.
+        Some("qwen2") => {
+            let split = Split::new(
+                SplitPattern::Regex(QWEN2_SPLIT.to_owned()),
+                SplitDelimiterBehavior::Isolated,
+                false,
+            )
+            .map_err(InferenceError::tokenizer)?;
+            let bytes = ByteLevel::new(false, true, false);
+            PreTokenizerSequence::new(vec![split.into(), bytes.into()]).into()
+        }
+        _ => byte_level.into(),
     };
     tokenizer.with_pre_tokenizer(Some(pre_tokenizer));
     tokenizer.with_decoder(Some(ByteLevelDecoder::default()));

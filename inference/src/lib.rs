@@ -1,7 +1,7 @@
 //! ward-inference: a local inference runtime on candle, served by wardd.
 //!
 //! What it owns (issue #7, runtime core):
-//! - [`Model`]: llama-family models (Llama 2/3, Mistral, SmolLM2...) loaded from decrypted
+//! - [`Model`]: llama-family models (Llama 2/3, Mistral, SmolLM2...) and Qwen2 loaded from decrypted
 //!   in-memory buffers, as GGUF (quantised, tokenizer and chat template in the metadata) or as
 //!   safetensors (`config.json`, `tokenizer.json`, `tokenizer_config.json`);
 //! - the generation loop: chat template, KV cache, sampling, stop sequences, streaming, usage;
@@ -28,6 +28,8 @@ mod text_stream;
 
 #[cfg(test)]
 mod openai_tests;
+#[cfg(test)]
+mod qwen2_tests;
 /// Tiny llama models generated in memory (fixed seed), for tests here and in other crates.
 #[cfg(any(test, feature = "test-util"))]
 pub mod test_models;

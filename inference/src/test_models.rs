@@ -1,5 +1,6 @@
-//! Tiny llama models for tests: real architecture, random weights from a fixed seed, written as
-//! safetensors and as GGUF (Q8_0 matmuls) with a small byte-level BPE tokenizer, all in memory.
+//! Tiny llama and Qwen2 models for tests: real architecture, random weights from a fixed seed,
+//! written as safetensors and as GGUF (Q8_0 or F32 matmuls) with a small byte-level BPE
+//! tokenizer, all in memory.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::HashMap;
@@ -84,8 +85,17 @@ fn tokenizer_json() -> Vec<u8> {
     tok.to_string(false).unwrap().into_bytes()
 }
 
-/// Named f32 weights of the tiny llama (HF names), deterministic for a seed.
-fn weights(seed: u64) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+/// The architectures of the tiny models.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arch {
+    /// Untied head.
+    Llama,
+    /// Biases on q/k/v, head tied to the embeddings (as in the small Qwen2.5 models).
+    Qwen2,
+}
+
+/// Named f32 weights of the tiny model (HF names), deterministic for a seed.
+pub fn weights(seed: u64, arch: Arch) -> Vec<(String, Vec<usize>, Vec<f32>)> {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut rand = |shape: &[usize], scale: f32| -> Vec<f32> {
         (0..shape.iter().product::<usize>())
@@ -95,19 +105,28 @@ fn weights(seed: u64) -> Vec<(String, Vec<usize>, Vec<f32>)> {
     let kv = HIDDEN / HEADS * KV_HEADS;
     let mut w = Vec::new();
     let mut push = |name: String, shape: Vec<usize>, data: Vec<f32>| w.push((name, shape, data));
+    // Special tokens get zero logits so that greedy decoding never ends early by chance.
+    let zero_specials = |mut m: Vec<f32>| {
+        for s in SPECIALS {
+            let row = special_id(s) as usize;
+            m[row * HIDDEN..(row + 1) * HIDDEN].fill(0.0);
+        }
+        m
+    };
+    let mut embed = rand(&[VOCAB, HIDDEN], 1.0);
+    if arch == Arch::Qwen2 {
+        embed = zero_specials(embed);
+    }
     push(
         "model.embed_tokens.weight".into(),
         vec![VOCAB, HIDDEN],
-        rand(&[VOCAB, HIDDEN], 1.0),
+        embed,
     );
     push("model.norm.weight".into(), vec![HIDDEN], vec![1.0; HIDDEN]);
-    let mut head = rand(&[VOCAB, HIDDEN], 0.5);
-    // Special tokens get zero logits so that greedy decoding never ends early by chance.
-    for s in SPECIALS {
-        let row = special_id(s) as usize;
-        head[row * HIDDEN..(row + 1) * HIDDEN].fill(0.0);
+    if arch == Arch::Llama {
+        let head = zero_specials(rand(&[VOCAB, HIDDEN], 0.5));
+        push("lm_head.weight".into(), vec![VOCAB, HIDDEN], head);
     }
-    push("lm_head.weight".into(), vec![VOCAB, HIDDEN], head);
     for i in 0..LAYERS {
         let p = format!("model.layers.{i}");
         for (n, shape) in [
@@ -121,6 +140,12 @@ fn weights(seed: u64) -> Vec<(String, Vec<usize>, Vec<f32>)> {
         ] {
             let data = rand(&shape, 0.3);
             push(format!("{p}.{n}.weight"), shape, data);
+        }
+        if arch == Arch::Qwen2 {
+            for (n, len) in [("q_proj", HIDDEN), ("k_proj", kv), ("v_proj", kv)] {
+                let data = rand(&[len], 0.5);
+                push(format!("{p}.self_attn.{n}.bias"), vec![len], data);
+            }
         }
         push(
             format!("{p}.input_layernorm.weight"),
@@ -156,8 +181,8 @@ pub fn config_json(eos: u32) -> Vec<u8> {
     .into_bytes()
 }
 
-fn safetensors_bytes(seed: u64) -> Vec<u8> {
-    let map: HashMap<String, Tensor> = weights(seed)
+pub fn safetensors_bytes(seed: u64, arch: Arch) -> Vec<u8> {
+    let map: HashMap<String, Tensor> = weights(seed, arch)
         .into_iter()
         .map(|(n, s, d)| (n, Tensor::from_vec(d, s, &Device::Cpu).unwrap()))
         .collect();
@@ -187,10 +212,16 @@ fn gguf_name(hf: &str) -> String {
         "mlp.gate_proj.weight" => "ffn_gate",
         "mlp.up_proj.weight" => "ffn_up",
         "mlp.down_proj.weight" => "ffn_down",
+        "self_attn.q_proj.bias" => "attn_q.bias",
+        "self_attn.k_proj.bias" => "attn_k.bias",
+        "self_attn.v_proj.bias" => "attn_v.bias",
         "input_layernorm.weight" => "attn_norm",
         "post_attention_layernorm.weight" => "ffn_norm",
         other => panic!("{other}"),
     };
+    if g.ends_with(".bias") {
+        return format!("blk.{layer}.{g}");
+    }
     format!("blk.{layer}.{g}.weight")
 }
 
@@ -255,14 +286,35 @@ pub fn gguf_metadata() -> Vec<(String, Value)> {
     ]
 }
 
-/// Writes a GGUF of the tiny model's weights with the given metadata.
+/// Writes a GGUF of the tiny llama's weights with the given metadata.
 pub fn gguf_bytes_with(metadata: &[(String, Value)]) -> Vec<u8> {
-    let tensors: Vec<(String, QTensor)> = weights(SEED)
+    gguf_bytes_for(Arch::Llama, GgmlDType::Q8_0, metadata)
+}
+
+/// The tiny Qwen2's GGUF metadata: the llama one under `qwen2.` keys, Qwen2's pre-tokenizer.
+pub fn qwen2_gguf_metadata() -> Vec<(String, Value)> {
+    let mut md: Vec<(String, Value)> = gguf_metadata()
+        .into_iter()
+        .filter(|(k, _)| k != "llama.rope.dimension_count")
+        .map(|(k, v)| match k.strip_prefix("llama.") {
+            Some(rest) => (format!("qwen2.{rest}"), v),
+            None => (k, v),
+        })
+        .collect();
+    md[0].1 = Value::String("qwen2".into());
+    md.push(("qwen2.rope.freq_base".into(), Value::F32(1_000_000.0)));
+    md.push(("tokenizer.ggml.pre".into(), Value::String("qwen2".into())));
+    md
+}
+
+/// Writes a GGUF of the tiny model's weights, matrices (but the embeddings) as `matmul`.
+pub fn gguf_bytes_for(arch: Arch, matmul: GgmlDType, metadata: &[(String, Value)]) -> Vec<u8> {
+    let tensors: Vec<(String, QTensor)> = weights(SEED, arch)
         .into_iter()
         .map(|(n, s, d)| {
             let t = Tensor::from_vec(d, s.clone(), &Device::Cpu).unwrap();
             let dtype = if s.len() == 2 && n != "model.embed_tokens.weight" {
-                GgmlDType::Q8_0
+                matmul
             } else {
                 GgmlDType::F32
             };
@@ -296,7 +348,7 @@ pub fn fixture() -> &'static Fixture {
         })
         .to_string()
         .into_bytes(),
-        safetensors: safetensors_bytes(SEED),
+        safetensors: safetensors_bytes(SEED, Arch::Llama),
         gguf: gguf_bytes_with(&gguf_metadata()),
     })
 }

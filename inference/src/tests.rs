@@ -508,7 +508,7 @@ fn malformed_safetensors_are_typed_errors() {
 
     let mut f = test_models::safetensors_files(eos);
     let mut cfg: serde_json::Value = serde_json::from_slice(&f.config_json).unwrap();
-    cfg["architectures"] = serde_json::json!(["Qwen2ForCausalLM"]);
+    cfg["architectures"] = serde_json::json!(["GemmaForCausalLM"]);
     f.config_json = cfg.to_string().into_bytes();
     assert!(matches!(
         Model::from_safetensors(f, &opts),

@@ -1,7 +1,7 @@
-//! GGUF (llama architecture) from a byte slice: parse the container, check every hyper-parameter
-//! and tensor shape the candle loader will rely on (so a hostile file gets a typed error, not a
-//! panic or a division by zero inside candle), then build the quantised weights and the
-//! tokenizer from the metadata.
+//! GGUF (llama and qwen2 architectures) from a byte slice: parse the container, check every
+//! hyper-parameter and tensor shape the model code will rely on (so a hostile file gets a typed
+//! error, not a panic or a division by zero inside candle), then build the quantised weights and
+//! the tokenizer from the metadata.
 
 use std::collections::HashMap;
 use std::io::Cursor;
@@ -10,12 +10,41 @@ use candle_core::Device;
 use candle_core::quantized::gguf_file::{Content, Value};
 use candle_transformers::models::quantized_llama::{self, MAX_SEQ_LEN};
 
+use super::qwen2_gguf::{Qwen2Params, Qwen2Weights};
 use super::{LoadOptions, ModelInfo, ModelInner, Vocab, Weights, chat_template, check_dims};
 use crate::error::InferenceError;
 use crate::gguf_tokenizer::{self, metadata_u64};
 
-/// Architectures whose GGUF layout is the llama one (`llama.*` keys, `blk.N.attn_q` tensors).
-const LLAMA_ARCHS: &[&str] = &["llama"];
+/// The GGUF architectures this runtime runs; both use the llama tensor names (`blk.N.attn_q`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Arch {
+    /// Llama 2/3, Mistral, SmolLM2, TinyLlama...: candle's `quantized_llama`.
+    Llama,
+    /// Qwen2 and Qwen2.5: biases on q/k/v, NeoX rotary embeddings (`qwen2_gguf`).
+    Qwen2,
+}
+
+impl Arch {
+    fn parse(name: &str) -> Option<Self> {
+        match name {
+            "llama" => Some(Self::Llama),
+            "qwen2" => Some(Self::Qwen2),
+            _ => None,
+        }
+    }
+
+    /// The prefix of the hyper-parameter keys (`llama.block_count`, `qwen2.block_count`).
+    fn key(self, name: &str) -> String {
+        match self {
+            Self::Llama => format!("llama.{name}"),
+            Self::Qwen2 => format!("qwen2.{name}"),
+        }
+    }
+}
+
+/// The longest context a Qwen2 GGUF gets here (its rotary tables and KV cache grow with it);
+/// Qwen2 and Qwen2.5 declare 32768 without rope scaling.
+pub(crate) const QWEN2_MAX_CONTEXT: usize = 32768;
 
 fn md_usize(md: &HashMap<String, Value>, key: &str) -> Result<usize, InferenceError> {
     metadata_u64(md, key)
@@ -77,33 +106,30 @@ pub(super) fn load(
     let ct = Content::read(&mut reader).map_err(InferenceError::GgufParse)?;
     let md = &ct.metadata;
 
-    let arch = md_string(md, "general.architecture")
+    let arch_name = md_string(md, "general.architecture")
         .ok_or_else(|| InferenceError::metadata("general.architecture", "missing"))?;
-    if !LLAMA_ARCHS.contains(&arch.as_str()) {
-        return Err(InferenceError::UnsupportedArchitecture(arch));
+    let arch = Arch::parse(&arch_name)
+        .ok_or_else(|| InferenceError::UnsupportedArchitecture(arch_name.clone()))?;
+    if metadata_u64(md, &arch.key("expert_count")).unwrap_or(0) > 1 {
+        return Err(InferenceError::UnsupportedArchitecture(format!(
+            "{arch_name} mixture-of-experts"
+        )));
     }
-    if metadata_u64(md, "llama.expert_count").unwrap_or(0) > 1 {
-        return Err(InferenceError::UnsupportedArchitecture(
-            "llama mixture-of-experts".into(),
-        ));
-    }
-    let heads = md_usize(md, "llama.attention.head_count")?;
-    let kv_heads = md_usize(md, "llama.attention.head_count_kv")?;
-    let layers = md_usize(md, "llama.block_count")?;
-    let hidden = md_usize(md, "llama.embedding_length")?;
-    let rope_dim = md_usize(md, "llama.rope.dimension_count")?;
-    let eps_key = "llama.attention.layer_norm_rms_epsilon";
-    let eps = md_f32(md, eps_key).ok_or_else(|| InferenceError::metadata(eps_key, "missing"))?;
+    let heads = md_usize(md, &arch.key("attention.head_count"))?;
+    let kv_heads = md_usize(md, &arch.key("attention.head_count_kv"))?;
+    let layers = md_usize(md, &arch.key("block_count"))?;
+    let hidden = md_usize(md, &arch.key("embedding_length"))?;
+    let eps_key = arch.key("attention.layer_norm_rms_epsilon");
+    let eps = md_f32(md, &eps_key).ok_or_else(|| InferenceError::metadata(&eps_key, "missing"))?;
     if !(eps.is_finite() && eps > 0.0) {
-        return Err(InferenceError::metadata(eps_key, "not a positive number"));
+        return Err(InferenceError::metadata(&eps_key, "not a positive number"));
     }
-    if let Some(base) = md_f32(md, "llama.rope.freq_base")
+    let base_key = arch.key("rope.freq_base");
+    let rope_base = md_f32(md, &base_key);
+    if let Some(base) = rope_base
         && !(base.is_finite() && base > 0.0)
     {
-        return Err(InferenceError::metadata(
-            "llama.rope.freq_base",
-            "not a positive number",
-        ));
+        return Err(InferenceError::metadata(&base_key, "not a positive number"));
     }
     let vocab = ct
         .tensor_infos
@@ -117,7 +143,15 @@ pub(super) fn load(
         .ok_or_else(|| InferenceError::tensor("blk.0.ffn_gate.weight", "missing"))?;
     check_dims(hidden, heads, kv_heads, layers, ffn, vocab)?;
     let head_dim = hidden / heads;
-    if rope_dim != head_dim {
+    // candle's llama reads the rotary dimension; Qwen2 rotates whole heads (the key is optional).
+    let rope_key = arch.key("rope.dimension_count");
+    let rope_dim = match arch {
+        Arch::Llama => Some(md_usize(md, &rope_key)?),
+        Arch::Qwen2 => metadata_u64(md, &rope_key).and_then(|d| usize::try_from(d).ok()),
+    };
+    if let Some(rope_dim) = rope_dim
+        && rope_dim != head_dim
+    {
         return Err(InferenceError::InvalidConfig(format!(
             "rope dimension {rope_dim} differs from head dimension {head_dim}"
         )));
@@ -140,6 +174,12 @@ pub(super) fn load(
         expect_shape(&ct, &t("ffn_down"), &[hidden, ffn])?;
         expect_shape(&ct, &t("attn_norm"), &[hidden])?;
         expect_shape(&ct, &t("ffn_norm"), &[hidden])?;
+        if arch == Arch::Qwen2 {
+            let b = |n: &str| format!("blk.{i}.{n}.bias");
+            expect_shape(&ct, &b("attn_q"), &[hidden])?;
+            expect_shape(&ct, &b("attn_k"), &[kv_dim])?;
+            expect_shape(&ct, &b("attn_v"), &[kv_dim])?;
+        }
     }
 
     let tok = gguf_tokenizer::from_metadata(md)?;
@@ -156,27 +196,52 @@ pub(super) fn load(
     let bos = token_text(tok.bos_id);
     let eos = token_text(tok.eos_ids.first().copied());
     let template = chat_template(md_string(md, "tokenizer.chat_template"), &bos, &eos)?;
-    let context_length = metadata_u64(md, "llama.context_length")
+    let max_context = match arch {
+        Arch::Llama => MAX_SEQ_LEN,
+        Arch::Qwen2 => QWEN2_MAX_CONTEXT,
+    };
+    let context_length = metadata_u64(md, &arch.key("context_length"))
         .and_then(|c| usize::try_from(c).ok())
-        .unwrap_or(MAX_SEQ_LEN)
-        .clamp(1, MAX_SEQ_LEN);
+        .unwrap_or(max_context)
+        .clamp(1, max_context);
     let name = options
         .name
         .clone()
         .or_else(|| md_string(md, "general.name"))
         .unwrap_or_else(|| "model".to_owned());
 
-    let weights = quantized_llama::ModelWeights::from_gguf(ct, &mut reader, &device)
-        .map_err(InferenceError::GgufParse)?;
+    let (weights, format) = match arch {
+        Arch::Llama => (
+            Weights::Gguf(
+                quantized_llama::ModelWeights::from_gguf(ct, &mut reader, &device)
+                    .map_err(InferenceError::GgufParse)?,
+            ),
+            "gguf-llama",
+        ),
+        Arch::Qwen2 => {
+            let params = Qwen2Params {
+                heads,
+                kv_heads,
+                hidden,
+                layers,
+                eps: f64::from(eps),
+                rope_base: rope_base.unwrap_or(10_000.0),
+                context: context_length,
+            };
+            let w = Qwen2Weights::from_gguf(&ct, &mut reader, params, &device)
+                .map_err(InferenceError::GgufParse)?;
+            (Weights::GgufQwen2(w), "gguf-qwen2")
+        }
+    };
     Ok(ModelInner {
         info: ModelInfo {
             name,
-            format: "gguf-llama",
+            format,
             vocab_size: vocab,
             context_length,
             num_layers: layers,
         },
-        weights: Weights::Gguf(weights),
+        weights,
         vocab: Vocab {
             tokenizer: tok.tokenizer,
             bos_id: tok.bos_id,

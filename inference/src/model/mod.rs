@@ -1,6 +1,6 @@
 //! Models loaded from memory: the llama family (Llama 2/3, Mistral, SmolLM2 and other llama-layout
-//! models) from GGUF (quantised) or safetensors buffers, with their tokenizer, special tokens and
-//! chat template.
+//! models) and Qwen2 from GGUF (quantised) or safetensors buffers, with their tokenizer, special
+//! tokens and chat template.
 //!
 //! The runtime API takes buffers only: the sealed-model loader hands over decrypted bytes and this
 //! module never opens a file (the `*_file` conveniences for tests and the CLI read into memory
@@ -9,12 +9,13 @@
 
 mod gguf;
 mod gguf_precheck;
+mod qwen2_gguf;
 mod safetensors;
 
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
-use candle_transformers::models::{llama, quantized_llama};
+use candle_transformers::models::{llama, quantized_llama, qwen2};
 use tokenizers::Tokenizer;
 
 use crate::chat::{CHATML_TEMPLATE, ChatMessage, ChatTemplate};
@@ -63,7 +64,7 @@ pub enum ModelSource {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModelInfo {
     pub name: String,
-    /// `gguf-llama` or `safetensors-llama`.
+    /// `gguf-llama`, `gguf-qwen2`, `safetensors-llama` or `safetensors-qwen2`.
     pub format: &'static str,
     pub vocab_size: usize,
     /// The most tokens (prompt + completion) one sequence may hold.
@@ -71,14 +72,21 @@ pub struct ModelInfo {
     pub num_layers: usize,
 }
 
+/// The weights of a loaded model. The variants holding their KV cache inside are cloned per
+/// session: tensors are reference-counted, only the caches differ.
 pub(crate) enum Weights {
-    /// Quantised llama; sessions clone it (tensors are reference-counted, only the caches differ).
+    /// Quantised llama (candle's `quantized_llama`).
     Gguf(quantized_llama::ModelWeights),
+    /// Quantised Qwen2 (`qwen2_gguf`).
+    GgufQwen2(qwen2_gguf::Qwen2Weights),
+    /// Llama from safetensors: the cache lives apart from the model.
     Llama {
         model: llama::Llama,
         config: llama::Config,
         dtype: DType,
     },
+    /// Qwen2 from safetensors (candle's `qwen2`).
+    Qwen2(Box<qwen2::ModelForCausalLM>),
 }
 
 /// Special tokens and prompt conventions of a model.
@@ -121,7 +129,7 @@ impl Model {
         }
     }
 
-    /// Loads a llama-architecture GGUF from memory.
+    /// Loads a GGUF (llama or qwen2 architecture) from memory.
     pub fn from_gguf(bytes: &[u8], options: &LoadOptions) -> Result<Self, InferenceError> {
         let span = tracing::info_span!("model_load", format = "gguf", bytes = bytes.len());
         let _enter = span.enter();
@@ -133,7 +141,7 @@ impl Model {
         })
     }
 
-    /// Loads a llama-architecture safetensors checkpoint from memory.
+    /// Loads a safetensors checkpoint (llama, Mistral or Qwen2) from memory.
     pub fn from_safetensors(
         files: SafetensorsFiles,
         options: &LoadOptions,
@@ -204,9 +212,19 @@ impl Model {
                 w.clear_kv_cache();
                 SessionState::Gguf(Box::new(w))
             }
+            Weights::GgufQwen2(w) => {
+                let mut w = w.clone();
+                w.clear_kv_cache();
+                SessionState::GgufQwen2(Box::new(w))
+            }
             Weights::Llama { config, dtype, .. } => SessionState::Llama(Box::new(
                 llama::Cache::new(true, *dtype, config, &self.inner.device)?,
             )),
+            Weights::Qwen2(m) => {
+                let mut m = m.clone();
+                m.clear_kv_cache();
+                SessionState::Qwen2(m)
+            }
         };
         Ok(Session {
             model: self.clone(),
@@ -217,7 +235,9 @@ impl Model {
 
 enum SessionState {
     Gguf(Box<quantized_llama::ModelWeights>),
+    GgufQwen2(Box<qwen2_gguf::Qwen2Weights>),
     Llama(Box<llama::Cache>),
+    Qwen2(Box<qwen2::ModelForCausalLM>),
 }
 
 /// One sequence being generated: the model plus this sequence's KV cache.
@@ -258,16 +278,22 @@ impl Session {
         let input = Tensor::new(tokens, &inner.device)?.unsqueeze(0)?;
         let logits = match (&mut self.state, &inner.weights) {
             (SessionState::Gguf(w), _) => w.forward(&input, pos)?,
+            (SessionState::GgufQwen2(w), _) => w.forward(&input, pos)?,
+            (SessionState::Qwen2(m), _) => m.forward(&input, pos)?,
             (SessionState::Llama(cache), Weights::Llama { model, .. }) => {
                 model.forward(&input, pos, cache)?
             }
-            (SessionState::Llama(_), Weights::Gguf(_)) => {
+            (SessionState::Llama(_), _) => {
                 return Err(InferenceError::InvalidConfig(
                     "session does not match its model".into(),
                 ));
             }
         };
-        Ok(logits.squeeze(0)?.to_dtype(DType::F32)?.to_vec1::<f32>()?)
+        // `(1, vocab)`, or `(1, 1, vocab)` from candle's Qwen2.
+        Ok(logits
+            .flatten_all()?
+            .to_dtype(DType::F32)?
+            .to_vec1::<f32>()?)
     }
 }
 

@@ -1,13 +1,15 @@
-//! Llama-layout safetensors checkpoints (Llama 2/3, Mistral, SmolLM2...) from buffers:
+//! Safetensors checkpoints of the llama layout (Llama 2/3, Mistral, SmolLM2...: candle's `llama`)
+//! and of Qwen2 (candle's `qwen2`: the same tensors plus q/k/v biases) from buffers:
 //! `config.json`, `tokenizer.json`, optional `tokenizer_config.json` (chat template, special
-//! tokens), and one or more weight shards. Every tensor candle's llama loader reads is checked for
-//! presence and shape first: that loader unwraps per layer and would panic on a missing tensor.
+//! tokens), and one or more weight shards. Every tensor the candle loader reads is checked for
+//! presence and shape first: the llama loader unwraps per layer and would panic on a missing one.
 
 use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::llama::{self, LlamaConfig, LlamaEosToks};
+use candle_transformers::models::qwen2;
 use serde::Deserialize;
 use tokenizers::Tokenizer;
 
@@ -30,9 +32,60 @@ pub struct SafetensorsFiles {
 struct ArchConfig {
     #[serde(default)]
     architectures: Vec<String>,
+    /// Mistral's sliding-window attention span (`null` or absent: full attention).
+    #[serde(default)]
+    sliding_window: Option<usize>,
 }
 
-const ARCHITECTURES: &[&str] = &["LlamaForCausalLM", "MistralForCausalLM"];
+/// Architectures run by candle's llama model.
+const LLAMA_ARCHITECTURES: &[&str] = &["LlamaForCausalLM", "MistralForCausalLM"];
+const QWEN2_ARCHITECTURE: &str = "Qwen2ForCausalLM";
+
+/// The longest context a Qwen2 checkpoint gets (as for Qwen2 GGUFs).
+const QWEN2_MAX_CONTEXT: usize = super::gguf::QWEN2_MAX_CONTEXT;
+
+/// Qwen2's `config.json`, leniently: `transformers` writes `sliding_window: null` when
+/// `use_sliding_window` is off, which candle's `qwen2::Config` does not accept.
+#[derive(Deserialize)]
+struct Qwen2Json {
+    vocab_size: usize,
+    hidden_size: usize,
+    intermediate_size: usize,
+    num_hidden_layers: usize,
+    num_attention_heads: usize,
+    num_key_value_heads: Option<usize>,
+    max_position_embeddings: usize,
+    #[serde(default)]
+    sliding_window: Option<usize>,
+    #[serde(default)]
+    use_sliding_window: bool,
+    #[serde(default)]
+    tie_word_embeddings: bool,
+    #[serde(default = "default_qwen2_rope_theta")]
+    rope_theta: f64,
+    rms_norm_eps: f64,
+    #[serde(default)]
+    hidden_act: Option<String>,
+    #[serde(default)]
+    rope_scaling: Option<serde_json::Value>,
+    #[serde(default)]
+    eos_token_id: Option<LlamaEosToks>,
+}
+
+fn default_qwen2_rope_theta() -> f64 {
+    10_000.0
+}
+
+/// The tensors a checkpoint must hold: the llama layout, with q/k/v biases for Qwen2.
+struct Layout {
+    hidden: usize,
+    kv: usize,
+    ffn: usize,
+    vocab: usize,
+    layers: usize,
+    tied: bool,
+    qkv_bias: bool,
+}
 
 /// A token in `tokenizer_config.json`: a string or an `AddedToken` object.
 #[derive(Deserialize)]
@@ -75,75 +128,54 @@ fn json<'a, T: Deserialize<'a>>(file: &'static str, bytes: &'a [u8]) -> Result<T
 }
 
 pub(super) fn load(
-    files: SafetensorsFiles,
+    mut files: SafetensorsFiles,
     options: &LoadOptions,
     device: Device,
 ) -> Result<ModelInner, InferenceError> {
     let arch: ArchConfig = json("config.json", &files.config_json)?;
-    if let Some(a) = arch
-        .architectures
-        .iter()
-        .find(|a| !ARCHITECTURES.contains(&a.as_str()))
-    {
-        return Err(InferenceError::UnsupportedArchitecture(a.clone()));
-    }
-    let cfg: LlamaConfig = json("config.json", &files.config_json)?;
+    let qwen2 = match arch.architectures.as_slice() {
+        [] => false,
+        [one] if one == QWEN2_ARCHITECTURE => true,
+        list => {
+            if let Some(a) = list
+                .iter()
+                .find(|a| !LLAMA_ARCHITECTURES.contains(&a.as_str()))
+            {
+                return Err(InferenceError::UnsupportedArchitecture(a.clone()));
+            }
+            false
+        }
+    };
     let tok_cfg: TokenizerConfig = match &files.tokenizer_config_json {
         Some(b) => json("tokenizer_config.json", b)?,
         None => TokenizerConfig::default(),
     };
-    let heads = cfg.num_attention_heads;
-    let kv_heads = cfg.num_key_value_heads();
-    check_dims(
-        cfg.hidden_size,
-        heads,
-        kv_heads,
-        cfg.num_hidden_layers,
-        cfg.intermediate_size,
-        cfg.vocab_size,
-    )?;
-    if cfg.max_position_embeddings == 0 || cfg.max_position_embeddings > 1 << 20 {
-        return Err(InferenceError::InvalidConfig(format!(
-            "max_position_embeddings {}",
-            cfg.max_position_embeddings
-        )));
-    }
-    let positive = |x: f64| x.is_finite() && x > 0.0;
-    if !positive(cfg.rms_norm_eps) || !positive(f64::from(cfg.rope_theta)) {
-        return Err(InferenceError::InvalidConfig(
-            "rms_norm_eps and rope_theta must be positive".into(),
-        ));
-    }
-    let config_eos: Vec<u32> = match &cfg.eos_token_id {
-        Some(LlamaEosToks::Single(id)) => vec![*id],
-        Some(LlamaEosToks::Multiple(ids)) => ids.clone(),
-        None => Vec::new(),
-    };
-    let config = cfg.into_config(false);
     let dtype = if device.is_cpu() {
         DType::F32
     } else {
         DType::BF16
     };
-
-    let mut tensors: HashMap<String, Tensor> = HashMap::new();
-    for shard in &files.weights {
-        let loaded = candle_core::safetensors::load_buffer(shard, &device)
-            .map_err(InferenceError::Safetensors)?;
-        tensors.extend(loaded);
-    }
-    drop(files.weights);
-    check_tensors(&tensors, &config)?;
-    let vb = VarBuilder::from_tensors(tensors, dtype, &device);
-    let model = llama::Llama::load(vb, &config)?;
+    // The shards are freed as soon as their tensors are built.
+    let shards = std::mem::take(&mut files.weights);
+    let (model, config_eos) = if qwen2 {
+        load_qwen2(&files.config_json, shards, dtype, &device)?
+    } else {
+        load_llama(
+            &files.config_json,
+            shards,
+            arch.sliding_window,
+            dtype,
+            &device,
+        )?
+    };
 
     let tokenizer =
         Tokenizer::from_bytes(&files.tokenizer_json).map_err(InferenceError::tokenizer)?;
-    if tokenizer.get_vocab_size(true) > config.vocab_size {
+    if tokenizer.get_vocab_size(true) > model.vocab {
         return Err(InferenceError::InvalidConfig(format!(
             "tokenizer has {} tokens, the model {}",
             tokenizer.get_vocab_size(true),
-            config.vocab_size
+            model.vocab
         )));
     }
     let bos = tok_cfg.bos_token.map(TokenSpec::text).unwrap_or_default();
@@ -165,10 +197,10 @@ pub(super) fn load(
     Ok(ModelInner {
         info: ModelInfo {
             name: options.name.clone().unwrap_or_else(|| "model".to_owned()),
-            format: "safetensors-llama",
-            vocab_size: config.vocab_size,
-            context_length: config.max_position_embeddings,
-            num_layers: config.num_hidden_layers,
+            format: model.format,
+            vocab_size: model.vocab,
+            context_length: model.context,
+            num_layers: model.layers,
         },
         vocab: Vocab {
             bos_id: tokenizer.token_to_id(&bos),
@@ -177,31 +209,207 @@ pub(super) fn load(
             eos_ids,
             chat_template: template,
         },
+        weights: model.weights,
+        device,
+    })
+}
+
+/// A checkpoint's weights, loaded, with what `ModelInfo` needs.
+struct Loaded {
+    weights: Weights,
+    format: &'static str,
+    vocab: usize,
+    context: usize,
+    layers: usize,
+}
+
+/// Every shard's tensors in one map (later shards win on a duplicate name).
+fn load_shards(
+    shards: Vec<Vec<u8>>,
+    device: &Device,
+) -> Result<HashMap<String, Tensor>, InferenceError> {
+    let mut tensors: HashMap<String, Tensor> = HashMap::new();
+    for shard in shards {
+        let loaded = candle_core::safetensors::load_buffer(&shard, device)
+            .map_err(InferenceError::Safetensors)?;
+        tensors.extend(loaded);
+    }
+    Ok(tensors)
+}
+
+fn check_positive(rms_norm_eps: f64, rope_theta: f64) -> Result<(), InferenceError> {
+    let positive = |x: f64| x.is_finite() && x > 0.0;
+    if !positive(rms_norm_eps) || !positive(rope_theta) {
+        return Err(InferenceError::InvalidConfig(
+            "rms_norm_eps and rope_theta must be positive".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn check_positions(max_position_embeddings: usize) -> Result<(), InferenceError> {
+    if max_position_embeddings == 0 || max_position_embeddings > 1 << 20 {
+        return Err(InferenceError::InvalidConfig(format!(
+            "max_position_embeddings {max_position_embeddings}"
+        )));
+    }
+    Ok(())
+}
+
+fn eos_list(eos: Option<&LlamaEosToks>) -> Vec<u32> {
+    match eos {
+        Some(LlamaEosToks::Single(id)) => vec![*id],
+        Some(LlamaEosToks::Multiple(ids)) => ids.clone(),
+        None => Vec::new(),
+    }
+}
+
+/// Llama, Mistral: candle's `llama`. A Mistral sliding window shorter than the context caps the
+/// context at the window, where full attention and sliding-window attention agree.
+fn load_llama(
+    config_json: &[u8],
+    shards: Vec<Vec<u8>>,
+    sliding_window: Option<usize>,
+    dtype: DType,
+    device: &Device,
+) -> Result<(Loaded, Vec<u32>), InferenceError> {
+    let cfg: LlamaConfig = json("config.json", config_json)?;
+    let kv_heads = cfg.num_key_value_heads();
+    check_dims(
+        cfg.hidden_size,
+        cfg.num_attention_heads,
+        kv_heads,
+        cfg.num_hidden_layers,
+        cfg.intermediate_size,
+        cfg.vocab_size,
+    )?;
+    check_positions(cfg.max_position_embeddings)?;
+    check_positive(cfg.rms_norm_eps, f64::from(cfg.rope_theta))?;
+    let config_eos = eos_list(cfg.eos_token_id.as_ref());
+    let mut config = cfg.into_config(false);
+    if let Some(window) = sliding_window.filter(|w| *w > 0) {
+        config.max_position_embeddings = config.max_position_embeddings.min(window);
+    }
+    let tensors = load_shards(shards, device)?;
+    check_tensors(
+        &tensors,
+        &Layout {
+            hidden: config.hidden_size,
+            kv: config.hidden_size / config.num_attention_heads * kv_heads,
+            ffn: config.intermediate_size,
+            vocab: config.vocab_size,
+            layers: config.num_hidden_layers,
+            tied: config.tie_word_embeddings,
+            qkv_bias: false,
+        },
+    )?;
+    let vb = VarBuilder::from_tensors(tensors, dtype, device);
+    let model = llama::Llama::load(vb, &config)?;
+    let loaded = Loaded {
+        format: "safetensors-llama",
+        vocab: config.vocab_size,
+        context: config.max_position_embeddings,
+        layers: config.num_hidden_layers,
         weights: Weights::Llama {
             model,
             config,
             dtype,
         },
-        device,
-    })
+    };
+    Ok((loaded, config_eos))
 }
 
-/// Every tensor `llama::Llama::load` reads, with its shape.
-fn check_tensors(
-    tensors: &HashMap<String, Tensor>,
-    cfg: &llama::Config,
-) -> Result<(), InferenceError> {
-    let h = cfg.hidden_size;
-    let kv = h / cfg.num_attention_heads * cfg.num_key_value_heads;
-    let ff = cfg.intermediate_size;
+/// Qwen2 and Qwen2.5: candle's `qwen2`. Sliding-window attention, where a checkpoint turns it
+/// on, caps the context at the window (candle applies the window to the prompt's mask only).
+fn load_qwen2(
+    config_json: &[u8],
+    shards: Vec<Vec<u8>>,
+    dtype: DType,
+    device: &Device,
+) -> Result<(Loaded, Vec<u32>), InferenceError> {
+    let cfg: Qwen2Json = json("config.json", config_json)?;
+    let kv_heads = cfg.num_key_value_heads.unwrap_or(cfg.num_attention_heads);
+    check_dims(
+        cfg.hidden_size,
+        cfg.num_attention_heads,
+        kv_heads,
+        cfg.num_hidden_layers,
+        cfg.intermediate_size,
+        cfg.vocab_size,
+    )?;
+    check_positions(cfg.max_position_embeddings)?;
+    check_positive(cfg.rms_norm_eps, cfg.rope_theta)?;
+    if let Some(act) = cfg.hidden_act.as_deref().filter(|a| *a != "silu") {
+        return Err(InferenceError::InvalidConfig(format!(
+            "Qwen2 with hidden_act `{act}` (silu expected)"
+        )));
+    }
+    if cfg.rope_scaling.as_ref().is_some_and(|r| !r.is_null()) {
+        return Err(InferenceError::InvalidConfig(
+            "Qwen2 rope_scaling is not supported".into(),
+        ));
+    }
+    let mut context = cfg.max_position_embeddings.min(QWEN2_MAX_CONTEXT);
+    if cfg.use_sliding_window
+        && let Some(window) = cfg.sliding_window.filter(|w| *w > 0)
+    {
+        context = context.min(window);
+    }
+    let config = qwen2::Config {
+        vocab_size: cfg.vocab_size,
+        hidden_size: cfg.hidden_size,
+        intermediate_size: cfg.intermediate_size,
+        num_hidden_layers: cfg.num_hidden_layers,
+        num_attention_heads: cfg.num_attention_heads,
+        num_key_value_heads: kv_heads,
+        // Sizes the rotary tables: only the context this runtime allows.
+        max_position_embeddings: context,
+        // No query is further than `context` from its key: the window never cuts.
+        sliding_window: context,
+        max_window_layers: cfg.num_hidden_layers,
+        tie_word_embeddings: cfg.tie_word_embeddings,
+        rope_theta: cfg.rope_theta,
+        rms_norm_eps: cfg.rms_norm_eps,
+        use_sliding_window: false,
+        hidden_act: candle_nn::Activation::Silu,
+    };
+    let tensors = load_shards(shards, device)?;
+    check_tensors(
+        &tensors,
+        &Layout {
+            hidden: cfg.hidden_size,
+            kv: cfg.hidden_size / cfg.num_attention_heads * kv_heads,
+            ffn: cfg.intermediate_size,
+            vocab: cfg.vocab_size,
+            layers: cfg.num_hidden_layers,
+            tied: cfg.tie_word_embeddings,
+            qkv_bias: true,
+        },
+    )?;
+    let vb = VarBuilder::from_tensors(tensors, dtype, device);
+    let model = qwen2::ModelForCausalLM::new(&config, vb)?;
+    let loaded = Loaded {
+        weights: Weights::Qwen2(Box::new(model)),
+        format: "safetensors-qwen2",
+        vocab: cfg.vocab_size,
+        context,
+        layers: cfg.num_hidden_layers,
+    };
+    Ok((loaded, eos_list(cfg.eos_token_id.as_ref())))
+}
+
+/// Every tensor the candle loader reads, with its shape (a present `lm_head` is checked even
+/// when tied: candle's Qwen2 prefers it).
+fn check_tensors(tensors: &HashMap<String, Tensor>, l: &Layout) -> Result<(), InferenceError> {
+    let (h, kv, ff) = (l.hidden, l.kv, l.ffn);
     let mut expected: Vec<(String, Vec<usize>)> = vec![
-        ("model.embed_tokens.weight".into(), vec![cfg.vocab_size, h]),
+        ("model.embed_tokens.weight".into(), vec![l.vocab, h]),
         ("model.norm.weight".into(), vec![h]),
     ];
-    if !cfg.tie_word_embeddings {
-        expected.push(("lm_head.weight".into(), vec![cfg.vocab_size, h]));
+    if !l.tied || tensors.contains_key("lm_head.weight") {
+        expected.push(("lm_head.weight".into(), vec![l.vocab, h]));
     }
-    for i in 0..cfg.num_hidden_layers {
+    for i in 0..l.layers {
         let p = format!("model.layers.{i}");
         expected.extend([
             (format!("{p}.self_attn.q_proj.weight"), vec![h, h]),
@@ -214,6 +422,13 @@ fn check_tensors(
             (format!("{p}.input_layernorm.weight"), vec![h]),
             (format!("{p}.post_attention_layernorm.weight"), vec![h]),
         ]);
+        if l.qkv_bias {
+            expected.extend([
+                (format!("{p}.self_attn.q_proj.bias"), vec![h]),
+                (format!("{p}.self_attn.k_proj.bias"), vec![kv]),
+                (format!("{p}.self_attn.v_proj.bias"), vec![kv]),
+            ]);
+        }
     }
     for (name, shape) in expected {
         let t = tensors
