@@ -57,6 +57,39 @@ fn registry(reg: &TestRegistry) -> Registry {
     .unwrap()
 }
 
+/// A registry holding the model image JWE-encrypted by skopeo as `models/NAME:v1`, then
+/// `prepare` run on it (it returns the reference to load); the private key's PEM and the weights.
+struct Encrypted {
+    reg: TestRegistry,
+    reference: String,
+    key_pem: String,
+    weights: Vec<u8>,
+    _keep: (ImageBuilder, tempfile::TempDir),
+}
+
+async fn encrypted_model_image(
+    name: &'static str,
+    prepare: fn(&TestRegistry, &str, &std::path::Path) -> String,
+) -> Encrypted {
+    tokio::task::spawn_blocking(move || {
+        let reg = TestRegistry::start();
+        let (img, weights) = model_image();
+        let keys = tempfile::tempdir().unwrap();
+        let (key, public) = rsa_keypair(keys.path());
+        let pushed = reg.push_encrypted(&img.layout, "v1", &format!("models/{name}"), &public);
+        let reference = prepare(&reg, &pushed, keys.path());
+        Encrypted {
+            key_pem: std::fs::read_to_string(key).unwrap(),
+            reg,
+            reference,
+            weights,
+            _keep: (img, keys),
+        }
+    })
+    .await
+    .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_model_image_encrypted_by_skopeo_loads_into_memory_with_its_whiteouts() {
     if let Err(skip) = image_tools() {
@@ -64,23 +97,14 @@ async fn a_model_image_encrypted_by_skopeo_loads_into_memory_with_its_whiteouts(
         return;
     }
     let kbs = DevKbs::start().await.unwrap();
-    let (reg, reference, key_pem, w, _keep) = tokio::task::spawn_blocking(|| {
-        let reg = TestRegistry::start();
-        let (img, w) = model_image();
-        let keys = tempfile::tempdir().unwrap();
-        let (key, public) = rsa_keypair(keys.path());
-        let reference = reg.push_encrypted(&img.layout, "v1", "models/image", &public);
-        let pem = std::fs::read_to_string(key).unwrap();
-        (reg, reference, pem, w, (img, keys))
-    })
-    .await
-    .unwrap();
-    let registry = registry(&reg);
-    let keys = PrivateKey::all_from_pem(&key_pem).unwrap();
+    let img = encrypted_model_image("image", |_, pushed, _| pushed.to_string()).await;
+    let (reference, w) = (img.reference.as_str(), img.weights.as_slice());
+    let registry = registry(&img.reg);
+    let keys = PrivateKey::all_from_pem(&img.key_pem).unwrap();
     // No KBS resource is involved: the KBS client must not be asked (JWE opens every layer).
     let keks = KbsClient::new(KbsConfig::new(kbs.url()), Arc::new(SampleAttester)).unwrap();
 
-    let m = fetch_model(&registry, &reference, &keks, &keys, Some(&pins(&w)), 2)
+    let m = fetch_model(&registry, reference, &keks, &keys, Some(&pins(w)), 2)
         .await
         .unwrap();
     let files: BTreeMap<&str, &[u8]> = m
@@ -89,7 +113,7 @@ async fn a_model_image_encrypted_by_skopeo_loads_into_memory_with_its_whiteouts(
         .map(|f| (f.name.as_str(), &f.data[..]))
         .collect();
     assert_eq!(files.len(), 2, "only the pinned files are kept");
-    assert_eq!(files["models/tiny/model.safetensors"], &w[..]);
+    assert_eq!(files["models/tiny/model.safetensors"], w);
     assert_eq!(
         files["models/tiny/config.json"], b"{\"v\":2}",
         "the upper layer wins"
@@ -98,27 +122,27 @@ async fn a_model_image_encrypted_by_skopeo_loads_into_memory_with_its_whiteouts(
     assert_eq!(m.kek_id, "", "no KBS key was needed");
 
     // A whited-out file is gone, as it is in a container's rootfs.
-    let mut gone = pins(&w);
+    let mut gone = pins(w);
     gone.insert("models/tiny/old.bin".into(), Digest::of(b"stale"));
     assert!(matches!(
-        fetch_model(&registry, &reference, &keks, &keys, Some(&gone), 2).await,
+        fetch_model(&registry, reference, &keks, &keys, Some(&gone), 2).await,
         Err(ModelError::MissingFile(f)) if f == "models/tiny/old.bin"
     ));
     // The lower layer's config.json is not what the upper one says.
-    let mut stale = pins(&w);
+    let mut stale = pins(w);
     stale.insert("models/tiny/config.json".into(), Digest::of(b"{\"v\":1}"));
     assert!(matches!(
-        fetch_model(&registry, &reference, &keks, &keys, Some(&stale), 2).await,
+        fetch_model(&registry, reference, &keks, &keys, Some(&stale), 2).await,
         Err(ModelError::Policy { name, .. }) if name == "models/tiny/config.json"
     ));
     // Without the private key, and without a KBS packet, nothing opens.
-    let e = fetch_model(&registry, &reference, &keks, &[], Some(&pins(&w)), 2)
+    let e = fetch_model(&registry, reference, &keks, &[], Some(&pins(w)), 2)
         .await
         .unwrap_err();
     assert!(matches!(e, ModelError::Layer { .. }), "{e}");
     assert!(e.to_string().contains("no key opens it"), "{e}");
     // An image needs pins: they say which of its files are the model.
-    let e = fetch_model(&registry, &reference, &keks, &keys, None, 2)
+    let e = fetch_model(&registry, reference, &keks, &keys, None, 2)
         .await
         .unwrap_err();
     assert!(e.to_string().contains("pin the digests"), "{e}");
@@ -174,14 +198,9 @@ async fn substituted_ciphertext_fails_its_hmac_and_releases_nothing() {
         return;
     }
     let kbs = DevKbs::start().await.unwrap();
-    let (reg, reference, key_pem, w, _keep) = tokio::task::spawn_blocking(|| {
-        let reg = TestRegistry::start();
-        let (img, w) = model_image();
-        let keys = tempfile::tempdir().unwrap();
-        let (key, public) = rsa_keypair(keys.path());
-        let honest = reg.push_encrypted(&img.layout, "v1", "models/honest", &public);
+    let img = encrypted_model_image("honest", |reg, honest, dir| {
         // Copy the encrypted image back (still encrypted), tamper, push it under another name.
-        let copy = keys.path().join("copy");
+        let copy = dir.join("copy");
         ward_tests::registry::run(std::process::Command::new("skopeo").args([
             "copy",
             "--quiet",
@@ -190,21 +209,14 @@ async fn substituted_ciphertext_fails_its_hmac_and_releases_nothing() {
             &format!("oci:{}:v1", copy.display()),
         ]));
         tamper_largest_layer(&copy, "v1");
-        let reference = reg.push(&copy, "v1", "models/tampered");
-        (
-            reg,
-            reference,
-            std::fs::read_to_string(key).unwrap(),
-            w,
-            (img, keys),
-        )
+        reg.push(&copy, "v1", "models/tampered")
     })
-    .await
-    .unwrap();
-    let registry = registry(&reg);
-    let keys = PrivateKey::all_from_pem(&key_pem).unwrap();
+    .await;
+    let (reference, w) = (img.reference.as_str(), img.weights.as_slice());
+    let registry = registry(&img.reg);
+    let keys = PrivateKey::all_from_pem(&img.key_pem).unwrap();
     let keks = KbsClient::new(KbsConfig::new(kbs.url()), Arc::new(SampleAttester)).unwrap();
-    let e = fetch_model(&registry, &reference, &keks, &keys, Some(&pins(&w)), 2)
+    let e = fetch_model(&registry, reference, &keks, &keys, Some(&pins(w)), 2)
         .await
         .unwrap_err();
     assert!(matches!(e, ModelError::Layer { .. }), "{e}");
