@@ -197,11 +197,12 @@ fn serve(
     } else if let (Some(config_json), Some(tokenizer_json)) =
         (by_name("config.json"), by_name("tokenizer.json"))
     {
-        let weights: Vec<Vec<u8>> = model
+        // Borrowed: the shards are read from the locked, zeroized buffers, never copied.
+        let weights: Vec<std::borrow::Cow<'_, [u8]>> = model
             .files
             .iter()
             .filter(|f| f.name.ends_with(".safetensors"))
-            .map(|f| f.data.to_vec())
+            .map(|f| std::borrow::Cow::Borrowed(&f.data[..]))
             .collect();
         if weights.is_empty() {
             return Ok(None);

@@ -47,10 +47,10 @@ fn config_json() -> serde_json::Value {
     })
 }
 
-fn files_with(cfg: serde_json::Value, weights: Vec<u8>) -> SafetensorsFiles {
+fn files_with(cfg: serde_json::Value, weights: Vec<u8>) -> SafetensorsFiles<'static> {
     let mut files = test_models::safetensors_files(special_id("<|im_end|>"));
     files.config_json = cfg.to_string().into_bytes();
-    files.weights = vec![weights];
+    files.weights = vec![weights.into()];
     files
 }
 

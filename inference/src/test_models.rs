@@ -353,13 +353,13 @@ pub fn fixture() -> &'static Fixture {
     })
 }
 
-pub fn safetensors_files(eos: u32) -> SafetensorsFiles {
+pub fn safetensors_files(eos: u32) -> SafetensorsFiles<'static> {
     let f = fixture();
     SafetensorsFiles {
         config_json: config_json(eos),
         tokenizer_json: f.tokenizer_json.clone(),
         tokenizer_config_json: Some(f.tokenizer_config_json.clone()),
-        weights: vec![f.safetensors.clone()],
+        weights: vec![f.safetensors.clone().into()],
     }
 }
 

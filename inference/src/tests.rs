@@ -483,7 +483,7 @@ fn malformed_safetensors_are_typed_errors() {
     let opts = LoadOptions::default();
     let eos = special_id("<|im_end|>");
     let mut f = test_models::safetensors_files(eos);
-    f.weights = vec![b"garbage".to_vec()];
+    f.weights = vec![b"garbage".to_vec().into()];
     assert!(matches!(
         Model::from_safetensors(f, &opts),
         Err(InferenceError::Safetensors(_))

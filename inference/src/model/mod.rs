@@ -53,11 +53,11 @@ pub struct LoadOptions {
 
 /// The serialized model handed over by the sealed-model loader.
 #[derive(Debug, Clone)]
-pub enum ModelSource {
+pub enum ModelSource<'a> {
     /// A GGUF file's bytes (weights, tokenizer and chat template in its metadata).
     Gguf(Vec<u8>),
     /// A Hugging Face checkpoint: `config.json`, `tokenizer.json`, weights.
-    Safetensors(SafetensorsFiles),
+    Safetensors(SafetensorsFiles<'a>),
 }
 
 /// What a loaded model is, for listings and limits.
@@ -122,7 +122,7 @@ impl std::fmt::Debug for Model {
 
 impl Model {
     /// Loads a model from its in-memory serialization.
-    pub fn load(source: ModelSource, options: &LoadOptions) -> Result<Self, InferenceError> {
+    pub fn load(source: ModelSource<'_>, options: &LoadOptions) -> Result<Self, InferenceError> {
         match source {
             ModelSource::Gguf(bytes) => Self::from_gguf(&bytes, options),
             ModelSource::Safetensors(files) => Self::from_safetensors(files, options),
@@ -143,7 +143,7 @@ impl Model {
 
     /// Loads a safetensors checkpoint (llama, Mistral or Qwen2) from memory.
     pub fn from_safetensors(
-        files: SafetensorsFiles,
+        files: SafetensorsFiles<'_>,
         options: &LoadOptions,
     ) -> Result<Self, InferenceError> {
         let span = tracing::info_span!("model_load", format = "safetensors");

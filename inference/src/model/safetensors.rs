@@ -13,18 +13,21 @@ use candle_transformers::models::qwen2;
 use serde::Deserialize;
 use tokenizers::Tokenizer;
 
+use std::borrow::Cow;
+
 use super::{LoadOptions, ModelInfo, ModelInner, Vocab, Weights, chat_template, check_dims};
 use crate::error::InferenceError;
 
-/// The files of a Hugging Face checkpoint, as bytes.
+/// The files of a Hugging Face checkpoint, as bytes. The weights may be borrowed: wardd lends the
+/// loader's locked, zeroized plaintext buffers rather than copying them into ordinary memory.
 #[derive(Debug, Clone, Default)]
-pub struct SafetensorsFiles {
+pub struct SafetensorsFiles<'a> {
     pub config_json: Vec<u8>,
     pub tokenizer_json: Vec<u8>,
     /// Carries `chat_template`, `bos_token`, `eos_token`; ChatML is used without it.
     pub tokenizer_config_json: Option<Vec<u8>>,
     /// `model.safetensors`, or every `model-0000N-of-0000M.safetensors` shard.
-    pub weights: Vec<Vec<u8>>,
+    pub weights: Vec<Cow<'a, [u8]>>,
 }
 
 /// `config.json` fields beyond what candle's `LlamaConfig` reads.
@@ -128,7 +131,7 @@ fn json<'a, T: Deserialize<'a>>(file: &'static str, bytes: &'a [u8]) -> Result<T
 }
 
 pub(super) fn load(
-    mut files: SafetensorsFiles,
+    mut files: SafetensorsFiles<'_>,
     options: &LoadOptions,
     device: Device,
 ) -> Result<ModelInner, InferenceError> {
@@ -225,7 +228,7 @@ struct Loaded {
 
 /// Every shard's tensors in one map (later shards win on a duplicate name).
 fn load_shards(
-    shards: Vec<Vec<u8>>,
+    shards: Vec<Cow<'_, [u8]>>,
     device: &Device,
 ) -> Result<HashMap<String, Tensor>, InferenceError> {
     let mut tensors: HashMap<String, Tensor> = HashMap::new();
@@ -268,7 +271,7 @@ fn eos_list(eos: Option<&LlamaEosToks>) -> Vec<u32> {
 /// context at the window, where full attention and sliding-window attention agree.
 fn load_llama(
     config_json: &[u8],
-    shards: Vec<Vec<u8>>,
+    shards: Vec<Cow<'_, [u8]>>,
     sliding_window: Option<usize>,
     dtype: DType,
     device: &Device,
@@ -323,7 +326,7 @@ fn load_llama(
 /// on, caps the context at the window (candle applies the window to the prompt's mask only).
 fn load_qwen2(
     config_json: &[u8],
-    shards: Vec<Vec<u8>>,
+    shards: Vec<Cow<'_, [u8]>>,
     dtype: DType,
     device: &Device,
 ) -> Result<(Loaded, Vec<u32>), InferenceError> {

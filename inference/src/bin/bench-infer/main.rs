@@ -80,7 +80,7 @@ fn parse_args() -> Result<Args, BoxError> {
 }
 
 /// Reads a safetensors checkpoint directory into memory (the runtime takes buffers only).
-fn read_safetensors_dir(dir: &Path) -> Result<SafetensorsFiles, BoxError> {
+fn read_safetensors_dir(dir: &Path) -> Result<SafetensorsFiles<'static>, BoxError> {
     let mut shards: Vec<PathBuf> = std::fs::read_dir(dir)?
         .filter_map(Result::ok)
         .map(|e| e.path())
@@ -95,7 +95,10 @@ fn read_safetensors_dir(dir: &Path) -> Result<SafetensorsFiles, BoxError> {
         config_json: std::fs::read(dir.join("config.json"))?,
         tokenizer_json: std::fs::read(dir.join("tokenizer.json"))?,
         tokenizer_config_json: std::fs::read(tokenizer_config).ok(),
-        weights: shards.iter().map(std::fs::read).collect::<Result<_, _>>()?,
+        weights: shards
+            .iter()
+            .map(|s| std::fs::read(s).map(Into::into))
+            .collect::<Result<_, _>>()?,
     })
 }
 
