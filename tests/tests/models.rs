@@ -495,76 +495,31 @@ async fn wardd_serves_a_sealed_real_model_over_the_openai_api() {
 /// weights) served by wardd: the weights reach candle borrowed from the loader's locked buffers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wardd_serves_a_sealed_safetensors_checkpoint() {
-    use ward_image::model::seal_dir;
-    use ward_image::sealed::Kek;
     use ward_inference::test_models;
-    use ward_tests::kbs::Policy;
-    use ward_tests::{Wardd, config_text};
 
-    let kbs = DevKbs::start().await.unwrap();
-    let kek = [0x61u8; 32];
-    kbs.put("default/model-kek/tiny-st", &kek, Policy::Allow);
-    let work = tempfile::tempdir().unwrap();
-    let model = work.path().join("tiny");
-    std::fs::create_dir_all(&model).unwrap();
     let f = test_models::fixture();
-    let eos = test_models::special_id("<|im_end|>");
-    std::fs::write(model.join("config.json"), test_models::config_json(eos)).unwrap();
-    std::fs::write(model.join("tokenizer.json"), &f.tokenizer_json).unwrap();
-    std::fs::write(
-        model.join("tokenizer_config.json"),
-        &f.tokenizer_config_json,
-    )
-    .unwrap();
-    std::fs::write(model.join("model.safetensors"), &f.safetensors).unwrap();
-    let layout = work.path().join("tiny.sealed");
-    let sealed = seal_dir(
-        &model,
-        &layout,
-        &Kek::new(Zeroizing::new(kek)),
-        "kbs:///default/model-kek/tiny-st",
-        1 << 16,
-    )
-    .unwrap();
-    let digests: String = sealed
-        .digests
-        .iter()
-        .map(|(n, d)| format!("{n:?} = \"{d}\"\n"))
-        .collect();
+    let config = test_models::config_json(test_models::special_id("<|im_end|>"));
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
-    let (kbs_url, layout_path) = (kbs.url(), layout.display().to_string());
-    let w = tokio::task::spawn_blocking(move || {
-        let dir = tempfile::tempdir().unwrap();
-        let config = config_text(dir.path(), &["all"]).replace(
-            "[[listener]]",
-            &format!(
-                "[[model]]\nname = \"tiny\"\nsource = \"{layout_path}\"\n[model.digests]\n{digests}\n\
-                 [[listener]]\naddress = \"tcp://127.0.0.1:{port}\"\nservices = [\"inference\"]\nprotocol = \"http\"\n\n[[listener]]"
-            ),
-        ) + &format!("\n[kbs]\nurl = \"{kbs_url}\"\n");
-        Wardd::start_with(dir, &config, "ward.tee=sample", &[])
-    })
-    .await
-    .unwrap();
+    let listeners = format!(
+        "[[listener]]\naddress = \"tcp://127.0.0.1:{port}\"\nservices = [\"inference\"]\nprotocol = \"http\"\n"
+    );
+    let _served = ward_tests::served::serve_model(
+        "tiny",
+        &[
+            ("config.json", &config),
+            ("tokenizer.json", &f.tokenizer_json),
+            ("tokenizer_config.json", &f.tokenizer_config_json),
+            ("model.safetensors", &f.safetensors),
+        ],
+        &listeners,
+    )
+    .await;
     let base = format!("http://127.0.0.1:{port}/v1");
     let http = reqwest::Client::new();
-    let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    loop {
-        let models = http.get(format!("{base}/models")).send().await.unwrap();
-        if models.text().await.unwrap().contains("\"tiny\"") {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < until,
-            "not served: {}",
-            w.stderr()
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
     let resp: serde_json::Value = http
         .post(format!("{base}/chat/completions"))
         .json(&serde_json::json!({
