@@ -8,7 +8,8 @@
 //! - [`SealedOpener`]: header verification, random access by chunk, whole-file parallel open;
 //!   [`open()`]: the same in one call;
 //! - [`StreamOpener`]: opening while the bytes arrive (decrypt while downloading);
-//! - [`PlaintextBuffer`]: where plaintext lives (zeroized on drop; the mlock hook).
+//! - [`PlaintextBuffer`]: where plaintext lives (its own mapping: locked where allowed, not dumped,
+//!   zeroized on drop).
 //!
 //! Owns the format and its cryptography; fetching blobs and KEKs is the caller's. Must never
 //! log or format key bytes or plaintext, and never return plaintext that did not authenticate.
