@@ -18,9 +18,6 @@ fuzz_target!(|data: &[u8]| {
     }
     let kek = Kek::new(Zeroizing::new([7u8; 32]));
     let _ = SealedOpener::new(data, &kek, None);
-    let mut stream = StreamOpener::new(&kek, OpenOptions::default());
     let (a, b) = data.split_at(data.len() / 2);
-    if stream.push(a).is_ok() && stream.push(b).is_ok() {
-        let _ = stream.finish();
-    }
+    let _ = StreamOpener::new(&kek, OpenOptions::default()).open([a, b]);
 });

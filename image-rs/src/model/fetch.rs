@@ -4,8 +4,9 @@
 //! chunks in flight. A file is handed out only when its header, chunks, plaintext digest,
 //! annotations and the policy's pin all agree.
 
-use std::io::Write;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+
+use bytes::Bytes;
 
 use futures_util::StreamExt as _;
 use zeroize::Zeroizing;
@@ -80,31 +81,77 @@ pub(super) fn check_header(name: &str, kid: &str, header: &SealedHeader) -> Resu
     Ok(())
 }
 
-/// Bytes from the download to the decrypting thread.
-pub(super) struct ToOpener(pub(super) SyncSender<Vec<u8>>);
+/// Pieces in flight between a download and the thread that opens or unpacks it.
+const PIECES_IN_FLIGHT: usize = 64;
 
-impl Write for ToOpener {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .send(buf.to_vec())
-            .map_err(|_| std::io::Error::other("the decrypting thread stopped"))?;
-        Ok(buf.len())
+/// Pieces of a blob from the download to the thread that opens or unpacks it, as received (no
+/// copy), a bounded number in flight.
+pub(super) struct Pieces {
+    tx: SyncSender<Bytes>,
+    /// The receiving thread stopped (it failed): its error is the one to report.
+    closed: bool,
+}
+
+impl Pieces {
+    pub(super) fn channel() -> (Pieces, Receiver<Bytes>) {
+        let (tx, rx) = sync_channel(PIECES_IN_FLIGHT);
+        (Pieces { tx, closed: false }, rx)
     }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
+
+    /// Downloads the blob `desc` into the channel, its digest verified as it goes.
+    pub(super) async fn download(
+        mut self,
+        registry: &Registry,
+        at: &oci_client::Reference,
+        desc: &Descriptor,
+        digest: &Digest,
+        limit: u64,
+    ) -> Download {
+        let tx = &self.tx;
+        let closed = &mut self.closed;
+        let result = registry
+            .stream_blob_pieces(
+                at,
+                desc,
+                digest,
+                &mut |piece| {
+                    tx.send(piece).map_err(|_| {
+                        *closed = true;
+                        std::io::Error::other("the receiving thread stopped")
+                    })
+                },
+                limit,
+            )
+            .await;
+        Download {
+            result,
+            receiver_stopped: self.closed,
+        }
     }
 }
 
-fn open_stream(
-    rx: Receiver<Vec<u8>>,
-    kek: &Kek,
-    options: OpenOptions,
-) -> Result<crate::sealed::OpenedFile, crate::sealed::SealedError> {
-    let mut opener = StreamOpener::new(kek, options);
-    for bytes in rx {
-        opener.push(&bytes)?;
+/// How a download into [`Pieces`] ended.
+pub(super) struct Download {
+    result: Result<(), crate::registry::RegistryError>,
+    /// The consumer stopped first.
+    receiver_stopped: bool,
+}
+
+impl Download {
+    /// The result to report, given the consumer's: a download that failed on its own (network,
+    /// size, digest) caused whatever the consumer saw, so its error wins; a consumer that failed
+    /// first stopped the download, and then the consumer's error is the real one.
+    pub(super) fn blame<T, E>(
+        self,
+        consumed: Result<T, E>,
+        consumer_err: impl FnOnce(E) -> ModelError,
+    ) -> Result<T, ModelError> {
+        match (self.result, consumed) {
+            (Err(_), Err(e)) if self.receiver_stopped => Err(consumer_err(e)),
+            (Err(e), _) => Err(e.into()),
+            (Ok(()), c) => c.map_err(consumer_err),
+        }
     }
-    opener.finish()
 }
 
 struct Want {
@@ -313,20 +360,15 @@ async fn fetch_file(
     if let Some(p) = want.pinned.clone().or(want.annotated.clone()) {
         options = options.expect_digest(p);
     }
-    // A few MiB in flight between the download and the decryption.
-    let (tx, rx) = sync_channel::<Vec<u8>>(64);
-    let opener = tokio::task::spawn_blocking(move || open_stream(rx, &kek, options));
-    let mut sink = ToOpener(tx);
-    let downloaded = registry
-        .stream_blob(at, desc, &want.layer_digest, &mut sink, MAX_FILE)
+    let (pieces, rx) = Pieces::channel();
+    let opener = tokio::task::spawn_blocking(move || StreamOpener::new(&kek, options).open(rx));
+    let downloaded = pieces
+        .download(registry, at, desc, &want.layer_digest, MAX_FILE)
         .await;
-    drop(sink);
     let opened = opener
         .await
         .map_err(|e| ModelError::Malformed(e.to_string()))?;
-    // A download error is the cause of whatever the opener saw.
-    downloaded?;
-    let file = opened.map_err(|source| ModelError::Sealed {
+    let file = downloaded.blame(opened, |source| ModelError::Sealed {
         name: name.clone(),
         source,
     })?;
@@ -346,4 +388,49 @@ async fn fetch_file(
         data: file.plaintext,
         sealed: true,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+    use crate::registry::RegistryError;
+
+    fn download(failed: bool, receiver_stopped: bool) -> Download {
+        Download {
+            result: if failed {
+                Err(RegistryError::Io {
+                    what: "blob".into(),
+                    source: std::io::Error::other("network"),
+                })
+            } else {
+                Ok(())
+            },
+            receiver_stopped,
+        }
+    }
+
+    fn consumer(e: &'static str) -> ModelError {
+        ModelError::Malformed(e.into())
+    }
+
+    #[test]
+    fn the_side_that_failed_first_is_blamed() {
+        // The consumer refused the bytes and stopped the download: its error is the cause.
+        let r = download(true, true).blame(Err::<(), _>("tag"), consumer);
+        assert!(matches!(r, Err(ModelError::Malformed(m)) if m == "tag"));
+        // The download failed on its own: whatever the consumer saw follows from it.
+        let r = download(true, false).blame(Err::<(), _>("short"), consumer);
+        assert!(matches!(r, Err(ModelError::Registry(_))));
+        let r = download(true, false).blame(Ok::<_, &str>(()), consumer);
+        assert!(matches!(r, Err(ModelError::Registry(_))));
+        // A complete download: the consumer's result stands.
+        let r = download(false, false).blame(Err::<(), _>("digest"), consumer);
+        assert!(matches!(r, Err(ModelError::Malformed(m)) if m == "digest"));
+        assert!(
+            download(false, false)
+                .blame(Ok::<_, &str>(7), consumer)
+                .is_ok()
+        );
+    }
 }

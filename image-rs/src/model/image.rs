@@ -14,12 +14,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 use std::path::{Component, Path};
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, sync_channel};
+use std::sync::mpsc::Receiver;
 
+use bytes::Bytes;
 use futures_util::StreamExt as _;
 use zeroize::Zeroizing;
 
-use super::fetch::ToOpener;
+use super::fetch::Pieces;
 use super::{LoadedModel, ModelError, ModelFile, PinnedDigests};
 use crate::digest::{Digest, VerifyingReader};
 use crate::ocicrypt::provider::KekFetchError;
@@ -53,8 +54,8 @@ impl KekSource for RecordingKeks<'_> {
 
 /// Reads the bytes the download sends, in order.
 struct ChannelReader {
-    rx: Receiver<Vec<u8>>,
-    current: Vec<u8>,
+    rx: Receiver<Bytes>,
+    current: Bytes,
     at: usize,
 }
 
@@ -135,7 +136,7 @@ enum UnpackFail {
 
 /// The blocking half: decrypt, decompress, read the tar, keep the wanted files.
 fn unpack_layer(
-    rx: Receiver<Vec<u8>>,
+    rx: Receiver<Bytes>,
     key: Option<LayerKey>,
     compression: Compression,
     diff_id: &Digest,
@@ -143,7 +144,7 @@ fn unpack_layer(
 ) -> Result<LayerFiles, UnpackFail> {
     let reader = ChannelReader {
         rx,
-        current: Vec::new(),
+        current: Bytes::new(),
         at: 0,
     };
     let mut source: Box<dyn Read> = match &key {
@@ -265,18 +266,14 @@ async fn fetch_layer(
         return Err(fail("too large".into()));
     }
     let compression = media.compression();
-    let (tx, rx) = sync_channel::<Vec<u8>>(64);
+    let (pieces, rx) = Pieces::channel();
     let unpacker =
         tokio::task::spawn_blocking(move || unpack_layer(rx, key, compression, &diff_id, &wanted));
-    let mut sink = ToOpener(tx);
-    let downloaded = registry
-        .stream_blob(at, desc, &layer_digest, &mut sink, MAX_LAYER)
+    let downloaded = pieces
+        .download(registry, at, desc, &layer_digest, MAX_LAYER)
         .await;
-    drop(sink);
     let unpacked = unpacker.await.map_err(|e| fail(e.to_string()))?;
-    // A download error is the cause of whatever the unpacker saw.
-    downloaded?;
-    unpacked.map_err(|e| match e {
+    downloaded.blame(unpacked, |e| match e {
         UnpackFail::Memory { name, source } => ModelError::Sealed { name, source },
         other => fail(other.to_string()),
     })
@@ -380,6 +377,7 @@ pub(super) async fn fetch_model_image(
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
+    use std::sync::mpsc::sync_channel;
 
     #[test]
     fn paths_normalize_and_never_leave_the_root() {
@@ -409,7 +407,7 @@ mod tests {
     fn unpack(tar: &[u8], wanted: &[&str]) -> Result<LayerFiles, UnpackFail> {
         let (tx, rx) = sync_channel(tar.len() / 1000 + 1);
         for c in tar.chunks(1000) {
-            tx.send(c.to_vec()).unwrap();
+            tx.send(Bytes::copy_from_slice(c)).unwrap();
         }
         drop(tx);
         let wanted = wanted.iter().map(|s| s.to_string()).collect();
@@ -437,7 +435,7 @@ mod tests {
     fn a_wrong_diff_id_releases_nothing() {
         let t = tar_of(&[("m", b"weights")]);
         let (tx, rx) = sync_channel(4);
-        tx.send(t.clone()).unwrap();
+        tx.send(Bytes::from(t.clone())).unwrap();
         drop(tx);
         let wanted = ["m".to_string()].into_iter().collect();
         let e = unpack_layer(rx, None, Compression::None, &Digest::of(b"other"), &wanted);

@@ -439,6 +439,25 @@ impl Registry {
         sink: &mut (dyn Write + Send),
         limit: u64,
     ) -> Result<(), RegistryError> {
+        self.stream_blob_pieces(
+            reference,
+            desc,
+            digest,
+            &mut |piece| sink.write_all(&piece),
+            limit,
+        )
+        .await
+    }
+
+    /// [`Registry::stream_blob`], handing each piece as received (no copy) to `on_piece`.
+    pub async fn stream_blob_pieces(
+        &self,
+        reference: &Reference,
+        desc: &Descriptor,
+        digest: &Digest,
+        on_piece: &mut (dyn FnMut(bytes::Bytes) -> std::io::Result<()> + Send),
+        limit: u64,
+    ) -> Result<(), RegistryError> {
         use sha2::Digest as _;
         let name = reference.whole();
         let fetch_err = |detail: String| RegistryError::Fetch {
@@ -466,7 +485,7 @@ impl Registry {
                 return Err(fetch_err(format!("blob exceeds {limit} bytes")));
             }
             hasher.update(&chunk);
-            sink.write_all(&chunk).map_err(|source| RegistryError::Io {
+            on_piece(chunk).map_err(|source| RegistryError::Io {
                 what: format!("blob {digest}"),
                 source,
             })?;

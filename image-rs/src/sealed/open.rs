@@ -11,7 +11,7 @@ use super::SealedError;
 use super::backend::{ChunkCipher, PlaintextHasher, chunk_cipher, plaintext_hasher};
 use super::header::{SealedHeader, TAG_LEN};
 use super::keys::{Kek, authenticate};
-use super::parallel::{Source, default_threads, open_run};
+use super::parallel::{Ciphertext, default_threads, open_chunks};
 use super::plaintext::PlaintextBuffer;
 use crate::digest::Digest;
 
@@ -106,23 +106,25 @@ impl SealedOpener {
         self.header.layout().chunk_count()
     }
 
-    /// Opens a run of chunks on `threads` threads, hashing in order (for the stream opener).
-    pub(crate) fn open_run(
+    /// Opens every chunk into `out` on `threads` threads, hashing in order; see
+    /// [`open_chunks`] for what `next` supplies.
+    pub(crate) fn open_chunks<'a, F>(
         &self,
-        first: u64,
-        region: &mut [u8],
-        source: Source<'_>,
+        out: &'a mut [u8],
         threads: NonZeroUsize,
         hasher: &mut PlaintextHasher,
-    ) -> Result<(), SealedError> {
-        open_run(
+        next: F,
+    ) -> Result<(), SealedError>
+    where
+        F: FnMut(u64, &mut [u8]) -> Result<(Ciphertext<'a>, [u8; TAG_LEN]), SealedError>,
+    {
+        open_chunks(
             &self.cipher,
             &self.header.layout(),
-            first,
-            region,
-            source,
+            out,
             threads,
             hasher,
+            next,
         )
     }
 
@@ -192,41 +194,22 @@ impl SealedOpener {
         let body = sealed.get(self.header.len()..).unwrap_or_default();
         let mut out = PlaintextBuffer::allocate(layout.plaintext_len())?;
 
-        // Runs of chunks, each opened on all threads (workers copy each chunk's ciphertext into
-        // its plaintext slot and open it there); runs bound the work list's memory.
-        let count = layout.chunk_count();
-        let per_run = run_len(layout.chunk_size(), threads);
+        // Workers decrypt each chunk from `body` straight into its plaintext slot.
         let mut hasher = plaintext_hasher();
-        let mut first = 0u64;
-        while first < count {
-            let end = count.min(first + per_run);
-            let plain = layout.plaintext_offset(first)
-                ..layout.plaintext_offset(end).min(layout.plaintext_len());
-            let sealed_run =
-                layout.sealed_offset(first)..layout.sealed_offset(end).min(layout.body_len());
-            let region =
-                usize_range(plain)
-                    .and_then(|r| out.get_mut(r))
-                    .ok_or(SealedError::Allocation {
-                        len: layout.plaintext_len(),
-                    })?;
-            let bytes = usize_range(sealed_run)
-                .and_then(|r| body.get(r))
+        let mut sealed_rest = body;
+        self.open_chunks(&mut out, threads, &mut hasher, |index, slot| {
+            let (chunk, more) = sealed_rest
+                .split_at_checked(slot.len() + TAG_LEN)
                 .ok_or(SealedError::Truncated { expected, actual })?;
-            open_run(
-                &self.cipher,
-                &layout,
-                first,
-                region,
-                Source::Sealed {
-                    bytes,
-                    count: end - first,
-                },
-                threads,
-                &mut hasher,
-            )?;
-            first = end;
-        }
+            sealed_rest = more;
+            let (ct, tag) = chunk.split_at(slot.len());
+            let tag = <[u8; TAG_LEN]>::try_from(tag).map_err(|_| SealedError::ChunkLength {
+                index,
+                expected: slot.len() + TAG_LEN,
+                actual: chunk.len(),
+            })?;
+            Ok((Ciphertext::At(ct), tag))
+        })?;
         let actual_digest = hasher.finish()?;
         if &actual_digest != self.header.plaintext_sha256() {
             return Err(SealedError::PlaintextDigestMismatch {
@@ -240,17 +223,6 @@ impl SealedOpener {
             plaintext: out,
         })
     }
-}
-
-fn usize_range(r: std::ops::Range<u64>) -> Option<std::ops::Range<usize>> {
-    Some(usize::try_from(r.start).ok()?..usize::try_from(r.end).ok()?)
-}
-
-/// Chunks per parallel run: 256 MiB of plaintext (256 chunks at the default size), at most
-/// 16 384 chunks (tiny chunk sizes would make huge work lists), and at least 8 per thread.
-pub(crate) fn run_len(chunk_size: u32, threads: NonZeroUsize) -> u64 {
-    let by_bytes = (256u64 << 20).div_ceil(u64::from(chunk_size));
-    by_bytes.min(16_384).max(threads.get() as u64 * 8)
 }
 
 /// Opens a whole sealed file held in memory: header, policy digest, length, every chunk on

@@ -27,11 +27,8 @@ proptest! {
         let opened = open(&file, &kek(4), &opts).unwrap();
         prop_assert_eq!(&opened.plaintext[..], &plain[..]);
 
-        let mut s = StreamOpener::new(&kek(4), opts);
-        for p in file.chunks(piece) {
-            s.push(p).unwrap();
-        }
-        prop_assert_eq!(&s.finish().unwrap().plaintext[..], &plain[..]);
+        let streamed = StreamOpener::new(&kek(4), opts).open(file.chunks(piece)).unwrap();
+        prop_assert_eq!(&streamed.plaintext[..], &plain[..]);
 
         let opener = SealedOpener::new(&file, &kek(4), None).unwrap();
         let last = opener.chunk_count() - 1;

@@ -1,66 +1,84 @@
-//! Opening a sealed file while it arrives: bytes are pushed in order (from a registry blob
+//! Opening a sealed file while it arrives: pieces are pulled in order (from a registry blob
 //! stream), each chunk's ciphertext is copied straight into its place in the plaintext buffer,
-//! and completed chunks are opened in parallel batches while the digest runs along, so that
-//! decryption overlaps the download.
+//! and every completed chunk is queued at once to the decrypting workers while a hashing thread
+//! follows them, so that receiving, decryption and the digest all overlap (see
+//! [`super::parallel`]).
 //!
-//! Never returns plaintext before every chunk held and the whole-file digest matched; after any
-//! error the opener refuses further use ([`SealedError::StreamFailed`]).
-
-use std::num::NonZeroUsize;
+//! Never returns plaintext before every chunk held and the whole-file digest matched. A bad
+//! header (wrong KEK, policy digest) is refused before a byte of the body is pulled.
 
 use super::SealedError;
-use super::backend::{PlaintextHasher, plaintext_hasher};
+use super::backend::plaintext_hasher;
 use super::header::{PREFIX_LEN, SealedHeader, TAG_LEN};
 use super::keys::Kek;
-use super::open::{OpenOptions, OpenedFile, SealedOpener, run_len};
-use super::parallel::Source;
+use super::open::{OpenOptions, OpenedFile, SealedOpener};
+use super::parallel::Ciphertext;
 use super::plaintext::PlaintextBuffer;
 
-/// Where the stream is.
-enum State {
-    /// Collecting the header bytes.
-    Header(Vec<u8>),
-    /// Header verified; chunks arriving.
-    Body(Box<Body>),
-    /// Done or failed.
-    Failed,
-}
-
-struct Body {
-    opener: SealedOpener,
-    out: PlaintextBuffer,
-    hasher: PlaintextHasher,
-    /// Chunks fully received.
-    received: u64,
-    /// Chunks opened and hashed (always <= received).
-    opened: u64,
-    /// Bytes of chunk `received` seen so far (ciphertext then tag).
-    partial: usize,
-    /// The tag being received.
-    tag: [u8; TAG_LEN],
-    /// Tags of chunks `opened .. received`.
-    tags: Vec<[u8; TAG_LEN]>,
-    /// Sealed bytes pushed, header included.
-    pushed: u64,
-    /// Decryption threads.
-    threads: NonZeroUsize,
-}
-
-/// An opener fed with the sealed bytes as they arrive. See the module docs.
+/// Opens a sealed file from the pieces of its bytes, as they arrive. See the module docs.
+#[derive(Debug)]
 pub struct StreamOpener {
     kek: Kek,
     options: OpenOptions,
-    state: State,
 }
 
-impl std::fmt::Debug for StreamOpener {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let state = match &self.state {
-            State::Header(b) => format!("header ({} bytes)", b.len()),
-            State::Body(b) => format!("{} of {} chunks", b.received, b.opener.chunk_count()),
-            State::Failed => "failed".to_string(),
-        };
-        write!(f, "StreamOpener({state})")
+/// The input, read a slice at a time across piece boundaries.
+struct Pieces<I: Iterator> {
+    iter: I,
+    current: Option<I::Item>,
+    at: usize,
+    /// Bytes handed out so far.
+    taken: u64,
+}
+
+impl<I> Pieces<I>
+where
+    I: Iterator,
+    I::Item: AsRef<[u8]>,
+{
+    /// Up to `max` next bytes (fewer at a piece boundary); `None` at the end of the input.
+    fn take(&mut self, max: usize) -> Option<&[u8]> {
+        loop {
+            let left = self
+                .current
+                .as_ref()
+                .map_or(0, |c| c.as_ref().len() - self.at);
+            if left > 0 {
+                break;
+            }
+            self.current = Some(self.iter.next()?);
+            self.at = 0;
+        }
+        let piece = self.current.as_ref()?.as_ref();
+        let n = max.min(piece.len() - self.at);
+        let bytes = piece.get(self.at..self.at + n)?;
+        self.at += n;
+        self.taken += n as u64;
+        Some(bytes)
+    }
+
+    /// Fills `out` completely, or says how many bytes the input still had.
+    fn fill(&mut self, out: &mut [u8]) -> Result<(), usize> {
+        let mut filled = 0;
+        while filled < out.len() {
+            let Some(bytes) = self.take(out.len() - filled) else {
+                return Err(filled);
+            };
+            if let Some(dst) = out.get_mut(filled..filled + bytes.len()) {
+                dst.copy_from_slice(bytes);
+            }
+            filled += bytes.len();
+        }
+        Ok(())
+    }
+
+    /// Counts (and drops) whatever input is left.
+    fn rest_len(&mut self) -> u64 {
+        let mut n = 0;
+        while let Some(bytes) = self.take(usize::MAX) {
+            n += bytes.len() as u64;
+        }
+        n
     }
 }
 
@@ -70,189 +88,81 @@ impl StreamOpener {
         StreamOpener {
             kek: kek.clone(),
             options,
-            state: State::Header(Vec::new()),
         }
     }
 
-    /// The verified header, once enough bytes arrived.
-    pub fn header(&self) -> Option<&SealedHeader> {
-        match &self.state {
-            State::Body(b) => Some(b.opener.header()),
-            _ => None,
-        }
-    }
-
-    /// Takes the next bytes of the sealed file. Verifies the header as soon as it is complete
-    /// (wrong KEK or policy digest fail here, before any download of the body), and opens
-    /// completed chunks in parallel batches.
-    pub fn push(&mut self, bytes: &[u8]) -> Result<(), SealedError> {
-        let result = self.push_inner(bytes);
-        if result.is_err() {
-            self.state = State::Failed;
-        }
-        result
-    }
-
-    fn push_inner(&mut self, mut bytes: &[u8]) -> Result<(), SealedError> {
-        while !bytes.is_empty() {
-            match &mut self.state {
-                State::Failed => return Err(SealedError::StreamFailed),
-                State::Header(buf) => {
-                    let needed = if buf.len() < PREFIX_LEN {
-                        PREFIX_LEN
-                    } else {
-                        SealedHeader::declared_len(buf)?
-                    };
-                    let take = (needed - buf.len()).min(bytes.len());
-                    let (now, rest) = bytes.split_at(take);
-                    buf.extend_from_slice(now);
-                    bytes = rest;
-                    if buf.len() == needed && needed > PREFIX_LEN {
-                        let opener = SealedOpener::new(
-                            buf,
-                            &self.kek,
-                            self.options.expected_digest.as_ref(),
-                        )?;
-                        let out =
-                            PlaintextBuffer::allocate(opener.header().layout().plaintext_len())?;
-                        self.state = State::Body(Box::new(Body {
-                            pushed: buf.len() as u64,
-                            opener,
-                            out,
-                            hasher: plaintext_hasher(),
-                            received: 0,
-                            opened: 0,
-                            partial: 0,
-                            tag: [0; TAG_LEN],
-                            tags: Vec::new(),
-                            threads: self.options.thread_count(),
-                        }));
-                    }
-                }
-                State::Body(body) => {
-                    let used = body.take(bytes)?;
-                    bytes = bytes.get(used..).unwrap_or_default();
-                }
+    /// Opens the sealed file whose bytes `pieces` yields, in order and of any sizes. Verifies
+    /// the header as soon as it is complete (wrong KEK or policy digest fail there, and no more
+    /// pieces are pulled), then decrypts and hashes each chunk as soon as its last byte arrived.
+    pub fn open<I>(&self, pieces: I) -> Result<OpenedFile, SealedError>
+    where
+        I: IntoIterator,
+        I::Item: AsRef<[u8]>,
+    {
+        let mut input = Pieces {
+            iter: pieces.into_iter(),
+            current: None,
+            at: 0,
+            taken: 0,
+        };
+        let mut head = vec![0u8; PREFIX_LEN];
+        input
+            .fill(&mut head)
+            .map_err(|got| SealedError::HeaderTruncated {
+                needed: PREFIX_LEN,
+                got,
+            })?;
+        let needed = SealedHeader::declared_len(&head)?;
+        head.resize(needed, 0);
+        input
+            .fill(head.get_mut(PREFIX_LEN..).unwrap_or_default())
+            .map_err(|got| SealedError::HeaderTruncated {
+                needed,
+                got: PREFIX_LEN + got,
+            })?;
+        let opener = SealedOpener::new(&head, &self.kek, self.options.expected_digest.as_ref())?;
+        let header = opener.header().clone();
+        let mut out = PlaintextBuffer::allocate(header.layout().plaintext_len())?;
+        let mut hasher = plaintext_hasher();
+        let truncated = |actual: u64| SealedError::Truncated {
+            expected: header.sealed_len(),
+            actual,
+        };
+        opener.open_chunks(
+            &mut out,
+            self.options.thread_count(),
+            &mut hasher,
+            |_, slot| {
+                // Ciphertext straight into its plaintext slot, then the tag.
+                let mut tag = [0u8; TAG_LEN];
+                input
+                    .fill(slot)
+                    .and_then(|()| input.fill(&mut tag))
+                    .map_err(|_| truncated(input.taken))?;
+                Ok((Ciphertext::InSlot, tag))
+            },
+        )?;
+        // Refused before the digest is even looked at: the file is not what was sealed.
+        match input.rest_len() {
+            0 => {}
+            extra => {
+                return Err(SealedError::PushedPastEnd {
+                    expected: header.sealed_len(),
+                    extra,
+                });
             }
         }
-        Ok(())
-    }
-
-    /// Ends the stream: opens the remaining chunks and checks the length and the digest.
-    pub fn finish(mut self) -> Result<OpenedFile, SealedError> {
-        match std::mem::replace(&mut self.state, State::Failed) {
-            State::Failed => Err(SealedError::StreamFailed),
-            State::Header(buf) => {
-                let needed = if buf.len() < PREFIX_LEN {
-                    PREFIX_LEN
-                } else {
-                    SealedHeader::declared_len(&buf)?
-                };
-                Err(SealedError::HeaderTruncated {
-                    needed,
-                    got: buf.len(),
-                })
-            }
-            State::Body(mut body) => {
-                let count = body.opener.chunk_count();
-                if body.received < count {
-                    return Err(SealedError::Truncated {
-                        expected: body.opener.header().sealed_len(),
-                        actual: body.pushed,
-                    });
-                }
-                body.open_pending()?;
-                let Body {
-                    opener,
-                    out,
-                    hasher,
-                    ..
-                } = *body;
-                let actual = hasher.finish()?;
-                let header = opener.header().clone();
-                if &actual != header.plaintext_sha256() {
-                    return Err(SealedError::PlaintextDigestMismatch {
-                        name: header.name().to_string(),
-                        header: header.plaintext_sha256().clone(),
-                        actual,
-                    });
-                }
-                Ok(OpenedFile {
-                    header,
-                    plaintext: out,
-                })
-            }
-        }
-    }
-}
-
-impl Body {
-    /// Consumes a prefix of `bytes` (at most the rest of the current chunk); returns its length.
-    fn take(&mut self, bytes: &[u8]) -> Result<usize, SealedError> {
-        let layout = self.opener.header().layout();
-        let count = layout.chunk_count();
-        if self.received >= count {
-            return Err(SealedError::PushedPastEnd {
-                expected: self.opener.header().sealed_len(),
-                extra: bytes.len() as u64,
+        let actual = hasher.finish()?;
+        if &actual != header.plaintext_sha256() {
+            return Err(SealedError::PlaintextDigestMismatch {
+                name: header.name().to_string(),
+                header: header.plaintext_sha256().clone(),
+                actual,
             });
         }
-        let index = self.received;
-        let plain = layout.chunk_plaintext_len(index)?;
-        let used = if self.partial < plain {
-            // Ciphertext: straight into its plaintext slot.
-            let n = (plain - self.partial).min(bytes.len());
-            let at = layout.plaintext_offset(index) as usize + self.partial;
-            let src = bytes.get(..n).unwrap_or_default();
-            self.out
-                .get_mut(at..at + n)
-                .ok_or(SealedError::Crypto(
-                    "plaintext buffer shorter than the file",
-                ))?
-                .copy_from_slice(src);
-            n
-        } else {
-            let t = self.partial - plain;
-            let n = (TAG_LEN - t).min(bytes.len());
-            self.tag
-                .get_mut(t..t + n)
-                .ok_or(SealedError::Crypto("tag offset"))?
-                .copy_from_slice(bytes.get(..n).unwrap_or_default());
-            n
-        };
-        self.partial += used;
-        self.pushed += used as u64;
-        if self.partial == plain + TAG_LEN {
-            self.tags.push(self.tag);
-            self.received += 1;
-            self.partial = 0;
-            if self.received - self.opened >= run_len(layout.chunk_size(), self.threads) {
-                self.open_pending()?;
-            }
-        }
-        Ok(used)
-    }
-
-    /// Opens (and hashes) chunks `opened .. received` on all threads.
-    fn open_pending(&mut self) -> Result<(), SealedError> {
-        if self.received == self.opened {
-            return Ok(());
-        }
-        let layout = self.opener.header().layout();
-        let start = layout.plaintext_offset(self.opened) as usize;
-        let end = (layout.plaintext_offset(self.received) as usize).min(self.out.len());
-        let region = self.out.get_mut(start..end).ok_or(SealedError::Crypto(
-            "plaintext buffer shorter than the file",
-        ))?;
-        self.opener.open_run(
-            self.opened,
-            region,
-            Source::InPlace(&self.tags),
-            self.threads,
-            &mut self.hasher,
-        )?;
-        self.opened = self.received;
-        self.tags.clear();
-        Ok(())
+        Ok(OpenedFile {
+            header,
+            plaintext: out,
+        })
     }
 }

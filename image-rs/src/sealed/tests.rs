@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use std::cell::Cell;
 use std::io::Cursor;
 use std::num::NonZeroUsize;
 
@@ -347,10 +348,8 @@ fn a_sealer_that_lies_about_the_digest_is_caught() {
         SealedError::PlaintextDigestMismatch { header, actual, .. }
             if header == lie && actual == Digest::of(&plain)
     ));
-    let mut s = StreamOpener::new(&kek(1), threads(2));
-    s.push(&file).unwrap();
     assert!(matches!(
-        s.finish(),
+        StreamOpener::new(&kek(1), threads(2)).open([&file]),
         Err(SealedError::PlaintextDigestMismatch { .. })
     ));
     // A stream shorter than announced.
@@ -371,18 +370,33 @@ fn stream_opener_round_trip_in_odd_pieces() {
     let plain = data(9 * C as usize + 33);
     let file = sealed(&plain);
     for piece in [1, 7, 16, 80, 1000, file.len()] {
-        let mut s = StreamOpener::new(&kek(1), threads(3));
-        for p in file.chunks(piece) {
-            s.push(p).unwrap();
+        for t in [1, 3] {
+            let opened = StreamOpener::new(&kek(1), threads(t))
+                .open(file.chunks(piece))
+                .unwrap();
+            assert_eq!(opened.header.name().as_str(), "model.safetensors");
+            assert_eq!(&opened.plaintext[..], &plain[..], "pieces of {piece}");
         }
-        assert_eq!(s.header().unwrap().name().as_str(), "model.safetensors");
-        let opened = s.finish().unwrap();
-        assert_eq!(&opened.plaintext[..], &plain[..], "pieces of {piece}");
     }
+    // Empty pieces anywhere change nothing.
+    let (a, b) = file.split_at(100);
+    let opened = StreamOpener::new(&kek(1), threads(2))
+        .open([&[][..], a, &[], &[], b, &[]])
+        .unwrap();
+    assert_eq!(&opened.plaintext[..], &plain[..]);
     let empty = sealed(&[]);
-    let mut s = StreamOpener::new(&kek(1), OpenOptions::default());
-    s.push(&empty).unwrap();
-    assert!(s.finish().unwrap().plaintext.is_empty());
+    let opened = StreamOpener::new(&kek(1), OpenOptions::default())
+        .open([&empty])
+        .unwrap();
+    assert!(opened.plaintext.is_empty());
+}
+
+/// Pieces that count how many of them were pulled.
+fn counted<'a>(pieces: &'a [&'a [u8]], pulled: &'a Cell<usize>) -> impl Iterator<Item = &'a [u8]> {
+    pieces.iter().map(move |p| {
+        pulled.set(pulled.get() + 1);
+        *p
+    })
 }
 
 #[test]
@@ -390,47 +404,63 @@ fn stream_opener_tampers() {
     let plain = data(5 * C as usize);
     let file = sealed(&plain);
     let h = header_len(&file);
-    // Wrong KEK: refused as soon as the header is complete.
-    let mut s = StreamOpener::new(&kek(2), OpenOptions::default());
-    assert!(matches!(
-        s.push(&file[..h]),
-        Err(SealedError::WrongKek { .. })
-    ));
-    assert!(matches!(s.push(&file[h..]), Err(SealedError::StreamFailed)));
-    // A flipped bit in chunk 3.
+    // Wrong KEK, or a policy digest the header does not record: refused as soon as the header
+    // is complete, and the body is never pulled.
+    let pulled = Cell::new(0);
+    let pieces = [&file[..h], &file[h..]];
+    let r = StreamOpener::new(&kek(2), OpenOptions::default()).open(counted(&pieces, &pulled));
+    assert!(matches!(r, Err(SealedError::WrongKek { .. })));
+    assert_eq!(pulled.get(), 1);
+    let pulled = Cell::new(0);
+    let r = StreamOpener::new(
+        &kek(1),
+        OpenOptions::default().expect_digest(Digest::of(b"x")),
+    )
+    .open(counted(&pieces, &pulled));
+    assert!(matches!(r, Err(SealedError::PolicyDigestMismatch { .. })));
+    assert_eq!(pulled.get(), 1);
+    // A flipped bit in chunk 3 (one piece, or a piece per chunk).
     let mut bad = file.clone();
     bad[chunk(&file, 3).start + 2] ^= 4;
-    let mut s = StreamOpener::new(&kek(1), threads(2));
-    let r = s.push(&bad).and_then(|()| s.finish().map(|_| ()));
+    for piece in [bad.len(), C as usize + TAG_LEN] {
+        let r = StreamOpener::new(&kek(1), threads(2)).open(bad.chunks(piece));
+        assert!(
+            matches!(r, Err(SealedError::ChunkAuthentication { index: 3 })),
+            "{r:?}"
+        );
+    }
+    // A worker that fails early stops a feeder waiting on a full queue (one worker, far more
+    // chunks than the queue holds); in memory and streamed.
+    let many = sealed(&data(200 * C as usize));
+    let mut bad = many.clone();
+    bad[chunk(&many, 0).start] ^= 1;
     assert!(matches!(
-        r,
-        Err(SealedError::ChunkAuthentication { index: 3 })
+        open(&bad, &kek(1), &threads(1)),
+        Err(SealedError::ChunkAuthentication { index: 0 })
+    ));
+    assert!(matches!(
+        StreamOpener::new(&kek(1), threads(1)).open(bad.chunks(C as usize)),
+        Err(SealedError::ChunkAuthentication { index: 0 })
     ));
     // Cut short, header cut, bytes past the end.
-    let mut s = StreamOpener::new(&kek(1), threads(2));
-    s.push(&file[..file.len() - 1]).unwrap();
-    assert!(matches!(s.finish(), Err(SealedError::Truncated { .. })));
-    let mut s = StreamOpener::new(&kek(1), threads(2));
-    s.push(&file[..h - 3]).unwrap();
+    let s = StreamOpener::new(&kek(1), threads(2));
     assert!(matches!(
-        s.finish(),
+        s.open([&file[..file.len() - 1]]),
+        Err(SealedError::Truncated { actual, .. }) if actual == file.len() as u64 - 1
+    ));
+    assert!(matches!(
+        s.open([&file[..h - 3]]),
         Err(SealedError::HeaderTruncated { .. })
     ));
-    let mut s = StreamOpener::new(&kek(1), threads(2));
+    assert!(matches!(
+        s.open([&file[..3]]),
+        Err(SealedError::HeaderTruncated { .. })
+    ));
     let mut longer = file.clone();
     longer.extend_from_slice(b"xyz");
     assert!(matches!(
-        s.push(&longer),
+        s.open(longer.chunks(1000)),
         Err(SealedError::PushedPastEnd { extra: 3, .. })
-    ));
-    // Policy digest checked at the header.
-    let mut s = StreamOpener::new(
-        &kek(1),
-        OpenOptions::default().expect_digest(Digest::of(b"x")),
-    );
-    assert!(matches!(
-        s.push(&file),
-        Err(SealedError::PolicyDigestMismatch { .. })
     ));
 }
 

@@ -13,7 +13,7 @@
 //!   key-provider packets without a keyprovider daemon): what existing tooling does with the
 //!   same bytes.
 //!
-//! Each is the median of `RUNS`; peak RSS is measured per phase in this process (VmHWM, reset
+//! Each is the median of `RUNS` rounds (the three paths in turn each round); peak RSS is measured per phase in this process (VmHWM, reset
 //! through /proc/self/clear_refs) and printed above the resident size before the phase.
 //!
 //! Then (`ttft.rs`): wardd started on a config naming a sealed ~1 GiB model in the registry, timed
@@ -39,7 +39,7 @@ use ward_tests::kbs::{DevKbs, Policy};
 use ward_tests::registry::{ImageBuilder, TestRegistry, image_tools};
 use zeroize::Zeroizing;
 
-const RUNS: usize = 3;
+const RUNS: usize = 5;
 const KID: &str = "kbs:///default/model-kek/bench";
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -69,36 +69,43 @@ fn cpu_time() -> Duration {
     tv(u.ru_utime) + tv(u.ru_stime)
 }
 
-/// Runs `phase` RUNS times, prints its figures, returns the median wall time.
-async fn measure<F, Fut>(name: &str, bytes: u64, phase: F) -> Duration
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = ()>,
-{
-    let mut times = Vec::new();
-    let mut cpu = Vec::new();
-    let mut peak_growth = 0u64;
-    for _ in 0..RUNS {
+/// One path's figures over the rounds.
+#[derive(Default)]
+struct Figures {
+    times: Vec<Duration>,
+    cpu: Vec<Duration>,
+    peak_growth: u64,
+}
+
+impl Figures {
+    /// Runs `phase` once and records it.
+    async fn run<Fut: std::future::Future<Output = ()>>(&mut self, phase: Fut) {
         // Reset the high-water mark to the current RSS (Linux >= 4.0).
         let _ = std::fs::write("/proc/self/clear_refs", "5");
         let before = status_kib("VmRSS:");
         let c = cpu_time();
         let t = Instant::now();
-        phase().await;
-        times.push(t.elapsed());
-        cpu.push(cpu_time().saturating_sub(c));
-        peak_growth = peak_growth.max(status_kib("VmHWM:").saturating_sub(before));
+        phase.await;
+        self.times.push(t.elapsed());
+        self.cpu.push(cpu_time().saturating_sub(c));
+        self.peak_growth = self
+            .peak_growth
+            .max(status_kib("VmHWM:").saturating_sub(before));
     }
-    let m = median(times);
-    println!(
-        "{name:<44} {:>6.2} s {:>5.2} GB/s  ward CPU {:>5.2} s  peak RSS +{} MiB ({:.3}x the file)",
-        m.as_secs_f64(),
-        bytes as f64 / m.as_secs_f64() / 1e9,
-        median(cpu).as_secs_f64(),
-        peak_growth / 1024,
-        (peak_growth * 1024) as f64 / bytes as f64
-    );
-    m
+
+    /// Prints the figures; returns the median wall time.
+    fn print(self, name: &str, bytes: u64) -> Duration {
+        let m = median(self.times);
+        println!(
+            "{name:<44} {:>6.2} s {:>5.2} GB/s  ward CPU {:>5.2} s  peak RSS +{} MiB ({:.3}x the file)",
+            m.as_secs_f64(),
+            bytes as f64 / m.as_secs_f64() / 1e9,
+            median(self.cpu).as_secs_f64(),
+            self.peak_growth / 1024,
+            (self.peak_growth * 1024) as f64 / bytes as f64
+        );
+        m
+    }
 }
 
 #[tokio::main(flavor = "multi_thread")]
@@ -207,38 +214,47 @@ async fn main() {
             "refused (RLIMIT_MEMLOCK): buffers unlocked"
         }
     );
-    let plain = measure("plain download into memory (digest-checked)", bytes, || {
-        let (registry, artifact, blob, blob_digest) = (&registry, &artifact, &blob, &blob_digest);
-        async move {
+    // Rounds of the three paths in turn, so that a change in the machine's load (other
+    // tenants: steal time) falls on all three rather than on whichever ran at that moment.
+    let (mut plain, mut sealed_f, mut image_f) = Default::default();
+    for _ in 0..RUNS {
+        Figures::run(&mut plain, async {
             let mut sink = Vec::with_capacity(usize::try_from(blob.size).unwrap());
             registry
-                .stream_blob(&artifact.reference, blob, blob_digest, &mut sink, u64::MAX)
+                .stream_blob(
+                    &artifact.reference,
+                    &blob,
+                    &blob_digest,
+                    &mut sink,
+                    u64::MAX,
+                )
                 .await
                 .unwrap();
             assert_eq!(sink.len() as i64, blob.size);
-        }
-    })
-    .await;
-    let sealed_t = measure("sealed model -> verified plaintext", bytes, || {
-        let (registry, keks, pins, sealed_ref) = (&registry, &keks, &pins, &sealed_ref);
-        async move {
-            let m = fetch_model(registry, sealed_ref, keks, &[], Some(pins), cores)
+        })
+        .await;
+        Figures::run(&mut sealed_f, async {
+            let m = fetch_model(&registry, &sealed_ref, &keks, &[], Some(&pins), cores)
                 .await
                 .unwrap();
             assert_eq!(m.files[0].data.len() as u64, bytes);
-        }
-    })
-    .await;
-    let image_t = measure("ocicrypt image (KBS key provider) -> memory", bytes, || {
-        let (registry, keks, pins, image_ref) = (&registry, &keks, &image_pins, &image_ref);
-        async move {
-            let m = fetch_model(registry, image_ref, keks, &[], Some(pins), cores)
+        })
+        .await;
+        Figures::run(&mut image_f, async {
+            let m = fetch_model(&registry, &image_ref, &keks, &[], Some(&image_pins), cores)
                 .await
                 .unwrap();
             assert_eq!(m.files[0].data.len() as u64, bytes);
-        }
-    })
-    .await;
+        })
+        .await;
+    }
+    let plain = Figures::print(plain, "plain download into memory (digest-checked)", bytes);
+    let sealed_t = Figures::print(sealed_f, "sealed model -> verified plaintext", bytes);
+    let image_t = Figures::print(
+        image_f,
+        "ocicrypt image (KBS key provider) -> memory",
+        bytes,
+    );
     println!(
         "sealed / plain: {:.2}x   ocicrypt image / plain: {:.2}x   (target for sealed: <= 1.2x)",
         sealed_t.as_secs_f64() / plain.as_secs_f64(),
