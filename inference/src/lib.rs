@@ -27,6 +27,8 @@ pub mod sampling;
 mod text_stream;
 
 #[cfg(test)]
+mod batch_tests;
+#[cfg(test)]
 mod openai_tests;
 #[cfg(test)]
 mod qwen2_tests;

@@ -8,9 +8,9 @@ use std::io::Cursor;
 
 use candle_core::Device;
 use candle_core::quantized::gguf_file::{Content, Value};
-use candle_transformers::models::quantized_llama::{self, MAX_SEQ_LEN};
+use candle_transformers::models::quantized_llama::MAX_SEQ_LEN;
 
-use super::qwen2_gguf::{Qwen2Params, Qwen2Weights};
+use super::quantized::{QuantizedParams, QuantizedWeights};
 use super::{LoadOptions, ModelInfo, ModelInner, Vocab, Weights, chat_template, check_dims};
 use crate::error::InferenceError;
 use crate::gguf_tokenizer::{self, metadata_u64};
@@ -18,9 +18,9 @@ use crate::gguf_tokenizer::{self, metadata_u64};
 /// The GGUF architectures this runtime runs; both use the llama tensor names (`blk.N.attn_q`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Arch {
-    /// Llama 2/3, Mistral, SmolLM2, TinyLlama...: candle's `quantized_llama`.
+    /// Llama 2/3, Mistral, SmolLM2, TinyLlama...: the block of candle's `quantized_llama`.
     Llama,
-    /// Qwen2 and Qwen2.5: biases on q/k/v, NeoX rotary embeddings (`qwen2_gguf`).
+    /// Qwen2 and Qwen2.5: biases on q/k/v, NeoX rotary embeddings.
     Qwen2,
 }
 
@@ -210,28 +210,21 @@ pub(super) fn load(
         .or_else(|| md_string(md, "general.name"))
         .unwrap_or_else(|| "model".to_owned());
 
-    let (weights, format) = match arch {
-        Arch::Llama => (
-            Weights::Gguf(
-                quantized_llama::ModelWeights::from_gguf(ct, &mut reader, &device)
-                    .map_err(InferenceError::GgufParse)?,
-            ),
-            "gguf-llama",
-        ),
-        Arch::Qwen2 => {
-            let params = Qwen2Params {
-                heads,
-                kv_heads,
-                hidden,
-                layers,
-                eps: f64::from(eps),
-                rope_base: rope_base.unwrap_or(10_000.0),
-                context: context_length,
-            };
-            let w = Qwen2Weights::from_gguf(&ct, &mut reader, params, &device)
-                .map_err(InferenceError::GgufParse)?;
-            (Weights::GgufQwen2(w), "gguf-qwen2")
-        }
+    let params = QuantizedParams {
+        heads,
+        kv_heads,
+        hidden,
+        layers,
+        eps: f64::from(eps),
+        rope_base: rope_base.unwrap_or(10_000.0),
+        context: context_length,
+        qwen2: arch == Arch::Qwen2,
+    };
+    let weights = QuantizedWeights::from_gguf(&ct, &mut reader, params, &device)
+        .map_err(InferenceError::GgufParse)?;
+    let format = match arch {
+        Arch::Llama => "gguf-llama",
+        Arch::Qwen2 => "gguf-qwen2",
     };
     Ok(ModelInner {
         info: ModelInfo {
@@ -241,7 +234,7 @@ pub(super) fn load(
             context_length,
             num_layers: layers,
         },
-        weights,
+        weights: Weights::Quantized(weights),
         vocab: Vocab {
             tokenizer: tok.tokenizer,
             bos_id: tok.bos_id,

@@ -9,13 +9,13 @@
 
 mod gguf;
 mod gguf_precheck;
-mod qwen2_gguf;
+mod quantized;
 mod safetensors;
 
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
-use candle_transformers::models::{llama, quantized_llama, qwen2};
+use candle_transformers::models::{llama, qwen2};
 use tokenizers::Tokenizer;
 
 use crate::chat::{CHATML_TEMPLATE, ChatMessage, ChatTemplate};
@@ -72,13 +72,12 @@ pub struct ModelInfo {
     pub num_layers: usize,
 }
 
-/// The weights of a loaded model. The variants holding their KV cache inside are cloned per
-/// session: tensors are reference-counted, only the caches differ.
+/// The weights of a loaded model. candle's Qwen2 holds its KV cache inside and is cloned per
+/// session (tensors are reference-counted, only the caches differ); the others keep each
+/// sequence's cache apart.
 pub(crate) enum Weights {
-    /// Quantised llama (candle's `quantized_llama`).
-    Gguf(quantized_llama::ModelWeights),
-    /// Quantised Qwen2 (`qwen2_gguf`).
-    GgufQwen2(qwen2_gguf::Qwen2Weights),
+    /// Quantised llama and Qwen2 from GGUF (`quantized`): batched decoding.
+    Quantized(quantized::QuantizedWeights),
     /// Llama from safetensors: the cache lives apart from the model.
     Llama {
         model: llama::Llama,
@@ -207,16 +206,7 @@ impl Model {
     /// A fresh sequence state (empty KV cache) sharing this model's weights.
     pub fn new_session(&self) -> Result<Session, InferenceError> {
         let state = match &self.inner.weights {
-            Weights::Gguf(w) => {
-                let mut w = w.clone();
-                w.clear_kv_cache();
-                SessionState::Gguf(Box::new(w))
-            }
-            Weights::GgufQwen2(w) => {
-                let mut w = w.clone();
-                w.clear_kv_cache();
-                SessionState::GgufQwen2(Box::new(w))
-            }
+            Weights::Quantized(_) => SessionState::Quantized(quantized::KvCache::default()),
             Weights::Llama { config, dtype, .. } => SessionState::Llama(Box::new(
                 llama::Cache::new(true, *dtype, config, &self.inner.device)?,
             )),
@@ -234,8 +224,7 @@ impl Model {
 }
 
 enum SessionState {
-    Gguf(Box<quantized_llama::ModelWeights>),
-    GgufQwen2(Box<qwen2_gguf::Qwen2Weights>),
+    Quantized(quantized::KvCache),
     Llama(Box<llama::Cache>),
     Qwen2(Box<qwen2::ModelForCausalLM>),
 }
@@ -277,13 +266,14 @@ impl Session {
         }
         let input = Tensor::new(tokens, &inner.device)?.unsqueeze(0)?;
         let logits = match (&mut self.state, &inner.weights) {
-            (SessionState::Gguf(w), _) => w.forward(&input, pos)?,
-            (SessionState::GgufQwen2(w), _) => w.forward(&input, pos)?,
+            (SessionState::Quantized(cache), Weights::Quantized(w)) => {
+                w.forward(cache, &input, pos)?
+            }
             (SessionState::Qwen2(m), _) => m.forward(&input, pos)?,
             (SessionState::Llama(cache), Weights::Llama { model, .. }) => {
                 model.forward(&input, pos, cache)?
             }
-            (SessionState::Llama(_), _) => {
+            (SessionState::Llama(_) | SessionState::Quantized(_), _) => {
                 return Err(InferenceError::InvalidConfig(
                     "session does not match its model".into(),
                 ));
@@ -294,6 +284,84 @@ impl Session {
             .flatten_all()?
             .to_dtype(DType::F32)?
             .to_vec1::<f32>()?)
+    }
+}
+
+impl Model {
+    /// Whether [`Model::forward_batch`] runs its sequences as one batch (quantised GGUF
+    /// models) rather than one after the other.
+    pub fn batches(&self) -> bool {
+        matches!(self.inner.weights, Weights::Quantized(_))
+    }
+
+    /// One decode step of several sequences: `tokens[i]` at position `positions[i]` of
+    /// `sessions[i]` (each at least 1: decoding continues a prefilled sequence). Returns each
+    /// sequence's logits. Quantised GGUF models run all of them through each weight matrix
+    /// once; other models run them one after the other.
+    pub fn forward_batch(
+        &self,
+        sessions: &mut [&mut Session],
+        tokens: &[u32],
+        positions: &[usize],
+    ) -> Result<Vec<Vec<f32>>, InferenceError> {
+        if sessions.len() != tokens.len() || tokens.len() != positions.len() {
+            return Err(InferenceError::InvalidRequest(format!(
+                "a batch of {} sessions, {} tokens and {} positions",
+                sessions.len(),
+                tokens.len(),
+                positions.len()
+            )));
+        }
+        if sessions
+            .iter()
+            .any(|s| !Arc::ptr_eq(&s.model.inner, &self.inner))
+        {
+            return Err(InferenceError::InvalidConfig(
+                "a session of another model in the batch".into(),
+            ));
+        }
+        let Weights::Quantized(w) = &self.inner.weights else {
+            return sessions
+                .iter_mut()
+                .zip(tokens.iter().zip(positions))
+                .map(|(s, (&t, &p))| s.forward(&[t], p))
+                .collect();
+        };
+        if sessions.len() == 1 || positions.contains(&0) {
+            // Position 0 starts a sequence: not a decode step; nothing to share either way.
+            return sessions
+                .iter_mut()
+                .zip(tokens.iter().zip(positions))
+                .map(|(s, (&t, &p))| s.forward(&[t], p))
+                .collect();
+        }
+        let info = &self.inner.info;
+        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= info.vocab_size) {
+            return Err(InferenceError::InvalidRequest(format!(
+                "token id {bad} outside the vocabulary"
+            )));
+        }
+        if let Some(&end) = positions.iter().find(|&&p| p >= info.context_length) {
+            return Err(InferenceError::PromptTooLong {
+                prompt_tokens: end + 1,
+                context: info.context_length,
+            });
+        }
+        let mut caches = Vec::with_capacity(sessions.len());
+        for s in sessions.iter_mut() {
+            match &mut s.state {
+                SessionState::Quantized(c) => caches.push(c),
+                _ => {
+                    return Err(InferenceError::InvalidConfig(
+                        "session does not match its model".into(),
+                    ));
+                }
+            }
+        }
+        let logits = w
+            .forward_batch(&mut caches, tokens, positions, &self.inner.device)?
+            .to_dtype(DType::F32)?;
+        Ok(logits.to_vec2::<f32>()?)
     }
 }
 

@@ -1,0 +1,170 @@
+//! The quantised GGUF forward pass (`model::quantized`): the same logits as candle's own llama,
+//! and a batched decode step equal to separate ones, for llama and Qwen2, with the fallback for
+//! models that do not batch.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::Cursor;
+
+use candle_core::quantized::GgmlDType;
+use candle_core::quantized::gguf_file::Content;
+use candle_core::{Device, Tensor};
+use candle_transformers::models::quantized_llama;
+
+use crate::model::Session;
+use crate::test_models::{self, Arch, fixture, gguf_model, safetensors_model};
+use crate::{InferenceError, LoadOptions, Model};
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max)
+}
+
+fn qwen2_q8() -> Model {
+    let bytes = test_models::gguf_bytes_for(
+        Arch::Qwen2,
+        GgmlDType::Q8_0,
+        &test_models::qwen2_gguf_metadata(),
+    );
+    Model::from_gguf(&bytes, &LoadOptions::default()).unwrap()
+}
+
+#[test]
+fn llama_gguf_forward_matches_candles_quantized_llama() {
+    let bytes = &fixture().gguf;
+    let mut reader = Cursor::new(bytes);
+    let ct = Content::read(&mut reader).unwrap();
+    let mut reference = quantized_llama::ModelWeights::from_gguf(ct, &mut reader, &Device::Cpu)
+        .expect("candle loads the fixture");
+    let mut ours = gguf_model().new_session().unwrap();
+    let mut pos = 0;
+    // A prompt, single tokens, a second multi-token chunk (chunked prefill), then a restart.
+    for (chunk, at) in [
+        (&[1u32, 2, 3, 4, 5, 6, 7][..], None),
+        (&[9], None),
+        (&[30], None),
+        (&[40, 41, 42], None),
+        (&[7, 8], Some(0)),
+    ] {
+        if let Some(at) = at {
+            pos = at;
+        }
+        let input = Tensor::new(chunk, &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        let want: Vec<f32> = reference
+            .forward(&input, pos)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let got = ours.forward(chunk, pos).unwrap();
+        let diff = max_diff(&want, &got);
+        assert!(diff < 1e-4, "logits differ by {diff} at position {pos}");
+        pos += chunk.len();
+    }
+}
+
+/// Prefills three sequences of different lengths, then decodes them step by step both as one
+/// batch and one by one: the logits agree at every step.
+fn batched_equals_separate(model: &Model) {
+    let prompts: [&[u32]; 3] = [&[1, 2, 3], &[10, 11, 12, 13, 14, 15, 16, 17], &[50]];
+    let mut batched: Vec<Session> = Vec::new();
+    let mut separate: Vec<Session> = Vec::new();
+    let mut next: Vec<u32> = Vec::new();
+    let mut pos: Vec<usize> = Vec::new();
+    for p in prompts {
+        let mut a = model.new_session().unwrap();
+        let mut b = model.new_session().unwrap();
+        let la = a.forward(p, 0).unwrap();
+        let lb = b.forward(p, 0).unwrap();
+        assert_eq!(la, lb);
+        batched.push(a);
+        separate.push(b);
+        next.push(argmax(&la));
+        pos.push(p.len());
+    }
+    for step in 0..6 {
+        let mut refs: Vec<&mut Session> = batched.iter_mut().collect();
+        let got = model.forward_batch(&mut refs, &next, &pos).unwrap();
+        assert_eq!(got.len(), 3);
+        for i in 0..3 {
+            let want = separate[i].forward(&[next[i]], pos[i]).unwrap();
+            let diff = max_diff(&want, &got[i]);
+            assert!(
+                diff < 1e-4,
+                "sequence {i}, step {step}: logits differ by {diff}"
+            );
+        }
+        for i in 0..3 {
+            next[i] = argmax(&got[i]);
+            pos[i] += 1;
+        }
+        // A sequence leaves the batch half-way, as a finished request would.
+        if step == 2 {
+            batched.remove(1);
+            separate.remove(1);
+            next.remove(1);
+            pos.remove(1);
+            batched.push(model.new_session().unwrap());
+            separate.push(model.new_session().unwrap());
+            let l = batched[2].forward(&[5, 6], 0).unwrap();
+            separate[2].forward(&[5, 6], 0).unwrap();
+            next.push(argmax(&l));
+            pos.push(2);
+        }
+    }
+}
+
+fn argmax(v: &[f32]) -> u32 {
+    v.iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .unwrap()
+        .0 as u32
+}
+
+#[test]
+fn batched_decode_equals_separate_decodes_llama() {
+    let m = gguf_model();
+    assert!(m.batches());
+    batched_equals_separate(&m);
+}
+
+#[test]
+fn batched_decode_equals_separate_decodes_qwen2() {
+    let m = qwen2_q8();
+    assert!(m.batches());
+    batched_equals_separate(&m);
+}
+
+#[test]
+fn models_that_do_not_batch_decode_one_after_the_other() {
+    let m = safetensors_model();
+    assert!(!m.batches());
+    batched_equals_separate(&m);
+}
+
+#[test]
+fn bad_batches_are_errors() {
+    let m = gguf_model();
+    let mut a = m.new_session().unwrap();
+    let mut b = m.new_session().unwrap();
+    a.forward(&[1, 2], 0).unwrap();
+    b.forward(&[3], 0).unwrap();
+    let r = m.forward_batch(&mut [&mut a, &mut b], &[1], &[2, 1]);
+    assert!(matches!(r, Err(InferenceError::InvalidRequest(_))));
+    let r = m.forward_batch(&mut [&mut a, &mut b], &[1, 100_000], &[2, 1]);
+    assert!(matches!(r, Err(InferenceError::InvalidRequest(_))));
+    let r = m.forward_batch(&mut [&mut a, &mut b], &[1, 2], &[2, 1_000_000]);
+    assert!(matches!(r, Err(InferenceError::PromptTooLong { .. })));
+    let other = qwen2_q8();
+    let mut c = other.new_session().unwrap();
+    c.forward(&[3], 0).unwrap();
+    let r = m.forward_batch(&mut [&mut a, &mut c], &[1, 2], &[2, 1]);
+    assert!(matches!(r, Err(InferenceError::InvalidConfig(_))));
+}

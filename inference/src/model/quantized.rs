@@ -1,0 +1,305 @@
+//! Llama-family models from GGUF (`general.architecture` llama or qwen2): the forward pass of
+//! candle's `quantized_llama` and `quantized_qwen2` (the llama block; Qwen2 adds biases on q/k/v
+//! and rotates NeoX-style), restated so that the weights are shared and each sequence's KV cache
+//! lives apart ([`KvCache`]), and so that one decode step can run many sequences at once
+//! ([`QuantizedWeights::forward_batch`]): their projections and MLPs as one matmul over all of
+//! them (each weight read once per step, not once per sequence), their attention each over its
+//! own cache at its own position. Tests check the logits against candle's own models.
+//!
+//! `gguf.rs` checks every hyper-parameter and tensor shape before
+//! [`QuantizedWeights::from_gguf`] runs: nothing here re-validates, and nothing here reads the
+//! disk.
+
+use std::io::{Read, Seek};
+
+use candle_core::quantized::QMatMul;
+use candle_core::quantized::gguf_file::Content;
+use candle_core::{DType, Device, IndexOp, Module, Tensor};
+use candle_nn::Embedding;
+use candle_transformers::quantized_nn::RmsNorm;
+use candle_transformers::utils::{build_causal_mask, repeat_kv};
+
+/// The hyper-parameters the loader checked.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct QuantizedParams {
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub hidden: usize,
+    pub layers: usize,
+    pub eps: f64,
+    pub rope_base: f32,
+    /// Rows of the rotary tables: the context this runtime allows, not the model's claim.
+    pub context: usize,
+    /// Qwen2: biases on q/k/v, and NeoX rotation (pairs i, i + d/2); llama: neither
+    /// (interleaved pairs 2i, 2i + 1, as llama.cpp's converter permuted q and k for).
+    pub qwen2: bool,
+}
+
+#[derive(Debug, Clone)]
+struct Layer {
+    wq: QMatMul,
+    wk: QMatMul,
+    wv: QMatMul,
+    /// q, k and v biases (Qwen2).
+    biases: Option<(Tensor, Tensor, Tensor)>,
+    wo: QMatMul,
+    attn_norm: RmsNorm,
+    gate: QMatMul,
+    up: QMatMul,
+    down: QMatMul,
+    ffn_norm: RmsNorm,
+}
+
+/// Quantised llama-family weights, shared by every sequence (tensors are reference-counted).
+#[derive(Debug, Clone)]
+pub(crate) struct QuantizedWeights {
+    embed: Embedding,
+    layers: Vec<Layer>,
+    norm: RmsNorm,
+    output: QMatMul,
+    cos: Tensor,
+    sin: Tensor,
+    neg_inf: Tensor,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    neox: bool,
+}
+
+/// One sequence's attention state: per layer, keys and values `(1, kv_heads, len, head_dim)`.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+}
+
+/// One sequence in a forward pass: its cache and the position of its first new token.
+struct Seq<'c> {
+    cache: &'c mut KvCache,
+    pos: usize,
+}
+
+/// Rotary tables (cos and sin per position and frequency), as candle's quantized models compute
+/// them; the same tables serve the NeoX and the interleaved rotation.
+fn rope_tables(
+    head_dim: usize,
+    base: f32,
+    context: usize,
+    device: &Device,
+) -> candle_core::Result<(Tensor, Tensor)> {
+    let theta: Vec<f32> = (0..head_dim)
+        .step_by(2)
+        .map(|i| 1f32 / base.powf(i as f32 / head_dim as f32))
+        .collect();
+    let n = theta.len();
+    let theta = Tensor::from_vec(theta, (1, n), device)?;
+    let positions = Tensor::arange(0, context as u32, device)?
+        .to_dtype(DType::F32)?
+        .reshape((context, 1))?;
+    let angles = positions.matmul(&theta)?;
+    Ok((angles.cos()?, angles.sin()?))
+}
+
+impl QuantizedWeights {
+    pub(super) fn from_gguf<R: Read + Seek>(
+        ct: &Content,
+        reader: &mut R,
+        p: QuantizedParams,
+        device: &Device,
+    ) -> candle_core::Result<Self> {
+        let mut q = |name: &str| ct.tensor(reader, name, device);
+        let embed = q("token_embd.weight")?.dequantize(device)?;
+        let norm = RmsNorm::from_qtensor(q("output_norm.weight")?, p.eps)?;
+        let output = if ct.tensor_infos.contains_key("output.weight") {
+            QMatMul::from_qtensor(q("output.weight")?)?
+        } else {
+            // Tied embeddings: the (possibly quantised) embedding matrix is the head.
+            QMatMul::from_qtensor(q("token_embd.weight")?)?
+        };
+        let mut layers = Vec::with_capacity(p.layers);
+        for i in 0..p.layers {
+            let mut t = |n: &str| q(&format!("blk.{i}.{n}"));
+            let mm = |x: candle_core::quantized::QTensor| QMatMul::from_qtensor(x);
+            let biases = if p.qwen2 {
+                Some((
+                    t("attn_q.bias")?.dequantize(device)?,
+                    t("attn_k.bias")?.dequantize(device)?,
+                    t("attn_v.bias")?.dequantize(device)?,
+                ))
+            } else {
+                None
+            };
+            layers.push(Layer {
+                wq: mm(t("attn_q.weight")?)?,
+                wk: mm(t("attn_k.weight")?)?,
+                wv: mm(t("attn_v.weight")?)?,
+                biases,
+                wo: mm(t("attn_output.weight")?)?,
+                attn_norm: RmsNorm::from_qtensor(t("attn_norm.weight")?, p.eps)?,
+                gate: mm(t("ffn_gate.weight")?)?,
+                up: mm(t("ffn_up.weight")?)?,
+                down: mm(t("ffn_down.weight")?)?,
+                ffn_norm: RmsNorm::from_qtensor(t("ffn_norm.weight")?, p.eps)?,
+            });
+        }
+        let head_dim = p.hidden / p.heads;
+        let (cos, sin) = rope_tables(head_dim, p.rope_base, p.context, device)?;
+        Ok(Self {
+            embed: Embedding::new(embed, p.hidden),
+            layers,
+            norm,
+            output,
+            cos,
+            sin,
+            neg_inf: Tensor::new(f32::NEG_INFINITY, device)?,
+            heads: p.heads,
+            kv_heads: p.kv_heads,
+            head_dim,
+            neox: p.qwen2,
+        })
+    }
+
+    /// Logits `(1, vocab)` of the last of `x`'s tokens (`(1, seq_len)`), at positions `pos..`
+    /// of the sequence whose state is `cache` (`pos == 0` starts it afresh).
+    pub(crate) fn forward(
+        &self,
+        cache: &mut KvCache,
+        x: &Tensor,
+        pos: usize,
+    ) -> candle_core::Result<Tensor> {
+        let (_, seq_len) = x.dims2()?;
+        let mask = if seq_len > 1 {
+            Some(build_causal_mask(seq_len, pos, x.device())?)
+        } else {
+            None
+        };
+        let h = self.embed.forward(x)?;
+        let h = self.layers_forward(h, &mut [Seq { cache, pos }], mask.as_ref())?;
+        self.output.forward(&h.i((.., seq_len - 1, ..))?)
+    }
+
+    /// One decode step of many sequences: `tokens[i]` at position `positions[i]` of the
+    /// sequence whose state is `caches[i]`. Returns logits `(n, vocab)`, row `i` for sequence
+    /// `i`; the same as `n` separate [`QuantizedWeights::forward`] calls, within float rounding.
+    pub(crate) fn forward_batch(
+        &self,
+        caches: &mut [&mut KvCache],
+        tokens: &[u32],
+        positions: &[usize],
+        device: &Device,
+    ) -> candle_core::Result<Tensor> {
+        if caches.len() != tokens.len() || tokens.len() != positions.len() || tokens.is_empty() {
+            return Err(candle_core::Error::Msg(format!(
+                "a batch of {} caches, {} tokens and {} positions",
+                caches.len(),
+                tokens.len(),
+                positions.len()
+            )));
+        }
+        let x = Tensor::new(tokens, device)?.unsqueeze(1)?;
+        let mut seqs: Vec<Seq<'_>> = caches
+            .iter_mut()
+            .zip(positions)
+            .map(|(cache, &pos)| Seq { cache, pos })
+            .collect();
+        let h = self.embed.forward(&x)?;
+        let h = self.layers_forward(h, &mut seqs, None)?;
+        self.output.forward(&h.i((.., 0, ..))?)
+    }
+
+    /// The blocks and the final norm over `h` `(seqs, seq_len, hidden)`.
+    fn layers_forward(
+        &self,
+        mut h: Tensor,
+        seqs: &mut [Seq<'_>],
+        mask: Option<&Tensor>,
+    ) -> candle_core::Result<Tensor> {
+        for (l, layer) in self.layers.iter().enumerate() {
+            let attn = self.attention(layer, l, &layer.attn_norm.forward(&h)?, seqs, mask)?;
+            h = (attn + h)?;
+            let m = layer.ffn_norm.forward(&h)?;
+            let act = candle_nn::ops::silu(&layer.gate.forward(&m)?)?;
+            let m = layer.down.forward(&(act * layer.up.forward(&m)?)?)?;
+            h = (m + h)?;
+        }
+        self.norm.forward(&h)
+    }
+
+    /// Attention of layer `l`: projections over every sequence at once, then each sequence's
+    /// rotation, cache and softmax on its own.
+    fn attention(
+        &self,
+        layer: &Layer,
+        l: usize,
+        x: &Tensor,
+        seqs: &mut [Seq<'_>],
+        mask: Option<&Tensor>,
+    ) -> candle_core::Result<Tensor> {
+        let (b, seq_len, hidden) = x.dims3()?;
+        let split = |t: Tensor, n: usize| {
+            t.reshape((b, seq_len, n, self.head_dim))?
+                .transpose(1, 2)?
+                .contiguous()
+        };
+        let (mut q, mut k, mut v) = (
+            layer.wq.forward(x)?,
+            layer.wk.forward(x)?,
+            layer.wv.forward(x)?,
+        );
+        if let Some((bq, bk, bv)) = &layer.biases {
+            q = q.broadcast_add(bq)?;
+            k = k.broadcast_add(bk)?;
+            v = v.broadcast_add(bv)?;
+        }
+        let (q, k, v) = (
+            split(q, self.heads)?,
+            split(k, self.kv_heads)?,
+            split(v, self.kv_heads)?,
+        );
+        let mut ys = Vec::with_capacity(seqs.len());
+        for (i, seq) in seqs.iter_mut().enumerate() {
+            let (q, k, v) = (q.narrow(0, i, 1)?, k.narrow(0, i, 1)?, v.narrow(0, i, 1)?);
+            let cos = self.cos.narrow(0, seq.pos, seq_len)?;
+            let sin = self.sin.narrow(0, seq.pos, seq_len)?;
+            let (q, k) = if self.neox {
+                (
+                    candle_nn::rotary_emb::rope(&q, &cos, &sin)?,
+                    candle_nn::rotary_emb::rope(&k, &cos, &sin)?,
+                )
+            } else {
+                (
+                    candle_nn::rotary_emb::rope_i(&q, &cos, &sin)?,
+                    candle_nn::rotary_emb::rope_i(&k, &cos, &sin)?,
+                )
+            };
+            if seq.cache.layers.len() <= l {
+                seq.cache.layers.resize(l + 1, None);
+            }
+            let slot = &mut seq.cache.layers[l];
+            let (k, v) = match slot.take() {
+                Some((pk, pv)) if seq.pos > 0 => {
+                    (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?)
+                }
+                _ => (k, v),
+            };
+            *slot = Some((k.clone(), v.clone()));
+            let k = repeat_kv(k, self.heads / self.kv_heads)?;
+            let v = repeat_kv(v, self.heads / self.kv_heads)?;
+            let att = (q.matmul(&k.t()?)? / (self.head_dim as f64).sqrt())?;
+            let att = match mask {
+                Some(m) => m
+                    .broadcast_as(att.shape())?
+                    .where_cond(&self.neg_inf.broadcast_as(att.shape().dims())?, &att)?,
+                None => att,
+            };
+            let att = candle_nn::ops::softmax_last_dim(&att)?;
+            ys.push(att.matmul(&v.contiguous()?)?);
+        }
+        let y = if ys.len() == 1 {
+            ys.swap_remove(0)
+        } else {
+            Tensor::cat(&ys, 0)?
+        };
+        let y = y.transpose(1, 2)?.reshape((b, seq_len, hidden))?;
+        layer.wo.forward(&y)
+    }
+}
