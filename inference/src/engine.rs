@@ -1,16 +1,20 @@
-//! The scheduler: a bounded request queue in front of a fixed number of worker threads, each
-//! running one sequence at a time with its own KV cache over the shared model weights.
+//! The scheduler: a bounded request queue in front of one thread that runs up to
+//! `max_concurrent` sequences as a continuous batch, each with its own KV cache over the shared
+//! model weights.
 //!
+//! - Each turn of the scheduler admits waiting requests into free slots, runs one prefill chunk
+//!   of one admitted sequence (a short slice while others are decoding, so their tokens keep
+//!   flowing), then one decode step for every sequence that has a token to run: as one batch
+//!   for quantised GGUF models (each weight matrix read once for all of them), one after the
+//!   other for the others ([`Model::forward_batch`]). A sequence leaves the batch the moment it
+//!   finishes and a waiting request takes its slot on the next turn.
 //! - Back-pressure: `submit` fails fast with [`InferenceError::QueueFull`] when `queue_capacity`
 //!   requests are already waiting; it never blocks, so it is safe to call from async code.
-//! - Cancellation: dropping the [`GenerationStream`] or calling [`CancelHandle::cancel`] stops the
-//!   sequence before its next forward pass (one token at most) and frees its worker; a request
+//! - Cancellation: dropping the [`GenerationStream`] or calling [`CancelHandle::cancel`] drops
+//!   the sequence before its next forward pass (one step at most) and frees its slot; a request
 //!   cancelled while queued leaves the queue at once.
-//! - Workers are OS threads, not tasks of the async runtime: generation is CPU-bound.
-//!
-//! Sequences do not share forward passes (no cross-request batching): candle's llama models take
-//! a single position per batch, so ragged continuous batching would need its own attention code.
-//! Concurrency comes from running sequences on separate threads.
+//! - The scheduler is an OS thread, not a task of the async runtime: generation is CPU-bound,
+//!   and candle spreads each forward pass over the cores itself.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -22,14 +26,14 @@ use std::thread::JoinHandle;
 use tokio::sync::mpsc;
 
 use crate::error::InferenceError;
-use crate::generate::generate;
+use crate::generate::{Advance, PREFILL_CHUNK, Sequence};
 use crate::model::Model;
 use crate::request::{Completion, Request, StreamEvent};
 
 /// Sizes of the scheduler.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EngineConfig {
-    /// Sequences generated at the same time (worker threads).
+    /// Sequences generated at the same time (the batch).
     pub max_concurrent: usize,
     /// Requests allowed to wait for a worker; more are refused with `QueueFull`.
     pub queue_capacity: usize,
@@ -38,7 +42,7 @@ pub struct EngineConfig {
 impl Default for EngineConfig {
     fn default() -> Self {
         Self {
-            max_concurrent: 2,
+            max_concurrent: 4,
             queue_capacity: 16,
         }
     }
@@ -49,6 +53,9 @@ impl Default for EngineConfig {
 pub struct EngineStats {
     pub queued: usize,
     pub running: usize,
+    /// Decode steps run so far, and the tokens they decoded: their ratio is the mean batch.
+    pub decode_steps: u64,
+    pub decoded_tokens: u64,
 }
 
 /// Cancels one request; cheap to clone, usable from any thread.
@@ -92,6 +99,8 @@ struct Shared {
     queue: Mutex<Queue>,
     work: Condvar,
     running: AtomicUsize,
+    decode_steps: AtomicU64,
+    decoded_tokens: AtomicU64,
     next_id: AtomicU64,
     shutdown: AtomicBool,
 }
@@ -106,7 +115,7 @@ impl Shared {
     }
 }
 
-/// The inference engine: one model, a bounded queue and its workers.
+/// The inference engine: one model, a bounded queue and its scheduler thread.
 pub struct Engine {
     shared: Arc<Shared>,
     workers: Vec<JoinHandle<()>>,
@@ -122,7 +131,7 @@ impl std::fmt::Debug for Engine {
 }
 
 impl Engine {
-    /// Starts `config.max_concurrent` workers for `model`.
+    /// Starts the scheduler for `model`, batching up to `config.max_concurrent` sequences.
     pub fn new(model: Model, config: EngineConfig) -> Result<Self, InferenceError> {
         if config.max_concurrent == 0 {
             return Err(InferenceError::InvalidRequest(
@@ -135,19 +144,22 @@ impl Engine {
             queue: Mutex::new(Queue::default()),
             work: Condvar::new(),
             running: AtomicUsize::new(0),
+            decode_steps: AtomicU64::new(0),
+            decoded_tokens: AtomicU64::new(0),
             next_id: AtomicU64::new(1),
             shutdown: AtomicBool::new(false),
         });
-        let mut workers = Vec::with_capacity(config.max_concurrent);
-        for n in 0..config.max_concurrent {
+        let handle = {
             let shared = Arc::clone(&shared);
-            let handle = std::thread::Builder::new()
-                .name(format!("ward-infer-{n}"))
-                .spawn(move || worker(&shared))
-                .map_err(|e| InferenceError::Device(format!("cannot start worker thread: {e}")))?;
-            workers.push(handle);
-        }
-        Ok(Self { shared, workers })
+            std::thread::Builder::new()
+                .name("ward-infer".to_string())
+                .spawn(move || Scheduler::new(&shared).run())
+                .map_err(|e| InferenceError::Device(format!("cannot start the scheduler: {e}")))?
+        };
+        Ok(Self {
+            shared,
+            workers: vec![handle],
+        })
     }
 
     pub fn model(&self) -> &Model {
@@ -164,6 +176,8 @@ impl Engine {
         EngineStats {
             queued: queue.jobs.len(),
             running: self.shared.running.load(Ordering::Acquire),
+            decode_steps: self.shared.decode_steps.load(Ordering::Relaxed),
+            decoded_tokens: self.shared.decoded_tokens.load(Ordering::Relaxed),
         }
     }
 
@@ -196,7 +210,7 @@ impl Engine {
         Ok(GenerationStream { id, rx, cancel })
     }
 
-    /// Stops taking requests, cancels running ones, and waits for the workers to exit.
+    /// Stops taking requests, cancels running ones, and waits for the scheduler to exit.
     pub fn shutdown(mut self) {
         self.close();
         for w in self.workers.drain(..) {
@@ -220,67 +234,246 @@ impl Engine {
 }
 
 impl Drop for Engine {
-    /// Signals the workers without joining them (dropping may happen on an async thread); they
-    /// exit after at most one more forward pass.
+    /// Signals the scheduler without joining it (dropping may happen on an async thread); it
+    /// exits after at most one more forward pass.
     fn drop(&mut self) {
         self.close();
     }
 }
 
-fn worker(shared: &Shared) {
-    loop {
-        let job = {
-            let mut queue = shared.queue();
-            loop {
-                if let Some(job) = queue.jobs.pop_front() {
-                    if job.abandoned() {
-                        continue;
-                    }
-                    break job;
-                }
-                if queue.closed {
-                    return;
-                }
-                queue = shared
-                    .work
-                    .wait(queue)
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-            }
-        };
-        shared.running.fetch_add(1, Ordering::AcqRel);
-        run_job(shared, &job);
-        shared.running.fetch_sub(1, Ordering::AcqRel);
-    }
+/// Prompt tokens per prefill chunk while other sequences are decoding: their next tokens wait
+/// for it, so it stays short (a full chunk when nothing else runs).
+const PREFILL_SLICE: usize = 64;
+
+/// A request in the batch.
+struct Active<'m> {
+    job: Job,
+    seq: Sequence<'m>,
+    /// The token to run at the next decode step, and its position.
+    pending: Option<(u32, usize)>,
+    span: tracing::Span,
+    started: std::time::Instant,
 }
 
-fn run_job(shared: &Shared, job: &Job) {
-    let span = tracing::info_span!("generate", request = job.id, model = %shared.model.info().name);
-    let _enter = span.enter();
-    let started = std::time::Instant::now();
-    let cancelled = || job.abandoned() || shared.shutdown.load(Ordering::Acquire);
-    let mut sink = |text: String| job.events.send(Ok(StreamEvent::Delta(text))).is_ok();
-    let result = generate(&shared.model, &job.request, &cancelled, &mut sink);
-    match result {
-        Ok(finished) => {
-            tracing::info!(
-                prompt_tokens = finished.usage.prompt_tokens,
-                completion_tokens = finished.usage.completion_tokens,
-                finish_reason = ?finished.finish_reason,
-                elapsed_ms = started.elapsed().as_millis() as u64,
-                "request done"
-            );
-            let _ = job.events.send(Ok(StreamEvent::Finished(finished)));
+/// The scheduler thread's state. See the module docs.
+struct Scheduler<'s> {
+    shared: &'s Shared,
+    active: Vec<Active<'s>>,
+}
+
+impl<'s> Scheduler<'s> {
+    fn new(shared: &'s Shared) -> Self {
+        Self {
+            shared,
+            active: Vec::with_capacity(shared.config.max_concurrent),
         }
-        Err(e) => {
-            let e = if matches!(e, InferenceError::Cancelled)
-                && shared.shutdown.load(Ordering::Acquire)
+    }
+
+    fn run(mut self) {
+        while self.admit() {
+            self.drop_cancelled();
+            self.prefill_one();
+            self.advance_ready();
+            self.decode_step();
+            self.shared
+                .running
+                .store(self.active.len(), Ordering::Release);
+        }
+        self.shared.running.store(0, Ordering::Release);
+    }
+
+    fn stopping(&self) -> bool {
+        self.shared.shutdown.load(Ordering::Acquire)
+    }
+
+    /// Fills free slots from the queue, waiting while there is nothing to do. False once the
+    /// engine shut down (the active sequences have then been told).
+    fn admit(&mut self) -> bool {
+        loop {
+            if self.stopping() {
+                for a in std::mem::take(&mut self.active) {
+                    Self::end(a, Err(InferenceError::ShutDown));
+                }
+                return false;
+            }
+            let mut fresh = Vec::new();
             {
-                InferenceError::ShutDown
-            } else {
-                e
-            };
-            tracing::info!(error = %e, "request ended");
-            let _ = job.events.send(Err(e));
+                let mut queue = self.shared.queue();
+                while self.active.len() + fresh.len() < self.shared.config.max_concurrent {
+                    match queue.jobs.pop_front() {
+                        Some(job) if job.abandoned() => {}
+                        Some(job) => fresh.push(job),
+                        None => break,
+                    }
+                }
+                if fresh.is_empty() && self.active.is_empty() {
+                    if queue.closed {
+                        return false;
+                    }
+                    drop(
+                        self.shared
+                            .work
+                            .wait(queue)
+                            .unwrap_or_else(std::sync::PoisonError::into_inner),
+                    );
+                    continue;
+                }
+            }
+            for job in fresh {
+                let span = tracing::info_span!("generate", request = job.id, model = %self.shared.model.info().name);
+                match span.in_scope(|| Sequence::start(&self.shared.model, &job.request)) {
+                    Ok(seq) => self.active.push(Active {
+                        job,
+                        seq,
+                        pending: None,
+                        span,
+                        started: std::time::Instant::now(),
+                    }),
+                    Err(e) => {
+                        let _enter = span.enter();
+                        tracing::info!(error = %e, "request refused");
+                        let _ = job.events.send(Err(e));
+                    }
+                }
+            }
+            return true;
+        }
+    }
+
+    /// Sends a request's last event and logs how it ended.
+    fn end(a: Active<'_>, result: Result<crate::request::Finished, InferenceError>) {
+        let _enter = a.span.enter();
+        match result {
+            Ok(finished) => {
+                tracing::info!(
+                    prompt_tokens = finished.usage.prompt_tokens,
+                    completion_tokens = finished.usage.completion_tokens,
+                    finish_reason = ?finished.finish_reason,
+                    elapsed_ms = a.started.elapsed().as_millis() as u64,
+                    "request done"
+                );
+                let _ = a.job.events.send(Ok(StreamEvent::Finished(finished)));
+            }
+            Err(e) => {
+                tracing::info!(error = %e, "request ended");
+                let _ = a.job.events.send(Err(e));
+            }
+        }
+    }
+
+    /// Drops the sequences whose client left or cancelled: their slots free at once.
+    fn drop_cancelled(&mut self) {
+        let (gone, kept): (Vec<Active<'s>>, Vec<Active<'s>>) = std::mem::take(&mut self.active)
+            .into_iter()
+            .partition(|a| a.job.abandoned());
+        self.active = kept;
+        for a in gone {
+            Self::end(a, Err(InferenceError::Cancelled));
+        }
+    }
+
+    /// Runs one prefill chunk of the first sequence still reading its prompt.
+    fn prefill_one(&mut self) {
+        let decoding = self.active.iter().any(|a| a.seq.prefilled());
+        let Some(i) = self.active.iter().position(|a| !a.seq.prefilled()) else {
+            return;
+        };
+        let chunk = if decoding {
+            PREFILL_SLICE
+        } else {
+            PREFILL_CHUNK
+        };
+        let a = &mut self.active[i];
+        if let Err(e) = a.span.in_scope(|| a.seq.prefill(chunk)) {
+            let a = self.active.remove(i);
+            Self::end(a, Err(e));
+        }
+    }
+
+    /// Samples every sequence whose logits are in: each either asks for a decode step or ends.
+    fn advance_ready(&mut self) {
+        let mut i = 0;
+        while i < self.active.len() {
+            let a = &mut self.active[i];
+            if !a.seq.ready() || !a.seq.prefilled() {
+                i += 1;
+                continue;
+            }
+            let events = &a.job.events;
+            let mut sink = |text: String| events.send(Ok(StreamEvent::Delta(text))).is_ok();
+            match a.span.in_scope(|| a.seq.advance(&mut sink)) {
+                Ok(Advance::Decode { token, pos }) => {
+                    a.pending = Some((token, pos));
+                    i += 1;
+                }
+                Ok(Advance::Finished(f)) => {
+                    let a = self.active.remove(i);
+                    Self::end(a, Ok(f));
+                }
+                Err(e) => {
+                    let a = self.active.remove(i);
+                    Self::end(a, Err(e));
+                }
+            }
+        }
+    }
+
+    /// One decode step for every sequence with a pending token, as one batch.
+    fn decode_step(&mut self) {
+        if self.stopping() {
+            return;
+        }
+        let mut tokens = Vec::new();
+        let mut positions = Vec::new();
+        let mut sessions = Vec::new();
+        let mut members = Vec::new();
+        for (i, a) in self.active.iter_mut().enumerate() {
+            if let Some((token, pos)) = a.pending.take() {
+                tokens.push(token);
+                positions.push(pos);
+                sessions.push(&mut a.seq.session);
+                members.push(i);
+            }
+        }
+        if sessions.is_empty() {
+            return;
+        }
+        self.shared.decode_steps.fetch_add(1, Ordering::Relaxed);
+        self.shared
+            .decoded_tokens
+            .fetch_add(sessions.len() as u64, Ordering::Relaxed);
+        let span = tracing::debug_span!("decode_step", batch = sessions.len());
+        let result = span.in_scope(|| {
+            self.shared
+                .model
+                .forward_batch(&mut sessions, &tokens, &positions)
+        });
+        drop(sessions);
+        match result {
+            Ok(logits) => {
+                for (i, l) in members.into_iter().zip(logits) {
+                    self.active[i].seq.set_logits(l);
+                }
+            }
+            Err(e) => {
+                // A failed step leaves the caches of every member unknown: end them all (the
+                // error itself to the first, its text to the others).
+                tracing::warn!(error = %e, "decode step failed");
+                let text = format!(
+                    "{e}: {}",
+                    std::error::Error::source(&e)
+                        .map(ToString::to_string)
+                        .unwrap_or_default()
+                );
+                let mut first = Some(e);
+                for i in members.into_iter().rev() {
+                    let a = self.active.remove(i);
+                    let e = first
+                        .take()
+                        .unwrap_or_else(|| InferenceError::Device(text.clone()));
+                    Self::end(a, Err(e));
+                }
+            }
         }
     }
 }

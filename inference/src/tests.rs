@@ -244,7 +244,13 @@ fn prompt_longer_than_the_context_is_refused() {
 
 #[test]
 fn concurrent_requests_match_sequential_ones() {
-    let model = gguf_model();
+    // GGUF decodes them as one batch; safetensors one after the other.
+    for (model, batches) in [(gguf_model(), true), (safetensors_model(), false)] {
+        concurrent_match_sequential(model, batches);
+    }
+}
+
+fn concurrent_match_sequential(model: Model, batches: bool) {
     let requests: Vec<Request> = (0..6)
         .map(|i| {
             let r = Request::text(format!("request number {i} says")).with_max_tokens(10 + i);
@@ -266,6 +272,14 @@ fn concurrent_requests_match_sequential_ones() {
         .map(|s| s.blocking_collect().unwrap())
         .collect();
     assert_eq!(concurrent, sequential);
+    // Decode steps ran several sequences at once (three slots, six requests of 10-15 tokens).
+    let stats = e.stats();
+    assert!(stats.decode_steps > 0);
+    assert!(
+        stats.decoded_tokens * 2 >= stats.decode_steps * 3,
+        "mean batch below 1.5: {stats:?}"
+    );
+    assert_eq!(e.model().batches(), batches);
 }
 
 #[test]

@@ -242,6 +242,11 @@ impl std::fmt::Debug for Session {
 }
 
 impl Session {
+    /// The model this session runs.
+    pub(crate) fn model(&self) -> &Model {
+        &self.model
+    }
+
     /// Runs `tokens` at positions `pos..pos + tokens.len()` and returns the logits of the last one.
     /// `pos == 0` starts a new sequence.
     pub fn forward(&mut self, tokens: &[u32], pos: usize) -> Result<Vec<f32>, InferenceError> {

@@ -5,6 +5,7 @@
 //!   bench-infer [MODEL...] [--prompt-tokens N] [--gen-tokens N] [--runs N]
 //!               [--python PATH] [--no-baseline]
 //!   bench-infer --e2e [GGUF] [--gen-tokens N] [--runs N]
+//!   bench-infer --batch [MODEL] [--prompt-tokens N] [--gen-tokens N] [--runs N]
 //!
 //! A MODEL is a GGUF file or a safetensors directory (`config.json`, `tokenizer.json`,
 //! `*.safetensors`; `gen-bench-model` writes llama checkpoints with real shapes and random
@@ -16,6 +17,7 @@
 //! ward-inference --bin bench-infer` (and `RUSTFLAGS="-C target-cpu=x86-64-v3"`: see the README).
 //! `RAYON_NUM_THREADS=N` sets the threads of both (default: every core).
 
+mod batch;
 mod e2e;
 mod torch;
 
@@ -34,6 +36,7 @@ struct Args {
     baseline: bool,
     python: String,
     e2e: bool,
+    batch: bool,
 }
 
 fn default_gguf() -> PathBuf {
@@ -56,6 +59,7 @@ fn parse_args() -> Result<Args, BoxError> {
         baseline: true,
         python: std::env::var("WARD_BENCH_PYTHON").unwrap_or_else(|_| "python3".to_owned()),
         e2e: false,
+        batch: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -69,6 +73,7 @@ fn parse_args() -> Result<Args, BoxError> {
             "--python" => args.python = value(&a)?,
             "--no-baseline" => args.baseline = false,
             "--e2e" => args.e2e = true,
+            "--batch" => args.batch = true,
             other if !other.starts_with("--") => args.models.push(PathBuf::from(other)),
             other => return Err(format!("unknown argument {other}").into()),
         }
@@ -123,7 +128,7 @@ pub(crate) fn load(path: &Path) -> Result<(Model, String, f64), BoxError> {
 }
 
 /// A prompt of exactly `n` tokens: ordinary English, repeated and cut.
-fn prompt_ids(model: &Model, n: usize) -> Result<Vec<u32>, BoxError> {
+pub(crate) fn prompt_ids(model: &Model, n: usize) -> Result<Vec<u32>, BoxError> {
     let text = "The quick brown fox jumps over the lazy dog while the sun sets behind the hills. ";
     let mut ids = Vec::new();
     while ids.len() < n {
@@ -164,7 +169,7 @@ pub(crate) fn run_once(
     })
 }
 
-fn argmax(logits: &[f32]) -> u32 {
+pub(crate) fn argmax(logits: &[f32]) -> u32 {
     let mut best = (0usize, f32::NEG_INFINITY);
     for (i, &l) in logits.iter().enumerate() {
         if l > best.1 {
@@ -294,6 +299,10 @@ fn main() -> Result<(), BoxError> {
             "the portable target (no AVX2)"
         }
     );
+    if args.batch {
+        let model = args.models.first().cloned().unwrap_or_else(default_gguf);
+        return batch::run(&model, args.prompt_tokens, args.gen_tokens, args.runs);
+    }
     if args.e2e {
         let gguf = args.models.first().cloned().unwrap_or_else(default_gguf);
         return e2e::run(&gguf, args.gen_tokens, args.runs);
