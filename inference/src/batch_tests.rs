@@ -31,6 +31,35 @@ fn qwen2_q8() -> Model {
     Model::from_gguf(&bytes, &LoadOptions::default()).unwrap()
 }
 
+/// Runs `ours` and `reference` (a candle model's forward: input ids `(1, n)`, position) over
+/// the same chunks (`Some(p)` restarts at position `p`): the logits agree within 1e-4.
+pub(crate) fn matches_reference(
+    ours: &Model,
+    chunks: &[(&[u32], Option<usize>)],
+    mut reference: impl FnMut(&Tensor, usize) -> Tensor,
+) {
+    let mut session = ours.new_session().unwrap();
+    let mut pos = 0;
+    for (chunk, at) in chunks {
+        if let Some(at) = at {
+            pos = *at;
+        }
+        let input = Tensor::new(*chunk, &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        let want: Vec<f32> = reference(&input, pos)
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let got = session.forward(chunk, pos).unwrap();
+        let diff = max_diff(&want, &got);
+        assert!(diff < 1e-4, "logits differ by {diff} at position {pos}");
+        pos += chunk.len();
+    }
+}
+
 #[test]
 fn llama_gguf_forward_matches_candles_quantized_llama() {
     let bytes = &fixture().gguf;
@@ -38,35 +67,17 @@ fn llama_gguf_forward_matches_candles_quantized_llama() {
     let ct = Content::read(&mut reader).unwrap();
     let mut reference = quantized_llama::ModelWeights::from_gguf(ct, &mut reader, &Device::Cpu)
         .expect("candle loads the fixture");
-    let mut ours = gguf_model().new_session().unwrap();
-    let mut pos = 0;
     // A prompt, single tokens, a second multi-token chunk (chunked prefill), then a restart.
-    for (chunk, at) in [
-        (&[1u32, 2, 3, 4, 5, 6, 7][..], None),
+    let chunks: [(&[u32], Option<usize>); 5] = [
+        (&[1, 2, 3, 4, 5, 6, 7], None),
         (&[9], None),
         (&[30], None),
         (&[40, 41, 42], None),
         (&[7, 8], Some(0)),
-    ] {
-        if let Some(at) = at {
-            pos = at;
-        }
-        let input = Tensor::new(chunk, &Device::Cpu)
-            .unwrap()
-            .unsqueeze(0)
-            .unwrap();
-        let want: Vec<f32> = reference
-            .forward(&input, pos)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        let got = ours.forward(chunk, pos).unwrap();
-        let diff = max_diff(&want, &got);
-        assert!(diff < 1e-4, "logits differ by {diff} at position {pos}");
-        pos += chunk.len();
-    }
+    ];
+    matches_reference(&gguf_model(), &chunks, |x, pos| {
+        reference.forward(x, pos).unwrap()
+    });
 }
 
 /// Prefills three sequences of different lengths, then decodes them step by step both as one

@@ -120,31 +120,16 @@ fn gguf_forward_matches_candles_quantized_qwen2() {
     let ct = Content::read(&mut reader).unwrap();
     let mut reference = quantized_qwen2::ModelWeights::from_gguf(ct, &mut reader, &Device::Cpu)
         .expect("candle loads the fixture");
-    let mut ours = gguf_model().new_session().unwrap();
-    let mut pos = 0;
     // A prompt, then single tokens, then a second multi-token chunk (chunked prefill).
-    for chunk in [PROMPT, &[5], &[17], &[40, 41, 42]] {
-        let input = Tensor::new(chunk, &Device::Cpu)
-            .unwrap()
-            .unsqueeze(0)
-            .unwrap();
-        let want: Vec<f32> = reference
-            .forward(&input, pos)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        let got = ours.forward(chunk, pos).unwrap();
-        let diff = want
-            .iter()
-            .zip(&got)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
-        assert_eq!(want.len(), got.len());
-        assert!(diff < 1e-4, "logits differ by {diff} at position {pos}");
-        pos += chunk.len();
-    }
+    let chunks: [(&[u32], Option<usize>); 4] = [
+        (PROMPT, None),
+        (&[5], None),
+        (&[17], None),
+        (&[40, 41, 42], None),
+    ];
+    crate::batch_tests::matches_reference(&gguf_model(), &chunks, |x, pos| {
+        reference.forward(x, pos).unwrap()
+    });
 }
 
 #[test]

@@ -72,6 +72,13 @@ pub(crate) struct KvCache {
     layers: Vec<Option<(Tensor, Tensor)>>,
 }
 
+/// The rotary rows of a forward pass: `(seq_len, head_dim / 2)` for one sequence, or
+/// `(sequences, 1, head_dim / 2)` for a decode step of many (each at its own position).
+struct Rotation {
+    cos: Tensor,
+    sin: Tensor,
+}
+
 /// One sequence in a forward pass: its cache and the position of its first new token.
 struct Seq<'c> {
     cache: &'c mut KvCache,
@@ -172,8 +179,12 @@ impl QuantizedWeights {
         } else {
             None
         };
+        let rotation = Rotation {
+            cos: self.cos.narrow(0, pos, seq_len)?,
+            sin: self.sin.narrow(0, pos, seq_len)?,
+        };
         let h = self.embed.forward(x)?;
-        let h = self.layers_forward(h, &mut [Seq { cache, pos }], mask.as_ref())?;
+        let h = self.layers_forward(h, &mut [Seq { cache, pos }], &rotation, mask.as_ref())?;
         self.output.forward(&h.i((.., seq_len - 1, ..))?)
     }
 
@@ -196,13 +207,24 @@ impl QuantizedWeights {
             )));
         }
         let x = Tensor::new(tokens, device)?.unsqueeze(1)?;
+        // Each sequence's row of the rotary tables, `(n, 1, head_dim / 2)`: one rotation call
+        // per layer rotates them all.
+        let at: Vec<u32> = positions
+            .iter()
+            .map(|&p| u32::try_from(p).unwrap_or(u32::MAX))
+            .collect();
+        let at = Tensor::new(at.as_slice(), device)?;
+        let rotation = Rotation {
+            cos: self.cos.index_select(&at, 0)?.unsqueeze(1)?,
+            sin: self.sin.index_select(&at, 0)?.unsqueeze(1)?,
+        };
         let mut seqs: Vec<Seq<'_>> = caches
             .iter_mut()
             .zip(positions)
             .map(|(cache, &pos)| Seq { cache, pos })
             .collect();
         let h = self.embed.forward(&x)?;
-        let h = self.layers_forward(h, &mut seqs, None)?;
+        let h = self.layers_forward(h, &mut seqs, &rotation, None)?;
         self.output.forward(&h.i((.., 0, ..))?)
     }
 
@@ -211,10 +233,12 @@ impl QuantizedWeights {
         &self,
         mut h: Tensor,
         seqs: &mut [Seq<'_>],
+        rotation: &Rotation,
         mask: Option<&Tensor>,
     ) -> candle_core::Result<Tensor> {
         for (l, layer) in self.layers.iter().enumerate() {
-            let attn = self.attention(layer, l, &layer.attn_norm.forward(&h)?, seqs, mask)?;
+            let x = layer.attn_norm.forward(&h)?;
+            let attn = self.attention(layer, l, &x, seqs, rotation, mask)?;
             h = (attn + h)?;
             let m = layer.ffn_norm.forward(&h)?;
             let act = candle_nn::ops::silu(&layer.gate.forward(&m)?)?;
@@ -232,6 +256,7 @@ impl QuantizedWeights {
         l: usize,
         x: &Tensor,
         seqs: &mut [Seq<'_>],
+        rotation: &Rotation,
         mask: Option<&Tensor>,
     ) -> candle_core::Result<Tensor> {
         let (b, seq_len, hidden) = x.dims3()?;
@@ -255,22 +280,21 @@ impl QuantizedWeights {
             split(k, self.kv_heads)?,
             split(v, self.kv_heads)?,
         );
+        let (cos, sin) = (&rotation.cos, &rotation.sin);
+        let (q, k) = if self.neox {
+            (
+                candle_nn::rotary_emb::rope(&q, cos, sin)?,
+                candle_nn::rotary_emb::rope(&k, cos, sin)?,
+            )
+        } else {
+            (
+                candle_nn::rotary_emb::rope_i(&q, cos, sin)?,
+                candle_nn::rotary_emb::rope_i(&k, cos, sin)?,
+            )
+        };
         let mut ys = Vec::with_capacity(seqs.len());
         for (i, seq) in seqs.iter_mut().enumerate() {
             let (q, k, v) = (q.narrow(0, i, 1)?, k.narrow(0, i, 1)?, v.narrow(0, i, 1)?);
-            let cos = self.cos.narrow(0, seq.pos, seq_len)?;
-            let sin = self.sin.narrow(0, seq.pos, seq_len)?;
-            let (q, k) = if self.neox {
-                (
-                    candle_nn::rotary_emb::rope(&q, &cos, &sin)?,
-                    candle_nn::rotary_emb::rope(&k, &cos, &sin)?,
-                )
-            } else {
-                (
-                    candle_nn::rotary_emb::rope_i(&q, &cos, &sin)?,
-                    candle_nn::rotary_emb::rope_i(&k, &cos, &sin)?,
-                )
-            };
             if seq.cache.layers.len() <= l {
                 seq.cache.layers.resize(l + 1, None);
             }
