@@ -91,3 +91,9 @@ bench-infer-portable: fetch-model
 bench-e2e: fetch-model
     RUSTFLAGS="-C target-cpu=x86-64-v3" cargo build --release -q -p ward-inference --bin bench-infer --target-dir target/x86-64-v3
     target/x86-64-v3/release/bench-infer --e2e
+
+# Decode of 1-8 sequences at once on SmolLM2-135M: the engine's batched step, against the same
+# sequences one after the other and a thread per sequence, in the same run (x86-64-v3 build).
+bench-batch: fetch-model
+    RUSTFLAGS="-C target-cpu=x86-64-v3" cargo build --release -q -p ward-inference --bin bench-infer --target-dir target/x86-64-v3
+    target/x86-64-v3/release/bench-infer --batch --prompt-tokens 64 --gen-tokens 32

@@ -86,9 +86,9 @@ impl Models {
             let Some(model) = self.get(&m.name) else {
                 continue;
             };
-            let name = m.name.clone();
+            let (name, config) = (m.name.clone(), m.engine);
             let started = std::time::Instant::now();
-            let engine = tokio::task::spawn_blocking(move || serve(&name, &model)).await;
+            let engine = tokio::task::spawn_blocking(move || serve(&name, &model, config)).await;
             let _enter = span.enter();
             match engine {
                 Ok(Ok(Some(engine))) => {
@@ -177,8 +177,9 @@ impl Models {
 fn serve(
     name: &str,
     model: &LoadedModel,
+    config: ward_inference::EngineConfig,
 ) -> Result<Option<ward_inference::Engine>, ward_inference::InferenceError> {
-    use ward_inference::{Engine, EngineConfig, LoadOptions, Model, SafetensorsFiles};
+    use ward_inference::{Engine, LoadOptions, Model, SafetensorsFiles};
     let options = LoadOptions {
         name: Some(name.to_string()),
         ..LoadOptions::default()
@@ -219,7 +220,7 @@ fn serve(
     } else {
         return Ok(None);
     };
-    Engine::new(loaded, EngineConfig::default()).map(Some)
+    Engine::new(loaded, config).map(Some)
 }
 
 async fn load_one(

@@ -125,6 +125,12 @@ pub struct RawModel {
     pub kek: Option<String>,
     /// File name to plaintext `sha256:` digest, as `ward model seal` prints them.
     pub digests: std::collections::BTreeMap<String, String>,
+    /// Sequences generated at once, decoded as one batch (1 to 64; default 4).
+    #[serde(default)]
+    pub max_batch: Option<usize>,
+    /// Requests allowed to wait for a slot; more get 429 (1 to 4096; default 16).
+    #[serde(default)]
+    pub queue: Option<usize>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -32,6 +32,8 @@ pub struct ModelSettings {
     pub kek: Option<String>,
     /// The plaintext digests policy pins (every file of the model).
     pub digests: ward_image::model::PinnedDigests,
+    /// The inference engine's batch and queue sizes.
+    pub engine: ward_inference::EngineConfig,
 }
 
 /// Where a model comes from.
@@ -81,11 +83,30 @@ pub(super) fn models(raw: Vec<RawModel>) -> Result<Vec<ModelSettings>, ConfigErr
                 .map_err(|e| bad(format!("digest of {file}: {e}")))?;
             digests.insert(file.clone(), d);
         }
+        let defaults = ward_inference::EngineConfig::default();
+        let engine = ward_inference::EngineConfig {
+            max_concurrent: m.max_batch.unwrap_or(defaults.max_concurrent),
+            queue_capacity: m.queue.unwrap_or(defaults.queue_capacity),
+        };
+        if !(1..=64).contains(&engine.max_concurrent) {
+            return Err(bad(format!(
+                "max_batch {} is out of range (1 to 64)",
+                engine.max_concurrent
+            )));
+        }
+        // Every request passes through the queue, even when a slot is free.
+        if !(1..=4096).contains(&engine.queue_capacity) {
+            return Err(bad(format!(
+                "queue {} is out of range (1 to 4096)",
+                engine.queue_capacity
+            )));
+        }
         out.push(ModelSettings {
             name: m.name,
             source,
             kek: m.kek,
             digests,
+            engine,
         });
     }
     Ok(out)

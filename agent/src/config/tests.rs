@@ -477,7 +477,7 @@ fn model_entries() {
     let c = from_text(
         &format!(
             "[[model]]\nname = \"m\"\nsource = \"r.io/models/m@{d}\"\nkek = \"kbs:///default/model-kek/1\"\n[model.digests]\n\"model.safetensors\" = \"{d}\"\n\
-             [[model]]\nname = \"local\"\nsource = \"/run/ward/models/m\"\n[model.digests]\n\"a\" = \"{d}\"\n"
+             [[model]]\nname = \"local\"\nsource = \"/run/ward/models/m\"\nmax_batch = 8\nqueue = 1\n[model.digests]\n\"a\" = \"{d}\"\n"
         ),
         None,
     )
@@ -485,6 +485,14 @@ fn model_entries() {
     assert_eq!(c.models.len(), 2);
     assert!(matches!(c.models[0].source, ModelSource::Registry(_)));
     assert!(matches!(c.models[1].source, ModelSource::Layout(_)));
+    assert_eq!(c.models[0].engine, ward_inference::EngineConfig::default());
+    assert_eq!(
+        c.models[1].engine,
+        ward_inference::EngineConfig {
+            max_concurrent: 8,
+            queue_capacity: 1
+        }
+    );
     for (text, want) in [
         (
             "[[model]]\nname = \"m\"\nsource = \"r.io/m:v1\"\n[model.digests]\n".to_string(),
@@ -506,6 +514,18 @@ fn model_entries() {
                 "[[model]]\nname = \"m\"\nsource = \"r.io/m:v1\"\n[model.digests]\n\"a\" = \"{d}\"\n[[model]]\nname = \"m\"\nsource = \"r.io/m:v2\"\n[model.digests]\n\"a\" = \"{d}\"\n"
             ),
             "unique",
+        ),
+        (
+            format!(
+                "[[model]]\nname = \"m\"\nsource = \"r.io/m:v1\"\nmax_batch = 0\n[model.digests]\n\"a\" = \"{d}\"\n"
+            ),
+            "max_batch 0 is out of range",
+        ),
+        (
+            format!(
+                "[[model]]\nname = \"m\"\nsource = \"r.io/m:v1\"\nqueue = 0\n[model.digests]\n\"a\" = \"{d}\"\n"
+            ),
+            "queue 0 is out of range",
         ),
     ] {
         let e = from_text(&text, None).unwrap_err().to_string();
