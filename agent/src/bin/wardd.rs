@@ -126,6 +126,16 @@ fn run(args: &Args, pid1: bool) -> End {
         return End::Clean;
     }
 
+    if let Some(n) = config.inference_threads {
+        // candle sizes its thread pools from these variables when it first runs a kernel.
+        // SAFETY: wardd has no other thread yet: the config was read on this one, and logging,
+        // the async runtime and every inference thread start after this point, so nothing can
+        // read the environment concurrently.
+        unsafe {
+            std::env::set_var("CANDLE_NUM_THREADS", n.to_string());
+            std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+        }
+    }
     logging::init(&config.log_filter, config.log_format);
     for key in &unknown {
         tracing::warn!(key, "unknown kernel command-line key ignored");

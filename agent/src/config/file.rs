@@ -22,6 +22,7 @@ pub struct RawConfig {
     /// `[kbs]`: the Key Broker Service; absent means no KBS (tokens and resources unavailable).
     pub kbs: Option<RawKbs>,
     pub images: RawImages,
+    pub inference: RawInference,
     /// `[[model]]` tables: sealed models to load at start.
     pub model: Vec<RawModel>,
     /// `[[listener]]` tables; when the file has none, the defaults apply.
@@ -34,6 +35,13 @@ pub struct RawLog {
     /// A `tracing` env-filter directive.
     pub level: String,
     pub format: LogFormat,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawInference {
+    /// CPU threads of the inference kernels (candle's pools); 0: one per core.
+    pub threads: usize,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -276,6 +284,7 @@ impl Default for RawConfig {
             attestation: RawAttestation::default(),
             kbs: None,
             images: RawImages::default(),
+            inference: RawInference::default(),
             model: Vec::new(),
             listener: vec![
                 listener(

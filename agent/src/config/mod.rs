@@ -186,6 +186,8 @@ pub struct Config {
     pub images: ImageSettings,
     /// Sealed models to load at start.
     pub models: Vec<ModelSettings>,
+    /// CPU threads of the inference kernels; `None`: one per core.
+    pub inference_threads: Option<std::num::NonZeroUsize>,
     /// `ward.net=`: a static address for one interface, applied in PID-1 mode only.
     pub net: Option<crate::init::NetConfig>,
     /// `ward.self_check=`: check wardd's own listeners (and a KBS resource) once ready.
@@ -239,6 +241,16 @@ impl Config {
         let images = images::images(raw.images)?;
         Ok(Config {
             models: images::models(raw.model)?,
+            inference_threads: match raw.inference.threads {
+                0 => None,
+                n @ 1..=1024 => std::num::NonZeroUsize::new(n),
+                n => {
+                    return Err(ConfigError::invalid(
+                        "inference.threads",
+                        format!("{n} is out of range (0 for one per core, or 1 to 1024)"),
+                    ));
+                }
+            },
             images,
             attestation: AttestationSettings {
                 tee: parse_tee("attestation.tee", &raw.attestation.tee)?,

@@ -532,3 +532,20 @@ fn model_entries() {
         assert!(e.contains(want), "{text}: {e}");
     }
 }
+
+#[test]
+fn inference_threads() {
+    assert_eq!(from_text("", None).unwrap().inference_threads, None);
+    let c = from_text("[inference]\nthreads = 1\n", None).unwrap();
+    assert_eq!(c.inference_threads, std::num::NonZeroUsize::new(1));
+    assert_eq!(
+        from_text("[inference]\nthreads = 0\n", None)
+            .unwrap()
+            .inference_threads,
+        None
+    );
+    let e = from_text("[inference]\nthreads = 5000\n", None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("inference.threads"), "{e}");
+}
