@@ -67,12 +67,17 @@ fn llama_gguf_forward_matches_candles_quantized_llama() {
     let ct = Content::read(&mut reader).unwrap();
     let mut reference = quantized_llama::ModelWeights::from_gguf(ct, &mut reader, &Device::Cpu)
         .expect("candle loads the fixture");
-    // A prompt, single tokens, a second multi-token chunk (chunked prefill), then a restart.
-    let chunks: [(&[u32], Option<usize>); 5] = [
+    // A prompt, single tokens, a second multi-token chunk (chunked prefill), a long chunk and
+    // tokens past the cache's first block (256 tokens), then a restart.
+    let long: Vec<u32> = (0..250u32).map(|i| (i * 7) % 250).collect();
+    let chunks: [(&[u32], Option<usize>); 8] = [
         (&[1, 2, 3, 4, 5, 6, 7], None),
         (&[9], None),
         (&[30], None),
         (&[40, 41, 42], None),
+        (&long, None),
+        (&[11], None),
+        (&[12], None),
         (&[7, 8], Some(0)),
     ];
     matches_reference(&gguf_model(), &chunks, |x, pos| {
@@ -178,4 +183,17 @@ fn bad_batches_are_errors() {
     c.forward(&[3], 0).unwrap();
     let r = m.forward_batch(&mut [&mut a, &mut c], &[1, 2], &[2, 1]);
     assert!(matches!(r, Err(InferenceError::InvalidConfig(_))));
+}
+
+#[test]
+fn a_forward_pass_must_continue_where_the_sequence_is() {
+    let m = gguf_model();
+    let mut s = m.new_session().unwrap();
+    s.forward(&[1, 2, 3], 0).unwrap();
+    // Skipping ahead or going back (other than restarting at 0) is refused, not misplaced.
+    assert!(matches!(s.forward(&[4], 5), Err(InferenceError::Candle(_))));
+    assert!(matches!(s.forward(&[4], 1), Err(InferenceError::Candle(_))));
+    s.forward(&[4], 3).unwrap();
+    s.forward(&[9, 9], 0).unwrap();
+    s.forward(&[4], 2).unwrap();
 }

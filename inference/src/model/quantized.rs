@@ -66,10 +66,17 @@ pub(crate) struct QuantizedWeights {
     neox: bool,
 }
 
-/// One sequence's attention state: per layer, keys and values `(1, kv_heads, len, head_dim)`.
-#[derive(Debug, Clone, Default)]
+/// Tokens by which a sequence's cache grows: room is allocated in blocks of this many, and new
+/// keys and values are written in place, so a decode step copies no cache (appending to a
+/// concatenated cache copied all of it at every token).
+const CACHE_BLOCK: usize = 256;
+
+/// One sequence's attention state: per layer, keys and values `(1, kv_heads, len, head_dim)`
+/// in buffers that grow by [`CACHE_BLOCK`] tokens. Not `Clone`: the buffers are written in
+/// place, so a clone would share them.
+#[derive(Debug, Default)]
 pub(crate) struct KvCache {
-    layers: Vec<Option<(Tensor, Tensor)>>,
+    layers: Vec<candle_nn::kv_cache::KvCache>,
 }
 
 /// The rotary rows of a forward pass: `(seq_len, head_dim / 2)` for one sequence, or
@@ -295,28 +302,30 @@ impl QuantizedWeights {
         let mut ys = Vec::with_capacity(seqs.len());
         for (i, seq) in seqs.iter_mut().enumerate() {
             let (q, k, v) = (q.narrow(0, i, 1)?, k.narrow(0, i, 1)?, v.narrow(0, i, 1)?);
-            if seq.cache.layers.len() <= l {
-                seq.cache.layers.resize(l + 1, None);
+            while seq.cache.layers.len() <= l {
+                seq.cache
+                    .layers
+                    .push(candle_nn::kv_cache::KvCache::new(2, CACHE_BLOCK));
             }
-            let slot = &mut seq.cache.layers[l];
-            let (k, v) = match slot.take() {
-                Some((pk, pv)) if seq.pos > 0 => {
-                    (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?)
-                }
-                _ => (k, v),
+            let cache = &mut seq.cache.layers[l];
+            if seq.pos == 0 {
+                cache.reset();
+            }
+            if cache.current_seq_len() != seq.pos {
+                return Err(candle_core::Error::Msg(format!(
+                    "a forward pass at position {} of a sequence holding {} tokens",
+                    seq.pos,
+                    cache.current_seq_len()
+                )));
+            }
+            // Views of the cache's first tokens, not copies (CUDA's matmul wants them dense).
+            let (k, v) = cache.append(&k, &v)?;
+            let (k, v) = if x.device().is_cpu() {
+                (k, v)
+            } else {
+                (k.contiguous()?, v.contiguous()?)
             };
-            *slot = Some((k.clone(), v.clone()));
-            let k = repeat_kv(k, self.heads / self.kv_heads)?;
-            let v = repeat_kv(v, self.heads / self.kv_heads)?;
-            let att = (q.matmul(&k.t()?)? / (self.head_dim as f64).sqrt())?;
-            let att = match mask {
-                Some(m) => m
-                    .broadcast_as(att.shape())?
-                    .where_cond(&self.neg_inf.broadcast_as(att.shape().dims())?, &att)?,
-                None => att,
-            };
-            let att = candle_nn::ops::softmax_last_dim(&att)?;
-            ys.push(att.matmul(&v.contiguous()?)?);
+            ys.push(self.attend(&q, k, v, seq_len, mask)?);
         }
         let y = if ys.len() == 1 {
             ys.swap_remove(0)
@@ -325,5 +334,38 @@ impl QuantizedWeights {
         };
         let y = y.transpose(1, 2)?.reshape((b, seq_len, hidden))?;
         layer.wo.forward(&y)
+    }
+
+    /// Softmax attention of one sequence's queries `(1, heads, seq_len, head_dim)` over its
+    /// keys and values `(1, kv_heads, len, head_dim)`. A decode step groups the query heads
+    /// that share a key head (`(1, kv_heads, heads / kv_heads, head_dim)`) instead of repeating
+    /// the keys and values per query head, which would copy the whole cache at every token.
+    fn attend(
+        &self,
+        q: &Tensor,
+        k: Tensor,
+        v: Tensor,
+        seq_len: usize,
+        mask: Option<&Tensor>,
+    ) -> candle_core::Result<Tensor> {
+        let scale = (self.head_dim as f64).sqrt();
+        let group = self.heads / self.kv_heads;
+        if seq_len == 1 && mask.is_none() {
+            let q = q.reshape((1, self.kv_heads, group, self.head_dim))?;
+            let att = (q.matmul(&k.t()?)? / scale)?;
+            let att = candle_nn::ops::softmax_last_dim(&att)?;
+            return att.matmul(&v)?.reshape((1, self.heads, 1, self.head_dim));
+        }
+        let k = repeat_kv(k, group)?;
+        let v = repeat_kv(v, group)?;
+        let att = (q.matmul(&k.t()?)? / scale)?;
+        let att = match mask {
+            Some(m) => m
+                .broadcast_as(att.shape())?
+                .where_cond(&self.neg_inf.broadcast_as(att.shape().dims())?, &att)?,
+            None => att,
+        };
+        let att = candle_nn::ops::softmax_last_dim(&att)?;
+        att.matmul(&v.contiguous()?)
     }
 }
