@@ -48,6 +48,17 @@ impl Growing {
         self.state.lock().unwrap_or_else(|e| e.into_inner()).written
     }
 
+    /// Waits until the download ended; how it ended.
+    pub fn wait_outcome(&self) -> Result<(), String> {
+        let mut p = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(done) = &p.done {
+                return done.clone();
+            }
+            p = self.cv.wait(p).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
     /// Whether the download ended, and how.
     pub fn outcome(&self) -> Option<Result<(), String>> {
         self.state

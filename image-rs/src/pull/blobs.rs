@@ -65,11 +65,13 @@ impl Source {
         })
     }
 
-    /// Whether the whole blob is there and verified (so its HMAC can be checked).
-    pub(super) fn complete(&self) -> bool {
+    /// Whether the whole blob is there and verified (so its HMAC can be checked), waiting for a
+    /// download still in progress to end: a reader can fail on altered bytes before the last
+    /// byte arrives, and the HMAC check must then wait for it.
+    pub(super) fn wait_complete(&self) -> bool {
         match self {
             Source::Stored(_) => true,
-            Source::Follow { growing, .. } => matches!(growing.outcome(), Some(Ok(()))),
+            Source::Follow { growing, .. } => growing.wait_outcome().is_ok(),
         }
     }
 }

@@ -185,7 +185,9 @@ impl Puller {
                 index,
                 &desc.digest,
             );
-            if let (Err(e), Some(k), true) = (&result, key, source.complete()) {
+            if let (Err(e), Some(k)) = (&result, key)
+                && source.wait_complete()
+            {
                 // A tampered ciphertext usually breaks the decompressor or the tar parser before
                 // the end of the stream, where the HMAC is checked: name the real cause.
                 if !self.hmac_holds(&digest, k) {
