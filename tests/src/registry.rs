@@ -90,6 +90,15 @@ impl TestRegistry {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// ward's registry client, allowed plain HTTP to this registry.
+    pub fn client(&self) -> ward_image::registry::Registry {
+        ward_image::registry::Registry::new(ward_image::registry::RegistryConfig {
+            insecure: vec![self.host()],
+            ..Default::default()
+        })
+        .unwrap()
+    }
+
     /// Pushes an OCI layout image (`dir:tag`) as `name:tag`, returning the reference.
     pub fn push(&self, layout: &Path, tag: &str, name: &str) -> String {
         let reference = format!("{}/{name}:{tag}", self.host());
@@ -181,6 +190,27 @@ impl ImageBuilder {
             .args(["repack", "--refresh-bundle", "--image"])
             .arg(format!("{}:{}", self.layout.display(), self.tag))
             .arg(&self.bundle));
+    }
+
+    /// Encrypts the image in place with `ward image encrypt` for CoCo's key provider, under
+    /// the KEK `kek` that the KBS holds as `kid`.
+    pub fn encrypt_for_key_provider(&self, kid: &str, kek: &[u8]) {
+        let kek_file = self.dir.path().join("kek");
+        std::fs::write(&kek_file, kek).unwrap();
+        let image = format!("{}:{}", self.layout.display(), self.tag);
+        let (code, out, err) = crate::run_ward(
+            "ward",
+            &[
+                "image",
+                "encrypt",
+                &image,
+                "--kid",
+                kid,
+                "--kek-file",
+                kek_file.to_str().unwrap(),
+            ],
+        );
+        assert_eq!(code, 0, "{out}{err}");
     }
 }
 

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use sha2::{Digest as _, Sha256};
 use ward_image::digest::Digest;
-use ward_image::registry::{Registry, RegistryConfig};
+use ward_image::registry::Registry;
 use ward_tests::registry::{TestRegistry, image_tools};
 
 fn put(layout: &Path, bytes: &[u8]) -> String {
@@ -60,11 +60,7 @@ async fn artifacts_push_and_resolve_with_their_own_media_types() {
     )
     .unwrap();
 
-    let registry = Registry::new(RegistryConfig {
-        insecure: vec![reg.host()],
-        ..Default::default()
-    })
-    .unwrap();
+    let registry = reg.client();
     let reference = Registry::reference(&format!("{}/models/tiny:v1", reg.host())).unwrap();
     let pushed = registry
         .push_layout(&layout, "v1", &reference)

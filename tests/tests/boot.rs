@@ -22,8 +22,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use ward_tests::bin;
 use ward_tests::registry::{ImageBuilder, TestRegistry, image_tools};
-use ward_tests::{bin, run_ward};
 
 /// The whole boot, kernel start to power-off, under software emulation on a slow machine.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(240);
@@ -312,21 +312,7 @@ fn wardd_boots_as_init_attests_serves_and_powers_off() {
             let img = ImageBuilder::new("v1");
             std::fs::write(img.rootfs().join("hello"), "from an encrypted image\n").unwrap();
             img.layer();
-            let kek_file = work.path().join("kek");
-            std::fs::write(&kek_file, kek).unwrap();
-            let (code, out, err) = run_ward(
-                "ward",
-                &[
-                    "image",
-                    "encrypt",
-                    &format!("{}:v1", img.layout.display()),
-                    "--kid",
-                    "kbs:///default/image-kek/boot",
-                    "--kek-file",
-                    kek_file.to_str().unwrap(),
-                ],
-            );
-            assert_eq!(code, 0, "{out}{err}");
+            img.encrypt_for_key_provider("kbs:///default/image-kek/boot", kek.as_bytes());
             reg.push(&img.layout, "v1", "boot/secret-app");
             let guest_ref = format!("10.0.2.2:{}/boot/secret-app:v1", reg.port);
             Some((reg, img, guest_ref))

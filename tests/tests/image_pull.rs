@@ -174,22 +174,7 @@ async fn the_cli_encrypts_for_the_owner_and_pulls_on_its_own() {
         std::fs::write(img.rootfs().join("hello"), "from the owner\n").unwrap();
         img.layer();
         let work = tempfile::tempdir().unwrap();
-        let kek_file = work.path().join("kek");
-        std::fs::write(&kek_file, kek).unwrap();
-        let image = format!("{}:v1", img.layout.display());
-        let (code, out, err) = ward_tests::run_ward(
-            "ward",
-            &[
-                "image",
-                "encrypt",
-                &image,
-                "--kid",
-                "kbs:///default/image-kek/cli",
-                "--kek-file",
-                kek_file.to_str().unwrap(),
-            ],
-        );
-        assert_eq!(code, 0, "{out}{err}");
+        img.encrypt_for_key_provider("kbs:///default/image-kek/cli", &kek);
         let reference = reg.push(&img.layout, "v1", "test/cli");
         let bundle = work.path().join("bundle");
         let store = work.path().join("store");

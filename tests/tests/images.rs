@@ -20,14 +20,6 @@ fn two_layer_image() -> ImageBuilder {
     img
 }
 
-fn client(reg: &TestRegistry) -> Registry {
-    Registry::new(RegistryConfig {
-        insecure: vec![reg.host()],
-        ..Default::default()
-    })
-    .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resolves_and_fetches_verified_blobs() {
     if let Err(skip) = image_tools() {
@@ -42,7 +34,7 @@ async fn resolves_and_fetches_verified_blobs() {
     })
     .await
     .unwrap();
-    let r = client(&reg);
+    let r = reg.client();
     let image = r
         .resolve(&Registry::reference(&reference).unwrap())
         .await
@@ -120,7 +112,7 @@ mod pulls {
     fn puller(reg: &TestRegistry, store: &Path) -> Arc<Puller> {
         Arc::new(
             Puller::new(
-                client(reg),
+                reg.client(),
                 PullOptions {
                     store: store.to_path_buf(),
                     concurrency: 8,
@@ -316,7 +308,8 @@ mod pulls {
 
         // One flipped bit in an encrypted layer (with the blob store bypassed): refused, and the
         // bundle published before stays as it was.
-        let image = client(&reg)
+        let image = reg
+            .client()
             .resolve(&Registry::reference(&reference).unwrap())
             .await
             .unwrap();

@@ -14,10 +14,10 @@ use ward_attester::tee::SampleAttester;
 use ward_image::digest::Digest;
 use ward_image::model::{ModelError, PinnedDigests, fetch_model};
 use ward_image::ocicrypt::PrivateKey;
-use ward_image::registry::{Registry, RegistryConfig};
+
 use ward_tests::kbs::{DevKbs, Policy};
 use ward_tests::registry::{ImageBuilder, TestRegistry, image_tools, rsa_keypair};
-use ward_tests::{Wardd, config_text, run_ward};
+use ward_tests::{Wardd, config_text};
 
 fn weights(n: usize, seed: u32) -> Vec<u8> {
     (0..n as u32)
@@ -47,14 +47,6 @@ fn pins(w: &[u8]) -> PinnedDigests {
     p.insert("models/tiny/model.safetensors".into(), Digest::of(w));
     p.insert("models/tiny/config.json".into(), Digest::of(b"{\"v\":2}"));
     p
-}
-
-fn registry(reg: &TestRegistry) -> Registry {
-    Registry::new(RegistryConfig {
-        insecure: vec![reg.host()],
-        ..Default::default()
-    })
-    .unwrap()
 }
 
 /// A registry holding the model image JWE-encrypted by skopeo as `models/NAME:v1`, then
@@ -99,7 +91,7 @@ async fn a_model_image_encrypted_by_skopeo_loads_into_memory_with_its_whiteouts(
     let kbs = DevKbs::start().await.unwrap();
     let img = encrypted_model_image("image", |_, pushed, _| pushed.to_string()).await;
     let (reference, w) = (img.reference.as_str(), img.weights.as_slice());
-    let registry = registry(&img.reg);
+    let registry = img.reg.client();
     let keys = PrivateKey::all_from_pem(&img.key_pem).unwrap();
     // No KBS resource is involved: the KBS client must not be asked (JWE opens every layer).
     let keks = KbsClient::new(KbsConfig::new(kbs.url()), Arc::new(SampleAttester)).unwrap();
@@ -213,7 +205,7 @@ async fn substituted_ciphertext_fails_its_hmac_and_releases_nothing() {
     })
     .await;
     let (reference, w) = (img.reference.as_str(), img.weights.as_slice());
-    let registry = registry(&img.reg);
+    let registry = img.reg.client();
     let keys = PrivateKey::all_from_pem(&img.key_pem).unwrap();
     let keks = KbsClient::new(KbsConfig::new(kbs.url()), Arc::new(SampleAttester)).unwrap();
     let e = fetch_model(&registry, reference, &keks, &keys, Some(&pins(w)), 2)
@@ -237,23 +229,7 @@ async fn wardd_loads_a_model_image_encrypted_for_the_kbs_key_provider() {
     let mut w = tokio::task::spawn_blocking(move || {
         let reg = TestRegistry::start();
         let (img, w) = model_image();
-        let work = tempfile::tempdir().unwrap();
-        let kek_file = work.path().join("kek");
-        std::fs::write(&kek_file, kek).unwrap();
-        let image = format!("{}:v1", img.layout.display());
-        let (code, out, err) = run_ward(
-            "ward",
-            &[
-                "image",
-                "encrypt",
-                &image,
-                "--kid",
-                kid,
-                "--kek-file",
-                kek_file.to_str().unwrap(),
-            ],
-        );
-        assert_eq!(code, 0, "{out}{err}");
+        img.encrypt_for_key_provider(kid, &kek);
         let reference = reg.push(&img.layout, "v1", "models/provider");
         let host = reg.host();
         let digests: String = pins(&w)
@@ -268,7 +244,7 @@ async fn wardd_loads_a_model_image_encrypted_for_the_kbs_key_provider() {
             .replace("[images]\n", &format!("[images]\ninsecure_registries = [{host:?}]\n"))
             .replace("[[listener]]", &format!("{models}\n[[listener]]"))
             + &format!("\n[kbs]\nurl = \"{kbs_url}\"\n");
-        (Wardd::start_with(dir, &config, "ward.tee=sample", &[]), reg, img, work)
+        (Wardd::start_with(dir, &config, "ward.tee=sample", &[]), reg, img)
     })
     .await
     .unwrap();

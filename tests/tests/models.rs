@@ -13,7 +13,7 @@ use ward_attester::kbs::{KbsClient, KbsConfig};
 use ward_attester::tee::SampleAttester;
 use ward_image::digest::Digest;
 use ward_image::model::{ModelError, fetch_model};
-use ward_image::registry::{Registry, RegistryConfig};
+use ward_image::registry::Registry;
 use ward_tests::kbs::DevKbs;
 use ward_tests::registry::{TestRegistry, image_tools};
 use ward_tests::run_ward;
@@ -132,11 +132,7 @@ async fn a_sealed_model_travels_from_owner_to_guest_memory() {
     .unwrap();
 
     // The guest: attest, get the KEK, load into memory with the owner's pins.
-    let registry = Registry::new(RegistryConfig {
-        insecure: vec![reg.host()],
-        ..Default::default()
-    })
-    .unwrap();
+    let registry = reg.client();
     let keks = KbsClient::new(KbsConfig::new(kbs.url()), Arc::new(SampleAttester)).unwrap();
     let m = fetch_model(&registry, &reference, &keks, &[], Some(&pins), 4)
         .await
@@ -226,11 +222,7 @@ async fn wardd_loads_configured_models_after_ready() {
     std::fs::write(model.join("config.json"), b"{}").unwrap();
     let layout = work.path().join("sealed");
     let sealed = seal_dir(&model, &layout, &Kek::new(Zeroizing::new(kek)), KID, 65536).unwrap();
-    let registry = Registry::new(RegistryConfig {
-        insecure: vec![reg.host()],
-        ..Default::default()
-    })
-    .unwrap();
+    let registry = reg.client();
     let reference = format!("{}/models/tiny:v1", reg.host());
     let pushed = registry
         .push_layout(&layout, "model", &Registry::reference(&reference).unwrap())

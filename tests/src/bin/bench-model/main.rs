@@ -33,7 +33,7 @@ use ward_attester::kbs::{KbsClient, KbsConfig};
 use ward_attester::tee::SampleAttester;
 use ward_image::digest::Digest;
 use ward_image::model::{PinnedDigests, fetch_model, seal_dir};
-use ward_image::registry::{Registry, RegistryConfig};
+use ward_image::registry::Registry;
 use ward_image::sealed::Kek;
 use ward_tests::kbs::{DevKbs, Policy};
 use ward_tests::registry::{ImageBuilder, TestRegistry, image_tools};
@@ -148,11 +148,7 @@ async fn main() {
     })
     .await
     .unwrap();
-    let registry = Registry::new(RegistryConfig {
-        insecure: vec![reg.host()],
-        ..Default::default()
-    })
-    .unwrap();
+    let registry = reg.client();
 
     // Owner side: seal (1 MiB chunks) and push; encrypt the image for the key provider and push.
     let layout = work.path().join("sealed");
@@ -170,22 +166,7 @@ async fn main() {
         .await
         .unwrap();
     let plain_digest = sealed.digests["model.bin"].clone();
-    let kek_file = work.path().join("kek");
-    std::fs::write(&kek_file, kek).unwrap();
-    let image = format!("{}:v1", img.layout.display());
-    let (code, out, err) = ward_tests::run_ward(
-        "ward",
-        &[
-            "image",
-            "encrypt",
-            &image,
-            "--kid",
-            KID,
-            "--kek-file",
-            kek_file.to_str().unwrap(),
-        ],
-    );
-    assert_eq!(code, 0, "{out}{err}");
+    img.encrypt_for_key_provider(KID, &kek);
     let image_ref = {
         let (reg, layout) = (&reg, img.layout.clone());
         reg.push(&layout, "v1", "bench/image")
