@@ -118,7 +118,7 @@ impl Shared {
 /// The inference engine: one model, a bounded queue and its scheduler thread.
 pub struct Engine {
     shared: Arc<Shared>,
-    workers: Vec<JoinHandle<()>>,
+    scheduler: Option<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -158,7 +158,7 @@ impl Engine {
         };
         Ok(Self {
             shared,
-            workers: vec![handle],
+            scheduler: Some(handle),
         })
     }
 
@@ -213,9 +213,9 @@ impl Engine {
     /// Stops taking requests, cancels running ones, and waits for the scheduler to exit.
     pub fn shutdown(mut self) {
         self.close();
-        for w in self.workers.drain(..) {
-            // A worker that panicked has nothing left to clean up.
-            let _ = w.join();
+        if let Some(s) = self.scheduler.take() {
+            // A scheduler that panicked has nothing left to clean up.
+            let _ = s.join();
         }
     }
 

@@ -127,7 +127,7 @@ impl<'m> Sequence<'m> {
         })?;
         let next = self.sampler.sample(&mut logits, &self.history)?;
         self.usage.completion_tokens += 1;
-        let mut finish_reason = if self.session_model_eos(next) {
+        let mut finish_reason = if self.session.model().is_eos(next) {
             FinishReason::Stop
         } else {
             self.history.push(next);
@@ -155,10 +155,6 @@ impl<'m> Sequence<'m> {
             send(self.stops.flush())?;
         }
         Ok(Advance::Finished(self.finished(finish_reason)))
-    }
-
-    fn session_model_eos(&self, id: u32) -> bool {
-        self.session.model().is_eos(id)
     }
 
     fn finished(&self, finish_reason: FinishReason) -> Finished {

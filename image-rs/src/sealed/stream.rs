@@ -23,7 +23,7 @@ pub struct StreamOpener {
 }
 
 /// The input, read a slice at a time across piece boundaries.
-struct Pieces<I: Iterator> {
+struct Input<I: Iterator> {
     iter: I,
     current: Option<I::Item>,
     at: usize,
@@ -31,7 +31,7 @@ struct Pieces<I: Iterator> {
     taken: u64,
 }
 
-impl<I> Pieces<I>
+impl<I> Input<I>
 where
     I: Iterator,
     I::Item: AsRef<[u8]>,
@@ -99,7 +99,7 @@ impl StreamOpener {
         I: IntoIterator,
         I::Item: AsRef<[u8]>,
     {
-        let mut input = Pieces {
+        let mut input = Input {
             iter: pieces.into_iter(),
             current: None,
             at: 0,

@@ -254,21 +254,7 @@ impl Session {
         if tokens.is_empty() {
             return Err(InferenceError::InvalidRequest("no tokens to run".into()));
         }
-        let end = pos.saturating_add(tokens.len());
-        if end > inner.info.context_length {
-            return Err(InferenceError::PromptTooLong {
-                prompt_tokens: end,
-                context: inner.info.context_length,
-            });
-        }
-        if let Some(bad) = tokens
-            .iter()
-            .find(|t| **t as usize >= inner.info.vocab_size)
-        {
-            return Err(InferenceError::InvalidRequest(format!(
-                "token id {bad} outside the vocabulary"
-            )));
-        }
+        check_input(&inner.info, tokens, pos.saturating_add(tokens.len()))?;
         let input = Tensor::new(tokens, &inner.device)?.unsqueeze(0)?;
         let logits = match (&mut self.state, &inner.weights) {
             (SessionState::Quantized(cache), Weights::Quantized(w)) => {
@@ -325,33 +311,20 @@ impl Model {
                 "a session of another model in the batch".into(),
             ));
         }
-        let Weights::Quantized(w) = &self.inner.weights else {
-            return sessions
-                .iter_mut()
-                .zip(tokens.iter().zip(positions))
-                .map(|(s, (&t, &p))| s.forward(&[t], p))
-                .collect();
+        let w = match &self.inner.weights {
+            // Position 0 starts a sequence (not a decode step), and one sequence has nothing
+            // to share.
+            Weights::Quantized(w) if sessions.len() > 1 && !positions.contains(&0) => w,
+            _ => {
+                return sessions
+                    .iter_mut()
+                    .zip(tokens.iter().zip(positions))
+                    .map(|(s, (&t, &p))| s.forward(&[t], p))
+                    .collect();
+            }
         };
-        if sessions.len() == 1 || positions.contains(&0) {
-            // Position 0 starts a sequence: not a decode step; nothing to share either way.
-            return sessions
-                .iter_mut()
-                .zip(tokens.iter().zip(positions))
-                .map(|(s, (&t, &p))| s.forward(&[t], p))
-                .collect();
-        }
-        let info = &self.inner.info;
-        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= info.vocab_size) {
-            return Err(InferenceError::InvalidRequest(format!(
-                "token id {bad} outside the vocabulary"
-            )));
-        }
-        if let Some(&end) = positions.iter().find(|&&p| p >= info.context_length) {
-            return Err(InferenceError::PromptTooLong {
-                prompt_tokens: end + 1,
-                context: info.context_length,
-            });
-        }
+        let end = positions.iter().max().map_or(0, |p| p.saturating_add(1));
+        check_input(&self.inner.info, tokens, end)?;
         let mut caches = Vec::with_capacity(sessions.len());
         for s in sessions.iter_mut() {
             match &mut s.state {
@@ -368,6 +341,23 @@ impl Model {
             .to_dtype(DType::F32)?;
         Ok(logits.to_vec2::<f32>()?)
     }
+}
+
+/// Refuses a forward pass whose tokens are outside the vocabulary or that would end (`end`:
+/// the last position plus one) past the context.
+fn check_input(info: &ModelInfo, tokens: &[u32], end: usize) -> Result<(), InferenceError> {
+    if end > info.context_length {
+        return Err(InferenceError::PromptTooLong {
+            prompt_tokens: end,
+            context: info.context_length,
+        });
+    }
+    if let Some(bad) = tokens.iter().find(|t| **t as usize >= info.vocab_size) {
+        return Err(InferenceError::InvalidRequest(format!(
+            "token id {bad} outside the vocabulary"
+        )));
+    }
+    Ok(())
 }
 
 /// Picks the chat template: the model's own, else ChatML.
