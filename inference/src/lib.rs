@@ -5,8 +5,9 @@
 //!   in-memory buffers, as GGUF (quantised, tokenizer and chat template in the metadata) or as
 //!   safetensors (`config.json`, `tokenizer.json`, `tokenizer_config.json`);
 //! - the generation loop: chat template, KV cache, sampling, stop sequences, streaming, usage;
-//! - [`Engine`]: a bounded queue with back-pressure, concurrent sequences on worker threads,
-//!   cancellation.
+//! - [`Engine`]: a bounded queue with back-pressure, a continuous batch of sequences on one
+//!   scheduler thread (one decode step for all of them, where the model batches), cancellation;
+//! - CPU by default, NVIDIA GPUs with the `cuda` feature ([`DeviceKind`]).
 //!
 //! What it must never do: read model bytes from disk on its own (the sealed-model loader hands
 //! them over), log prompts or generated text, or panic on a malformed model.
@@ -19,6 +20,7 @@ pub mod e2e;
 mod engine;
 mod error;
 mod generate;
+pub mod gguf_names;
 mod gguf_tokenizer;
 pub mod model;
 pub mod openai;
@@ -28,6 +30,8 @@ mod text_stream;
 
 #[cfg(test)]
 mod batch_tests;
+#[cfg(all(test, feature = "cuda"))]
+mod cuda_tests;
 #[cfg(test)]
 mod openai_tests;
 #[cfg(test)]

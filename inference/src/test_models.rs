@@ -18,6 +18,7 @@ use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::{AddedToken, Tokenizer};
 
 use crate::chat::CHATML_TEMPLATE;
+use crate::gguf_names::gguf_tensor_name;
 use crate::model::{LoadOptions, Model, SafetensorsFiles};
 
 pub const HIDDEN: usize = 64;
@@ -192,39 +193,6 @@ pub fn safetensors_bytes(seed: u64, arch: Arch) -> Vec<u8> {
     std::fs::read(path).unwrap()
 }
 
-/// HF name -> GGUF name.
-fn gguf_name(hf: &str) -> String {
-    let table = [
-        ("model.embed_tokens.weight", "token_embd.weight"),
-        ("model.norm.weight", "output_norm.weight"),
-        ("lm_head.weight", "output.weight"),
-    ];
-    if let Some((_, g)) = table.iter().find(|(h, _)| *h == hf) {
-        return g.to_string();
-    }
-    let rest = hf.strip_prefix("model.layers.").unwrap();
-    let (layer, name) = rest.split_once('.').unwrap();
-    let g = match name {
-        "self_attn.q_proj.weight" => "attn_q",
-        "self_attn.k_proj.weight" => "attn_k",
-        "self_attn.v_proj.weight" => "attn_v",
-        "self_attn.o_proj.weight" => "attn_output",
-        "mlp.gate_proj.weight" => "ffn_gate",
-        "mlp.up_proj.weight" => "ffn_up",
-        "mlp.down_proj.weight" => "ffn_down",
-        "self_attn.q_proj.bias" => "attn_q.bias",
-        "self_attn.k_proj.bias" => "attn_k.bias",
-        "self_attn.v_proj.bias" => "attn_v.bias",
-        "input_layernorm.weight" => "attn_norm",
-        "post_attention_layernorm.weight" => "ffn_norm",
-        other => panic!("{other}"),
-    };
-    if g.ends_with(".bias") {
-        return format!("blk.{layer}.{g}");
-    }
-    format!("blk.{layer}.{g}.weight")
-}
-
 /// The GGUF metadata of the tiny model; tests tamper with a copy.
 pub fn gguf_metadata() -> Vec<(String, Value)> {
     let tokens = tokens();
@@ -318,7 +286,10 @@ pub fn gguf_bytes_for(arch: Arch, matmul: GgmlDType, metadata: &[(String, Value)
             } else {
                 GgmlDType::F32
             };
-            (gguf_name(&n), QTensor::quantize(&t, dtype).unwrap())
+            (
+                gguf_tensor_name(&n).unwrap(),
+                QTensor::quantize(&t, dtype).unwrap(),
+            )
         })
         .collect();
     let md: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();

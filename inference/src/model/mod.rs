@@ -33,7 +33,45 @@ pub enum DeviceKind {
     Cuda(usize),
 }
 
+/// `cpu`, `cuda` (GPU 0) or `cuda:N`, as configuration files and command lines spell it.
+impl std::str::FromStr for DeviceKind {
+    type Err = InferenceError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || InferenceError::Device(format!("`{s}`: expected cpu, cuda or cuda:N"));
+        match s {
+            "cpu" => Ok(Self::Cpu),
+            "cuda" => Ok(Self::Cuda(0)),
+            _ => s
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(Self::Cuda)
+                .ok_or_else(bad),
+        }
+    }
+}
+
+impl std::fmt::Display for DeviceKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Cpu => f.write_str("cpu"),
+            Self::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
 impl DeviceKind {
+    /// Whether this build can run on the device at all (GPUs need the `cuda` feature); says
+    /// why not. Whether the device is present is known only when a model loads.
+    pub fn supported(self) -> Result<(), InferenceError> {
+        match self {
+            Self::Cuda(_) if !cfg!(feature = "cuda") => Err(InferenceError::Device(format!(
+                "{self}: this build has no CUDA support (build ward-inference with the `cuda` feature)"
+            ))),
+            _ => Ok(()),
+        }
+    }
+
     pub(crate) fn device(self) -> Result<Device, InferenceError> {
         match self {
             Self::Cpu => Ok(Device::Cpu),
