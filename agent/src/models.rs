@@ -86,14 +86,16 @@ impl Models {
             let Some(model) = self.get(&m.name) else {
                 continue;
             };
-            let (name, config) = (m.name.clone(), m.engine);
+            let (name, config, device) = (m.name.clone(), m.engine, m.device);
             let started = std::time::Instant::now();
-            let engine = tokio::task::spawn_blocking(move || serve(&name, &model, config)).await;
+            let engine =
+                tokio::task::spawn_blocking(move || serve(&name, &model, config, device)).await;
             let _enter = span.enter();
             match engine {
                 Ok(Ok(Some(engine))) => {
                     tracing::info!(
                         secs = started.elapsed().as_secs_f64(),
+                        device = %m.device,
                         "inference engine ready"
                     );
                     if let Ok(mut e) = engines.write() {
@@ -178,11 +180,12 @@ fn serve(
     name: &str,
     model: &LoadedModel,
     config: ward_inference::EngineConfig,
+    device: ward_inference::DeviceKind,
 ) -> Result<Option<ward_inference::Engine>, ward_inference::InferenceError> {
     use ward_inference::{Engine, LoadOptions, Model, SafetensorsFiles};
     let options = LoadOptions {
         name: Some(name.to_string()),
-        ..LoadOptions::default()
+        device,
     };
     // Files are found by their base name, so that a model image's `models/x/config.json` serves
     // as well as a sealed model's `config.json`.

@@ -139,6 +139,9 @@ pub struct RawModel {
     /// Requests allowed to wait for a slot; more get 429 (1 to 4096; default 16).
     #[serde(default)]
     pub queue: Option<usize>,
+    /// Where the model runs: `cpu` (default), `cuda` or `cuda:N` (a wardd built with `cuda`).
+    #[serde(default)]
+    pub device: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

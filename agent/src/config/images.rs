@@ -34,6 +34,8 @@ pub struct ModelSettings {
     pub digests: ward_image::model::PinnedDigests,
     /// The inference engine's batch and queue sizes.
     pub engine: ward_inference::EngineConfig,
+    /// Where the model runs.
+    pub device: ward_inference::DeviceKind,
 }
 
 /// Where a model comes from.
@@ -101,12 +103,22 @@ pub(super) fn models(raw: Vec<RawModel>) -> Result<Vec<ModelSettings>, ConfigErr
                 engine.queue_capacity
             )));
         }
+        let device = match &m.device {
+            None => ward_inference::DeviceKind::Cpu,
+            Some(d) => {
+                let device: ward_inference::DeviceKind =
+                    d.parse().map_err(|e| bad(format!("device {e}")))?;
+                device.supported().map_err(|e| bad(format!("device {e}")))?;
+                device
+            }
+        };
         out.push(ModelSettings {
             name: m.name,
             source,
             kek: m.kek,
             digests,
             engine,
+            device,
         });
     }
     Ok(out)

@@ -477,7 +477,7 @@ fn model_entries() {
     let c = from_text(
         &format!(
             "[[model]]\nname = \"m\"\nsource = \"r.io/models/m@{d}\"\nkek = \"kbs:///default/model-kek/1\"\n[model.digests]\n\"model.safetensors\" = \"{d}\"\n\
-             [[model]]\nname = \"local\"\nsource = \"/run/ward/models/m\"\nmax_batch = 8\nqueue = 1\n[model.digests]\n\"a\" = \"{d}\"\n"
+             [[model]]\nname = \"local\"\nsource = \"/run/ward/models/m\"\nmax_batch = 8\nqueue = 1\ndevice = \"cpu\"\n[model.digests]\n\"a\" = \"{d}\"\n"
         ),
         None,
     )
@@ -486,6 +486,8 @@ fn model_entries() {
     assert!(matches!(c.models[0].source, ModelSource::Registry(_)));
     assert!(matches!(c.models[1].source, ModelSource::Layout(_)));
     assert_eq!(c.models[0].engine, ward_inference::EngineConfig::default());
+    assert_eq!(c.models[0].device, ward_inference::DeviceKind::Cpu);
+    assert_eq!(c.models[1].device, ward_inference::DeviceKind::Cpu);
     assert_eq!(
         c.models[1].engine,
         ward_inference::EngineConfig {
@@ -527,10 +529,41 @@ fn model_entries() {
             ),
             "queue 0 is out of range",
         ),
+        (
+            format!(
+                "[[model]]\nname = \"m\"\nsource = \"r.io/m:v1\"\ndevice = \"tpu\"\n[model.digests]\n\"a\" = \"{d}\"\n"
+            ),
+            "expected cpu, cuda or cuda:N",
+        ),
     ] {
         let e = from_text(&text, None).unwrap_err().to_string();
         assert!(e.contains(want), "{text}: {e}");
     }
+}
+
+/// `cuda` parses in every build; one without the `cuda` feature refuses it at load, by name.
+#[test]
+fn model_device() {
+    let d = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    let text = |device: &str| {
+        format!(
+            "[[model]]\nname = \"m\"\nsource = \"r.io/m:v1\"\ndevice = \"{device}\"\n[model.digests]\n\"a\" = \"{d}\"\n"
+        )
+    };
+    let cuda_built = cfg!(feature = "cuda");
+    for (device, want) in [
+        ("cuda", ward_inference::DeviceKind::Cuda(0)),
+        ("cuda:1", ward_inference::DeviceKind::Cuda(1)),
+    ] {
+        match from_text(&text(device), None) {
+            Ok(c) if cuda_built => assert_eq!(c.models[0].device, want),
+            Ok(_) => panic!("{device} accepted without the cuda feature"),
+            Err(e) if cuda_built => panic!("{device}: {e}"),
+            Err(e) => assert!(e.to_string().contains("`cuda` feature"), "{e}"),
+        }
+    }
+    let e = from_text(&text("cuda:x"), None).unwrap_err().to_string();
+    assert!(e.contains("expected cpu, cuda or cuda:N"), "{e}");
 }
 
 #[test]
