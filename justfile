@@ -97,3 +97,13 @@ bench-e2e: fetch-model
 bench-batch: fetch-model
     RUSTFLAGS="-C target-cpu=x86-64-v3" cargo build --release -q -p ward-inference --bin bench-infer --target-dir target/x86-64-v3
     target/x86-64-v3/release/bench-infer --batch --prompt-tokens 64 --gen-tokens 32
+
+# CUDA 13.0 from PyPI (nvcc, headers, cuBLAS/cuRAND/NVRTC) for building with `--features cuda` on a
+# machine without the CUDA toolkit; prints the environment to eval.
+cuda-toolchain:
+    scripts/cuda-toolchain.sh
+
+# The CUDA build of bench-infer, gen-bench-model and the inference tests, and ward, gzipped into
+# .gpu/ for scripts/gpu-check.sh on a GPU machine without Rust (inference/README.md, "Devices").
+gpu-bundle:
+    scripts/gpu-bundle.sh

@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Baseline for bench-infer: the same model in PyTorch `transformers`, in float32 on the CPU with
-all cores (or $RAYON_NUM_THREADS, as ward), fed the same prompt token ids, prefilled in one pass and decoded greedily for the same
-number of tokens.
+all cores (or $RAYON_NUM_THREADS, as ward), or in bfloat16 on a GPU (`--device cuda:N`, as ward
+runs safetensors there), fed the same prompt token ids, prefilled in one pass and decoded greedily
+for the same number of tokens. Each decode step hands its token to the host (`.item()`), as ward's
+does and as a server streaming tokens must; GPU timings end with a synchronize.
 
 MODEL is a safetensors directory (config.json + *.safetensors, e.g. written by gen-bench-model),
 loaded with `AutoModelForCausalLM` (`LlamaForCausalLM` for those), or a GGUF file (transformers
@@ -24,6 +26,7 @@ def main():
     ap.add_argument("--ids", required=True, help="comma-separated prompt token ids")
     ap.add_argument("--gen-tokens", type=int, default=128)
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--device", default="cpu")
     a = ap.parse_args()
     try:
         import torch
@@ -40,25 +43,46 @@ def main():
     else:
         where, kw = os.path.split(os.path.abspath(a.model))
         kw = {"gguf_file": kw}
+    device = torch.device(a.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print(f"SKIP: torch sees no CUDA device for {a.device}")
+        return 0
+    dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
     try:
-        model = AutoModelForCausalLM.from_pretrained(where, dtype=torch.float32, **kw)
+        model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, **kw)
     except TypeError:  # transformers < 4.56 names it torch_dtype
-        model = AutoModelForCausalLM.from_pretrained(where, torch_dtype=torch.float32, **kw)
-    model.eval()
-    ids = torch.tensor([[int(i) for i in a.ids.split(",")]])
+        model = AutoModelForCausalLM.from_pretrained(where, torch_dtype=dtype, **kw)
+    model.to(device).eval()
+    ids = torch.tensor([[int(i) for i in a.ids.split(",")]], device=device)
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
     pre, dec, first = [], [], None
     with torch.inference_mode():
-        model(ids[:, :8])  # warm-up
+        # Warm-up at the measured shapes: each round is a fresh process, and a GPU's first call
+        # of each kernel pays for loading and tuning it; on a GPU, cuDNN's attention also builds
+        # a plan per sequence length, so the warm-up there is a whole round (the steady state).
+        out = model(ids, use_cache=True)
+        past, nxt = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
+        for _ in range(4 if device.type == "cpu" else a.gen_tokens):
+            out = model(nxt, past_key_values=past, use_cache=True)
+            past, nxt = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
+        nxt.item()
+        sync()
         for _ in range(a.runs):
             t = time.perf_counter()
             out = model(ids, use_cache=True)
-            pre.append(ids.shape[1] / (time.perf_counter() - t))
             past, nxt = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
-            first = int(nxt[0, 0])
+            first = int(nxt[0, 0].item())
+            pre.append(ids.shape[1] / (time.perf_counter() - t))
             t = time.perf_counter()
             for _ in range(a.gen_tokens):
                 out = model(nxt, past_key_values=past, use_cache=True)
                 past, nxt = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
+                nxt.item()  # the host sees each token
+            sync()
             dec.append(a.gen_tokens / (time.perf_counter() - t))
     print(f"RESULT {statistics.median(pre):.3f} {statistics.median(dec):.3f} {first}")
     return 0

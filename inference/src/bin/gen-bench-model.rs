@@ -1,9 +1,12 @@
 //! Writes a llama-architecture checkpoint with random weights and the shapes of a real model, for
 //! `bench-infer` to run in ward and in PyTorch `transformers` from the same files: `config.json`,
 //! `model.safetensors` (f32 or bf16), `tokenizer.json` (the 256 byte-level tokens only: the
-//! benchmark feeds token ids) and `tokenizer_config.json`.
+//! benchmark feeds token ids) and `tokenizer_config.json`. With `--gguf TYPE`, also
+//! `model.TYPE.gguf`: the same weights (same seed), matrices quantised to TYPE (q8_0, q4_0, q4_1,
+//! q4_k, q6_k), norms in f32, the byte-level vocabulary padded to the preset's in its metadata: a
+//! quantised model for ward whose unquantised original the PyTorch baseline can run.
 //!
-//! Usage: gen-bench-model PRESET OUT_DIR [--dtype f32|bf16] [--seed N]
+//! Usage: gen-bench-model PRESET OUT_DIR [--dtype f32|bf16] [--seed N] [--gguf TYPE]
 //! Presets: smollm2-135m (SmolLM2-135M's shapes), tinyllama-1.1b (TinyLlama-1.1B's shapes).
 //! The files are large (0.5 GB and 4.4 GB in f32): keep them out of the repository
 //! (`just bench-infer` uses `~/.cache/ward/bench/`). An existing, complete directory is kept.
@@ -12,12 +15,16 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
+use candle_core::quantized::gguf_file::{self, Value};
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{Device, Tensor};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokenizers::Tokenizer;
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
 use tokenizers::models::bpe::BPE;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use ward_inference::gguf_names::gguf_tensor_name;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -131,6 +138,15 @@ fn tensors(p: &Preset) -> Vec<TensorSpec> {
     out
 }
 
+impl Fill {
+    fn draw(self, rng: &mut StdRng) -> f32 {
+        match self {
+            Fill::Ones => 1.0,
+            Fill::Uniform(a) => rng.gen_range(-a..a),
+        }
+    }
+}
+
 /// f32 to bf16, rounding to nearest even.
 fn bf16_bits(x: f32) -> u16 {
     let bits = x.to_bits();
@@ -174,10 +190,7 @@ fn write_safetensors(
             let n = left.min(1 << 18);
             buf.clear();
             for _ in 0..n {
-                let x = match s.fill {
-                    Fill::Ones => 1.0,
-                    Fill::Uniform(a) => rng.gen_range(-a..a),
-                };
+                let x = s.fill.draw(&mut rng);
                 match dtype {
                     Dtype::F32 => buf.extend_from_slice(&x.to_le_bytes()),
                     Dtype::Bf16 => buf.extend_from_slice(&bf16_bits(x).to_le_bytes()),
@@ -213,15 +226,19 @@ fn config_json(p: &Preset, dtype: Dtype) -> serde_json::Value {
     })
 }
 
+/// The 256 byte-level characters, in id order.
+fn byte_tokens() -> Vec<String> {
+    let mut chars: Vec<char> = ByteLevel::alphabet().into_iter().collect();
+    chars.sort_unstable();
+    chars.into_iter().map(|c| c.to_string()).collect()
+}
+
 /// A byte-level BPE over the 256 byte characters, no merges: enough to encode any prompt.
 fn tokenizer_json() -> Result<String, BoxError> {
-    let alphabet = ByteLevel::alphabet();
-    let mut chars: Vec<char> = alphabet.into_iter().collect();
-    chars.sort_unstable();
-    let vocab: tokenizers::models::bpe::Vocab = chars
+    let vocab: tokenizers::models::bpe::Vocab = byte_tokens()
         .into_iter()
         .enumerate()
-        .map(|(i, c)| (c.to_string(), i as u32))
+        .map(|(i, t)| (t, i as u32))
         .collect();
     let bpe = BPE::builder().vocab_and_merges(vocab, Vec::new()).build()?;
     let mut tok = Tokenizer::new(bpe);
@@ -230,18 +247,97 @@ fn tokenizer_json() -> Result<String, BoxError> {
     tok.to_string(false)
 }
 
+fn gguf_type(name: &str) -> Option<GgmlDType> {
+    Some(match name {
+        "q8_0" => GgmlDType::Q8_0,
+        "q4_0" => GgmlDType::Q4_0,
+        "q4_1" => GgmlDType::Q4_1,
+        "q4_k" => GgmlDType::Q4K,
+        "q6_k" => GgmlDType::Q6K,
+        _ => return None,
+    })
+}
+
+/// llama metadata for the preset, and the byte-level tokens padded to its vocabulary.
+fn gguf_metadata(p: &Preset) -> Vec<(&'static str, Value)> {
+    let mut tokens = byte_tokens();
+    let bytes = tokens.len();
+    tokens.extend((bytes..p.vocab).map(|i| format!("<pad_{i}>")));
+    let u = |n: usize| Value::U32(u32::try_from(n).unwrap_or(u32::MAX));
+    vec![
+        ("general.architecture", Value::String("llama".into())),
+        (
+            "general.name",
+            Value::String(format!("ward-bench/{}-random", p.name)),
+        ),
+        ("llama.context_length", u(p.context)),
+        ("llama.embedding_length", u(p.hidden)),
+        ("llama.feed_forward_length", u(p.intermediate)),
+        ("llama.block_count", u(p.layers)),
+        ("llama.attention.head_count", u(p.heads)),
+        ("llama.attention.head_count_kv", u(p.kv_heads)),
+        ("llama.rope.dimension_count", u(p.hidden / p.heads)),
+        ("llama.rope.freq_base", Value::F32(p.rope_theta as f32)),
+        ("llama.attention.layer_norm_rms_epsilon", Value::F32(1e-5)),
+        ("tokenizer.ggml.model", Value::String("gpt2".into())),
+        (
+            "tokenizer.ggml.tokens",
+            Value::Array(tokens.into_iter().map(Value::String).collect()),
+        ),
+        ("tokenizer.ggml.bos_token_id", u(1)),
+        ("tokenizer.ggml.eos_token_id", u(2)),
+        ("tokenizer.ggml.add_bos_token", Value::Bool(false)),
+    ]
+}
+
+/// The safetensors file's weights (same seed, same draws in the same order), matrices quantised
+/// to `quant`, written as a GGUF file through a temporary name.
+fn write_gguf(
+    path: &Path,
+    p: &Preset,
+    specs: &[TensorSpec],
+    quant: GgmlDType,
+    seed: u64,
+) -> Result<u64, BoxError> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut tensors = Vec::with_capacity(specs.len());
+    for s in specs {
+        let n = s.shape.iter().product::<usize>();
+        let values: Vec<f32> = (0..n).map(|_| s.fill.draw(&mut rng)).collect();
+        let t = Tensor::from_vec(values, s.shape.as_slice(), &Device::Cpu)?;
+        let dtype = if s.shape.len() == 2 {
+            quant
+        } else {
+            GgmlDType::F32
+        };
+        let name = gguf_tensor_name(&s.name).ok_or(format!("no GGUF name for {}", s.name))?;
+        tensors.push((name, QTensor::quantize(&t, dtype)?));
+    }
+    let metadata = gguf_metadata(p);
+    let md: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (*k, v)).collect();
+    let ts: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let partial = path.with_extension("gguf.partial");
+    let mut out = BufWriter::with_capacity(1 << 22, File::create(&partial)?);
+    gguf_file::write(&mut out, &md, &ts)?;
+    out.flush()?;
+    drop(out);
+    std::fs::rename(&partial, path)?;
+    Ok(std::fs::metadata(path)?.len())
+}
+
 fn main() -> Result<(), BoxError> {
     let mut args = std::env::args().skip(1);
-    let usage =
-        "usage: gen-bench-model smollm2-135m|tinyllama-1.1b OUT_DIR [--dtype f32|bf16] [--seed N]";
+    let usage = "usage: gen-bench-model smollm2-135m|tinyllama-1.1b OUT_DIR [--dtype f32|bf16] \
+                 [--seed N] [--gguf q8_0|q4_0|q4_1|q4_k|q6_k]";
     let preset_name = args.next().ok_or(usage)?;
     let out = PathBuf::from(args.next().ok_or(usage)?);
-    let (mut dtype, mut seed) = (Dtype::F32, 1u64);
+    let (mut dtype, mut seed, mut gguf) = (Dtype::F32, 1u64, None);
     while let Some(a) = args.next() {
         match (a.as_str(), args.next()) {
             ("--dtype", Some(d)) if d == "f32" => dtype = Dtype::F32,
             ("--dtype", Some(d)) if d == "bf16" => dtype = Dtype::Bf16,
             ("--seed", Some(s)) => seed = s.parse()?,
+            ("--gguf", Some(q)) => gguf = Some((gguf_type(&q).ok_or(usage)?, q)),
             _ => return Err(usage.into()),
         }
     }
@@ -249,13 +345,30 @@ fn main() -> Result<(), BoxError> {
         .iter()
         .find(|p| p.name == preset_name)
         .ok_or(usage)?;
+    let specs = tensors(preset);
+    if let Some((quant, name)) = gguf {
+        let path = out.join(format!("model.{name}.gguf"));
+        if path.exists() {
+            println!("{}: already generated", path.display());
+        } else {
+            std::fs::create_dir_all(&out)?;
+            let t = std::time::Instant::now();
+            let bytes = write_gguf(&path, preset, &specs, quant, seed)?;
+            println!(
+                "{}: {} as {name}, {} MB, {:.1} s",
+                path.display(),
+                preset.name,
+                bytes / 1_000_000,
+                t.elapsed().as_secs_f64()
+            );
+        }
+    }
     let done = out.join(".complete");
     if done.exists() {
         println!("{}: already generated", out.display());
         return Ok(());
     }
     std::fs::create_dir_all(&out)?;
-    let specs = tensors(preset);
     let params: usize = specs
         .iter()
         .map(|s| s.shape.iter().product::<usize>())

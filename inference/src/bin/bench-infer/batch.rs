@@ -8,7 +8,7 @@
 use std::path::Path;
 use std::time::Instant;
 
-use ward_inference::{Model, Session};
+use ward_inference::{DeviceKind, Model, Session};
 
 use crate::{BoxError, argmax, load, median, prompt_ids};
 
@@ -83,14 +83,15 @@ fn thread_each(model: &Model, n: usize, prompt_len: usize, steps: usize) -> Resu
     Ok((n * steps) as f64 / t.elapsed().as_secs_f64())
 }
 
-/// Prints the three variants for 1, 2, 4 and 8 sequences.
+/// Prints the three variants for 1, 2, 4 and 8 sequences (up to 32 on a GPU).
 pub(crate) fn run(
     path: &Path,
+    device: DeviceKind,
     prompt_len: usize,
     steps: usize,
     runs: usize,
 ) -> Result<(), BoxError> {
-    let (model, label, _) = load(path)?;
+    let (model, label, _) = load(path, device)?;
     println!(
         "{label}: decode tokens/s summed over the sequences, {prompt_len}-token prompts, {steps} steps, median of {runs}{}",
         if model.batches() {
@@ -101,7 +102,11 @@ pub(crate) fn run(
     );
     println!("  seqs   batched   one-by-one   thread each   batched/one-by-one   batched/threads");
     batched(&model, 1, 8, 2)?; // warm-up
-    for n in [1usize, 2, 4, 8] {
+    let counts: &[usize] = match device {
+        DeviceKind::Cpu => &[1, 2, 4, 8],
+        DeviceKind::Cuda(_) => &[1, 2, 4, 8, 16, 32],
+    };
+    for &n in counts {
         let (mut b, mut o, mut t) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..runs {
             b.push(batched(&model, n, prompt_len, steps)?);

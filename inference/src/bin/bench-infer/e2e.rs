@@ -144,7 +144,7 @@ fn us(s: f64) -> String {
 
 pub(crate) fn run(gguf: &Path, gen_tokens: usize, runs: usize) -> Result<(), BoxError> {
     let decode = if gguf.exists() {
-        let (model, label, _) = crate::load(gguf)?;
+        let (model, label, _) = crate::load(gguf, ward_inference::DeviceKind::Cpu)?;
         let prompt = model.encode("The quick brown fox jumps over the lazy dog.", true)?;
         let f = crate::measure(&model, &prompt, gen_tokens.max(1), runs)?;
         println!(

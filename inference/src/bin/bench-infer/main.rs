@@ -2,10 +2,10 @@
 //! same model in the same run, and the cost of end-to-end encryption per request and per token.
 //!
 //! Usage:
-//!   bench-infer [MODEL...] [--prompt-tokens N] [--gen-tokens N] [--runs N]
-//!               [--python PATH] [--no-baseline]
+//!   bench-infer [MODEL...] [--prompt-tokens N] [--gen-tokens N] [--runs N] [--device D]
+//!               [--python PATH] [--no-baseline] [--baseline-model PATH]
 //!   bench-infer --e2e [GGUF] [--gen-tokens N] [--runs N]
-//!   bench-infer --batch [MODEL] [--prompt-tokens N] [--gen-tokens N] [--runs N]
+//!   bench-infer --batch [MODEL] [--prompt-tokens N] [--gen-tokens N] [--runs N] [--device D]
 //!
 //! A MODEL is a GGUF file or a safetensors directory (`config.json`, `tokenizer.json`,
 //! `*.safetensors`; `gen-bench-model` writes llama checkpoints with real shapes and random
@@ -16,6 +16,14 @@
 //! median of the rounds' ratios. The baseline prints `SKIP` when torch or transformers is missing. Build with `cargo build --release -p
 //! ward-inference --bin bench-infer` (and `RUSTFLAGS="-C target-cpu=x86-64-v3"`: see the README).
 //! `RAYON_NUM_THREADS=N` sets the threads of both (default: every core).
+//!
+//! `--device cuda[:N]` (a build with the `cuda` feature) runs ward on that GPU and the baseline
+//! there too, in bf16 (what ward runs safetensors models in on a GPU). Each decode step hands
+//! the token to the host in both, as a server must to stream it. `--baseline-model` gives the
+//! baseline other files than ward's: the safetensors a quantised GGUF was made from, say
+//! (`gen-bench-model --gguf`), since transformers can only dequantise a GGUF to full width.
+//! The baseline script is `$WARD_BENCH_TORCH_SCRIPT`, else `inference/bench/torch_baseline.py`
+//! under the working directory or the source tree.
 
 mod batch;
 mod e2e;
@@ -24,7 +32,7 @@ mod torch;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use ward_inference::{LoadOptions, Model, SafetensorsFiles};
+use ward_inference::{DeviceKind, LoadOptions, Model, SafetensorsFiles};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -37,6 +45,8 @@ struct Args {
     python: String,
     e2e: bool,
     batch: bool,
+    device: DeviceKind,
+    baseline_model: Option<PathBuf>,
 }
 
 fn default_gguf() -> PathBuf {
@@ -60,6 +70,8 @@ fn parse_args() -> Result<Args, BoxError> {
         python: std::env::var("WARD_BENCH_PYTHON").unwrap_or_else(|_| "python3".to_owned()),
         e2e: false,
         batch: false,
+        device: DeviceKind::Cpu,
+        baseline_model: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -74,6 +86,8 @@ fn parse_args() -> Result<Args, BoxError> {
             "--no-baseline" => args.baseline = false,
             "--e2e" => args.e2e = true,
             "--batch" => args.batch = true,
+            "--device" => args.device = value(&a)?.parse()?,
+            "--baseline-model" => args.baseline_model = Some(PathBuf::from(value(&a)?)),
             other if !other.starts_with("--") => args.models.push(PathBuf::from(other)),
             other => return Err(format!("unknown argument {other}").into()),
         }
@@ -108,7 +122,7 @@ fn read_safetensors_dir(dir: &Path) -> Result<SafetensorsFiles<'static>, BoxErro
 }
 
 /// Loads a GGUF file or a safetensors directory; returns the model, a label and the load time.
-pub(crate) fn load(path: &Path) -> Result<(Model, String, f64), BoxError> {
+pub(crate) fn load(path: &Path, device: DeviceKind) -> Result<(Model, String, f64), BoxError> {
     let t = Instant::now();
     let name = path
         .file_name()
@@ -116,7 +130,7 @@ pub(crate) fn load(path: &Path) -> Result<(Model, String, f64), BoxError> {
         .unwrap_or_default();
     let options = LoadOptions {
         name: Some(name.clone()),
-        ..LoadOptions::default()
+        device,
     };
     let model = if path.is_dir() {
         Model::from_safetensors(read_safetensors_dir(path)?, &options)?
@@ -224,7 +238,8 @@ fn bench_model(path: &Path, args: &Args) -> Result<(), BoxError> {
         );
         return Ok(());
     }
-    let (model, label, load_s) = load(path)?;
+    let (model, label, load_s) = load(path, args.device)?;
+    let baseline_path = args.baseline_model.as_deref().unwrap_or(path);
     let prompt = prompt_ids(&model, args.prompt_tokens)?;
     println!(
         "\n{label}: load {load_s:.2} s, prompt {} tokens, decode {} tokens, {} rounds (medians), load average {}",
@@ -239,7 +254,14 @@ fn bench_model(path: &Path, args: &Args) -> Result<(), BoxError> {
     for _ in 0..args.runs {
         ours.push(run_once(&model, &prompt, args.gen_tokens)?);
         if skipped.is_none() {
-            match torch::run(&args.python, path, &prompt, args.gen_tokens, 1) {
+            match torch::run(
+                &args.python,
+                baseline_path,
+                &args.device.to_string(),
+                &prompt,
+                args.gen_tokens,
+                1,
+            ) {
                 torch::Outcome::Figures(f) => theirs.push(f),
                 torch::Outcome::Skip(why) => skipped = Some(why),
             }
@@ -258,10 +280,11 @@ fn bench_model(path: &Path, args: &Args) -> Result<(), BoxError> {
                 "  torch (transformers): prefill {:8.1} tok/s   decode {:7.2} tok/s{}",
                 med(&theirs, |f| f.prefill_tps),
                 med(&theirs, |f| f.decode_tps),
-                if path.is_dir() {
-                    ""
-                } else {
-                    "   (GGUF dequantised to f32: not the same arithmetic)"
+                match (path.is_dir(), args.baseline_model.is_some()) {
+                    (true, false) => String::new(),
+                    (_, true) => format!("   (on {})", baseline_path.display()),
+                    (false, false) =>
+                        "   (GGUF dequantised to full width: not the same arithmetic)".to_owned(),
                 }
             );
             let ratio = |f: fn(&Figures) -> f64| {
@@ -292,16 +315,23 @@ fn main() -> Result<(), BoxError> {
         .filter(|n| *n > 0)
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     println!(
-        "bench-infer: {threads} CPU threads, built for {}",
+        "bench-infer: {threads} CPU threads, built for {}, device {}",
         if cfg!(target_feature = "avx2") {
             "AVX2 (x86-64-v3 or better)"
         } else {
             "the portable target (no AVX2)"
-        }
+        },
+        args.device
     );
     if args.batch {
         let model = args.models.first().cloned().unwrap_or_else(default_gguf);
-        return batch::run(&model, args.prompt_tokens, args.gen_tokens, args.runs);
+        return batch::run(
+            &model,
+            args.device,
+            args.prompt_tokens,
+            args.gen_tokens,
+            args.runs,
+        );
     }
     if args.e2e {
         let gguf = args.models.first().cloned().unwrap_or_else(default_gguf);

@@ -11,19 +11,34 @@ pub(crate) enum Outcome {
     Skip(String),
 }
 
+/// `$WARD_BENCH_TORCH_SCRIPT`, else the script under the working directory (a copied tree, as
+/// on a GPU machine), else the one in the source tree this binary was built from.
+fn script() -> PathBuf {
+    if let Some(p) = std::env::var_os("WARD_BENCH_TORCH_SCRIPT") {
+        return PathBuf::from(p);
+    }
+    let relative = Path::new("inference/bench/torch_baseline.py");
+    if relative.exists() {
+        return relative.to_path_buf();
+    }
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("bench/torch_baseline.py")
+}
+
 pub(crate) fn run(
     python: &str,
     model: &Path,
+    device: &str,
     prompt: &[u32],
     gen_tokens: usize,
     runs: usize,
 ) -> Outcome {
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("bench/torch_baseline.py");
+    let script = script();
     let ids: Vec<String> = prompt.iter().map(u32::to_string).collect();
     let out = Command::new(python)
         .arg(&script)
         .arg(model)
         .args(["--ids", &ids.join(",")])
+        .args(["--device", device])
         .args(["--gen-tokens", &gen_tokens.to_string()])
         .args(["--runs", &runs.to_string()])
         .output();
