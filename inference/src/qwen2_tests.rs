@@ -143,6 +143,42 @@ fn f32_gguf_and_safetensors_agree() {
     assert!(a.iter().any(|t| *t != a[0]), "degenerate output {a:?}");
 }
 
+/// The token-by-token path that a continuing chunk takes on a GPU (candle's Qwen2 cannot build
+/// its mask in bf16) gives the logits of the chunked forward, here on the CPU.
+#[test]
+fn continuing_chunks_token_by_token_equal_chunked() {
+    let model = st_model();
+    let crate::model::Weights::Qwen2(weights) = &model.inner.weights else {
+        panic!("not a safetensors Qwen2");
+    };
+    let prompt: Vec<u32> = (0..40u32).map(|i| 5 + i * 3 % 200).collect();
+    let input = |r: std::ops::Range<usize>| {
+        candle_core::Tensor::new(&prompt[r], &candle_core::Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap()
+    };
+    let run = |by_token: bool| -> Vec<f32> {
+        let mut m = weights.clone();
+        m.clear_kv_cache();
+        crate::model::qwen2_forward(&mut m, &input(0..16), 0, by_token).unwrap();
+        crate::model::qwen2_forward(&mut m, &input(16..40), 16, by_token)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    };
+    let (chunked, by_token) = (run(false), run(true));
+    let diff = chunked
+        .iter()
+        .zip(&by_token)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert_eq!(chunked.len(), by_token.len());
+    assert!(diff < 1e-4, "logits differ by {diff}");
+}
+
 #[test]
 fn greedy_is_deterministic_and_streaming_equals_collecting() {
     for model in [gguf_model(), st_model()] {

@@ -298,7 +298,7 @@ impl Session {
             (SessionState::Quantized(cache), Weights::Quantized(w)) => {
                 w.forward(cache, &input, pos)?
             }
-            (SessionState::Qwen2(m), _) => m.forward(&input, pos)?,
+            (SessionState::Qwen2(m), _) => qwen2_forward(m, &input, pos, !inner.device.is_cpu())?,
             (SessionState::Llama(cache), Weights::Llama { model, .. }) => {
                 model.forward(&input, pos, cache)?
             }
@@ -314,6 +314,26 @@ impl Session {
             .to_dtype(DType::F32)?
             .to_vec1::<f32>()?)
     }
+}
+
+/// candle's safetensors Qwen2 builds the causal mask of a chunk that continues a sequence by
+/// joining an f32 block to one of the model's dtype, which fails in bf16 (on a GPU). There such a
+/// chunk runs token by token (`by_token`), where no mask is needed: slower, and the same logits.
+pub(crate) fn qwen2_forward(
+    m: &mut qwen2::ModelForCausalLM,
+    input: &Tensor,
+    pos: usize,
+    by_token: bool,
+) -> candle_core::Result<Tensor> {
+    let len = input.dim(1)?;
+    if !by_token || pos == 0 || len == 1 {
+        return m.forward(input, pos);
+    }
+    let mut logits = None;
+    for i in 0..len {
+        logits = Some(m.forward(&input.narrow(1, i, 1)?, pos + i)?);
+    }
+    logits.ok_or_else(|| candle_core::Error::Msg("an empty chunk".into()))
 }
 
 impl Model {
