@@ -124,6 +124,7 @@ pub async fn run(config: &Config, mode: Mode) -> Result<(), DaemonError> {
     };
     let policy = RequestPolicy {
         max_duration: config.request_timeout,
+        max_stream_duration: config.stream_timeout,
     };
 
     let mut running = Vec::with_capacity(config.listeners.len());

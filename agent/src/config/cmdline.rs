@@ -5,7 +5,8 @@
 //! so an older wardd can boot a newer command line.
 //!
 //! Keys: `ward.log_level`, `ward.log_format`, `ward.audit_log` (a path, or `off`),
-//! `ward.shutdown_timeout` and `ward.request_timeout` (seconds), `ward.oom_score_adj`, and
+//! `ward.shutdown_timeout`, `ward.request_timeout` and `ward.stream_timeout` (seconds),
+//! `ward.oom_score_adj`, and
 //! `ward.listen=ADDRESS#SERVICE[,SERVICE...]`, repeatable, which replaces the listener list,
 //! `ward.tee` (`auto` or a TEE name), `ward.allow_sample` and `ward.kbs_url`. The sample TEE is
 //! refused on real TEE hardware whatever the command line says, so these cannot downgrade a guest.
@@ -23,7 +24,7 @@ use super::{ConfigError, Listener, LogFormat, Origin, expand_services, oom_score
 use crate::listen::ListenAddr;
 
 /// The keys (after `ward.`) this version understands.
-const KEYS: [&str; 14] = [
+const KEYS: [&str; 15] = [
     "tee",
     "allow_sample",
     "kbs_url",
@@ -32,6 +33,7 @@ const KEYS: [&str; 14] = [
     "audit_log",
     "shutdown_timeout",
     "request_timeout",
+    "stream_timeout",
     "oom_score_adj",
     "listen",
     "net",
@@ -49,6 +51,7 @@ pub struct Overrides {
     pub audit_log: Option<Option<PathBuf>>,
     pub shutdown_timeout: Option<Duration>,
     pub request_timeout: Option<Duration>,
+    pub stream_timeout: Option<Duration>,
     pub oom_score_adj: Option<i32>,
     pub listeners: Vec<Listener>,
     /// `Some(None)` means detect.
@@ -137,6 +140,7 @@ pub fn parse_cmdline(line: &str) -> Result<(Overrides, Vec<String>), ConfigError
             }
             "shutdown_timeout" => o.shutdown_timeout = Some(seconds(&full, number(&full, value)?)?),
             "request_timeout" => o.request_timeout = Some(seconds(&full, number(&full, value)?)?),
+            "stream_timeout" => o.stream_timeout = Some(seconds(&full, number(&full, value)?)?),
             "oom_score_adj" => {
                 let v = value
                     .parse::<i32>()

@@ -56,6 +56,9 @@ pub struct RawAudit {
 pub struct RawDaemon {
     pub shutdown_timeout_secs: u64,
     pub request_timeout_secs: u64,
+    /// The cap on a streamed reply (a generation streamed over ttrpc), which may rightly outlive
+    /// `request_timeout_secs`.
+    pub stream_timeout_secs: u64,
     pub oom_score_adj: i32,
 }
 
@@ -259,6 +262,7 @@ impl Default for RawDaemon {
         RawDaemon {
             shutdown_timeout_secs: 10,
             request_timeout_secs: 120,
+            stream_timeout_secs: 3600,
             oom_score_adj: -997,
         }
     }

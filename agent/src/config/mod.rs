@@ -178,6 +178,8 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// The longest any single request may run.
     pub request_timeout: Duration,
+    /// The longest a streamed reply may run.
+    pub stream_timeout: Duration,
     /// `oom_score_adj` applied to wardd in PID-1 mode (systemd sets it from the unit otherwise).
     pub oom_score_adj: i32,
     pub attestation: AttestationSettings,
@@ -295,6 +297,7 @@ impl Config {
                 "daemon.request_timeout_secs",
                 raw.daemon.request_timeout_secs,
             )?,
+            stream_timeout: seconds("daemon.stream_timeout_secs", raw.daemon.stream_timeout_secs)?,
             oom_score_adj: oom_score_adj("daemon.oom_score_adj", raw.daemon.oom_score_adj)?,
             net: None,
             self_check: None,
@@ -317,6 +320,9 @@ impl Config {
         }
         if let Some(v) = o.request_timeout {
             self.request_timeout = v;
+        }
+        if let Some(v) = o.stream_timeout {
+            self.stream_timeout = v;
         }
         if let Some(v) = o.oom_score_adj {
             self.oom_score_adj = v;

@@ -147,6 +147,11 @@ fn invalid_files_name_the_key() {
             "daemon.request_timeout_secs",
         ),
         (
+            "stream timeout range",
+            "[daemon]\nstream_timeout_secs = 3601\n",
+            "daemon.stream_timeout_secs",
+        ),
+        (
             "oom range",
             "[daemon]\noom_score_adj = -1001\n",
             "daemon.oom_score_adj",
@@ -171,7 +176,7 @@ fn cmdline_overrides_file_values() {
         file,
         Some(
             "console=hvc0 ward.log_level=debug ward.log_format=json ward.audit_log=off \
-             ward.shutdown_timeout=5 ward.request_timeout=30 ward.oom_score_adj=-500 \
+             ward.shutdown_timeout=5 ward.request_timeout=30 ward.stream_timeout=900 ward.oom_score_adj=-500 \
              ward.listen=vsock://-1:4000#health ward.listen=unix:///run/w.sock#cdh,health",
         ),
     )
@@ -181,6 +186,7 @@ fn cmdline_overrides_file_values() {
     assert_eq!(c.audit_log, None);
     assert_eq!(c.shutdown_timeout, Duration::from_secs(5));
     assert_eq!(c.request_timeout, Duration::from_secs(30));
+    assert_eq!(c.stream_timeout, Duration::from_secs(900));
     assert_eq!(c.oom_score_adj, -500);
     assert_eq!(
         c.listeners.len(),

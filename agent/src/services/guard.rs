@@ -27,6 +27,9 @@ pub(super) enum Verdict {
 pub struct RequestPolicy {
     /// The longest a request may run, whatever deadline the client asked for.
     pub max_duration: Duration,
+    /// The same for a streaming method, whose reply (a generation, token by token) may rightly
+    /// run longer than any unary call.
+    pub max_stream_duration: Duration,
 }
 
 pub(super) struct Guarded<H> {
@@ -65,9 +68,14 @@ impl<H> Guarded<H> {
         }
     }
 
-    /// The deadline for this request: the client's, capped by the server's maximum.
-    fn deadline(&self, timeout_nano: i64) -> Duration {
-        let max = self.policy.max_duration;
+    /// The deadline for this request: the client's, capped by the server's maximum for unary
+    /// or for streaming methods.
+    fn deadline(&self, timeout_nano: i64, streaming: bool) -> Duration {
+        let max = if streaming {
+            self.policy.max_stream_duration
+        } else {
+            self.policy.max_duration
+        };
         match u64::try_from(timeout_nano) {
             Ok(n) if n > 0 => Duration::from_nanos(n).min(max),
             _ => max,
@@ -78,6 +86,7 @@ impl<H> Guarded<H> {
     async fn run<T: Answer>(
         &self,
         timeout_nano: i64,
+        streaming: bool,
         call: impl Future<Output = ttrpc::Result<T>>,
     ) -> ttrpc::Result<T> {
         let id = self.state.next_request_id();
@@ -88,7 +97,7 @@ impl<H> Guarded<H> {
             listener = %self.listener,
         );
         let started = Instant::now();
-        let deadline = self.deadline(timeout_nano);
+        let deadline = self.deadline(timeout_nano, streaming);
         let result = async {
             match self.verdict {
                 Verdict::Denied => Ok(T::refusal(
@@ -175,7 +184,8 @@ impl Answer for Option<Response> {
 impl MethodHandler for Guarded<Method> {
     async fn handler(&self, ctx: TtrpcContext, req: Request) -> ttrpc::Result<Response> {
         let timeout_nano = ctx.timeout_nano;
-        self.run(timeout_nano, self.inner.handler(ctx, req)).await
+        self.run(timeout_nano, false, self.inner.handler(ctx, req))
+            .await
     }
 }
 
@@ -187,7 +197,7 @@ impl StreamHandler for Guarded<Stream> {
         stream: StreamInner,
     ) -> ttrpc::Result<Option<Response>> {
         let timeout_nano = ctx.timeout_nano;
-        self.run(timeout_nano, self.inner.handler(ctx, stream))
+        self.run(timeout_nano, true, self.inner.handler(ctx, stream))
             .await
     }
 }
@@ -231,6 +241,7 @@ mod tests {
             state,
             RequestPolicy {
                 max_duration: Duration::from_millis(200),
+                max_stream_duration: Duration::from_millis(900),
             },
         )
     }
@@ -277,5 +288,17 @@ mod tests {
         let started = std::time::Instant::now();
         assert_eq!(code(&slow, 60_000_000_000).await, Code::DEADLINE_EXCEEDED);
         assert!(started.elapsed() < Duration::from_secs(2));
+    }
+
+    /// Streaming methods get their own cap: a generation streamed token by token outlives the
+    /// unary one. The client's shorter deadline still wins.
+    #[test]
+    fn streams_are_capped_by_the_stream_maximum() {
+        let g = guarded(Verdict::Serve, Duration::ZERO, true);
+        assert_eq!(g.deadline(0, false), Duration::from_millis(200));
+        assert_eq!(g.deadline(0, true), Duration::from_millis(900));
+        assert_eq!(g.deadline(60_000_000_000, true), Duration::from_millis(900));
+        assert_eq!(g.deadline(500_000_000, true), Duration::from_millis(500));
+        assert_eq!(g.deadline(-1, true), Duration::from_millis(900));
     }
 }
