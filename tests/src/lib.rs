@@ -80,9 +80,15 @@ impl NotifySocket {
                         return Ok(seen);
                     }
                 }
+                // Interrupted: a signal reached this thread (another test's child exiting, or a
+                // test signalling its wardd); the wait goes on.
                 Err(e)
-                    if e.kind() == std::io::ErrorKind::WouldBlock
-                        || e.kind() == std::io::ErrorKind::TimedOut => {}
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock
+                            | std::io::ErrorKind::TimedOut
+                            | std::io::ErrorKind::Interrupted
+                    ) => {}
                 Err(e) => return Err(e.to_string()),
             }
         }
