@@ -47,7 +47,7 @@ if [ "$what" = all ] || [ "$what" = info ]; then
   "$bin/ward" evidence --tee sample --with-gpus \
     --report-data "$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')"
   echo "(exit $?)"
-  step "missing libraries"
+  step "the CUDA libraries the binaries resolve"
   ldd "$bin/bench-infer" | grep -E "not found|cublas|curand|nvrtc|libcuda" || true
 fi
 

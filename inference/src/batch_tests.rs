@@ -14,7 +14,7 @@ use crate::model::Session;
 use crate::test_models::{self, Arch, fixture, gguf_model, safetensors_model};
 use crate::{InferenceError, LoadOptions, Model};
 
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+pub(crate) fn max_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
     a.iter()
         .zip(b)
@@ -137,11 +137,7 @@ fn batched_equals_separate(model: &Model) {
 }
 
 fn argmax(v: &[f32]) -> u32 {
-    v.iter()
-        .enumerate()
-        .max_by(|a, b| a.1.total_cmp(b.1))
-        .unwrap()
-        .0 as u32
+    crate::sampling::argmax(v).unwrap()
 }
 
 #[test]

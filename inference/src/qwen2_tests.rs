@@ -170,12 +170,7 @@ fn continuing_chunks_token_by_token_equal_chunked() {
             .unwrap()
     };
     let (chunked, by_token) = (run(false), run(true));
-    let diff = chunked
-        .iter()
-        .zip(&by_token)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0f32, f32::max);
-    assert_eq!(chunked.len(), by_token.len());
+    let diff = crate::batch_tests::max_diff(&chunked, &by_token);
     assert!(diff < 1e-4, "logits differ by {diff}");
 }
 
