@@ -13,7 +13,7 @@
 //! - [`images`]: image pulls into bundles and ocicrypt key unwrapping, keys from the KBS;
 //! - [`daemon`]: the wiring that runs all of the above until a stop signal;
 //! - [`client`]: small clients for wardd's own services (the CLI and tests use them);
-//! - [`sealed_secret`]: CoCo sealed secrets (ES256 JWS), verified before use;
+//! - [`unseal`]: CoCo sealed secrets (ES256 JWS), verified before use;
 //! - [`logging`]: `tracing` output, human or JSON;
 //! - [`selfcheck`]: the start-up self-check a booted image runs on itself (`ward.self_check=`).
 
@@ -29,10 +29,10 @@ pub mod init;
 pub mod listen;
 pub mod logging;
 pub mod models;
-pub mod sealed_secret;
 pub mod selfcheck;
 pub mod services;
 pub mod systemd;
+pub mod unseal;
 
 /// wardd's version, as reported by the health service.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -11,7 +11,7 @@ use ward_protos::confidential_data_hub_ttrpc::SealedSecretService;
 
 use super::status;
 use crate::attestation::Attestation;
-use crate::sealed_secret::{self, Sealed, SealedSecretError};
+use crate::unseal::{self, Sealed, SealedSecretError};
 
 pub(super) struct Unsealer {
     attestation: Arc<Attestation>,
@@ -40,7 +40,7 @@ impl SealedSecretService for Unsealer {
         _ctx: &TtrpcContext,
         req: UnsealSecretInput,
     ) -> ttrpc::Result<UnsealSecretOutput> {
-        let unverified = sealed_secret::parse(&req.secret).map_err(|e| refused(&e))?;
+        let unverified = unseal::parse(&req.secret).map_err(|e| refused(&e))?;
         let kid = unverified.kid().to_string();
         let jwk = if kid.starts_with("kbs:") {
             self.attestation
@@ -48,8 +48,8 @@ impl SealedSecretService for Unsealer {
                 .await
                 .map_err(|e| status::attestation(&e))?
         } else {
-            let dir = std::path::Path::new(sealed_secret::DEFAULT_KEY_DIR);
-            let path = sealed_secret::local_key_path(dir, &kid).map_err(|e| refused(&e))?;
+            let dir = std::path::Path::new(unseal::DEFAULT_KEY_DIR);
+            let path = unseal::local_key_path(dir, &kid).map_err(|e| refused(&e))?;
             zeroize::Zeroizing::new(tokio::fs::read(&path).await.map_err(|e| {
                 refused(&SealedSecretError::Key {
                     kid: kid.clone(),
