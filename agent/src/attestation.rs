@@ -17,7 +17,7 @@ use ward_attester::tee::{
 };
 use zeroize::Zeroizing;
 
-use crate::audit::AuditLog;
+use crate::audit::Audit;
 use crate::config::Config;
 
 /// Why an attestation request failed, mapped to a ttrpc code in one place (`services`).
@@ -81,7 +81,7 @@ pub struct Attestation {
     attester: Result<Arc<dyn Attester>, String>,
     kbs: Option<KbsClient>,
     coco_token_reply: bool,
-    audit: Option<Arc<AuditLog>>,
+    audit: Audit,
     initdata: Option<InitData>,
     eventlog: Option<EventLog>,
     measurement_pcr: u64,
@@ -131,7 +131,7 @@ impl Attestation {
     /// finding no TEE at all under `auto` is not (wardd still serves health).
     pub async fn from_config(
         config: &Config,
-        audit: Option<Arc<AuditLog>>,
+        audit: Audit,
     ) -> Result<Attestation, AttestationSetupError> {
         let opts = DetectOptions {
             allow_sample: config.attestation.allow_sample,
@@ -197,7 +197,7 @@ impl Attestation {
                     ..RetryPolicy::default()
                 };
                 let client = KbsClient::new(kc, a.clone())?.with_devices(devices.clone());
-                Some(match &audit {
+                Some(match audit.log() {
                     Some(log) => {
                         let log = log.clone();
                         let url = k.url.clone();
@@ -473,24 +473,15 @@ impl Attestation {
         }
     }
 
-    /// Records an event in the audit log; a failure is logged (the caller's work is done).
-    pub fn audit(&self, event: &str, subject: &str, detail: serde_json::Value) {
-        if let Err(e) = self.record(event, subject, detail) {
-            tracing::error!(event, error = %e, "cannot write the audit log");
-        }
-    }
-
+    /// Records a release (or refusal) in the audit log.
     fn record(
         &self,
         event: &str,
         subject: &str,
         detail: serde_json::Value,
     ) -> Result<(), AttestationError> {
-        if let Some(audit) = &self.audit {
-            audit
-                .record(event, subject, Some(detail))
-                .map_err(|e| AttestationError::Audit(e.to_string()))?;
-        }
-        Ok(())
+        self.audit
+            .record(event, subject, detail)
+            .map_err(|e| AttestationError::Audit(e.to_string()))
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use ttrpc::asynchronous::Server;
 
 use crate::attestation::{Attestation, AttestationSetupError};
-use crate::audit::{AuditError, AuditLog};
+use crate::audit::{Audit, AuditError, AuditLog};
 use crate::config::{AfterSelfCheck, Config, Listener, Protocol};
 use crate::listen::{self, ListenAddr, ListenError};
 use crate::selfcheck::{SelfCheckError, SelfCheckReport};
@@ -75,10 +75,10 @@ pub async fn run(config: &Config, mode: Mode) -> Result<(), DaemonError> {
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
         .map_err(DaemonError::Signals)?;
 
-    let audit = match &config.audit_log {
+    let audit = Audit::new(match &config.audit_log {
         Some(path) => Some(Arc::new(AuditLog::open(path)?)),
         None => None,
-    };
+    });
     let state = Arc::new(DaemonState::new(mode));
     let attestation = Arc::new(Attestation::from_config(config, audit.clone()).await?);
     match attestation.bind_boot_initdata().await {
@@ -103,10 +103,10 @@ pub async fn run(config: &Config, mode: Mode) -> Result<(), DaemonError> {
         });
     }
     let images = Arc::new(
-        crate::images::Images::new(&config.images, attestation.clone())
+        crate::images::Images::new(&config.images, attestation.clone(), audit.clone())
             .map_err(|e| DaemonError::Images(e.to_string()))?,
     );
-    let models = Arc::new(crate::models::Models::new(&config.models));
+    let models = Arc::new(crate::models::Models::new(&config.models, audit.clone()));
     let engines = ward_inference::openai::SharedEngines::default();
     let inference = Arc::new(crate::inference_api::Shared {
         e2e: Arc::new(crate::inference_api::e2e::E2e {
@@ -115,6 +115,7 @@ pub async fn run(config: &Config, mode: Mode) -> Result<(), DaemonError> {
         }),
         engines: engines.clone(),
         models: models.clone(),
+        audit: audit.clone(),
     });
     let ctx = Context {
         inference,
@@ -142,7 +143,7 @@ pub async fn run(config: &Config, mode: Mode) -> Result<(), DaemonError> {
             }
         }
         let served: Vec<_> = l.services.iter().map(|s| s.config_name()).collect();
-        let inference = l.services.contains(&services::ServiceKind::Inference);
+        let inference = l.services.contains(&crate::config::ServiceKind::Inference);
         tracing::info!(addr = %l.addr, protocol = ?l.protocol, services = ?served,
             encrypted_only = inference.then_some(l.encrypted_only), "listening");
         if inference && !l.encrypted_only && !l.addr.is_in_guest() {
@@ -152,18 +153,16 @@ pub async fn run(config: &Config, mode: Mode) -> Result<(), DaemonError> {
     }
 
     state.set_serving(true);
-    if let Some(audit) = &audit {
-        let listeners: Vec<_> = running.iter().map(|r| r.addr().to_string()).collect();
-        audit.record(
-            "agent.start",
-            "wardd",
-            Some(serde_json::json!({
-                "version": crate::VERSION,
-                "mode": mode.as_str(),
-                "listeners": listeners,
-            })),
-        )?;
-    }
+    let listeners: Vec<_> = running.iter().map(|r| r.addr().to_string()).collect();
+    audit.record(
+        "agent.start",
+        "wardd",
+        serde_json::json!({
+            "version": crate::VERSION,
+            "mode": mode.as_str(),
+            "listeners": listeners,
+        }),
+    )?;
     let notifier = Notifier::from_env();
     if let Err(e) = notifier.notify("READY=1\nSTATUS=serving") {
         tracing::warn!(error = %e, "could not tell systemd we are ready");
@@ -231,12 +230,12 @@ pub async fn run(config: &Config, mode: Mode) -> Result<(), DaemonError> {
     }
     state.set_serving(false);
     stop_all(&mut running, config.shutdown_timeout).await;
-    if let Some(audit) = &audit {
-        audit.record(
-            "agent.stop",
-            "wardd",
-            Some(serde_json::json!({ "signal": signal })),
-        )?;
+    audit.record(
+        "agent.stop",
+        "wardd",
+        serde_json::json!({ "signal": signal }),
+    )?;
+    if let Some(audit) = audit.log() {
         let (head, entries) = audit.head();
         tracing::info!(path = %audit.path().display(), entries, head, "audit log closed");
     }
@@ -306,7 +305,7 @@ async fn start_http(l: &Listener, name: &str, ctx: &Context) -> Result<Running, 
     let listener = listen::bind_http(&l.addr, l.mode).await?;
     let inference = l
         .services
-        .contains(&services::ServiceKind::Inference)
+        .contains(&crate::config::ServiceKind::Inference)
         .then(|| crate::inference_api::router(&ctx.inference, name, l.encrypted_only));
     let router = crate::http::router(
         ctx.attestation.clone(),

@@ -23,8 +23,8 @@ use axum::routing::{get, post};
 use tracing::Instrument;
 
 use crate::attestation::{Attestation, AttestationError, Extended};
+use crate::config::ServiceKind;
 use crate::listen::HttpListener;
-use crate::services::ServiceKind;
 
 struct Api {
     attestation: Arc<Attestation>,

@@ -17,6 +17,7 @@ use ward_image::unpack::UnpackPolicy;
 use zeroize::Zeroizing;
 
 use crate::attestation::Attestation;
+use crate::audit::Audit;
 use crate::config::{ImageSettings, PolicySource};
 
 /// Why an image request failed.
@@ -63,6 +64,7 @@ pub struct Images {
     policy: Option<Arc<Policy>>,
     decryption: Decryption,
     attestation: Arc<Attestation>,
+    audit: Audit,
 }
 
 impl Images {
@@ -70,6 +72,7 @@ impl Images {
     pub fn new(
         settings: &ImageSettings,
         attestation: Arc<Attestation>,
+        audit: Audit,
     ) -> Result<Images, ImagesError> {
         let mut keys = Vec::new();
         for path in &settings.decryption_keys {
@@ -103,6 +106,7 @@ impl Images {
                 kek: Some(Arc::new(KbsKek(attestation.clone()))),
             },
             attestation,
+            audit,
         })
     }
 
@@ -183,7 +187,7 @@ impl Images {
         {
             Ok(p) => p,
             Err(PullError::Policy(e)) => {
-                self.attestation.audit(
+                self.audit.note(
                     "image.policy_refused",
                     image,
                     serde_json::json!({"reason": e.to_string()}),
@@ -207,7 +211,7 @@ impl Images {
         {
             tracing::warn!(error = %e, "PullImage runtime measurement failed");
         }
-        self.attestation.audit(
+        self.audit.note(
             "image.pull",
             image,
             serde_json::json!({

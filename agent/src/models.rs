@@ -13,7 +13,8 @@ use ward_image::ocicrypt::KekSource;
 use ward_image::sealed::Kek;
 
 use crate::attestation::Attestation;
-use crate::config::{ModelSettings, ModelSource};
+use crate::audit::Audit;
+use crate::config::{ModelDevice, ModelSettings, ModelSource};
 use crate::images::{Images, KbsKek};
 
 /// Where one model stands.
@@ -27,17 +28,19 @@ pub enum ModelState {
 /// The models wardd holds.
 pub struct Models {
     settings: Vec<ModelSettings>,
+    audit: Audit,
     states: RwLock<BTreeMap<String, ModelState>>,
 }
 
 impl Models {
-    pub fn new(settings: &[ModelSettings]) -> Models {
+    pub fn new(settings: &[ModelSettings], audit: Audit) -> Models {
         let states = settings
             .iter()
             .map(|m| (m.name.clone(), ModelState::Loading))
             .collect();
         Models {
             settings: settings.to_vec(),
+            audit,
             states: RwLock::new(states),
         }
     }
@@ -86,7 +89,7 @@ impl Models {
             let Some(model) = self.get(&m.name) else {
                 continue;
             };
-            let (name, config, device) = (m.name.clone(), m.engine, m.device);
+            let (name, config, device) = (m.name.clone(), engine_config(m), device_kind(m.device));
             let started = std::time::Instant::now();
             let engine =
                 tokio::task::spawn_blocking(move || serve(&name, &model, config, device)).await;
@@ -147,7 +150,7 @@ impl Models {
                 {
                     tracing::warn!(error = %e, "LoadModel runtime measurement failed");
                 }
-                attestation.audit(
+                self.audit.note(
                     "model.load",
                     &m.name,
                     serde_json::json!({
@@ -163,7 +166,7 @@ impl Models {
             }
             Err(e) => {
                 tracing::error!(error = %e, "model not loaded");
-                attestation.audit(
+                self.audit.note(
                     "model.load_failed",
                     &m.name,
                     serde_json::json!({"reason": e.to_string()}),
@@ -171,6 +174,23 @@ impl Models {
                 self.set(&m.name, ModelState::Failed(e.to_string()));
             }
         }
+    }
+}
+
+/// The engine sizes a `[[model]]` asks for, the runtime's defaults where it names none.
+fn engine_config(m: &ModelSettings) -> ward_inference::EngineConfig {
+    let defaults = ward_inference::EngineConfig::default();
+    ward_inference::EngineConfig {
+        max_concurrent: m.max_batch.unwrap_or(defaults.max_concurrent),
+        queue_capacity: m.queue.unwrap_or(defaults.queue_capacity),
+    }
+}
+
+/// The runtime's name for the device a `[[model]]` names.
+fn device_kind(device: ModelDevice) -> ward_inference::DeviceKind {
+    match device {
+        ModelDevice::Cpu => ward_inference::DeviceKind::Cpu,
+        ModelDevice::Cuda(n) => ward_inference::DeviceKind::Cuda(n),
     }
 }
 

@@ -14,10 +14,10 @@ use std::time::Duration;
 
 use crate::attestation::{Attestation, AttestationError};
 use crate::client::{ClientError, HealthClient};
+use crate::config::ServiceKind;
 use crate::config::{Listener, Protocol, SelfCheckSettings};
 use crate::images::{Images, ImagesError};
 use crate::listen::{ListenAddr, VSOCK_CID_ANY};
-use crate::services::ServiceKind;
 
 mod inference;
 

@@ -14,7 +14,7 @@ mod verify;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -162,6 +162,45 @@ impl AuditLog {
         tail.next_seq += 1;
         tail.head.clone_from(&entry.hash);
         Ok(entry.hash)
+    }
+}
+
+/// The handle each writer holds: wardd's one log, or nothing when the log is off
+/// (`[audit] path = ""`). Cloned into whoever records events (the KBS session, image pulls, model
+/// loads, the inference front), so no module has to go through another to write.
+#[derive(Clone, Default)]
+pub struct Audit(Option<Arc<AuditLog>>);
+
+impl Audit {
+    /// Writes to `log`, or nowhere.
+    pub fn new(log: Option<Arc<AuditLog>>) -> Audit {
+        Audit(log)
+    }
+
+    /// The open log, when there is one.
+    pub fn log(&self) -> Option<&Arc<AuditLog>> {
+        self.0.as_ref()
+    }
+
+    /// Appends one entry (nothing when the log is off). For records whose failure must stop the
+    /// work they record: a key release that cannot be audited is not made.
+    pub fn record(
+        &self,
+        event: &str,
+        subject: &str,
+        detail: serde_json::Value,
+    ) -> Result<(), AuditError> {
+        match &self.0 {
+            Some(log) => log.record(event, subject, Some(detail)).map(drop),
+            None => Ok(()),
+        }
+    }
+
+    /// Appends one entry for work that is already done: a failure is logged, not returned.
+    pub fn note(&self, event: &str, subject: &str, detail: serde_json::Value) {
+        if let Err(e) = self.record(event, subject, detail) {
+            tracing::error!(event, error = %e, "cannot write the audit log");
+        }
     }
 }
 

@@ -4,8 +4,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::ServiceKind;
 use super::{ConfigError, LogFormat};
-use crate::services::ServiceKind;
 
 /// The vsock port of the default health listener. Kata's agent uses 1024 and its log port 1025;
 /// wardd keeps clear of both so the two can run side by side.

@@ -32,10 +32,49 @@ pub struct ModelSettings {
     pub kek: Option<String>,
     /// The plaintext digests policy pins (every file of the model).
     pub digests: ward_image::model::PinnedDigests,
-    /// The inference engine's batch and queue sizes.
-    pub engine: ward_inference::EngineConfig,
+    /// Sequences generated at once (1 to 64); `None`: the engine's default.
+    pub max_batch: Option<usize>,
+    /// Requests allowed to wait for a slot (1 to 4096); `None`: the engine's default.
+    pub queue: Option<usize>,
     /// Where the model runs.
-    pub device: ward_inference::DeviceKind,
+    pub device: ModelDevice,
+}
+
+/// Where a model runs, as `[[model]] device` spells it: `cpu`, `cuda` (GPU 0) or `cuda:N`.
+///
+/// Config owns its own type so that it depends on no runtime crate; wardd's model loader maps
+/// it to the runtime's device.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ModelDevice {
+    #[default]
+    Cpu,
+    /// An NVIDIA GPU by ordinal (a wardd built with the `cuda` feature).
+    Cuda(usize),
+}
+
+impl std::str::FromStr for ModelDevice {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "cpu" => Ok(Self::Cpu),
+            "cuda" => Ok(Self::Cuda(0)),
+            _ => s
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(Self::Cuda)
+                .ok_or_else(|| format!("`{s}`: expected cpu, cuda or cuda:N")),
+        }
+    }
+}
+
+impl std::fmt::Display for ModelDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Cpu => f.write_str("cpu"),
+            Self::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
 }
 
 /// Where a model comes from.
@@ -85,30 +124,22 @@ pub(super) fn models(raw: Vec<RawModel>) -> Result<Vec<ModelSettings>, ConfigErr
                 .map_err(|e| bad(format!("digest of {file}: {e}")))?;
             digests.insert(file.clone(), d);
         }
-        let defaults = ward_inference::EngineConfig::default();
-        let engine = ward_inference::EngineConfig {
-            max_concurrent: m.max_batch.unwrap_or(defaults.max_concurrent),
-            queue_capacity: m.queue.unwrap_or(defaults.queue_capacity),
-        };
-        if !(1..=64).contains(&engine.max_concurrent) {
-            return Err(bad(format!(
-                "max_batch {} is out of range (1 to 64)",
-                engine.max_concurrent
-            )));
+        if let Some(n) = m.max_batch.filter(|n| !(1..=64).contains(n)) {
+            return Err(bad(format!("max_batch {n} is out of range (1 to 64)")));
         }
         // Every request passes through the queue, even when a slot is free.
-        if !(1..=4096).contains(&engine.queue_capacity) {
-            return Err(bad(format!(
-                "queue {} is out of range (1 to 4096)",
-                engine.queue_capacity
-            )));
+        if let Some(n) = m.queue.filter(|n| !(1..=4096).contains(n)) {
+            return Err(bad(format!("queue {n} is out of range (1 to 4096)")));
         }
         let device = match &m.device {
-            None => ward_inference::DeviceKind::Cpu,
+            None => ModelDevice::Cpu,
             Some(d) => {
-                let device: ward_inference::DeviceKind =
-                    d.parse().map_err(|e| bad(format!("device {e}")))?;
-                device.supported().map_err(|e| bad(format!("device {e}")))?;
+                let device: ModelDevice = d.parse().map_err(|e| bad(format!("device {e}")))?;
+                if matches!(device, ModelDevice::Cuda(_)) && !cfg!(feature = "cuda") {
+                    return Err(bad(format!(
+                        "device {device}: this build has no CUDA support (build wardd with the `cuda` feature)"
+                    )));
+                }
                 device
             }
         };
@@ -117,7 +148,8 @@ pub(super) fn models(raw: Vec<RawModel>) -> Result<Vec<ModelSettings>, ConfigErr
             source,
             kek: m.kek,
             digests,
-            engine,
+            max_batch: m.max_batch,
+            queue: m.queue,
             device,
         });
     }

@@ -8,10 +8,10 @@
 
 use std::collections::BTreeSet;
 
+use super::ServiceKind;
 use super::file::RawListener;
 use super::{ConfigError, Listener, Origin, Protocol};
 use crate::listen::ListenAddr;
-use crate::services::ServiceKind;
 
 /// Whether a listener at `addr` refuses plaintext inference when its file entry does not say:
 /// yes on vsock, no in the guest.

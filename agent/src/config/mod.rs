@@ -9,6 +9,7 @@ mod cmdline;
 mod file;
 mod images;
 mod listeners;
+mod services;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -16,12 +17,12 @@ use std::time::Duration;
 
 pub use cmdline::{Overrides, parse_cmdline};
 pub use file::{DEFAULT_VSOCK_PORT, RawAttestation, RawConfig, RawKbs, RawListener};
-pub use images::{ImageSettings, ModelSettings, ModelSource, PolicySource};
+pub use images::{ImageSettings, ModelDevice, ModelSettings, ModelSource, PolicySource};
 pub use listeners::default_encrypted_only;
 use listeners::expand_services;
+pub use services::ServiceKind;
 
 use crate::listen::ListenAddr;
-use crate::services::ServiceKind;
 
 /// Where wardd looks for its config when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/ward/ward.toml";

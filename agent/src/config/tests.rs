@@ -491,15 +491,12 @@ fn model_entries() {
     assert_eq!(c.models.len(), 2);
     assert!(matches!(c.models[0].source, ModelSource::Registry(_)));
     assert!(matches!(c.models[1].source, ModelSource::Layout(_)));
-    assert_eq!(c.models[0].engine, ward_inference::EngineConfig::default());
-    assert_eq!(c.models[0].device, ward_inference::DeviceKind::Cpu);
-    assert_eq!(c.models[1].device, ward_inference::DeviceKind::Cpu);
+    assert_eq!((c.models[0].max_batch, c.models[0].queue), (None, None));
+    assert_eq!(c.models[0].device, ModelDevice::Cpu);
+    assert_eq!(c.models[1].device, ModelDevice::Cpu);
     assert_eq!(
-        c.models[1].engine,
-        ward_inference::EngineConfig {
-            max_concurrent: 8,
-            queue_capacity: 1
-        }
+        (c.models[1].max_batch, c.models[1].queue),
+        (Some(8), Some(1))
     );
     for (text, want) in [
         (
@@ -558,8 +555,8 @@ fn model_device() {
     };
     let cuda_built = cfg!(feature = "cuda");
     for (device, want) in [
-        ("cuda", ward_inference::DeviceKind::Cuda(0)),
-        ("cuda:1", ward_inference::DeviceKind::Cuda(1)),
+        ("cuda", ModelDevice::Cuda(0)),
+        ("cuda:1", ModelDevice::Cuda(1)),
     ] {
         match from_text(&text(device), None) {
             Ok(c) if cuda_built => assert_eq!(c.models[0].device, want),

@@ -27,6 +27,7 @@ use ward_inference::openai::{OutcomeSlot, SharedEngines};
 
 pub use record::Transport;
 
+use crate::audit::Audit;
 use crate::models::Models;
 
 /// The status of a plaintext inference request on an encrypted-only listener: the request's
@@ -39,6 +40,8 @@ pub struct Shared {
     pub engines: SharedEngines,
     /// The loaded models, for the digest in audit entries.
     pub models: Arc<Models>,
+    /// Where each request's entry goes.
+    pub audit: Audit,
 }
 
 /// One listener's settings.

@@ -107,11 +107,7 @@ impl Pending {
             "inference request"
         );
         match serde_json::to_value(&detail) {
-            Ok(v) => self
-                .shared
-                .e2e
-                .attestation
-                .audit("inference.request", &self.path, v),
+            Ok(v) => self.shared.audit.note("inference.request", &self.path, v),
             Err(e) => tracing::error!(error = %e, "cannot encode the audit entry"),
         }
     }

@@ -9,7 +9,8 @@ use tracing::Instrument;
 use ttrpc::asynchronous::{MethodHandler, StreamHandler, StreamInner, TtrpcContext};
 use ttrpc::{Code, Request, Response};
 
-use super::{DaemonState, ServiceKind};
+use super::DaemonState;
+use crate::config::ServiceKind;
 
 /// What a listener does with a service.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -8,7 +8,6 @@
 //! generated code, never from a list kept by hand.
 
 mod attestation_agent;
-mod catalog;
 mod data_hub;
 mod guard;
 mod health;
@@ -26,12 +25,11 @@ use ward_protos::{
     ward_inference_ttrpc,
 };
 
-pub use catalog::ServiceKind;
 pub use guard::RequestPolicy;
 pub use health::{DaemonState, Mode};
 
 use crate::attestation::Attestation;
-use crate::config::Listener;
+use crate::config::{Listener, ServiceKind};
 
 /// What the services share: the daemon's state and its attestation side.
 pub struct Context {
