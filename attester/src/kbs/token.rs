@@ -38,9 +38,19 @@ impl Token {
         if !claims.is_object() {
             return Err(TokenError("the payload is not a JSON object".to_string()));
         }
-        let expires = claims["exp"]
-            .as_u64()
-            .map(|s| UNIX_EPOCH + Duration::from_secs(s));
+        // `exp` comes from the wire: a value past what `SystemTime` holds is refused, not added
+        // (`UNIX_EPOCH + u64::MAX s` panics, and a panic in PID 1 powers the guest off).
+        let expires =
+            match claims["exp"].as_u64() {
+                Some(s) => Some(UNIX_EPOCH.checked_add(Duration::from_secs(s)).ok_or_else(
+                    || {
+                        TokenError(format!(
+                            "exp {s} is past any time this system can represent"
+                        ))
+                    },
+                )?),
+                None => None,
+            };
         Ok(Token {
             raw,
             claims,
@@ -60,8 +70,11 @@ impl Token {
 
     /// Whether the token expires within `margin` from now.
     pub fn expires_within(&self, margin: Duration) -> bool {
-        self.expires
-            .is_some_and(|exp| SystemTime::now() + margin >= exp)
+        self.expires.is_some_and(|exp| {
+            SystemTime::now()
+                .checked_add(margin)
+                .is_none_or(|soon| soon >= exp)
+        })
     }
 
     /// The `submods` names the KBS appraised (`cpu0`, `gpu0`, ...).
@@ -101,6 +114,21 @@ mod tests {
         let none = Token::parse(jwt("{}")).unwrap();
         assert!(!none.expires_within(Duration::from_secs(60)));
         assert!(!format!("{t:?}").contains("sig"));
+    }
+
+    /// A KBS (or whoever answers in its place) naming an `exp` that `SystemTime` cannot hold gets
+    /// a typed error; adding it panicked, and as PID 1 a panic powers the guest off.
+    #[test]
+    fn huge_exp_is_an_error_not_a_panic() {
+        for exp in [u64::MAX, i64::MAX as u64 + 1] {
+            let e = Token::parse(jwt(&format!(r#"{{"exp":{exp}}}"#))).unwrap_err();
+            assert!(e.to_string().contains("past any time"), "{e}");
+        }
+        let far = Token::parse(jwt(r#"{"exp":99999999999}"#)).unwrap();
+        assert!(
+            far.expires_within(Duration::MAX),
+            "an unrepresentable margin means soon"
+        );
     }
 
     #[test]
