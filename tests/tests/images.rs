@@ -479,6 +479,136 @@ mod formats {
         );
     }
 
+    /// A tar header's checksum field, recomputed after an edit (GNU tar's "%06o\0 " layout).
+    fn fix_tar_checksum(header: &mut [u8]) {
+        header[148..156].fill(b' ');
+        let sum: u32 = header[..512].iter().map(|&b| u32::from(b)).sum();
+        header[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+    }
+
+    /// The outside review's decryption oracle: AES-CTR lets the host flip chosen plaintext bits
+    /// of an encrypted layer. Turning the first entry's typeflag `0` into `L` (with the tar
+    /// checksum fixed) makes the unpacker read that file's decrypted content as the next entry's
+    /// name, before the HMAC is checked at the end. The error (which goes back to kata-agent,
+    /// so to the host, and into the log) must carry nothing of it: only the HMAC failure.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_bit_flipped_encrypted_layer_leaks_no_plaintext_in_its_error() {
+        if let Err(skip) = image_tools() {
+            eprintln!("{skip}");
+            return;
+        }
+        const SECRET: &str = "../../PLAINTEXT-ONLY-THE-GUEST-MAY-READ-hunter2";
+        let keys = tempfile::tempdir().unwrap();
+        let (key, public) = rsa_keypair(keys.path());
+        let (reg, reference) = tokio::task::spawn_blocking(move || {
+            let reg = TestRegistry::start();
+            let img = ImageBuilder::new("v1");
+            // An uncompressed layer made by GNU tar: `a` holds the secret, `b` follows it.
+            let files = img.dir.path().join("files");
+            std::fs::create_dir_all(&files).unwrap();
+            std::fs::write(files.join("a"), SECRET).unwrap();
+            std::fs::write(files.join("b"), "next entry").unwrap();
+            let tar_path = img.dir.path().join("layer.tar");
+            run(Command::new("tar")
+                .args(["--format=gnu", "--owner=0", "--group=0", "-cf"])
+                .arg(&tar_path)
+                .arg("-C")
+                .arg(&files)
+                .args(["a", "b"]));
+            let plain = std::fs::read(&tar_path).unwrap();
+            let (ld, ls) = write_blob(&img.layout, &plain);
+            let mut index = read_json(&img.layout.join("index.json"));
+            let mdigest = index["manifests"][0]["digest"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            let mut manifest = read_json(&blob(&img.layout, &mdigest));
+            let cdigest = manifest["config"]["digest"].as_str().unwrap().to_string();
+            let mut config = read_json(&blob(&img.layout, &cdigest));
+            config["rootfs"]["diff_ids"] = serde_json::json!([ld]);
+            let (cd, cs) = write_blob(&img.layout, config.to_string().as_bytes());
+            manifest["config"]["digest"] = cd.into();
+            manifest["config"]["size"] = cs.into();
+            manifest["layers"] = serde_json::json!([{
+                "mediaType": "application/vnd.oci.image.layer.v1.tar",
+                "digest": ld,
+                "size": ls,
+            }]);
+            let (md, ms) = write_blob(&img.layout, manifest.to_string().as_bytes());
+            index["manifests"][0]["digest"] = md.into();
+            index["manifests"][0]["size"] = ms.into();
+            std::fs::write(img.layout.join("index.json"), index.to_string()).unwrap();
+
+            let enc = img.dir.path().join("enc");
+            run(Command::new("skopeo").args([
+                "copy",
+                "--quiet",
+                "--dest-oci-accept-uncompressed-layers",
+                "--encryption-key",
+                &format!("jwe:{}", public.display()),
+                &format!("oci:{}:v1", img.layout.display()),
+                &format!("oci:{}:v1", enc.display()),
+            ]));
+            let mut index = read_json(&enc.join("index.json"));
+            let mdigest = index["manifests"][0]["digest"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            let mut manifest = read_json(&blob(&enc, &mdigest));
+            assert_eq!(
+                manifest["layers"][0]["mediaType"],
+                "application/vnd.oci.image.layer.v1.tar+encrypted",
+                "skopeo kept the layer uncompressed"
+            );
+            let edigest = manifest["layers"][0]["digest"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            let mut cipher = std::fs::read(blob(&enc, &edigest)).unwrap();
+            assert_eq!(
+                cipher.len(),
+                plain.len(),
+                "AES-CTR: the ciphertext is the tar's length"
+            );
+            // What the host does: XOR the plaintext change into the ciphertext.
+            let mut forged = plain.clone();
+            assert_eq!(forged[156], b'0');
+            forged[156] = b'L';
+            fix_tar_checksum(&mut forged[..512]);
+            for (c, (p, f)) in cipher.iter_mut().zip(plain.iter().zip(&forged)) {
+                *c ^= p ^ f;
+            }
+            let (nd, ns) = write_blob(&enc, &cipher);
+            manifest["layers"][0]["digest"] = nd.into();
+            manifest["layers"][0]["size"] = ns.into();
+            let (md, ms) = write_blob(&enc, manifest.to_string().as_bytes());
+            index["manifests"][0]["digest"] = md.into();
+            index["manifests"][0]["size"] = ms.into();
+            std::fs::write(enc.join("index.json"), index.to_string()).unwrap();
+            let r = reg.push(&enc, "v1", "test/oracle");
+            (reg, r)
+        })
+        .await
+        .unwrap();
+        let work = tempfile::tempdir().unwrap();
+        let p = puller_with(&reg, &work.path().join("store"), None);
+        let decryption = Decryption {
+            keys: PrivateKey::all_from_pem(&std::fs::read_to_string(&key).unwrap()).unwrap(),
+            kek: None,
+        };
+        let bundle = work.path().join("bundle");
+        let e = p.pull(&reference, &bundle, &decryption).await.unwrap_err();
+        let shown = format!("{e} {e:?}");
+        assert!(shown.to_lowercase().contains("hmac"), "{shown}");
+        for piece in ["PLAINTEXT", "hunter2", "../..", "next entry"] {
+            assert!(
+                !shown.contains(piece),
+                "the error carries plaintext ({piece}): {shown}"
+            );
+        }
+        assert!(!bundle.join("rootfs").exists(), "nothing published");
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_re_digested_tampered_encrypted_layer_fails_its_hmac() {
         if let Err(skip) = image_tools() {
@@ -541,6 +671,9 @@ mod formats {
             "{e}"
         );
         assert!(e.to_string().to_lowercase().contains("hmac"), "{e}");
+        // The gzip stream decompressed into garbage before the HMAC failed: none of what the
+        // tar parser read (entry names, sizes) is in the error.
+        assert!(!format!("{e:?}").contains("entry"), "{e:?}");
         assert!(!bundle.join("rootfs").exists(), "nothing published");
         let leftovers: Vec<_> = std::fs::read_dir(&bundle)
             .map(|d| d.flatten().map(|e| e.file_name()).collect())

@@ -1,6 +1,12 @@
 //! Turning a downloaded layer into files: unwrapping its key (JWE recipients, key-provider
 //! packets through a per-pull KEK cache), decrypting, decompressing, unpacking into the staging
 //! rootfs and checking its diff_id (and, for encrypted layers, naming an HMAC failure as such).
+//!
+//! An encrypted layer's plaintext is parsed before its HMAC is checked at the end of the stream
+//! (AES-CTR is malleable: the host can flip chosen plaintext bits), so no error of an encrypted
+//! layer carries anything read from its plaintext: not an entry name, a size or a digest, only a
+//! category. Otherwise a tampered layer would make the unpacker echo decrypted bytes into the
+//! error that goes back to the caller (the host) and into the log: a decryption oracle.
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -8,6 +14,7 @@ use std::path::Path;
 
 use super::blobs::Source;
 use super::{PullError, Puller, io};
+use crate::digest::VerifyError;
 use crate::digest::{Digest, VerifyingReader};
 use crate::ocicrypt::{
     Compression, KekSource, LayerAnnotations, LayerDecryptor, PrivateKey, PrivateOptions,
@@ -15,7 +22,69 @@ use crate::ocicrypt::{
 };
 use crate::progress::PullProgress;
 use crate::registry::{Descriptor, ResolvedImage};
-use crate::unpack::{UnpackPolicy, apply_layer};
+use crate::unpack::{UnpackError, UnpackPolicy, apply_layer};
+
+/// Why one layer's plaintext could not be applied, before it is said to the caller.
+enum ApplyError {
+    Decompressor(std::io::Error),
+    Unpack(UnpackError),
+    DiffId(VerifyError),
+    /// Reading to the end failed: for an encrypted layer, where its HMAC is checked.
+    End(std::io::Error),
+}
+
+impl ApplyError {
+    /// The error for the caller. For an encrypted layer only the category, never a value from
+    /// the plaintext (entry names, sizes, the computed diff_id).
+    fn into_pull_error(self, index: usize, digest: &str, encrypted: bool) -> PullError {
+        let digest = digest.to_string();
+        match (self, encrypted) {
+            (ApplyError::Decompressor(source), false) => PullError::Io {
+                what: format!("layer {index}: decompressor"),
+                source,
+            },
+            (ApplyError::Unpack(e), false) => PullError::Unpack {
+                index,
+                digest,
+                detail: e.to_string(),
+            },
+            (ApplyError::DiffId(source), false) => PullError::DiffId {
+                index,
+                digest,
+                source,
+            },
+            (ApplyError::End(e), false) => PullError::Decrypt {
+                index,
+                digest,
+                detail: e.to_string(),
+            },
+            (ApplyError::Decompressor(_), true) => PullError::Unpack {
+                index,
+                digest,
+                detail: "the decrypted layer does not decompress".to_string(),
+            },
+            (ApplyError::Unpack(e), true) => PullError::Unpack {
+                index,
+                digest,
+                detail: format!(
+                    "the decrypted layer was refused: {} (details withheld: they come from \
+                     the plaintext)",
+                    e.category()
+                ),
+            },
+            (ApplyError::DiffId(_), true) => PullError::Unpack {
+                index,
+                digest,
+                detail: "the decrypted layer does not match its diff_id".to_string(),
+            },
+            (ApplyError::End(_), true) => PullError::Decrypt {
+                index,
+                digest,
+                detail: "layer authentication (HMAC) failed: the layer was altered".to_string(),
+            },
+        }
+    }
+}
 
 /// Wraps `r` in the decompressor for `c`.
 pub fn decompress<'a>(r: impl Read + 'a, c: Compression) -> std::io::Result<Box<dyn Read + 'a>> {
@@ -115,31 +184,16 @@ impl Puller {
         staging: &Path,
         policy: &UnpackPolicy,
         diff_id: &Digest,
-        index: usize,
-        digest: &str,
-    ) -> Result<(), PullError> {
-        let tar =
-            decompress(plain, compression).map_err(io(format!("layer {index}: decompressor")))?;
+    ) -> Result<(), ApplyError> {
+        let tar = decompress(plain, compression).map_err(ApplyError::Decompressor)?;
         let mut verifying = VerifyingReader::new(tar, u64::MAX);
-        apply_layer(&mut verifying, staging, policy).map_err(|e| PullError::Unpack {
-            index,
-            digest: digest.to_string(),
-            detail: e.to_string(),
-        })?;
+        apply_layer(&mut verifying, staging, policy).map_err(ApplyError::Unpack)?;
         // Drains the rest (tar padding; for encrypted layers this reaches EOF, where the HMAC
         // is checked) and compares the diff_id.
         match verifying.finish(diff_id, None) {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(source)) => Err(PullError::DiffId {
-                index,
-                digest: digest.to_string(),
-                source,
-            }),
-            Err(e) => Err(PullError::Decrypt {
-                index,
-                digest: digest.to_string(),
-                detail: e.to_string(),
-            }),
+            Ok(Err(e)) => Err(ApplyError::DiffId(e)),
+            Err(e) => Err(ApplyError::End(e)),
         }
     }
 
@@ -176,31 +230,23 @@ impl Puller {
                 }
                 None => blob,
             };
-            let result = Self::apply_one(
-                plain,
-                *compression,
-                staging,
-                &self.opts.unpack,
-                diff_id,
-                index,
-                &desc.digest,
-            );
-            if let (Err(e), Some(k)) = (&result, key)
+            let result = Self::apply_one(plain, *compression, staging, &self.opts.unpack, diff_id);
+            if let (Err(_), Some(k)) = (&result, key)
                 && source.wait_complete()
+                && !self.hmac_holds(&digest, k)
             {
                 // A tampered ciphertext usually breaks the decompressor or the tar parser before
-                // the end of the stream, where the HMAC is checked: name the real cause.
-                if !self.hmac_holds(&digest, k) {
-                    return Err(PullError::Decrypt {
+                // the end of the stream, where the HMAC is checked: name the real cause, and
+                // nothing of what the parser read.
+                return Err(
+                    ApplyError::End(std::io::Error::other("HMAC")).into_pull_error(
                         index,
-                        digest: desc.digest.clone(),
-                        detail: format!(
-                            "layer authentication (HMAC) failed: the layer was altered ({e})"
-                        ),
-                    });
-                }
+                        &desc.digest,
+                        true,
+                    ),
+                );
             }
-            result?;
+            result.map_err(|e| e.into_pull_error(index, &desc.digest, key.is_some()))?;
             progress.layer_done(index);
         }
         Ok(encrypted)

@@ -235,3 +235,30 @@ pub enum UnpackError {
         source: std::io::Error,
     },
 }
+
+impl UnpackError {
+    /// What went wrong, without the entry names, sizes or targets the variant carries: for
+    /// encrypted layers, whose entries come from the plaintext, this is all an error may say.
+    pub fn category(&self) -> &'static str {
+        match self {
+            UnpackError::Root { .. } => "the unpack root cannot be opened",
+            UnpackError::Openat2Unsupported => "openat2(2) is unavailable",
+            UnpackError::Tar { .. } => "malformed or unreadable tar stream",
+            UnpackError::Header { .. } => "bad tar header field",
+            UnpackError::AbsolutePath { .. } => "absolute entry path",
+            UnpackError::Escape { .. } => "entry path leaves the root",
+            UnpackError::InvalidPath { .. } => "invalid entry path",
+            UnpackError::PathTooLong { .. } => "entry name or link target too long",
+            UnpackError::HardlinkTarget { .. } => "hard link target refused",
+            UnpackError::TooManyEntries { .. } => "too many entries",
+            UnpackError::FileTooLarge { .. } => "entry over the per-file limit",
+            UnpackError::TotalTooLarge { .. } => "layer over its size limit",
+            UnpackError::MetadataTooLarge { .. } => "extension headers over their limit",
+            UnpackError::DeviceRefused { .. } => "device node refused by policy",
+            UnpackError::UnsupportedType { .. } => "unsupported tar entry type",
+            UnpackError::Truncated { .. } => "entry data cut short",
+            UnpackError::NotADirectory { .. } => "a parent is not a directory",
+            UnpackError::Io { op, .. } => op,
+        }
+    }
+}
