@@ -1,16 +1,25 @@
 //! `ward chat`: a prompt encrypted end to end to a key the TEE's attestation vouches for
-//! (`docs/encrypted-inference.md`). Fetch `/v1/attestation` for a fresh nonce, verify it (sample:
-//! the binding only, which proves nothing about hardware; SNP: the binding, the report signature
-//! against a VCEK/VLEK given with --vcek, and the launch measurement with --measurement; TDX: the
-//! binding and MRTD with --measurement, without Intel's collateral), then send the prompt
-//! encrypted and print the decrypted stream. Any mismatch names what did not match.
+//! (`docs/encrypted-inference.md`). Fetch `/v1/attestation` for a fresh nonce, verify it, then
+//! send the prompt encrypted and print the decrypted stream.
+//!
+//! Verification fails closed: whatever ward chat cannot check is refused, naming the check, and
+//! `--insecure` is the only way past (it then says on stderr, loudly, each check it skipped).
+//! What it checks today:
+//! - every kind: the report data binds the nonce, the offered HPKE key and any GPU evidence;
+//! - SNP: the report signature against the VCEK/VLEK given with `--vcek` (trusted as given: its
+//!   chain to AMD's root is the verified-client work), the debug policy bit (refused when set),
+//!   and MEASUREMENT against `--measurement`;
+//! - TDX: the DEBUG TD attribute (refused when set) and MRTD against `--measurement`. The quote's
+//!   signature, PCK chain and collateral are not checked yet, so TDX needs `--insecure`;
+//! - GPU evidence: bound to the key, but its SPDM signatures are not checked yet (`--insecure`);
+//! - sample evidence (development only, it proves nothing): `--allow-sample`.
 
 use std::io::Write as _;
 use std::path::Path;
 
 use anyhow::{Context, bail};
 use base64::Engine as _;
-use ward_attester::explain::{Explanation, explain_json, verify_snp_signature};
+use ward_attester::explain::{Explanation, TdAttributes, explain_json, verify_snp_signature};
 use ward_inference::e2e::{KeyConfig, RequestSealer, check_binding};
 
 /// What `ward chat` needs.
@@ -21,6 +30,8 @@ pub struct ChatArgs<'a> {
     pub vcek: Option<&'a Path>,
     pub measurement: Option<&'a str>,
     pub allow_sample: bool,
+    /// Skip what cannot be checked instead of refusing (each skip is printed).
+    pub insecure: bool,
     pub max_tokens: usize,
     pub temperature: f32,
 }
@@ -30,6 +41,56 @@ fn now() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+/// The outcome of the checks: what failed, and what could not be checked.
+#[derive(Default)]
+struct Verdict {
+    failed: Vec<String>,
+    unchecked: Vec<String>,
+}
+
+impl Verdict {
+    /// Refuses on any failure, and on anything unchecked unless `insecure`; a refusal names
+    /// everything that failed and everything that could not be checked.
+    fn conclude(self, insecure: bool) -> anyhow::Result<()> {
+        let cannot = (!self.unchecked.is_empty()).then(|| {
+            format!(
+                "ward chat cannot check {} (--insecure skips what cannot be checked)",
+                self.unchecked.join("; ")
+            )
+        });
+        if !self.failed.is_empty() {
+            let mut why = self.failed;
+            why.extend(cannot.filter(|_| !insecure));
+            bail!("the attestation is refused: {}", why.join("; "));
+        }
+        if let Some(cannot) = cannot {
+            if !insecure {
+                bail!("the attestation is refused: {cannot}");
+            }
+            for what in &self.unchecked {
+                eprintln!("ward chat: INSECURE (--insecure): NOT checked: {what}");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Compares a measurement with `--measurement`, or notes that it was not pinned.
+fn pin_measurement(v: &mut Verdict, name: &str, got: &[u8], want: Option<&str>) {
+    match want {
+        Some(want) if hex::encode(got).eq_ignore_ascii_case(want.trim()) => {
+            eprintln!("ward chat: {name} matches --measurement");
+        }
+        Some(want) => v.failed.push(format!(
+            "{name} is {}, --measurement says {want}",
+            hex::encode(got)
+        )),
+        None => v
+            .unchecked
+            .push(format!("{name} (pin it with --measurement)")),
+    }
 }
 
 /// Verifies the attestation answer for `nonce`; returns the key to encrypt to.
@@ -43,51 +104,71 @@ fn verify(att: &serde_json::Value, nonce: &[u8], a: &ChatArgs<'_>) -> anyhow::Re
         None => None,
     };
     let evidence = explain_json(&att["evidence"]).context("the evidence does not parse")?;
-    let (report_data, measurement): (Vec<u8>, Option<Vec<u8>>) = match &evidence {
+    let mut v = Verdict::default();
+    let report_data: Vec<u8> = match &evidence {
         Explanation::SampleEvidence { report_data, .. } => {
             if !a.allow_sample {
                 bail!(
                     "the server offers sample evidence, which proves nothing; pass --allow-sample for development"
                 );
             }
+            if a.measurement.is_some() {
+                v.failed
+                    .push("sample evidence has no measurement to match --measurement".into());
+            }
             eprintln!("ward chat: sample evidence (development): only the key binding is checked");
-            (report_data.clone(), None)
+            report_data.clone()
         }
         Explanation::SnpEvidence { report, .. } => {
+            let r = &report.report;
             match a.vcek {
                 Some(p) => {
                     let der =
                         std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
-                    verify_snp_signature(report, &der).context("SNP report signature")?;
-                    eprintln!(
-                        "ward chat: SNP report signature verified with {}",
-                        p.display()
-                    );
+                    match verify_snp_signature(report, &der) {
+                        Ok(()) => eprintln!(
+                            "ward chat: SNP report signature verified with {}",
+                            p.display()
+                        ),
+                        Err(e) => v.failed.push(format!("SNP report signature: {e}")),
+                    }
                 }
-                None => eprintln!("ward chat: SNP report signature NOT checked (no --vcek)"),
+                None => v
+                    .unchecked
+                    .push("the SNP report signature (give the VCEK or VLEK with --vcek)".into()),
             }
-            (
-                report.report.report_data.to_vec(),
-                Some(report.report.measurement.to_vec()),
-            )
+            if r.policy.debug_allowed() {
+                v.failed.push(
+                    "the SNP guest policy allows debugging (the host can read the guest)".into(),
+                );
+            }
+            pin_measurement(&mut v, "SNP MEASUREMENT", &r.measurement, a.measurement);
+            r.report_data.to_vec()
         }
         Explanation::TdxEvidence { quote, .. } => {
-            eprintln!("ward chat: TDX quote signature not checked here (needs Intel's collateral)");
-            (
-                quote.body.report_data.to_vec(),
-                Some(quote.body.mr_td.to_vec()),
-            )
+            v.unchecked.push(
+                "the TDX quote's signature, PCK chain and collateral (not implemented yet)".into(),
+            );
+            if TdAttributes::from_bytes(quote.body.td_attributes).debug {
+                v.failed
+                    .push("the TD has the DEBUG attribute (the host can read the guest)".into());
+            }
+            pin_measurement(&mut v, "TDX MRTD", &quote.body.mr_td, a.measurement);
+            quote.body.report_data.to_vec()
         }
         other => bail!("unsupported evidence kind: {other:?}"),
     };
-    check_binding(&report_data, nonce, &key_config, gpus.as_deref())
-        .context("the attestation does not vouch for this key")?;
-    if let Some(want) = a.measurement {
-        let got = measurement.map(hex::encode).unwrap_or_default();
-        if !got.eq_ignore_ascii_case(want) {
-            bail!("launch measurement is {got}, expected {want}");
-        }
+    if gpus.is_some() {
+        v.unchecked.push(
+            "the GPU evidence's signatures and certificate chains (not implemented yet)".into(),
+        );
     }
+    if let Err(e) = check_binding(&report_data, nonce, &key_config, gpus.as_deref()) {
+        v.failed.push(format!(
+            "the evidence does not vouch for the offered key: {e}"
+        ));
+    }
+    v.conclude(a.insecure)?;
     KeyConfig::decode(&key_config).context("key_config")
 }
 
@@ -165,4 +246,112 @@ pub async fn chat(a: ChatArgs<'_>) -> anyhow::Result<bool> {
     }
     println!();
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use base64::Engine as _;
+    use ward_inference::e2e::{ServerKey, Suite, report_data};
+
+    use super::*;
+
+    fn fixture(rel: &str) -> Vec<u8> {
+        let path = format!(
+            "{}/../../shared/fixtures/evidence/{rel}",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    fn args(measurement: Option<&str>, insecure: bool) -> ChatArgs<'_> {
+        ChatArgs {
+            url: "http://127.0.0.1:1/v1",
+            model: "m",
+            prompt: "p",
+            vcek: None,
+            measurement,
+            allow_sample: false,
+            insecure,
+            max_tokens: 1,
+            temperature: 0.0,
+        }
+    }
+
+    /// What a hostile host answers: a TDX quote from real hardware, edited (an invented MRTD,
+    /// DEBUG set, report data binding the host's own key). Nothing signs the edit.
+    fn forged_tdx(nonce: &[u8], debug: bool) -> (serde_json::Value, [u8; 48]) {
+        let key = ServerKey::generate(Suite::XWing).config().encode();
+        let mut quote = fixture("tdx/tdx_quote_4.dat");
+        // v4 quote: a 48-byte header, then TDATTRIBUTES at body offset 120, MRTD at 136 and
+        // REPORTDATA at 520.
+        let mrtd = [0xab; 48];
+        if debug {
+            quote[48 + 120] |= 1;
+        } else {
+            quote[48 + 120] &= !1;
+        }
+        quote[48 + 136..48 + 184].copy_from_slice(&mrtd);
+        quote[48 + 520..48 + 584].copy_from_slice(&report_data(nonce, &key, None));
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let std = base64::engine::general_purpose::STANDARD;
+        let att = serde_json::json!({
+            "evidence": {"cc_eventlog": null, "quote": std.encode(&quote)},
+            "key_config": b64.encode(&key),
+        });
+        (att, mrtd)
+    }
+
+    #[test]
+    fn a_forged_tdx_quote_is_refused() {
+        let nonce = [7u8; 32];
+        let (att, mrtd) = forged_tdx(&nonce, true);
+        let mrtd = hex::encode(mrtd);
+        // The review's case: accepted before, the prompt encrypted to the host's key.
+        let e = verify(&att, &nonce, &args(None, false))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("DEBUG"), "{e}");
+        // Even pinned to the forged MRTD, the unsigned quote is refused.
+        let (att, _) = forged_tdx(&nonce, false);
+        let e = verify(&att, &nonce, &args(Some(&mrtd), false))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("TDX quote's signature") && e.contains("--insecure"),
+            "{e}"
+        );
+        // --insecure is the only way past, and only for what cannot be checked.
+        assert!(verify(&att, &nonce, &args(Some(&mrtd), true)).is_ok());
+        let e = verify(&att, &nonce, &args(Some(&"00".repeat(48)), true))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("TDX MRTD is abab"), "{e}");
+        // A quote bound to another nonce fails the binding.
+        let e = verify(&att, &[8u8; 32], &args(Some(&mrtd), true))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("does not vouch"), "{e}");
+    }
+
+    #[test]
+    fn snp_needs_its_vcek_and_measurement() {
+        let report =
+            ward_attester::explain::parse_snp_report(&fixture("snp/test-report.bin")).unwrap();
+        let att = serde_json::json!({
+            "evidence": {"attestation_report": report.report, "cert_chain": null},
+            "key_config": base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .encode(ServerKey::generate(Suite::XWing).config().encode()),
+        });
+        let e = verify(&att, &[1u8; 32], &args(None, false))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--vcek") && e.contains("--measurement"), "{e}");
+        // The real report binds another key: refused even with --insecure.
+        let e = verify(&att, &[1u8; 32], &args(None, true))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("does not vouch"), "{e}");
+    }
 }

@@ -157,6 +157,10 @@ enum Command {
         /// Accept sample evidence (development only: it proves nothing about hardware).
         #[arg(long)]
         allow_sample: bool,
+        /// Encrypt to the key even where the evidence cannot be fully checked (a TDX quote's
+        /// signature, an unpinned measurement, no --vcek); every skipped check is printed.
+        #[arg(long)]
+        insecure: bool,
         #[arg(long, default_value_t = 256)]
         max_tokens: usize,
         /// Sampling temperature; 0 (the default) is greedy and reproducible.
@@ -347,6 +351,7 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             vcek,
             measurement,
             allow_sample,
+            insecure,
             max_tokens,
             temperature,
         } => rt()?.block_on(chat::chat(chat::ChatArgs {
@@ -356,6 +361,7 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             vcek: vcek.as_deref(),
             measurement: measurement.as_deref(),
             allow_sample,
+            insecure,
             max_tokens,
             temperature,
         })),
