@@ -24,7 +24,7 @@ fn status(e: &ImagesError) -> ttrpc::Error {
             PullError::Policy(ward_image::policy::PolicyError::Fetch { .. }) => Code::UNAVAILABLE,
             PullError::Policy(_) => Code::PERMISSION_DENIED,
             PullError::NoKey { .. } | PullError::Decrypt { .. } => Code::PERMISSION_DENIED,
-            PullError::MediaType { .. } => Code::INVALID_ARGUMENT,
+            PullError::MediaType { .. } | PullError::User { .. } => Code::INVALID_ARGUMENT,
             PullError::DiffId { .. } | PullError::Unpack { .. } => Code::DATA_LOSS,
             PullError::Io { .. } => Code::INTERNAL,
         },

@@ -70,6 +70,9 @@ pub enum PullError {
         digest: String,
         detail: String,
     },
+    /// The image's `User` names an account its `/etc/passwd` or `/etc/group` does not define.
+    #[error("image user `{user}`: {detail}")]
+    User { user: String, detail: String },
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -299,7 +302,7 @@ impl Puller {
             }
         };
         let publish = (|| {
-            crate::bundle::write_runtime_config(bundle, &resolved.config)?;
+            crate::bundle::write_runtime_config(bundle, &staging, &resolved.config)?;
             let rootfs = bundle.join("rootfs");
             if rootfs.exists() {
                 std::fs::remove_dir_all(&rootfs).map_err(io("replacing the old rootfs"))?;

@@ -66,6 +66,7 @@ mod whiteout;
 use std::path::PathBuf;
 
 pub use apply::apply_layer;
+pub(crate) use root::read_in_root;
 
 /// What to do with character and block device entries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

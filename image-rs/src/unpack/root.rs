@@ -111,6 +111,36 @@ impl Root {
     }
 }
 
+/// Reads the regular file at `path` under `root` (a directory the caller chose), resolving every
+/// symlink with `root` as `/`, so an image's `/etc/passwd -> /proc/self/environ` stays inside it;
+/// at most `limit` bytes (`EFBIG` past that), and only a regular file (`EINVAL` otherwise).
+pub(crate) fn read_in_root(root: &Path, path: &str, limit: u64) -> Result<Vec<u8>, Errno> {
+    use std::io::Read as _;
+    let root = openat(
+        AT_FDCWD,
+        root,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?;
+    let how = OpenHow::new()
+        .flags(OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOCTTY | OFlag::O_NONBLOCK)
+        .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    let fd = openat2(&root, path.trim_start_matches('/'), how)?;
+    let st = fstat(&fd)?;
+    if st.st_mode & SFlag::S_IFMT.bits() != SFlag::S_IFREG.bits() {
+        return Err(Errno::EINVAL);
+    }
+    let mut out = Vec::new();
+    std::fs::File::from(fd)
+        .take(limit.saturating_add(1))
+        .read_to_end(&mut out)
+        .map_err(|e| e.raw_os_error().map_or(Errno::EIO, Errno::from_raw))?;
+    if out.len() as u64 > limit {
+        return Err(Errno::EFBIG);
+    }
+    Ok(out)
+}
+
 /// The key of `name` in the directory `dir`.
 pub(crate) fn slot_key(dir: impl AsFd, name: &[u8]) -> Result<SlotKey, Errno> {
     let st = fstat(dir)?;
