@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 
+use sha2::Digest as _;
 use ward_attester::eventlog::{self, EventHash, EventLog, EventLogError};
 use ward_attester::initdata::{InitData, InitDataError};
 use ward_attester::kbs::{KbsClient, KbsConfig, KbsError, ResourceUri, RetryPolicy};
@@ -64,6 +65,29 @@ pub enum AttestationSetupError {
     /// GPUs are required but cannot be attested.
     #[error("GPUs required but not attestable: {0}")]
     Gpus(GpuError),
+    /// A plain-HTTP KBS on a real TEE without `[kbs] insecure_http = true`.
+    #[error(
+        "the KBS {url} is plain HTTP: the network could substitute any resource (policies, keys, \
+         credentials); use https:// with [kbs] cacert, or set [kbs] insecure_http = true in the \
+         config file for development"
+    )]
+    InsecureKbs { url: String },
+}
+
+/// Whether the KBS at `url` may be used by a guest on `tee`: `https://` always; `http://` only
+/// with the file's development switch, or on the sample TEE (which protects nothing).
+pub fn kbs_transport_allowed(
+    url: &str,
+    insecure_http: bool,
+    tee: Tee,
+) -> Result<(), AttestationSetupError> {
+    if url.starts_with("https://") || insecure_http || tee == Tee::Sample {
+        Ok(())
+    } else {
+        Err(AttestationSetupError::InsecureKbs {
+            url: url.to_string(),
+        })
+    }
 }
 
 /// What ExtendRuntimeMeasurement did.
@@ -86,6 +110,8 @@ pub struct Attestation {
     eventlog: Option<EventLog>,
     measurement_pcr: u64,
     devices: Vec<Arc<dyn DeviceAttester>>,
+    /// The security-relevant settings in force, measured at start ([`Self::measure_settings`]).
+    settings: serde_json::Value,
     /// The NVIDIA backend and GPU count, to set the ready state after the KBS said yes.
     gpus: Option<(Arc<dyn GpuBackend>, usize, std::time::Duration)>,
     gpus_ready: tokio::sync::OnceCell<()>,
@@ -178,6 +204,10 @@ impl Attestation {
         }
         let kbs = match (&config.kbs, &attester) {
             (Some(k), Ok(a)) => {
+                kbs_transport_allowed(&k.url, k.insecure_http, a.tee())?;
+                if k.url.starts_with("http://") {
+                    tracing::warn!(url = %k.url, "plain-HTTP KBS: development only");
+                }
                 let ca_pem = match &k.cacert {
                     Some(path) => Some(std::fs::read(path).map_err(|source| {
                         AttestationSetupError::CaCert {
@@ -218,9 +248,27 @@ impl Attestation {
             }
             _ => None,
         };
+        let settings = serde_json::json!({
+            "tee": attester.as_ref().map(|a| a.tee().to_string()).ok(),
+            "allow_sample": config.attestation.allow_sample,
+            "kbs_url": config.kbs.as_ref().map(|k| k.url.clone()),
+            "kbs_cacert_sha256": match config.kbs.as_ref().and_then(|k| k.cacert.as_ref()) {
+                Some(path) => Some(hex::encode(sha2::Sha256::digest(
+                    std::fs::read(path).map_err(|source| AttestationSetupError::CaCert {
+                        path: path.display().to_string(),
+                        source,
+                    })?,
+                ))),
+                None => None,
+            },
+            "kbs_insecure_http": config.kbs.as_ref().is_some_and(|k| k.insecure_http),
+            "coco_token_reply": config.kbs.as_ref().is_some_and(|k| k.coco_token_reply),
+            "audit_log": config.audit_log.is_some(),
+        });
         Ok(Attestation {
             attester,
             kbs,
+            settings,
             coco_token_reply: config.kbs.as_ref().is_some_and(|k| k.coco_token_reply),
             audit,
             initdata,
@@ -382,6 +430,16 @@ impl Attestation {
         Ok(Extended::Ok)
     }
 
+    /// Extends the runtime measurement with the security-relevant settings in force (the KBS URL
+    /// and CA, the development switches, whether the audit log is on), so that a verifier sees
+    /// what the kernel command line (not always measured) may have overridden. Run at start,
+    /// before the first attestation.
+    pub async fn measure_settings(&self) -> Result<Extended, AttestationError> {
+        let content = self.settings.to_string();
+        self.extend_runtime_measurement("github.com/ward", "Settings", &content, None)
+            .await
+    }
+
     fn attester(&self) -> Result<&Arc<dyn Attester>, AttestationError> {
         self.attester
             .as_ref()
@@ -483,5 +541,24 @@ impl Attestation {
         self.audit
             .record(event, subject, detail)
             .map_err(|e| AttestationError::Audit(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Over plain HTTP the network can swap any KBS resource: refused on a real TEE unless the
+    /// file's development switch says otherwise; the sample TEE protects nothing anyway.
+    #[test]
+    fn a_plain_http_kbs_needs_the_development_switch() {
+        let http = "http://kbs.example:8080";
+        for tee in [Tee::Snp, Tee::Tdx, Tee::AzSnpVtpm, Tee::AzTdxVtpm] {
+            let e = kbs_transport_allowed(http, false, tee).unwrap_err();
+            assert!(e.to_string().contains("insecure_http"), "{e}");
+            assert!(kbs_transport_allowed(http, true, tee).is_ok());
+            assert!(kbs_transport_allowed("https://kbs.example", false, tee).is_ok());
+        }
+        assert!(kbs_transport_allowed(http, false, Tee::Sample).is_ok());
     }
 }

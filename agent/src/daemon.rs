@@ -39,6 +39,9 @@ pub enum DaemonError {
     /// The boot initdata does not match what the TEE measured (or cannot be checked).
     #[error("initdata: {0}")]
     InitData(String),
+    /// The settings could not be extended into the runtime measurement.
+    #[error("measuring the settings: {0}")]
+    Measurement(String),
     /// Signal handlers could not be installed.
     #[error("cannot install signal handlers: {0}")]
     Signals(#[source] std::io::Error),
@@ -85,6 +88,11 @@ pub async fn run(config: &Config, mode: Mode) -> Result<(), DaemonError> {
         Ok(Some(binding)) => tracing::info!(?binding, "initdata bound to the launch measurement"),
         Ok(None) => {}
         Err(e) => return Err(DaemonError::InitData(e.to_string())),
+    }
+    // Before anything attests: a verifier must see which KBS and switches this guest runs with.
+    match attestation.measure_settings().await {
+        Ok(done) => tracing::debug!(?done, "settings measured"),
+        Err(e) => return Err(DaemonError::Measurement(e.to_string())),
     }
     match attestation.tee() {
         Ok(tee) => {

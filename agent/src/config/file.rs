@@ -203,6 +203,12 @@ pub struct RawKbs {
     /// Answer GetToken with CoCo's exact reply, which includes the TEE private key.
     #[serde(default)]
     pub coco_token_reply: bool,
+    /// Development only: allow an `http://` KBS on a real TEE. Over plain HTTP the network can
+    /// substitute any resource (they are encrypted to a key it sees), so it is refused unless
+    /// this is set here, in the file; the kernel command line cannot set it. The sample TEE, which
+    /// protects nothing, may use `http://` without it.
+    #[serde(default)]
+    pub insecure_http: bool,
 }
 
 fn default_key() -> String {

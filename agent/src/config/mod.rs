@@ -145,6 +145,8 @@ pub struct KbsSettings {
     pub timeout: Duration,
     pub attempts: u32,
     pub coco_token_reply: bool,
+    /// `[kbs] insecure_http`: a plain-HTTP KBS is allowed on a real TEE (development).
+    pub insecure_http: bool,
 }
 
 /// What wardd does once its start-up self-check is over (`ward.self_check=`).
@@ -360,6 +362,7 @@ impl Config {
                         timeout: Duration::from_secs(10),
                         attempts: 3,
                         coco_token_reply: false,
+                        insecure_http: false,
                     })
                 }
             }
@@ -447,6 +450,7 @@ fn validate_kbs(k: RawKbs) -> Result<KbsSettings, ConfigError> {
         timeout: seconds("kbs.timeout_secs", k.timeout_secs)?,
         attempts: k.attempts,
         coco_token_reply: k.coco_token_reply,
+        insecure_http: k.insecure_http,
     })
 }
 
