@@ -31,6 +31,9 @@ pub enum ImagesError {
     Setup(String),
     #[error("key unwrap: {0}")]
     Unwrap(String),
+    /// The pull's runtime measurement could not be extended, so the pull failed.
+    #[error("PullImage runtime measurement: {0}")]
+    Measurement(String),
 }
 
 /// Key-encryption keys from the KBS, by `kbs:///` URI.
@@ -176,26 +179,52 @@ impl Images {
         Ok(self.puller().await?.registry())
     }
 
-    /// Pulls `image` into `bundle` (`rootfs/` + `config.json`), measured and audited.
+    /// Pulls `image` into `bundle` (`rootfs/` + `config.json`), measured and audited. Every
+    /// outcome is audited: `image.pull`, `image.policy_refused` or `image.pull_failed` (whose
+    /// reason is the error's text, which for an encrypted layer carries nothing of its
+    /// plaintext: ward-image's pull/layers.rs).
     pub async fn pull(&self, image: &str, bundle: &str) -> Result<Pulled, ImagesError> {
+        let result = self.pull_measured(image, bundle).await;
+        match &result {
+            Ok((pulled, bundle)) => self.audit.note(
+                "image.pull",
+                image,
+                serde_json::json!({
+                    "digest": pulled.manifest_digest.to_string(),
+                    "layers": pulled.layers,
+                    "encrypted_layers": pulled.encrypted_layers,
+                    "policy": pulled.policy.to_string(),
+                    "bundle": bundle.display().to_string(),
+                }),
+            ),
+            Err(ImagesError::Pull(PullError::Policy(e))) => self.audit.note(
+                "image.policy_refused",
+                image,
+                serde_json::json!({"reason": e.to_string()}),
+            ),
+            Err(e) => self.audit.note(
+                "image.pull_failed",
+                image,
+                serde_json::json!({"reason": e.to_string()}),
+            ),
+        }
+        result.map(|(pulled, _)| pulled)
+    }
+
+    /// The pull, then its `PullImage` runtime measurement, the way CoCo records it. A pull
+    /// whose measurement cannot be extended fails, and its bundle is taken down again: a
+    /// verifier must never face a container the measurement does not show.
+    async fn pull_measured(
+        &self,
+        image: &str,
+        bundle: &str,
+    ) -> Result<(Pulled, PathBuf), ImagesError> {
         let bundle = checked_bundle(bundle)?;
-        let pulled = match self
+        let pulled = self
             .puller()
             .await?
             .pull(image, &bundle, &self.decryption)
-            .await
-        {
-            Ok(p) => p,
-            Err(PullError::Policy(e)) => {
-                self.audit.note(
-                    "image.policy_refused",
-                    image,
-                    serde_json::json!({"reason": e.to_string()}),
-                );
-                return Err(PullError::Policy(e).into());
-            }
-            Err(e) => return Err(e.into()),
-        };
+            .await?;
         let content =
             serde_json::json!({"image": image, "digest": pulled.manifest_digest.to_string()})
                 .to_string();
@@ -209,20 +238,11 @@ impl Images {
             )
             .await
         {
-            tracing::warn!(error = %e, "PullImage runtime measurement failed");
+            let _ = std::fs::remove_file(bundle.join("config.json"));
+            let _ = std::fs::remove_dir_all(bundle.join("rootfs"));
+            return Err(ImagesError::Measurement(e.to_string()));
         }
-        self.audit.note(
-            "image.pull",
-            image,
-            serde_json::json!({
-                "digest": pulled.manifest_digest.to_string(),
-                "layers": pulled.layers,
-                "encrypted_layers": pulled.encrypted_layers,
-                "policy": pulled.policy.to_string(),
-                "bundle": bundle.display().to_string(),
-            }),
-        );
-        Ok(pulled)
+        Ok((pulled, bundle))
     }
 
     /// `keyprovider.KeyProviderService/UnWrapKey`: the ocicrypt key-provider protocol, with the

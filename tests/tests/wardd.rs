@@ -232,3 +232,87 @@ fn check_config_prints_the_effective_listeners() {
     );
     let _ = out;
 }
+
+/// The settings a verifier must see (the KBS URL the command line may have moved, the
+/// development switches) are extended into the runtime measurement before anything attests;
+/// a guest that cannot measure them does not start.
+#[test]
+fn settings_are_measured_at_start_or_wardd_does_not_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_text(dir.path(), &["health"]);
+    let mut w = Wardd::start_with(
+        dir,
+        &config,
+        "ward.tee=sample ward.allow_sample=true ward.kbs_url=http://127.0.0.1:9",
+        &[],
+    );
+    let eventlog = std::fs::read(w.dir.path().join("eventlog")).unwrap();
+    let needle = br#"github.com/ward Settings {"#;
+    let at = eventlog
+        .windows(needle.len())
+        .position(|win| win == needle)
+        .expect("the Settings event is in the event log");
+    let text = String::from_utf8_lossy(&eventlog[at..]);
+    assert!(text.contains(r#""kbs_url":"http://127.0.0.1:9""#), "{text}");
+    w.signal(Signal::SIGTERM);
+    w.wait(Duration::from_secs(15));
+
+    // /dev/full opens, and every write to it fails.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("ward.toml");
+    std::fs::write(
+        &cfg,
+        config_text(dir.path(), &["health"]).replace(
+            &format!(
+                "eventlog = {:?}",
+                dir.path().join("eventlog").display().to_string()
+            ),
+            "eventlog = \"/dev/full\"",
+        ),
+    )
+    .unwrap();
+    let cmdline = dir.path().join("cmdline");
+    std::fs::write(&cmdline, "ward.tee=sample ward.allow_sample=true").unwrap();
+    let (code, out, err) = run_ward(
+        "wardd",
+        &[
+            "--config",
+            cfg.to_str().unwrap(),
+            "--cmdline",
+            cmdline.to_str().unwrap(),
+        ],
+    );
+    assert_ne!(code, 0, "stdout: {out}\nstderr: {err}");
+    assert!(err.contains("measuring the settings"), "{err}");
+}
+
+/// A pull that fails is on the audit record too, not only the ones that succeed.
+#[test]
+fn a_failed_pull_is_audited() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_text(dir.path(), &["image-pull"]).replace(
+        "[images]\n",
+        "[images]\ninsecure_registries = [\"127.0.0.1:9\"]\n",
+    );
+    let mut w = Wardd::start_with(dir, &config, "", &[]);
+    let bundle = w.dir.path().join("bundle");
+    let (code, out, err) = run_ward(
+        "ward",
+        &[
+            "pull",
+            "--addr",
+            &w.addr,
+            "127.0.0.1:9/none/such:v1",
+            "--bundle",
+            bundle.to_str().unwrap(),
+        ],
+    );
+    assert_ne!(code, 0, "{out}{err}");
+    w.signal(Signal::SIGTERM);
+    w.wait(Duration::from_secs(15));
+    let audit = std::fs::read_to_string(&w.audit).unwrap();
+    assert!(
+        audit.contains(r#""event":"image.pull_failed","subject":"127.0.0.1:9/none/such:v1""#),
+        "{audit}"
+    );
+}

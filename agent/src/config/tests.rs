@@ -298,7 +298,10 @@ fn attestation_and_kbs_settings() {
     let kbs = c.kbs.unwrap();
     assert_eq!(kbs.url, "https://kbs.example:8080");
     assert_eq!(kbs.key, ward_attester::kbs::KeyKind::Rsa2048);
-    assert!(!kbs.insecure_http, "plain HTTP is off unless the file says so");
+    assert!(
+        !kbs.insecure_http,
+        "plain HTTP is off unless the file says so"
+    );
     let c = from_text(
         "[kbs]\nurl = \"http://k:8080\"\ninsecure_http = true\n",
         Some("ward.kbs_url=http://other:8080"),
@@ -306,7 +309,10 @@ fn attestation_and_kbs_settings() {
     .unwrap();
     let kbs = c.kbs.unwrap();
     assert!(kbs.insecure_http);
-    assert_eq!(kbs.url, "http://other:8080", "the command line moves the URL");
+    assert_eq!(
+        kbs.url, "http://other:8080",
+        "the command line moves the URL"
+    );
     assert!(!kbs.coco_token_reply);
     assert_eq!(from_text("", None).unwrap().kbs, None);
 
