@@ -171,6 +171,17 @@ pub async fn run(config: &Config, mode: Mode) -> Result<(), DaemonError> {
             "listeners": listeners,
         }),
     )?;
+    let head_measurer = {
+        let (a, log) = (attestation.clone(), audit.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(AUDIT_HEAD_EVERY);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                measure_audit_head(&a, &log).await;
+            }
+        })
+    };
     let notifier = Notifier::from_env();
     if let Err(e) = notifier.notify("READY=1\nSTATUS=serving") {
         tracing::warn!(error = %e, "could not tell systemd we are ready");
@@ -238,11 +249,13 @@ pub async fn run(config: &Config, mode: Mode) -> Result<(), DaemonError> {
     }
     state.set_serving(false);
     stop_all(&mut running, config.shutdown_timeout).await;
+    head_measurer.abort();
     audit.record(
         "agent.stop",
         "wardd",
         serde_json::json!({ "signal": signal }),
     )?;
+    measure_audit_head(&attestation, &audit).await;
     if let Some(audit) = audit.log() {
         let (head, entries) = audit.head();
         tracing::info!(path = %audit.path().display(), entries, head, "audit log closed");
@@ -251,6 +264,28 @@ pub async fn run(config: &Config, mode: Mode) -> Result<(), DaemonError> {
     match check_failure {
         Some(e) => Err(DaemonError::SelfCheck(e)),
         None => Ok(()),
+    }
+}
+
+/// How often the audit chain's head is extended into the runtime measurement while serving.
+const AUDIT_HEAD_EVERY: Duration = Duration::from_secs(3600);
+
+/// Extends the audit chain's head (its hash and entry count) into the runtime measurement, so
+/// the log can be held against the evidence: entries cut off the end, which the chain alone
+/// cannot show, no longer go unseen. The measurement itself adds a `runtime.extend` entry after
+/// the head it names. Done hourly and at stop; a failure is logged (the log stays verifiable).
+async fn measure_audit_head(attestation: &Attestation, audit: &Audit) {
+    let Some(log) = audit.log() else {
+        return;
+    };
+    let (head, entries) = log.head();
+    let content = serde_json::json!({"head": head, "entries": entries}).to_string();
+    match attestation
+        .extend_runtime_measurement("github.com/ward", "AuditHead", &content, None)
+        .await
+    {
+        Ok(done) => tracing::debug!(?done, entries, head, "audit head measured"),
+        Err(e) => tracing::warn!(error = %e, "the audit head could not be measured"),
     }
 }
 

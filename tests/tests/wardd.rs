@@ -255,7 +255,24 @@ fn settings_are_measured_at_start_or_wardd_does_not_start() {
     let text = String::from_utf8_lossy(&eventlog[at..]);
     assert!(text.contains(r#""kbs_url":"http://127.0.0.1:9""#), "{text}");
     w.signal(Signal::SIGTERM);
-    w.wait(Duration::from_secs(15));
+    assert_eq!(w.wait(Duration::from_secs(15)).code(), Some(0));
+    // At stop the audit chain's head goes into the measurement too: it names the agent.stop
+    // entry, after which only the runtime.extend entry of that very measurement follows.
+    let audit: Vec<serde_json::Value> = std::fs::read_to_string(&w.audit)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let stop = audit.iter().find(|e| e["event"] == "agent.stop").unwrap();
+    let eventlog =
+        String::from_utf8_lossy(&std::fs::read(w.dir.path().join("eventlog")).unwrap()).to_string();
+    let want = format!(
+        r#"github.com/ward AuditHead {{"entries":{},"head":"{}"}}"#,
+        stop["seq"].as_u64().unwrap() + 1,
+        stop["hash"].as_str().unwrap()
+    );
+    assert!(eventlog.contains(&want), "{want} not in {eventlog}");
+    assert_eq!(audit.last().unwrap()["event"], "runtime.extend");
 
     // /dev/full opens, and every write to it fails.
     let dir = tempfile::tempdir().unwrap();
