@@ -190,8 +190,15 @@ pub async fn layer(State(e2e): State<Arc<E2e>>, req: Request, next: Next) -> Res
         if tx.send(Ok(prelude)).await.is_err() {
             return;
         }
+        // An answer cut short inside (the engine failed mid-stream) gets no last chunk, and the
+        // transfer is aborted: the client sees a truncation, never a complete answer.
+        let cut_short = || Err(std::io::Error::other("the response was cut short"));
         while let Some(frame) = frames.next().await {
-            let Ok(data) = frame else { break };
+            let Ok(data) = frame else {
+                tracing::warn!("the response body failed: the sealed answer ends unfinished");
+                let _ = tx.send(cut_short()).await;
+                return;
+            };
             match sealer.seal_chunk(&data, false) {
                 Ok(c) => {
                     hash.update(&c);
@@ -199,7 +206,10 @@ pub async fn layer(State(e2e): State<Arc<E2e>>, req: Request, next: Next) -> Res
                         return;
                     }
                 }
-                Err(_) => return,
+                Err(_) => {
+                    let _ = tx.send(cut_short()).await;
+                    return;
+                }
             }
         }
         if let Ok(last) = sealer.seal_chunk(b"", true) {
@@ -240,4 +250,77 @@ fn tokio_stream_from(
     mut rx: tokio::sync::mpsc::Receiver<Result<Bytes, std::io::Error>>,
 ) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::routing::post;
+    use tower::ServiceExt as _;
+    use ward_inference::e2e::{RequestSealer, Suite};
+
+    use super::*;
+
+    /// An answer whose body fails half way must not reach the client sealed as complete.
+    #[tokio::test]
+    async fn an_answer_cut_short_is_a_truncation_for_the_client() {
+        let raw: crate::config::RawConfig = toml::from_str("").unwrap();
+        let config = crate::config::Config::from_raw(raw).unwrap();
+        let attestation = Arc::new(
+            Attestation::from_config(&config, crate::audit::Audit::default())
+                .await
+                .unwrap(),
+        );
+        let e2e = Arc::new(E2e {
+            key: ServerKey::generate(Suite::X25519),
+            attestation,
+        });
+        let key = e2e.key.config().clone();
+        let app = axum::Router::new()
+            .route(
+                "/v1/chat/completions",
+                post(|| async {
+                    let parts: Vec<Result<Bytes, std::io::Error>> = vec![
+                        Ok(Bytes::from_static(b"data: {\"partial\":true}\n\n")),
+                        Err(std::io::Error::other("the engine died")),
+                    ];
+                    Response::builder()
+                        .header(header::CONTENT_TYPE, "text/event-stream")
+                        .body(Body::from_stream(futures_util::stream::iter(parts)))
+                        .unwrap()
+                }),
+            )
+            .layer(axum::middleware::from_fn_with_state(e2e, layer));
+        let (sealed, mut opener) =
+            RequestSealer::seal(&key, &serde_json::json!({"stream": true}), now()).unwrap();
+        let request = Request::builder()
+            .method("POST")
+            .uri("/v1/chat/completions")
+            .header(header::CONTENT_TYPE, E2E_TYPE)
+            .body(Body::from(sealed))
+            .unwrap();
+        let response = app.oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let mut body = response.into_body().into_data_stream();
+        let mut plain = Vec::new();
+        let mut aborted = false;
+        while let Some(frame) = body.next().await {
+            match frame {
+                Ok(bytes) => {
+                    for c in opener.feed(&bytes).unwrap() {
+                        plain.extend_from_slice(&c);
+                    }
+                }
+                Err(_) => {
+                    aborted = true;
+                    break;
+                }
+            }
+        }
+        assert!(aborted, "the transfer is aborted");
+        assert_eq!(plain, b"data: {\"partial\":true}\n\n");
+        assert!(
+            matches!(opener.finish(), Err(E2eError::Truncated)),
+            "the client sees a truncation, not a complete answer"
+        );
+    }
 }
