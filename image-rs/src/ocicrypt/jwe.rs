@@ -22,11 +22,11 @@ use rand::RngCore;
 use rand::rngs::OsRng;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
+use sha1::Sha1;
 use sha2::Sha256;
 use zeroize::Zeroizing;
 
 use super::keys::{PrivateKey, PublicKey};
-use super::sha1::Sha1;
 
 /// Largest JWE document accepted.
 pub const MAX_JWE_BYTES: usize = 1 << 20;

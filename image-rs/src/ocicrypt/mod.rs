@@ -18,7 +18,6 @@ pub mod keyprovider;
 pub mod keys;
 pub mod layer;
 pub mod provider;
-mod sha1;
 
 use std::collections::BTreeMap;
 
