@@ -15,7 +15,9 @@ use super::*;
 use crate::ocicrypt::keys::tests::{EC_PKCS8, EC_PUB, P384_PKCS8, RSA_PKCS1, RSA_PUB};
 use crate::ocicrypt::provider::tests::keks;
 
-const SKOPEO: &str = include_str!("testdata/skopeo-1.9.3-jwe.json");
+mod jwe;
+
+const SKOPEO: &str = include_str!("../testdata/skopeo-1.9.3-jwe.json");
 
 fn sha256(b: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(b)))
