@@ -101,9 +101,9 @@ fn str_member<'a>(header: &'a Map<String, Value>, name: &str) -> Option<&'a str>
 }
 
 /// The Concat KDF of RFC 7518 §4.6.2 with SHA-256 for a 256-bit key: the same function the KBS
-/// client uses (tested there against RFC 7518 Appendix C).
+/// client uses (ward-kbs-wire's, tested there against RFC 7518 Appendix C).
 pub(super) fn concat_kdf(z: &[u8], alg: &str, apu: &[u8], apv: &[u8]) -> Zeroizing<[u8; 32]> {
-    let derived = ward_attester::kbs::concat_kdf(z, alg, apu, apv, 256);
+    let derived = ward_kbs_wire::concat_kdf(z, alg, apu, apv, 256);
     let mut out = Zeroizing::new([0u8; 32]);
     for (o, d) in out.iter_mut().zip(derived.iter()) {
         *o = *d;

@@ -24,7 +24,7 @@ use rand::RngCore;
 use rand::rngs::OsRng;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use ward_attester::kbs::ResourceUri;
+use ward_kbs_wire::{ResourceUri, UriError};
 use zeroize::Zeroizing;
 
 /// The provider name CoCo's images use (`...keys.provider.attestation-agent`).
@@ -76,7 +76,7 @@ pub enum ProviderError {
     Unsupported { field: &'static str, value: String },
     /// The `kid` is not a KBS resource URI.
     #[error("packet `kid` is not a KBS resource URI")]
-    Kid(#[source] ward_attester::kbs::UriError),
+    Kid(#[source] UriError),
     /// The KEK source failed for this `kid`.
     #[error("fetching the KEK `{kid}` failed")]
     Kek {

@@ -454,7 +454,7 @@ fn requirement(what: &str, v: &Value, base: Option<&Path>) -> Result<Requirement
 
 fn load_key_path(p: &str, base: Option<&Path>) -> Result<Key, PolicyError> {
     if p.starts_with("kbs://") {
-        ward_attester::kbs::ResourceUri::parse(p).map_err(|e| PolicyError::Key {
+        ward_kbs_wire::ResourceUri::parse(p).map_err(|e| PolicyError::Key {
             uri: p.to_string(),
             detail: e.to_string(),
         })?;
