@@ -34,7 +34,7 @@ async fn decrypt_layer(
     annotations: &BTreeMap<String, String>,
     blob: &[u8],
     keys: &[PrivateKey],
-    kek: Option<&dyn KekSource>,
+    kek: Option<&dyn KbsResources>,
 ) -> Result<Vec<u8>, Failure> {
     let mt = LayerMediaType::parse(media_type).unwrap();
     assert!(mt.is_encrypted(), "{media_type}");
