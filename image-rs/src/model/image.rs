@@ -35,8 +35,8 @@ use crate::sealed::PlaintextBuffer;
 /// Largest layer of a model image.
 pub const MAX_LAYER: u64 = 1 << 40;
 
-/// Asks `inner` for KEKs and remembers which key ids it was asked for (the model's KEK ids, for
-/// the audit and the config's `kek` pin).
+/// Asks `inner` for KEKs and remembers which key ids it was asked for, as their `ResourceUri`
+/// text (the model's KEK ids, for the audit and the config's `kek` pin).
 struct RecordingKeks<'a> {
     inner: &'a dyn KbsResources,
     asked: std::sync::Mutex<BTreeSet<String>>,
