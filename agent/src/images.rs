@@ -9,11 +9,14 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use ward_image::ocicrypt::{KekSource, PrivateKey, provider::KekFetchError};
-use ward_image::policy::{Policy, ResourceSource};
+use ward_attester::kbs::KbsClient;
+use ward_image::kbs::{KbsResources, ResourceError};
+use ward_image::ocicrypt::PrivateKey;
+use ward_image::policy::Policy;
 use ward_image::pull::{Decryption, PullError, PullOptions, Pulled, Puller};
 use ward_image::registry::{Registry, RegistryConfig};
 use ward_image::unpack::UnpackPolicy;
+use ward_kbs_wire::ResourceUri;
 use zeroize::Zeroizing;
 
 use crate::attestation::Attestation;
@@ -36,23 +39,30 @@ pub enum ImagesError {
     Measurement(String),
 }
 
-/// Key-encryption keys from the KBS, by `kbs:///` URI.
+/// KBS resources (key-encryption keys, `kbs:///` policy keys) through the shared attestation
+/// session, so every release is audited.
 pub struct KbsKek(pub Arc<Attestation>);
 
 #[async_trait]
-impl KekSource for KbsKek {
-    async fn kek(&self, kid: &str) -> Result<Zeroizing<Vec<u8>>, KekFetchError> {
+impl KbsResources for KbsKek {
+    async fn resource(&self, uri: &ResourceUri) -> Result<Zeroizing<Vec<u8>>, ResourceError> {
+        // `Attestation::resource` takes the URI as text and parses it again; a `ResourceUri`'s
+        // text parses back to the same URI.
         self.0
-            .resource(kid)
+            .resource(&uri.to_string())
             .await
-            .map_err(|e| Box::new(e) as KekFetchError)
+            .map_err(ResourceError::new)
     }
 }
 
+/// KBS resources straight from a [`KbsClient`] of the caller's own: for tools that attest on
+/// their own (`ward pull`, the integration tests) rather than through wardd's audited session.
+pub struct KbsClientResources(pub KbsClient);
+
 #[async_trait]
-impl ResourceSource for KbsKek {
-    async fn resource(&self, uri: &str) -> Result<Zeroizing<Vec<u8>>, KekFetchError> {
-        self.kek(uri).await
+impl KbsResources for KbsClientResources {
+    async fn resource(&self, uri: &ResourceUri) -> Result<Zeroizing<Vec<u8>>, ResourceError> {
+        self.0.get_resource(uri).await.map_err(ResourceError::new)
     }
 }
 
@@ -166,7 +176,7 @@ impl Images {
                     }
                     (None, other) => Arc::new(local_policy(other, &self.settings.signed)?),
                 };
-                let resources: Arc<dyn ResourceSource> = Arc::new(KbsKek(self.attestation.clone()));
+                let resources: Arc<dyn KbsResources> = Arc::new(KbsKek(self.attestation.clone()));
                 let puller = puller.with_policy(policy, Some(resources));
                 Ok::<_, ImagesError>(Arc::new(puller))
             })

@@ -8,9 +8,10 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
 use tracing::Instrument as _;
+use ward_image::kbs::KbsResources;
 use ward_image::model::{LoadedModel, ModelError, fetch_model, load_layout};
-use ward_image::ocicrypt::KekSource;
 use ward_image::sealed::Kek;
+use ward_kbs_wire::ResourceUri;
 
 use crate::attestation::Attestation;
 use crate::audit::Audit;
@@ -270,10 +271,15 @@ async fn load_one(
         }
         ModelSource::Layout(path) => {
             let (_, manifest) = ward_image::model::layout_kek_id(path)?;
-            let bytes = keks.kek(&manifest).await.map_err(|e| ModelError::Kek {
+            let kek_error = |detail: String| ModelError::Kek {
                 kid: manifest.clone(),
-                detail: e.to_string(),
-            })?;
+                detail,
+            };
+            let uri = ResourceUri::parse(&manifest).map_err(|e| kek_error(e.to_string()))?;
+            let bytes = keks
+                .resource(&uri)
+                .await
+                .map_err(|e| kek_error(e.to_string()))?;
             let kek = Kek::from_slice(&bytes).map_err(|source| ModelError::Sealed {
                 name: "(KEK)".into(),
                 source,

@@ -15,6 +15,9 @@
 //! - [`sealed`]: sealed model weights (chunked AES-256-GCM under KBS KEKs, `docs/sealed-model.md`):
 //!   sealing, verified random access and parallel whole-file opening in guest memory.
 //!
+//! - [`kbs`]: [`kbs::KbsResources`], how pulls, models, key-provider packets and
+//!   policies ask for a KBS resource (the binaries implement it over their KBS session).
+//!
 //! - [`policy`]: containers `policy.json` signature policy (sigstore/cosign signatures, keys by
 //!   path, inline or from the KBS), checked before any layer is fetched.
 //!
@@ -25,6 +28,7 @@ pub mod bundle;
 pub mod digest;
 pub mod encrypt;
 pub mod follow;
+pub mod kbs;
 pub mod model;
 pub mod ocicrypt;
 pub mod policy;

@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use ward_agent::images::KbsClientResources;
 use ward_attester::kbs::{KbsClient, KbsConfig};
 use ward_attester::tee::SampleAttester;
 use ward_image::digest::Digest;
@@ -94,7 +95,9 @@ async fn a_model_image_encrypted_by_skopeo_loads_into_memory_with_its_whiteouts(
     let registry = img.reg.client();
     let keys = PrivateKey::all_from_pem(&img.key_pem).unwrap();
     // No KBS resource is involved: the KBS client must not be asked (JWE opens every layer).
-    let keks = KbsClient::new(KbsConfig::new(kbs.url()), Arc::new(SampleAttester)).unwrap();
+    let keks = KbsClientResources(
+        KbsClient::new(KbsConfig::new(kbs.url()), Arc::new(SampleAttester)).unwrap(),
+    );
 
     let m = fetch_model(&registry, reference, &keks, &keys, Some(&pins(w)), 2)
         .await
@@ -207,7 +210,9 @@ async fn substituted_ciphertext_fails_its_hmac_and_releases_nothing() {
     let (reference, w) = (img.reference.as_str(), img.weights.as_slice());
     let registry = img.reg.client();
     let keys = PrivateKey::all_from_pem(&img.key_pem).unwrap();
-    let keks = KbsClient::new(KbsConfig::new(kbs.url()), Arc::new(SampleAttester)).unwrap();
+    let keks = KbsClientResources(
+        KbsClient::new(KbsConfig::new(kbs.url()), Arc::new(SampleAttester)).unwrap(),
+    );
     let e = fetch_model(&registry, reference, &keks, &keys, Some(&pins(w)), 2)
         .await
         .unwrap_err();

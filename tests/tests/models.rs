@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 
 use std::sync::Arc;
 
+use ward_agent::images::KbsClientResources;
 use ward_attester::kbs::{KbsClient, KbsConfig};
 use ward_attester::tee::SampleAttester;
 use ward_image::digest::Digest;
@@ -133,7 +134,9 @@ async fn a_sealed_model_travels_from_owner_to_guest_memory() {
 
     // The guest: attest, get the KEK, load into memory with the owner's pins.
     let registry = reg.client();
-    let keks = KbsClient::new(KbsConfig::new(kbs.url()), Arc::new(SampleAttester)).unwrap();
+    let keks = KbsClientResources(
+        KbsClient::new(KbsConfig::new(kbs.url()), Arc::new(SampleAttester)).unwrap(),
+    );
     let m = fetch_model(&registry, &reference, &keks, &[], Some(&pins), 4)
         .await
         .unwrap();

@@ -24,9 +24,9 @@ pub struct Algorithm {
     pub digest_len: u16,
 }
 
-/// One event.
+/// One event of a [`CcelLog`].
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Event {
+pub struct CcelEvent {
     /// The measurement register index as logged (CC logs: 1..=4 are RTMR0..3 on TDX).
     pub index: u32,
     pub event_type: u32,
@@ -35,11 +35,12 @@ pub struct Event {
     pub data: Vec<u8>,
 }
 
-/// A parsed event log.
+/// A parsed CCEL: the TCG2 event log of TDX firmware and boot (not the AAEL runtime log that
+/// wardd writes, which is [`crate::eventlog::EventLog`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct EventLog {
+pub struct CcelLog {
     pub algorithms: Vec<Algorithm>,
-    pub events: Vec<Event>,
+    pub events: Vec<CcelEvent>,
 }
 
 /// The TCG name of an algorithm (as Trustee's claims spell it).
@@ -100,7 +101,7 @@ pub fn event_type_name(t: u32) -> String {
     name.to_string()
 }
 
-impl Event {
+impl CcelEvent {
     /// The type's TCG name.
     pub fn type_name(&self) -> String {
         event_type_name(self.event_type)
@@ -150,7 +151,7 @@ fn printable(data: &[u8]) -> String {
 }
 
 /// Whether `bytes` starts with a crypto-agile log header (EV_NO_ACTION "Spec ID Event03").
-pub fn looks_like_event_log(bytes: &[u8]) -> bool {
+pub fn looks_like_ccel_log(bytes: &[u8]) -> bool {
     bytes.get(4..8) == Some(&EV_NO_ACTION.to_le_bytes()[..])
         && bytes.get(32..48) == Some(&SPEC_ID_SIGNATURE[..])
 }
@@ -158,7 +159,7 @@ pub fn looks_like_event_log(bytes: &[u8]) -> bool {
 /// Parses a crypto-agile event log. The log ends at a terminator (8 bytes of 0x00 or 0xff,
 /// what follows the last event in the CCEL table) or exactly at the end of the input; input
 /// that stops inside an event is an error.
-pub fn parse_event_log(bytes: &[u8]) -> Result<EventLog, ExplainError> {
+pub fn parse_ccel_log(bytes: &[u8]) -> Result<CcelLog, ExplainError> {
     let mut r = Reader::new(bytes, "event log");
     // TCG_PCR_EVENT header (SHA-1 format) carrying TCG_EfiSpecIDEvent.
     let _pcr = r.u32()?;
@@ -228,17 +229,17 @@ pub fn parse_event_log(bytes: &[u8]) -> Result<EventLog, ExplainError> {
         }
         let len = r.u32()? as usize;
         let data = r.take(len)?.to_vec();
-        events.push(Event {
+        events.push(CcelEvent {
             index,
             event_type,
             digests,
             data,
         });
     }
-    Ok(EventLog { algorithms, events })
+    Ok(CcelLog { algorithms, events })
 }
 
-impl fmt::Display for EventLog {
+impl fmt::Display for CcelLog {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "TCG2 event log (CCEL), {} events", self.events.len())?;
         let algs: Vec<String> = self
@@ -271,7 +272,7 @@ impl fmt::Display for EventLog {
     }
 }
 
-impl Event {
+impl CcelEvent {
     /// The event data as standard base64 (the `event` field of Trustee's claims).
     pub fn data_base64(&self) -> String {
         base64::engine::general_purpose::STANDARD.encode(&self.data)
@@ -292,7 +293,7 @@ mod tests {
 
     #[test]
     fn ccel_matches_trustees_parse() {
-        let log = parse_event_log(&ccel_fixture()).unwrap();
+        let log = parse_ccel_log(&ccel_fixture()).unwrap();
         let expected: serde_json::Value = serde_json::from_slice(
             &std::fs::read(concat!(
                 env!("CARGO_MANIFEST_DIR"),
@@ -330,7 +331,7 @@ mod tests {
         let header_len = 32 + u32::from_le_bytes(log[28..32].try_into().unwrap()) as usize;
         log[header_len + 12] = 0x77;
         assert!(matches!(
-            parse_event_log(&log),
+            parse_ccel_log(&log),
             Err(ExplainError::Invalid { .. })
         ));
     }

@@ -17,9 +17,6 @@ pub(crate) mod reader;
 mod snp;
 mod tdx;
 
-#[cfg(test)]
-mod robustness;
-
 use std::fmt;
 
 use crate::nvidia::report::{GpuReport, ReportError, parse_report};
@@ -28,8 +25,8 @@ use sev::firmware::guest::AttestationReport;
 use sev::firmware::host::CertTableEntry;
 
 pub use azure::{AzureEvidence, HclHardware, HclReport, TdReport, TpmQuote, parse_azure_evidence};
-pub use ccel::{Event, EventLog, algorithm_name, event_type_name, parse_event_log};
-pub use nvidia::{NvidiaDevice, NvidiaEvidence, parse_nvidia_evidence};
+pub use ccel::{CcelEvent, CcelLog, algorithm_name, event_type_name, parse_ccel_log};
+pub use nvidia::{NvidiaDevice, ParsedNvidiaEvidence, parse_nvidia_evidence};
 pub use reader::Truncated;
 pub use snp::{
     CertSummary, SNP_REPORT_LEN, SignatureError, SnpReport, parse_snp_report, policy_text,
@@ -80,7 +77,7 @@ pub enum Explanation {
     /// A raw TDX quote.
     TdxQuote(Box<TdxQuote>),
     /// A raw TCG2 event log.
-    EventLog(EventLog),
+    CcelLog(CcelLog),
     /// `snp` evidence JSON.
     SnpEvidence {
         report: Box<SnpReport>,
@@ -90,7 +87,7 @@ pub enum Explanation {
     /// `tdx` evidence JSON.
     TdxEvidence {
         quote: Box<TdxQuote>,
-        event_log: Option<EventLog>,
+        event_log: Option<CcelLog>,
     },
     /// `sample` evidence JSON (development only; proves nothing).
     SampleEvidence { svn: String, report_data: Vec<u8> },
@@ -99,7 +96,7 @@ pub enum Explanation {
     /// A bare NVIDIA GPU attestation report (raw bytes or hex text), without its chain.
     GpuReport(Box<GpuReport>),
     /// `nvidia` evidence JSON: reports, chains and their signature checks.
-    Nvidia(Box<NvidiaEvidence>),
+    Nvidia(Box<ParsedNvidiaEvidence>),
 }
 
 impl Explanation {
@@ -146,8 +143,8 @@ pub fn explain(input: &[u8]) -> Result<Explanation, ExplainError> {
     if tdx::looks_like_tdx_quote(input) {
         return Ok(Explanation::TdxQuote(Box::new(parse_tdx_quote(input)?)));
     }
-    if ccel::looks_like_event_log(input) {
-        return Ok(Explanation::EventLog(parse_event_log(input)?));
+    if ccel::looks_like_ccel_log(input) {
+        return Ok(Explanation::CcelLog(parse_ccel_log(input)?));
     }
     let version = input
         .get(0..4)
@@ -208,7 +205,7 @@ pub fn explain_json(v: &serde_json::Value) -> Result<Explanation, ExplainError> 
         let quote = parse_tdx_quote(&b64_std(v, "quote")?)?;
         let event_log = match v.get("cc_eventlog") {
             None | Some(serde_json::Value::Null) => None,
-            Some(_) => Some(parse_event_log(&b64_std(v, "cc_eventlog")?)?),
+            Some(_) => Some(parse_ccel_log(&b64_std(v, "cc_eventlog")?)?),
         };
         return Ok(Explanation::TdxEvidence {
             quote: Box::new(quote),
@@ -235,7 +232,7 @@ impl fmt::Display for Explanation {
         match self {
             Explanation::SnpReport(r) => write!(f, "{r}"),
             Explanation::TdxQuote(q) => write!(f, "{q}"),
-            Explanation::EventLog(l) => write!(f, "{l}"),
+            Explanation::CcelLog(l) => write!(f, "{l}"),
             Explanation::SnpEvidence { report, certs } => {
                 writeln!(f, "snp evidence")?;
                 match certs {
@@ -276,86 +273,4 @@ impl fmt::Display for Explanation {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn fixture(name: &str) -> Vec<u8> {
-        std::fs::read(format!(
-            "{}/../../shared/fixtures/evidence/{name}",
-            env!("CARGO_MANIFEST_DIR")
-        ))
-        .unwrap()
-    }
-
-    #[test]
-    fn raw_inputs_are_recognised_by_content() {
-        assert!(matches!(
-            explain(&fixture("snp/test-report.bin")).unwrap(),
-            Explanation::SnpReport(_)
-        ));
-        assert!(matches!(
-            explain(&fixture("tdx/tdx_quote_4.dat")).unwrap(),
-            Explanation::TdxQuote(_)
-        ));
-        assert!(matches!(
-            explain(&fixture("tdx/tdx_quote_5.dat")).unwrap(),
-            Explanation::TdxQuote(_)
-        ));
-        assert!(matches!(
-            explain(&fixture("ccel/CCEL_data")).unwrap(),
-            Explanation::EventLog(_)
-        ));
-        assert!(matches!(
-            explain(&fixture("az-snp-vtpm/evidence-v2.json")).unwrap(),
-            Explanation::Azure(_)
-        ));
-        assert!(matches!(
-            explain(&fixture("az-tdx-vtpm/evidence-v1.json")).unwrap(),
-            Explanation::Azure(_)
-        ));
-        assert!(matches!(
-            explain(b"hello"),
-            Err(ExplainError::Unrecognised { len: 5 })
-        ));
-    }
-
-    #[test]
-    fn evidence_json_shapes_are_unwrapped() {
-        let b64 = base64::engine::general_purpose::STANDARD;
-        let report = parse_snp_report(&fixture("snp/test-report.bin")).unwrap();
-        let snp = serde_json::json!({
-            "attestation_report": report.report,
-            "cert_chain": [CertTableEntry::new(
-                sev::firmware::host::CertType::VCEK,
-                fixture("snp/test-vcek.der"),
-            )],
-        });
-        let e = explain(snp.to_string().as_bytes()).unwrap();
-        assert_eq!(e.snp_report(), Some(&report));
-        let text = e.to_string();
-        assert!(text.contains("VCEK (1360 bytes)"), "{text}");
-
-        let tdx = serde_json::json!({
-            "cc_eventlog": b64.encode(fixture("ccel/CCEL_data")),
-            "quote": b64.encode(fixture("tdx/tdx_quote_4.dat")),
-        });
-        let wrapped = serde_json::json!({"tee-evidence": {"primary_evidence": tdx, "additional_evidence": ""}});
-        let Explanation::TdxEvidence { quote, event_log } = explain_json(&wrapped).unwrap() else {
-            panic!("not tdx evidence")
-        };
-        assert_eq!(quote.version, 4);
-        assert_eq!(event_log.unwrap().events.len(), 5);
-
-        let sample = serde_json::json!({"svn": "1", "report_data": b64.encode([7u8; 48])});
-        let e = explain_json(&sample).unwrap();
-        assert_eq!(
-            e,
-            Explanation::SampleEvidence {
-                svn: "1".into(),
-                report_data: vec![7; 48]
-            }
-        );
-        assert!(e.to_string().contains("proves nothing"));
-        assert!(explain_json(&serde_json::json!({"foo": 1})).is_err());
-    }
-}
+mod tests;

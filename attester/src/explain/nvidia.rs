@@ -18,9 +18,10 @@ use crate::nvidia::report::{
 /// The most devices accepted in one evidence document (an HGX board has 8 GPUs).
 const MAX_DEVICES: usize = 64;
 
-/// `nvidia` evidence: one entry per GPU.
+/// `nvidia` evidence as the explainer parsed and checked it: one entry per GPU. (The evidence
+/// document itself, as wardd collects and sends it, is [`crate::nvidia::NvidiaEvidence`].)
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct NvidiaEvidence {
+pub struct ParsedNvidiaEvidence {
     /// The devices, in document order.
     pub devices: Vec<NvidiaDevice>,
 }
@@ -63,7 +64,7 @@ pub(crate) fn hex_gpu_report(input: &[u8]) -> Option<Result<Vec<u8>, ExplainErro
 
 /// Parses `nvidia` evidence JSON (also inside `{"nvidia": ...}`) and checks each device's
 /// report signature and chain.
-pub fn parse_nvidia_evidence(v: &serde_json::Value) -> Result<NvidiaEvidence, ExplainError> {
+pub fn parse_nvidia_evidence(v: &serde_json::Value) -> Result<ParsedNvidiaEvidence, ExplainError> {
     let v = v.get("nvidia").unwrap_or(v);
     let list = v
         .get("device_evidence_list")
@@ -79,7 +80,7 @@ pub fn parse_nvidia_evidence(v: &serde_json::Value) -> Result<NvidiaEvidence, Ex
         .iter()
         .map(parse_device)
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(NvidiaEvidence { devices })
+    Ok(ParsedNvidiaEvidence { devices })
 }
 
 fn string(v: &serde_json::Value, field: &'static str) -> Result<String, ExplainError> {
@@ -130,7 +131,7 @@ fn parse_device(v: &serde_json::Value) -> Result<NvidiaDevice, ExplainError> {
     })
 }
 
-impl fmt::Display for NvidiaEvidence {
+impl fmt::Display for ParsedNvidiaEvidence {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "nvidia evidence: {} device(s)", self.devices.len())?;
         for (i, d) in self.devices.iter().enumerate() {

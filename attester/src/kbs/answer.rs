@@ -2,9 +2,9 @@
 //! [`KbsError`]s that say whether the failure is final or worth one re-attestation.
 
 use serde::Deserialize;
+use ward_kbs_wire::ResourceUri;
 
 use super::KbsError;
-use super::uri::ResourceUri;
 
 /// Name of the session cookie Trustee sets.
 pub(super) const SESSION_COOKIE: &str = "kbs-session-id";

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use kbs_types::{Attestation, Challenge, CompositeEvidence, InitData, Request, RuntimeData, Tee};
 use serde::Deserialize;
+use ward_kbs_wire::ResourceUri;
 use zeroize::Zeroizing;
 
 use super::answer::{Answer, SESSION_COOKIE, error_chain, error_from, parse_json, session_cookie};
@@ -13,7 +14,6 @@ use super::binding::{BindingHash, device_report_data, primary_report_data};
 use super::jwe;
 use super::tee_key::{KeyKind, TeeKey};
 use super::token::Token;
-use super::uri::ResourceUri;
 use super::{KbsError, PROTOCOL_VERSION};
 use crate::report_data::ReportData;
 use crate::tee::{Attester, DeviceAttester};

@@ -11,6 +11,7 @@
 mod backend;
 mod nvml;
 pub mod report;
+#[cfg(any(test, feature = "test-util"))]
 mod scripted;
 
 use std::sync::Arc;
@@ -21,6 +22,7 @@ use base64::engine::general_purpose::STANDARD;
 
 pub use backend::{DeviceInfo, GpuBackend, SystemCc};
 pub use nvml::NvmlBackend;
+#[cfg(any(test, feature = "test-util"))]
 pub use scripted::{Script, ScriptedGpus};
 
 /// Largest report NVML can return (its buffer).

@@ -1,7 +1,8 @@
 //! A scripted GPU backend: a test double that behaves like NVML on a CC-capable machine and can
 //! be told to fail any call the way real drivers do. Reports are built from a real report
 //! template with the requested nonce written into the SPDM request, so the nonce checks are
-//! exercised for real. Never used outside tests and demos.
+//! exercised for real. Compiled only for tests (ward-attester's own, and other crates' through
+//! the `test-util` feature), never into a production build.
 
 use std::sync::Mutex;
 use std::time::Duration;

@@ -16,7 +16,8 @@ use super::{
     PinnedDigests, SEALED_FILE,
 };
 use crate::digest::Digest;
-use crate::ocicrypt::{KekSource, PrivateKey};
+use crate::kbs::KbsResources;
+use crate::ocicrypt::PrivateKey;
 use crate::registry::{Descriptor, Registry};
 use crate::sealed::{Kek, KekId, OpenOptions, PlaintextBuffer, SealedHeader, StreamOpener};
 
@@ -172,7 +173,7 @@ struct Want {
 pub async fn fetch_model(
     registry: &Registry,
     reference: &str,
-    keks: &dyn KekSource,
+    keks: &dyn KbsResources,
     keys: &[PrivateKey],
     pinned: Option<&PinnedDigests>,
     concurrency: usize,
@@ -216,7 +217,7 @@ pub async fn fetch_model(
         .get(ANN_KEK)
         .cloned()
         .ok_or_else(|| ModelError::Malformed(format!("no {ANN_KEK} annotation")))?;
-    KekId::parse(&kid).map_err(|source| ModelError::Sealed {
+    let kek_id = KekId::parse(&kid).map_err(|source| ModelError::Sealed {
         name: "(manifest)".into(),
         source,
     })?;
@@ -272,10 +273,13 @@ pub async fn fetch_model(
         return Err(ModelError::MissingFile(missing.clone()));
     }
     let kek = if wants.iter().any(|w| w.sealed) {
-        let bytes = keks.kek(&kid).await.map_err(|e| ModelError::Kek {
-            kid: kid.clone(),
-            detail: e.to_string(),
-        })?;
+        let bytes = keks
+            .resource(kek_id.resource_uri())
+            .await
+            .map_err(|e| ModelError::Kek {
+                kid: kid.clone(),
+                detail: e.to_string(),
+            })?;
         Some(
             Kek::from_slice(&bytes).map_err(|source| ModelError::Sealed {
                 name: "(KEK)".into(),

@@ -18,15 +18,16 @@ use std::sync::mpsc::Receiver;
 
 use bytes::Bytes;
 use futures_util::StreamExt as _;
+use ward_kbs_wire::ResourceUri;
 use zeroize::Zeroizing;
 
 use super::fetch::Pieces;
 use super::{LoadedModel, ModelError, ModelFile, PinnedDigests};
 use crate::digest::{Digest, VerifyingReader};
-use crate::ocicrypt::provider::KekFetchError;
+use crate::kbs::{KbsResources, ResourceError};
 use crate::ocicrypt::{
-    Compression, KekSource, LayerAnnotations, LayerDecryptor, LayerMediaType, PrivateKey,
-    PrivateOptions, PublicOptions,
+    Compression, LayerAnnotations, LayerDecryptor, LayerMediaType, PrivateKey, PrivateOptions,
+    PublicOptions,
 };
 use crate::registry::{Descriptor, Registry, ResolvedImage};
 use crate::sealed::PlaintextBuffer;
@@ -34,19 +35,19 @@ use crate::sealed::PlaintextBuffer;
 /// Largest layer of a model image.
 pub const MAX_LAYER: u64 = 1 << 40;
 
-/// Asks `inner` for KEKs and remembers which key ids it was asked for (the model's KEK ids, for
-/// the audit and the config's `kek` pin).
+/// Asks `inner` for KEKs and remembers which key ids it was asked for, as their `ResourceUri`
+/// text (the model's KEK ids, for the audit and the config's `kek` pin).
 struct RecordingKeks<'a> {
-    inner: &'a dyn KekSource,
+    inner: &'a dyn KbsResources,
     asked: std::sync::Mutex<BTreeSet<String>>,
 }
 
 #[async_trait::async_trait]
-impl KekSource for RecordingKeks<'_> {
-    async fn kek(&self, kid: &str) -> Result<Zeroizing<Vec<u8>>, KekFetchError> {
-        let k = self.inner.kek(kid).await?;
+impl KbsResources for RecordingKeks<'_> {
+    async fn resource(&self, uri: &ResourceUri) -> Result<Zeroizing<Vec<u8>>, ResourceError> {
+        let k = self.inner.resource(uri).await?;
         if let Ok(mut asked) = self.asked.lock() {
-            asked.insert(kid.to_string());
+            asked.insert(uri.to_string());
         }
         Ok(k)
     }
@@ -286,7 +287,7 @@ pub(super) async fn fetch_model_image(
     registry: &Registry,
     reference: &str,
     image: ResolvedImage,
-    keks: &dyn KekSource,
+    keks: &dyn KbsResources,
     keys: &[PrivateKey],
     pinned: &PinnedDigests,
     concurrency: usize,

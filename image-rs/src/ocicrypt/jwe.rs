@@ -22,11 +22,11 @@ use rand::RngCore;
 use rand::rngs::OsRng;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
+use sha1::Sha1;
 use sha2::Sha256;
 use zeroize::Zeroizing;
 
 use super::keys::{PrivateKey, PublicKey};
-use super::sha1::Sha1;
 
 /// Largest JWE document accepted.
 pub const MAX_JWE_BYTES: usize = 1 << 20;
@@ -90,7 +90,7 @@ struct Recipient {
     encrypted_key: Option<String>,
 }
 
-fn b64(name: &str, s: &str) -> Result<Vec<u8>, JweError> {
+pub(super) fn b64(name: &str, s: &str) -> Result<Vec<u8>, JweError> {
     URL_SAFE_NO_PAD
         .decode(s.trim_end_matches('='))
         .map_err(|_| JweError::Malformed(format!("`{name}` is not base64url")))
@@ -101,9 +101,9 @@ fn str_member<'a>(header: &'a Map<String, Value>, name: &str) -> Option<&'a str>
 }
 
 /// The Concat KDF of RFC 7518 §4.6.2 with SHA-256 for a 256-bit key: the same function the KBS
-/// client uses (tested there against RFC 7518 Appendix C).
-fn concat_kdf(z: &[u8], alg: &str, apu: &[u8], apv: &[u8]) -> Zeroizing<[u8; 32]> {
-    let derived = ward_attester::kbs::concat_kdf(z, alg, apu, apv, 256);
+/// client uses (ward-kbs-wire's, tested there against RFC 7518 Appendix C).
+pub(super) fn concat_kdf(z: &[u8], alg: &str, apu: &[u8], apv: &[u8]) -> Zeroizing<[u8; 32]> {
+    let derived = ward_kbs_wire::concat_kdf(z, alg, apu, apv, 256);
     let mut out = Zeroizing::new([0u8; 32]);
     for (o, d) in out.iter_mut().zip(derived.iter()) {
         *o = *d;
@@ -346,7 +346,7 @@ pub fn decrypt(jwes: &[Vec<u8>], keys: &[PrivateKey]) -> Result<Zeroizing<Vec<u8
     })
 }
 
-fn b64u(b: &[u8]) -> String {
+pub(super) fn b64u(b: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(b)
 }
 
@@ -438,7 +438,3 @@ pub fn encrypt(plaintext: &[u8], recipients: &[PublicKey]) -> Result<Vec<u8>, Jw
     });
     serde_json::to_vec(&doc).map_err(|_| JweError::Malformed("serialising".to_string()))
 }
-
-#[cfg(test)]
-#[path = "jwe_tests.rs"]
-mod tests;

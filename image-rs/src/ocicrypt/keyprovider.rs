@@ -18,7 +18,8 @@ use serde::Deserialize;
 use serde_json::Value;
 use zeroize::Zeroizing;
 
-use super::provider::{KekSource, ProviderError, unwrap_packet};
+use super::provider::{ProviderError, unwrap_packet};
+use crate::kbs::KbsResources;
 
 /// Largest request accepted.
 pub const MAX_REQUEST_BYTES: usize = 1 << 20;
@@ -85,7 +86,7 @@ struct UnwrapParams {
 /// returns the output JSON, with `optsdata` in the encoding the request used.
 pub async fn unwrap_key_request(
     input: &[u8],
-    kek: &dyn KekSource,
+    kek: &dyn KbsResources,
 ) -> Result<Zeroizing<Vec<u8>>, KeyProviderError> {
     if input.len() > MAX_REQUEST_BYTES {
         return Err(KeyProviderError::Malformed(format!(

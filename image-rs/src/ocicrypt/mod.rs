@@ -3,7 +3,8 @@
 //!
 //! - [`annotations`]: layer media types and the `org.opencontainers.image.enc.*` annotations;
 //! - [`keys`] and [`jwe`]: JWE recipients opened with PEM private keys;
-//! - [`provider`]: CoCo `attestation-agent` packets opened with KEKs from a [`KekSource`];
+//! - [`provider`]: CoCo `attestation-agent` packets opened with KEKs from the KBS
+//!   ([`crate::kbs::KbsResources`]);
 //! - [`keyprovider`]: the key-provider protocol messages (`UnWrapKey`);
 //! - [`layer`]: the `AES_256_CTR_HMAC_SHA256` stream, whose plaintext is authentic only once
 //!   the read returned EOF.
@@ -18,11 +19,12 @@ pub mod keyprovider;
 pub mod keys;
 pub mod layer;
 pub mod provider;
-mod sha1;
 
 use std::collections::BTreeMap;
 
 use zeroize::Zeroizing;
+
+use crate::kbs::KbsResources;
 
 pub use annotations::{
     AnnotationError, Compression, LayerAnnotations, LayerMediaType, PrivateOptions, PublicOptions,
@@ -31,7 +33,7 @@ pub use jwe::JweError;
 pub use keyprovider::{KeyProviderError, unwrap_key_request};
 pub use keys::{KeyError, PrivateKey, PublicKey};
 pub use layer::{LayerDecryptor, LayerEncryptor, LayerError, LayerKeys};
-pub use provider::{KekSource, PacketVersion, ProviderError, wrap_packet};
+pub use provider::{PacketVersion, ProviderError, wrap_packet};
 
 /// Why a layer's private options could not be obtained or its annotations made.
 #[derive(Debug, thiserror::Error)]
@@ -73,7 +75,7 @@ pub struct ProviderRecipient {
 pub async fn unwrap_private_options(
     annotations: &LayerAnnotations,
     keys: &[PrivateKey],
-    kek: Option<&dyn KekSource>,
+    kek: Option<&dyn KbsResources>,
 ) -> Result<PrivateOptions, OcicryptError> {
     let mut jwe_error = None;
     if !annotations.jwe.is_empty() && !keys.is_empty() {

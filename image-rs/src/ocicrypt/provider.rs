@@ -12,20 +12,21 @@
 //! `wrapped_data` is standard base64 of ciphertext ‖ 16-byte tag, `iv` standard base64 of 12
 //! bytes, no AAD. Other providers (`aliyun`, `ehsm`, ...) are refused with a typed error.
 //!
-//! Owns the packet format and the AES-GCM seal. The KEK comes from a [`KekSource`] (wardd's KBS
-//! client); this module never logs KEKs or unwrapped options, and errors name the `kid` only.
+//! Owns the packet format and the AES-GCM seal. The KEK comes from a [`KbsResources`] (wardd's
+//! KBS session); this module never logs KEKs or unwrapped options, and errors name the `kid` only.
 
 use aes_gcm::aead::{Aead, KeyInit};
 use aes_gcm::{Aes256Gcm, Nonce};
-use async_trait::async_trait;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use rand::RngCore;
 use rand::rngs::OsRng;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use ward_attester::kbs::ResourceUri;
+use ward_kbs_wire::{ResourceUri, UriError};
 use zeroize::Zeroizing;
+
+use crate::kbs::{KbsResources, ResourceError};
 
 /// The provider name CoCo's images use (`...keys.provider.attestation-agent`).
 pub const ATTESTATION_AGENT: &str = "attestation-agent";
@@ -33,28 +34,6 @@ pub const ATTESTATION_AGENT: &str = "attestation-agent";
 pub const PACKET_VERSION_V2: &str = "0.1.0";
 /// Largest packet accepted.
 pub const MAX_PACKET_BYTES: usize = 64 << 10;
-
-/// What a [`KekSource`] failed with (its own error, kept as the source).
-pub type KekFetchError = Box<dyn std::error::Error + Send + Sync + 'static>;
-
-/// Where KEKs come from: wardd implements it with its KBS client (`kid` is the packet's
-/// `kbs:///repo/type/tag`, already checked to parse as a [`ResourceUri`]).
-#[async_trait]
-pub trait KekSource: Send + Sync {
-    /// The KEK named `kid` (32 bytes for `A256GCM`).
-    async fn kek(&self, kid: &str) -> Result<Zeroizing<Vec<u8>>, KekFetchError>;
-}
-
-/// The KBS client itself is a KEK source (for tools that attest on their own, like `ward pull`).
-#[async_trait]
-impl KekSource for ward_attester::kbs::KbsClient {
-    async fn kek(&self, kid: &str) -> Result<Zeroizing<Vec<u8>>, KekFetchError> {
-        let uri = ResourceUri::parse(kid).map_err(|e| Box::new(e) as KekFetchError)?;
-        self.get_resource(&uri)
-            .await
-            .map_err(|e| Box::new(e) as KekFetchError)
-    }
-}
 
 /// Which packet format [`wrap_packet`] writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,13 +55,13 @@ pub enum ProviderError {
     Unsupported { field: &'static str, value: String },
     /// The `kid` is not a KBS resource URI.
     #[error("packet `kid` is not a KBS resource URI")]
-    Kid(#[source] ward_attester::kbs::UriError),
-    /// The KEK source failed for this `kid`.
+    Kid(#[source] UriError),
+    /// Fetching this `kid`'s KEK from the KBS failed.
     #[error("fetching the KEK `{kid}` failed")]
     Kek {
         kid: String,
         #[source]
-        source: KekFetchError,
+        source: ResourceError,
     },
     /// The KEK is not 32 bytes.
     #[error("the KEK `{kid}` is {len} bytes; A256GCM needs 32")]
@@ -195,13 +174,17 @@ fn cipher(kid: &str, kek: &[u8]) -> Result<Aes256Gcm, ProviderError> {
 /// Unwraps a packet: fetches its KEK from `kek` and returns the private options JSON.
 pub async fn unwrap_packet(
     packet: &[u8],
-    kek: &dyn KekSource,
+    kek: &dyn KbsResources,
 ) -> Result<Zeroizing<Vec<u8>>, ProviderError> {
     let p = Packet::parse(packet)?;
-    let key = kek.kek(&p.kid).await.map_err(|source| ProviderError::Kek {
-        kid: p.kid.clone(),
-        source,
-    })?;
+    let uri = ResourceUri::parse(&p.kid).map_err(ProviderError::Kid)?;
+    let key = kek
+        .resource(&uri)
+        .await
+        .map_err(|source| ProviderError::Kek {
+            kid: p.kid.clone(),
+            source,
+        })?;
     let plain = cipher(&p.kid, &key)?
         .decrypt(Nonce::from_slice(&p.iv), p.wrapped_data.as_slice())
         .map_err(|_| ProviderError::Authentication { kid: p.kid.clone() })?;
@@ -242,18 +225,19 @@ pub fn wrap_packet(
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use async_trait::async_trait;
     use std::collections::HashMap;
 
     /// KEKs held in memory, by `kid`.
     pub(crate) struct MemoryKeks(pub HashMap<String, Vec<u8>>);
 
     #[async_trait]
-    impl KekSource for MemoryKeks {
-        async fn kek(&self, kid: &str) -> Result<Zeroizing<Vec<u8>>, KekFetchError> {
+    impl KbsResources for MemoryKeks {
+        async fn resource(&self, uri: &ResourceUri) -> Result<Zeroizing<Vec<u8>>, ResourceError> {
             self.0
-                .get(kid)
+                .get(&uri.to_string())
                 .map(|k| Zeroizing::new(k.clone()))
-                .ok_or_else(|| format!("no KEK `{kid}`").into())
+                .ok_or_else(|| ResourceError::new(format!("no KEK `{uri}`")))
         }
     }
 

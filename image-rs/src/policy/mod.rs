@@ -18,10 +18,10 @@ use async_trait::async_trait;
 use base64::Engine as _;
 use oci_client::Reference;
 use serde_json::Value;
-use zeroize::Zeroizing;
+use ward_kbs_wire::ResourceUri;
 
 use crate::digest::Digest;
-use crate::ocicrypt::provider::KekFetchError;
+use crate::kbs::KbsResources;
 use identity::{Named, SignedIdentity};
 use sigstore::{PublicKey, UntrustedSignature};
 
@@ -48,19 +48,6 @@ pub enum PolicyError {
     Fetch { image: String, detail: String },
 }
 
-/// Where `kbs:///` keys come from (wardd: its KBS session).
-#[async_trait]
-pub trait ResourceSource: Send + Sync {
-    async fn resource(&self, uri: &str) -> Result<Zeroizing<Vec<u8>>, KekFetchError>;
-}
-
-#[async_trait]
-impl ResourceSource for ward_attester::kbs::KbsClient {
-    async fn resource(&self, uri: &str) -> Result<Zeroizing<Vec<u8>>, KekFetchError> {
-        crate::ocicrypt::KekSource::kek(self, uri).await
-    }
-}
-
 /// Where an image's sigstore signatures come from (the registry, in production).
 #[async_trait]
 pub trait SignatureSource: Send + Sync {
@@ -75,8 +62,16 @@ pub trait SignatureSource: Send + Sync {
 /// A public key named by a requirement.
 #[derive(Debug)]
 enum Key {
-    Loaded { name: String, key: PublicKey },
-    Kbs { uri: String },
+    Loaded {
+        name: String,
+        key: PublicKey,
+    },
+    /// Held by the KBS: `uri` as the policy spells it (for messages and the cache), `resource`
+    /// parsed.
+    Kbs {
+        uri: String,
+        resource: ResourceUri,
+    },
 }
 
 /// One requirement of a scope.
@@ -225,7 +220,7 @@ impl Policy {
         reference: &Reference,
         digests: &[Digest],
         signatures: &dyn SignatureSource,
-        resources: Option<&dyn ResourceSource>,
+        resources: Option<&dyn KbsResources>,
     ) -> Result<Accepted, PolicyError> {
         let image = Named::from_reference(reference);
         let (scope, reqs) = self.lookup(&image);
@@ -278,11 +273,11 @@ impl Policy {
     async fn public_key<'a>(
         &'a self,
         key: &'a Key,
-        resources: Option<&dyn ResourceSource>,
+        resources: Option<&dyn KbsResources>,
     ) -> Result<(String, PublicKey), PolicyError> {
         match key {
             Key::Loaded { name, key } => Ok((name.clone(), key.clone())),
-            Key::Kbs { uri } => {
+            Key::Kbs { uri, resource } => {
                 let mut cache = self.kbs_keys.lock().await;
                 if let Some(k) = cache.get(uri) {
                     return Ok((uri.clone(), k.clone()));
@@ -291,10 +286,13 @@ impl Policy {
                     uri: uri.clone(),
                     detail: "the key is held by the KBS and no KBS is configured".into(),
                 })?;
-                let bytes = source.resource(uri).await.map_err(|e| PolicyError::Key {
-                    uri: uri.clone(),
-                    detail: e.to_string(),
-                })?;
+                let bytes = source
+                    .resource(resource)
+                    .await
+                    .map_err(|e| PolicyError::Key {
+                        uri: uri.clone(),
+                        detail: e.to_string(),
+                    })?;
                 let pem = std::str::from_utf8(&bytes).map_err(|_| PolicyError::Key {
                     uri: uri.clone(),
                     detail: "not a PEM text".into(),
@@ -317,7 +315,7 @@ impl Policy {
         sigs: &[UntrustedSignature],
         keys: &[Key],
         identity: &SignedIdentity,
-        resources: Option<&dyn ResourceSource>,
+        resources: Option<&dyn KbsResources>,
     ) -> Result<String, Refusal> {
         if sigs.is_empty() {
             return Err(Refusal::Rejected(format!(
@@ -454,11 +452,14 @@ fn requirement(what: &str, v: &Value, base: Option<&Path>) -> Result<Requirement
 
 fn load_key_path(p: &str, base: Option<&Path>) -> Result<Key, PolicyError> {
     if p.starts_with("kbs://") {
-        ward_attester::kbs::ResourceUri::parse(p).map_err(|e| PolicyError::Key {
+        let resource = ResourceUri::parse(p).map_err(|e| PolicyError::Key {
             uri: p.to_string(),
             detail: e.to_string(),
         })?;
-        return Ok(Key::Kbs { uri: p.to_string() });
+        return Ok(Key::Kbs {
+            uri: p.to_string(),
+            resource,
+        });
     }
     let path = match base {
         Some(b) if Path::new(p).is_relative() => b.join(p),

@@ -5,6 +5,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::sigstore::testkit::{keypair, payload, sign};
 use super::*;
+use crate::kbs::ResourceError;
+use zeroize::Zeroizing;
 
 const D1: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
 const D2: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
@@ -53,13 +55,13 @@ impl SignatureSource for Sigs {
 struct Kbs(BTreeMap<String, String>, AtomicUsize);
 
 #[async_trait]
-impl ResourceSource for Kbs {
-    async fn resource(&self, uri: &str) -> Result<Zeroizing<Vec<u8>>, KekFetchError> {
+impl KbsResources for Kbs {
+    async fn resource(&self, uri: &ResourceUri) -> Result<Zeroizing<Vec<u8>>, ResourceError> {
         self.1.fetch_add(1, Ordering::SeqCst);
         self.0
-            .get(uri)
+            .get(&uri.to_string())
             .map(|s| Zeroizing::new(s.as_bytes().to_vec()))
-            .ok_or_else(|| "no such resource".into())
+            .ok_or_else(|| ResourceError::new("no such resource"))
     }
 }
 

@@ -12,13 +12,15 @@ use std::collections::HashMap;
 use std::io::Read;
 use std::path::Path;
 
+use ward_kbs_wire::ResourceUri;
+
 use super::blobs::Source;
 use super::{PullError, Puller, io};
 use crate::digest::VerifyError;
 use crate::digest::{Digest, VerifyingReader};
+use crate::kbs::{KbsResources, ResourceError};
 use crate::ocicrypt::{
-    Compression, KekSource, LayerAnnotations, LayerDecryptor, PrivateKey, PrivateOptions,
-    PublicOptions,
+    Compression, LayerAnnotations, LayerDecryptor, PrivateKey, PrivateOptions, PublicOptions,
 };
 use crate::progress::PullProgress;
 use crate::registry::{Descriptor, ResolvedImage};
@@ -95,26 +97,26 @@ pub fn decompress<'a>(r: impl Read + 'a, c: Compression) -> std::io::Result<Box<
     })
 }
 
-/// A KEK source that asks its inner source once per key id for the length of one pull, so an
+/// KBS resources that ask their inner source once per URI for the length of one pull, so an
 /// image whose layers share a KEK costs one KBS round trip, not one per layer. Keys are zeroized
 /// when the pull ends.
 pub(super) struct PullKekCache<'a> {
-    pub(super) inner: &'a dyn KekSource,
-    pub(super) keys: tokio::sync::Mutex<HashMap<String, zeroize::Zeroizing<Vec<u8>>>>,
+    pub(super) inner: &'a dyn KbsResources,
+    pub(super) keys: tokio::sync::Mutex<HashMap<ResourceUri, zeroize::Zeroizing<Vec<u8>>>>,
 }
 
 #[async_trait::async_trait]
-impl KekSource for PullKekCache<'_> {
-    async fn kek(
+impl KbsResources for PullKekCache<'_> {
+    async fn resource(
         &self,
-        kid: &str,
-    ) -> Result<zeroize::Zeroizing<Vec<u8>>, crate::ocicrypt::provider::KekFetchError> {
+        uri: &ResourceUri,
+    ) -> Result<zeroize::Zeroizing<Vec<u8>>, ResourceError> {
         let mut keys = self.keys.lock().await;
-        if let Some(k) = keys.get(kid) {
+        if let Some(k) = keys.get(uri) {
             return Ok(k.clone());
         }
-        let k = self.inner.kek(kid).await?;
-        keys.insert(kid.to_string(), k.clone());
+        let k = self.inner.resource(uri).await?;
+        keys.insert(uri.clone(), k.clone());
         Ok(k)
     }
 }
@@ -132,7 +134,7 @@ impl Puller {
         index: usize,
         desc: &Descriptor,
         keys: &[PrivateKey],
-        kek: Option<&dyn KekSource>,
+        kek: Option<&dyn KbsResources>,
     ) -> Result<LayerKey, PullError> {
         let carries = || {
             desc.annotations

@@ -23,8 +23,9 @@ pub use layers::decompress;
 
 use crate::digest::{Digest, VerifyError};
 use crate::follow::Growing;
-use crate::ocicrypt::{KekSource, LayerMediaType, PrivateKey};
-use crate::policy::{Accepted, Policy, PolicyError, ResourceSource};
+use crate::kbs::KbsResources;
+use crate::ocicrypt::{LayerMediaType, PrivateKey};
+use crate::policy::{Accepted, Policy, PolicyError};
 use crate::progress::{LayerInfo, NoProgress, PullProgress};
 use crate::registry::{Registry, RegistryError};
 use crate::unpack::UnpackPolicy;
@@ -114,7 +115,7 @@ pub struct Pulled {
 #[derive(Default)]
 pub struct Decryption {
     pub keys: Vec<PrivateKey>,
-    pub kek: Option<Arc<dyn KekSource>>,
+    pub kek: Option<Arc<dyn KbsResources>>,
 }
 
 /// Pulls images into bundles, sharing downloads.
@@ -123,7 +124,7 @@ pub struct Puller {
     opts: PullOptions,
     policy: Arc<Policy>,
     /// Where `kbs:///` policy keys come from.
-    resources: Option<Arc<dyn ResourceSource>>,
+    resources: Option<Arc<dyn KbsResources>>,
     /// Downloads under way, by digest: the partial file and its progress.
     inflight: std::sync::Mutex<HashMap<String, (PathBuf, Arc<Growing>)>>,
 }
@@ -146,7 +147,7 @@ impl Puller {
     pub fn with_policy(
         mut self,
         policy: Arc<Policy>,
-        resources: Option<Arc<dyn ResourceSource>>,
+        resources: Option<Arc<dyn KbsResources>>,
     ) -> Puller {
         self.policy = policy;
         self.resources = resources;
@@ -211,7 +212,7 @@ impl Puller {
                         index,
                         l,
                         &decryption.keys,
-                        cache.as_ref().map(|c| c as &dyn KekSource),
+                        cache.as_ref().map(|c| c as &dyn KbsResources),
                     )
                     .await?,
                 )

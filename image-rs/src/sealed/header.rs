@@ -8,7 +8,7 @@
 use std::fmt;
 use std::ops::Range;
 
-use ward_attester::kbs::ResourceUri;
+use ward_kbs_wire::ResourceUri;
 
 use super::SealedError;
 use crate::digest::Digest;

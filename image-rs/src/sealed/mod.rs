@@ -21,8 +21,6 @@ mod keys;
 mod open;
 mod parallel;
 mod plaintext;
-#[cfg(test)]
-mod prop_tests;
 mod seal;
 mod stream;
 #[cfg(test)]

@@ -56,11 +56,7 @@ mod gate;
 mod path;
 mod root;
 #[cfg(test)]
-mod testkit;
-#[cfg(test)]
 mod tests;
-#[cfg(test)]
-mod tests_layers;
 mod whiteout;
 
 use std::path::PathBuf;

@@ -7,14 +7,17 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use ward_attester::kbs::{KbsClient, KbsConfig, ResourceUri};
+use ward_agent::images::KbsClientResources;
+use ward_attester::kbs::{KbsClient, KbsConfig};
 use ward_attester::tee::{self, DetectOptions, Tee};
 use ward_image::encrypt::{Recipients, encrypt_layout};
-use ward_image::ocicrypt::{KekSource, PacketVersion, PrivateKey, ProviderRecipient, PublicKey};
-use ward_image::policy::{Policy, ResourceSource};
+use ward_image::kbs::KbsResources;
+use ward_image::ocicrypt::{PacketVersion, PrivateKey, ProviderRecipient, PublicKey};
+use ward_image::policy::Policy;
 use ward_image::pull::{Decryption, PullOptions, Puller};
 use ward_image::registry::{Mirror, Registry, RegistryConfig};
 use ward_image::unpack::UnpackPolicy;
+use ward_kbs_wire::ResourceUri;
 use zeroize::Zeroizing;
 
 use crate::progress::Bars;
@@ -87,18 +90,21 @@ pub async fn pull(a: PullArgs<'_>) -> anyhow::Result<bool> {
         keys.extend(PrivateKey::all_from_pem(&pem).with_context(|| k.display().to_string())?);
     }
     let policy = Arc::new(cli_policy(a.policy, a.signed)?);
-    let kbs: Option<Arc<KbsClient>> = match a.kbs {
+    let kbs: Option<Arc<dyn KbsResources>> = match a.kbs {
         Some(url) => {
             let attester = tee::detect(&DetectOptions {
                 want: a.tee,
                 ..Default::default()
             })?;
-            Some(Arc::new(KbsClient::new(KbsConfig::new(url), attester)?))
+            Some(Arc::new(KbsClientResources(KbsClient::new(
+                KbsConfig::new(url),
+                attester,
+            )?)))
         }
         None => None,
     };
-    let kek = kbs.clone().map(|k| k as Arc<dyn KekSource>);
-    let resources = kbs.map(|k| k as Arc<dyn ResourceSource>);
+    let kek = kbs.clone();
+    let resources = kbs;
     let registry = Registry::new(RegistryConfig {
         insecure: a.insecure.to_vec(),
         mirrors: cli_mirrors(a.mirrors)?,

@@ -8,11 +8,11 @@ use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::Path;
 
 use anyhow::{Context, bail};
-use ward_attester::kbs::ResourceUri;
 use ward_attester::kbs::admin::{AdminKey, put_resource};
 use ward_image::model::{LAYOUT_TAG, layout_digests, policy_entry, seal_dir, unseal_layout};
 use ward_image::registry::{Registry, RegistryConfig};
 use ward_image::sealed::Kek;
+use ward_kbs_wire::ResourceUri;
 use zeroize::Zeroizing;
 
 /// Reads a 32-byte KEK, or makes one (mode 0600) when `create` and the file does not exist.

@@ -16,8 +16,6 @@ pub mod certs;
 pub mod spdm;
 
 #[cfg(test)]
-mod robustness;
-#[cfg(test)]
 mod tests;
 
 pub use certs::{ChainLink, GpuCert, LinkStatus, check_chain, parse_cert_chain_pem};

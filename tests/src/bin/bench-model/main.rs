@@ -29,6 +29,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ward_agent::images::KbsClientResources;
 use ward_attester::kbs::{KbsClient, KbsConfig};
 use ward_attester::tee::SampleAttester;
 use ward_image::digest::Digest;
@@ -173,7 +174,9 @@ async fn main() {
     };
     drop(std::fs::remove_dir_all(&model_dir));
 
-    let keks = KbsClient::new(KbsConfig::new(kbs.url()), Arc::new(SampleAttester)).unwrap();
+    let keks = KbsClientResources(
+        KbsClient::new(KbsConfig::new(kbs.url()), Arc::new(SampleAttester)).unwrap(),
+    );
     let r = Registry::reference(&sealed_ref).unwrap();
     let artifact = registry.resolve_artifact(&r).await.unwrap();
     let blob = artifact.layers[0].clone();

@@ -3,9 +3,9 @@
 
 use proptest::prelude::*;
 
-use super::tests::{COCO_REPORT, REPORT, fixture_hex};
-use super::*;
+use super::{COCO_REPORT, REPORT, fixture_hex};
 use crate::explain::{ExplainError, explain};
+use crate::nvidia::report::*;
 
 fn chain(name: &str) -> Vec<GpuCert> {
     parse_cert_chain_pem(

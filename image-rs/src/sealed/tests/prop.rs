@@ -8,8 +8,8 @@ use std::num::NonZeroUsize;
 
 use proptest::prelude::*;
 
-use super::tests::{data, kek, seal_with};
-use super::*;
+use super::{data, kek, seal_with};
+use crate::sealed::*;
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]

@@ -1,12 +1,15 @@
-use sha2::Digest;
+use rand::rngs::OsRng;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
 
-use super::*;
 use crate::ocicrypt::annotations::{LayerAnnotations, PrivateOptions};
+use crate::ocicrypt::jwe::*;
 use crate::ocicrypt::keys::tests::{
     EC_PKCS8, EC_SEC1_WITH_PARAMS, P384_PKCS8, P521_PKCS8, RSA_PKCS1, RSA_PKCS8,
 };
+use crate::ocicrypt::keys::{PrivateKey, PublicKey};
 
-const SKOPEO: &str = include_str!("testdata/skopeo-1.9.3-jwe.json");
+const SKOPEO: &str = include_str!("../testdata/skopeo-1.9.3-jwe.json");
 
 fn skopeo_case(name: &str) -> (LayerAnnotations, Value) {
     let all: Value = serde_json::from_str(SKOPEO).unwrap();

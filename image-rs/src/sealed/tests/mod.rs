@@ -13,6 +13,8 @@ use super::header::{MAC_LEN, PREFIX_LEN, TAG_LEN};
 use super::*;
 use crate::digest::Digest;
 
+mod prop;
+
 pub(super) const C: u32 = 64;
 
 pub(super) fn kek(n: u8) -> Kek {

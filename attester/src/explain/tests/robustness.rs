@@ -4,7 +4,7 @@
 use base64::Engine;
 use proptest::prelude::*;
 
-use super::*;
+use crate::explain::*;
 
 fn fixture(name: &str) -> Vec<u8> {
     std::fs::read(format!(
@@ -60,7 +60,7 @@ fn truncated_tdx_quotes_are_errors() {
 #[test]
 fn event_logs_cut_inside_an_event_are_errors() {
     let full = fixture("ccel/CCEL_data");
-    let log = parse_event_log(&full).unwrap();
+    let log = parse_ccel_log(&full).unwrap();
     // event boundaries: where a cut would leave a complete (shorter) log
     let header = 32 + u32::from_le_bytes([full[28], full[29], full[30], full[31]]) as usize;
     let mut boundaries = vec![header];
@@ -72,7 +72,7 @@ fn event_logs_cut_inside_an_event_are_errors() {
     }
     let end = at;
     for n in cuts(end).into_iter().filter(|n| !boundaries.contains(n)) {
-        assert!(parse_event_log(&full[..n]).is_err(), "CCEL cut at {n}");
+        assert!(parse_ccel_log(&full[..n]).is_err(), "CCEL cut at {n}");
         assert!(explain(&full[..n]).is_err(), "CCEL cut at {n}");
     }
 }
@@ -129,7 +129,7 @@ proptest! {
         let _ = explain(&bytes);
         let _ = parse_snp_report(&bytes);
         let _ = parse_tdx_quote(&bytes);
-        let _ = parse_event_log(&bytes);
+        let _ = parse_ccel_log(&bytes);
     }
 
     #[test]

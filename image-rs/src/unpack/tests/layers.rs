@@ -6,8 +6,8 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
 use tar::EntryType;
 
-use super::testkit::{Fixture, Tar, names};
-use super::{LayerStats, UnpackPolicy};
+use super::kit::{Fixture, Tar, names};
+use crate::unpack::{LayerStats, UnpackError, UnpackPolicy, apply_layer};
 
 fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
@@ -170,7 +170,7 @@ fn mode_owner_and_mtime_of_a_private_file() {
     let mut b = tar::Builder::new(Vec::new());
     b.append(&h, &b"abc"[..]).unwrap();
     let bytes = b.into_inner().unwrap();
-    super::apply_layer(bytes.as_slice(), &fx.root, &UnpackPolicy::default()).unwrap();
+    apply_layer(bytes.as_slice(), &fx.root, &UnpackPolicy::default()).unwrap();
     let meta = fs::metadata(fx.root.join("home/user/secret")).unwrap();
     assert_eq!(meta.mode() & 0o7777, 0o600);
     assert_eq!(meta.mtime(), 1_234_567_890);
@@ -271,5 +271,5 @@ fn a_missing_root_is_a_typed_error() {
         &UnpackPolicy::default(),
     )
     .unwrap_err();
-    assert!(matches!(err, super::UnpackError::Root { .. }), "{err:?}");
+    assert!(matches!(err, UnpackError::Root { .. }), "{err:?}");
 }

@@ -3,6 +3,8 @@
 
 use super::*;
 
+mod robustness;
+
 pub(crate) fn fixture_hex(name: &str) -> Vec<u8> {
     let text = std::fs::read_to_string(format!(
         "{}/../../shared/fixtures/evidence/nvidia/{name}",

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use tar::EntryType;
 
-use super::{LayerStats, UnpackError, UnpackPolicy, apply_layer};
+use crate::unpack::{LayerStats, UnpackError, UnpackPolicy, apply_layer};
 
 /// Builds archives entry by entry, with raw names (GNU long name/link entries past 100 bytes).
 pub(super) struct Tar(tar::Builder<Vec<u8>>);

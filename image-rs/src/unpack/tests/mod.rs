@@ -8,8 +8,11 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use proptest::prelude::*;
 use tar::EntryType;
 
-use super::testkit::{Fixture, Tar, names};
 use super::{DevicePolicy, UnpackError, UnpackPolicy, apply_layer};
+use kit::{Fixture, Tar, names};
+
+mod kit;
+mod layers;
 
 #[test]
 fn dotdot_escape_is_refused_naming_the_entry() {
@@ -483,7 +486,7 @@ fn gen_path() -> impl Strategy<Value = String> {
 
 fn gen_target() -> impl Strategy<Value = String> {
     // Absolute targets only into the fixture, relative ones climbing at most two levels: see
-    // the jail in `testkit`.
+    // the jail in `kit`.
     prop_oneof![
         2 => gen_path().prop_map(|p| p.replace("..", "b")),
         3 => Just("OUTSIDE".to_string()),

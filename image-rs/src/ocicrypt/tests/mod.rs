@@ -15,7 +15,9 @@ use super::*;
 use crate::ocicrypt::keys::tests::{EC_PKCS8, EC_PUB, P384_PKCS8, RSA_PKCS1, RSA_PUB};
 use crate::ocicrypt::provider::tests::keks;
 
-const SKOPEO: &str = include_str!("testdata/skopeo-1.9.3-jwe.json");
+mod jwe;
+
+const SKOPEO: &str = include_str!("../testdata/skopeo-1.9.3-jwe.json");
 
 fn sha256(b: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(b)))
@@ -32,7 +34,7 @@ async fn decrypt_layer(
     annotations: &BTreeMap<String, String>,
     blob: &[u8],
     keys: &[PrivateKey],
-    kek: Option<&dyn KekSource>,
+    kek: Option<&dyn KbsResources>,
 ) -> Result<Vec<u8>, Failure> {
     let mt = LayerMediaType::parse(media_type).unwrap();
     assert!(mt.is_encrypted(), "{media_type}");
