@@ -9,13 +9,14 @@ use std::sync::Arc;
 use sha2::Digest as _;
 use ward_attester::eventlog::{self, EventHash, EventLog, EventLogError};
 use ward_attester::initdata::{InitData, InitDataError};
-use ward_attester::kbs::{KbsClient, KbsConfig, KbsError, ResourceUri, RetryPolicy};
+use ward_attester::kbs::{KbsClient, KbsConfig, KbsError, RetryPolicy};
 use ward_attester::nvidia::{self, CollectOptions, GpuBackend, GpuError, NvmlBackend};
 use ward_attester::report_data::ReportData;
 use ward_attester::tee::{
     self, Attester, AttesterError, DetectOptions, DeviceAttester, InitDataBinding, NvidiaAttester,
     SampleDeviceAttester, Tee,
 };
+use ward_kbs_wire::ResourceUri;
 use zeroize::Zeroizing;
 
 use crate::audit::Audit;

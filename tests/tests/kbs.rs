@@ -8,11 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use ward_attester::kbs::{
-    JweError, KbsClient, KbsConfig, KbsError, KeyKind, ResourceUri, RetryPolicy,
-};
+use ward_attester::kbs::{JweError, KbsClient, KbsConfig, KbsError, KeyKind, RetryPolicy};
 use ward_attester::report_data::ReportData;
 use ward_attester::tee::{Attester, AttesterError, SampleAttester, Tee};
+use ward_kbs_wire::ResourceUri;
 use ward_tests::kbs::{DevKbs, Faults, JweFault, Policy};
 
 fn config(kbs: &DevKbs) -> KbsConfig {

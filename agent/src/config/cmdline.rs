@@ -172,7 +172,7 @@ pub fn parse_cmdline(line: &str) -> Result<(Overrides, Vec<String>), ConfigError
                 })
             }
             "self_check_resource" => {
-                ward_attester::kbs::ResourceUri::parse(value)
+                ward_kbs_wire::ResourceUri::parse(value)
                     .map_err(|e| bad(format!("`{value}`: {e}")))?;
                 o.self_check_resource = Some(value.to_string());
             }

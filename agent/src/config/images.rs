@@ -111,7 +111,7 @@ pub(super) fn models(raw: Vec<RawModel>) -> Result<Vec<ModelSettings>, ConfigErr
             ModelSource::Registry(m.source.clone())
         };
         if let Some(k) = &m.kek {
-            ward_attester::kbs::ResourceUri::parse(k).map_err(|e| bad(e.to_string()))?;
+            ward_kbs_wire::ResourceUri::parse(k).map_err(|e| bad(e.to_string()))?;
         }
         if m.digests.is_empty() {
             return Err(bad(
@@ -174,7 +174,7 @@ pub(super) fn images(raw: RawImages) -> Result<ImageSettings, ConfigError> {
         "accept" => PolicySource::Accept,
         "reject" => PolicySource::Reject,
         p if p.starts_with("kbs:") => {
-            ward_attester::kbs::ResourceUri::parse(p)
+            ward_kbs_wire::ResourceUri::parse(p)
                 .map_err(|e| ConfigError::invalid("images.policy", e.to_string()))?;
             PolicySource::Kbs(p.to_string())
         }
@@ -246,7 +246,7 @@ pub(super) fn images(raw: RawImages) -> Result<ImageSettings, ConfigError> {
 /// `value` must be an absolute path or a valid `kbs:///` resource URI.
 fn path_or_kbs(key: &str, value: &str) -> Result<(), ConfigError> {
     if value.starts_with("kbs:") {
-        ward_attester::kbs::ResourceUri::parse(value)
+        ward_kbs_wire::ResourceUri::parse(value)
             .map_err(|e| ConfigError::invalid(key, e.to_string()))?;
         Ok(())
     } else if value.starts_with('/') {

@@ -8,7 +8,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ed25519_dalek::Signer as _;
 use ed25519_dalek::pkcs8::DecodePrivateKey as _;
 
-use super::ResourceUri;
+use ward_kbs_wire::ResourceUri;
 
 /// Lifetime of an admin token.
 pub const ADMIN_TOKEN_SECS: u64 = 2 * 3600;

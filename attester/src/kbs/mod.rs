@@ -22,10 +22,6 @@ pub use client::{AttestObserver, KbsClient, KbsConfig, RetryPolicy};
 pub use jwe::{JweError, MAX_JWE_BYTES, decrypt as decrypt_jwe};
 pub use tee_key::{KeyKind, TeeKey};
 pub use token::{Token, TokenError};
-/// The resource URI of [`KbsClient::get_resource`] and the admin calls, which lives in
-/// ward-kbs-wire (ward-image names resources without depending on the attester); re-exported so
-/// that callers of the client need one import.
-pub use ward_kbs_wire::{ResourceUri, UriError};
 
 use crate::tee::AttesterError;
 

@@ -9,8 +9,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ward_attester::kbs::{KbsClient, KbsConfig, ResourceUri};
+use ward_attester::kbs::{KbsClient, KbsConfig};
 use ward_attester::tee::SampleAttester;
+use ward_kbs_wire::ResourceUri;
 use ward_tests::kbs::{DevKbs, Policy};
 
 const RUNS: usize = 50;

@@ -7,9 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use ward_attester::kbs::{KbsClient, KbsConfig, KeyKind, ResourceUri};
+use ward_attester::kbs::{KbsClient, KbsConfig, KeyKind};
 use ward_attester::report_data::ReportData;
 use ward_attester::tee::{self, DetectOptions, Tee};
+use ward_kbs_wire::ResourceUri;
 use ward_protos::confidential_data_hub::GetResourceRequest;
 use ward_protos::confidential_data_hub_ttrpc::GetResourceServiceClient;
 use zeroize::Zeroizing;
