@@ -9,7 +9,7 @@ use std::sync::{Arc, RwLock};
 
 use tracing::Instrument as _;
 use ward_image::kbs::KbsResources;
-use ward_image::model::{LoadedModel, ModelError, fetch_model, load_layout};
+use ward_image::model_artifact::{LoadedModel, ModelError, fetch_model, load_layout};
 use ward_image::sealed::Kek;
 use ward_kbs_wire::ResourceUri;
 
@@ -270,7 +270,7 @@ async fn load_one(
             .await?
         }
         ModelSource::Layout(path) => {
-            let (_, manifest) = ward_image::model::layout_kek_id(path)?;
+            let (_, manifest) = ward_image::model_artifact::layout_kek_id(path)?;
             let kek_error = |detail: String| ModelError::Kek {
                 kid: manifest.clone(),
                 detail,

@@ -21,7 +21,7 @@
 //! - [`policy`]: containers `policy.json` signature policy (sigstore/cosign signatures, keys by
 //!   path, inline or from the KBS), checked before any layer is fetched.
 //!
-//! - [`model`]: sealed models as OCI artifacts: sealing a directory, pushing, and loading into
+//! - [`model_artifact`]: sealed models as OCI artifacts: sealing a directory, pushing, and loading into
 //!   guest memory with every file checked against its header and the policy's digests.
 
 pub mod bundle;
@@ -29,7 +29,7 @@ pub mod digest;
 pub mod encrypt;
 pub mod follow;
 pub mod kbs;
-pub mod model;
+pub mod model_artifact;
 pub mod ocicrypt;
 pub mod policy;
 pub mod progress;

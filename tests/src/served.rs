@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use ward_image::model::seal_dir;
+use ward_image::model_artifact::seal_dir;
 use ward_image::sealed::Kek;
 use zeroize::Zeroizing;
 

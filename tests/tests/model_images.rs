@@ -13,7 +13,7 @@ use ward_agent::images::KbsClientResources;
 use ward_attester::kbs::{KbsClient, KbsConfig};
 use ward_attester::tee::SampleAttester;
 use ward_image::digest::Digest;
-use ward_image::model::{ModelError, PinnedDigests, fetch_model};
+use ward_image::model_artifact::{ModelError, PinnedDigests, fetch_model};
 use ward_image::ocicrypt::PrivateKey;
 
 use ward_tests::kbs::{DevKbs, Policy};

@@ -13,7 +13,7 @@ use ward_agent::images::KbsClientResources;
 use ward_attester::kbs::{KbsClient, KbsConfig};
 use ward_attester::tee::SampleAttester;
 use ward_image::digest::Digest;
-use ward_image::model::{ModelError, fetch_model};
+use ward_image::model_artifact::{ModelError, fetch_model};
 use ward_image::registry::Registry;
 use ward_tests::kbs::DevKbs;
 use ward_tests::registry::{TestRegistry, image_tools};
@@ -203,7 +203,7 @@ async fn a_sealed_model_travels_from_owner_to_guest_memory() {
 /// audited, and wardd keeps serving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wardd_loads_configured_models_after_ready() {
-    use ward_image::model::seal_dir;
+    use ward_image::model_artifact::seal_dir;
     use ward_image::sealed::Kek;
     use ward_tests::kbs::Policy;
     use ward_tests::{Wardd, config_text};
@@ -304,7 +304,7 @@ async fn wardd_loads_configured_models_after_ready() {
 /// memory by wardd and served on the OpenAI-compatible API, answering a question.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wardd_serves_a_sealed_real_model_over_the_openai_api() {
-    use ward_image::model::seal_dir;
+    use ward_image::model_artifact::seal_dir;
     use ward_image::sealed::Kek;
     use ward_tests::kbs::Policy;
     use ward_tests::{Wardd, config_text};

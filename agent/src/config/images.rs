@@ -31,7 +31,7 @@ pub struct ModelSettings {
     pub source: ModelSource,
     pub kek: Option<String>,
     /// The plaintext digests policy pins (every file of the model).
-    pub digests: ward_image::model::PinnedDigests,
+    pub digests: ward_image::model_artifact::PinnedDigests,
     /// Sequences generated at once (1 to 64); `None`: the engine's default.
     pub max_batch: Option<usize>,
     /// Requests allowed to wait for a slot (1 to 4096); `None`: the engine's default.
@@ -118,7 +118,7 @@ pub(super) fn models(raw: Vec<RawModel>) -> Result<Vec<ModelSettings>, ConfigErr
                 "`digests` is empty: pin every file (ward model seal prints the table)".into(),
             ));
         }
-        let mut digests = ward_image::model::PinnedDigests::new();
+        let mut digests = ward_image::model_artifact::PinnedDigests::new();
         for (file, d) in &m.digests {
             let d = ward_image::digest::Digest::parse(d)
                 .map_err(|e| bad(format!("digest of {file}: {e}")))?;

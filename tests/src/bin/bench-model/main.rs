@@ -33,7 +33,7 @@ use ward_agent::images::KbsClientResources;
 use ward_attester::kbs::{KbsClient, KbsConfig};
 use ward_attester::tee::SampleAttester;
 use ward_image::digest::Digest;
-use ward_image::model::{PinnedDigests, fetch_model, seal_dir};
+use ward_image::model_artifact::{PinnedDigests, fetch_model, seal_dir};
 use ward_image::registry::Registry;
 use ward_image::sealed::Kek;
 use ward_tests::kbs::{DevKbs, Policy};
