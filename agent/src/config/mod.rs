@@ -7,8 +7,9 @@
 
 mod cmdline;
 mod file;
-mod images;
+mod image_settings;
 mod listeners;
+mod model_settings;
 mod services;
 
 use std::collections::BTreeSet;
@@ -17,9 +18,10 @@ use std::time::Duration;
 
 pub use cmdline::{Overrides, parse_cmdline};
 pub use file::{DEFAULT_VSOCK_PORT, RawAttestation, RawConfig, RawKbs, RawListener};
-pub use images::{ImageSettings, ModelDevice, ModelSettings, ModelSource, PolicySource};
+pub use image_settings::{ImageSettings, PolicySource};
 pub use listeners::default_encrypted_only;
 use listeners::expand_services;
+pub use model_settings::{ModelDevice, ModelSettings, ModelSource};
 pub use services::ServiceKind;
 
 use crate::listen::ListenAddr;
@@ -243,9 +245,9 @@ impl Config {
             Some(k) => Some(validate_kbs(k)?),
             None => None,
         };
-        let images = images::images(raw.images)?;
+        let images = image_settings::images(raw.images)?;
         Ok(Config {
-            models: images::models(raw.model)?,
+            models: model_settings::models(raw.model)?,
             inference_threads: match raw.inference.threads {
                 0 => None,
                 n @ 1..=1024 => std::num::NonZeroUsize::new(n),

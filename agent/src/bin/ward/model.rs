@@ -9,7 +9,9 @@ use std::path::Path;
 
 use anyhow::{Context, bail};
 use ward_attester::kbs::admin::{AdminKey, put_resource};
-use ward_image::model_artifact::{LAYOUT_TAG, layout_digests, policy_entry, seal_dir, unseal_layout};
+use ward_image::model_artifact::{
+    LAYOUT_TAG, layout_digests, policy_entry, seal_dir, unseal_layout,
+};
 use ward_image::registry::{Registry, RegistryConfig};
 use ward_image::sealed::Kek;
 use ward_kbs_wire::ResourceUri;
