@@ -88,8 +88,12 @@ pub fn parse(sealed: &[u8]) -> Result<Unverified, SealedSecretError> {
             .decode(s)
             .map_err(|e| SealedSecretError::Format(format!("{what} is not base64url: {e}")))
     };
-    let header: Header = serde_json::from_slice(&decode("header", header_b64)?)
-        .map_err(|e| SealedSecretError::Format(format!("header: {e}")))?;
+    let header: Header = serde_json::from_slice(&decode("header", header_b64)?).map_err(|e| {
+        SealedSecretError::Format(format!(
+            "header: {}",
+            ward_kbs_wire::redacted_json_error(&e)
+        ))
+    })?;
     if header.alg != "ES256" {
         return Err(SealedSecretError::Algorithm(header.alg));
     }
@@ -113,8 +117,12 @@ impl Unverified {
             kid: self.kid.clone(),
             detail,
         };
-        let jwk: serde_json::Value =
-            serde_json::from_slice(jwk).map_err(|e| key_err(format!("not a JWK: {e}")))?;
+        let jwk: serde_json::Value = serde_json::from_slice(jwk).map_err(|e| {
+            key_err(format!(
+                "not a JWK: {}",
+                ward_kbs_wire::redacted_json_error(&e)
+            ))
+        })?;
         let public = p256::PublicKey::from_jwk_str(
             &serde_json::json!({"kty": jwk["kty"], "crv": jwk["crv"], "x": jwk["x"], "y": jwk["y"]})
                 .to_string(),
@@ -125,8 +133,12 @@ impl Unverified {
         p256::ecdsa::VerifyingKey::from(public)
             .verify(self.signing_input.as_bytes(), &signature)
             .map_err(|_| SealedSecretError::Signature(self.kid.clone()))?;
-        let payload: serde_json::Value = serde_json::from_slice(&self.payload)
-            .map_err(|e| SealedSecretError::Format(format!("payload: {e}")))?;
+        let payload: serde_json::Value = serde_json::from_slice(&self.payload).map_err(|e| {
+            SealedSecretError::Format(format!(
+                "payload: {}",
+                ward_kbs_wire::redacted_json_error(&e)
+            ))
+        })?;
         if payload["version"] != "0.1.0" {
             return Err(SealedSecretError::Format(format!(
                 "payload version {} is not 0.1.0",

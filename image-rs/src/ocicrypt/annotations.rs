@@ -258,9 +258,12 @@ impl PrivateOptions {
     /// Parses the private options JSON that a key wrap protected.
     pub fn from_json(json: &[u8]) -> Result<PrivateOptions, AnnotationError> {
         let mut p: PrivateJson = serde_json::from_slice(json)
-            // serde's message may quote input: say only where it failed.
+            // serde's message may quote input (the key): say only where it failed.
             .map_err(|e| {
-                AnnotationError::Private(format!("not the expected JSON ({:?})", e.classify()))
+                AnnotationError::Private(format!(
+                    "not the expected JSON: {}",
+                    ward_kbs_wire::redacted_json_error(&e)
+                ))
             })?;
         let key = Zeroizing::new(
             STANDARD

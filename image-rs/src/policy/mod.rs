@@ -155,8 +155,12 @@ impl Policy {
 
     /// Reads a `policy.json`; relative `keyPath`s are resolved against `base`.
     pub fn from_json(bytes: &[u8], base: Option<&Path>) -> Result<Policy, PolicyError> {
-        let v: Value = serde_json::from_slice(bytes)
-            .map_err(|e| PolicyError::Invalid(format!("not JSON: {e}")))?;
+        let v: Value = serde_json::from_slice(bytes).map_err(|e| {
+            PolicyError::Invalid(format!(
+                "not JSON: {}",
+                ward_kbs_wire::redacted_json_error(&e)
+            ))
+        })?;
         let default = v
             .get("default")
             .ok_or_else(|| PolicyError::Invalid("`default` is missing".into()))?;

@@ -96,7 +96,13 @@ impl RegistryConfig {
     /// base64("user:pass")}}}`), which may itself have come from the KBS.
     pub fn with_auth_json(mut self, json: &[u8]) -> Result<RegistryConfig, RegistryError> {
         let file: AuthFile = serde_json::from_slice(json)
-            .map_err(|e| RegistryError::Config(format!("auth.json: {e}")))?;
+            // Never serde's own message: it quotes values, here `user:password`.
+            .map_err(|e| {
+                RegistryError::Config(format!(
+                    "auth.json: {}",
+                    ward_kbs_wire::redacted_json_error(&e)
+                ))
+            })?;
         for (host, entry) in file.auths {
             let (user, pass) = match (entry.auth, entry.username, entry.password) {
                 (Some(a), _, _) => {
@@ -130,5 +136,30 @@ impl RegistryConfig {
             self.auths.insert(host, (user, pass));
         }
         Ok(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An auth.json of the wrong shape (it comes from the KBS) is refused without its values:
+    /// serde's own message quoted the base64 `user:password` into PullImage's status and the log.
+    #[test]
+    fn a_misshapen_auth_json_is_refused_without_its_secrets() {
+        for doc in [
+            &br#"{"auths": "dXNlcjpwYXNzd29yZA=="}"#[..],
+            br#"{"auths": {"r.io": "dXNlcjpwYXNzd29yZA=="}}"#,
+            br#"{"auths": {"r.io": {"auth": ["dXNlcjpwYXNzd29yZA=="]}}}"#,
+            br#"dXNlcjpwYXNzd29yZA=="#,
+        ] {
+            let e = RegistryConfig::default().with_auth_json(doc).unwrap_err();
+            let shown = format!("{e} {e:?}");
+            assert!(
+                shown.contains("auth.json") && shown.contains("line 1"),
+                "{shown}"
+            );
+            assert!(!shown.contains("dXNl"), "{shown}");
+        }
     }
 }
