@@ -39,16 +39,89 @@ pub enum ImagesError {
     Measurement(String),
 }
 
+/// The KBS resources an image may name as a key-encryption key. An image comes from the
+/// registry, so the host chooses what its packets name: without a scope it could make the
+/// guest fetch any secret with its attested session (or call a KBS plugin with a query of its
+/// choosing). Plugin URIs and queries are never in scope; `[images] kek_resources` narrows
+/// the plain ones, and resources the config names for other uses are always out.
+#[derive(Clone, Debug, Default)]
+pub struct KekScope {
+    /// Paths (`repo/type/tag`) or prefixes (`repo/`, `repo/type/`); empty: every plain path.
+    allowed: Vec<String>,
+    /// Paths never fetched as a KEK (registry credentials, policies, signing keys).
+    refused: Vec<String>,
+}
+
+impl KekScope {
+    /// The scope `[images]` sets.
+    pub fn from_settings(settings: &ImageSettings) -> KekScope {
+        let mut named = vec![settings.auth.clone()];
+        if let PolicySource::Kbs(uri) = &settings.policy {
+            named.push(Some(uri.clone()));
+        }
+        named.extend(settings.signed.iter().map(|(_, key)| Some(key.clone())));
+        KekScope {
+            allowed: settings.kek_resources.clone(),
+            refused: named
+                .into_iter()
+                .flatten()
+                .filter_map(|u| ResourceUri::parse(&u).ok())
+                .map(|u| u.path())
+                .collect(),
+        }
+    }
+
+    /// This scope and one more resource: a `[[model]] kek` the config itself names.
+    pub fn also(&self, uri: Option<&str>) -> KekScope {
+        let mut scope = self.clone();
+        if let Some(u) = uri.and_then(|u| ResourceUri::parse(u).ok()) {
+            if !scope.allowed.is_empty() {
+                scope.allowed.push(u.path());
+            }
+            scope.refused.retain(|p| *p != u.path());
+        }
+        scope
+    }
+
+    /// Whether `uri` may be fetched as a KEK.
+    pub fn admits(&self, uri: &ResourceUri) -> bool {
+        let path = uri.path();
+        uri.kbs_path() == format!("resource/{path}")
+            && !self.refused.contains(&path)
+            && (self.allowed.is_empty()
+                || self
+                    .allowed
+                    .iter()
+                    .any(|a| *a == path || (a.ends_with('/') && path.starts_with(a.as_str()))))
+    }
+}
+
+/// Why a KEK was not fetched: the image named a resource outside the scope.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "`{0}` is not a key-encryption key this guest fetches for an image ([images] kek_resources)"
+)]
+pub struct OutOfScope(String);
+
 /// KBS resources (key-encryption keys, `kbs:///` policy keys) through the shared attestation
-/// session, so every release is audited.
-pub struct KbsKek(pub Arc<Attestation>);
+/// session, so every release is audited. With a scope, only the KEKs it admits are fetched.
+pub struct KbsKek {
+    pub attestation: Arc<Attestation>,
+    /// `None` for what the config itself names (policy keys); `Some` for anything an image names.
+    pub scope: Option<KekScope>,
+}
 
 #[async_trait]
 impl KbsResources for KbsKek {
     async fn resource(&self, uri: &ResourceUri) -> Result<Zeroizing<Vec<u8>>, ResourceError> {
+        if let Some(scope) = &self.scope
+            && !scope.admits(uri)
+        {
+            return Err(ResourceError::new(OutOfScope(uri.to_string())));
+        }
         // `Attestation::resource` takes the URI as text and parses it again; a `ResourceUri`'s
         // text parses back to the same URI.
-        self.0
+        self.attestation
             .resource(&uri.to_string())
             .await
             .map_err(ResourceError::new)
@@ -116,11 +189,19 @@ impl Images {
             puller: tokio::sync::OnceCell::new(),
             decryption: Decryption {
                 keys,
-                kek: Some(Arc::new(KbsKek(attestation.clone()))),
+                kek: Some(Arc::new(KbsKek {
+                    attestation: attestation.clone(),
+                    scope: Some(KekScope::from_settings(settings)),
+                })),
             },
             attestation,
             audit,
         })
+    }
+
+    /// Which KEKs an image may name (`[images] kek_resources`).
+    pub fn kek_scope(&self) -> KekScope {
+        KekScope::from_settings(&self.settings)
     }
 
     /// The private keys of `[images] decryption_keys` (JWE recipients of encrypted layers).
@@ -176,7 +257,10 @@ impl Images {
                     }
                     (None, other) => Arc::new(local_policy(other, &self.settings.signed)?),
                 };
-                let resources: Arc<dyn KbsResources> = Arc::new(KbsKek(self.attestation.clone()));
+                let resources: Arc<dyn KbsResources> = Arc::new(KbsKek {
+                    attestation: self.attestation.clone(),
+                    scope: None,
+                });
                 let puller = puller.with_policy(policy, Some(resources));
                 Ok::<_, ImagesError>(Arc::new(puller))
             })
@@ -258,7 +342,10 @@ impl Images {
     /// `keyprovider.KeyProviderService/UnWrapKey`: the ocicrypt key-provider protocol, with the
     /// KEK from the KBS.
     pub async fn unwrap_key(&self, input: &[u8]) -> Result<Zeroizing<Vec<u8>>, ImagesError> {
-        let kek = KbsKek(self.attestation.clone());
+        let kek = KbsKek {
+            attestation: self.attestation.clone(),
+            scope: Some(KekScope::from_settings(&self.settings)),
+        };
         ward_image::ocicrypt::unwrap_key_request(input, &kek)
             .await
             .map_err(|e| ImagesError::Unwrap(e.to_string()))
@@ -299,6 +386,34 @@ fn checked_bundle(bundle: &str) -> Result<PathBuf, ImagesError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kek_scope() {
+        let uri = |s: &str| ResourceUri::parse(s).unwrap();
+        let scope = KekScope {
+            allowed: Vec::new(),
+            refused: vec!["default/credential/registry".into()],
+        };
+        assert!(scope.admits(&uri("kbs:///default/image-kek/1")));
+        assert!(!scope.admits(&uri("kbs:///default/credential/registry")));
+        assert!(!scope.admits(&uri("kbs+pkcs11://h/wrap/key")));
+        assert!(!scope.admits(&uri("kbs:///default/image-kek/1?x=y")));
+        let narrow = KekScope {
+            allowed: vec!["default/image-kek/".into(), "other/k/one".into()],
+            refused: Vec::new(),
+        };
+        assert!(narrow.admits(&uri("kbs:///default/image-kek/7")));
+        assert!(narrow.admits(&uri("kbs:///other/k/one")));
+        assert!(!narrow.admits(&uri("kbs:///other/k/two")));
+        assert!(!narrow.admits(&uri("kbs:///default/image-kek2/7")));
+        let with_model = narrow.also(Some("kbs:///models/kek/m"));
+        assert!(with_model.admits(&uri("kbs:///models/kek/m")));
+        assert!(
+            scope
+                .also(Some("kbs:///default/credential/registry"))
+                .admits(&uri("kbs:///default/credential/registry"))
+        );
+    }
 
     #[test]
     fn bundle_paths() {

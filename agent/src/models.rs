@@ -252,7 +252,10 @@ async fn load_one(
     images: &Images,
     attestation: &Arc<Attestation>,
 ) -> Result<LoadedModel, ModelError> {
-    let keks = KbsKek(attestation.clone());
+    let keks = KbsKek {
+        attestation: attestation.clone(),
+        scope: Some(images.kek_scope().also(m.kek.as_deref())),
+    };
     let model = match &m.source {
         ModelSource::Registry(reference) => {
             let registry = images

@@ -221,3 +221,93 @@ async fn the_cli_encrypts_for_the_owner_and_pulls_on_its_own() {
     assert!(out.contains("1 layers (1 encrypted)"), "{out}");
     assert_eq!(bundle_file.as_deref(), Some("from the owner\n"));
 }
+
+/// An image chooses what its key-provider packets name, and the registry (the host) chooses the
+/// image. A packet naming another secret (here the registry credentials the config reads from
+/// the KBS, or a plugin with a query) is refused before anything is fetched, and the error says
+/// nothing of that resource; `[images] kek_resources` narrows the plain KEKs an image may name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_cannot_make_the_guest_fetch_other_secrets() {
+    if let Err(skip) = image_tools() {
+        eprintln!("{skip}");
+        return;
+    }
+    let kbs = DevKbs::start().await.unwrap();
+    let secret = [0x42u8; 32];
+    kbs.put(
+        "default/credential/registry",
+        br#"{"auths":{"registry.example":{"auth":"dXNlcjpwYXNz"}}}"#,
+        Policy::Allow,
+    );
+    kbs.put("default/app/token", &secret, Policy::Allow);
+    let (reg, references) = tokio::task::spawn_blocking(move || {
+        let reg = TestRegistry::start();
+        let mut references = Vec::new();
+        for (name, kid) in [
+            ("creds", "kbs:///default/credential/registry"),
+            ("plugin", "kbs+pkcs11://host/wrap/key?label=x"),
+            ("app", "kbs:///default/app/token"),
+        ] {
+            let img = ImageBuilder::new("v1");
+            std::fs::write(img.rootfs().join("f"), "x\n").unwrap();
+            img.layer();
+            let recipients = Recipients {
+                jwe: Vec::new(),
+                providers: vec![ProviderRecipient {
+                    kid: kid.into(),
+                    kek: zeroize::Zeroizing::new(secret.to_vec()),
+                    version: PacketVersion::V2,
+                }],
+            };
+            encrypt_layout(&img.layout, "v1", &recipients).unwrap();
+            references.push(reg.push(&img.layout, "v1", &format!("test/{name}")));
+        }
+        (reg, references)
+    })
+    .await
+    .unwrap();
+    let host = reg.host();
+    let kbs_url = kbs.url();
+    let w = tokio::task::spawn_blocking(move || {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config_text(dir.path(), &["all"]).replace(
+            "[images]\n",
+            &format!(
+                "[images]\ninsecure_registries = [{host:?}]\nauth = \"kbs:///default/credential/registry\"\n\
+                 kek_resources = [\"kbs:///default/image-kek/\"]\n"
+            ),
+        ) + &format!("\n[kbs]\nurl = \"{kbs_url}\"\n");
+        Wardd::start_with(dir, &config, "ward.tee=sample", &[])
+    })
+    .await
+    .unwrap();
+    let client = ttrpc::asynchronous::Client::connect(&w.addr).await.unwrap();
+    let images = ImagePullServiceClient::new(client);
+    for reference in &references {
+        let mut req = ImagePullRequest::new();
+        req.image_url = reference.clone();
+        req.bundle_path = w.dir.path().join("bundle").display().to_string();
+        let e = format!("{:?}", images.pull_image(ctx(), &req).await.unwrap_err());
+        assert!(
+            e.contains("not a key-encryption key this guest fetches"),
+            "{e}"
+        );
+        assert!(!e.contains("bytes"), "no length of another resource: {e}");
+    }
+    // Nothing was asked of the KBS for them: no release, no refusal on record.
+    let audit = std::fs::read_to_string(&w.audit).unwrap();
+    for line in audit
+        .lines()
+        .filter(|l| l.contains(r#""event":"resource."#))
+    {
+        assert!(
+            line.contains(r#""subject":"kbs:///default/credential/registry""#),
+            "only the config's own credentials were fetched: {line}"
+        );
+    }
+    assert_eq!(
+        audit.matches(r#""event":"resource.release""#).count(),
+        1,
+        "the credentials, once, for the registry client: {audit}"
+    );
+}

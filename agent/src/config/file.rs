@@ -122,6 +122,11 @@ pub struct RawImages {
     pub signed: Vec<RawSigned>,
     /// Registry mirrors.
     pub mirror: Vec<RawMirror>,
+    /// The KBS resources an image's key-provider packets may name as their KEK: `kbs:///`
+    /// prefixes (`kbs:///default/image-kek/` or a whole `kbs:///repo/type/tag`). Empty (the
+    /// default): any plain `kbs:///repo/type/tag` but those this file names for other uses.
+    /// Plugin URIs and queries are never fetched for an image.
+    pub kek_resources: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -181,6 +186,7 @@ impl Default for RawImages {
             policy: "accept".into(),
             signed: Vec::new(),
             mirror: Vec::new(),
+            kek_resources: Vec::new(),
         }
     }
 }

@@ -21,6 +21,10 @@ pub struct ImageSettings {
     /// `kbs:///` URI).
     pub signed: Vec<(String, String)>,
     pub mirrors: Vec<ward_image::registry::Mirror>,
+    /// `[images] kek_resources`: resource paths (`repo/type/tag`) or path prefixes ending in
+    /// `/` that an image's key-provider packets may name; empty: any plain resource but the
+    /// ones named for other uses.
+    pub kek_resources: Vec<String>,
 }
 
 /// Where the signature policy comes from.
@@ -113,6 +117,11 @@ pub(super) fn images(raw: RawImages) -> Result<ImageSettings, ConfigError> {
         decryption_keys: raw.decryption_keys,
         concurrency: raw.concurrency,
         require_encrypted: raw.require_encrypted,
+        kek_resources: raw
+            .kek_resources
+            .iter()
+            .map(|p| kek_prefix(p))
+            .collect::<Result<_, _>>()?,
         auth: match raw.auth {
             Some(a) => {
                 path_or_kbs("images.auth", &a)?;
@@ -120,6 +129,32 @@ pub(super) fn images(raw: RawImages) -> Result<ImageSettings, ConfigError> {
             }
             None => None,
         },
+    })
+}
+
+/// A `kbs:///repo[/type[/tag]]` prefix as the path it matches: `repo/type/tag` exactly, or
+/// `repo/` / `repo/type/` and everything under it.
+fn kek_prefix(value: &str) -> Result<String, ConfigError> {
+    let bad = |why: &str| ConfigError::invalid("images.kek_resources", format!("`{value}`: {why}"));
+    let path = value
+        .strip_prefix("kbs:///")
+        .ok_or_else(|| bad("not a kbs:/// prefix (plugins and hosts are not KEKs)"))?;
+    let segments: Vec<&str> = path.trim_end_matches('/').split('/').collect();
+    if segments.len() > 3
+        || segments.iter().any(|s| {
+            s.is_empty()
+                || !s
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        })
+    {
+        return Err(bad(
+            "expected kbs:///repo/, kbs:///repo/type/ or kbs:///repo/type/tag",
+        ));
+    }
+    Ok(match segments.len() {
+        3 => segments.join("/"),
+        _ => format!("{}/", segments.join("/")),
     })
 }
 

@@ -57,15 +57,16 @@ pub enum ProviderError {
     #[error("packet `kid` is not a KBS resource URI")]
     Kid(#[source] UriError),
     /// Fetching this `kid`'s KEK from the KBS failed.
-    #[error("fetching the KEK `{kid}` failed")]
+    #[error("fetching the KEK `{kid}` failed: {source}")]
     Kek {
         kid: String,
         #[source]
         source: ResourceError,
     },
-    /// The KEK is not 32 bytes.
-    #[error("the KEK `{kid}` is {len} bytes; A256GCM needs 32")]
-    KekLength { kid: String, len: usize },
+    /// The KEK is not 32 bytes. Its length is not said: the `kid` comes from the image, and
+    /// the resource it names may be some other secret.
+    #[error("the resource `{kid}` is not a 32-byte A256GCM key")]
+    KekLength { kid: String },
     /// AES-GCM authentication failed: wrong KEK for this `kid`, or the packet was altered.
     #[error("unwrapping with the KEK `{kid}` failed: wrong key, or the packet was altered")]
     Authentication { kid: String },
@@ -167,7 +168,6 @@ impl Packet {
 fn cipher(kid: &str, kek: &[u8]) -> Result<Aes256Gcm, ProviderError> {
     Aes256Gcm::new_from_slice(kek).map_err(|_| ProviderError::KekLength {
         kid: kid.to_string(),
-        len: kek.len(),
     })
 }
 
@@ -299,7 +299,7 @@ pub(crate) mod tests {
         ));
         assert!(matches!(
             wrap_packet(&[7; 16], "kbs:///default/key/1", b"x", PacketVersion::V1),
-            Err(ProviderError::KekLength { len: 16, .. })
+            Err(ProviderError::KekLength { .. })
         ));
         assert!(matches!(
             wrap_packet(&[7; 32], "kbs:///../key/1", b"x", PacketVersion::V1),

@@ -30,8 +30,9 @@ pub enum SealedError {
     /// The KEK id is not a canonical `kbs:///repo/type/tag`.
     #[error("KEK id `{kek_id}` is not a canonical kbs:///repo/type/tag URI")]
     InvalidKekId { kek_id: String },
-    /// A KEK that is not 32 bytes.
-    #[error("a KEK is 32 bytes, {len} given")]
+    /// A KEK that is not 32 bytes. The message leaves the length out: what the KBS released
+    /// under that name may be another secret.
+    #[error("the KEK given is not 32 bytes")]
     KekLength { len: usize },
     /// The KEK given is not the one the file was sealed with (its fingerprint differs).
     #[error("the KEK given is not the one `{kek_id}` sealed this file with")]
