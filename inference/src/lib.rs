@@ -29,13 +29,7 @@ pub mod sampling;
 mod text_stream;
 
 #[cfg(test)]
-mod batch_tests;
-#[cfg(all(test, feature = "cuda"))]
-mod cuda_tests;
-#[cfg(test)]
 mod openai_tests;
-#[cfg(test)]
-mod qwen2_tests;
 /// Tiny llama models generated in memory (fixed seed), for tests here and in other crates.
 #[cfg(any(test, feature = "test-util"))]
 pub mod test_models;
