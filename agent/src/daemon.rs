@@ -110,7 +110,7 @@ pub async fn run(config: &Config, mode: Mode) -> Result<(), DaemonError> {
     let engines = ward_inference::openai::SharedEngines::default();
     let inference = Arc::new(crate::inference_api::Shared {
         e2e: Arc::new(crate::inference_api::e2e::E2e {
-            key: ward_inference::e2e::ServerKey::generate(ward_inference::e2e::Suite::XWing),
+            key: ward_e2e::ServerKey::generate(ward_e2e::Suite::XWing),
             attestation: attestation.clone(),
         }),
         engines: engines.clone(),

@@ -11,12 +11,10 @@
 //!
 //! What it must never do: read model bytes from disk on its own (the sealed-model loader hands
 //! them over), log prompts or generated text, or panic on a malformed model.
-//! - [`e2e`]: the message layer of end-to-end encrypted inference (`docs/encrypted-inference.md`);
 //! - [`openai`]: the OpenAI-compatible HTTP API over [`Engine`]s, which wardd serves over HTTP
-//!   and ttrpc behind [`e2e`].
+//!   and ttrpc behind end-to-end encryption (the `ward-e2e` crate).
 
 pub mod chat;
-pub mod e2e;
 mod engine;
 mod error;
 mod generate;

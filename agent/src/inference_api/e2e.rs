@@ -17,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use futures_util::StreamExt as _;
 use sha2::{Digest as _, Sha256};
-use ward_inference::e2e::{E2eError, MAX_REQUEST, ServerKey, report_data};
+use ward_e2e::{E2eError, MAX_REQUEST, ServerKey, report_data};
 
 use crate::attestation::Attestation;
 

@@ -11,7 +11,7 @@ use std::path::Path;
 use anyhow::{Context, bail};
 use base64::Engine as _;
 use ward_attester::explain::{Explanation, explain_json, verify_snp_signature};
-use ward_inference::e2e::{KeyConfig, RequestSealer, check_binding};
+use ward_e2e::{KeyConfig, RequestSealer, check_binding};
 
 /// What `ward chat` needs.
 pub struct ChatArgs<'a> {
