@@ -66,7 +66,7 @@ pub struct E2e {
 }
 
 fn bad(status: StatusCode, message: &str) -> Response {
-    ward_inference::openai::error(status, "invalid_request_error", None, message).into_response()
+    super::openai::error(status, "invalid_request_error", None, message).into_response()
 }
 
 #[derive(serde::Deserialize)]
