@@ -70,7 +70,7 @@ fetch-model:
 # (default python3; SKIP without it).
 # Inference prefill/decode tok/s on the CPU (x86-64-v3 build), next to PyTorch on the same models.
 bench-infer: fetch-model
-    RUSTFLAGS="-C target-cpu=x86-64-v3" cargo build --release -q -p ward-inference --bins --target-dir target/x86-64-v3
+    RUSTFLAGS="-C target-cpu=x86-64-v3" cargo build --release -q -p ward-inference-bench --bins --target-dir target/x86-64-v3
     bin=target/x86-64-v3/release; cache="${XDG_CACHE_HOME:-$HOME/.cache}/ward"; \
       $bin/gen-bench-model smollm2-135m "$cache/bench/smollm2-135m-random-f32"; \
       $bin/gen-bench-model tinyllama-1.1b "$cache/bench/tinyllama-1.1b-random-f32"; \
@@ -80,7 +80,7 @@ bench-infer: fetch-model
 
 # The same for the 135M models on the portable build (x86-64, SSE2 only: what the workspace builds).
 bench-infer-portable: fetch-model
-    cargo build --release -q -p ward-inference --bins
+    cargo build --release -q -p ward-inference-bench --bins
     bin=target/release; cache="${XDG_CACHE_HOME:-$HOME/.cache}/ward"; \
       $bin/gen-bench-model smollm2-135m "$cache/bench/smollm2-135m-random-f32"; \
       $bin/bench-infer "$cache/models/SmolLM2-135M-Instruct.Q4_1.gguf" --no-baseline; \
@@ -89,13 +89,13 @@ bench-infer-portable: fetch-model
 # End-to-end encryption cost per request (X-Wing, X25519) and per streamed token, next to
 # SmolLM2-135M's decode time per token (x86-64-v3 build).
 bench-e2e: fetch-model
-    RUSTFLAGS="-C target-cpu=x86-64-v3" cargo build --release -q -p ward-inference --bin bench-infer --target-dir target/x86-64-v3
+    RUSTFLAGS="-C target-cpu=x86-64-v3" cargo build --release -q -p ward-inference-bench --bin bench-infer --target-dir target/x86-64-v3
     target/x86-64-v3/release/bench-infer --e2e
 
 # Decode of 1-8 sequences at once on SmolLM2-135M: the engine's batched step, against the same
 # sequences one after the other and a thread per sequence, in the same run (x86-64-v3 build).
 bench-batch: fetch-model
-    RUSTFLAGS="-C target-cpu=x86-64-v3" cargo build --release -q -p ward-inference --bin bench-infer --target-dir target/x86-64-v3
+    RUSTFLAGS="-C target-cpu=x86-64-v3" cargo build --release -q -p ward-inference-bench --bin bench-infer --target-dir target/x86-64-v3
     target/x86-64-v3/release/bench-infer --batch --prompt-tokens 64 --gen-tokens 32
 
 # CUDA 13.0 from PyPI (nvcc, headers, cuBLAS/cuRAND/NVRTC) for building with `--features cuda` on a

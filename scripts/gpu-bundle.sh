@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds the CUDA binaries on a machine with Rust and no CUDA toolkit (the toolchain comes from
 # PyPI: scripts/cuda-toolchain.sh) and packs them, gzipped, into a bundle that a GPU machine with
-# no Rust runs through scripts/gpu-check.sh: bench-infer, gen-bench-model and the inference tests
-# built with `--features cuda`, and ward (NVML is loaded at run time, so it needs no CUDA).
+# no Rust runs through scripts/gpu-check.sh: bench-infer and gen-bench-model (ward-inference-bench)
+# and the runtime's unit tests (ward-inference) built with `--features cuda`, and ward (NVML is
+# loaded at run time, so it needs no CUDA).
 #   gpu-bundle.sh [OUT_DIR]        (default .gpu, ignored by git)
 # Kernels are built for $CUDA_COMPUTE_CAP (default 90: H100 and H200).
 set -euo pipefail
@@ -13,7 +14,7 @@ target="${WARD_CUDA_TARGET_DIR:-target/cuda}"
 eval "$(scripts/cuda-toolchain.sh)"
 export RUSTFLAGS="${RUSTFLAGS:--C target-cpu=x86-64-v3}"
 
-cargo build --release -p ward-inference --features cuda --bins --target-dir "$target"
+cargo build --release -p ward-inference-bench --features cuda --bins --target-dir "$target"
 tests=$(cargo test --release -p ward-inference --features cuda --lib --no-run \
   --target-dir "$target" --message-format=json |
   python3 -c 'import json, sys

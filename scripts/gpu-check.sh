@@ -53,9 +53,9 @@ fi
 
 if [ "$what" = all ] || [ "$what" = test ]; then
   step "CUDA tests (inference, release build, --features cuda)"
-  "$bin/inference-tests" --test-threads 1 --nocapture cuda_tests
+  "$bin/inference-tests" --test-threads 1 --nocapture tests::cuda::
   step "the rest of the inference tests, CUDA build, on the CPU"
-  "$bin/inference-tests" --test-threads 4 -q --skip cuda_tests 2>&1 | tail -3
+  "$bin/inference-tests" --test-threads 4 -q --skip tests::cuda:: 2>&1 | tail -3
 fi
 
 if [ "$what" = all ] || [ "$what" = bench ] || [ "$what" = batch ]; then

@@ -115,10 +115,10 @@ pub async fn run(config: &Config, mode: Mode) -> Result<(), DaemonError> {
             .map_err(|e| DaemonError::Images(e.to_string()))?,
     );
     let models = Arc::new(crate::models::Models::new(&config.models, audit.clone()));
-    let engines = ward_inference::openai::SharedEngines::default();
+    let engines = crate::inference_api::openai::SharedEngines::default();
     let inference = Arc::new(crate::inference_api::Shared {
         e2e: Arc::new(crate::inference_api::e2e::E2e {
-            key: ward_inference::e2e::ServerKey::generate(ward_inference::e2e::Suite::XWing),
+            key: ward_e2e::ServerKey::generate(ward_e2e::Suite::XWing),
             attestation: attestation.clone(),
         }),
         engines: engines.clone(),

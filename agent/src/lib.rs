@@ -8,8 +8,9 @@
 //! - [`systemd`]: `sd_notify` readiness, stopping and watchdog;
 //! - [`audit`]: the append-only, hash-chained audit log;
 //! - [`http`]: CoCo's api-server-rest paths over in-guest HTTP listeners;
-//! - [`inference_api`]: the OpenAI-compatible API per listener, end-to-end encryption, the
-//!   encrypted-only gate and per-request audit entries (HTTP and ttrpc share it);
+//! - [`inference_api`]: the OpenAI-compatible API (its handlers, and their routes per listener),
+//!   end-to-end encryption, the encrypted-only gate and per-request audit entries (HTTP and
+//!   ttrpc share it);
 //! - [`images`]: image pulls into bundles and ocicrypt key unwrapping, keys from the KBS;
 //! - [`daemon`]: the wiring that runs all of the above until a stop signal;
 //! - [`client`]: small clients for wardd's own services (the CLI and tests use them);

@@ -80,7 +80,7 @@ impl Models {
         &self,
         images: &Images,
         attestation: &Arc<Attestation>,
-        engines: &ward_inference::openai::SharedEngines,
+        engines: &crate::inference_api::openai::SharedEngines,
     ) {
         for m in &self.settings {
             let span = tracing::info_span!("model.load", model = %m.name);

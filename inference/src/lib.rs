@@ -1,41 +1,37 @@
-//! ward-inference: a local inference runtime on candle, served by wardd.
+//! ward-inference: the local inference runtime on candle that wardd serves.
 //!
-//! What it owns (issue #7, runtime core):
+//! What it owns (the runtime, and only the runtime):
 //! - [`Model`]: llama-family models (Llama 2/3, Mistral, SmolLM2...) and Qwen2 loaded from decrypted
 //!   in-memory buffers, as GGUF (quantised, tokenizer and chat template in the metadata) or as
 //!   safetensors (`config.json`, `tokenizer.json`, `tokenizer_config.json`);
-//! - the generation loop: chat template, KV cache, sampling, stop sequences, streaming, usage;
+//! - tokenizers (`tokenizer.json`, or built from GGUF metadata), chat templates ([`chat`]),
+//!   sampling ([`sampling`]), and the generation loop: KV cache, stop sequences, streaming, usage;
 //! - [`Engine`]: a bounded queue with back-pressure, a continuous batch of sequences on one
 //!   scheduler thread (one decode step for all of them, where the model batches), cancellation;
 //! - CPU by default, NVIDIA GPUs with the `cuda` feature ([`DeviceKind`]).
 //!
 //! What it must never do: read model bytes from disk on its own (the sealed-model loader hands
 //! them over), log prompts or generated text, or panic on a malformed model.
-//! - [`e2e`]: the message layer of end-to-end encrypted inference (`docs/encrypted-inference.md`);
-//! - [`openai`]: the OpenAI-compatible HTTP API over [`Engine`]s, which wardd serves over HTTP
-//!   and ttrpc behind [`e2e`].
+//!
+//! What it is not: the API in front of it. The OpenAI-compatible HTTP handlers, end-to-end
+//! encryption (the `ward-e2e` crate) and the audit of requests are wardd's inference front
+//! (`agent/src/inference_api/`); the benchmarks and the benchmark-model generator are the
+//! `ward-inference-bench` crate (`inference/bench/`).
+//!
+//! [`gguf_names`] serves the tools that write GGUF files from safetensors weights: `test_models`
+//! (feature `test-util`, the tests' tiny models) and `gen-bench-model`.
 
 pub mod chat;
-pub mod e2e;
 mod engine;
 mod error;
 mod generate;
 pub mod gguf_names;
 mod gguf_tokenizer;
 pub mod model;
-pub mod openai;
 mod request;
 pub mod sampling;
 mod text_stream;
 
-#[cfg(test)]
-mod batch_tests;
-#[cfg(all(test, feature = "cuda"))]
-mod cuda_tests;
-#[cfg(test)]
-mod openai_tests;
-#[cfg(test)]
-mod qwen2_tests;
 /// Tiny llama models generated in memory (fixed seed), for tests here and in other crates.
 #[cfg(any(test, feature = "test-util"))]
 pub mod test_models;

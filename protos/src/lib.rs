@@ -4,7 +4,7 @@
 //! written by us but keep CoCo's package, service, method, message and field
 //! names and numbers, so kata-agent and other existing clients talk to wardd
 //! unchanged. `ward.health` and `ward.inference` (the inference API's bodies over
-//! ttrpc, `inference/README.md`) are ward's own.
+//! ttrpc, `agent/README.md`) are ward's own.
 //!
 //! Everything here is generated at build time by `ttrpc-codegen` (pure Rust);
 //! this crate holds no hand-written logic.

@@ -246,7 +246,7 @@ pub fn rt() -> tokio::runtime::Runtime {
 /// What a client of encrypted inference does first: fetch `/v1/attestation` for a fresh nonce
 /// from `base` (`http://HOST:PORT/v1`), check that the (sample) evidence's report data binds the
 /// nonce and the key configuration, and return the key to encrypt to.
-pub async fn attested_key(http: &reqwest::Client, base: &str) -> ward_inference::e2e::KeyConfig {
+pub async fn attested_key(http: &reqwest::Client, base: &str) -> ward_e2e::KeyConfig {
     use base64::Engine as _;
     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
     let nonce: [u8; 32] = rand::random();
@@ -264,20 +264,20 @@ pub async fn attested_key(http: &reqwest::Client, base: &str) -> ward_inference:
 /// The key configuration of an attestation answer (`GET /v1/attestation`, or the ttrpc
 /// `Attestation` call) for `nonce`, once the (sample) evidence's report data is seen to bind
 /// both.
-pub fn checked_key(att: &serde_json::Value, nonce: &[u8]) -> ward_inference::e2e::KeyConfig {
+pub fn checked_key(att: &serde_json::Value, nonce: &[u8]) -> ward_e2e::KeyConfig {
     use base64::Engine as _;
     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
     let key_config = b64.decode(att["key_config"].as_str().unwrap()).unwrap();
     let rd = base64::engine::general_purpose::STANDARD
         .decode(att["evidence"]["report_data"].as_str().unwrap())
         .unwrap();
-    ward_inference::e2e::check_binding(&rd, nonce, &key_config, None).unwrap();
+    ward_e2e::check_binding(&rd, nonce, &key_config, None).unwrap();
     let other: [u8; 32] = rand::random();
     assert!(
-        ward_inference::e2e::check_binding(&rd, &other, &key_config, None).is_err(),
+        ward_e2e::check_binding(&rd, &other, &key_config, None).is_err(),
         "bound to this nonce only"
     );
-    ward_inference::e2e::KeyConfig::decode(&key_config).unwrap()
+    ward_e2e::KeyConfig::decode(&key_config).unwrap()
 }
 
 /// Seconds since the epoch.

@@ -10,7 +10,7 @@
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
 use ttrpc::Code;
-use ward_inference::e2e::{KeyConfig, RequestSealer};
+use ward_e2e::{KeyConfig, RequestSealer};
 use ward_protos::ward_inference::{
     AttestationRequest, InferenceRequest, InferenceResponse, ListModelsRequest,
 };

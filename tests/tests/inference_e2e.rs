@@ -8,7 +8,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use base64::Engine as _;
-use ward_inference::e2e::RequestSealer;
+use ward_e2e::RequestSealer;
 use ward_tests::{Wardd, config_text};
 
 use ward_tests::unix_now as now;
@@ -49,7 +49,7 @@ async fn attested_key_and_encrypted_requests() {
     let config = ward_tests::attested_key(&http, &base).await;
     assert_eq!(
         config.suite,
-        ward_inference::e2e::Suite::XWing,
+        ward_e2e::Suite::XWing,
         "post-quantum by default"
     );
     let short = http

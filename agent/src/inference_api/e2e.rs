@@ -17,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use futures_util::StreamExt as _;
 use sha2::{Digest as _, Sha256};
-use ward_inference::e2e::{E2eError, MAX_REQUEST, ServerKey, report_data};
+use ward_e2e::{E2eError, MAX_REQUEST, ServerKey, report_data};
 
 use crate::attestation::Attestation;
 
@@ -66,7 +66,7 @@ pub struct E2e {
 }
 
 fn bad(status: StatusCode, message: &str) -> Response {
-    ward_inference::openai::error(status, "invalid_request_error", None, message).into_response()
+    super::openai::error(status, "invalid_request_error", None, message).into_response()
 }
 
 #[derive(serde::Deserialize)]
@@ -256,7 +256,7 @@ fn tokio_stream_from(
 mod tests {
     use axum::routing::post;
     use tower::ServiceExt as _;
-    use ward_inference::e2e::{RequestSealer, Suite};
+    use ward_e2e::{RequestSealer, Suite};
 
     use super::*;
 

@@ -1,6 +1,6 @@
 //! wardd's inference front, built once per listener that serves `inference`: the
-//! OpenAI-compatible routes of [`ward_inference::openai`], `GET /v1/attestation` and end-to-end
-//! encryption ([`e2e`]), the encrypted-only gate, and one audit entry per inference request
+//! OpenAI-compatible routes over ward-inference's engines ([`openai`]), `GET /v1/attestation` and
+//! end-to-end encryption ([`e2e`], over the `ward-e2e` message layer), the encrypted-only gate, and one audit entry per inference request
 //! ([`record`]). HTTP listeners merge [`router`] into their own; the ttrpc `InferenceService`
 //! (`services/inference.rs`) calls the same router, so both transports follow the same rules.
 //!
@@ -13,6 +13,7 @@
 //! hashes only.
 
 pub mod e2e;
+pub mod openai;
 mod record;
 
 use std::sync::Arc;
@@ -23,12 +24,12 @@ use axum::http::{Method, StatusCode};
 use axum::middleware::{Next, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use ward_inference::openai::{OutcomeSlot, SharedEngines};
 
 pub use record::Transport;
 
 use crate::audit::Audit;
 use crate::models::Models;
+use openai::{OutcomeSlot, SharedEngines};
 
 /// The status of a plaintext inference request on an encrypted-only listener: the request's
 /// media type is what is refused (RFC 9110 15.5.16), and the body says which one to use.
@@ -58,7 +59,7 @@ pub fn router(shared: &Arc<Shared>, listener: &str, encrypted_only: bool) -> Rou
         listener: Arc::from(listener),
         encrypted_only,
     });
-    let openai = ward_inference::openai::router(shared.engines.clone())
+    let openai = openai::router(shared.engines.clone())
         .layer(from_fn_with_state(shared.e2e.clone(), e2e::layer))
         .layer(from_fn_with_state(front, gate));
     let attestation = Router::new()
@@ -69,7 +70,7 @@ pub fn router(shared: &Arc<Shared>, listener: &str, encrypted_only: bool) -> Rou
 
 /// The OpenAI-shaped refusal of a plaintext request on an encrypted-only listener.
 fn encryption_required() -> Response {
-    ward_inference::openai::error(
+    openai::error(
         ENCRYPTION_REQUIRED,
         "invalid_request_error",
         Some("encryption_required"),

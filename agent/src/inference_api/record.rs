@@ -10,10 +10,10 @@ use std::task::{Context, Poll};
 use axum::body::{Body, Bytes, HttpBody};
 use axum::response::Response;
 use serde::Serialize;
-use ward_inference::openai::OutcomeSlot;
 
 use super::Shared;
 use super::e2e::SealedNote;
+use super::openai::OutcomeSlot;
 
 /// How a request reached wardd. The ttrpc service marks its requests; HTTP is the default.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

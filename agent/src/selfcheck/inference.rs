@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use base64::Engine as _;
-use ward_inference::e2e::{KeyConfig, RequestSealer, report_data};
+use ward_e2e::{KeyConfig, RequestSealer, report_data};
 use ward_protos::ward_inference::{AttestationRequest, InferenceRequest, InferenceResponse};
 use ward_protos::ward_inference_ttrpc::InferenceServiceClient;
 

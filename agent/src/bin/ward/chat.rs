@@ -20,7 +20,7 @@ use std::path::Path;
 use anyhow::{Context, bail};
 use base64::Engine as _;
 use ward_attester::explain::{Explanation, TdAttributes, explain_json, verify_snp_signature};
-use ward_inference::e2e::{KeyConfig, RequestSealer, check_binding};
+use ward_e2e::{KeyConfig, RequestSealer, check_binding};
 
 /// What `ward chat` needs.
 pub struct ChatArgs<'a> {
@@ -253,7 +253,7 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
     use base64::Engine as _;
-    use ward_inference::e2e::{ServerKey, Suite, report_data};
+    use ward_e2e::{ServerKey, Suite, report_data};
 
     use super::*;
 

@@ -7,9 +7,10 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 
-use crate::openai::{Engines, Outcome, OutcomeSlot, router};
-use crate::test_models::gguf_model;
-use crate::{Engine, EngineConfig};
+use ward_inference::test_models::gguf_model;
+use ward_inference::{Engine, EngineConfig};
+
+use super::{Engines, Outcome, OutcomeSlot, router};
 
 async fn serve() -> String {
     serve_with(None).await

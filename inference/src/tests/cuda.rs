@@ -13,7 +13,7 @@
 
 use candle_core::quantized::GgmlDType;
 
-use crate::batch_tests::max_diff;
+use super::batch::max_diff;
 use crate::model::Session;
 use crate::sampling;
 use crate::test_models::{self, Arch, special_id};

@@ -1,7 +1,14 @@
 //! Behaviour of models, generation and the engine on the tiny generated llama
 //! (see `test_models`): determinism, streaming, chat templates, stops, limits, concurrency,
-//! cancellation, back-pressure, malformed inputs.
+//! cancellation, back-pressure, malformed inputs. By subject, beside them: `batch` (the
+//! quantised forward pass and batched decode), `qwen2`, and `cuda` (the GPU against the CPU).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod batch;
+/// Only in a build with the `cuda` feature: CI has no nvcc.
+#[cfg(feature = "cuda")]
+mod cuda;
+mod qwen2;
 
 use std::time::{Duration, Instant};
 

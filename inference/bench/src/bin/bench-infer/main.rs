@@ -13,8 +13,9 @@
 //! `--runs` rounds runs ward once, then the baseline `inference/bench/torch_baseline.py` once on
 //! the same files with the same prompt ids, in a child process under `--python` or
 //! `$WARD_BENCH_PYTHON` (default `python3`): both see the same machine load, and the ratio is the
-//! median of the rounds' ratios. The baseline prints `SKIP` when torch or transformers is missing. Build with `cargo build --release -p
-//! ward-inference --bin bench-infer` (and `RUSTFLAGS="-C target-cpu=x86-64-v3"`: see the README).
+//! median of the rounds' ratios. The baseline prints `SKIP` when torch or transformers is
+//! missing. Build with `cargo build --release -p ward-inference-bench --bin bench-infer` (and
+//! `RUSTFLAGS="-C target-cpu=x86-64-v3"`: see inference/README.md).
 //! `RAYON_NUM_THREADS=N` sets the threads of both (default: every core).
 //!
 //! `--device cuda[:N]` (a build with the `cuda` feature) runs ward on that GPU and the baseline

@@ -1,4 +1,4 @@
-//! The OpenAI-compatible HTTP API over [`Engine`]s: `GET /v1/models`,
+//! The OpenAI-compatible HTTP API over ward-inference's [`Engine`]s: `GET /v1/models`,
 //! `POST /v1/chat/completions` and `POST /v1/completions`, non-streaming and streaming (SSE
 //! `chat.completion.chunk` / `text_completion` events, `data: [DONE]` last), usage counts, and
 //! OpenAI-shaped errors (`{"error": {"message", "type", "param", "code"}}`). Existing OpenAI
@@ -22,7 +22,7 @@ use futures_util::StreamExt as _;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::{
+use ward_inference::{
     ChatMessage, Engine, FinishReason, GenerationStream, InferenceError, Request, SamplingParams,
     StreamEvent, Usage,
 };
@@ -523,3 +523,6 @@ pub fn router(engines: SharedEngines) -> Router {
         .route("/v1/completions", post(completions))
         .with_state(engines)
 }
+
+#[cfg(test)]
+mod tests;

@@ -127,7 +127,7 @@ fn gguf_forward_matches_candles_quantized_qwen2() {
         (&[17], None),
         (&[40, 41, 42], None),
     ];
-    crate::batch_tests::matches_reference(&gguf_model(), &chunks, |x, pos| {
+    super::batch::matches_reference(&gguf_model(), &chunks, |x, pos| {
         reference.forward(x, pos).unwrap()
     });
 }
@@ -170,7 +170,7 @@ fn continuing_chunks_token_by_token_equal_chunked() {
             .unwrap()
     };
     let (chunked, by_token) = (run(false), run(true));
-    let diff = crate::batch_tests::max_diff(&chunked, &by_token);
+    let diff = super::batch::max_diff(&chunked, &by_token);
     assert!(diff < 1e-4, "logits differ by {diff}");
 }
 

@@ -1,7 +1,13 @@
-//! End-to-end encryption of inference requests to a key the attestation vouches for
-//! (`docs/encrypted-inference.md`): HPKE (RFC 9180) with X-Wing (ML-KEM-768 + X25519) or
-//! X25519, Oblivious-HTTP-style request and response encapsulation (RFC 9458) with chunked,
+//! ward-e2e: the message layer of end-to-end encrypted inference to a key the attestation
+//! vouches for (`docs/encrypted-inference.md`): HPKE (RFC 9180) with X-Wing (ML-KEM-768 + X25519)
+//! or X25519, Oblivious-HTTP-style request and response encapsulation (RFC 9458) with chunked,
 //! ordered, final-marked responses for streaming, a replay cache, and the report-data binding.
+//!
+//! What it owns: the bytes on the wire and the keys ([`ServerKey`] and [`ResponseSealer`] for
+//! wardd, [`RequestSealer`] and [`ResponseOpener`] for clients: `ward chat`, the tests, the
+//! benchmarks). What it does not: HTTP, ttrpc, attestation or audit (wardd's inference front,
+//! `agent/src/inference_api/`), or the model (ward-inference). It never sees a prompt other
+//! than as the plaintext it seals or opens, and never logs.
 
 mod client;
 mod server;

@@ -1,3 +1,6 @@
+//! The message layer on its own: round trips in both suites, streamed chunks however they are
+//! fragmented, refused requests (tampered, foreign, stale, replayed) and responses (altered,
+//! reordered, spliced, truncated), the report-data binding, strict parsing.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use super::*;

@@ -1,4 +1,4 @@
-//! `bench-infer --e2e`: what end-to-end encryption (`ward_inference::e2e`) costs per request and
+//! `bench-infer --e2e`: what end-to-end encryption (`ward_e2e`) costs per request and
 //! per streamed token, next to the decode time of one token of a real model measured in the same
 //! run (SmolLM2-135M Q4_1 by default).
 //!
@@ -11,7 +11,7 @@
 use std::path::Path;
 use std::time::Instant;
 
-use ward_inference::e2e::{KeyConfig, RequestSealer, ServerKey, Suite};
+use ward_e2e::{KeyConfig, RequestSealer, ServerKey, Suite};
 
 use crate::{BoxError, median};
 

@@ -21,7 +21,7 @@ fn script() -> PathBuf {
     if relative.exists() {
         return relative.to_path_buf();
     }
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("bench/torch_baseline.py")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("torch_baseline.py")
 }
 
 pub(crate) fn run(
