@@ -230,7 +230,14 @@ async fn inference_over_ttrpc_and_encrypted_only_listeners() {
 
     // 4. ...and answers encrypted requests: unary, then streamed chunk by chunk.
     let key = attested(&enc).await;
-    let (msg, opener) = RequestSealer::seal(&key, &chat(false), unix_now()).unwrap();
+    let (msg, opener) = RequestSealer::seal(
+        &key,
+        "POST",
+        "/v1/chat/completions",
+        &chat(false),
+        unix_now(),
+    )
+    .unwrap();
     let unary_request_sha = sha(&msg);
     let r = enc.chat_completion(ctx(), &sealed(msg)).await.unwrap();
     assert_eq!(
@@ -242,7 +249,14 @@ async fn inference_over_ttrpc_and_encrypted_only_listeners() {
     assert_eq!(v["object"], "chat.completion");
     assert!(v["usage"]["prompt_tokens"].as_u64().unwrap() > 0);
 
-    let (msg, mut opener) = RequestSealer::seal(&key, &chat(true), unix_now()).unwrap();
+    let (msg, mut opener) = RequestSealer::seal(
+        &key,
+        "POST",
+        "/v1/chat/completions",
+        &chat(true),
+        unix_now(),
+    )
+    .unwrap();
     let stream_request_sha = sha(&msg);
     let messages = drain(
         enc.chat_completion_stream(ctx(), &sealed(msg))
@@ -284,7 +298,14 @@ async fn inference_over_ttrpc_and_encrypted_only_listeners() {
         serde_json::from_slice::<Value>(&b).unwrap()["data"][0]["id"],
         "tiny"
     );
-    let (msg, opener) = RequestSealer::seal(&key, &chat(false), unix_now()).unwrap();
+    let (msg, opener) = RequestSealer::seal(
+        &key,
+        "POST",
+        "/v1/chat/completions",
+        &chat(false),
+        unix_now(),
+    )
+    .unwrap();
     let http_request_sha = sha(&msg);
     let (status, ct, b) = http_unix(
         &http_sock,

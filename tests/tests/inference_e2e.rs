@@ -62,7 +62,8 @@ async fn attested_key_and_encrypted_requests() {
     // 2. An encrypted request: the (encrypted) answer is OpenAI's error for an unknown model.
     let body = serde_json::json!({"model": "no-such-model",
         "messages": [{"role": "user", "content": "a confidential prompt"}]});
-    let (msg, opener) = RequestSealer::seal(&config, &body, now()).unwrap();
+    let (msg, opener) =
+        RequestSealer::seal(&config, "POST", "/v1/chat/completions", &body, now()).unwrap();
     let resp = post_sealed(&http, &format!("{base}/chat/completions"), msg.clone()).await;
     assert_eq!(resp.status(), 404);
     assert_eq!(resp.headers()["content-type"], "application/ward-e2e");
@@ -78,10 +79,16 @@ async fn attested_key_and_encrypted_requests() {
     // 3. The same message again is a replay; a flipped bit does not open.
     let replay = post_sealed(&http, &format!("{base}/chat/completions"), msg.clone()).await;
     assert_eq!(replay.status(), 400);
-    let (mut tampered, _) = RequestSealer::seal(&config, &body, now()).unwrap();
+    let (mut tampered, _) =
+        RequestSealer::seal(&config, "POST", "/v1/chat/completions", &body, now()).unwrap();
     let last = tampered.len() - 1;
     tampered[last] ^= 1;
     let r = post_sealed(&http, &format!("{base}/chat/completions"), tampered).await;
+    assert_eq!(r.status(), 400);
+    // A chat request sealed for /v1/chat/completions is refused on /v1/completions.
+    let (rerouted, _) =
+        RequestSealer::seal(&config, "POST", "/v1/chat/completions", &body, now()).unwrap();
+    let r = post_sealed(&http, &format!("{base}/completions"), rerouted).await;
     assert_eq!(r.status(), 400);
 
     // 4. `ward chat` does the same as a client: refuses sample evidence unless told, and shows

@@ -406,8 +406,7 @@ async fn wardd_serves_a_sealed_real_model_over_the_openai_api() {
     // The same question encrypted end to end to the attested key, streamed back chunk by chunk.
     let config = ward_tests::attested_key(&http, &base).await;
     let now = ward_tests::unix_now();
-    let (msg, mut opener) = ward_e2e::RequestSealer::seal(
-        &config,
+    let (msg, mut opener) = ward_e2e::RequestSealer::seal(&config, "POST", "/v1/chat/completions",
         &serde_json::json!({"model": "smollm2", "stream": true, "max_tokens": 24, "temperature": 0,
             "messages": [{"role": "user", "content": "What is the capital of France? Answer in one sentence."}]}),
         now,

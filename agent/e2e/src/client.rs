@@ -13,10 +13,13 @@ use super::{
 pub struct RequestSealer;
 
 impl RequestSealer {
-    /// Encrypts the JSON `body` to `config` at `now` (unix seconds): the message to send and the
-    /// opener for its response.
+    /// Encrypts the JSON `body` to `config` at `now` (unix seconds), for `method path` only
+    /// (`POST /v1/chat/completions`: the route is sealed with the body, so the host cannot
+    /// replay it to another endpoint): the message to send and the opener for its response.
     pub fn seal(
         config: &KeyConfig,
+        method: &str,
+        path: &str,
         body: &serde_json::Value,
         now: u64,
     ) -> Result<(Vec<u8>, ResponseOpener), E2eError> {
@@ -24,7 +27,10 @@ impl RequestSealer {
         let obj = body
             .as_object_mut()
             .ok_or_else(|| E2eError::Malformed("the request must be a JSON object".into()))?;
-        obj.insert("ward_e2e".into(), serde_json::json!({ "created": now }));
+        obj.insert(
+            "ward_e2e".into(),
+            serde_json::json!({ "created": now, "method": method, "path": path }),
+        );
         let plain = Zeroizing::new(
             serde_json::to_vec(&body).map_err(|e| E2eError::Malformed(e.to_string()))?,
         );

@@ -27,8 +27,14 @@ pub const REQUEST_LABEL: &[u8] = b"message/ward-e2e request v1";
 pub const RESPONSE_LABEL: &[u8] = b"message/ward-e2e response v1";
 /// A request's `created` may be this far from the server's clock.
 pub const MAX_SKEW_SECS: u64 = 300;
-/// Accepted `enc`s are remembered this long.
-pub const REPLAY_WINDOW_SECS: u64 = 600;
+/// Accepted `enc`s are remembered this long on the monotonic clock: longer than the whole span
+/// (twice the skew) in which one `created` is acceptable, so the host cannot evict an entry by
+/// moving the wall clock. Past it, an entry's `created` becomes the floor below which nothing
+/// is accepted, so a replay stays refused even if the wall clock is then turned back.
+pub const REPLAY_WINDOW_SECS: u64 = 2 * MAX_SKEW_SECS + 60;
+/// Accepted `enc`s remembered at most; when full, new requests are refused (busy) rather than
+/// an entry forgotten early.
+pub const MAX_REPLAY_ENTRIES: usize = 1 << 17;
 /// Largest request accepted.
 pub const MAX_REQUEST: usize = 4 << 20;
 /// Largest response chunk.
@@ -46,6 +52,10 @@ pub enum E2eError {
     Decrypt,
     #[error("the request was already accepted (replay)")]
     Replay,
+    #[error("too many recent requests to remember; try again shortly")]
+    Busy,
+    #[error("the request was sealed for {sealed}, not for {got}")]
+    Route { sealed: String, got: String },
     #[error("the request's time is {skew} s away from the server's clock")]
     Stale { skew: u64 },
     #[error("the response chunk {index} does not decrypt (altered, reordered or spliced)")]

@@ -1,8 +1,9 @@
 //! wardd's side: the boot-time key, opening requests (with the replay cache and clock check),
 //! and sealing responses chunk by chunk.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::sync::Mutex;
+use std::time::Instant;
 
 use aes_gcm::aead::{Aead as _, KeyInit as _, Payload};
 use sha2::{Digest as _, Sha256};
@@ -10,35 +11,42 @@ use zeroize::Zeroizing;
 
 use super::suite::{self, KeyConfig, Secret, Suite};
 use super::{
-    E2eError, FINAL_AAD, MAX_REQUEST, MAX_SKEW_SECS, REPLAY_WINDOW_SECS, REQUEST_LABEL,
-    chunk_nonce, put_varint, response_keys,
+    E2eError, FINAL_AAD, MAX_REPLAY_ENTRIES, MAX_REQUEST, MAX_SKEW_SECS, REPLAY_WINDOW_SECS,
+    REQUEST_LABEL, chunk_nonce, put_varint, response_keys,
 };
 
-/// Hashes of accepted `enc`s, oldest first, for the replay window.
+/// Hashes of accepted `enc`s, oldest first, for the replay window. Entries age on the monotonic
+/// clock (seconds since the key was made), never the wall clock the host can move; an entry that
+/// ages out raises `floor`, the newest `created` ever forgotten, and nothing created at or
+/// before it is accepted again.
 #[derive(Default)]
 struct ReplayCache {
-    seen: HashMap<[u8; 32], u64>,
-    order: VecDeque<([u8; 32], u64)>,
+    seen: HashSet<[u8; 32]>,
+    /// (hash, created, accepted at on the monotonic clock), oldest first.
+    order: VecDeque<([u8; 32], u64, u64)>,
+    floor: Option<u64>,
 }
 
 impl ReplayCache {
-    /// Records `h` at `now`; false if it was already there within the window.
-    fn insert(&mut self, h: [u8; 32], now: u64) -> bool {
-        while let Some(&(old, at)) = self.order.front() {
-            if at + REPLAY_WINDOW_SECS > now {
+    /// Records `h` (created at `created`, wall clock) at monotonic second `mono`.
+    fn insert(&mut self, h: [u8; 32], created: u64, mono: u64) -> Result<(), E2eError> {
+        while let Some(&(old, old_created, at)) = self.order.front() {
+            if mono.saturating_sub(at) < REPLAY_WINDOW_SECS {
                 break;
             }
             self.order.pop_front();
-            if self.seen.get(&old) == Some(&at) {
-                self.seen.remove(&old);
-            }
+            self.seen.remove(&old);
+            self.floor = Some(self.floor.map_or(old_created, |f| f.max(old_created)));
         }
-        if self.seen.contains_key(&h) {
-            return false;
+        if self.seen.contains(&h) || self.floor.is_some_and(|f| created <= f) {
+            return Err(E2eError::Replay);
         }
-        self.seen.insert(h, now);
-        self.order.push_back((h, now));
-        true
+        if self.order.len() >= MAX_REPLAY_ENTRIES {
+            return Err(E2eError::Busy);
+        }
+        self.seen.insert(h);
+        self.order.push_back((h, created, mono));
+        Ok(())
     }
 }
 
@@ -47,6 +55,8 @@ pub struct ServerKey {
     config: KeyConfig,
     secret: Secret,
     replay: Mutex<ReplayCache>,
+    /// The monotonic clock of the replay cache.
+    born: Instant,
 }
 
 impl std::fmt::Debug for ServerKey {
@@ -78,6 +88,7 @@ impl ServerKey {
             },
             secret,
             replay: Mutex::new(ReplayCache::default()),
+            born: Instant::now(),
         }
     }
 
@@ -85,8 +96,15 @@ impl ServerKey {
         &self.config
     }
 
-    /// Opens `message` (`hdr || enc || ct`) received at `now` (unix seconds).
-    pub fn open_request(&self, message: &[u8], now: u64) -> Result<OpenedRequest, E2eError> {
+    /// Opens `message` (`hdr || enc || ct`) received at `now` (unix seconds) as `method path`
+    /// (`POST /v1/chat/completions`): the request must have been sealed for that route.
+    pub fn open_request(
+        &self,
+        message: &[u8],
+        method: &str,
+        path: &str,
+        now: u64,
+    ) -> Result<OpenedRequest, E2eError> {
         if message.len() > MAX_REQUEST {
             return Err(E2eError::Malformed("request too large".into()));
         }
@@ -103,24 +121,36 @@ impl ServerKey {
         let (plain, secret) = suite::open(&self.secret, enc, &info, ct)?;
         let mut body: serde_json::Value = serde_json::from_slice(&plain)
             .map_err(|_| E2eError::Malformed("the request is not JSON".into()))?;
-        let created = body
+        let meta = body
             .get("ward_e2e")
-            .and_then(|w| w.get("created"))
+            .ok_or_else(|| E2eError::Malformed("`ward_e2e` is missing".into()))?;
+        let created = meta
+            .get("created")
             .and_then(serde_json::Value::as_u64)
             .ok_or_else(|| E2eError::Malformed("`ward_e2e.created` is missing".into()))?;
+        let sealed_route = (
+            meta.get("method").and_then(serde_json::Value::as_str),
+            meta.get("path").and_then(serde_json::Value::as_str),
+        );
+        if sealed_route != (Some(method), Some(path)) {
+            return Err(E2eError::Route {
+                sealed: format!(
+                    "{} {}",
+                    sealed_route.0.unwrap_or("?"),
+                    sealed_route.1.unwrap_or("?")
+                ),
+                got: format!("{method} {path}"),
+            });
+        }
         let skew = created.abs_diff(now);
         if skew > MAX_SKEW_SECS {
             return Err(E2eError::Stale { skew });
         }
         let seen = Sha256::digest(enc).into();
-        if !self
-            .replay
+        self.replay
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(seen, now)
-        {
-            return Err(E2eError::Replay);
-        }
+            .insert(seen, created, self.born.elapsed().as_secs())?;
         if let Some(obj) = body.as_object_mut() {
             obj.remove("ward_e2e");
         }
@@ -191,5 +221,52 @@ impl ResponseSealer {
         let mut out = self.prelude().to_vec();
         out.extend(self.seal_chunk(data, true)?);
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod replay_tests {
+    use super::*;
+
+    /// The review's findings: eviction by wall clock, an entry accepted again at the edge of
+    /// the skew, and a cache that only grew.
+    #[test]
+    fn replays_stay_refused_whatever_the_wall_clock_does() {
+        let mut c = ReplayCache::default();
+        let created = 1_000_000;
+        c.insert([1; 32], created, 0).unwrap();
+        // Within the window on the monotonic clock: refused, at the skew's edge too.
+        assert_eq!(
+            c.insert([1; 32], created, 2 * MAX_SKEW_SECS),
+            Err(E2eError::Replay)
+        );
+        // Past it the entry is forgotten, but its `created` is the floor: a host that turns the
+        // wall clock back so the skew check passes again still gets a refusal.
+        assert_eq!(
+            c.insert([1; 32], created, REPLAY_WINDOW_SECS + 1),
+            Err(E2eError::Replay)
+        );
+        assert!(c.seen.is_empty());
+        // A new request, created later, is fine.
+        c.insert([2; 32], created + 1, REPLAY_WINDOW_SECS + 2)
+            .unwrap();
+    }
+
+    #[test]
+    fn a_full_cache_refuses_rather_than_forgets() {
+        let mut c = ReplayCache::default();
+        for i in 0..MAX_REPLAY_ENTRIES {
+            let mut h = [0u8; 32];
+            h[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            c.insert(h, 5, 1).unwrap();
+        }
+        assert_eq!(c.insert([0xff; 32], 5, 2), Err(E2eError::Busy));
+        let mut first = [0u8; 32];
+        first[..8].copy_from_slice(&0u64.to_le_bytes());
+        assert_eq!(
+            c.insert(first, 5, 2),
+            Err(E2eError::Replay),
+            "nothing forgotten"
+        );
     }
 }

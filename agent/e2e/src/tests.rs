@@ -17,12 +17,15 @@ fn requests_and_responses_round_trip_in_both_suites() {
         let server = ServerKey::generate(suite);
         let config = KeyConfig::decode(&server.config().encode()).unwrap();
         assert_eq!(&config, server.config());
-        let (msg, opener) = RequestSealer::seal(&config, &body(), NOW).unwrap();
+        let (msg, opener) =
+            RequestSealer::seal(&config, "POST", "/v1/chat/completions", &body(), NOW).unwrap();
         assert!(
             !msg.windows(6).any(|w| w == b"secret"),
             "no plaintext on the wire"
         );
-        let opened = server.open_request(&msg, NOW + 3).unwrap();
+        let opened = server
+            .open_request(&msg, "POST", "/v1/chat/completions", NOW + 3)
+            .unwrap();
         let got: serde_json::Value = serde_json::from_slice(&opened.body).unwrap();
         assert_eq!(got, body(), "the ward_e2e member is removed");
         let resp = opened.sealer.seal_whole(b"the secret answer").unwrap();
@@ -33,8 +36,18 @@ fn requests_and_responses_round_trip_in_both_suites() {
 #[test]
 fn streamed_chunks_arrive_in_order_whatever_the_fragmentation() {
     let server = ServerKey::generate(Suite::X25519);
-    let (msg, mut opener) = RequestSealer::seal(server.config(), &body(), NOW).unwrap();
-    let mut sealer = server.open_request(&msg, NOW).unwrap().sealer;
+    let (msg, mut opener) = RequestSealer::seal(
+        server.config(),
+        "POST",
+        "/v1/chat/completions",
+        &body(),
+        NOW,
+    )
+    .unwrap();
+    let mut sealer = server
+        .open_request(&msg, "POST", "/v1/chat/completions", NOW)
+        .unwrap()
+        .sealer;
     let mut wire = sealer.prelude().to_vec();
     let parts = ["Hel", "lo, ", "wor", "ld"];
     for (i, p) in parts.iter().enumerate() {
@@ -62,40 +75,77 @@ fn streamed_chunks_arrive_in_order_whatever_the_fragmentation() {
 fn tampered_foreign_stale_and_replayed_requests_are_refused() {
     let server = ServerKey::generate(Suite::XWing);
     let other = ServerKey::generate(Suite::XWing);
-    let (msg, _) = RequestSealer::seal(server.config(), &body(), NOW).unwrap();
+    let (msg, _) = RequestSealer::seal(
+        server.config(),
+        "POST",
+        "/v1/chat/completions",
+        &body(),
+        NOW,
+    )
+    .unwrap();
 
     let mut flipped = msg.clone();
     *flipped.last_mut().unwrap() ^= 1;
     assert_eq!(
-        server.open_request(&flipped, NOW).err(),
+        server
+            .open_request(&flipped, "POST", "/v1/chat/completions", NOW)
+            .err(),
         Some(E2eError::Decrypt)
     );
     let mut flipped_enc = msg.clone();
     flipped_enc[10] ^= 1;
-    assert!(server.open_request(&flipped_enc, NOW).is_err());
+    assert!(
+        server
+            .open_request(&flipped_enc, "POST", "/v1/chat/completions", NOW)
+            .is_err()
+    );
 
-    let (for_other, _) = RequestSealer::seal(other.config(), &body(), NOW).unwrap();
-    let e = server.open_request(&for_other, NOW).err().unwrap();
+    let (for_other, _) =
+        RequestSealer::seal(other.config(), "POST", "/v1/chat/completions", &body(), NOW).unwrap();
+    let e = server
+        .open_request(&for_other, "POST", "/v1/chat/completions", NOW)
+        .err()
+        .unwrap();
     assert!(matches!(e, E2eError::WrongKey | E2eError::Decrypt), "{e:?}");
 
     assert_eq!(
-        server.open_request(&msg, NOW + 301).err(),
+        server
+            .open_request(&msg, "POST", "/v1/chat/completions", NOW + 301)
+            .err(),
         Some(E2eError::Stale { skew: 301 })
     );
-    server.open_request(&msg, NOW).unwrap();
+    server
+        .open_request(&msg, "POST", "/v1/chat/completions", NOW)
+        .unwrap();
     assert_eq!(
-        server.open_request(&msg, NOW + 1).err(),
+        server
+            .open_request(&msg, "POST", "/v1/chat/completions", NOW + 1)
+            .err(),
         Some(E2eError::Replay)
     );
-    assert!(server.open_request(&msg[..20], NOW).is_err());
+    assert!(
+        server
+            .open_request(&msg[..20], "POST", "/v1/chat/completions", NOW)
+            .is_err()
+    );
 }
 
 #[test]
 fn altered_reordered_spliced_and_truncated_responses_are_refused() {
     let server = ServerKey::generate(Suite::X25519);
     let stream = |server: &ServerKey| {
-        let (msg, opener) = RequestSealer::seal(server.config(), &body(), NOW).unwrap();
-        let mut sealer = server.open_request(&msg, NOW).unwrap().sealer;
+        let (msg, opener) = RequestSealer::seal(
+            server.config(),
+            "POST",
+            "/v1/chat/completions",
+            &body(),
+            NOW,
+        )
+        .unwrap();
+        let mut sealer = server
+            .open_request(&msg, "POST", "/v1/chat/completions", NOW)
+            .unwrap()
+            .sealer;
         let prelude = sealer.prelude().to_vec();
         let chunks: Vec<Vec<u8>> = (0..3)
             .map(|i| {
@@ -173,4 +223,32 @@ fn key_configs_and_varints_parse_strictly() {
         assert_eq!(get_varint(&b), Some((v, b.len())), "{v}");
         assert_eq!(get_varint(&b[..b.len() - 1]), None);
     }
+}
+
+/// A sealed chat request was answered on `/v1/completions`: the route is sealed with the body,
+/// and a request opened on another method or path is refused (and stays unused: the right route
+/// still opens it once).
+#[test]
+fn a_request_opens_only_on_the_route_it_was_sealed_for() {
+    let server = ServerKey::generate(Suite::X25519);
+    let (msg, _) = RequestSealer::seal(
+        server.config(),
+        "POST",
+        "/v1/chat/completions",
+        &body(),
+        NOW,
+    )
+    .unwrap();
+    for (method, path) in [("POST", "/v1/completions"), ("GET", "/v1/chat/completions")] {
+        match server.open_request(&msg, method, path, NOW) {
+            Err(E2eError::Route { sealed, got }) => {
+                assert_eq!(sealed, "POST /v1/chat/completions");
+                assert_eq!(got, format!("{method} {path}"));
+            }
+            other => panic!("{method} {path}: {:?}", other.err()),
+        }
+    }
+    server
+        .open_request(&msg, "POST", "/v1/chat/completions", NOW)
+        .unwrap();
 }

@@ -155,12 +155,19 @@ pub async fn layer(State(e2e): State<Arc<E2e>>, req: Request, next: Next) -> Res
     };
     let request_hash = hex::encode(Sha256::digest(&sealed));
     note.update(|n| n.request_sha256 = Some(request_hash));
-    let opened = match e2e.key.open_request(&sealed, now()) {
+    // The route the request arrived on must be the one its sender sealed: the host cannot replay
+    // a sealed chat request to /v1/completions.
+    let (method, path) = (parts.method.to_string(), parts.uri.path().to_string());
+    let opened = match e2e.key.open_request(&sealed, &method, &path, now()) {
         Ok(o) => o,
         Err(e) => {
             // One answer for every reason; the reason goes to the log and the audit log only.
             tracing::warn!(reason = %e, "encrypted request refused");
             note.update(|n| n.refused = Some(reason(&e)));
+            if e == E2eError::Busy {
+                // Not about this request: too many others within the replay window.
+                return bad(StatusCode::SERVICE_UNAVAILABLE, "busy; try again shortly");
+            }
             return bad(StatusCode::BAD_REQUEST, "bad encrypted request");
         }
     };
@@ -229,6 +236,8 @@ fn reason(e: &E2eError) -> &'static str {
         E2eError::Decrypt => "does not decrypt",
         E2eError::Replay => "replay",
         E2eError::Stale { .. } => "stale",
+        E2eError::Route { .. } => "wrong route",
+        E2eError::Busy => "busy",
         _ => "malformed",
     }
 }
@@ -290,8 +299,14 @@ mod tests {
                 }),
             )
             .layer(axum::middleware::from_fn_with_state(e2e, layer));
-        let (sealed, mut opener) =
-            RequestSealer::seal(&key, &serde_json::json!({"stream": true}), now()).unwrap();
+        let (sealed, mut opener) = RequestSealer::seal(
+            &key,
+            "POST",
+            "/v1/chat/completions",
+            &serde_json::json!({"stream": true}),
+            now(),
+        )
+        .unwrap();
         let request = Request::builder()
             .method("POST")
             .uri("/v1/chat/completions")

@@ -87,7 +87,8 @@ pub(super) async fn check(
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    let (msg, opener) = RequestSealer::seal(&key, &body, now).map_err(|e| e.to_string())?;
+    let (msg, opener) = RequestSealer::seal(&key, "POST", "/v1/chat/completions", &body, now)
+        .map_err(|e| e.to_string())?;
     let sealed = c
         .chat_completion(
             ctx(),

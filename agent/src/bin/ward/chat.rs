@@ -194,7 +194,8 @@ pub async fn chat(a: ChatArgs<'_>) -> anyhow::Result<bool> {
         "model": a.model, "stream": true, "max_tokens": a.max_tokens, "temperature": a.temperature,
         "messages": [{"role": "user", "content": a.prompt}],
     });
-    let (msg, mut opener) = RequestSealer::seal(&config, &body, now())?;
+    let (msg, mut opener) =
+        RequestSealer::seal(&config, "POST", "/v1/chat/completions", &body, now())?;
     let mut resp = http
         .post(format!("{base}/chat/completions"))
         .header("content-type", "application/ward-e2e")

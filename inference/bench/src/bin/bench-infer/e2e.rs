@@ -73,7 +73,7 @@ fn request_costs(suite: Suite, n: usize) -> Result<RequestCosts, BoxError> {
     let config = KeyConfig::decode(&server.config().encode())?;
     let body = request_body();
     let seal = per_call(n, || {
-        RequestSealer::seal(&config, &body, NOW)?;
+        RequestSealer::seal(&config, "POST", "/v1/chat/completions", &body, NOW)?;
         Ok(())
     })?;
     // Each message opens once (replay cache): seal fresh ones for every batch.
@@ -81,22 +81,31 @@ fn request_costs(suite: Suite, n: usize) -> Result<RequestCosts, BoxError> {
     let mut message_bytes = 0;
     for _ in 0..5 {
         let messages: Vec<Vec<u8>> = (0..n)
-            .map(|_| RequestSealer::seal(&config, &body, NOW).map(|(m, _)| m))
+            .map(|_| {
+                RequestSealer::seal(&config, "POST", "/v1/chat/completions", &body, NOW)
+                    .map(|(m, _)| m)
+            })
             .collect::<Result<_, _>>()?;
         message_bytes = messages.first().map_or(0, Vec::len);
         let t = Instant::now();
         for m in &messages {
-            server.open_request(m, NOW)?;
+            server.open_request(m, "POST", "/v1/chat/completions", NOW)?;
         }
         opens.push(t.elapsed().as_secs_f64() / n as f64);
     }
     // The client's first read of a response: the 32-byte prelude gives the response keys.
-    let (message, _) = RequestSealer::seal(&config, &body, NOW)?;
-    let prelude = server.open_request(&message, NOW)?.sealer.prelude();
+    let (message, _) = RequestSealer::seal(&config, "POST", "/v1/chat/completions", &body, NOW)?;
+    let prelude = server
+        .open_request(&message, "POST", "/v1/chat/completions", NOW)?
+        .sealer
+        .prelude();
     let mut keys = Vec::new();
     for _ in 0..5 {
         let mut openers = (0..n)
-            .map(|_| RequestSealer::seal(&config, &body, NOW).map(|(_, o)| o))
+            .map(|_| {
+                RequestSealer::seal(&config, "POST", "/v1/chat/completions", &body, NOW)
+                    .map(|(_, o)| o)
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let t = Instant::now();
         for o in &mut openers {
@@ -118,8 +127,16 @@ fn token_costs(n: usize) -> Result<(f64, f64, usize), BoxError> {
     let event = token_event();
     let (mut seals, mut opens) = (Vec::new(), Vec::new());
     for _ in 0..5 {
-        let (message, mut opener) = RequestSealer::seal(server.config(), &request_body(), NOW)?;
-        let mut sealer = server.open_request(&message, NOW)?.sealer;
+        let (message, mut opener) = RequestSealer::seal(
+            server.config(),
+            "POST",
+            "/v1/chat/completions",
+            &request_body(),
+            NOW,
+        )?;
+        let mut sealer = server
+            .open_request(&message, "POST", "/v1/chat/completions", NOW)?
+            .sealer;
         opener.feed(&sealer.prelude())?;
         let t = Instant::now();
         let chunks: Vec<Vec<u8>> = (0..n)
