@@ -36,13 +36,9 @@ struct ImageConfig {
     config: Option<ContainerConfig>,
 }
 
-/// Writes `bundle/config.json` from an (already verified) image config, with names in `User`
-/// resolved in `rootfs` (the unpacked image).
-pub fn write_runtime_config(
-    bundle: &Path,
-    rootfs: &Path,
-    image_config: &[u8],
-) -> Result<(), PullError> {
+/// The `config.json` (OCI runtime spec) for an (already verified) image config, with names in
+/// `User` resolved in `rootfs` (the unpacked image). Nothing is written.
+pub fn runtime_config(rootfs: &Path, image_config: &[u8]) -> Result<Vec<u8>, PullError> {
     let parsed: ImageConfig = serde_json::from_slice(image_config).map_err(|e| PullError::Io {
         what: "image config".into(),
         source: std::io::Error::other(e.to_string()),
@@ -76,6 +72,12 @@ pub fn write_runtime_config(
         what: "config.json".into(),
         source: std::io::Error::other(e.to_string()),
     })?;
+    Ok(text)
+}
+
+/// Writes `bundle/config.json` (through a temporary file and a rename, so it appears whole):
+/// the last step of publishing a bundle, its "ready" mark.
+pub fn write_runtime_config(bundle: &Path, text: &[u8]) -> Result<(), PullError> {
     let tmp = bundle.join(".config.json.tmp");
     std::fs::write(&tmp, text).map_err(|source| PullError::Io {
         what: "config.json".into(),
@@ -154,7 +156,7 @@ mod tests {
     fn process_comes_from_the_image_config() {
         let dir = tempfile::tempdir().unwrap();
         let cfg = br#"{"config":{"Entrypoint":["/app"],"Cmd":["--serve"],"Env":["A=1"],"WorkingDir":"/srv","User":"1000:1000"},"rootfs":{"type":"layers","diff_ids":[]}}"#;
-        write_runtime_config(dir.path(), dir.path(), cfg).unwrap();
+        write_runtime_config(dir.path(), &runtime_config(dir.path(), cfg).unwrap()).unwrap();
         let spec: serde_json::Value =
             serde_json::from_slice(&std::fs::read(dir.path().join("config.json")).unwrap())
                 .unwrap();
@@ -210,7 +212,7 @@ mod tests {
         assert!(resolve_user(empty.path(), "nobody").is_err());
 
         let cfg = br#"{"config":{"User":"ghost"}}"#;
-        let e = write_runtime_config(root.path(), root.path(), cfg).unwrap_err();
+        let e = runtime_config(root.path(), cfg).unwrap_err();
         assert!(e.to_string().contains("ghost"), "{e}");
         assert!(!root.path().join("config.json").exists());
     }

@@ -80,6 +80,7 @@ impl Pending {
             .as_deref()
             .and_then(|m| self.shared.models.get(m))
             .map(|m| m.manifest_digest.to_string());
+        let model_digest_known = model_digest.is_some();
         let detail = Detail {
             listener: &self.listener,
             transport: self.transport,
@@ -90,7 +91,9 @@ impl Pending {
             prompt_tokens: outcome.usage.map(|u| u.prompt_tokens),
             completion_tokens: outcome.usage.map(|u| u.completion_tokens),
             finish_reason: outcome.finish_reason,
-            model: outcome.model,
+            model: outcome
+                .model
+                .map(|m| bounded_model_name(m, model_digest_known)),
             encrypted: self.encrypted,
             suite: sealed.suite,
             request_sha256: sealed.request_sha256,
@@ -111,6 +114,23 @@ impl Pending {
             Err(e) => tracing::error!(error = %e, "cannot encode the audit entry"),
         }
     }
+}
+
+/// Longest client-chosen model name kept in an entry.
+const MAX_MODEL_NAME: usize = 64;
+
+/// The `model` a client asked for, as the audit entry keeps it: a served model's name whole; a
+/// name no model has (the client chose it, and in an encrypted request the host cannot see it)
+/// cut to [`MAX_MODEL_NAME`] bytes, so a client cannot grow the log at will.
+fn bounded_model_name(name: String, served: bool) -> String {
+    if served || name.len() <= MAX_MODEL_NAME {
+        return name;
+    }
+    let mut end = MAX_MODEL_NAME;
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...({} bytes)", &name[..end], name.len())
 }
 
 /// `response`, whose body writes `pending`'s entry when it ends or is dropped.
@@ -172,5 +192,22 @@ impl Drop for AuditedBody {
         // A server stops polling a body that says it has ended, so "ended" counts as sent.
         let complete = self.inner.is_end_stream();
         self.finish(complete);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_model_names_are_bounded() {
+        assert_eq!(bounded_model_name("smollm2".into(), true), "smollm2");
+        let long = "é".repeat(10_000);
+        let kept = bounded_model_name(long.clone(), false);
+        assert!(
+            kept.len() < 100 && kept.ends_with("...(20000 bytes)"),
+            "{kept}"
+        );
+        assert_eq!(bounded_model_name("x".repeat(64), false), "x".repeat(64));
     }
 }

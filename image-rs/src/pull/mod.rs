@@ -302,13 +302,30 @@ impl Puller {
                 return Err(e);
             }
         };
+        // Publishing: `config.json` is the bundle's "ready" mark, so it goes first and comes back
+        // last. A crash in between leaves a bundle without one (not ready), never a new
+        // config.json beside an old or missing rootfs.
         let publish = (|| {
-            crate::bundle::write_runtime_config(bundle, &staging, &resolved.config)?;
-            let rootfs = bundle.join("rootfs");
-            if rootfs.exists() {
-                std::fs::remove_dir_all(&rootfs).map_err(io("replacing the old rootfs"))?;
+            let spec = crate::bundle::runtime_config(&staging, &resolved.config)?;
+            match std::fs::remove_file(bundle.join("config.json")) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(io("removing the old config.json")(e));
+                }
+                _ => {}
             }
-            std::fs::rename(&staging, &rootfs).map_err(io("publishing the rootfs"))
+            let rootfs = bundle.join("rootfs");
+            let old = bundle.join(format!(".rootfs.old-{:016x}", rand::random::<u64>()));
+            let had_old = match std::fs::rename(&rootfs, &old) {
+                Ok(()) => true,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+                Err(e) => return Err(io("moving the old rootfs aside")(e)),
+            };
+            std::fs::rename(&staging, &rootfs).map_err(io("publishing the rootfs"))?;
+            crate::bundle::write_runtime_config(bundle, &spec)?;
+            if had_old {
+                let _ = std::fs::remove_dir_all(&old);
+            }
+            Ok(())
         })();
         if let Err(e) = publish {
             let _ = std::fs::remove_dir_all(&staging);
