@@ -11,7 +11,9 @@
 //! - [`inference_api`]: the OpenAI-compatible API (its handlers, and their routes per listener),
 //!   end-to-end encryption, the encrypted-only gate and per-request audit entries (HTTP and
 //!   ttrpc share it);
+//! - [`attestation`]: the TEE, the shared KBS session, runtime measurements (proves and releases);
 //! - [`images`]: image pulls into bundles and ocicrypt key unwrapping, keys from the KBS;
+//! - [`models`]: the sealed models of `[[model]]`, loaded into guest memory and served;
 //! - [`daemon`]: the wiring that runs all of the above until a stop signal;
 //! - [`client`]: small clients for wardd's own services (the CLI and tests use them);
 //! - [`unseal`]: CoCo sealed secrets (ES256 JWS), verified before use;
