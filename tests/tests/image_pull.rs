@@ -18,6 +18,19 @@ fn ctx() -> ttrpc::context::Context {
     ttrpc::context::with_timeout(60_000_000_000)
 }
 
+/// Encrypts `layout:v1` in place with CoCo key-provider packets (v2) naming `kid`, under `kek`.
+fn encrypt_for_kbs(layout: &std::path::Path, kid: &str, kek: &[u8]) {
+    let recipients = Recipients {
+        jwe: Vec::new(),
+        providers: vec![ProviderRecipient {
+            kid: kid.into(),
+            kek: zeroize::Zeroizing::new(kek.to_vec()),
+            version: PacketVersion::V2,
+        }],
+    };
+    encrypt_layout(layout, "v1", &recipients).unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wardd_pulls_an_image_whose_key_the_kbs_releases() {
     if let Err(skip) = image_tools() {
@@ -40,15 +53,7 @@ async fn wardd_pulls_an_image_whose_key_the_kbs_releases() {
         img.layer();
         std::fs::write(img.rootfs().join("app2"), "second\n").unwrap();
         img.layer();
-        let recipients = Recipients {
-            jwe: Vec::new(),
-            providers: vec![ProviderRecipient {
-                kid: "kbs:///default/image-kek/1".into(),
-                kek: zeroize::Zeroizing::new(kek.to_vec()),
-                version: PacketVersion::V2,
-            }],
-        };
-        encrypt_layout(&img.layout, "v1", &recipients).unwrap();
+        encrypt_for_kbs(&img.layout, "kbs:///default/image-kek/1", &kek);
         let reference = reg.push(&img.layout, "v1", "test/coco-encrypted");
         // One layer's provider annotation, to exercise UnWrapKey directly.
         let index: serde_json::Value =
@@ -251,15 +256,7 @@ async fn an_image_cannot_make_the_guest_fetch_other_secrets() {
             let img = ImageBuilder::new("v1");
             std::fs::write(img.rootfs().join("f"), "x\n").unwrap();
             img.layer();
-            let recipients = Recipients {
-                jwe: Vec::new(),
-                providers: vec![ProviderRecipient {
-                    kid: kid.into(),
-                    kek: zeroize::Zeroizing::new(secret.to_vec()),
-                    version: PacketVersion::V2,
-                }],
-            };
-            encrypt_layout(&img.layout, "v1", &recipients).unwrap();
+            encrypt_for_kbs(&img.layout, kid, &secret);
             references.push(reg.push(&img.layout, "v1", &format!("test/{name}")));
         }
         (reg, references)

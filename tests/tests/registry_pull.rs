@@ -486,6 +486,68 @@ mod formats {
         header[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
     }
 
+    /// `layout:v1` encrypted by skopeo for the JWE recipient `public` into `<layout>/../enc`,
+    /// its layers kept uncompressed when they are.
+    fn skopeo_encrypt(layout: &Path, public: &Path) -> std::path::PathBuf {
+        let enc = layout.with_file_name("enc");
+        run(Command::new("skopeo").args([
+            "copy",
+            "--quiet",
+            "--dest-oci-accept-uncompressed-layers",
+            "--encryption-key",
+            &format!("jwe:{}", public.display()),
+            &format!("oci:{}:v1", layout.display()),
+            &format!("oci:{}:v1", enc.display()),
+        ]));
+        enc
+    }
+
+    /// The only manifest of `layout` and its only layer's descriptor and bytes.
+    fn only_layer(layout: &Path) -> (serde_json::Value, serde_json::Value, Vec<u8>) {
+        let index = read_json(&layout.join("index.json"));
+        let manifest = read_json(&blob(
+            layout,
+            index["manifests"][0]["digest"].as_str().unwrap(),
+        ));
+        let layer = manifest["layers"][0].clone();
+        let bytes = std::fs::read(blob(layout, layer["digest"].as_str().unwrap())).unwrap();
+        (manifest, layer, bytes)
+    }
+
+    /// What a malicious registry does: the only layer of `layout` replaced by `bytes`, and every
+    /// digest above it fixed up (manifest, index), so that only the layer's own HMAC can tell.
+    fn replace_only_layer(layout: &Path, bytes: &[u8]) {
+        let (mut manifest, _, _) = only_layer(layout);
+        let (nd, ns) = write_blob(layout, bytes);
+        manifest["layers"][0]["digest"] = nd.into();
+        manifest["layers"][0]["size"] = ns.into();
+        let (md, ms) = write_blob(layout, manifest.to_string().as_bytes());
+        let mut index = read_json(&layout.join("index.json"));
+        index["manifests"][0]["digest"] = md.into();
+        index["manifests"][0]["size"] = ms.into();
+        std::fs::write(layout.join("index.json"), index.to_string()).unwrap();
+    }
+
+    /// Pulls `reference` with the private key at `key` into `<work>/bundle`, which must fail:
+    /// the error, and the work directory.
+    async fn pull_fails(
+        reg: &TestRegistry,
+        reference: &str,
+        key: &Path,
+    ) -> (PullError, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let work = dir.path();
+        let p = puller_with(reg, &work.join("store"), None);
+        let decryption = Decryption {
+            keys: PrivateKey::all_from_pem(&std::fs::read_to_string(key).unwrap()).unwrap(),
+            kek: None,
+        };
+        let bundle = work.join("bundle");
+        let e = p.pull(reference, &bundle, &decryption).await.unwrap_err();
+        assert!(!bundle.join("rootfs").exists(), "nothing published");
+        (e, dir)
+    }
+
     /// The outside review's decryption oracle: AES-CTR lets the host flip chosen plaintext bits
     /// of an encrypted layer. Turning the first entry's typeflag `0` into `L` (with the tar
     /// checksum fixed) makes the unpacker read that file's decrypted content as the next entry's
@@ -539,32 +601,12 @@ mod formats {
             index["manifests"][0]["size"] = ms.into();
             std::fs::write(img.layout.join("index.json"), index.to_string()).unwrap();
 
-            let enc = img.dir.path().join("enc");
-            run(Command::new("skopeo").args([
-                "copy",
-                "--quiet",
-                "--dest-oci-accept-uncompressed-layers",
-                "--encryption-key",
-                &format!("jwe:{}", public.display()),
-                &format!("oci:{}:v1", img.layout.display()),
-                &format!("oci:{}:v1", enc.display()),
-            ]));
-            let mut index = read_json(&enc.join("index.json"));
-            let mdigest = index["manifests"][0]["digest"]
-                .as_str()
-                .unwrap()
-                .to_string();
-            let mut manifest = read_json(&blob(&enc, &mdigest));
+            let enc = skopeo_encrypt(&img.layout, &public);
+            let (_, layer, mut cipher) = only_layer(&enc);
             assert_eq!(
-                manifest["layers"][0]["mediaType"],
-                "application/vnd.oci.image.layer.v1.tar+encrypted",
+                layer["mediaType"], "application/vnd.oci.image.layer.v1.tar+encrypted",
                 "skopeo kept the layer uncompressed"
             );
-            let edigest = manifest["layers"][0]["digest"]
-                .as_str()
-                .unwrap()
-                .to_string();
-            let mut cipher = std::fs::read(blob(&enc, &edigest)).unwrap();
             assert_eq!(
                 cipher.len(),
                 plain.len(),
@@ -578,26 +620,13 @@ mod formats {
             for (c, (p, f)) in cipher.iter_mut().zip(plain.iter().zip(&forged)) {
                 *c ^= p ^ f;
             }
-            let (nd, ns) = write_blob(&enc, &cipher);
-            manifest["layers"][0]["digest"] = nd.into();
-            manifest["layers"][0]["size"] = ns.into();
-            let (md, ms) = write_blob(&enc, manifest.to_string().as_bytes());
-            index["manifests"][0]["digest"] = md.into();
-            index["manifests"][0]["size"] = ms.into();
-            std::fs::write(enc.join("index.json"), index.to_string()).unwrap();
+            replace_only_layer(&enc, &cipher);
             let r = reg.push(&enc, "v1", "test/oracle");
             (reg, r)
         })
         .await
         .unwrap();
-        let work = tempfile::tempdir().unwrap();
-        let p = puller_with(&reg, &work.path().join("store"), None);
-        let decryption = Decryption {
-            keys: PrivateKey::all_from_pem(&std::fs::read_to_string(&key).unwrap()).unwrap(),
-            kek: None,
-        };
-        let bundle = work.path().join("bundle");
-        let e = p.pull(&reference, &bundle, &decryption).await.unwrap_err();
+        let (e, _) = pull_fails(&reg, &reference, &key).await;
         let shown = format!("{e} {e:?}");
         assert!(shown.to_lowercase().contains("hmac"), "{shown}");
         for piece in ["PLAINTEXT", "hunter2", "../..", "next entry"] {
@@ -606,7 +635,6 @@ mod formats {
                 "the error carries plaintext ({piece}): {shown}"
             );
         }
-        assert!(!bundle.join("rootfs").exists(), "nothing published");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -624,48 +652,18 @@ mod formats {
             let img = ImageBuilder::new("v1");
             std::fs::write(img.rootfs().join("data"), vec![b'x'; 200_000]).unwrap();
             img.layer();
-            let enc = img.dir.path().join("enc");
-            run(Command::new("skopeo").args([
-                "copy",
-                "--quiet",
-                "--encryption-key",
-                &format!("jwe:{}", public.display()),
-                &format!("oci:{}:v1", img.layout.display()),
-                &format!("oci:{}:v1", enc.display()),
-            ]));
-            let mut index = read_json(&enc.join("index.json"));
-            let mdigest = index["manifests"][0]["digest"]
-                .as_str()
-                .unwrap()
-                .to_string();
-            let mut manifest = read_json(&blob(&enc, &mdigest));
-            let ldigest = manifest["layers"][0]["digest"]
-                .as_str()
-                .unwrap()
-                .to_string();
-            let mut bytes = std::fs::read(blob(&enc, &ldigest)).unwrap();
+            let enc = skopeo_encrypt(&img.layout, &public);
+            let (_, _, mut bytes) = only_layer(&enc);
             let mid = bytes.len() / 2;
             bytes[mid] ^= 1;
-            let (nd, ns) = write_blob(&enc, &bytes);
-            manifest["layers"][0]["digest"] = nd.into();
-            manifest["layers"][0]["size"] = ns.into();
-            let (md, ms) = write_blob(&enc, manifest.to_string().as_bytes());
-            index["manifests"][0]["digest"] = md.into();
-            index["manifests"][0]["size"] = ms.into();
-            std::fs::write(enc.join("index.json"), index.to_string()).unwrap();
+            replace_only_layer(&enc, &bytes);
             let r = reg.push(&enc, "v1", "test/tampered");
             (reg, r)
         })
         .await
         .unwrap();
-        let work = tempfile::tempdir().unwrap();
-        let p = puller_with(&reg, &work.path().join("store"), None);
-        let decryption = Decryption {
-            keys: PrivateKey::all_from_pem(&std::fs::read_to_string(&key).unwrap()).unwrap(),
-            kek: None,
-        };
+        let (e, work) = pull_fails(&reg, &reference, &key).await;
         let bundle = work.path().join("bundle");
-        let e = p.pull(&reference, &bundle, &decryption).await.unwrap_err();
         assert!(
             matches!(e, PullError::Decrypt { .. } | PullError::Unpack { .. }),
             "{e}"
@@ -674,7 +672,6 @@ mod formats {
         // The gzip stream decompressed into garbage before the HMAC failed: none of what the
         // tar parser read (entry names, sizes) is in the error.
         assert!(!format!("{e:?}").contains("entry"), "{e:?}");
-        assert!(!bundle.join("rootfs").exists(), "nothing published");
         let leftovers: Vec<_> = std::fs::read_dir(&bundle)
             .map(|d| d.flatten().map(|e| e.file_name()).collect())
             .unwrap_or_default();
