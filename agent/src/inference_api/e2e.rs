@@ -7,6 +7,7 @@
 //! ciphertext (and the reason for a refusal) goes into the request's [`SealedNote`], from which
 //! its one audit entry is written; never any content.
 
+use super::unix_now as now;
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
@@ -128,13 +129,6 @@ pub async fn attestation(State(e2e): State<Arc<E2e>>, Query(q): Query<NonceQuery
         "report_data": hex::encode(rd),
     }))
     .into_response()
-}
-
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// Opens encrypted requests and seals their responses; plaintext requests pass through.

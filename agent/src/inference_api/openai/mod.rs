@@ -7,6 +7,7 @@
 //! A server that audits requests puts an [`OutcomeSlot`] in a request's extensions and reads
 //! back what the request came to (model, token counts, finish reason), never its text.
 
+use super::unix_now as now;
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -281,13 +282,6 @@ fn engine<'a>(engines: &'a Engines, model: &str) -> Result<&'a Arc<Engine>, ApiE
             format!("The model `{model}` does not exist"),
         )
     })
-}
-
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 fn finish_reason(r: FinishReason) -> &'static str {
