@@ -47,7 +47,7 @@ impl std::fmt::Display for Platform {
 }
 
 /// How to reach registries.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct RegistryConfig {
     /// `host[:port]` served over plain HTTP (development registries).
     pub insecure: Vec<String>,
@@ -59,6 +59,20 @@ pub struct RegistryConfig {
     pub timeout: Option<Duration>,
     /// Mirrors tried before the registry they stand in for.
     pub mirrors: Vec<Mirror>,
+}
+
+/// Names the registries that have credentials, never the credentials.
+impl std::fmt::Debug for RegistryConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryConfig")
+            .field("insecure", &self.insecure)
+            .field("ca_pem", &self.ca_pem.as_ref().map(Vec::len))
+            .field("auths", &self.auths.keys().collect::<Vec<_>>())
+            .field("platform", &self.platform)
+            .field("timeout", &self.timeout)
+            .field("mirrors", &self.mirrors)
+            .finish()
+    }
 }
 
 /// Registries that serve the same repositories as `registry` (containers' registries.conf

@@ -10,9 +10,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
 
-use futures_util::StreamExt;
 use oci_client::client::{ClientConfig, ClientProtocol};
-use oci_client::manifest::OciDescriptor;
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 use serde::Deserialize;
@@ -22,6 +20,7 @@ use crate::digest::{Digest, VerifyError};
 mod artifact;
 mod config;
 mod signatures;
+mod transport;
 
 pub use artifact::Artifact;
 pub use config::{Mirror, Platform, RegistryConfig};
@@ -122,9 +121,11 @@ pub struct ResolvedImage {
     pub diff_ids: Vec<Digest>,
 }
 
-/// A registry client with ward's checks around it.
+/// A registry client with ward's checks around it. Pulls go through [`transport`], which caps
+/// every body as it streams; oci-client is kept for pushes (the owner's `ward model push`).
 pub struct Registry {
     client: Client,
+    transport: transport::Transport,
     config: RegistryConfig,
 }
 
@@ -171,7 +172,12 @@ impl Registry {
             ..Default::default()
         })
         .map_err(|e| RegistryError::Config(e.to_string()))?;
-        Ok(Registry { client, config })
+        let transport = transport::Transport::new(&config)?;
+        Ok(Registry {
+            client,
+            transport,
+            config,
+        })
     }
 
     fn auth(&self, reference: &Reference) -> RegistryAuth {
@@ -198,26 +204,32 @@ impl Registry {
         expected: Option<&Digest>,
     ) -> Result<(Vec<u8>, Digest), RegistryError> {
         let name = reference.whole();
-        let (bytes, _header_digest) = self
-            .client
-            .pull_manifest_raw(
+        let fetch_err = |detail: String| RegistryError::Fetch {
+            what: "manifest".into(),
+            reference: name.clone(),
+            detail,
+        };
+        let target = reference
+            .digest()
+            .or(reference.tag())
+            .unwrap_or("latest")
+            .to_string();
+        let bytes = match self
+            .transport
+            .manifest(
                 reference,
-                &self.auth(reference),
+                &target,
                 &[OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LIST],
+                MAX_MANIFEST,
             )
             .await
-            .map_err(|e| RegistryError::Fetch {
-                what: "manifest".into(),
-                reference: name.clone(),
-                detail: e.to_string(),
-            })?;
-        if bytes.len() > MAX_MANIFEST {
-            return Err(RegistryError::Malformed {
-                what: "manifest".into(),
-                reference: name,
-                detail: format!("{} bytes is more than {MAX_MANIFEST}", bytes.len()),
-            });
-        }
+            .map_err(fetch_err)?
+        {
+            transport::Fetched::Found(b) => b,
+            transport::Fetched::NotFound => {
+                return Err(fetch_err(format!("no manifest `{target}`")));
+            }
+        };
         let found = Digest::of(&bytes);
         if let Some(expected) = expected
             && &found != expected
@@ -465,21 +477,18 @@ impl Registry {
             reference: name.clone(),
             detail,
         };
-        let oci_desc = OciDescriptor {
-            media_type: desc.media_type.clone(),
-            digest: digest.to_string(),
-            size: desc.size,
-            ..Default::default()
-        };
-        let mut stream = self
-            .client
-            .pull_blob_stream(reference, &oci_desc)
+        let mut response = self
+            .transport
+            .blob(reference, &digest.to_string())
             .await
-            .map_err(|e| fetch_err(e.to_string()))?;
+            .map_err(fetch_err)?;
         let mut hasher = sha2::Sha256::new();
         let mut read: u64 = 0;
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| fetch_err(e.to_string()))?;
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| fetch_err(e.to_string()))?
+        {
             read = read.saturating_add(chunk.len() as u64);
             if read > limit {
                 return Err(fetch_err(format!("blob exceeds {limit} bytes")));

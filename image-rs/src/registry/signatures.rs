@@ -3,8 +3,8 @@
 
 use async_trait::async_trait;
 use oci_client::Reference;
-use oci_client::errors::{OciDistributionError, OciErrorCode};
 
+use super::transport::Fetched;
 use super::{Descriptor, MAX_MANIFEST, OCI_MANIFEST, Registry};
 use crate::digest::Digest;
 use crate::policy::SignatureSource;
@@ -17,20 +17,6 @@ use crate::policy::sigstore::{
 struct SignatureManifest {
     #[serde(default)]
     layers: Vec<Descriptor>,
-}
-
-fn not_found(e: &OciDistributionError) -> bool {
-    match e {
-        OciDistributionError::ImageManifestNotFoundError(_) => true,
-        OciDistributionError::ServerError { code: 404, .. } => true,
-        OciDistributionError::RegistryError { envelope, .. } => envelope.errors.iter().any(|e| {
-            matches!(
-                e.code,
-                OciErrorCode::ManifestUnknown | OciErrorCode::NameUnknown
-            )
-        }),
-        _ => false,
-    }
 }
 
 #[async_trait]
@@ -48,18 +34,16 @@ impl SignatureSource for Registry {
         if reference.namespace().is_some() {
             at.set_mirror_registry(reference.resolve_registry().to_string());
         }
+        let tag = signature_tag(digest);
         let bytes = match self
-            .client
-            .pull_manifest_raw(&at, &self.auth(&at), &[OCI_MANIFEST])
+            .transport
+            .manifest(&at, &tag, &[OCI_MANIFEST], MAX_MANIFEST)
             .await
         {
-            Ok((bytes, _)) => bytes,
-            Err(e) if not_found(&e) => return Ok(Vec::new()),
+            Ok(Fetched::Found(bytes)) => bytes,
+            Ok(Fetched::NotFound) => return Ok(Vec::new()),
             Err(e) => return Err(format!("{}: {e}", at.whole())),
         };
-        if bytes.len() > MAX_MANIFEST {
-            return Err(format!("{}: manifest of {} bytes", at.whole(), bytes.len()));
-        }
         let manifest: SignatureManifest = serde_json::from_slice(&bytes)
             .map_err(|e| format!("{}: not a signature manifest: {e}", at.whole()))?;
         let mut out = Vec::new();
