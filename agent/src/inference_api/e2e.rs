@@ -7,7 +7,7 @@
 //! ciphertext (and the reason for a refusal) goes into the request's [`SealedNote`], from which
 //! its one audit entry is written; never any content.
 
-use super::unix_now as now;
+use super::openai::now;
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};

@@ -35,15 +35,6 @@ use openai::{OutcomeSlot, SharedEngines};
 /// media type is what is refused (RFC 9110 15.5.16), and the body says which one to use.
 pub const ENCRYPTION_REQUIRED: StatusCode = StatusCode::UNSUPPORTED_MEDIA_TYPE;
 
-/// The wall clock in unix seconds (0 before 1970): `created` of OpenAI answers and the clock an
-/// encrypted request's `created` is checked against.
-pub(crate) fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 /// What every listener's inference front shares.
 pub struct Shared {
     pub e2e: Arc<e2e::E2e>,

@@ -7,7 +7,6 @@
 //! A server that audits requests puts an [`OutcomeSlot`] in a request's extensions and reads
 //! back what the request came to (model, token counts, finish reason), never its text.
 
-use super::unix_now as now;
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -27,6 +26,15 @@ use ward_inference::{
     ChatMessage, Engine, FinishReason, GenerationStream, InferenceError, Request, SamplingParams,
     StreamEvent, Usage,
 };
+
+/// The wall clock in unix seconds (0 before 1970): `created` of OpenAI answers and the clock an
+/// encrypted request's `created` is checked against.
+pub(crate) fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
 
 /// Largest `max_tokens` accepted.
 pub const MAX_TOKENS_CAP: usize = 8192;
