@@ -122,8 +122,9 @@ async fn wardd_pulls_an_image_whose_key_the_kbs_releases() {
     );
     assert!(!audit.contains("5c5c5c5c"), "no key bytes in the audit log");
     let eventlog = std::fs::read(w.dir.path().join("eventlog")).unwrap();
+    // CoCo's exact content: `image` first, a space after the comma.
     let needle = format!(
-        "github.com/confidential-containers PullImage {{\"digest\":\"{}\"",
+        "github.com/confidential-containers PullImage {{\"image\":\"{reference}\", \"digest\":\"{}\"}}",
         resp.manifest_digest
     );
     assert!(
