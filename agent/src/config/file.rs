@@ -56,7 +56,8 @@ pub struct RawAudit {
 pub struct RawDaemon {
     pub shutdown_timeout_secs: u64,
     pub request_timeout_secs: u64,
-    /// The cap on a streamed reply (a generation streamed over ttrpc), which may rightly outlive
+    /// The cap on a streamed reply (a generation streamed over ttrpc) and on long calls (PullImage,
+    /// SecureMount: they get the client's deadline up to this), which may rightly outlive
     /// `request_timeout_secs`.
     pub stream_timeout_secs: u64,
     pub oom_score_adj: i32,

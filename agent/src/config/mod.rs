@@ -183,7 +183,7 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// The longest any single request may run.
     pub request_timeout: Duration,
-    /// The longest a streamed reply may run.
+    /// The longest a streamed reply or a long call (PullImage, SecureMount) may run.
     pub stream_timeout: Duration,
     /// `oom_score_adj` applied to wardd in PID-1 mode (systemd sets it from the unit otherwise).
     pub oom_score_adj: i32,

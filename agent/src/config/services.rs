@@ -87,6 +87,12 @@ impl ServiceKind {
         matches!(self, ServiceKind::Health | ServiceKind::Inference)
     }
 
+    /// Whether its calls may rightly run long (an image pull, formatting and mounting a volume):
+    /// they get the client's deadline up to `[daemon] stream_timeout_secs`, not the unary cap.
+    pub fn is_long(self) -> bool {
+        matches!(self, ServiceKind::ImagePull | ServiceKind::SecureMount)
+    }
+
     /// Whether this service has HTTP paths (CoCo's api-server-rest) besides ttrpc.
     pub fn has_http_api(self) -> bool {
         matches!(

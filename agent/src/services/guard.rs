@@ -29,7 +29,8 @@ pub struct RequestPolicy {
     /// The longest a request may run, whatever deadline the client asked for.
     pub max_duration: Duration,
     /// The same for a streaming method, whose reply (a generation, token by token) may rightly
-    /// run longer than any unary call.
+    /// run longer than any unary call, and for the long unary calls ([`ServiceKind::is_long`]:
+    /// an image pull, a secure mount), which get the client's deadline up to this cap.
     pub max_stream_duration: Duration,
 }
 
@@ -70,9 +71,9 @@ impl<H> Guarded<H> {
     }
 
     /// The deadline for this request: the client's, capped by the server's maximum for unary
-    /// or for streaming methods.
+    /// calls, or for streaming methods and long calls (kata-agent gives PullImage 1200 s).
     fn deadline(&self, timeout_nano: i64, streaming: bool) -> Duration {
-        let max = if streaming {
+        let max = if streaming || self.kind.is_long() {
             self.policy.max_stream_duration
         } else {
             self.policy.max_duration
@@ -231,12 +232,21 @@ mod tests {
     }
 
     fn guarded(verdict: Verdict, delay: Duration, serving: bool) -> Guarded<Method> {
+        guarded_kind(verdict, delay, serving, ServiceKind::Health)
+    }
+
+    fn guarded_kind(
+        verdict: Verdict,
+        delay: Duration,
+        serving: bool,
+        kind: ServiceKind,
+    ) -> Guarded<Method> {
         let state = Arc::new(DaemonState::new(Mode::Standalone));
         state.set_serving(serving);
         Guarded::new(
             Box::new(Slow(delay)),
             verdict,
-            ServiceKind::Health,
+            kind,
             Arc::from("/ward.health.HealthService/Check"),
             Arc::from("unix:///test.sock"),
             state,
@@ -301,5 +311,28 @@ mod tests {
         assert_eq!(g.deadline(60_000_000_000, true), Duration::from_millis(900));
         assert_eq!(g.deadline(500_000_000, true), Duration::from_millis(500));
         assert_eq!(g.deadline(-1, true), Duration::from_millis(900));
+    }
+
+    /// A stalled pull came back DEADLINE_EXCEEDED at the unary 120 s although kata-agent gives
+    /// PullImage 1200 s: long calls get the client's deadline, up to the long cap.
+    #[test]
+    fn long_calls_get_the_clients_deadline() {
+        for kind in [ServiceKind::ImagePull, ServiceKind::SecureMount] {
+            let g = guarded_kind(Verdict::Serve, Duration::ZERO, true, kind);
+            assert_eq!(g.deadline(500_000_000, false), Duration::from_millis(500));
+            assert_eq!(g.deadline(850_000_000, false), Duration::from_millis(850));
+            assert_eq!(g.deadline(0, false), Duration::from_millis(900));
+            assert_eq!(
+                g.deadline(60_000_000_000, false),
+                Duration::from_millis(900)
+            );
+        }
+        let g = guarded_kind(
+            Verdict::Serve,
+            Duration::ZERO,
+            true,
+            ServiceKind::GetResource,
+        );
+        assert_eq!(g.deadline(850_000_000, false), Duration::from_millis(200));
     }
 }
