@@ -154,9 +154,9 @@ async fn wardd_pulls_an_image_whose_key_the_kbs_releases() {
     let out = kp.un_wrap_key(ctx(), &kreq).await.unwrap();
     let out: serde_json::Value =
         serde_json::from_slice(&out.KeyProviderKeyWrapProtocolOutput).unwrap();
-    let opts = base64::engine::general_purpose::STANDARD
-        .decode(out["keyunwrapresults"]["optsdata"].as_str().unwrap())
-        .unwrap();
+    // CoCo's answer: optsdata as an integer array whatever the request's encoding.
+    let opts: Vec<u8> =
+        serde_json::from_value(out["keyunwrapresults"]["optsdata"].clone()).unwrap();
     let opts: serde_json::Value = serde_json::from_slice(&opts).unwrap();
     assert!(
         opts["symkey"].is_string() && opts["digest"].as_str().unwrap().starts_with("sha256:"),

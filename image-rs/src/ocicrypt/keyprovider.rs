@@ -46,21 +46,13 @@ enum Bytes {
     Array(Vec<u8>),
 }
 
-/// How the caller wrote its byte fields.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Encoding {
-    Base64,
-    Array,
-}
-
 impl Bytes {
-    fn decode(self, field: &str) -> Result<(Vec<u8>, Encoding), KeyProviderError> {
+    fn decode(self, field: &str) -> Result<Vec<u8>, KeyProviderError> {
         match self {
             Bytes::Base64(s) => STANDARD
                 .decode(s.trim())
-                .map(|b| (b, Encoding::Base64))
                 .map_err(|_| KeyProviderError::Malformed(format!("`{field}` is not base64"))),
-            Bytes::Array(a) => Ok((a, Encoding::Array)),
+            Bytes::Array(a) => Ok(a),
         }
     }
 }
@@ -82,8 +74,11 @@ struct UnwrapParams {
     annotation: Option<Bytes>,
 }
 
-/// Answers one `UnWrapKey` request: unwraps the packet in `input` with KEKs from `kek` and
-/// returns the output JSON, with `optsdata` in the encoding the request used.
+/// Answers one `UnWrapKey` request: unwraps the packet in `input` (its annotation as a base64
+/// string, as Go's ocicrypt writes `[]byte`, or an integer array, as CoCo's Rust does) with KEKs
+/// from `kek` and returns the output JSON with `optsdata` as an integer array, always: that is
+/// what CoCo's key provider answers, what ocicrypt-rs (CoCo's own client) parses ("expected a
+/// sequence" otherwise), and what Go's `encoding/json` also decodes into `[]byte`.
 pub async fn unwrap_key_request(
     input: &[u8],
     kek: &dyn KbsResources,
@@ -99,53 +94,41 @@ pub async fn unwrap_key_request(
     if req.op != "keyunwrap" {
         return Err(KeyProviderError::Operation(req.op));
     }
-    let (packet, encoding) = req
+    let packet = req
         .keyunwrapparams
         .and_then(|p| p.annotation)
         .ok_or_else(|| KeyProviderError::Malformed("no `keyunwrapparams.annotation`".to_string()))?
         .decode("keyunwrapparams.annotation")?;
     let opts = unwrap_packet(&packet, kek).await?;
-    Ok(unwrap_output(&opts, encoding))
+    Ok(unwrap_output(&opts))
 }
 
 /// `{"keyunwrapresults":{"optsdata":..}}`, written by hand so no copy of the key is left in
 /// an unzeroized `serde_json::Value`.
-fn unwrap_output(opts: &[u8], encoding: Encoding) -> Zeroizing<Vec<u8>> {
+fn unwrap_output(opts: &[u8]) -> Zeroizing<Vec<u8>> {
     let mut out = Zeroizing::new(Vec::with_capacity(opts.len() * 4 + 40));
-    out.extend_from_slice(br#"{"keyunwrapresults":{"optsdata":"#);
-    match encoding {
-        Encoding::Base64 => {
-            let b64 = Zeroizing::new(STANDARD.encode(opts));
-            out.push(b'"');
-            out.extend_from_slice(b64.as_bytes());
-            out.push(b'"');
+    out.extend_from_slice(br#"{"keyunwrapresults":{"optsdata":["#);
+    for (i, b) in opts.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
         }
-        Encoding::Array => {
-            out.push(b'[');
-            for (i, b) in opts.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                let mut digits = [0u8; 3];
-                let mut n = *b;
-                let mut len = 0;
-                loop {
-                    if let Some(d) = digits.get_mut(len) {
-                        *d = b'0' + n % 10;
-                    }
-                    len += 1;
-                    n /= 10;
-                    if n == 0 {
-                        break;
-                    }
-                }
-                out.extend(digits.iter().take(len).rev());
-                digits.fill(0);
+        let mut digits = [0u8; 3];
+        let mut n = *b;
+        let mut len = 0;
+        loop {
+            if let Some(d) = digits.get_mut(len) {
+                *d = b'0' + n % 10;
             }
-            out.push(b']');
+            len += 1;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
         }
+        out.extend(digits.iter().take(len).rev());
+        digits.fill(0);
     }
-    out.extend_from_slice(b"}}");
+    out.extend_from_slice(b"]}}");
     out
 }
 
@@ -170,9 +153,10 @@ mod tests {
         v["keyunwrapresults"]["optsdata"].clone()
     }
 
-    /// Go's `encoding/json` writes `[]byte` as base64 strings.
+    /// Go's `encoding/json` writes `[]byte` as base64 strings; the answer is CoCo's integer array
+    /// all the same (ocicrypt-rs failed on a string with "expected a sequence").
     #[tokio::test]
-    async fn base64_request_gets_base64_answer() {
+    async fn base64_request_gets_an_array_answer() {
         let req = serde_json::json!({
             "op": "keyunwrap",
             "keywrapparams": {},
@@ -181,7 +165,7 @@ mod tests {
         let out = unwrap_key_request(&serde_json::to_vec(&req).unwrap(), &keks())
             .await
             .unwrap();
-        let got = STANDARD.decode(optsdata(&out).as_str().unwrap()).unwrap();
+        let got: Vec<u8> = serde_json::from_value(optsdata(&out)).unwrap();
         assert_eq!(got, br#"{"symkey":"k"}"#);
     }
 
@@ -203,7 +187,7 @@ mod tests {
     #[test]
     fn array_output_is_valid_json_for_every_byte() {
         let all: Vec<u8> = (0..=255).collect();
-        let out = unwrap_output(&all, Encoding::Array);
+        let out = unwrap_output(&all);
         let got: Vec<u8> = serde_json::from_value(optsdata(&out)).unwrap();
         assert_eq!(got, all);
     }
