@@ -9,8 +9,12 @@
 //! - v2 adds `"version":"0.1.0"`, `"provider":"kbs"` (the default when absent),
 //!   `"provider_settings":{}` and `"annotations":{}`; `iv` and `wrap_type` are required for `kbs`.
 //!
-//! `wrapped_data` is standard base64 of ciphertext ‖ 16-byte tag, `iv` standard base64 of 12
-//! bytes, no AAD. Other providers (`aliyun`, `ehsm`, ...) are refused with a typed error.
+//! `wrap_type` `A256GCM`: `wrapped_data` is standard base64 of ciphertext ‖ 16-byte tag, `iv`
+//! standard base64 of 12 bytes, no AAD. `A256CTR` (CoCo's `crypto` crate, `symmetric.rs` and
+//! `rust/aes256ctr.rs`: AES-256 in CTR mode with a 128-bit big-endian counter, a 16-byte `iv`)
+//! is unwrapped too, because CoCo's provider makes such packets; it authenticates nothing, so
+//! what it unwraps is only as good as the layer's own HMAC and diff_id, which are checked as
+//! always. Other providers (`aliyun`, `ehsm`, ...) are refused with a typed error.
 //!
 //! Owns the packet format and the AES-GCM seal. The KEK comes from a [`KbsResources`] (wardd's
 //! KBS session); this module never logs KEKs or unwrapped options, and errors name the `kid` only.
@@ -95,12 +99,21 @@ struct PacketJson {
 pub struct Packet {
     /// The KEK's resource URI, as the packet spells it.
     pub kid: String,
-    /// Ciphertext ‖ tag.
+    /// Ciphertext (‖ tag for GCM).
     pub wrapped_data: Vec<u8>,
-    /// The 12-byte GCM IV.
-    pub iv: [u8; 12],
+    /// How it is wrapped, with its IV.
+    pub wrap: Wrap,
     /// `V2` when the packet carries a `version`.
     pub version: PacketVersion,
+}
+
+/// A packet's `wrap_type` and `iv`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Wrap {
+    /// AES-256-GCM with a 12-byte IV (authenticated).
+    A256Gcm([u8; 12]),
+    /// AES-256-CTR, 128-bit big-endian counter from a 16-byte IV (not authenticated).
+    A256Ctr([u8; 16]),
 }
 
 impl Packet {
@@ -133,7 +146,7 @@ impl Packet {
         let wrap_type = p
             .wrap_type
             .ok_or_else(|| ProviderError::Malformed("no `wrap_type`".to_string()))?;
-        if wrap_type != "A256GCM" {
+        if wrap_type != "A256GCM" && wrap_type != "A256CTR" {
             return Err(ProviderError::Unsupported {
                 field: "wrap_type",
                 value: wrap_type,
@@ -145,12 +158,18 @@ impl Packet {
         let iv = STANDARD
             .decode(iv)
             .map_err(|_| ProviderError::Malformed("`iv` is not base64".to_string()))?;
-        let iv = <[u8; 12]>::try_from(iv.as_slice())
-            .map_err(|_| ProviderError::Malformed(format!("`iv` is {} bytes, not 12", iv.len())))?;
+        let bad_iv = |want: usize| {
+            ProviderError::Malformed(format!("`iv` is {} bytes, not {want}", iv.len()))
+        };
+        let wrap = if wrap_type == "A256GCM" {
+            Wrap::A256Gcm(<[u8; 12]>::try_from(iv.as_slice()).map_err(|_| bad_iv(12))?)
+        } else {
+            Wrap::A256Ctr(<[u8; 16]>::try_from(iv.as_slice()).map_err(|_| bad_iv(16))?)
+        };
         let wrapped_data = STANDARD
             .decode(&p.wrapped_data)
             .map_err(|_| ProviderError::Malformed("`wrapped_data` is not base64".to_string()))?;
-        if wrapped_data.len() < 16 {
+        if matches!(wrap, Wrap::A256Gcm(_)) && wrapped_data.len() < 16 {
             return Err(ProviderError::Malformed(format!(
                 "`wrapped_data` is {} bytes, shorter than the GCM tag",
                 wrapped_data.len()
@@ -159,7 +178,7 @@ impl Packet {
         Ok(Packet {
             kid: p.kid,
             wrapped_data,
-            iv,
+            wrap,
             version,
         })
     }
@@ -185,10 +204,22 @@ pub async fn unwrap_packet(
             kid: p.kid.clone(),
             source,
         })?;
-    let plain = cipher(&p.kid, &key)?
-        .decrypt(Nonce::from_slice(&p.iv), p.wrapped_data.as_slice())
-        .map_err(|_| ProviderError::Authentication { kid: p.kid.clone() })?;
-    Ok(Zeroizing::new(plain))
+    match &p.wrap {
+        Wrap::A256Gcm(iv) => {
+            let plain = cipher(&p.kid, &key)?
+                .decrypt(Nonce::from_slice(iv), p.wrapped_data.as_slice())
+                .map_err(|_| ProviderError::Authentication { kid: p.kid.clone() })?;
+            Ok(Zeroizing::new(plain))
+        }
+        Wrap::A256Ctr(iv) => {
+            use ctr::cipher::{KeyIvInit as _, StreamCipher as _};
+            let mut ctr = ctr::Ctr128BE::<aes::Aes256>::new_from_slices(&key, iv)
+                .map_err(|_| ProviderError::KekLength { kid: p.kid.clone() })?;
+            let mut plain = Zeroizing::new(p.wrapped_data.clone());
+            ctr.apply_keystream(&mut plain);
+            Ok(plain)
+        }
+    }
 }
 
 /// Makes a packet (owner side): seals `private_options` under `kek` (32 bytes) with a fresh IV
@@ -246,6 +277,32 @@ pub(crate) mod tests {
             ("kbs:///default/key/1".to_string(), vec![5u8; 32]),
             ("kbs:///default/key/2".to_string(), vec![6u8; 32]),
         ]))
+    }
+
+    /// CoCo's provider also makes `A256CTR` packets (AES-256-CTR, 128-bit big-endian counter,
+    /// 16-byte IV). The vector was made by another implementation, OpenSSL:
+    /// `openssl enc -aes-256-ctr -K 05...05 -iv 00112233445566778899aabbccddeeff`.
+    #[tokio::test]
+    async fn a256ctr_packets_unwrap_as_coco_makes_them() {
+        let packet = serde_json::json!({
+            "kid": "kbs:///default/key/1",
+            "wrapped_data": "3SLHKFySFcYp8It60Lm16asYpnRNKg6m/I0xArvlR+fRX0iqD1Azp6I=",
+            "iv": "ABEiM0RVZneImaq7zN3u/w==",
+            "wrap_type": "A256CTR",
+        });
+        let plain = unwrap_packet(&serde_json::to_vec(&packet).unwrap(), &keks())
+            .await
+            .unwrap();
+        assert_eq!(
+            plain.as_slice(),
+            br#"{"symkey":"c2VjcmV0","digest":"sha256:0"}"#
+        );
+        let mut short_iv = packet.clone();
+        short_iv["iv"] = "AAAAAAAAAAAAAAAA".into();
+        assert!(matches!(
+            Packet::parse(&serde_json::to_vec(&short_iv).unwrap()),
+            Err(ProviderError::Malformed(m)) if m.contains("not 16")
+        ));
     }
 
     #[tokio::test]
