@@ -481,10 +481,18 @@ impl Attestation {
         let kbs = self.kbs()?;
         let reply = if self.coco_token_reply {
             let (token, keypair) = kbs.token_with_keypair_pem().await?;
+            /// CoCo's reply, members in its order (`token` first), serialized straight from the
+            /// zeroizing strings rather than through a `serde_json::Value` copy.
+            #[derive(serde::Serialize)]
+            struct CocoToken<'a> {
+                token: &'a str,
+                tee_keypair: &'a str,
+            }
             Zeroizing::new(
-                serde_json::to_vec(
-                    &serde_json::json!({"token": token.as_str(), "tee_keypair": keypair.as_str()}),
-                )
+                serde_json::to_vec(&CocoToken {
+                    token: token.as_str(),
+                    tee_keypair: keypair.as_str(),
+                })
                 .map_err(|e| AttestationError::InvalidArgument(e.to_string()))?,
             )
         } else {

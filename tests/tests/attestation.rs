@@ -556,3 +556,43 @@ async fn device_evidence_through_the_coco_api() {
     .unwrap();
     assert_eq!(claims["submods"]["gpu0"]["device"], "sampledevice");
 }
+
+/// With `coco_token_reply` (the only way the TEE key leaves wardd), GetToken answers what CoCo's
+/// attestation-agent answers (`token/kbs.rs`: `{"token", "tee_keypair"}`, in that order) with
+/// the key in the encoding CoCo's clients parse: PKCS#1 for RSA (PKCS#8 was refused by
+/// `from_pkcs1_pem`), PKCS#8 for EC.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coco_token_reply_is_cocos_json_with_a_key_coco_parses() {
+    use rsa::pkcs1::DecodeRsaPrivateKey;
+    use rsa::pkcs8::DecodePrivateKey;
+    let kbs = DevKbs::start().await.unwrap();
+    for (key, header) in [
+        ("rsa", "-----BEGIN RSA PRIVATE KEY-----"),
+        ("ec", "-----BEGIN PRIVATE KEY-----"),
+    ] {
+        let w = start_wardd(
+            format!(
+                "\n[kbs]\nurl = \"{}\"\nkey = \"{key}\"\ncoco_token_reply = true\n",
+                kbs.url()
+            ),
+            "ward.tee=sample",
+            None,
+        )
+        .await;
+        let client = ttrpc::asynchronous::Client::connect(&w.addr).await.unwrap();
+        let aa = AttestationAgentServiceClient::new(client);
+        let mut req = GetTokenRequest::new();
+        req.TokenType = "kbs".into();
+        let reply = aa.get_token(ctx(), &req).await.unwrap().Token;
+        assert!(reply.starts_with(br#"{"token":""#), "token first, as CoCo");
+        let v: serde_json::Value = serde_json::from_slice(&reply).unwrap();
+        let pem = v["tee_keypair"].as_str().unwrap();
+        assert!(pem.starts_with(header), "{key}: {}", &pem[..40]);
+        if key == "rsa" {
+            rsa::RsaPrivateKey::from_pkcs1_pem(pem).unwrap();
+        } else {
+            p256::SecretKey::from_pkcs8_pem(pem).unwrap();
+        }
+        assert_eq!(v["token"].as_str().unwrap().split('.').count(), 3);
+    }
+}

@@ -61,15 +61,18 @@ impl TeeKey {
         }
     }
 
-    /// The private key as PKCS#8 PEM (CoCo's GetToken reply carries it).
+    /// The private key as PEM in the encoding CoCo's `TeeKeyPair::to_pem` writes and `from_pem`
+    /// reads (guest-components `attestation-agent/kbs_protocol/src/keypair.rs`): RSA as PKCS#1
+    /// (`BEGIN RSA PRIVATE KEY`), EC as PKCS#8. CoCo's GetToken reply carries it.
     pub fn private_pem(&self) -> Result<zeroize::Zeroizing<String>, KeyError> {
+        use rsa::pkcs1::EncodeRsaPrivateKey;
         use rsa::pkcs8::EncodePrivateKey;
         match self {
             TeeKey::Ec(k) => k
                 .to_pkcs8_pem(rsa::pkcs8::LineEnding::LF)
                 .map_err(|e| KeyError(e.to_string())),
             TeeKey::Rsa(k) => k
-                .to_pkcs8_pem(rsa::pkcs8::LineEnding::LF)
+                .to_pkcs1_pem(rsa::pkcs1::LineEnding::LF)
                 .map_err(|e| KeyError(e.to_string())),
         }
     }
@@ -123,5 +126,25 @@ mod tests {
             32
         );
         assert!(!format!("{k:?}").contains(&hex::encode(k.ec().unwrap().to_bytes())));
+    }
+
+    /// CoCo's clients parse the GetToken reply's key with `RSAKeyPair::from_pkcs1_pem`, then
+    /// `EcKeyPair::from_pkcs8_pem`: PKCS#8 RSA was refused.
+    #[test]
+    fn private_pem_is_in_the_encoding_coco_reads() {
+        use rsa::pkcs1::DecodeRsaPrivateKey;
+        use rsa::pkcs8::DecodePrivateKey;
+        let rsa_pem = TeeKey::generate(KeyKind::Rsa2048)
+            .unwrap()
+            .private_pem()
+            .unwrap();
+        assert!(rsa_pem.starts_with("-----BEGIN RSA PRIVATE KEY-----"));
+        rsa::RsaPrivateKey::from_pkcs1_pem(&rsa_pem).unwrap();
+        let ec_pem = TeeKey::generate(KeyKind::EcP256)
+            .unwrap()
+            .private_pem()
+            .unwrap();
+        assert!(ec_pem.starts_with("-----BEGIN PRIVATE KEY-----"));
+        p256::SecretKey::from_pkcs8_pem(&ec_pem).unwrap();
     }
 }
