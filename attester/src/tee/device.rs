@@ -103,7 +103,10 @@ impl DeviceAttester for SampleDeviceAttester {
     }
 
     async fn evidence(&self, report_data: &[u8]) -> Result<serde_json::Value, AttesterError> {
+        // CoCo's sample device attester (guest-components `attester/src/sample_device`):
+        // `{"svn": "2", "report_data": base64}`; Trustee's verifier requires `svn`.
         Ok(serde_json::json!({
+            "svn": "2",
             "report_data": base64::engine::general_purpose::STANDARD.encode(report_data),
         }))
     }

@@ -44,6 +44,10 @@ pub(super) fn appraise_devices(
     for (tee, ev) in map {
         match tee.as_str() {
             "sampledevice" => {
+                // Trustee's sample device verifier requires `svn`: evidence without it fails.
+                if ev["svn"].as_str().is_none() {
+                    return Err("sampledevice evidence has no `svn`".into());
+                }
                 let got = ev["report_data"]
                     .as_str()
                     .and_then(|s| STANDARD.decode(s).ok())
