@@ -490,7 +490,7 @@ async fn composite_cpu_and_gpu_evidence_is_bound_and_appraised() {
         )
         .as_bytes(),
     );
-    let additional = serde_json::json!({"sampledevice": {"report_data": base64::Engine::encode(&base64::engine::general_purpose::STANDARD, device_rd)}}).to_string();
+    let additional = serde_json::json!({"sampledevice": {"report_data": base64::Engine::encode(&base64::engine::general_purpose::STANDARD, device_rd), "svn": "2"}}).to_string();
     let primary = sha2::Sha384::digest(
         format!(
             r#"{{"additional-evidence":{},"nonce":{},"tee-pubkey":{}}}"#,
