@@ -291,8 +291,9 @@ impl Attestation {
         self.devices.iter().map(|d| d.tee().to_string()).collect()
     }
 
-    /// GetAdditionalEvidence: `{"<tee>": evidence}` for caller-chosen report data (zero-padded
-    /// to 64 bytes; GPUs use the first 32 as their nonce), or empty bytes without devices.
+    /// GetAdditionalEvidence: `{"<tee>": evidence}` for caller-chosen report data (at most 64
+    /// bytes), handed to each device as given, as CoCo's attestation-agent does (GPUs use its
+    /// first 32 bytes, zero-padded, as their nonce), or empty bytes without devices.
     pub async fn additional_evidence(
         &self,
         report_data: &[u8],
@@ -300,12 +301,12 @@ impl Attestation {
         if self.devices.is_empty() {
             return Ok(Vec::new());
         }
-        let rd = ReportData::new(report_data.to_vec())
-            .map_err(|e| AttestationError::InvalidArgument(e.to_string()))?
-            .padded();
+        // Checked for size only: devices get the bytes as the caller gave them.
+        ReportData::new(report_data.to_vec())
+            .map_err(|e| AttestationError::InvalidArgument(e.to_string()))?;
         let mut map = serde_json::Map::new();
         for d in &self.devices {
-            map.insert(d.tee().to_string(), d.evidence(&rd).await?);
+            map.insert(d.tee().to_string(), d.evidence(report_data).await?);
         }
         serde_json::to_vec(&map).map_err(|e| AttestationError::InvalidArgument(e.to_string()))
     }

@@ -1,15 +1,20 @@
 //! The HTTP API: CoCo's api-server-rest paths, so its users work unchanged, on in-guest listeners
-//! only (unix sockets and loopback TCP):
-//! `GET /aa/token?token_type=kbs`, `GET /aa/evidence?runtime_data=...`, `POST /aa/aael`,
+//! only (unix sockets and loopback TCP): `GET /aa/token?token_type=kbs`,
+//! `GET /aa/evidence?runtime_data=...[&encoding=base64]`,
+//! `GET /aa/additional-evidence?runtime_data=...[&encoding=base64]`, `POST /aa/aael`,
 //! `GET /cdh/resource/<repo>/<type>/<tag>`, `GET /info`; and the inference API
 //! ([`crate::inference_api`]) where the listener serves `inference`. On vsock, where the caller
 //! may be the host, only the inference API (and `/info` with `health`) is routed: the
 //! api-server-rest paths do not exist there.
 //!
-//! Answers follow api-server-rest: 200 with the raw bytes (`application/octet-stream`), 400 for a
-//! missing parameter, 403 for a path whose service is not on this listener's allow-list, 404 for
-//! an unknown path, 405 for a wrong method, and the error text otherwise. Each request gets a
-//! tracing span; no body is ever logged.
+//! Answers are api-server-rest's byte for byte (guest-components `api-server-rest/src/router.rs`
+//! and `client/aa.rs` at 8246e5e0): 200 with the raw bytes (`application/octet-stream`), or for
+//! `/aa/aael` JSON `{"success":"true"}` / `{"success":"false","message": ...}`; 400 `BAD REQUEST`
+//! for a missing parameter or a runtime_data that does not decode; 404 `URL NOT FOUND` for an
+//! unknown path or method, and `Attestation Feature Not Enabled` / `Resource Feature Not
+//! Enabled` for a path whose service is not on this listener's allow-list; 405 for `/info`
+//! other than GET; 500 with the error text for every failure. Each request gets a tracing span;
+//! no body is ever logged.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -17,19 +22,19 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::{StatusCode, header};
+use axum::http::{Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::any;
+use base64::Engine as _;
 use tracing::Instrument;
 
-use crate::attestation::{Attestation, AttestationError, Extended};
+use crate::attestation::{Attestation, Extended};
 use crate::config::ServiceKind;
 use crate::listen::HttpListener;
 
 struct Api {
     attestation: Arc<Attestation>,
     allowed: BTreeSet<ServiceKind>,
-    listener: String,
 }
 
 fn bytes(body: Vec<u8>) -> Response {
@@ -41,43 +46,69 @@ fn bytes(body: Vec<u8>) -> Response {
         .into_response()
 }
 
+fn json(body: String) -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response()
+}
+
 fn text(status: StatusCode, msg: impl Into<String>) -> Response {
     (status, msg.into()).into_response()
 }
 
-fn failed(e: &AttestationError) -> Response {
-    let status = match e {
-        AttestationError::InvalidArgument(_) | AttestationError::EventLog(_) => {
-            StatusCode::BAD_REQUEST
-        }
-        AttestationError::Kbs(ward_attester::kbs::KbsError::PolicyDenied { .. }) => {
-            StatusCode::FORBIDDEN
-        }
-        AttestationError::Kbs(ward_attester::kbs::KbsError::ResourceUnavailable { .. }) => {
-            StatusCode::NOT_FOUND
-        }
-        _ => StatusCode::INTERNAL_SERVER_ERROR,
-    };
-    text(status, e.to_string())
+fn bad_request() -> Response {
+    text(StatusCode::BAD_REQUEST, "BAD REQUEST")
+}
+
+/// A failure, as api-server-rest reports every one: 500 with the error's text.
+fn failed(e: &impl std::fmt::Display) -> Response {
+    text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
 }
 
 impl Api {
+    /// api-server-rest's answer when the feature a path belongs to is off.
     fn deny(&self, kind: ServiceKind) -> Option<Response> {
         (!self.allowed.contains(&kind)).then(|| {
             text(
-                StatusCode::FORBIDDEN,
-                format!("{} is not served on {}", kind.config_name(), self.listener),
+                StatusCode::NOT_FOUND,
+                match kind {
+                    ServiceKind::GetResource => "Resource Feature Not Enabled",
+                    _ => "Attestation Feature Not Enabled",
+                },
             )
         })
     }
 }
 
-async fn token(State(api): State<Arc<Api>>, Query(q): Query<HashMap<String, String>>) -> Response {
+/// `runtime_data` as api-server-rest reads it: the query value's bytes, or with
+/// `encoding=base64` its URL-safe base64 without padding; anything else is a bad request.
+fn runtime_data(q: &HashMap<String, String>) -> Option<Vec<u8>> {
+    let data = q.get("runtime_data")?;
+    match q.get("encoding").map(String::as_str) {
+        None => Some(data.as_bytes().to_vec()),
+        Some("base64") => base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(data)
+            .ok(),
+        Some(_) => None,
+    }
+}
+
+async fn token(
+    State(api): State<Arc<Api>>,
+    method: Method,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
     if let Some(r) = api.deny(ServiceKind::AttestationAgent) {
         return r;
     }
+    if method != Method::GET {
+        return not_found().await;
+    }
     let Some(kind) = q.get("token_type") else {
-        return text(StatusCode::BAD_REQUEST, "token_type is required");
+        return bad_request();
     };
     match api.attestation.token(kind).await {
         Ok(t) => bytes(t.to_vec()),
@@ -87,15 +118,39 @@ async fn token(State(api): State<Arc<Api>>, Query(q): Query<HashMap<String, Stri
 
 async fn evidence(
     State(api): State<Arc<Api>>,
+    method: Method,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
     if let Some(r) = api.deny(ServiceKind::AttestationAgent) {
         return r;
     }
-    let Some(runtime_data) = q.get("runtime_data") else {
-        return text(StatusCode::BAD_REQUEST, "runtime_data is required");
+    if method != Method::GET {
+        return not_found().await;
+    }
+    let Some(data) = runtime_data(&q) else {
+        return bad_request();
     };
-    match api.attestation.evidence(runtime_data.as_bytes()).await {
+    match api.attestation.evidence(&data).await {
+        Ok(ev) => bytes(ev),
+        Err(e) => failed(&e),
+    }
+}
+
+async fn additional_evidence(
+    State(api): State<Arc<Api>>,
+    method: Method,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    if let Some(r) = api.deny(ServiceKind::AttestationAgent) {
+        return r;
+    }
+    if method != Method::GET {
+        return not_found().await;
+    }
+    let Some(data) = runtime_data(&q) else {
+        return bad_request();
+    };
+    match api.attestation.additional_evidence(&data).await {
         Ok(ev) => bytes(ev),
         Err(e) => failed(&e),
     }
@@ -108,25 +163,31 @@ struct AaelEvent {
     content: String,
 }
 
-async fn aael(State(api): State<Arc<Api>>, body: Bytes) -> Response {
+async fn aael(State(api): State<Arc<Api>>, method: Method, body: Bytes) -> Response {
     if let Some(r) = api.deny(ServiceKind::AttestationAgent) {
         return r;
     }
-    let Ok(ev) = serde_json::from_slice::<AaelEvent>(&body) else {
-        return text(
-            StatusCode::BAD_REQUEST,
-            "expected {\"domain\",\"operation\",\"content\"}",
-        );
+    if method != Method::POST {
+        return not_found().await;
+    }
+    let ev = match serde_json::from_slice::<AaelEvent>(&body) {
+        Ok(ev) => ev,
+        // The caller's own body, echoed back to it as api-server-rest does.
+        Err(e) => return failed(&format!("Illegal AAEL eventry format: {e}")),
     };
     match api
         .attestation
         .extend_runtime_measurement(&ev.domain, &ev.operation, &ev.content, None)
         .await
     {
-        Ok(Extended::Ok) => bytes(Vec::new()),
-        Ok(other) => text(
-            StatusCode::NOT_IMPLEMENTED,
-            format!("runtime measurement: {other:?}"),
+        Ok(Extended::Ok) => json(r#"{"success":"true"}"#.into()),
+        Ok(Extended::NotSupported) => json(
+            r#"{"success":"false","message": "The platform does not support runtime measurement"}"#
+                .into(),
+        ),
+        Ok(Extended::NotEnabled) => json(
+            r#"{"success":"false","message": "Attestation Agent does not enable eventlog recording"}"#
+                .into(),
         ),
         Err(e) => failed(&e),
     }
@@ -134,10 +195,14 @@ async fn aael(State(api): State<Arc<Api>>, body: Bytes) -> Response {
 
 async fn resource(
     State(api): State<Arc<Api>>,
+    method: Method,
     Path((repo, kind, tag)): Path<(String, String, String)>,
 ) -> Response {
     if let Some(r) = api.deny(ServiceKind::GetResource) {
         return r;
+    }
+    if method != Method::GET {
+        return not_found().await;
     }
     match api
         .attestation
@@ -149,21 +214,46 @@ async fn resource(
     }
 }
 
-async fn info(State(api): State<Arc<Api>>) -> Response {
-    let tee = api.attestation.tee().map(|t| t.to_string()).ok();
-    let features: Vec<_> = api.allowed.iter().map(|k| k.config_name()).collect();
-    let body = serde_json::json!({
-        "version": crate::VERSION,
-        "tee": tee,
-        "additional_tees": api.attestation.additional_tees(),
-        "feature": features,
-    });
-    (
-        StatusCode::OK,
-        [(header::CONTENT_TYPE, "application/json")],
-        body.to_string(),
-    )
-        .into_response()
+/// `/info` as api-server-rest answers it: members in its order, `tee` and `additional_tees`
+/// only with the attestation feature (and `additional_tees` only when there are some), and
+/// `feature` the name of what is served: `all`, `attestation` or `resource` (`none` when a
+/// listener serves `/info` through `health` alone, which api-server-rest cannot).
+async fn info(State(api): State<Arc<Api>>, method: Method) -> Response {
+    #[derive(serde::Serialize)]
+    struct VersionInfo {
+        version: &'static str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        tee: Option<String>,
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        additional_tees: Vec<String>,
+        feature: &'static str,
+    }
+    if method != Method::GET {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed");
+    }
+    let aa = api.allowed.contains(&ServiceKind::AttestationAgent);
+    let cdh = api.allowed.contains(&ServiceKind::GetResource);
+    let body = VersionInfo {
+        version: crate::VERSION,
+        tee: aa
+            .then(|| api.attestation.tee().map(|t| t.to_string()).ok())
+            .flatten(),
+        additional_tees: if aa {
+            api.attestation.additional_tees()
+        } else {
+            Vec::new()
+        },
+        feature: match (aa, cdh) {
+            (true, true) => "all",
+            (true, false) => "attestation",
+            (false, true) => "resource",
+            (false, false) => "none",
+        },
+    };
+    match serde_json::to_string(&body) {
+        Ok(b) => json(b),
+        Err(e) => failed(&e),
+    }
 }
 
 async fn not_found() -> Response {
@@ -183,18 +273,19 @@ pub fn router(
     let api = Arc::new(Api {
         attestation,
         allowed,
-        listener: listener.clone(),
     });
+    // Every method reaches the handlers, which answer a wrong one as api-server-rest does.
     let mut rest = Router::new();
     if in_guest {
         rest = rest
-            .route("/aa/token", get(token))
-            .route("/aa/evidence", get(evidence))
-            .route("/aa/aael", post(aael))
-            .route("/cdh/resource/{repo}/{type}/{tag}", get(resource));
+            .route("/aa/token", any(token))
+            .route("/aa/evidence", any(evidence))
+            .route("/aa/additional-evidence", any(additional_evidence))
+            .route("/aa/aael", any(aael))
+            .route("/cdh/resource/{repo}/{type}/{tag}", any(resource));
     }
     if in_guest || health {
-        rest = rest.route("/info", get(info));
+        rest = rest.route("/info", any(info));
     }
     let mut app = rest.with_state(api);
     if let Some(inference) = inference {

@@ -462,33 +462,47 @@ async fn api_server_rest_paths_over_loopback_http() {
     let http = reqwest::Client::new();
     let get = |path: &str| http.get(format!("{base}{path}")).send();
 
+    // Statuses and bodies as api-server-rest (guest-components 8246e5e0, router.rs) answers.
+    let answer =
+        |r: reqwest::Response| async move { (r.status().as_u16(), r.text().await.unwrap()) };
     let r = get("/cdh/resource/default/key/1").await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.bytes().await.unwrap().as_ref(), b"over-http");
+    let (status, body) = answer(get("/cdh/resource/default/key/absent").await.unwrap()).await;
+    assert_eq!(status, 500, "a failure is 500 with its text: {body}");
+    assert!(body.contains("default/key/absent"), "{body}");
     assert_eq!(
-        get("/cdh/resource/default/key/absent")
-            .await
-            .unwrap()
-            .status(),
-        404
-    );
-    let r = get("/aa/token?token_type=kbs").await.unwrap();
-    assert_eq!(
-        r.status(),
-        403,
+        answer(get("/aa/token?token_type=kbs").await.unwrap()).await,
+        (404, "Attestation Feature Not Enabled".into()),
         "attestation-agent is not on this listener's list"
     );
-    assert_eq!(get("/nope").await.unwrap().status(), 404);
     assert_eq!(
-        http.post(format!("{base}/cdh/resource/default/key/1"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        405
+        answer(get("/nope").await.unwrap()).await,
+        (404, "URL NOT FOUND".into())
     );
-    let info: serde_json::Value = get("/info").await.unwrap().json().await.unwrap();
-    assert_eq!(info["tee"], "sample");
+    assert_eq!(
+        answer(
+            http.post(format!("{base}/cdh/resource/default/key/1"))
+                .send()
+                .await
+                .unwrap()
+        )
+        .await,
+        (404, "URL NOT FOUND".into())
+    );
+    assert_eq!(
+        answer(http.post(format!("{base}/info")).send().await.unwrap()).await,
+        (405, "Method Not Allowed".into())
+    );
+    let info = get("/info").await.unwrap().text().await.unwrap();
+    assert_eq!(
+        info,
+        format!(
+            r#"{{"version":"{}","feature":"resource"}}"#,
+            env!("CARGO_PKG_VERSION")
+        ),
+        "no tee without the attestation feature, feature a string"
+    );
     drop(w);
 
     // A listener that allows the attestation agent answers tokens and evidence.
@@ -500,18 +514,63 @@ async fn api_server_rest_paths_over_loopback_http() {
     let r = get("/aa/token?token_type=kbs").await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.text().await.unwrap().split('.').count(), 3);
-    assert_eq!(get("/aa/token").await.unwrap().status(), 400);
+    assert_eq!(
+        answer(get("/aa/token").await.unwrap()).await,
+        (400, "BAD REQUEST".into())
+    );
     let r = get("/aa/evidence?runtime_data=hello").await.unwrap();
     assert_eq!(r.status(), 200);
     let ev: serde_json::Value = r.json().await.unwrap();
     assert_eq!(ev["report_data"], "aGVsbG8=");
+    // encoding=base64: URL-safe base64 without padding, decoded before it is bound.
+    let r = get("/aa/evidence?runtime_data=_-8&encoding=base64")
+        .await
+        .unwrap();
+    let ev: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(
+        ev["report_data"], "/+8=",
+        "the bytes ff ef, not the text `_-8`"
+    );
+    for bad in [
+        "runtime_data=***&encoding=base64",
+        "runtime_data=a&encoding=hex",
+    ] {
+        assert_eq!(
+            answer(get(&format!("/aa/evidence?{bad}")).await.unwrap()).await,
+            (400, "BAD REQUEST".into()),
+            "{bad}"
+        );
+    }
+    let r = get("/aa/additional-evidence?runtime_data=AQID&encoding=base64")
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "present, empty without devices");
     let r = http
         .post(format!("{base}/aa/aael"))
         .body(r#"{"domain":"example.org","operation":"Run","content":"job-1"}"#)
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "application/json");
+    assert_eq!(answer(r).await, (200, r#"{"success":"true"}"#.into()));
+    let (status, body) = answer(
+        http.post(format!("{base}/aa/aael"))
+            .body("not json")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 500);
+    assert!(body.starts_with("Illegal AAEL eventry format"), "{body}");
+    let info = get("/info").await.unwrap().text().await.unwrap();
+    assert_eq!(
+        info,
+        format!(
+            r#"{{"version":"{}","tee":"sample","feature":"attestation"}}"#,
+            env!("CARGO_PKG_VERSION")
+        )
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -544,7 +603,9 @@ async fn device_evidence_through_the_coco_api() {
     let rd = base64::engine::general_purpose::STANDARD
         .decode(ev["sampledevice"]["report_data"].as_str().unwrap())
         .unwrap();
-    assert_eq!(&rd[..32], &[7; 32]);
+    // As CoCo's attestation-agent hands it on: the caller's bytes, not zero-padded.
+    assert_eq!(rd, [7; 32]);
+    assert_eq!(ev["sampledevice"]["svn"], "2");
     let mut tr = GetTokenRequest::new();
     tr.TokenType = "kbs".into();
     let token = String::from_utf8(aa.get_token(ctx(), &tr).await.unwrap().Token).unwrap();

@@ -63,17 +63,11 @@ impl DeviceAttester for NvidiaAttester {
     }
 
     async fn evidence(&self, report_data: &[u8]) -> Result<serde_json::Value, AttesterError> {
+        // The SPDM nonce is 32 bytes: the report data's first 32, zero-padded when shorter (a
+        // GetAdditionalEvidence caller may pass fewer).
         let mut nonce = [0u8; 32];
-        let first = report_data
-            .get(..32)
-            .ok_or_else(|| AttesterError::Malformed {
-                tee: Tee::Nvidia,
-                detail: format!(
-                    "device report data is {} bytes; GPUs need 32",
-                    report_data.len()
-                ),
-            })?;
-        nonce.copy_from_slice(first);
+        let n = report_data.len().min(32);
+        nonce[..n].copy_from_slice(&report_data[..n]);
         let ev = nvidia::collect(&self.backend, nonce, self.opts)
             .await
             .map_err(|e| AttesterError::Malformed {
