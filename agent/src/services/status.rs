@@ -26,6 +26,7 @@ pub fn attestation(e: &AttestationError) -> ttrpc::Error {
             KbsError::PolicyDenied { .. } => Code::PERMISSION_DENIED,
             KbsError::ResourceUnavailable { .. } => Code::NOT_FOUND,
             KbsError::Unreachable { .. } => Code::UNAVAILABLE,
+            KbsError::Certificate { .. } => Code::FAILED_PRECONDITION,
             KbsError::Timeout { .. } => Code::DEADLINE_EXCEEDED,
             KbsError::AttestationRejected { .. } | KbsError::Unauthorized { .. } => {
                 Code::UNAUTHENTICATED

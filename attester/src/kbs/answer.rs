@@ -31,6 +31,28 @@ pub(super) fn session_cookie(header: &str) -> Option<String> {
     (name.trim() == SESSION_COOKIE && !value.trim().is_empty()).then(|| value.trim().to_string())
 }
 
+/// Whether `e` is the TLS handshake refusing the server's certificate (rustls'
+/// `InvalidCertificate`, wherever it sits in the chain: reqwest wraps it in I/O errors inside
+/// I/O errors, whose `source` skips the error they carry, so those are opened with `get_ref`).
+pub(super) fn refused_certificate(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if matches!(
+            err.downcast_ref::<rustls::Error>(),
+            Some(rustls::Error::InvalidCertificate(_))
+        ) {
+            return true;
+        }
+        cur = match err.downcast_ref::<std::io::Error>() {
+            Some(io) => io
+                .get_ref()
+                .map(|inner| inner as &(dyn std::error::Error + 'static)),
+            None => err.source(),
+        };
+    }
+    false
+}
+
 pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();

@@ -9,7 +9,10 @@ use serde::Deserialize;
 use ward_kbs_wire::ResourceUri;
 use zeroize::Zeroizing;
 
-use super::answer::{Answer, SESSION_COOKIE, error_chain, error_from, parse_json, session_cookie};
+use super::answer::{
+    Answer, SESSION_COOKIE, error_chain, error_from, parse_json, refused_certificate,
+    session_cookie,
+};
 use super::binding::{BindingHash, device_report_data, primary_report_data};
 use super::jwe;
 use super::tee_key::{KeyKind, TeeKey};
@@ -423,6 +426,12 @@ impl KbsClient {
                     last = Some(Err(a));
                 }
                 Ok(a) => return Ok(a),
+                Err(e) if refused_certificate(&e) => {
+                    return Err(KbsError::Certificate {
+                        url,
+                        detail: error_chain(&e),
+                    });
+                }
                 Err(e) => {
                     tracing::warn!(what, attempt, error = %e, "KBS call failed");
                     last = Some(Ok(e));

@@ -41,6 +41,10 @@ pub enum KbsError {
         attempts: u32,
         detail: String,
     },
+    /// The KBS's TLS certificate is not trusted by the configured CA (final: retrying cannot
+    /// change a certificate, and "unreachable" would send an operator looking at the network).
+    #[error("KBS {url}: its TLS certificate is refused (not retried): {detail}")]
+    Certificate { url: String, detail: String },
     /// A call took longer than its timeout on every attempt.
     #[error("KBS {url} did not answer within {timeout:?} ({attempts} attempts)")]
     Timeout {
