@@ -419,6 +419,54 @@ async fn tls_to_the_kbs_trusts_only_the_configured_ca() {
     ));
 }
 
+/// A self-signed certificate for `localhost` with `CA:TRUE`, what `openssl req -x509` makes and
+/// Trustee's guides use for the KBS: (certificate PEM, key PEM).
+fn self_signed_ca_cert(not_after_year: i32) -> (String, String) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+    params.not_after = rcgen::date_time_ymd(not_after_year, 1, 1);
+    let cert = params.self_signed(&key).unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
+/// The KBS's own self-signed `CA:TRUE` certificate as `cacert` works, as with curl and Python
+/// (webpki alone refuses a CA certificate as the server's); another one, or the same one
+/// expired, is refused.
+#[tokio::test]
+async fn a_self_signed_kbs_certificate_can_be_the_cacert() {
+    let (cert, key) = self_signed_ca_cert(2099);
+    let kbs = DevKbs::start_tls(&cert, &key).await.unwrap();
+    kbs.put("default/key/1", b"pinned", Policy::Allow);
+    let mut cfg = config(&kbs);
+    cfg.ca_pem = Some(cert.clone().into_bytes());
+    let c = KbsClient::new(cfg.clone(), Arc::new(SampleAttester)).unwrap();
+    assert_eq!(
+        &c.get_resource(&uri("kbs:///default/key/1")).await.unwrap()[..],
+        b"pinned"
+    );
+    let (other, _) = self_signed_ca_cert(2099);
+    cfg.ca_pem = Some(other.into_bytes());
+    let e = KbsClient::new(cfg.clone(), Arc::new(SampleAttester))
+        .unwrap()
+        .token()
+        .await
+        .unwrap_err();
+    assert!(matches!(e, KbsError::Certificate { .. }), "{e}");
+
+    let (old, old_key) = self_signed_ca_cert(2021);
+    let expired = DevKbs::start_tls(&old, &old_key).await.unwrap();
+    let mut cfg = config(&expired);
+    cfg.ca_pem = Some(old.into_bytes());
+    let e = KbsClient::new(cfg, Arc::new(SampleAttester))
+        .unwrap()
+        .token()
+        .await
+        .unwrap_err();
+    assert!(matches!(e, KbsError::Certificate { .. }), "{e}");
+}
+
 fn nvidia_fixture(name: &str) -> Vec<u8> {
     std::fs::read(format!(
         "{}/../../shared/fixtures/evidence/nvidia/{name}",

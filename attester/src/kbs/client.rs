@@ -119,14 +119,8 @@ impl KbsClient {
             .redirect(reqwest::redirect::Policy::none())
             .no_proxy();
         if let Some(pem) = &config.ca_pem {
-            let certs = reqwest::Certificate::from_pem_bundle(pem)
-                .map_err(|e| KbsError::Config(format!("CA certificate: {e}")))?;
-            if certs.is_empty() {
-                return Err(KbsError::Config(
-                    "CA certificate file holds no certificate".to_string(),
-                ));
-            }
-            builder = builder.tls_certs_only(certs);
+            builder = builder
+                .use_preconfigured_tls(super::tls::client_config(pem).map_err(KbsError::Config)?);
         } else if base.starts_with("http://") {
             // Plain HTTP never uses TLS, so trust no root rather than load the platform's: a
             // minimal initrd has no CA store, and building the platform verifier would fail.

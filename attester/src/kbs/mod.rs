@@ -15,6 +15,7 @@ mod binding;
 mod client;
 mod jwe;
 mod tee_key;
+mod tls;
 mod token;
 
 pub use binding::{BindingHash, device_report_data, primary_report_data};
