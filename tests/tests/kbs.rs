@@ -603,13 +603,49 @@ async fn a_gpu_that_ignores_the_nonce_fails_the_attestation() {
 
 #[tokio::test]
 async fn owners_upload_resources_with_an_admin_jwt() {
-    use ward_attester::kbs::admin::{AdminError, AdminKey, put_resource};
+    use ward_attester::kbs::admin::{AdminAuth, AdminClaims, AdminError, AdminKey, put_resource};
     let kbs = DevKbs::start().await.unwrap();
-    let key = AdminKey::from_pem(&kbs.admin_key_pem()).unwrap();
+    let signed = |claims: AdminClaims| AdminAuth::Key {
+        key: Box::new(AdminKey::from_pem(&kbs.admin_key_pem()).unwrap()),
+        claims,
+    };
     let target = uri("kbs:///default/model-kek/1");
-    put_resource(&kbs.url(), None, &key, &target, &[0x42; 32])
-        .await
-        .unwrap();
+    put_resource(
+        &kbs.url(),
+        None,
+        &signed(AdminClaims::default()),
+        &target,
+        &[0x42; 32],
+    )
+    .await
+    .unwrap();
+    // Trustee requires a `role` its ACL grants: another role is refused.
+    let e = put_resource(
+        &kbs.url(),
+        None,
+        &signed(AdminClaims {
+            role: "guest".into(),
+            ..AdminClaims::default()
+        }),
+        &target,
+        b"evil",
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(&e, AdminError::Refused { status: 401, .. }), "{e}");
+    // A ready-made token (what Trustee's kbs-client takes from a file) is sent as it is.
+    let token = AdminKey::from_pem(&kbs.admin_key_pem())
+        .unwrap()
+        .token(&AdminClaims::default(), ward_tests::unix_now());
+    put_resource(
+        &kbs.url(),
+        None,
+        &AdminAuth::Token(zeroize::Zeroizing::new(format!("{token}\n"))),
+        &target,
+        &[0x42; 32],
+    )
+    .await
+    .unwrap();
     // The guest gets it after attestation.
     assert_eq!(
         &client(&kbs).get_resource(&target).await.unwrap()[..],
@@ -619,7 +655,12 @@ async fn owners_upload_resources_with_an_admin_jwt() {
     let other = {
         use ed25519_dalek::pkcs8::EncodePrivateKey as _;
         let sk = ed25519_dalek::SigningKey::from_bytes(&[1u8; 32]);
-        AdminKey::from_pem(&sk.to_pkcs8_pem(Default::default()).unwrap()).unwrap()
+        AdminAuth::Key {
+            key: Box::new(
+                AdminKey::from_pem(&sk.to_pkcs8_pem(Default::default()).unwrap()).unwrap(),
+            ),
+            claims: AdminClaims::default(),
+        }
     };
     let e = put_resource(&kbs.url(), None, &other, &target, b"evil")
         .await

@@ -1,7 +1,13 @@
 //! Trustee's admin API, for owners' tooling (never the guest): uploading a resource with
-//! `POST /kbs/v0/resource/<repo>/<type>/<tag>` and `Authorization: Bearer <admin JWT>`, where the
-//! JWT is signed with the operator's Ed25519 key (`alg: EdDSA`, `iat`/`nbf`/`exp` claims, two
-//! hours), as Trustee's `kbs-client` makes it and Trustee checks against its admin public key.
+//! `POST /kbs/v0/resource/<repo>/<type>/<tag>` and `Authorization: Bearer <admin JWT>`.
+//!
+//! The JWT is either made here, signed with the operator's Ed25519 key (`alg: EdDSA`), or one
+//! the operator already has (an identity provider's, as Trustee's `kbs-client` now takes a token
+//! file). Trustee's bearer-JWT admin (trustee 78962cd4, `kbs/src/admin/authentication/
+//! bearer_jwt.rs`) verifies it against a configured key, then checks `iss` and `aud` when its
+//! identity provider names them, and requires a `role` claim, which its ACL maps to the
+//! endpoints allowed (`role = "admin"` in its examples). Tokens made here carry `role`
+//! (default `admin`), `iat`/`nbf`/`exp` (two hours) and, when given, `iss` and `aud`.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -47,14 +53,77 @@ impl AdminKey {
             .map_err(|e| AdminError::Key(format!("not an Ed25519 PKCS#8 PEM private key: {e}")))
     }
 
-    /// An admin JWT valid from `now` (seconds since the epoch) for [`ADMIN_TOKEN_SECS`].
-    pub fn token(&self, now: u64) -> String {
+    /// An admin JWT with `claims`, valid from `now` (seconds since the epoch) for
+    /// [`ADMIN_TOKEN_SECS`].
+    pub fn token(&self, claims: &AdminClaims, now: u64) -> String {
         let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"EdDSA","typ":"JWT"}"#);
-        let claims = serde_json::json!({"iat": now, "nbf": now, "exp": now + ADMIN_TOKEN_SECS});
-        let claims = URL_SAFE_NO_PAD.encode(claims.to_string());
+        let mut body = serde_json::json!({
+            "iat": now,
+            "nbf": now,
+            "exp": now.saturating_add(ADMIN_TOKEN_SECS),
+            "role": claims.role,
+        });
+        if let Some(iss) = &claims.issuer {
+            body["iss"] = iss.as_str().into();
+        }
+        if let Some(aud) = &claims.audience {
+            body["aud"] = aud.as_str().into();
+        }
+        let claims = URL_SAFE_NO_PAD.encode(body.to_string());
         let signing_input = format!("{header}.{claims}");
         let sig = self.0.sign(signing_input.as_bytes());
         format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(sig.to_bytes()))
+    }
+}
+
+/// The claims Trustee's admin authorization reads.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AdminClaims {
+    /// The admin role its ACL grants endpoints to.
+    pub role: String,
+    /// `iss`, for an identity provider configured with an issuer.
+    pub issuer: Option<String>,
+    /// `aud`, for an identity provider configured with an audience.
+    pub audience: Option<String>,
+}
+
+impl Default for AdminClaims {
+    /// `role: admin`, the role of Trustee's example ACL.
+    fn default() -> Self {
+        AdminClaims {
+            role: "admin".to_string(),
+            issuer: None,
+            audience: None,
+        }
+    }
+}
+
+/// How an admin call authenticates.
+pub enum AdminAuth {
+    /// A token made and signed here.
+    Key {
+        key: Box<AdminKey>,
+        claims: AdminClaims,
+    },
+    /// A token the operator already holds (kept as given, never logged).
+    Token(zeroize::Zeroizing<String>),
+}
+
+impl std::fmt::Debug for AdminAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AdminAuth::Key { claims, .. } => write!(f, "AdminAuth::Key({claims:?})"),
+            AdminAuth::Token(_) => f.write_str("AdminAuth::Token(redacted)"),
+        }
+    }
+}
+
+impl AdminAuth {
+    fn bearer(&self) -> String {
+        match self {
+            AdminAuth::Key { key, claims } => key.token(claims, now()),
+            AdminAuth::Token(t) => t.trim().to_string(),
+        }
     }
 }
 
@@ -70,7 +139,7 @@ fn now() -> u64 {
 pub async fn put_resource(
     base_url: &str,
     ca_pem: Option<&[u8]>,
-    key: &AdminKey,
+    auth: &AdminAuth,
     uri: &ResourceUri,
     value: &[u8],
 ) -> Result<(), AdminError> {
@@ -95,7 +164,7 @@ pub async fn put_resource(
     let url = format!("{base}/kbs/v0/{}", uri.kbs_path());
     let resp = http
         .post(&url)
-        .bearer_auth(key.token(now()))
+        .bearer_auth(auth.bearer())
         .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
         .body(value.to_vec())
         .send()
@@ -130,7 +199,7 @@ mod tests {
         let sk = ed25519_dalek::SigningKey::from_bytes(&[9u8; 32]);
         let pem = sk.to_pkcs8_pem(Default::default()).unwrap();
         let key = AdminKey::from_pem(&pem).unwrap();
-        let token = key.token(1_000);
+        let token = key.token(&AdminClaims::default(), 1_000);
         let parts: Vec<&str> = token.split('.').collect();
         assert_eq!(parts.len(), 3);
         let header: serde_json::Value =
@@ -139,6 +208,33 @@ mod tests {
         let claims: serde_json::Value =
             serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap();
         assert_eq!(claims["exp"], 1_000 + ADMIN_TOKEN_SECS);
+        assert_eq!(
+            claims["role"], "admin",
+            "Trustee refuses a token without `role`"
+        );
+        assert!(claims.get("iss").is_none() && claims.get("aud").is_none());
+        let named = key.token(
+            &AdminClaims {
+                role: "owner".into(),
+                issuer: Some("https://idp.example".into()),
+                audience: Some("kbs".into()),
+            },
+            1_000,
+        );
+        let named: serde_json::Value = serde_json::from_slice(
+            &URL_SAFE_NO_PAD
+                .decode(named.split('.').nth(1).unwrap())
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            (&named["role"], &named["iss"], &named["aud"]),
+            (
+                &serde_json::json!("owner"),
+                &serde_json::json!("https://idp.example"),
+                &serde_json::json!("kbs")
+            )
+        );
         let sig = URL_SAFE_NO_PAD.decode(parts[2]).unwrap();
         let sig = ed25519_dalek::Signature::from_slice(&sig).unwrap();
         sk.verifying_key()

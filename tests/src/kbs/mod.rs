@@ -580,7 +580,14 @@ fn admin_token_ok(admin: &ed25519_dalek::SigningKey, token: &str) -> Result<(), 
     if now >= exp || now + 60 < nbf {
         return Err("admin token is expired or not yet valid");
     }
-    Ok(())
+    // Trustee's bearer-JWT admin (78962cd4, bearer_jwt.rs) requires `role`, and its ACL
+    // (`acls = [{ role = "admin", allowed_endpoints = "^/kbs/.+$" }]` in its examples) grants
+    // endpoints by role.
+    match claims["role"].as_str() {
+        None => Err("Missing required `role` claim in JWT"),
+        Some("admin") => Ok(()),
+        Some(_) => Err("the admin role is not allowed this endpoint"),
+    }
 }
 
 async fn put_resource(

@@ -18,6 +18,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use ward_agent::audit;
 use ward_agent::client::HealthClient;
+use ward_attester::kbs::admin::AdminClaims;
 use ward_protos::ward_health::ServingStatus;
 
 #[derive(Parser)]
@@ -228,9 +229,25 @@ enum ModelCommand {
     KbsPut {
         #[arg(long)]
         kbs: String,
-        /// The operator's Ed25519 private key (PKCS#8 PEM).
+        /// The operator's Ed25519 private key (PKCS#8 PEM), to sign an admin token here.
+        #[arg(
+            long,
+            required_unless_present = "admin_token",
+            conflicts_with = "admin_token"
+        )]
+        admin_key: Option<PathBuf>,
+        /// A ready-made admin token (a file holding the JWT), as Trustee's kbs-client takes.
         #[arg(long)]
-        admin_key: PathBuf,
+        admin_token: Option<PathBuf>,
+        /// The `role` claim of a token signed here (Trustee's ACL maps roles to endpoints).
+        #[arg(long, default_value = "admin")]
+        role: String,
+        /// The `iss` claim, for an identity provider configured with an issuer.
+        #[arg(long)]
+        issuer: Option<String>,
+        /// The `aud` claim, for an identity provider configured with an audience.
+        #[arg(long)]
+        audience: Option<String>,
         #[arg(long)]
         kid: String,
         #[arg(long)]
@@ -381,12 +398,24 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             ModelCommand::KbsPut {
                 kbs: url,
                 admin_key,
+                admin_token,
+                role,
+                issuer,
+                audience,
                 kid,
                 kek_file,
                 cacert,
             } => rt()?.block_on(model::kbs_put(
                 &url,
-                &admin_key,
+                model::AdminSource {
+                    key: admin_key.as_deref(),
+                    token: admin_token.as_deref(),
+                    claims: AdminClaims {
+                        role,
+                        issuer,
+                        audience,
+                    },
+                },
                 &kid,
                 &kek_file,
                 cacert.as_deref(),

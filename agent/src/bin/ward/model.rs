@@ -8,7 +8,7 @@ use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::Path;
 
 use anyhow::{Context, bail};
-use ward_attester::kbs::admin::{AdminKey, put_resource};
+use ward_attester::kbs::admin::{AdminAuth, AdminClaims, AdminKey, put_resource};
 use ward_image::model_artifact::{
     LAYOUT_TAG, layout_digests, policy_entry, seal_dir, unseal_layout,
 };
@@ -101,19 +101,36 @@ pub async fn push(layout: &Path, reference: &str, insecure: &[String]) -> anyhow
     Ok(true)
 }
 
+/// Where `ward model kbs-put` gets its admin token.
+pub struct AdminSource<'a> {
+    /// The operator's Ed25519 key, to sign a token with `claims` here.
+    pub key: Option<&'a Path>,
+    /// A ready-made token file.
+    pub token: Option<&'a Path>,
+    pub claims: AdminClaims,
+}
+
 pub async fn kbs_put(
     url: &str,
-    admin_key: &Path,
+    admin: AdminSource<'_>,
     kid: &str,
     kek: &Path,
     cacert: Option<&Path>,
 ) -> anyhow::Result<bool> {
     let uri = ResourceUri::parse(kid)?;
-    let pem = Zeroizing::new(
-        std::fs::read_to_string(admin_key)
-            .with_context(|| format!("reading {}", admin_key.display()))?,
-    );
-    let key = AdminKey::from_pem(&pem)?;
+    let read = |p: &Path| {
+        std::fs::read_to_string(p)
+            .map(Zeroizing::new)
+            .with_context(|| format!("reading {}", p.display()))
+    };
+    let auth = match (admin.key, admin.token) {
+        (_, Some(token)) => AdminAuth::Token(read(token)?),
+        (Some(key), None) => AdminAuth::Key {
+            key: Box::new(AdminKey::from_pem(&read(key)?)?),
+            claims: admin.claims,
+        },
+        (None, None) => bail!("--admin-key or --admin-token is required"),
+    };
     let kek =
         Zeroizing::new(std::fs::read(kek).with_context(|| format!("reading {}", kek.display()))?);
     if kek.len() != 32 {
@@ -123,7 +140,7 @@ pub async fn kbs_put(
         Some(p) => Some(std::fs::read(p).with_context(|| format!("reading {}", p.display()))?),
         None => None,
     };
-    put_resource(url, ca.as_deref(), &key, &uri, &kek).await?;
+    put_resource(url, ca.as_deref(), &auth, &uri, &kek).await?;
     println!("uploaded the KEK as {uri} to {url}");
     println!(
         "the KBS releases it to guests its resource policy admits; pin the model's digests in wardd's [[model]] entry"
