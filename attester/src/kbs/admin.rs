@@ -154,9 +154,9 @@ pub async fn put_resource(
         .redirect(reqwest::redirect::Policy::none())
         .no_proxy();
     if let Some(pem) = ca_pem {
-        let certs = reqwest::Certificate::from_pem_bundle(pem)
-            .map_err(|e| AdminError::Config(format!("CA certificate: {e}")))?;
-        builder = builder.tls_certs_only(certs);
+        // As the guest's client trusts it: the CA, or the KBS's own self-signed certificate.
+        builder = builder
+            .use_preconfigured_tls(super::tls::client_config(pem).map_err(AdminError::Config)?);
     }
     let http = builder
         .build()
