@@ -142,8 +142,21 @@ async fn policy_denial_and_missing_resources_are_final() {
     let (_, attest, resource) = kbs.counts();
     assert_eq!(
         (attest, resource),
-        (1, 2),
-        "no re-attestation and no retry for final errors"
+        (1, 3),
+        "no re-attestation; a policy denial is final, a plugin error asked once more"
+    );
+    // Trustee's 401 PluginInternalError is also what a transient backend failure looks like:
+    // asked once more, the resource comes.
+    kbs.put("default/key/flaky", b"second time", Policy::Allow);
+    kbs.set_faults(ward_tests::kbs::Faults {
+        plugin_error_next: 1,
+        ..Default::default()
+    });
+    assert_eq!(
+        &c.get_resource(&uri("kbs:///default/key/flaky"))
+            .await
+            .unwrap()[..],
+        b"second time"
     );
 }
 
@@ -401,16 +414,19 @@ async fn tls_to_the_kbs_trusts_only_the_configured_ca() {
     let (other_ca, _, _) = test_pki();
     cfg.ca_pem = Some(other_ca.into_bytes());
     cfg.retry.attempts = 3;
+    // A retry would sleep this long first.
+    cfg.retry.first_backoff = Duration::from_secs(5);
     let c = KbsClient::new(cfg.clone(), Arc::new(SampleAttester)).unwrap();
     let started = std::time::Instant::now();
     let e = c.token().await.unwrap_err();
     assert!(matches!(e, KbsError::Certificate { .. }), "{e}");
     assert!(e.to_string().contains("certificate is refused"), "{e}");
     assert!(
-        started.elapsed() < cfg.retry.first_backoff,
+        started.elapsed() < Duration::from_secs(4),
         "no retry: {:?}",
         started.elapsed()
     );
+    cfg.retry.first_backoff = Duration::from_millis(10);
 
     cfg.ca_pem = Some(b"not a certificate".to_vec());
     assert!(matches!(

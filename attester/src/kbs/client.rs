@@ -361,23 +361,32 @@ impl KbsClient {
         uri: &ResourceUri,
     ) -> Result<Zeroizing<Vec<u8>>, KbsError> {
         let what = format!("GET {uri}");
-        let answer = self
-            .send(
-                &what,
-                reqwest::Method::GET,
-                &uri.kbs_path(),
-                Some(&session.cookie),
-                None,
-            )
-            .await
-            .map_err(|e| match e {
-                KbsError::Protocol { what, detail } => KbsError::Protocol { what, detail },
-                other => other,
-            });
-        let answer = answer?;
-        if answer.status != 200 {
-            return Err(error_from(&what, &answer, Some(uri)));
-        }
+        // Trustee answers 401 `PluginInternalError` for a missing resource and for a transient
+        // backend failure alike: asked once more after a pause, a missing resource costs one
+        // extra round trip and a backend that hiccuped gets its second chance.
+        let mut asked_again = false;
+        let answer = loop {
+            let answer = self
+                .send(
+                    &what,
+                    reqwest::Method::GET,
+                    &uri.kbs_path(),
+                    Some(&session.cookie),
+                    None,
+                )
+                .await?;
+            if answer.status == 200 {
+                break answer;
+            }
+            let e = error_from(&what, &answer, Some(uri));
+            if matches!(e, KbsError::ResourceUnavailable { .. }) && !asked_again {
+                asked_again = true;
+                tracing::warn!(%uri, "KBS plugin error; asking once more");
+                tokio::time::sleep(self.config.retry.first_backoff).await;
+                continue;
+            }
+            return Err(e);
+        };
         let body = Zeroizing::new(answer.body);
         jwe::decrypt(&body, &session.key).map_err(|source| KbsError::Jwe {
             uri: uri.to_string(),

@@ -50,6 +50,9 @@ pub struct Faults {
     pub garbage: bool,
     /// Damage resource JWEs.
     pub jwe: JweFault,
+    /// Answer this many resource requests with Trustee's 401 `PluginInternalError`, as it does
+    /// for a transient backend failure (and for a missing resource alike).
+    pub plugin_error_next: u32,
 }
 
 /// Request counts, to check how often a client ran the handshake.
@@ -521,6 +524,13 @@ async fn get_resource(
         Ok(r) => r,
         Err(response) => return *response,
     };
+    {
+        let mut faults = inner.faults.lock().unwrap();
+        if faults.plugin_error_next > 0 {
+            faults.plugin_error_next -= 1;
+            return unauthorized("PluginInternalError", "the storage backend is unavailable");
+        }
+    }
     let entry = inner.resources.lock().unwrap().get(rest).cloned();
     let Some((value, policy)) = entry else {
         return unauthorized(
