@@ -160,6 +160,24 @@ async fn policy_denial_and_missing_resources_are_final() {
     );
 }
 
+/// The session cookie's `Expires` is read: a session about to expire on the KBS's side is not
+/// used for another request (which Trustee would refuse), a new one is made first.
+#[tokio::test]
+async fn an_expiring_session_cookie_is_renewed_before_use() {
+    let kbs = DevKbs::start().await.unwrap();
+    kbs.put("default/key/1", b"v", Policy::Allow);
+    let c = client(&kbs);
+    c.get_resource(&uri("kbs:///default/key/1")).await.unwrap();
+    c.get_resource(&uri("kbs:///default/key/1")).await.unwrap();
+    assert_eq!(kbs.counts().0, 1, "a long session serves both");
+    // Sessions shorter than the client's 30 s margin: every use starts a new one.
+    kbs.set_session_ttl(Duration::from_secs(10));
+    let c = client(&kbs);
+    c.get_resource(&uri("kbs:///default/key/1")).await.unwrap();
+    c.get_resource(&uri("kbs:///default/key/1")).await.unwrap();
+    assert_eq!(kbs.counts().0, 3, "the cookie's expiry was read");
+}
+
 #[tokio::test]
 async fn kbs_down_slow_failing_or_garbled() {
     // Down: nothing listens on the port.

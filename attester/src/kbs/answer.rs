@@ -20,15 +20,55 @@ pub(super) struct ErrorBody {
 /// One HTTP answer, read within the size limit.
 pub(super) struct Answer {
     pub(super) status: u16,
-    pub(super) cookie: Option<String>,
+    pub(super) cookie: Option<SessionCookie>,
     pub(super) body: Vec<u8>,
 }
 
-/// Extracts the session id from a `Set-Cookie` value.
-pub(super) fn session_cookie(header: &str) -> Option<String> {
-    let first = header.split(';').next()?.trim();
+/// The KBS session cookie: its id, and when the KBS said it expires (`Expires`, or `Max-Age`
+/// from when it was received), after which the session is gone on the KBS's side.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct SessionCookie {
+    pub(super) id: String,
+    pub(super) expires: Option<std::time::SystemTime>,
+}
+
+/// Extracts the session cookie from a `Set-Cookie` value.
+pub(super) fn session_cookie(header: &str) -> Option<SessionCookie> {
+    let mut parts = header.split(';');
+    let first = parts.next()?.trim();
     let (name, value) = first.split_once('=')?;
-    (name.trim() == SESSION_COOKIE && !value.trim().is_empty()).then(|| value.trim().to_string())
+    if name.trim() != SESSION_COOKIE || value.trim().is_empty() {
+        return None;
+    }
+    let mut expires = None;
+    for attr in parts {
+        let (k, v) = attr.split_once('=').unwrap_or((attr, ""));
+        let (k, v) = (k.trim(), v.trim());
+        if k.eq_ignore_ascii_case("max-age") {
+            // Max-Age wins over Expires (RFC 6265 5.3).
+            if let Ok(secs) = v.parse::<u64>() {
+                expires =
+                    std::time::SystemTime::now().checked_add(std::time::Duration::from_secs(secs));
+                break;
+            }
+        } else if k.eq_ignore_ascii_case("expires") {
+            expires = http_date(v).or(expires);
+        }
+    }
+    Some(SessionCookie {
+        id: value.trim().to_string(),
+        expires,
+    })
+}
+
+/// An IMF-fixdate (`Wed, 21 Oct 2026 07:28:00 GMT`), as actix writes cookie expiry.
+fn http_date(v: &str) -> Option<std::time::SystemTime> {
+    let format = time::macros::format_description!(
+        "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
+    );
+    let t = time::PrimitiveDateTime::parse(v, format).ok()?.assume_utc();
+    let secs = u64::try_from(t.unix_timestamp()).ok()?;
+    std::time::UNIX_EPOCH.checked_add(std::time::Duration::from_secs(secs))
 }
 
 /// Whether `e` is the TLS handshake refusing the server's certificate (rustls'
@@ -126,9 +166,26 @@ mod tests {
 
     #[test]
     fn session_cookie_is_read_from_set_cookie() {
+        let c =
+            session_cookie("kbs-session-id=abc123; Expires=Wed, 21 Oct 2026 07:28:00 GMT").unwrap();
+        assert_eq!(c.id, "abc123");
         assert_eq!(
-            session_cookie("kbs-session-id=abc123; Expires=Wed, 21 Oct 2026 07:28:00 GMT"),
-            Some("abc123".to_string())
+            c.expires,
+            Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_792_567_680))
+        );
+        let c =
+            session_cookie("kbs-session-id=x; Expires=Wed, 21 Oct 2026 07:28:00 GMT; Max-Age=0")
+                .unwrap();
+        assert!(
+            c.expires.unwrap() <= std::time::SystemTime::now(),
+            "Max-Age wins"
+        );
+        assert_eq!(session_cookie("kbs-session-id=y").unwrap().expires, None);
+        assert_eq!(
+            session_cookie("kbs-session-id=z; Expires=garbage")
+                .unwrap()
+                .expires,
+            None
         );
         assert_eq!(session_cookie("other=1"), None);
         assert_eq!(session_cookie("kbs-session-id=; Path=/"), None);

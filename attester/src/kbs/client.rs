@@ -76,6 +76,8 @@ impl KbsConfig {
 /// An attested session: the token, the key the KBS encrypts to, and the cookie.
 pub(super) struct Session {
     cookie: Zeroizing<String>,
+    /// When the KBS said the session cookie expires.
+    cookie_expires: Option<std::time::SystemTime>,
     token: Token,
     key: TeeKey,
     generation: u64,
@@ -205,7 +207,13 @@ impl KbsClient {
     /// generation the caller found rejected, so it is replaced even if not expired.
     async fn session(&self, stale: Option<u64>) -> Result<Arc<Session>, KbsError> {
         let usable = |s: &Arc<Session>| {
-            Some(s.generation) != stale && !s.token.expires_within(EXPIRY_MARGIN)
+            Some(s.generation) != stale
+                && !s.token.expires_within(EXPIRY_MARGIN)
+                && s.cookie_expires.is_none_or(|at| {
+                    std::time::SystemTime::now()
+                        .checked_add(EXPIRY_MARGIN)
+                        .is_some_and(|soon| soon < at)
+                })
         };
         if let Some(s) = self.current_session().filter(usable) {
             return Ok(s);
@@ -309,7 +317,7 @@ impl KbsClient {
                 "attest",
                 reqwest::Method::POST,
                 "attest",
-                Some(&cookie),
+                Some(&cookie.id),
                 Some(body),
             )
             .await?;
@@ -328,7 +336,8 @@ impl KbsClient {
         })?;
         tracing::info!(submods = ?token.submods(), "attested to the KBS");
         Ok(Session {
-            cookie: Zeroizing::new(cookie),
+            cookie: Zeroizing::new(cookie.id),
+            cookie_expires: cookie.expires,
             token,
             key,
             generation,

@@ -77,6 +77,8 @@ struct Inner {
     faults: Mutex<Faults>,
     counts: Counts,
     token_ttl: Mutex<Duration>,
+    /// Lifetime of sessions (the cookie's `Expires`), as Trustee's `timeout` config.
+    session_ttl: Mutex<Duration>,
     /// The operator's key: admin JWTs must be signed by it (Ed25519, `alg: EdDSA`).
     admin: ed25519_dalek::SigningKey,
 }
@@ -202,6 +204,7 @@ impl DevKbs {
             faults: Mutex::new(Faults::default()),
             counts: Counts::default(),
             token_ttl: Mutex::new(Duration::from_secs(300)),
+            session_ttl: Mutex::new(Duration::from_secs(300)),
             admin,
         });
         let app = Router::new()
@@ -253,6 +256,11 @@ impl DevKbs {
         self.inner.sessions.lock().unwrap().clear();
         *self.inner.signing.lock().unwrap() =
             p256::ecdsa::SigningKey::random(&mut rand::rngs::OsRng);
+    }
+
+    /// Lifetime of sessions started from now on (their cookie's `Expires`).
+    pub fn set_session_ttl(&self, ttl: Duration) {
+        *self.inner.session_ttl.lock().unwrap() = ttl;
     }
 
     /// Lifetime of tokens issued from now on.
@@ -338,7 +346,7 @@ async fn auth(State(inner): State<Arc<Inner>>, body: Bytes) -> Response {
     let mut id = [0u8; 16];
     rand::rngs::OsRng.fill_bytes(&mut id);
     let id = hex::encode(id);
-    let ttl = Duration::from_secs(300);
+    let ttl = *inner.session_ttl.lock().unwrap();
     inner.sessions.lock().unwrap().insert(
         id.clone(),
         Session {
