@@ -69,17 +69,19 @@ fn failed(e: &impl std::fmt::Display) -> Response {
 }
 
 impl Api {
-    /// api-server-rest's answer when the feature a path belongs to is off.
-    fn deny(&self, kind: ServiceKind) -> Option<Response> {
-        (!self.allowed.contains(&kind)).then(|| {
-            text(
+    /// api-server-rest's answer before a handler runs: the feature the path belongs to is off
+    /// on this listener, or the method is not the path's (both 404, as it answers them).
+    fn refuse(&self, kind: ServiceKind, method: &Method, want: Method) -> Option<Response> {
+        if !self.allowed.contains(&kind) {
+            return Some(text(
                 StatusCode::NOT_FOUND,
                 match kind {
                     ServiceKind::GetResource => "Resource Feature Not Enabled",
                     _ => "Attestation Feature Not Enabled",
                 },
-            )
-        })
+            ));
+        }
+        (*method != want).then(url_not_found)
     }
 }
 
@@ -101,11 +103,8 @@ async fn token(
     method: Method,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    if let Some(r) = api.deny(ServiceKind::AttestationAgent) {
+    if let Some(r) = api.refuse(ServiceKind::AttestationAgent, &method, Method::GET) {
         return r;
-    }
-    if method != Method::GET {
-        return not_found().await;
     }
     let Some(kind) = q.get("token_type") else {
         return bad_request();
@@ -121,11 +120,8 @@ async fn evidence(
     method: Method,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    if let Some(r) = api.deny(ServiceKind::AttestationAgent) {
+    if let Some(r) = api.refuse(ServiceKind::AttestationAgent, &method, Method::GET) {
         return r;
-    }
-    if method != Method::GET {
-        return not_found().await;
     }
     let Some(data) = runtime_data(&q) else {
         return bad_request();
@@ -141,11 +137,8 @@ async fn additional_evidence(
     method: Method,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    if let Some(r) = api.deny(ServiceKind::AttestationAgent) {
+    if let Some(r) = api.refuse(ServiceKind::AttestationAgent, &method, Method::GET) {
         return r;
-    }
-    if method != Method::GET {
-        return not_found().await;
     }
     let Some(data) = runtime_data(&q) else {
         return bad_request();
@@ -164,11 +157,8 @@ struct AaelEvent {
 }
 
 async fn aael(State(api): State<Arc<Api>>, method: Method, body: Bytes) -> Response {
-    if let Some(r) = api.deny(ServiceKind::AttestationAgent) {
+    if let Some(r) = api.refuse(ServiceKind::AttestationAgent, &method, Method::POST) {
         return r;
-    }
-    if method != Method::POST {
-        return not_found().await;
     }
     let ev = match serde_json::from_slice::<AaelEvent>(&body) {
         Ok(ev) => ev,
@@ -198,11 +188,8 @@ async fn resource(
     method: Method,
     Path((repo, kind, tag)): Path<(String, String, String)>,
 ) -> Response {
-    if let Some(r) = api.deny(ServiceKind::GetResource) {
+    if let Some(r) = api.refuse(ServiceKind::GetResource, &method, Method::GET) {
         return r;
-    }
-    if method != Method::GET {
-        return not_found().await;
     }
     match api
         .attestation
@@ -256,8 +243,12 @@ async fn info(State(api): State<Arc<Api>>, method: Method) -> Response {
     }
 }
 
-async fn not_found() -> Response {
+fn url_not_found() -> Response {
     text(StatusCode::NOT_FOUND, "URL NOT FOUND")
+}
+
+async fn not_found() -> Response {
+    url_not_found()
 }
 
 /// The router for one listener: `in_guest` says whether its callers are inside the guest, and
