@@ -82,4 +82,4 @@ tar --format=pax --owner=0 --group=0 --mtime=@0 -C "$tmp/l" -cf "$corpus/tar_lay
     printf 'general.alignment\x04\x00\x00\x00\x20\x00\x00\x00'
 } > "$corpus/gguf_header/seed-header.gguf"
 
-echo "seed.sh: $(find "$corpus" -type f | wc -l) seeds in $corpus"
+echo "seed.sh: $(find "$corpus" -type f | wc -l) inputs in $corpus"
