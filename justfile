@@ -12,6 +12,11 @@ test: deps build
     scripts/fetch-model.sh || echo "fetch-model failed: the SmolLM2 test will skip"
     cargo test --workspace
 
+# Every fuzz target (fuzz/README.md) for SECONDS each, one after another, corpus seeded first:
+# libFuzzer on stable Rust with RUSTC_BOOTSTRAP=1 (no nightly); installs cargo-fuzz if missing.
+fuzz SECONDS="60":
+    fuzz/run.sh {{SECONDS}}
+
 # Formatting and clippy, as CI runs them.
 lint:
     cargo fmt --all -- --check

@@ -137,6 +137,130 @@ fn parse_digest(what: &str, reference: &str, s: &str) -> Result<Digest, Registry
     })
 }
 
+/// The entry of an image index that matches `want`: its digest, as the index spells it.
+fn pick_platform(
+    want: &Platform,
+    name: &str,
+    index: &serde_json::Value,
+) -> Result<String, RegistryError> {
+    let entries = index["manifests"].as_array().cloned().unwrap_or_default();
+    let mut available = Vec::new();
+    for e in &entries {
+        let p = &e["platform"];
+        let (os, arch, variant) = (
+            p["os"].as_str().unwrap_or_default(),
+            p["architecture"].as_str().unwrap_or_default(),
+            p["variant"].as_str(),
+        );
+        available.push(format!(
+            "{os}/{arch}{}",
+            variant.map(|v| format!("/{v}")).unwrap_or_default()
+        ));
+        let variant_ok = match (&want.variant, variant) {
+            (Some(w), Some(v)) => w == v,
+            (Some(_), None) => false,
+            (None, _) => true,
+        };
+        if os == want.os && arch == want.architecture && variant_ok {
+            if let Some(d) = e["digest"].as_str() {
+                return Ok(d.to_string());
+            }
+        }
+    }
+    Err(RegistryError::NoPlatform {
+        reference: name.to_string(),
+        platform: want.to_string(),
+        available: available.join(", "),
+    })
+}
+
+/// Parses and checks an image manifest: its media type and its config digest.
+fn parse_manifest(name: &str, bytes: &[u8]) -> Result<(Manifest, Digest), RegistryError> {
+    let manifest: Manifest =
+        serde_json::from_slice(bytes).map_err(|e| RegistryError::Malformed {
+            what: "manifest".into(),
+            reference: name.to_string(),
+            detail: e.to_string(),
+        })?;
+    if let Some(mt) = &manifest.media_type
+        && mt != OCI_MANIFEST
+        && mt != DOCKER_MANIFEST
+    {
+        return Err(RegistryError::Malformed {
+            what: "manifest".into(),
+            reference: name.to_string(),
+            detail: format!("unsupported media type {mt}"),
+        });
+    }
+    let config_digest = parse_digest("config digest", name, &manifest.config.digest)?;
+    Ok((manifest, config_digest))
+}
+
+/// Parses an image config against its manifest: one diff_id per layer, every digest well formed.
+fn parse_image_config(
+    name: &str,
+    manifest: &Manifest,
+    config: &[u8],
+) -> Result<Vec<Digest>, RegistryError> {
+    let parsed: ImageConfig =
+        serde_json::from_slice(config).map_err(|e| RegistryError::Malformed {
+            what: "config".into(),
+            reference: name.to_string(),
+            detail: e.to_string(),
+        })?;
+    let diff_ids = parsed
+        .rootfs
+        .diff_ids
+        .iter()
+        .map(|d| parse_digest("diff_id", name, d))
+        .collect::<Result<Vec<_>, _>>()?;
+    if diff_ids.len() != manifest.layers.len() {
+        return Err(RegistryError::Malformed {
+            what: "config".into(),
+            reference: name.to_string(),
+            detail: format!(
+                "{} diff_ids for {} layers",
+                diff_ids.len(),
+                manifest.layers.len()
+            ),
+        });
+    }
+    for l in &manifest.layers {
+        parse_digest("layer digest", name, &l.digest)?;
+    }
+    Ok(diff_ids)
+}
+
+/// The checks [`Registry::resolve`] makes of the documents it fetches, with no registry: `top`
+/// is what the reference named (an index or a manifest); for an index, the entry for
+/// `platform` is picked and `manifest` stands for the manifest it names, otherwise `top` is the
+/// manifest; `config` is the image config. Returns the layers' diff_ids. The digest checks of
+/// fetched bytes are not repeated here. It exists for the fuzz target
+/// (fuzz/fuzz_targets/image_manifest.rs) and tests.
+pub fn check_image_documents(
+    name: &str,
+    top: &[u8],
+    platform: &Platform,
+    manifest: &[u8],
+    config: &[u8],
+) -> Result<Vec<Digest>, RegistryError> {
+    let value: serde_json::Value =
+        serde_json::from_slice(top).map_err(|e| RegistryError::Malformed {
+            what: "manifest".into(),
+            reference: name.to_string(),
+            detail: e.to_string(),
+        })?;
+    let bytes = if value.get("manifests").is_some() {
+        let entry = pick_platform(platform, name, &value)?;
+        parse_digest("index entry", name, &entry)?;
+        manifest
+    } else {
+        top
+    };
+    let (manifest, _config_digest) = parse_manifest(name, bytes)?;
+    parse_image_config(name, &manifest, config)
+}
+
 impl Registry {
     pub fn new(config: RegistryConfig) -> Result<Registry, RegistryError> {
         let mut extra = Vec::new();
@@ -328,52 +452,11 @@ impl Registry {
         } else {
             (bytes, digest)
         };
-        let manifest: Manifest =
-            serde_json::from_slice(&bytes).map_err(|e| RegistryError::Malformed {
-                what: "manifest".into(),
-                reference: name.clone(),
-                detail: e.to_string(),
-            })?;
-        if let Some(mt) = &manifest.media_type
-            && mt != OCI_MANIFEST
-            && mt != DOCKER_MANIFEST
-        {
-            return Err(RegistryError::Malformed {
-                what: "manifest".into(),
-                reference: name,
-                detail: format!("unsupported media type {mt}"),
-            });
-        }
-        let config_digest = parse_digest("config digest", &name, &manifest.config.digest)?;
+        let (manifest, config_digest) = parse_manifest(&name, &bytes)?;
         let config = self
             .small_blob(reference, &manifest.config, &config_digest)
             .await?;
-        let parsed: ImageConfig =
-            serde_json::from_slice(&config).map_err(|e| RegistryError::Malformed {
-                what: "config".into(),
-                reference: name.clone(),
-                detail: e.to_string(),
-            })?;
-        let diff_ids = parsed
-            .rootfs
-            .diff_ids
-            .iter()
-            .map(|d| parse_digest("diff_id", &name, d))
-            .collect::<Result<Vec<_>, _>>()?;
-        if diff_ids.len() != manifest.layers.len() {
-            return Err(RegistryError::Malformed {
-                what: "config".into(),
-                reference: name,
-                detail: format!(
-                    "{} diff_ids for {} layers",
-                    diff_ids.len(),
-                    manifest.layers.len()
-                ),
-            });
-        }
-        for l in &manifest.layers {
-            parse_digest("layer digest", &name, &l.digest)?;
-        }
+        let diff_ids = parse_image_config(&name, &manifest, &config)?;
         Ok(ResolvedImage {
             reference: reference.clone(),
             top_digest,
@@ -391,35 +474,7 @@ impl Registry {
         index: &serde_json::Value,
     ) -> Result<String, RegistryError> {
         let want = self.config.platform.clone().unwrap_or_else(Platform::host);
-        let entries = index["manifests"].as_array().cloned().unwrap_or_default();
-        let mut available = Vec::new();
-        for e in &entries {
-            let p = &e["platform"];
-            let (os, arch, variant) = (
-                p["os"].as_str().unwrap_or_default(),
-                p["architecture"].as_str().unwrap_or_default(),
-                p["variant"].as_str(),
-            );
-            available.push(format!(
-                "{os}/{arch}{}",
-                variant.map(|v| format!("/{v}")).unwrap_or_default()
-            ));
-            let variant_ok = match (&want.variant, variant) {
-                (Some(w), Some(v)) => w == v,
-                (Some(_), None) => false,
-                (None, _) => true,
-            };
-            if os == want.os && arch == want.architecture && variant_ok {
-                if let Some(d) = e["digest"].as_str() {
-                    return Ok(d.to_string());
-                }
-            }
-        }
-        Err(RegistryError::NoPlatform {
-            reference: name.to_string(),
-            platform: want.to_string(),
-            available: available.join(", "),
-        })
+        pick_platform(&want, name, index)
     }
 
     async fn small_blob(
@@ -545,5 +600,43 @@ impl Registry {
             let _ = std::fs::remove_file(dest);
         }
         result.and(flushed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const INDEX: &[u8] = br#"{"manifests":[{"digest":"sha256:1111111111111111111111111111111111111111111111111111111111111111","platform":{"os":"linux","architecture":"amd64"}}]}"#;
+    const MANIFEST: &[u8] = br#"{"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"c","digest":"sha256:2222222222222222222222222222222222222222222222222222222222222222","size":2},"layers":[{"mediaType":"l","digest":"sha256:3333333333333333333333333333333333333333333333333333333333333333","size":2}]}"#;
+    const CONFIG: &[u8] = br#"{"rootfs":{"diff_ids":["sha256:4444444444444444444444444444444444444444444444444444444444444444"]}}"#;
+
+    fn amd64() -> Platform {
+        Platform {
+            os: "linux".into(),
+            architecture: "amd64".into(),
+            variant: None,
+        }
+    }
+
+    /// `check_image_documents` (the fuzz target's entry point) runs resolve's checks: an index
+    /// resolved by platform, the manifest's media type and digests, one diff_id per layer.
+    #[test]
+    fn check_image_documents_runs_the_resolve_checks() {
+        let ids = check_image_documents("r", INDEX, &amd64(), MANIFEST, CONFIG).unwrap();
+        assert_eq!(ids.len(), 1);
+        check_image_documents("r", MANIFEST, &amd64(), b"", CONFIG).unwrap();
+        let arm = Platform {
+            architecture: "arm64".into(),
+            ..amd64()
+        };
+        assert!(matches!(
+            check_image_documents("r", INDEX, &arm, MANIFEST, CONFIG),
+            Err(RegistryError::NoPlatform { .. })
+        ));
+        let two_layers = br#"{"rootfs":{"diff_ids":[]}}"#;
+        assert!(check_image_documents("r", MANIFEST, &amd64(), b"", two_layers).is_err());
+        let docker_list = br#"{"mediaType":"application/vnd.docker.distribution.manifest.list.v2+json","config":{"mediaType":"c","digest":"sha256:2222222222222222222222222222222222222222222222222222222222222222","size":2},"layers":[]}"#;
+        assert!(check_image_documents("r", docker_list, &amd64(), b"", b"{}").is_err());
     }
 }

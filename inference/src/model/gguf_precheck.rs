@@ -1,9 +1,13 @@
 //! A pass over the GGUF metadata *before* candle parses it, for the one header value candle
 //! trusts unchecked: `general.alignment`. candle 0.11 divides by it, so a zero there would panic
 //! (and abort the daemon in release builds). Anything this pass cannot read is left to candle's
-//! own, bounds-checked parser to reject.
+//! own, bounds-checked parser to reject, so this pass must read at least everything candle reads:
+//! it follows candle's nesting limit and, like candle, drops trailing NULs from keys (found by
+//! the `gguf_header` fuzz target, fuzz/README.md).
 
-const MAX_DEPTH: usize = 4;
+/// Arrays nest as deep as candle 0.11 reads them (`GGUF_MAX_VALUE_DEPTH`: a value at depth 64
+/// is read, so an array there may hold elements); past that candle rejects the file itself.
+const MAX_DEPTH: usize = 65;
 
 struct Reader<'a> {
     bytes: &'a [u8],
@@ -89,9 +93,14 @@ pub(super) fn has_zero_alignment(bytes: &[u8]) -> bool {
         return false;
     };
     for _ in 0..kv_count {
-        let Some(key) = r.string().map(<[u8]>::to_vec) else {
+        let Some(mut key) = r.string() else {
             return false;
         };
+        // candle drops a key's trailing NULs ("general.alignment\0" names the alignment too).
+        while let [rest @ .., 0] = key {
+            key = rest;
+        }
+        let key = key.to_vec();
         let Some(ty) = r.u32() else { return false };
         let Some(value) = r.value(ty, 0) else {
             return false;
@@ -102,4 +111,70 @@ pub(super) fn has_zero_alignment(bytes: &[u8]) -> bool {
         }
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::has_zero_alignment;
+
+    /// GGUF v3 with no tensors and the given key-values (key bytes, type, value bytes).
+    fn gguf(kvs: &[(&[u8], u32, Vec<u8>)]) -> Vec<u8> {
+        let mut out = b"GGUF".to_vec();
+        out.extend_from_slice(&3u32.to_le_bytes());
+        out.extend_from_slice(&0u64.to_le_bytes());
+        out.extend_from_slice(&(kvs.len() as u64).to_le_bytes());
+        for (key, ty, value) in kvs {
+            out.extend_from_slice(&(key.len() as u64).to_le_bytes());
+            out.extend_from_slice(key);
+            out.extend_from_slice(&ty.to_le_bytes());
+            out.extend_from_slice(value);
+        }
+        out
+    }
+
+    /// The `gguf_header` fuzz target's crash (fuzz/artifacts, 2026-12-05): the key
+    /// `general.alignment` padded with NULs, which candle strips, so candle divided by the zero
+    /// alignment the pre-check had not recognised; the load panicked (an abort in release).
+    #[test]
+    fn fuzz_crash_nul_padded_alignment_key() {
+        let crash = concat!(
+            "474755460300000000000000000000000a000000000000001400000000000000",
+            "67656e6572616c2e616c69676e6d656e74000000000000000000000000000000",
+            "0000000000000000000000000000000000000000000000000000000000000000",
+            "0000000000000000000000000000000000000000000000000000000000000000",
+            "0000000000000000000000000000000000000000000000000000000000000000",
+            "0000000000000000000000000000000000000000000000000000000000000000",
+            "000000ffffffffffffffffffffffffffffffffffffffffffffffffffffffffff",
+            "ffffffffffffffffff0000000000000000000000000000000000000000000000",
+            "260077770000f7ffffff006e65000000000001",
+        );
+        let bytes: Vec<u8> = (0..crash.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&crash[i..i + 2], 16).unwrap())
+            .collect();
+        assert!(has_zero_alignment(&bytes));
+        let padded = gguf(&[(b"general.alignment\0\0\0", 4, 0u32.to_le_bytes().to_vec())]);
+        assert!(has_zero_alignment(&padded));
+        let nonzero = gguf(&[(b"general.alignment\0", 4, 32u32.to_le_bytes().to_vec())]);
+        assert!(!has_zero_alignment(&nonzero));
+    }
+
+    /// Arrays nested deeper than the pre-check used to follow (4) but within candle's limit
+    /// (64) hid a zero alignment behind them.
+    #[test]
+    fn zero_alignment_after_deeply_nested_arrays() {
+        // An array of arrays ... 10 deep, the innermost empty (element type u8).
+        let mut nested = Vec::new();
+        for _ in 0..10 {
+            nested.extend_from_slice(&9u32.to_le_bytes());
+            nested.extend_from_slice(&1u64.to_le_bytes());
+        }
+        nested.extend_from_slice(&0u32.to_le_bytes());
+        nested.extend_from_slice(&0u64.to_le_bytes());
+        let bytes = gguf(&[
+            (b"deep", 9, nested),
+            (b"general.alignment", 5, 0i32.to_le_bytes().to_vec()),
+        ]);
+        assert!(has_zero_alignment(&bytes));
+    }
 }

@@ -437,6 +437,11 @@ fn malformed_models_are_typed_errors() {
             gguf_with(|m| m.push(("general.alignment".into(), Value::U32(0)))),
         ),
         (
+            // the gguf_header fuzz target's find: candle strips a key's trailing NULs
+            "zero alignment, NUL-padded key",
+            gguf_with(|m| m.push(("general.alignment\0\0".into(), Value::U8(0)))),
+        ),
+        (
             "other arch",
             gguf_with(|m| set(m, "general.architecture", Value::String("bert".into()))),
         ),
