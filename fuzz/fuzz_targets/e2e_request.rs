@@ -22,10 +22,10 @@ fn keys() -> &'static [ServerKey] {
 fuzz_target!(|data: &[u8]| {
     for key in keys() {
         // The fuzzer rarely finds the 7-byte header; give it the header and the arbitrary rest too.
-        let _ = key.open_request(data, 1_700_000_000);
+        let _ = key.open_request(data, "POST", "/v1/chat/completions", 1_700_000_000);
         let mut framed = key.config().header().to_vec();
         framed.extend_from_slice(data);
-        let _ = key.open_request(&framed, 1_700_000_000);
+        let _ = key.open_request(&framed, "POST", "/v1/chat/completions", 1_700_000_000);
     }
     let _ = KeyConfig::decode(data);
 });
