@@ -20,7 +20,13 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let step = usize::from(step).max(1);
-    if let Ok((_, mut opener)) = RequestSealer::seal(key().config(), &body, 1_700_000_000) {
+    if let Ok((_, mut opener)) = RequestSealer::seal(
+        key().config(),
+        "POST",
+        "/v1/chat/completions",
+        &body,
+        1_700_000_000,
+    ) {
         let mut ok = true;
         for piece in rest.chunks(step) {
             if opener.feed(piece).is_err() {
@@ -33,7 +39,13 @@ fuzz_target!(|data: &[u8]| {
             let _ = opener.finish();
         }
     }
-    if let Ok((_, opener)) = RequestSealer::seal(key().config(), &body, 1_700_000_000) {
+    if let Ok((_, opener)) = RequestSealer::seal(
+        key().config(),
+        "POST",
+        "/v1/chat/completions",
+        &body,
+        1_700_000_000,
+    ) {
         let _ = opener.open_whole(rest);
     }
 });
