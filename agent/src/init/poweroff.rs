@@ -47,9 +47,18 @@ pub fn power_off(reason: &str) -> ! {
 
 /// Writes a line to the kernel log at `level` (0 emergency to 7 debug), so it survives a
 /// console that is not read and carries the kernel's timestamp. Best effort.
+///
+/// One `write` makes one kernel record, so the line is formatted first and written once (written
+/// piece by piece, `<`, `5`, `>` and the text were four records). When stderr is the console's
+/// terminal, what wardd logged there is drained first: the kernel prints its record straight to
+/// the console, and on a slow serial line it landed inside a log line still being sent.
 pub fn kmsg(level: u8, line: &str) {
+    let record = format!("<{}>{line}\n", level.min(7));
     if let Ok(mut f) = std::fs::OpenOptions::new().write(true).open("/dev/kmsg") {
-        let _ = writeln!(f, "<{}>{line}", level.min(7));
+        let stderr = std::io::stderr();
+        let _ = stderr.lock().flush();
+        let _ = nix::sys::termios::tcdrain(&stderr);
+        let _ = f.write_all(record.as_bytes());
     }
 }
 
