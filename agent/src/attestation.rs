@@ -203,23 +203,26 @@ impl Attestation {
                 devices.push(Arc::new(SampleDeviceAttester));
             }
         }
+        // Read once: the KBS client trusts it, and the settings measurement records its digest.
+        let ca_pem = match config.kbs.as_ref().and_then(|k| k.cacert.as_ref()) {
+            Some(path) => {
+                Some(
+                    std::fs::read(path).map_err(|source| AttestationSetupError::CaCert {
+                        path: path.display().to_string(),
+                        source,
+                    })?,
+                )
+            }
+            None => None,
+        };
         let kbs = match (&config.kbs, &attester) {
             (Some(k), Ok(a)) => {
                 kbs_transport_allowed(&k.url, k.insecure_http, a.tee())?;
                 if k.url.starts_with("http://") {
                     tracing::warn!(url = %k.url, "plain-HTTP KBS: development only");
                 }
-                let ca_pem = match &k.cacert {
-                    Some(path) => Some(std::fs::read(path).map_err(|source| {
-                        AttestationSetupError::CaCert {
-                            path: path.display().to_string(),
-                            source,
-                        }
-                    })?),
-                    None => None,
-                };
                 let mut kc = KbsConfig::new(k.url.clone());
-                kc.ca_pem = ca_pem;
+                kc.ca_pem = ca_pem.clone();
                 kc.key_kind = k.key;
                 kc.init_data = initdata.as_ref().map(|d| d.body().to_string());
                 kc.retry = RetryPolicy {
@@ -253,15 +256,7 @@ impl Attestation {
             "tee": attester.as_ref().map(|a| a.tee().to_string()).ok(),
             "allow_sample": config.attestation.allow_sample,
             "kbs_url": config.kbs.as_ref().map(|k| k.url.clone()),
-            "kbs_cacert_sha256": match config.kbs.as_ref().and_then(|k| k.cacert.as_ref()) {
-                Some(path) => Some(hex::encode(sha2::Sha256::digest(
-                    std::fs::read(path).map_err(|source| AttestationSetupError::CaCert {
-                        path: path.display().to_string(),
-                        source,
-                    })?,
-                ))),
-                None => None,
-            },
+            "kbs_cacert_sha256": ca_pem.as_ref().map(|pem| hex::encode(sha2::Sha256::digest(pem))),
             "kbs_insecure_http": config.kbs.as_ref().is_some_and(|k| k.insecure_http),
             "coco_token_reply": config.kbs.as_ref().is_some_and(|k| k.coco_token_reply),
             "audit_log": config.audit_log.is_some(),

@@ -120,16 +120,7 @@ async fn evidence(
     method: Method,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    if let Some(r) = api.refuse(ServiceKind::AttestationAgent, &method, Method::GET) {
-        return r;
-    }
-    let Some(data) = runtime_data(&q) else {
-        return bad_request();
-    };
-    match api.attestation.evidence(&data).await {
-        Ok(ev) => bytes(ev),
-        Err(e) => failed(&e),
-    }
+    evidence_for(&api, &method, &q, false).await
 }
 
 async fn additional_evidence(
@@ -137,13 +128,29 @@ async fn additional_evidence(
     method: Method,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    if let Some(r) = api.refuse(ServiceKind::AttestationAgent, &method, Method::GET) {
+    evidence_for(&api, &method, &q, true).await
+}
+
+/// `/aa/evidence` and `/aa/additional-evidence`: the TEE's or the devices' evidence for the
+/// query's `runtime_data`.
+async fn evidence_for(
+    api: &Api,
+    method: &Method,
+    q: &HashMap<String, String>,
+    additional: bool,
+) -> Response {
+    if let Some(r) = api.refuse(ServiceKind::AttestationAgent, method, Method::GET) {
         return r;
     }
-    let Some(data) = runtime_data(&q) else {
+    let Some(data) = runtime_data(q) else {
         return bad_request();
     };
-    match api.attestation.additional_evidence(&data).await {
+    let evidence = if additional {
+        api.attestation.additional_evidence(&data).await
+    } else {
+        api.attestation.evidence(&data).await
+    };
+    match evidence {
         Ok(ev) => bytes(ev),
         Err(e) => failed(&e),
     }

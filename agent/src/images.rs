@@ -149,6 +149,8 @@ pub struct Images {
     /// the first pull).
     policy: Option<Arc<Policy>>,
     decryption: Decryption,
+    /// KEKs for what images name (layer packets, UnWrapKey), within `[images]`'s scope.
+    keks: Arc<KbsKek>,
     attestation: Arc<Attestation>,
     audit: Audit,
 }
@@ -182,6 +184,10 @@ impl Images {
             PolicySource::Kbs(_) => None,
             source => Some(Arc::new(local_policy(source, &settings.signed)?)),
         };
+        let keks = Arc::new(KbsKek {
+            attestation: attestation.clone(),
+            scope: Some(KekScope::from_settings(settings)),
+        });
         Ok(Images {
             settings: settings.clone(),
             policy,
@@ -189,11 +195,9 @@ impl Images {
             puller: tokio::sync::OnceCell::new(),
             decryption: Decryption {
                 keys,
-                kek: Some(Arc::new(KbsKek {
-                    attestation: attestation.clone(),
-                    scope: Some(KekScope::from_settings(settings)),
-                })),
+                kek: Some(keks.clone()),
             },
+            keks,
             attestation,
             audit,
         })
@@ -201,7 +205,7 @@ impl Images {
 
     /// Which KEKs an image may name (`[images] kek_resources`).
     pub fn kek_scope(&self) -> KekScope {
-        KekScope::from_settings(&self.settings)
+        self.keks.scope.clone().unwrap_or_default()
     }
 
     /// The private keys of `[images] decryption_keys` (JWE recipients of encrypted layers).
@@ -346,11 +350,7 @@ impl Images {
     /// `keyprovider.KeyProviderService/UnWrapKey`: the ocicrypt key-provider protocol, with the
     /// KEK from the KBS.
     pub async fn unwrap_key(&self, input: &[u8]) -> Result<Zeroizing<Vec<u8>>, ImagesError> {
-        let kek = KbsKek {
-            attestation: self.attestation.clone(),
-            scope: Some(KekScope::from_settings(&self.settings)),
-        };
-        ward_image::ocicrypt::unwrap_key_request(input, &kek)
+        ward_image::ocicrypt::unwrap_key_request(input, self.keks.as_ref())
             .await
             .map_err(|e| ImagesError::Unwrap(e.to_string()))
     }
