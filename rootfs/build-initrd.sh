@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds a guest initrd with wardd as /init, and fetches the kernel to boot it with.
 #
-#   rootfs/build-initrd.sh [--debug] [--wardd PATH] [--out DIR] [--modules "NAME..."] [--config FILE] [--no-ca-certs]
+#   rootfs/build-initrd.sh [--debug] [--wardd PATH] [--out DIR] [--modules "NAME..."] [--config FILE] [--no-ca-certs] [--secure-mount]
 #
 # - The kernel is Debian's linux-image-amd64 (the real linux-image-<version> it depends on),
 #   fetched with `apt-get download` and unpacked with `dpkg-deb -x` into a cache directory
@@ -17,6 +17,11 @@
 #   client cannot start without a CA store, even for plain-HTTP registries. --no-ca-certs omits it.
 # - --config FILE becomes /etc/ward/ward.toml (without it wardd runs on its built-in defaults
 #   and the ward.* kernel command line).
+# - --secure-mount adds what SecureMount (encrypted block volumes, as kata-agent asks CoCo's CDH
+#   for them) runs: this machine's `cryptsetup` (Debian's cryptsetup-bin) and `mkfs.ext4`
+#   (e2fsprogs) with their shared libraries, and the modules virtio_blk, dm-crypt,
+#   dm-integrity, ext4 and the crypto they use (no modprobe in the initrd loads them on demand).
+#   Without it the initrd holds no tool and SecureMount answers that they are missing.
 # - --debug adds busybox-static as /bin/busybox and /bin/sh (boot with rdinit=/bin/sh to look
 #   around); the default initrd holds nothing else.
 #
@@ -33,6 +38,7 @@ wardd=""
 debug=0
 config=""
 ca_certs=1
+secure_mount=0
 modules="virtio_pci virtio_net vsock vmw_vsock_virtio_transport vsock_loopback configfs sev-guest"
 kernel_package="${KERNEL_PACKAGE:-linux-image-amd64}"
 
@@ -49,6 +55,7 @@ while [ $# -gt 0 ]; do
     --modules) modules="${2?--modules needs a list}"; shift ;;
     --config) config="${2:?--config needs a file}"; shift ;;
     --no-ca-certs) ca_certs=0 ;;
+    --secure-mount) secure_mount=1 ;;
     -h|--help) usage ;;
     *) echo "build-initrd: unknown argument $1" >&2; usage ;;
   esac
@@ -143,6 +150,17 @@ fi
 
 if [ -n "$config" ]; then
   install -m 0644 "$config" "$staging/etc/ward/ward.toml"
+fi
+
+if [ "$secure_mount" -eq 1 ]; then
+  for tool in cryptsetup mkfs.ext4; do
+    path=$(PATH="$PATH:/usr/sbin:/sbin" command -v "$tool" || true)
+    [ -n "$path" ] || { log "--secure-mount needs $tool (apt-get install cryptsetup-bin e2fsprogs)"; exit 1; }
+    install -D -m 0755 "$path" "$staging/usr/sbin/$tool"
+    copy_libs "$path"
+  done
+  # AES-NI is absent under plain emulation: the kernel then answers ENODEV, which wardd skips.
+  modules="$modules virtio_blk dm_mod dm_crypt dm_integrity ecb xts authenc algif_skcipher crc32c_generic aesni_intel ext4"
 fi
 
 if [ "$debug" -eq 1 ]; then

@@ -54,7 +54,7 @@ else
   log "debootstrap $suite into $out ($mirror)"
   mkdir -p "$out"
   debootstrap --variant=minbase \
-    --include=systemd,systemd-sysv,udev,dbus,kmod,iproute2,ca-certificates \
+    --include=systemd,systemd-sysv,udev,dbus,kmod,iproute2,ca-certificates,cryptsetup-bin,e2fsprogs \
     "$suite" "$out" "$mirror"
 fi
 

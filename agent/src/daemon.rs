@@ -125,8 +125,17 @@ pub async fn run(config: &Config, mode: Mode) -> Result<(), DaemonError> {
         models: models.clone(),
         audit: audit.clone(),
     });
+    let secure_mounts = Arc::new(crate::secure_mount::SecureMounts::new(
+        attestation.clone(),
+        audit.clone(),
+        crate::secure_mount::SecureMountSettings {
+            allow_file_keys: config.secure_mount_file_keys,
+            ..Default::default()
+        },
+    ));
     let ctx = Context {
         inference,
+        secure_mounts,
         daemon: state.clone(),
         attestation: attestation.clone(),
         images: images.clone(),

@@ -32,6 +32,7 @@ pub mod init;
 pub mod listen;
 pub mod logging;
 pub mod models;
+pub mod secure_mount;
 pub mod selfcheck;
 pub mod services;
 pub mod systemd;

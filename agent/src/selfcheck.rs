@@ -20,6 +20,7 @@ use crate::images::{Images, ImagesError};
 use crate::listen::{ListenAddr, VSOCK_CID_ANY};
 
 mod inference;
+pub mod volume;
 
 /// `VMADDR_CID_LOCAL`: this guest, through the vsock loopback transport.
 const VSOCK_CID_LOCAL: u32 = 1;
@@ -54,6 +55,12 @@ pub enum SelfCheckError {
         #[source]
         source: ImagesError,
     },
+    /// A SecureMount volume could not be mounted or used.
+    #[error("volume {device}: {detail}")]
+    Volume { device: String, detail: String },
+    /// Volumes were asked for but no unix ttrpc listener serves SecureMount.
+    #[error("volume {0}: no ttrpc listener serves secure-mount")]
+    NoSecureMount(String),
     /// An inference listener did not answer as it should.
     #[error("inference on {addr}: {detail}")]
     Inference { addr: String, detail: String },
@@ -80,6 +87,8 @@ pub struct SelfCheckReport {
     pub resource: Option<(String, usize)>,
     /// The image pulled, with its manifest digest.
     pub image: Option<(String, String)>,
+    /// The volumes SecureMount made and the self-check used.
+    pub volumes: Vec<volume::VolumeReport>,
 }
 
 /// Where the self-check's image pull unpacks (under wardd's own runtime directory).
@@ -171,9 +180,33 @@ pub async fn run(
         tracing::info!(%uri, bytes = value.len(), "self-check: resource released by the KBS");
         report.resource = Some((uri.clone(), value.len()));
     }
+    for v in &settings.volumes {
+        let addr = listeners
+            .iter()
+            .filter(|l| matches!(l.addr, ListenAddr::Unix(_)))
+            .find_map(|l| dial_address(l, ServiceKind::SecureMount))
+            .ok_or_else(|| SelfCheckError::NoSecureMount(v.device.clone()))?;
+        let done =
+            volume::check(&addr, v, timeout)
+                .await
+                .map_err(|detail| SelfCheckError::Volume {
+                    device: v.device.clone(),
+                    detail,
+                })?;
+        tracing::info!(device = %done.device, mount_point = %done.mount_point.display(),
+            filesystem = done.filesystem, bytes = done.bytes, "self-check: volume mounted");
+        report.volumes.push(done);
+    }
+    // Onto the first filesystem volume, as kata-agent keeps pulled images on its secure mount.
+    let bundle = report
+        .volumes
+        .iter()
+        .find(|v| v.filesystem)
+        .map(|v| v.mount_point.join("bundle"))
+        .unwrap_or_else(|| std::path::PathBuf::from(BUNDLE));
     if let Some(image) = &settings.image {
         let pulled = images
-            .pull(image, BUNDLE)
+            .pull(image, &bundle.to_string_lossy())
             .await
             .map_err(|source| SelfCheckError::Image {
                 image: image.clone(),
@@ -185,7 +218,7 @@ pub async fn run(
             %digest,
             layers = pulled.layers,
             encrypted_layers = pulled.encrypted_layers,
-            bundle = BUNDLE,
+            bundle = %bundle.display(),
             "self-check: image pulled"
         );
         report.image = Some((image.clone(), digest));
@@ -194,6 +227,7 @@ pub async fn run(
         && report.inference.is_empty()
         && report.resource.is_none()
         && report.image.is_none()
+        && report.volumes.is_empty()
     {
         return Err(SelfCheckError::Nothing);
     }

@@ -171,6 +171,38 @@ impl Unverified {
     }
 }
 
+/// Why [`unseal`] gave no plaintext.
+#[derive(Debug, thiserror::Error)]
+pub enum UnsealError {
+    #[error(transparent)]
+    Sealed(#[from] SealedSecretError),
+    #[error(transparent)]
+    Attestation(#[from] crate::attestation::AttestationError),
+}
+
+/// Opens a sealed secret: its verification key from the KBS (`kbs:` kid) or from
+/// [`DEFAULT_KEY_DIR`], the signature checked, then the KBS resource it names released.
+pub async fn unseal(
+    attestation: &crate::attestation::Attestation,
+    sealed: &[u8],
+) -> Result<zeroize::Zeroizing<Vec<u8>>, UnsealError> {
+    let unverified = parse(sealed)?;
+    let kid = unverified.kid().to_string();
+    let jwk = if kid.starts_with("kbs:") {
+        attestation.resource(&kid).await?
+    } else {
+        let path = local_key_path(Path::new(DEFAULT_KEY_DIR), &kid)?;
+        zeroize::Zeroizing::new(tokio::fs::read(&path).await.map_err(|e| {
+            SealedSecretError::Key {
+                kid: kid.clone(),
+                detail: format!("{}: {e}", path.display()),
+            }
+        })?)
+    };
+    let Sealed::Vault { name } = unverified.verify(&jwk)?;
+    Ok(attestation.resource(&name).await?)
+}
+
 /// The path of a local verification key, refusing names that would leave `dir`.
 pub fn local_key_path(dir: &Path, kid: &str) -> Result<PathBuf, SealedSecretError> {
     let ok = !kid.is_empty()

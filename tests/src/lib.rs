@@ -8,6 +8,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod kbs;
+pub mod qemu;
 pub mod registry;
 pub mod served;
 pub mod sigstore;

@@ -10,288 +10,87 @@
 //! serial console and fails on any panic, error or timeout; it prints boot-to-ready (kernel time
 //! of wardd's READY) and the initrd size.
 //!
+//! With `cryptsetup` and `mkfs.ext4` on this machine (`just deps`), the guest also gets two
+//! virtio disks and asks its own SecureMount for them as kata-agent asks CoCo's CDH: a blank one
+//! becomes an integrity-protected LUKS2 ext4 volume with a key made in the guest, and the image
+//! is pulled onto it (afterwards the host's copy holds neither the image's bytes nor the
+//! self-check's marker, nor a LUKS header); the other is a LUKS2 volume this machine made with a
+//! key only the KBS releases, opened as a device. A second boot gets that volume with its key
+//! slot altered by the host and must refuse it, naming the step.
+//!
 //! KVM is used when /dev/kvm opens and the kernel starts under it; otherwise (or with
 //! `WARD_BOOT_ACCEL=tcg`) software emulation. Skipped with a message when qemu, or the kernel
 //! package and its tools, are missing (`just deps` installs them).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Instant;
 
 use ward_tests::bin;
+use ward_tests::qemu::{
+    BOOT_TIMEOUT, Boot, KbsProcess, boot_any, have, missing_tools, plain, printk_time, repo_root,
+};
 use ward_tests::registry::{ImageBuilder, TestRegistry, image_tools};
 
-/// The whole boot, kernel start to power-off, under software emulation on a slow machine.
-const BOOT_TIMEOUT: Duration = Duration::from_secs(240);
-/// How long KVM gets to print the kernel banner before the test falls back to emulation
-/// (nested KVM can hang before the kernel prints anything).
-const KVM_BANNER_TIMEOUT: Duration = Duration::from_secs(20);
+/// The self-check's marker, written through the blank volume (agent/src/selfcheck/volume.rs).
+const MARKER: &str = "ward self-check: plaintext that must never reach the host's disk";
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
+/// The two disks of the SecureMount part, when this machine can make them.
+struct Disks {
+    blank: PathBuf,
+    luks: PathBuf,
+    /// The LUKS volume's key, as the KBS releases it.
+    key: String,
 }
 
-fn have(cmd: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {cmd}")])
-        .stdout(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
-}
-
-/// Why the boot cannot run here, if it cannot.
-fn missing_tools() -> Option<String> {
-    for (cmd, package) in [
-        ("qemu-system-x86_64", "qemu-system-x86"),
-        ("cpio", "cpio"),
-        ("depmod", "kmod"),
-        ("dpkg-deb", "dpkg"),
-        ("apt-get", "apt"),
-    ] {
-        if !have(cmd) {
-            return Some(format!(
-                "{cmd} is missing (Debian package {package}; `just deps`)"
-            ));
+impl Disks {
+    fn make(dir: &Path) -> Option<Disks> {
+        if !have("cryptsetup") || !have("mkfs.ext4") {
+            eprintln!("SecureMount part skipped: cryptsetup or mkfs.ext4 is missing (`just deps`)");
+            return None;
         }
-    }
-    let cache = std::env::var_os("WARD_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join(".work/cache"));
-    let cached = std::fs::read_dir(cache.join("kernel"))
-        .map(|mut d| d.next().is_some())
-        .unwrap_or(false);
-    let known = Command::new("apt-cache")
-        .args(["show", "linux-image-amd64"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !cached && !known {
-        return Some(
-            "the kernel package linux-image-amd64 is unknown to apt (apt-get update?) and not cached"
-                .to_string(),
-        );
-    }
-    None
-}
-
-/// A console line with the time it arrived (since qemu started).
-struct Line {
-    at: Duration,
-    text: String,
-}
-
-/// Strips ANSI escapes (wardd's human log is coloured) and carriage returns.
-fn plain(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            if chars.peek() == Some(&'[') {
-                chars.next();
-                for c in chars.by_ref() {
-                    if c.is_ascii_alphabetic() {
-                        break;
-                    }
-                }
-            }
-            continue;
-        }
-        if c != '\r' {
-            out.push(c);
-        }
-    }
-    out
-}
-
-/// The printk timestamp of a console line (`[    1.234567] ...`), in seconds.
-fn printk_time(line: &str) -> Option<f64> {
-    let rest = line.trim_start().strip_prefix('[')?;
-    let (t, _) = rest.split_once(']')?;
-    t.trim().parse().ok()
-}
-
-struct Boot {
-    lines: Vec<Line>,
-    exit: Option<std::process::ExitStatus>,
-    timed_out: bool,
-    accel: &'static str,
-}
-
-fn spawn_qemu(accel: &str, kernel: &Path, initrd: &Path, append: &str) -> Child {
-    let mut cmd = Command::new("qemu-system-x86_64");
-    if accel == "kvm" {
-        cmd.args(["-enable-kvm", "-cpu", "host"]);
-    } else {
-        cmd.args(["-accel", "tcg"]);
-    }
-    cmd.args(["-m", "512", "-smp", "2", "-no-reboot"])
-        .args(["-display", "none", "-monitor", "none", "-serial", "stdio"])
-        .args([
-            "-netdev",
-            "user,id=n0",
-            "-device",
-            "virtio-net-pci,netdev=n0",
-        ])
-        .arg("-kernel")
-        .arg(kernel)
-        .arg("-initrd")
-        .arg(initrd)
-        .args(["-append", append])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    cmd.spawn().expect("qemu-system-x86_64 starts")
-}
-
-/// Boots once; with `banner_timeout`, gives up early when the kernel prints nothing.
-fn boot(
-    accel: &'static str,
-    kernel: &Path,
-    initrd: &Path,
-    append: &str,
-    banner_timeout: Option<Duration>,
-) -> Boot {
-    let started = Instant::now();
-    let mut child = spawn_qemu(accel, kernel, initrd, append);
-    let (tx, rx) = mpsc::channel();
-    let stdout = child.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut r = BufReader::new(stdout);
-        let mut buf = Vec::new();
-        loop {
-            buf.clear();
-            match r.read_until(b'\n', &mut buf) {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {
-                    let text = plain(&String::from_utf8_lossy(&buf));
-                    if tx
-                        .send(Line {
-                            at: started.elapsed(),
-                            text: text.trim_end().to_string(),
-                        })
-                        .is_err()
-                    {
-                        return;
-                    }
-                }
-            }
-        }
-    });
-    let mut lines = Vec::new();
-    let mut timed_out = false;
-    let mut banner = false;
-    loop {
-        match rx.recv_timeout(Duration::from_millis(200)) {
-            Ok(line) => {
-                banner |= line.text.contains("Linux version");
-                lines.push(line);
-            }
-            Err(mpsc::RecvTimeoutError::Disconnected) => break,
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-        }
-        let late = match banner_timeout {
-            Some(t) if !banner => started.elapsed() > t,
-            _ => started.elapsed() > BOOT_TIMEOUT,
-        };
-        if late {
-            timed_out = true;
-            let _ = child.kill();
-            break;
-        }
-    }
-    let exit = child.wait().ok();
-    let _ = reader.join();
-    if !timed_out {
-        lines.extend(rx.try_iter());
-    }
-    let mut stderr = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        let _ = e.read_to_string(&mut stderr);
-    }
-    for l in stderr.lines().filter(|l| !l.trim().is_empty()) {
-        lines.push(Line {
-            at: started.elapsed(),
-            text: format!("qemu stderr: {l}"),
-        });
-    }
-    Boot {
-        lines,
-        exit,
-        timed_out,
-        accel,
-    }
-}
-
-fn kvm_usable() -> bool {
-    std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_ok()
-}
-
-/// Kills the dev KBS on drop and gives its request counts.
-struct KbsProcess {
-    child: Child,
-    url: String,
-}
-
-impl KbsProcess {
-    fn start(dir: &Path, resources: &[(&str, &str)]) -> KbsProcess {
-        let url_file = dir.join("kbs.url");
-        let mut cmd = Command::new(bin("dev-kbs"));
-        cmd.args(["--listen", "127.0.0.1:0", "--url-file"])
-            .arg(&url_file);
-        for (path, value) in resources {
-            cmd.args(["--resource", &format!("{path}={value}")]);
-        }
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
+        let blank = dir.join("blank.img");
+        std::fs::File::create(&blank)
+            .unwrap()
+            .set_len(192 << 20)
             .unwrap();
-        let until = Instant::now() + Duration::from_secs(10);
-        let url = loop {
-            if let Ok(u) = std::fs::read_to_string(&url_file)
-                && !u.is_empty()
-            {
-                break u;
-            }
-            assert!(Instant::now() < until, "dev-kbs did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        KbsProcess { child, url }
+        let luks = dir.join("luks.img");
+        std::fs::File::create(&luks)
+            .unwrap()
+            .set_len(64 << 20)
+            .unwrap();
+        let key = hex::encode(rand::random::<[u8; 32]>());
+        let key_file = dir.join("luks.key");
+        std::fs::write(&key_file, &key).unwrap();
+        // The owner's volume: made here, its key handed to the KBS only.
+        let out = Command::new("cryptsetup")
+            .args(["--batch-mode", "luksFormat", "--type", "luks2"])
+            .args(["--cipher", "aes-xts-plain64", "--sector-size", "4096"])
+            .args([
+                "--pbkdf",
+                "pbkdf2",
+                "--pbkdf-force-iterations",
+                "1000",
+                "--key-file",
+            ])
+            .arg(&key_file)
+            .arg(&luks)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "luksFormat: {out:?}");
+        std::fs::remove_file(&key_file).unwrap();
+        Some(Disks { blank, luks, key })
     }
 
-    /// Stops it; returns what it printed (its request counts are on the last line).
-    fn stop(mut self) -> String {
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let mut out = String::new();
-        if let Some(mut s) = self.child.stdout.take() {
-            let _ = s.read_to_string(&mut out);
-        }
-        let _ = self.child.wait();
-        out
+    fn paths(&self) -> Vec<PathBuf> {
+        vec![self.blank.clone(), self.luks.clone()]
     }
 }
 
-impl Drop for KbsProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 #[test]
@@ -333,16 +132,21 @@ fn wardd_boots_as_init_attests_serves_and_powers_off() {
     )
     .unwrap();
 
+    let disks = Disks::make(work.path());
+
     // The initrd, from the wardd this test run built (stripped by the script).
-    let out = Command::new(repo_root().join("rootfs/build-initrd.sh"))
+    let mut build = Command::new(repo_root().join("rootfs/build-initrd.sh"));
+    build
         .arg("--wardd")
         .arg(bin("wardd"))
         .arg("--out")
         .arg(work.path())
         .arg("--config")
-        .arg(&config)
-        .output()
-        .unwrap();
+        .arg(&config);
+    if disks.is_some() {
+        build.arg("--secure-mount");
+    }
+    let out = build.output().unwrap();
     let build_log = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -356,13 +160,14 @@ fn wardd_boots_as_init_attests_serves_and_powers_off() {
 
     // A secret the guest can only get by attesting; it must never show on the console.
     let secret = format!("boot-secret-{}", hex::encode(rand::random::<[u8; 12]>()));
-    let kbs = KbsProcess::start(
-        work.path(),
-        &[
-            ("default/key/boot", &secret),
-            ("default/image-kek/boot", kek),
-        ],
-    );
+    let mut resources = vec![
+        ("default/key/boot", secret.as_str()),
+        ("default/image-kek/boot", kek),
+    ];
+    if let Some(d) = &disks {
+        resources.push(("default/disk/key", d.key.as_str()));
+    }
+    let kbs = KbsProcess::start(work.path(), &resources);
     let port = kbs.url.rsplit(':').next().unwrap().to_string();
     let mut append = format!(
         "console=ttyS0 panic=-1 loglevel=6 \
@@ -375,23 +180,13 @@ fn wardd_boots_as_init_attests_serves_and_powers_off() {
     if let Some((_, _, guest_ref)) = &registry {
         append.push_str(&format!(" ward.self_check_image={guest_ref}"));
     }
-
-    let wanted = std::env::var("WARD_BOOT_ACCEL").unwrap_or_default();
-    let mut result = if wanted != "tcg" && kvm_usable() {
-        let b = boot("kvm", &kernel, &initrd, &append, Some(KVM_BANNER_TIMEOUT));
-        let banner = b.lines.iter().any(|l| l.text.contains("Linux version"));
-        if banner || wanted == "kvm" {
-            b
-        } else {
-            eprintln!(
-                "KVM: no kernel banner within {KVM_BANNER_TIMEOUT:?} (nested KVM?); \
-                 booting under TCG instead"
-            );
-            boot("tcg", &kernel, &initrd, &append, None)
-        }
-    } else {
-        boot("tcg", &kernel, &initrd, &append, None)
-    };
+    if disks.is_some() {
+        append.push_str(
+            " ward.self_check_volume=vda ward.self_check_volume=vdb,kbs:///default/disk/key",
+        );
+    }
+    let disk_paths = disks.as_ref().map(Disks::paths).unwrap_or_default();
+    let mut result = boot_any(&kernel, &initrd, &append, &disk_paths);
     let kbs_out = kbs.stop();
     let console: Vec<String> = result.lines.iter().map(|l| l.text.clone()).collect();
     let dump = || console.join("\n");
@@ -417,9 +212,9 @@ fn wardd_boots_as_init_attests_serves_and_powers_off() {
         );
     }
     assert!(
-        !console
-            .iter()
-            .any(|l| l.contains(&secret) || l.contains(kek)),
+        !console.iter().any(|l| l.contains(&secret)
+            || l.contains(kek)
+            || disks.as_ref().is_some_and(|d| l.contains(&d.key))),
         "a secret's value reached the console"
     );
     let has = |needle: &str| console.iter().any(|l| l.contains(needle));
@@ -449,7 +244,7 @@ fn wardd_boots_as_init_attests_serves_and_powers_off() {
         "qemu ended with {:?}",
         result.exit
     );
-    let resources = if let Some((_, _, guest_ref)) = &registry {
+    let mut resources = if let Some((_, _, guest_ref)) = &registry {
         // The layer's key came from the KBS and the layer decrypted and verified in the guest.
         for needle in [
             format!("self-check: image pulled image={guest_ref}"),
@@ -461,6 +256,40 @@ fn wardd_boots_as_init_attests_serves_and_powers_off() {
     } else {
         1
     };
+    if let Some(d) = &disks {
+        resources += 1;
+        for needle in [
+            "self-check: volume mounted device=vda mount_point=/run/ward/self-check-volumes/vda \
+             filesystem=true bytes=1048",
+            "self-check: volume mounted device=vdb mount_point=/run/ward/self-check-volumes/vdb.dev \
+             filesystem=false bytes=",
+        ] {
+            assert!(has(needle), "the console lacks `{needle}`:\n{}", dump());
+        }
+        if registry.is_some() {
+            let needle = "bundle=/run/ward/self-check-volumes/vda/bundle";
+            assert!(has(needle), "the console lacks `{needle}`:\n{}", dump());
+        }
+        // What the host holds of the blank disk after the guest used it: ciphertext and tags.
+        let blank = std::fs::read(&d.blank).unwrap();
+        assert!(
+            blank.iter().any(|b| *b != 0),
+            "the guest wrote nothing to the blank disk"
+        );
+        assert!(
+            !contains(&blank, MARKER.as_bytes()),
+            "the self-check's plaintext is on the host's disk"
+        );
+        assert!(
+            !contains(&blank, b"from an encrypted image"),
+            "the pulled image's plaintext is on the host's disk"
+        );
+        assert!(
+            !blank.starts_with(b"LUKS\xba\xbe"),
+            "the blank volume's LUKS header (key slots) is on the host's disk, not in the guest"
+        );
+        altered_volume_is_refused(&kernel, &initrd, d, work.path());
+    }
     assert!(
         kbs_out.contains(&format!("{resources} resource requests")),
         "the dev KBS did not serve {resources} resources: {kbs_out}"
@@ -492,6 +321,56 @@ fn wardd_boots_as_init_attests_serves_and_powers_off() {
         build_time.as_secs_f64(),
         test_started.elapsed().as_secs_f64(),
     );
+}
+
+/// A second boot: the owner's volume with bytes of its key slot changed by the host. The guest
+/// must refuse to open it, and say which step failed.
+fn altered_volume_is_refused(kernel: &Path, initrd: &Path, d: &Disks, dir: &Path) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&d.luks)
+        .unwrap();
+    // LUKS2 key slot 0's area starts at 32 KiB (after both 16 KiB headers): flip 64 bytes
+    // of its anti-forensic stripes. The headers' own checksums still hold.
+    f.write_all_at(&rand::random::<[u8; 32]>(), 32768 + 4096)
+        .unwrap();
+    f.write_all_at(&rand::random::<[u8; 32]>(), 32768 + 4096 + 32)
+        .unwrap();
+    f.sync_all().unwrap();
+    let kbs = KbsProcess::start(dir, &[("default/disk/key", d.key.as_str())]);
+    let port = kbs.url.rsplit(':').next().unwrap().to_string();
+    let append = format!(
+        "console=ttyS0 panic=-1 loglevel=6 \
+         ward.tee=sample ward.allow_sample=true ward.kbs_url=http://10.0.2.2:{port} \
+         ward.net=eth0:10.0.2.15/24:10.0.2.2 ward.log_level=info ward.self_check=poweroff \
+         ward.listen=unix:///run/ward/ward.sock#all \
+         ward.self_check_volume=vda,kbs:///default/disk/key"
+    );
+    let result: Boot = boot_any(kernel, initrd, &append, std::slice::from_ref(&d.luks));
+    let _ = kbs.stop();
+    let console: Vec<String> = result.lines.iter().map(|l| l.text.clone()).collect();
+    let dump = || console.join("\n");
+    assert!(
+        !result.timed_out,
+        "the altered-volume boot hung:\n{}",
+        dump()
+    );
+    let has = |needle: &str| console.iter().any(|l| l.contains(needle));
+    for needle in [
+        "self-check failed",
+        "volume vda: SecureMount",
+        "cryptsetup failed at luksOpen",
+        "reboot: Power down",
+    ] {
+        assert!(has(needle), "the console lacks `{needle}`:\n{}", dump());
+    }
+    assert!(
+        !has("self-check: volume mounted"),
+        "an altered volume was mounted:\n{}",
+        dump()
+    );
+    assert!(!has(&d.key), "the volume's key reached the console");
 }
 
 #[test]

@@ -1,5 +1,5 @@
 //! wardd end to end as an ordinary process: health over a unix socket through the generated
-//! ttrpc client and the `ward` CLI, allow-lists, UNIMPLEMENTED services, config errors, kernel
+//! ttrpc client and the `ward` CLI, allow-lists, SecureMount's refusals, config errors, kernel
 //! command-line overrides, sd_notify, graceful SIGTERM, and the audit chain it leaves behind.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -64,18 +64,46 @@ fn ward_health_fails_when_nothing_listens() {
 }
 
 #[test]
-fn allowed_but_unbuilt_services_say_unimplemented_and_others_are_denied() {
+fn secure_mount_names_what_it_cannot_mount_and_other_services_are_denied() {
     let w = Wardd::start(&["health", "secure-mount"]);
     rt().block_on(async {
         let client = ttrpc::asynchronous::Client::connect(&w.addr).await.unwrap();
         let mounts = SecureMountServiceClient::new(client.clone());
+        // No volume type: CoCo's CDH answers INTERNAL "[CDH] [ERROR]: Secure Mount failed";
+        // ward keeps that text and says why, with a finer code.
         let err = mounts
             .secure_mount(ctx(), &SecureMountRequest::new())
             .await
             .unwrap_err();
         let (code, msg) = status_code(err);
         assert_eq!(code, Code::UNIMPLEMENTED, "{msg}");
-        assert!(msg.contains("/api.SecureMountService/SecureMount"), "{msg}");
+        assert!(
+            msg.starts_with("[CDH] [ERROR]: Secure Mount failed: volume type ``"),
+            "{msg}"
+        );
+        // kata-agent's request for a device this machine does not have.
+        let kata = [
+            ("deviceId", "4095:1048575"),
+            ("sourceType", "empty"),
+            ("targetType", "fileSystem"),
+            ("filesystemType", "ext4"),
+            ("mkfsOpts", "-E lazy_journal_init"),
+            ("encryptionType", "luks2"),
+            ("dataIntegrity", "true"),
+        ];
+        let req = SecureMountRequest {
+            volume_type: "block-device".to_string(),
+            options: kata
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            mount_point: w.dir.path().join("mnt").display().to_string(),
+            ..Default::default()
+        };
+        let err = mounts.secure_mount(ctx(), &req).await.unwrap_err();
+        let (code, msg) = status_code(err);
+        assert_eq!(code, Code::NOT_FOUND, "{msg}");
+        assert!(msg.contains("no block device 4095:1048575"), "{msg}");
 
         let cdh = GetResourceServiceClient::new(client);
         let err = cdh

@@ -15,7 +15,11 @@
 //! mode only), `ward.self_check=serve|poweroff` (once ready, call wardd's own health service on
 //! each ttrpc listener, then keep serving or stop) and `ward.self_check_resource=kbs:///...` (also
 //! fetch that resource through the KBS session; its value is never logged), and
-//! `ward.self_check_image=REFERENCE` (also pull that image into a scratch bundle).
+//! `ward.self_check_image=REFERENCE` (also pull that image into a scratch bundle), and
+//! `ward.self_check_volume=NAME[,KEY]`, repeatable (also ask wardd's SecureMount, as kata-agent
+//! does, for the block device `/sys/block/NAME`: without KEY a blank device becomes an
+//! integrity-protected ext4 volume with a key made in the guest, and the image is pulled onto
+//! it; with a `kbs:///` KEY an existing LUKS2 volume is opened as a device).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -24,7 +28,7 @@ use super::{ConfigError, Listener, LogFormat, Origin, expand_services, oom_score
 use crate::listen::ListenAddr;
 
 /// The keys (after `ward.`) this version understands.
-const KEYS: [&str; 15] = [
+const KEYS: [&str; 16] = [
     "tee",
     "allow_sample",
     "kbs_url",
@@ -40,6 +44,7 @@ const KEYS: [&str; 15] = [
     "self_check",
     "self_check_resource",
     "self_check_image",
+    "self_check_volume",
 ];
 
 /// Validated values taken from the kernel command line.
@@ -62,6 +67,7 @@ pub struct Overrides {
     pub self_check: Option<super::AfterSelfCheck>,
     pub self_check_resource: Option<String>,
     pub self_check_image: Option<String>,
+    pub self_check_volumes: Vec<super::VolumeCheck>,
 }
 
 /// Splits a kernel command line into words the way the kernel does: on whitespace, with double
@@ -182,6 +188,29 @@ pub fn parse_cmdline(line: &str) -> Result<(Overrides, Vec<String>), ConfigError
                     return Err(bad(format!("`{value}` is not an image reference")));
                 }
                 o.self_check_image = Some(value.to_string());
+            }
+            "self_check_volume" => {
+                let (device, key) = match value.split_once(',') {
+                    Some((d, k)) => (d, Some(k)),
+                    None => (value, None),
+                };
+                let name_ok = !device.is_empty()
+                    && device.len() <= 32
+                    && device
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-');
+                if !name_ok {
+                    return Err(bad(format!("`{device}` is not a block device name")));
+                }
+                if let Some(k) = key
+                    && !(k.starts_with("kbs:") && ward_kbs_wire::ResourceUri::parse(k).is_ok())
+                {
+                    return Err(bad(format!("`{k}` is not a kbs:/// resource URI")));
+                }
+                o.self_check_volumes.push(super::VolumeCheck {
+                    device: device.to_string(),
+                    key: key.map(str::to_string),
+                });
             }
             _ => unknown.push(full.clone()),
         }

@@ -23,6 +23,8 @@ pub struct RawConfig {
     pub kbs: Option<RawKbs>,
     pub images: RawImages,
     pub inference: RawInference,
+    /// `[secure_mount]`: encrypted block volumes (`api.SecureMountService`).
+    pub secure_mount: RawSecureMount,
     /// `[[model]]` tables: sealed models to load at start.
     pub model: Vec<RawModel>,
     /// `[[listener]]` tables; when the file has none, the defaults apply.
@@ -42,6 +44,14 @@ pub struct RawLog {
 pub struct RawInference {
     /// CPU threads of the inference kernels (candle's pools); 0: one per core.
     pub threads: usize,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawSecureMount {
+    /// Accept `key = "file://PATH"` in SecureMount requests (CoCo does). Off by default: whoever
+    /// names a guest file whose content they can predict knows the volume's key.
+    pub allow_file_keys: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -305,6 +315,7 @@ impl Default for RawConfig {
             kbs: None,
             images: RawImages::default(),
             inference: RawInference::default(),
+            secure_mount: RawSecureMount::default(),
             model: Vec::new(),
             listener: vec![
                 listener(

@@ -168,6 +168,17 @@ pub struct SelfCheckSettings {
     pub resource: Option<String>,
     /// An image to pull into a scratch bundle (`[images]` settings and keys apply).
     pub image: Option<String>,
+    /// Block devices to ask SecureMount for, in order.
+    pub volumes: Vec<VolumeCheck>,
+}
+
+/// `ward.self_check_volume=NAME[,KEY]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VolumeCheck {
+    /// The device's name under `/sys/block` (`vdb`).
+    pub device: String,
+    /// A `kbs:///` key: open an existing LUKS2 volume; none: format a blank one.
+    pub key: Option<String>,
 }
 
 /// A validated configuration.
@@ -195,6 +206,8 @@ pub struct Config {
     pub models: Vec<ModelSettings>,
     /// CPU threads of the inference kernels; `None`: one per core.
     pub inference_threads: Option<std::num::NonZeroUsize>,
+    /// `[secure_mount] allow_file_keys`.
+    pub secure_mount_file_keys: bool,
     /// `ward.net=`: a static address for one interface, applied in PID-1 mode only.
     pub net: Option<crate::init::NetConfig>,
     /// `ward.self_check=`: check wardd's own listeners (and a KBS resource) once ready.
@@ -259,6 +272,7 @@ impl Config {
                 }
             },
             images,
+            secure_mount_file_keys: raw.secure_mount.allow_file_keys,
             attestation: AttestationSettings {
                 tee: parse_tee("attestation.tee", &raw.attestation.tee)?,
                 allow_sample: raw.attestation.allow_sample,
@@ -345,12 +359,15 @@ impl Config {
             self.net = Some(v);
         }
         // A resource or an image alone asks for a check that keeps serving afterwards.
-        let asked = o.self_check_resource.is_some() || o.self_check_image.is_some();
+        let asked = o.self_check_resource.is_some()
+            || o.self_check_image.is_some()
+            || !o.self_check_volumes.is_empty();
         if let Some(then) = o.self_check.or(asked.then_some(AfterSelfCheck::Serve)) {
             self.self_check = Some(SelfCheckSettings {
                 then,
                 resource: o.self_check_resource,
                 image: o.self_check_image,
+                volumes: o.self_check_volumes,
             });
         }
         if let Some(url) = o.kbs_url {

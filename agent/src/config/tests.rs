@@ -447,6 +447,7 @@ fn cmdline_boot_keys() {
             then: AfterSelfCheck::PowerOff,
             resource: Some("kbs:///default/key/boot".to_string()),
             image: None,
+            volumes: vec![],
         })
     );
     let c = from_text("", Some("ward.self_check_image=10.0.2.2:5000/boot/app:v1")).unwrap();
@@ -456,8 +457,36 @@ fn cmdline_boot_keys() {
             then: AfterSelfCheck::Serve,
             resource: None,
             image: Some("10.0.2.2:5000/boot/app:v1".to_string()),
+            volumes: vec![],
         })
     );
+    // Volumes, in order: a blank one, and one opened with a KBS key.
+    let c = from_text(
+        "",
+        Some("ward.self_check_volume=vdb ward.self_check_volume=vdc,kbs:///default/disk/key"),
+    )
+    .unwrap();
+    assert_eq!(
+        c.self_check.map(|s| s.volumes),
+        Some(vec![
+            crate::config::VolumeCheck {
+                device: "vdb".to_string(),
+                key: None
+            },
+            crate::config::VolumeCheck {
+                device: "vdc".to_string(),
+                key: Some("kbs:///default/disk/key".to_string())
+            },
+        ])
+    );
+    for bad in [
+        "ward.self_check_volume=../sda",
+        "ward.self_check_volume=",
+        "ward.self_check_volume=vdb,file:///etc/passwd",
+        "ward.self_check_volume=vdb,default/disk/key",
+    ] {
+        assert!(from_text("", Some(bad)).is_err(), "{bad} accepted");
+    }
     // None of them is on by default, and a file cannot turn them on.
     let c = from_text("", None).unwrap();
     assert_eq!((c.net, c.self_check), (None, None));

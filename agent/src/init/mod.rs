@@ -3,8 +3,8 @@
 //! off (never exiting) on a stop request, a fatal error or a panic.
 //!
 //! Nothing here runs unless wardd really is PID 1 ([`is_pid1`]): a wardd started by systemd or
-//! from a shell never mounts, reaps or powers anything off. As PID 1, wardd must not spawn
-//! children through `tokio::process` (the reaper would collect their exit status first).
+//! from a shell never mounts, reaps or powers anything off. As PID 1, wardd spawns children only
+//! through [`spawn_owned`], which keeps the reaper from collecting their exit status first.
 
 mod modules;
 mod mounts;
@@ -18,7 +18,7 @@ pub use net::{
     IfName, NetConfig, NetError, NetParseError, configure as configure_net, loopback_up,
 };
 pub use poweroff::{install_panic_hook, kmsg, power_off, terminate_all};
-pub use reaper::{reap_ready, spawn_reaper};
+pub use reaper::{OwnedChild, reap_ready, spawn_owned, spawn_reaper};
 
 /// Whether this process is PID 1 of its PID namespace.
 pub fn is_pid1() -> bool {

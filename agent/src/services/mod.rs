@@ -14,6 +14,7 @@ mod health;
 mod image_pull;
 mod inference;
 mod sealed_secret;
+mod secure_mount;
 mod status;
 
 use std::collections::HashMap;
@@ -39,13 +40,9 @@ pub struct Context {
     /// The inference engines of the loaded models, the boot-time HPKE key of encrypted
     /// inference and its attestation.
     pub inference: Arc<crate::inference_api::Shared>,
+    /// Encrypted block volumes (`api.SecureMountService`).
+    pub secure_mounts: Arc<crate::secure_mount::SecureMounts>,
 }
-
-/// Stands in for a service whose implementation has not landed: the generated trait's default
-/// methods are never reached, because [`services_for`] swaps every handler for a guard.
-struct Placeholder;
-
-impl confidential_data_hub_ttrpc::SecureMountService for Placeholder {}
 
 /// The generated service map for `kind` on `listener`, with real implementations where they
 /// exist.
@@ -55,7 +52,6 @@ fn generated(
     ctx: &Context,
 ) -> (HashMap<String, Service>, bool) {
     let allowed = &listener.services;
-    let p = Arc::new(Placeholder);
     match kind {
         ServiceKind::Health => {
             let served = allowed.iter().map(|k| k.ttrpc_name().to_string()).collect();
@@ -86,10 +82,13 @@ fn generated(
                 true,
             )
         }
-        ServiceKind::SecureMount => (
-            confidential_data_hub_ttrpc::create_secure_mount_service(p),
-            false,
-        ),
+        ServiceKind::SecureMount => {
+            let m = secure_mount::SecureMount::new(ctx.secure_mounts.clone());
+            (
+                confidential_data_hub_ttrpc::create_secure_mount_service(Arc::new(m)),
+                true,
+            )
+        }
         ServiceKind::ImagePull => {
             let puller = image_pull::ImagePuller::new(ctx.images.clone());
             (

@@ -11,7 +11,7 @@ use ward_protos::confidential_data_hub_ttrpc::SealedSecretService;
 
 use super::status;
 use crate::attestation::Attestation;
-use crate::unseal::{self, Sealed, SealedSecretError};
+use crate::unseal::{self, SealedSecretError, UnsealError};
 
 pub(super) struct Unsealer {
     attestation: Arc<Attestation>,
@@ -40,29 +40,12 @@ impl SealedSecretService for Unsealer {
         _ctx: &TtrpcContext,
         req: UnsealSecretInput,
     ) -> ttrpc::Result<UnsealSecretOutput> {
-        let unverified = unseal::parse(&req.secret).map_err(|e| refused(&e))?;
-        let kid = unverified.kid().to_string();
-        let jwk = if kid.starts_with("kbs:") {
-            self.attestation
-                .resource(&kid)
-                .await
-                .map_err(|e| status::attestation(&e))?
-        } else {
-            let dir = std::path::Path::new(unseal::DEFAULT_KEY_DIR);
-            let path = unseal::local_key_path(dir, &kid).map_err(|e| refused(&e))?;
-            zeroize::Zeroizing::new(tokio::fs::read(&path).await.map_err(|e| {
-                refused(&SealedSecretError::Key {
-                    kid: kid.clone(),
-                    detail: format!("{}: {e}", path.display()),
-                })
-            })?)
-        };
-        let Sealed::Vault { name } = unverified.verify(&jwk).map_err(|e| refused(&e))?;
-        let value = self
-            .attestation
-            .resource(&name)
+        let value = unseal::unseal(&self.attestation, &req.secret)
             .await
-            .map_err(|e| status::attestation(&e))?;
+            .map_err(|e| match e {
+                UnsealError::Sealed(e) => refused(&e),
+                UnsealError::Attestation(e) => status::attestation(&e),
+            })?;
         Ok(UnsealSecretOutput {
             plaintext: value.to_vec(),
             ..Default::default()
