@@ -113,8 +113,9 @@ pub struct Attestation {
     devices: Vec<Arc<dyn DeviceAttester>>,
     /// The security-relevant settings in force, measured at start ([`Self::measure_settings`]).
     settings: serde_json::Value,
-    /// The NVIDIA backend and GPU count, to set the ready state after the KBS said yes.
-    gpus: Option<(Arc<dyn GpuBackend>, usize, std::time::Duration)>,
+    /// The NVIDIA backend and the submods the token must name (`gpu0`.., `switch0`.., `ppcie0`),
+    /// to set the ready state after the KBS said yes.
+    gpus: Option<(Arc<dyn GpuBackend>, Vec<String>, std::time::Duration)>,
     gpus_ready: tokio::sync::OnceCell<()>,
 }
 
@@ -196,7 +197,11 @@ impl Attestation {
         let mut gpus = None;
         if attester.is_ok() {
             if let Some(n) = nvidia_attester(config).await? {
-                gpus = Some((n.backend().clone(), n.devices(), n.call_timeout()));
+                gpus = Some((
+                    n.backend().clone(),
+                    n.expected_submods().to_vec(),
+                    n.call_timeout(),
+                ));
                 devices.push(Arc::new(n));
             }
             if config.attestation.sample_device {
@@ -321,7 +326,7 @@ impl Attestation {
     /// Sets the GPUs-ready state once, after the KBS accepted the composite evidence and only
     /// if its token appraised every GPU. Runs the handshake if there is no token yet.
     pub async fn make_gpus_ready(&self) -> Result<(), AttestationError> {
-        let Some((backend, count, timeout)) = &self.gpus else {
+        let Some((backend, expected, timeout)) = &self.gpus else {
             return Ok(());
         };
         self.gpus_ready
@@ -332,12 +337,13 @@ impl Attestation {
                     .map(|m| m.keys().cloned().collect())
                     .unwrap_or_default();
                 let result =
-                    nvidia::set_ready_after_attestation(backend, *count, &submods, *timeout).await;
+                    nvidia::set_ready_after_attestation(backend, expected, &submods, *timeout)
+                        .await;
                 self.record(
                     "gpu.ready",
                     "nvidia",
                     serde_json::json!({
-                        "gpus": count,
+                        "expected": expected,
                         "appraised": submods,
                         "ready": result.is_ok(),
                         "error": result.as_ref().err().map(ToString::to_string),

@@ -25,6 +25,8 @@ use sev::firmware::guest::AttestationReport;
 use sev::firmware::host::CertTableEntry;
 
 pub use azure::{AzureEvidence, HclHardware, HclReport, TdReport, TpmQuote, parse_azure_evidence};
+#[cfg(test)]
+pub(crate) use azure::{parse_hcl_report, parse_tpm_quote};
 pub use ccel::{CcelEvent, CcelLog, algorithm_name, event_type_name, parse_ccel_log};
 pub use nvidia::{NvidiaDevice, ParsedNvidiaEvidence, parse_nvidia_evidence};
 pub use reader::Truncated;

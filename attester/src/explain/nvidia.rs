@@ -29,9 +29,9 @@ pub struct ParsedNvidiaEvidence {
 /// One GPU's report and certificate chain, checked.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NvidiaDevice {
-    /// `arch` as given (`HOPPER`, `BLACKWELL`).
+    /// `arch` as given (`HOPPER`, `BLACKWELL`, `LS10` for an NVSwitch).
     pub arch: String,
-    /// `uuid` as given (`GPU-...`).
+    /// `uuid` as given (`unknown` in NVAT-shaped evidence, `GPU-...` in older), `unknown` if absent.
     pub uuid: String,
     /// The attestation report.
     pub report: GpuReport,
@@ -123,7 +123,11 @@ fn parse_device(v: &serde_json::Value) -> Result<NvidiaDevice, ExplainError> {
     };
     Ok(NvidiaDevice {
         arch: string(v, "arch")?,
-        uuid: string(v, "uuid")?,
+        // optional, as in Trustee: CoCo's NVAT evidence (and ward's) says "unknown"
+        uuid: match v.get("uuid") {
+            None => crate::nvidia::UNKNOWN_UUID.to_string(),
+            Some(_) => string(v, "uuid")?,
+        },
         report,
         chain: links,
         signature,
@@ -228,6 +232,22 @@ mod tests {
     }
 
     #[test]
+    fn nvat_entries_without_uuid_read_as_unknown_and_a_bad_uuid_is_refused() {
+        let mut v = evidence(
+            "hopperAttestationReport.txt",
+            "hopper_cert_chain_case1.txt",
+            false,
+        );
+        let entry = v["device_evidence_list"][0].as_object_mut().unwrap();
+        entry.remove("uuid");
+        let e = parse_nvidia_evidence(&v).unwrap();
+        assert_eq!(e.devices[0].uuid, "unknown");
+        assert_eq!(e.devices[0].signature, Ok(()));
+        v["device_evidence_list"][0]["uuid"] = serde_json::json!(7);
+        assert!(parse_nvidia_evidence(&v).is_err());
+    }
+
+    #[test]
     fn evidence_json_is_checked_device_by_device() {
         for (report, certs) in [
             ("hopperAttestationReport.txt", "hopper_cert_chain_case1.txt"),
@@ -298,11 +318,11 @@ mod tests {
             bad["device_evidence_list"][0][field] = serde_json::json!(value);
             assert!(explain_json(&bad).is_err(), "{field} = {value}");
         }
-        let mut no_uuid = good.clone();
-        no_uuid["device_evidence_list"][0]
+        let mut no_arch = good.clone();
+        no_arch["device_evidence_list"][0]
             .as_object_mut()
             .unwrap()
-            .remove("uuid");
-        assert!(explain_json(&no_uuid).is_err());
+            .remove("arch");
+        assert!(explain_json(&no_arch).is_err());
     }
 }

@@ -33,6 +33,44 @@ pub struct DeviceInfo {
     pub memory_used: u64,
 }
 
+/// An NVSwitch's protected-PCIe (TNVL) mode, as NSCQ reports it (`/config/pcie_mode`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TnvlMode {
+    Unknown,
+    Disabled,
+    Enabled,
+    Failure,
+    Locked,
+}
+
+impl TnvlMode {
+    /// NSCQ's `nscq_tnvl_status_t`.
+    pub fn from_nscq(code: i8) -> TnvlMode {
+        match code {
+            0 => TnvlMode::Disabled,
+            1 => TnvlMode::Enabled,
+            2 => TnvlMode::Failure,
+            3 => TnvlMode::Locked,
+            _ => TnvlMode::Unknown,
+        }
+    }
+
+    /// Whether a switch in this mode is part of a protected-PCIe system that can be attested.
+    pub fn attestable(self) -> bool {
+        matches!(self, TnvlMode::Enabled | TnvlMode::Locked)
+    }
+}
+
+/// One NVSwitch's identity.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SwitchInfo {
+    /// NSCQ's label for the switch (its UUID as text), the key of its NSCQ paths.
+    pub uuid: String,
+    /// NSCQ architecture number (SV10 0, LR10 1, LS10 2).
+    pub arch_code: i8,
+    pub tnvl: TnvlMode,
+}
+
 /// A GPU driver interface. Calls block; callers run them off the async runtime.
 pub trait GpuBackend: Send + Sync {
     fn system_cc(&self) -> Result<SystemCc, GpuError>;
@@ -46,4 +84,26 @@ pub trait GpuBackend: Send + Sync {
     /// The system-wide "GPUs ready for work" state.
     fn ready_state(&self) -> Result<bool, GpuError>;
     fn set_ready_state(&self, ready: bool) -> Result<(), GpuError>;
+
+    /// The NVSwitches (protected-PCIe systems), through NSCQ. None by default: a backend without
+    /// switch support, or a machine without NSCQ, has none.
+    fn switches(&self) -> Result<Vec<SwitchInfo>, GpuError> {
+        Ok(Vec::new())
+    }
+
+    /// A switch's SPDM attestation report for `nonce` (request followed by response).
+    fn switch_report(&self, uuid: &str, _nonce: [u8; 32]) -> Result<Vec<u8>, GpuError> {
+        Err(GpuError::Switch {
+            uuid: uuid.to_string(),
+            detail: "this backend has no NVSwitch support".to_string(),
+        })
+    }
+
+    /// A switch's attestation certificate chain, PEM.
+    fn switch_certificate(&self, uuid: &str) -> Result<Vec<u8>, GpuError> {
+        Err(GpuError::Switch {
+            uuid: uuid.to_string(),
+            detail: "this backend has no NVSwitch support".to_string(),
+        })
+    }
 }

@@ -7,12 +7,17 @@ use nvml_wrapper::Nvml;
 use nvml_wrapper::error::NvmlError;
 use nvml_wrapper_sys::bindings as sys;
 
-use super::GpuError;
-use super::backend::{DeviceInfo, GpuBackend, SystemCc};
+use std::sync::OnceLock;
 
-/// The NVML library, initialised.
+use super::GpuError;
+use super::backend::{DeviceInfo, GpuBackend, SwitchInfo, SystemCc};
+use super::nscq::NscqSwitches;
+
+/// The NVML library, initialised; and NSCQ for the NVSwitches, opened the first time they are
+/// asked for (only in protected-PCIe mode).
 pub struct NvmlBackend {
     nvml: Nvml,
+    nscq: OnceLock<Result<NscqSwitches, GpuError>>,
 }
 
 fn nvml_err(call: &'static str, index: Option<u32>, e: NvmlError) -> GpuError {
@@ -68,7 +73,17 @@ impl NvmlBackend {
     /// Loads and initialises NVML.
     pub fn init() -> Result<NvmlBackend, GpuError> {
         let nvml = Nvml::init().map_err(|e| nvml_err("nvmlInit", None, e))?;
-        Ok(NvmlBackend { nvml })
+        Ok(NvmlBackend {
+            nvml,
+            nscq: OnceLock::new(),
+        })
+    }
+
+    fn nscq(&self) -> Result<&NscqSwitches, GpuError> {
+        self.nscq
+            .get_or_init(NscqSwitches::open)
+            .as_ref()
+            .map_err(|e| GpuError::NoSwitches(format!("NSCQ: {e}")))
     }
 
     fn handle(&self, index: u32) -> Result<sys::nvmlDevice_t, GpuError> {
@@ -271,5 +286,17 @@ impl GpuBackend for NvmlBackend {
         // SAFETY: a plain integer argument.
         let rc = unsafe { set(value) };
         check("nvmlSystemSetConfComputeGpusReadyState", None, rc)
+    }
+
+    fn switches(&self) -> Result<Vec<SwitchInfo>, GpuError> {
+        self.nscq()?.switches()
+    }
+
+    fn switch_report(&self, uuid: &str, nonce: [u8; 32]) -> Result<Vec<u8>, GpuError> {
+        self.nscq()?.report(uuid, nonce)
+    }
+
+    fn switch_certificate(&self, uuid: &str) -> Result<Vec<u8>, GpuError> {
+        self.nscq()?.certificate(uuid)
     }
 }

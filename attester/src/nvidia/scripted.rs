@@ -1,13 +1,14 @@
 //! A scripted GPU backend: a test double that behaves like NVML on a CC-capable machine and can
 //! be told to fail any call the way real drivers do. Reports are built from a real report
 //! template with the requested nonce written into the SPDM request, so the nonce checks are
-//! exercised for real. Compiled only for tests (ward-attester's own, and other crates' through
+//! exercised for real. NVSwitch reports reuse the same template: the shared fixtures hold no
+//! LS10 report. Compiled only for tests (ward-attester's own, and other crates' through
 //! the `test-util` feature), never into a production build.
 
 use std::sync::Mutex;
 use std::time::Duration;
 
-use super::backend::{DeviceInfo, GpuBackend, SystemCc};
+use super::backend::{DeviceInfo, GpuBackend, SwitchInfo, SystemCc, TnvlMode};
 use super::{GpuError, REQUEST_NONCE};
 
 /// How the scripted backend should misbehave.
@@ -31,6 +32,14 @@ pub struct Script {
     pub set_ready_error: bool,
     /// The ready state reads back false even after being set.
     pub ready_stuck: bool,
+    /// NVSwitches NSCQ reports (their reports follow the same template).
+    pub switches: u32,
+    /// Their NSCQ architecture number instead of LS10 (2).
+    pub switch_arch: Option<i8>,
+    /// Their TNVL mode instead of enabled.
+    pub switch_tnvl: Option<TnvlMode>,
+    /// Leave the requested nonce out of the switches' reports.
+    pub switch_ignore_nonce: bool,
 }
 
 /// The scripted backend.
@@ -82,6 +91,18 @@ impl ScriptedGpus {
     fn uuid(index: u32) -> String {
         format!("GPU-00000000-0000-0000-0000-00000000000{index}")
     }
+
+    fn switch_uuid(index: u32) -> String {
+        format!("SWX-00000000-0000-0000-0000-00000000000{index}")
+    }
+
+    fn report_for(&self, nonce: [u8; 32], ignore_nonce: bool) -> Vec<u8> {
+        let mut report = self.template.clone();
+        if !ignore_nonce && let Some(slot) = report.get_mut(REQUEST_NONCE) {
+            slot.copy_from_slice(&nonce);
+        }
+        report
+    }
 }
 
 impl GpuBackend for ScriptedGpus {
@@ -131,13 +152,7 @@ impl GpuBackend for ScriptedGpus {
         if let Some(len) = self.script.report_len {
             return Ok(vec![0; len]);
         }
-        let mut report = self.template.clone();
-        if !self.script.ignore_nonce
-            && let Some(slot) = report.get_mut(REQUEST_NONCE)
-        {
-            slot.copy_from_slice(&nonce);
-        }
-        Ok(report)
+        Ok(self.report_for(nonce, self.script.ignore_nonce))
     }
 
     fn certificate_chain(&self, _index: u32) -> Result<Vec<u8>, GpuError> {
@@ -164,5 +179,24 @@ impl GpuBackend for ScriptedGpus {
         }
         *self.ready.lock().unwrap_or_else(|p| p.into_inner()) = ready;
         Ok(())
+    }
+
+    fn switches(&self) -> Result<Vec<SwitchInfo>, GpuError> {
+        self.init()?;
+        Ok((0..self.script.switches)
+            .map(|i| SwitchInfo {
+                uuid: ScriptedGpus::switch_uuid(i),
+                arch_code: self.script.switch_arch.unwrap_or(2),
+                tnvl: self.script.switch_tnvl.unwrap_or(TnvlMode::Enabled),
+            })
+            .collect())
+    }
+
+    fn switch_report(&self, _uuid: &str, nonce: [u8; 32]) -> Result<Vec<u8>, GpuError> {
+        Ok(self.report_for(nonce, self.script.switch_ignore_nonce))
+    }
+
+    fn switch_certificate(&self, _uuid: &str) -> Result<Vec<u8>, GpuError> {
+        self.certificate_chain(0)
     }
 }

@@ -1,20 +1,19 @@
 //! Azure SEV-SNP confidential VMs: the guest runs behind a paravisor and attests through its
 //! vTPM (crate `az-snp-vtpm`, `attester` feature: needs libtss2). Compiled only with the
-//! `azure` feature. Evidence version 2 (`{"version":2,"tpm_quote":{"signature":hex,
-//! "message":hex,"pcrs":[hex;24]},"hcl_report":b64url,"vcek":b64url}`), as CoCo's attester
-//! (guest-components `attestation-agent/attester/src/az_snp_vtpm/mod.rs`) writes it and
-//! Trustee's `EvidenceV2` (trustee `deps/verifier/src/az_snp_vtpm/compat.rs`) reads it: v2
-//! puts the report data in the HCL runtime data's `user-data` as well as in the TPM quote.
-//! Untested without Azure hardware: unit tests cover only the shared JSON shaping.
+//! `azure` feature. Evidence version 2 (see [`super::az_evidence`]), as CoCo's attester
+//! (guest-components 8246e5e0, `attestation-agent/attester/src/az_snp_vtpm/mod.rs`) writes it
+//! and Trustee's `EvidenceV2` (trustee 78962cd4, `deps/verifier/src/az_snp_vtpm/compat.rs`)
+//! reads it: v2 puts the report data in the HCL runtime data's `user-data` as well as in the
+//! TPM quote. Untested without Azure hardware: unit tests cover the JSON shaping (in
+//! `az_evidence`, against the real v2 fixture) and the PEM decoding.
 
 use std::path::Path;
 
 use async_trait::async_trait;
 use az_snp_vtpm::{imds, is_snp_cvm, vtpm};
 
-use super::az_tdx_vtpm::{
-    INIT_DATA_PCR, azure_error, b64url, blocking, extend_pcr, tpm_quote_json,
-};
+use super::az_evidence::snp_evidence;
+use super::az_tdx_vtpm::{INIT_DATA_PCR, azure_error, blocking, extend_pcr, quote_parts};
 use super::{Attester, AttesterError, InitDataBinding, Tee};
 use crate::report_data::ReportData;
 
@@ -70,12 +69,7 @@ impl Attester for AzSnpVtpmAttester {
             let quote = vtpm::get_quote(&rd).map_err(|e| azure_error(tee, "vTPM quote", e))?;
             let certs = imds::get_certs().map_err(|e| azure_error(tee, "IMDS certificates", e))?;
             let vcek = pem_to_der(&certs.vcek).map_err(|e| azure_error(tee, "VCEK", e))?;
-            Ok(serde_json::json!({
-                "version": 2,
-                "tpm_quote": tpm_quote_json(&quote),
-                "hcl_report": b64url(&hcl_report),
-                "vcek": b64url(&vcek),
-            }))
+            Ok(snp_evidence(&quote_parts(&quote), &hcl_report, &vcek))
         })
         .await
     }

@@ -1,18 +1,19 @@
 //! Azure TDX confidential VMs: the guest runs behind a paravisor and attests through its vTPM
 //! (crate `az-tdx-vtpm`, `attester` feature: needs libtss2); the TD quote comes from Azure's
 //! IMDS for the TD report inside the HCL report. Compiled only with the `azure` feature.
-//! Evidence `{"version":1,"tpm_quote":{"signature":hex,"message":hex,"pcrs":[hex;24]},
-//! "hcl_report":b64url,"td_quote":b64url}`: Trustee's `EvidenceV1` (trustee
-//! `deps/verifier/src/az_tdx_vtpm/compat.rs`, which does not check the number; the shared
-//! fixture `az-tdx-vtpm/evidence-v1.json` carries 1). Also the vTPM helpers the SNP variant
-//! shares. Untested without Azure hardware: unit tests cover only the JSON shaping.
+//! Evidence version 2 (see [`super::az_evidence`]): the HCL report is fetched with the report
+//! data, as CoCo's attester does (guest-components 8246e5e0,
+//! `attestation-agent/attester/src/az_tdx_vtpm/mod.rs`), so Trustee's `EvidenceV2` path also
+//! checks the HCL `user-data` (trustee 78962cd4, `deps/verifier/src/az_tdx_vtpm/mod.rs`).
+//! Also the vTPM helpers the SNP variant shares. Untested without Azure hardware: unit tests
+//! cover the JSON shaping (in `az_evidence`) and the argument checks.
 
 use std::path::Path;
 
 use async_trait::async_trait;
 use az_tdx_vtpm::{hcl, imds, is_tdx_cvm, tdx, vtpm};
-use base64::Engine;
 
+use super::az_evidence::{TpmQuoteParts, tdx_evidence};
 use super::{Attester, AttesterError, InitDataBinding, Tee};
 use crate::report_data::ReportData;
 
@@ -45,19 +46,13 @@ pub(crate) fn azure_error(tee: Tee, what: &str, e: impl std::fmt::Display) -> At
     }
 }
 
-/// base64url with padding, as serde_with's `Base64<UrlSafe>` writes it.
-pub(crate) fn b64url(bytes: &[u8]) -> String {
-    base64::engine::general_purpose::URL_SAFE.encode(bytes)
-}
-
-/// The hex form of a vTPM quote (Trustee's `TpmQuote`).
-pub(crate) fn tpm_quote_json(quote: &vtpm::Quote) -> serde_json::Value {
-    let pcrs: Vec<String> = quote.pcrs_sha256().map(hex::encode).collect();
-    serde_json::json!({
-        "signature": hex::encode(quote.signature()),
-        "message": hex::encode(quote.message()),
-        "pcrs": pcrs,
-    })
+/// The parts of a vTPM quote the evidence carries (Trustee's `TpmQuote`).
+pub(crate) fn quote_parts(quote: &vtpm::Quote) -> TpmQuoteParts {
+    TpmQuoteParts {
+        signature: quote.signature(),
+        message: quote.message(),
+        pcrs: quote.pcrs_sha256().map(|p| p.to_vec()).collect(),
+    }
 }
 
 /// Runs TPM and IMDS calls (blocking I/O) on tokio's blocking pool.
@@ -106,7 +101,9 @@ impl Attester for AzTdxVtpmAttester {
         let tee = Tee::AzTdxVtpm;
         let rd = report_data.as_bytes().to_vec();
         blocking(tee, move || {
-            let hcl_bytes = vtpm::get_report().map_err(|e| azure_error(tee, "HCL report", e))?;
+            // v2: the report data goes into the HCL runtime data's `user-data` too
+            let hcl_bytes = vtpm::get_report_with_report_data(&rd)
+                .map_err(|e| azure_error(tee, "HCL report", e))?;
             let hcl_report = hcl::HclReport::new(hcl_bytes.clone())
                 .map_err(|e| azure_error(tee, "HCL report", e))?;
             let td_report: tdx::TdReport = (&hcl_report)
@@ -115,12 +112,7 @@ impl Attester for AzTdxVtpmAttester {
             let td_quote =
                 imds::get_td_quote(&td_report).map_err(|e| azure_error(tee, "IMDS TD quote", e))?;
             let quote = vtpm::get_quote(&rd).map_err(|e| azure_error(tee, "vTPM quote", e))?;
-            Ok(serde_json::json!({
-                "version": 1,
-                "tpm_quote": tpm_quote_json(&quote),
-                "hcl_report": b64url(&hcl_bytes),
-                "td_quote": b64url(&td_quote),
-            }))
+            Ok(tdx_evidence(&quote_parts(&quote), &hcl_bytes, &td_quote))
         })
         .await
     }
@@ -150,7 +142,6 @@ mod tests {
     async fn pcr_arguments_are_checked_before_the_tpm_is_touched() {
         assert!(extend_pcr(Tee::AzTdxVtpm, &[0; 48], 8).await.is_err());
         assert!(extend_pcr(Tee::AzTdxVtpm, &[0; 32], 24).await.is_err());
-        assert_eq!(b64url(&[0xfb, 0xff]), "-_8=");
         assert!(probe(&std::env::temp_dir()).is_none());
     }
 }

@@ -20,19 +20,22 @@ pub trait DeviceAttester: Send + Sync {
     /// Evidence bound to `report_data` (the device report data; GPUs use its first 32 bytes).
     async fn evidence(&self, report_data: &[u8]) -> Result<serde_json::Value, AttesterError>;
 
-    /// How many devices the evidence covers (the KBS appraises each as `gpu0`, `gpu1`, ...).
+    /// How many devices the evidence covers (Trustee appraises each as a submod: `gpu0`,
+    /// `gpu1`, ..., `switch0`, ...).
     fn devices(&self) -> usize;
 }
 
-/// NVIDIA GPUs through a [`GpuBackend`].
+/// NVIDIA GPUs (and NVSwitches in protected-PCIe mode) through a [`GpuBackend`].
 pub struct NvidiaAttester {
     backend: Arc<dyn GpuBackend>,
     opts: CollectOptions,
     count: usize,
+    expected_submods: Vec<String>,
 }
 
 impl NvidiaAttester {
-    /// Checks that the GPUs can be attested now (CC on, supported mode and architectures).
+    /// Checks that the GPUs can be attested now (CC on, supported mode and architectures, and
+    /// attestable NVSwitches in protected-PCIe mode).
     pub async fn new(
         backend: Arc<dyn GpuBackend>,
         opts: CollectOptions,
@@ -41,8 +44,14 @@ impl NvidiaAttester {
         Ok(NvidiaAttester {
             backend,
             opts,
-            count: devices.len(),
+            count: devices.gpus.len().saturating_add(devices.switches.len()),
+            expected_submods: devices.expected_submods(),
         })
+    }
+
+    /// The submods the KBS token must name before the GPUs may be set ready.
+    pub fn expected_submods(&self) -> &[String] {
+        &self.expected_submods
     }
 
     /// The backend, for setting the ready state after the KBS said yes.

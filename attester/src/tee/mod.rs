@@ -5,6 +5,8 @@
 //! TEE hardware is present, so a misconfiguration can never downgrade a real guest to fake
 //! evidence. This module never logs key material; evidence is public by design.
 
+#[cfg(any(test, feature = "azure"))]
+mod az_evidence;
 #[cfg(feature = "azure")]
 mod az_snp_vtpm;
 #[cfg(feature = "azure")]

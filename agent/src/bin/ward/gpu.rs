@@ -81,7 +81,11 @@ pub fn show() -> anyhow::Result<bool> {
         CollectOptions::default(),
     )) {
         Ok(devices) => {
-            println!("attestable: {} GPU(s)", devices.len());
+            println!(
+                "attestable: {} GPU(s), {} NVSwitch(es)",
+                devices.gpus.len(),
+                devices.switches.len()
+            );
             Ok(true)
         }
         Err(e) => {
