@@ -36,21 +36,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // The generated files open with inner attributes, which `include!` cannot take; declare
     // each as a module by path instead (file stems have `-` where module names need `_`).
     let mut modules = String::new();
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&out)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "rs"))
-        .collect();
-    files.sort();
-    for file in files {
-        let Some(stem) = file.file_stem().and_then(|s| s.to_str()) else {
+    for input in &inputs {
+        let Some(stem) = input.file_stem().and_then(|s| s.to_str()) else {
             continue;
         };
-        modules.push_str(&format!(
-            "#[path = {:?}]\npub mod {};\n",
-            file.display().to_string(),
-            stem.replace('-', "_")
-        ));
+        let stem = stem.replace('-', "_");
+        for name in [stem.clone(), format!("{stem}_ttrpc")] {
+            let file = out.join(format!("{name}.rs"));
+            if file.exists() {
+                modules.push_str(&format!(
+                    "#[path = {:?}]\npub mod {name};\n",
+                    file.display().to_string()
+                ));
+            }
+        }
     }
-    std::fs::write(out.join("modules.rs"), modules)?;
+    std::fs::write(out.with_file_name("coco_modules.rs"), modules)?;
     Ok(())
 }

@@ -24,7 +24,7 @@
     dead_code
 )]
 pub mod coco {
-    include!(concat!(env!("OUT_DIR"), "/coco/modules.rs"));
+    include!(concat!(env!("OUT_DIR"), "/coco_modules.rs"));
 }
 pub mod kbs;
 pub mod registry;
