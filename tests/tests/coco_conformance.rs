@@ -358,9 +358,23 @@ async fn data_hub_answers_as_cocos() {
     let (code, msg) = status_of(kp.un_wrap_key(ctx(), &req).await.unwrap_err());
     assert_eq!(code, Code::PERMISSION_DENIED, "{msg}");
     assert!(
+        msg.contains("kbs:///default/image-kek/1") && msg.contains("wrong key"),
+        "the message says which KEK and why: {msg}"
+    );
+    assert!(
         !msg.contains("AAAA"),
         "no key material in the message: {msg}"
     );
+    // Not the protocol's JSON, or no packet: CoCo `INTERNAL "[ERROR] UnwrapKey Parse request
+    // failed"`; ward INVALID_ARGUMENT (it was PERMISSION_DENIED, as if a key had been refused).
+    for input in [
+        b"not json".to_vec(),
+        br#"{"op":"keyunwrap","keywrapparams":{},"keyunwrapparams":{"dc":null}}"#.to_vec(),
+    ] {
+        req.KeyProviderKeyWrapProtocolInput = input;
+        let (code, msg) = status_of(kp.un_wrap_key(ctx(), &req).await.unwrap_err());
+        assert_eq!(code, Code::INVALID_ARGUMENT, "{msg}");
+    }
     // WrapKey: CoCo's server leaves it to the generated default (NOT_FOUND "... is not
     // supported"); ward answers UNIMPLEMENTED, the code gRPC defines for it. No guest-side
     // client calls WrapKey (ocicrypt wraps when the owner encrypts).
