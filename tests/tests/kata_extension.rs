@@ -32,6 +32,8 @@ mod kata {
     pub const CDH_SOCKET: &str = "/run/confidential-containers/cdh.sock";
     pub const AA_CONFIG_PATH: &str = "/run/confidential-containers/initdata/aa.toml";
     pub const CDH_CONFIG_PATH: &str = "/run/confidential-containers/initdata/cdh.toml";
+    /// initdata.rs: where kata-agent writes the pod's initdata before it launches the plan.
+    pub const INITDATA_TOML_PATH: &str = "/run/confidential-containers/initdata/initdata.toml";
     /// config.rs: `DEFAULT_LAUNCH_PROCESS_TIMEOUT`.
     pub const DEFAULT_LAUNCH_PROCESS_TIMEOUT: u64 = 6;
 
@@ -392,8 +394,9 @@ fn the_manifest_names_the_sockets_wardd_binds_in_the_order_kata_agent_needs() {
     // come first to be up by then.
     assert!(aa < cdh, "{listeners:?}");
     assert!(listeners[aa].1.contains(&"attestation-agent".to_string()));
-    // What kata-agent calls on the CDH socket (UnsealSecret, SecureMount, PullImage), and what
-    // ocicrypt and CDH clients call there (GetResource, UnWrapKey).
+    // What kata-agent's CDH client calls on the CDH socket (UnsealSecret, SecureMount,
+    // GetResource, PullImage: src/agent/src/confidential_data_hub/mod.rs), and what ocicrypt
+    // clients call there (UnWrapKey, through the manifest's ocicrypt config).
     for service in [
         "sealed-secret",
         "secure-mount",
@@ -407,6 +410,12 @@ fn the_manifest_names_the_sockets_wardd_binds_in_the_order_kata_agent_needs() {
         );
     }
     assert!(listeners[rest].1.contains(&"get-resource".to_string()));
+    // kata-agent writes the pod's initdata before it launches wardd; wardd reads it from there
+    // at start (checks it against the TEE, sends it with the evidence).
+    assert_eq!(
+        defaults["attestation"]["initdata"].as_str(),
+        Some(kata::INITDATA_TOML_PATH)
+    );
     // The ocicrypt config the manifest names sends key-provider calls to the CDH socket.
     let ocicrypt: serde_json::Value = serde_json::from_slice(
         &std::fs::read(repo().join("rootfs/kata-extension/ocicrypt_config.json")).unwrap(),
