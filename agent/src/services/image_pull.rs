@@ -19,6 +19,7 @@ fn status(e: &ImagesError) -> ttrpc::Error {
         ImagesError::BundlePath(_) => Code::INVALID_ARGUMENT,
         ImagesError::Setup(_) => Code::FAILED_PRECONDITION,
         ImagesError::Unwrap(_) => Code::PERMISSION_DENIED,
+        ImagesError::UnwrapRequest(_) => Code::INVALID_ARGUMENT,
         ImagesError::Measurement(_) => Code::INTERNAL,
         ImagesError::Pull(p) => match p {
             PullError::Registry(_) => Code::UNAVAILABLE,

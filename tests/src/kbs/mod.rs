@@ -81,6 +81,10 @@ struct Inner {
     session_ttl: Mutex<Duration>,
     /// The operator's key: admin JWTs must be signed by it (Ed25519, `alg: EdDSA`).
     admin: ed25519_dalek::SigningKey,
+    /// The `iss` and `aud` the admin endpoint requires, when set.
+    admin_identity: Mutex<AdminIdentity>,
+    /// The operator's public key given as Trustee's `public_key_uri` file, in place of `admin`.
+    admin_public: Mutex<Option<ed25519_dalek::VerifyingKey>>,
 }
 
 /// A running dev KBS on 127.0.0.1.
@@ -206,6 +210,8 @@ impl DevKbs {
             token_ttl: Mutex::new(Duration::from_secs(300)),
             session_ttl: Mutex::new(Duration::from_secs(300)),
             admin,
+            admin_identity: Mutex::new(AdminIdentity::default()),
+            admin_public: Mutex::new(None),
         });
         let app = Router::new()
             .route("/kbs/v0/auth", post(auth))
@@ -276,6 +282,20 @@ impl DevKbs {
             c.attest.load(Ordering::SeqCst),
             c.resource.load(Ordering::SeqCst),
         )
+    }
+
+    /// Requires admin tokens to carry this issuer and audience (Trustee's identity provider
+    /// `issuer` and `audience`); unset, neither is checked, as Trustee.
+    pub fn set_admin_identity(&self, identity: AdminIdentity) {
+        *self.inner.admin_identity.lock().unwrap() = identity;
+    }
+
+    /// Trusts admin tokens signed by the key of this public key PEM (what `openssl pkey -pubout`
+    /// writes, Trustee's `public_key_uri`) instead of [`DevKbs::admin_key_pem`]'s.
+    pub fn set_admin_public_key_pem(&self, pem: &str) {
+        use ed25519_dalek::pkcs8::DecodePublicKey as _;
+        *self.inner.admin_public.lock().unwrap() =
+            Some(ed25519_dalek::VerifyingKey::from_public_key_pem(pem).unwrap());
     }
 
     /// The operator's Ed25519 private key (PKCS#8 PEM) whose JWTs the admin endpoint
@@ -558,71 +578,125 @@ async fn get_resource(
     }
 }
 
-/// Checks an admin JWT the way Trustee does: EdDSA over `header.claims` with the admin key,
-/// inside its `nbf`..`exp` window.
-fn admin_token_ok(admin: &ed25519_dalek::SigningKey, token: &str) -> Result<(), &'static str> {
+/// The identity provider the admin endpoint trusts, as one entry of Trustee's
+/// `[admin] identity_providers` (bearer_jwt.rs): the admin key, and the `iss` and `aud` a
+/// token must carry when configured.
+#[derive(Clone, Debug, Default)]
+pub struct AdminIdentity {
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+}
+
+/// Checks an admin JWT the way Trustee 78962cd4 does (`kbs/src/admin/authentication/
+/// bearer_jwt.rs`, `authorization/regex_acl.rs`): EdDSA over `header.claims` with the admin key
+/// inside its `nbf`..`exp` window, a `role` claim, then the provider's `iss` (missing counts as
+/// "") and `aud` (a string or an array holding it), then the ACL of Trustee's examples
+/// (`role = "admin"`, `^/kbs/.+$`). The error is Trustee's reason text.
+fn admin_token_ok(
+    admin: &ed25519_dalek::VerifyingKey,
+    identity: &AdminIdentity,
+    token: &str,
+    uri: &str,
+) -> Result<(), String> {
     use base64::Engine as _;
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
     use ed25519_dalek::Verifier as _;
+    // A token no issuer verifies (bad signature, algorithm, shape, or times) ends the same way.
+    const NO_ISSUER: &str = "Cannot verify token with any of the issuers";
     let mut parts = token.split('.');
     let (Some(h), Some(c), Some(s), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
     else {
-        return Err("admin token is not a JWT");
+        return Err(NO_ISSUER.into());
     };
-    let header: serde_json::Value = URL_SAFE_NO_PAD
+    let header: Option<serde_json::Value> = URL_SAFE_NO_PAD
         .decode(h)
         .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .ok_or("admin token header is malformed")?;
-    if header["alg"] != "EdDSA" {
-        return Err("admin token must be EdDSA");
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    if header.is_none_or(|h| h["alg"] != "EdDSA") {
+        return Err(NO_ISSUER.into());
     }
     let sig = URL_SAFE_NO_PAD
         .decode(s)
         .ok()
         .and_then(|b| ed25519_dalek::Signature::from_slice(&b).ok())
-        .ok_or("admin token signature is malformed")?;
+        .ok_or(NO_ISSUER)?;
     admin
-        .verifying_key()
         .verify(format!("{h}.{c}").as_bytes(), &sig)
-        .map_err(|_| "admin token is not signed by the admin key")?;
+        .map_err(|_| NO_ISSUER)?;
     let claims: serde_json::Value = URL_SAFE_NO_PAD
         .decode(c)
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
-        .ok_or("admin token claims are malformed")?;
+        .ok_or(NO_ISSUER)?;
     let now = now_secs();
-    let exp = claims["exp"].as_u64().ok_or("admin token has no exp")?;
+    let exp = claims["exp"].as_u64().ok_or(NO_ISSUER)?;
     let nbf = claims["nbf"].as_u64().unwrap_or(0);
     if now >= exp || now + 60 < nbf {
-        return Err("admin token is expired or not yet valid");
+        return Err(NO_ISSUER.into());
     }
-    // Trustee's bearer-JWT admin (78962cd4, bearer_jwt.rs) requires `role`, and its ACL
-    // (`acls = [{ role = "admin", allowed_endpoints = "^/kbs/.+$" }]` in its examples) grants
-    // endpoints by role.
-    match claims["role"].as_str() {
-        None => Err("Missing required `role` claim in JWT"),
-        Some("admin") => Ok(()),
-        Some(_) => Err("the admin role is not allowed this endpoint"),
+    let Some(role) = claims["role"].as_str() else {
+        return Err(
+            "Failed to parse claims from token: AdminAccessDenied { reason: \"Missing \
+                    required `role` claim in JWT\" }"
+                .into(),
+        );
+    };
+    if let Some(issuer) = &identity.issuer
+        && claims["iss"].as_str().unwrap_or_default() != issuer
+    {
+        return Err(NO_ISSUER.into());
+    }
+    if let Some(audience) = &identity.audience {
+        let ok = match &claims["aud"] {
+            serde_json::Value::String(a) => a == audience,
+            serde_json::Value::Array(list) => list.iter().any(|a| a.as_str() == Some(audience)),
+            _ => false,
+        };
+        if !ok {
+            return Err(NO_ISSUER.into());
+        }
+    }
+    if role == "admin" && uri.starts_with("/kbs/") && uri.len() > "/kbs/".len() {
+        Ok(())
+    } else {
+        Err(format!("Role {role} not allowed for path {uri}"))
     }
 }
 
 async fn put_resource(
     State(inner): State<Arc<Inner>>,
     Path(path): Path<String>,
+    uri: axum::http::Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let token = headers
+    let identity = inner.admin_identity.lock().unwrap().clone();
+    let admin = inner
+        .admin_public
+        .lock()
+        .unwrap()
+        .unwrap_or_else(|| inner.admin.verifying_key());
+    let checked = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    if let Err(why) = token
-        .ok_or("admin token required")
-        .and_then(|t| admin_token_ok(&inner.admin, t))
-    {
-        return unauthorized("AdminAuth", why);
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| "Failed to parse HTTP Auth Bearer header".to_string())
+        .and_then(|t| admin_token_ok(&admin, &identity, t, &uri.to_string()));
+    if let Err(why) = checked {
+        // Trustee's resource plugin applies `check_admin_access(&request)?`, whose `From` makes
+        // every refusal `AdminAuthInitialization` (kbs/src/error.rs, api_server.rs).
+        return unauthorized(
+            "AdminAuthInitialization",
+            match why.as_str() {
+                "Failed to parse HTTP Auth Bearer header" => {
+                    format!("failed to initialize [admin] configuration: {why}")
+                }
+                _ => format!(
+                    "failed to initialize [admin] configuration: Admin access denied: {why}"
+                ),
+            },
+        );
     }
     let rest = match resource_path(&path) {
         Ok(r) => r,
