@@ -19,8 +19,9 @@
 //! and the finer code tells an operator what to fix. Those cases assert ward's code and say so.
 //!
 //! api-server-rest's paths and statuses are in `attestation.rs`
-//! (`api_server_rest_paths_over_loopback_http`, router.rs at the same commit); SecureMount is left
-//! out here while it is being reimplemented.
+//! (`api_server_rest_paths_over_loopback_http`, router.rs at the same commit). SecureMount's
+//! refusals are here; its success (an empty `SecureMountResponse`, as CDH's server answers) needs
+//! root and device-mapper, so the qemu boot test (`boot.rs`) makes it, over the same ttrpc path.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -28,9 +29,12 @@ use aes_gcm::aead::{Aead, KeyInit};
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use ttrpc::Code;
-use ward_tests::coco::api::{GetResourceRequest, ImagePullRequest, UnsealSecretInput};
+use ward_tests::coco::api::{
+    GetResourceRequest, ImagePullRequest, SecureMountRequest, UnsealSecretInput,
+};
 use ward_tests::coco::api_ttrpc::{
     GetResourceServiceClient, ImagePullServiceClient, SealedSecretServiceClient,
+    SecureMountServiceClient,
 };
 use ward_tests::coco::attestation_agent::{
     BindInitDataRequest, ExtendRuntimeMeasurementRequest, GetAdditionalEvidenceRequest,
@@ -434,4 +438,100 @@ async fn image_pull_answers_the_manifest_digest_as_cocos() {
     assert_eq!(got.manifest_digest, golden);
     assert!(w.dir.path().join("bundles/c1/rootfs/app").exists());
     assert!(w.dir.path().join("bundles/c1/config.json").exists());
+}
+
+/// SecureMount's failures: CDH (`ttrpc_server/mod.rs` `secure_mount`) answers every one
+/// `INTERNAL` with "[CDH] [ERROR]: Secure Mount failed" (its `Error::SecureMount` prints no
+/// source). kata-agent (7c6ba40c `confidential_data_hub/mod.rs`) only checks for an error. ward
+/// starts its message with the same text, adds the reason, and keeps finer codes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secure_mount_refuses_as_cocos_with_the_reason() {
+    let kbs = DevKbs::start().await.unwrap();
+    let w = wardd(&kbs, |c| c).await;
+    let client = ttrpc::asynchronous::Client::connect(&w.addr).await.unwrap();
+    let sm = SecureMountServiceClient::new(client);
+    let req = |volume: &str, pairs: &[(&str, &str)], mount_point: &str| {
+        let mut r = SecureMountRequest::new();
+        r.volume_type = volume.into();
+        r.options = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        r.mount_point = mount_point.into();
+        r
+    };
+    // kata-agent's options for trusted image storage, with a device this machine lacks.
+    let kata = [
+        ("deviceId", "4095:1048575"),
+        ("sourceType", "empty"),
+        ("targetType", "fileSystem"),
+        ("filesystemType", "ext4"),
+        ("mkfsOpts", "-E lazy_journal_init"),
+        ("encryptionType", "luks2"),
+        ("dataIntegrity", "true"),
+    ];
+    let zfs = [
+        ("devicePath", "/dev/vdb"),
+        ("sourceType", "empty"),
+        ("encryptionType", "zfs"),
+    ];
+    let mp = "/run/kata-containers/image";
+    for (r, code, reason) in [
+        // CDH: "Failed to recognize the storage type".
+        (
+            req("alibaba-cloud-oss", &kata, mp),
+            Code::UNIMPLEMENTED,
+            "volume type",
+        ),
+        // CDH: IllegalDeviceId.
+        (
+            req(
+                "block-device",
+                &[
+                    ("deviceId", "8"),
+                    ("sourceType", "empty"),
+                    ("encryptionType", "luks2"),
+                    ("targetType", "device"),
+                ],
+                mp,
+            ),
+            Code::INVALID_ARGUMENT,
+            "deviceId must be in the format of `MAJ:MIN`",
+        ),
+        // CDH: a serde error (unknown sourceType).
+        (
+            req(
+                "block-device",
+                &[
+                    ("deviceId", "8:0"),
+                    ("sourceType", "blank"),
+                    ("encryptionType", "luks2"),
+                    ("targetType", "device"),
+                ],
+                mp,
+            ),
+            Code::INVALID_ARGUMENT,
+            "bad block-device options",
+        ),
+        // CDH: NoDeviceFound (sysfs has no such device).
+        (
+            req("block-device", &kata, mp),
+            Code::NOT_FOUND,
+            "no block device 4095:1048575",
+        ),
+        // CDH would try ZFS; ward has none.
+        (
+            req("block-device", &zfs, mp),
+            Code::UNIMPLEMENTED,
+            "encryptionType `zfs`",
+        ),
+    ] {
+        let (got, msg) = status_of(sm.secure_mount(ctx(), &r).await.unwrap_err());
+        assert_eq!(got, code, "{msg}");
+        assert!(
+            msg.starts_with("[CDH] [ERROR]: Secure Mount failed: "),
+            "{msg}"
+        );
+        assert!(msg.contains(reason), "{msg}");
+    }
 }
