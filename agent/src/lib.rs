@@ -25,6 +25,7 @@ pub mod audit;
 pub mod client;
 pub mod config;
 pub mod daemon;
+pub mod external;
 pub mod http;
 pub mod images;
 pub mod inference_api;

@@ -15,7 +15,9 @@ use ward_kbs_wire::ResourceUri;
 
 use crate::attestation::Attestation;
 use crate::audit::Audit;
-use crate::config::{ModelDevice, ModelSettings, ModelSource};
+use crate::config::{
+    ConnectedEngine, EngineSettings, ModelDevice, ModelSettings, ModelSource, StartedEngine,
+};
 use crate::images::{Images, KbsKek};
 
 /// Where one model stands.
@@ -31,6 +33,8 @@ pub struct Models {
     settings: Vec<ModelSettings>,
     audit: Audit,
     states: RwLock<BTreeMap<String, ModelState>>,
+    /// Engines wardd started (kept alive here; dropping one stops its process).
+    started: std::sync::Mutex<Vec<crate::external::Started>>,
 }
 
 impl Models {
@@ -43,6 +47,7 @@ impl Models {
             settings: settings.to_vec(),
             audit,
             states: RwLock::new(states),
+            started: std::sync::Mutex::new(Vec::new()),
         }
     }
 
@@ -84,12 +89,20 @@ impl Models {
     ) {
         for m in &self.settings {
             let span = tracing::info_span!("model.load", model = %m.name);
+            if let EngineSettings::Connected(c) = &m.engine {
+                self.connect(m, c, engines).instrument(span).await;
+                continue;
+            }
             self.load_and_record(m, images, attestation)
                 .instrument(span.clone())
                 .await;
             let Some(model) = self.get(&m.name) else {
                 continue;
             };
+            if let EngineSettings::Started(s) = &m.engine {
+                self.start(m, s, &model, engines).instrument(span).await;
+                continue;
+            }
             let (name, config, device) = (m.name.clone(), engine_config(m), device_kind(m.device));
             let started = std::time::Instant::now();
             let engine =
@@ -103,7 +116,10 @@ impl Models {
                         "inference engine ready"
                     );
                     if let Ok(mut e) = engines.write() {
-                        e.insert(m.name.clone(), Arc::new(engine));
+                        e.insert(
+                            m.name.clone(),
+                            crate::inference_api::openai::Backend::Embedded(Arc::new(engine)),
+                        );
                     }
                 }
                 Ok(Ok(None)) => tracing::info!(
@@ -113,6 +129,80 @@ impl Models {
                     tracing::error!(error = %e, "the inference runtime refused the model")
                 }
                 Err(e) => tracing::error!(error = %e, "inference engine task failed"),
+            }
+        }
+    }
+
+    /// Starts `m`'s engine on its opened weights and serves it once it answers.
+    async fn start(
+        &self,
+        m: &ModelSettings,
+        s: &StartedEngine,
+        model: &LoadedModel,
+        engines: &crate::inference_api::openai::SharedEngines,
+    ) {
+        let started = std::time::Instant::now();
+        let run = std::path::Path::new(crate::external::RUN_DIR);
+        match crate::external::start(&m.name, model, s, m.device, capacity(m), run).await {
+            Ok(engine) => {
+                tracing::info!(
+                    engine = s.preset.as_str(),
+                    secs = started.elapsed().as_secs_f64(),
+                    "external engine serving"
+                );
+                self.audit.note(
+                    "engine.start",
+                    &m.name,
+                    serde_json::json!({"engine": s.preset.as_str(),
+                        "manifest": model.manifest_digest.to_string()}),
+                );
+                if let Ok(mut e) = engines.write() {
+                    e.insert(
+                        m.name.clone(),
+                        crate::inference_api::openai::Backend::External(engine.upstream.clone()),
+                    );
+                }
+                if let Ok(mut all) = self.started.lock() {
+                    all.push(engine);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, engine = s.preset.as_str(), "external engine not started");
+                self.audit.note(
+                    "engine.start_failed",
+                    &m.name,
+                    serde_json::json!({"engine": s.preset.as_str(), "reason": e.to_string()}),
+                );
+                self.set(&m.name, ModelState::Failed(e.to_string()));
+            }
+        }
+    }
+
+    /// Reaches `m`'s running engine (`engine = "openai"`) and serves it once it answers.
+    async fn connect(
+        &self,
+        m: &ModelSettings,
+        c: &ConnectedEngine,
+        engines: &crate::inference_api::openai::SharedEngines,
+    ) {
+        match crate::external::connect(&m.name, c, capacity(m)).await {
+            Ok(up) => {
+                tracing::info!(upstream = %c.upstream, "external engine reached");
+                self.audit.note(
+                    "engine.connect",
+                    &m.name,
+                    serde_json::json!({"upstream": c.upstream}),
+                );
+                if let Ok(mut e) = engines.write() {
+                    e.insert(
+                        m.name.clone(),
+                        crate::inference_api::openai::Backend::External(up),
+                    );
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, upstream = %c.upstream, "external engine not reached");
+                self.set(&m.name, ModelState::Failed(e.to_string()));
             }
         }
     }
@@ -176,6 +266,12 @@ impl Models {
             }
         }
     }
+}
+
+/// Requests an external engine may have in flight: its batch and its queue.
+fn capacity(m: &ModelSettings) -> usize {
+    let c = engine_config(m);
+    c.max_concurrent.saturating_add(c.queue_capacity)
 }
 
 /// The engine sizes a `[[model]]` asks for, the runtime's defaults where it names none.
@@ -271,6 +367,11 @@ async fn load_one(
                 4,
             )
             .await?
+        }
+        ModelSource::Engine => {
+            return Err(ModelError::Malformed(
+                "its engine holds the weights (engine = \"openai\")".into(),
+            ));
         }
         ModelSource::Layout(path) => {
             let (_, manifest) = ward_image::model_artifact::layout_kek_id(path)?;

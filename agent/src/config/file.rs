@@ -145,12 +145,15 @@ pub struct RawImages {
 pub struct RawModel {
     /// The name requests use.
     pub name: String,
-    /// A registry reference (pin it by digest) or an absolute path to a sealed layout.
+    /// A registry reference (pin it by digest) or an absolute path to a sealed layout (empty
+    /// only for `engine = "openai"`, which serves weights wardd never sees).
+    #[serde(default)]
     pub source: String,
     /// The KEK URI the model must be sealed under (the manifest names it; this pins it).
     #[serde(default)]
     pub kek: Option<String>,
     /// File name to plaintext `sha256:` digest, as `ward model seal` prints them.
+    #[serde(default)]
     pub digests: std::collections::BTreeMap<String, String>,
     /// Sequences generated at once, decoded as one batch (1 to 64; default 4).
     #[serde(default)]
@@ -161,6 +164,30 @@ pub struct RawModel {
     /// Where the model runs: `cpu` (default), `cuda` or `cuda:N` (a wardd built with `cuda`).
     #[serde(default)]
     pub device: Option<String>,
+    /// What serves it: `candle` (default, in wardd), an engine wardd starts with the opened
+    /// weights (`llama-server`, `vllm`, `sglang`), or `openai`, one already running at
+    /// `upstream`.
+    #[serde(default)]
+    pub engine: Option<String>,
+    /// The engine's command line, replacing the preset's; `{model}`, `{model_dir}`, `{port}`,
+    /// `{host}` and `{name}` are filled in.
+    #[serde(default)]
+    pub command: Option<Vec<String>>,
+    /// `engine = "openai"`: the engine's base URL, `http://127.0.0.1:PORT` or `http://[::1]:PORT`.
+    #[serde(default)]
+    pub upstream: Option<String>,
+    /// The model name the engine knows, sent in place of `name` (default: `name`).
+    #[serde(default)]
+    pub upstream_model: Option<String>,
+    /// How long a started engine has to answer `GET /v1/models` (default 600 s).
+    #[serde(default)]
+    pub ready_timeout_secs: Option<u64>,
+    /// The longest one request to the engine may take (default 600 s).
+    #[serde(default)]
+    pub request_timeout_secs: Option<u64>,
+    /// Restart a started engine that exits (default true).
+    #[serde(default)]
+    pub restart: Option<bool>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -21,7 +21,10 @@ pub use file::{DEFAULT_VSOCK_PORT, RawAttestation, RawConfig, RawKbs, RawListene
 pub use image_settings::{ImageSettings, PolicySource};
 pub use listeners::default_encrypted_only;
 use listeners::expand_services;
-pub use model_settings::{ModelDevice, ModelSettings, ModelSource};
+pub use model_settings::{
+    ConnectedEngine, EnginePreset, EngineSettings, ModelDevice, ModelSettings, ModelSource,
+    StartedEngine,
+};
 pub use services::ServiceKind;
 
 use crate::listen::ListenAddr;

@@ -41,8 +41,19 @@ pub const MAX_TOKENS_CAP: usize = 8192;
 /// `max_tokens` when the request gives none.
 pub const DEFAULT_MAX_TOKENS: usize = 256;
 
+pub mod upstream;
+
+/// What serves one model.
+#[derive(Clone)]
+pub enum Backend {
+    /// candle, in wardd.
+    Embedded(Arc<Engine>),
+    /// An OpenAI-compatible engine in the guest (`[[model]] engine`), reached on loopback.
+    External(Arc<upstream::Upstream>),
+}
+
 /// The engines served, by model id.
-pub type Engines = BTreeMap<String, Arc<Engine>>;
+pub type Engines = BTreeMap<String, Backend>;
 /// Engines that come and go while the server runs (models load after wardd is ready).
 pub type SharedEngines = Arc<std::sync::RwLock<Engines>>;
 
@@ -281,15 +292,39 @@ fn build(common: &Common, request: Request) -> Result<Request, ApiError> {
     Ok(r)
 }
 
-fn engine<'a>(engines: &'a Engines, model: &str) -> Result<&'a Arc<Engine>, ApiError> {
-    engines.get(model).ok_or_else(|| {
-        error(
+fn engine(engines: &Engines, model: &str) -> Result<Arc<Engine>, ApiError> {
+    match engines.get(model) {
+        Some(Backend::Embedded(e)) => Ok(e.clone()),
+        _ => Err(error(
             StatusCode::NOT_FOUND,
             "invalid_request_error",
             Some("model_not_found"),
             format!("The model `{model}` does not exist"),
-        )
-    })
+        )),
+    }
+}
+
+/// The external engine of the body's `model`, with the outcome noted; `None` when the model
+/// is embedded or unknown (the typed path answers those).
+fn external(
+    engines: &SharedEngines,
+    body: &Value,
+    outcome: &OutcomeSlot,
+) -> Option<Arc<upstream::Upstream>> {
+    let model = body.get("model")?.as_str()?;
+    let Backend::External(up) = snapshot(engines).get(model)?.clone() else {
+        return None;
+    };
+    outcome.update(|o| {
+        o.model = Some(model.to_string());
+        o.stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
+    });
+    Some(up)
+}
+
+/// The typed body of an embedded model's request, or an OpenAI-shaped 400.
+fn typed<T: serde::de::DeserializeOwned>(body: Value) -> Result<T, ApiError> {
+    serde_json::from_value(body).map_err(|e| invalid(e.to_string()))
 }
 
 fn finish_reason(r: FinishReason) -> &'static str {
@@ -313,7 +348,7 @@ enum Kind {
     Text,
 }
 
-type JsonBody<T> = Result<Json<T>, axum::extract::rejection::JsonRejection>;
+type JsonBody = Result<Json<Value>, axum::extract::rejection::JsonRejection>;
 
 fn invalid(message: impl Into<String>) -> ApiError {
     error(
@@ -327,7 +362,7 @@ fn invalid(message: impl Into<String>) -> ApiError {
 async fn chat(
     State(engines): State<SharedEngines>,
     outcome: Option<Extension<OutcomeSlot>>,
-    body: JsonBody<ChatBody>,
+    body: JsonBody,
 ) -> Response {
     chat_request(engines, slot(outcome), body)
         .await
@@ -337,11 +372,15 @@ async fn chat(
 async fn chat_request(
     engines: SharedEngines,
     outcome: OutcomeSlot,
-    body: JsonBody<ChatBody>,
+    body: JsonBody,
 ) -> Result<Response, ApiError> {
     let Json(body) = body.map_err(|e| invalid(e.body_text()))?;
+    if let Some(up) = external(&engines, &body, &outcome) {
+        return up.forward(Kind::Chat, body, outcome).await;
+    }
+    let body: ChatBody = typed(body)?;
     noted(&outcome, &body.common);
-    let engine = engine(&snapshot(&engines), &body.common.model)?.clone();
+    let engine = engine(&snapshot(&engines), &body.common.model)?;
     let messages = body
         .messages
         .into_iter()
@@ -355,7 +394,7 @@ async fn chat_request(
 async fn completions(
     State(engines): State<SharedEngines>,
     outcome: Option<Extension<OutcomeSlot>>,
-    body: JsonBody<CompletionBody>,
+    body: JsonBody,
 ) -> Response {
     completion_request(engines, slot(outcome), body)
         .await
@@ -365,11 +404,15 @@ async fn completions(
 async fn completion_request(
     engines: SharedEngines,
     outcome: OutcomeSlot,
-    body: JsonBody<CompletionBody>,
+    body: JsonBody,
 ) -> Result<Response, ApiError> {
     let Json(body) = body.map_err(|e| invalid(e.body_text()))?;
+    if let Some(up) = external(&engines, &body, &outcome) {
+        return up.forward(Kind::Text, body, outcome).await;
+    }
+    let body: CompletionBody = typed(body)?;
     noted(&outcome, &body.common);
-    let engine = engine(&snapshot(&engines), &body.common.model)?.clone();
+    let engine = engine(&snapshot(&engines), &body.common.model)?;
     let prompt = match &body.prompt {
         Value::String(s) => s.clone(),
         Value::Array(a) if a.len() == 1 && a[0].is_string() => {

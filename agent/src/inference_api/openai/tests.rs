@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use ward_inference::test_models::gguf_model;
 use ward_inference::{Engine, EngineConfig};
 
-use super::{Engines, Outcome, OutcomeSlot, router};
+use super::{Backend, Engines, Outcome, OutcomeSlot, router};
 
 async fn serve() -> String {
     serve_with(None).await
@@ -27,7 +27,7 @@ async fn serve_with(outcome: Option<OutcomeSlot>) -> String {
         },
     )
     .unwrap();
-    let engines: Engines = [("tiny".to_string(), Arc::new(engine))].into();
+    let engines: Engines = [("tiny".to_string(), Backend::Embedded(Arc::new(engine)))].into();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let mut app = router(Arc::new(std::sync::RwLock::new(engines)));
