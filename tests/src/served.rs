@@ -26,6 +26,19 @@ pub struct ServedModel {
 /// them). `listeners` may use `{dir}` for wardd's private directory. Waits up to 120 s for
 /// the engine.
 pub async fn serve_model(name: &str, files: &[(&str, &[u8])], listeners: &str) -> ServedModel {
+    serve_model_with(name, files, listeners, "", "inference engine ready").await
+}
+
+/// [`serve_model`] with more keys in the `[[model]]` table (`model_keys`, TOML lines) and the
+/// log line that says the model serves (`ready`: an external engine says `external engine
+/// serving`). Waits up to 300 s.
+pub async fn serve_model_with(
+    name: &str,
+    files: &[(&str, &[u8])],
+    listeners: &str,
+    model_keys: &str,
+    ready: &str,
+) -> ServedModel {
     let kbs = DevKbs::start().await.unwrap();
     let kek = [0x42u8; 32];
     let kid = format!("kbs:///default/model-kek/{name}");
@@ -51,6 +64,7 @@ pub async fn serve_model(name: &str, files: &[(&str, &[u8])], listeners: &str) -
         .map(|(n, d)| format!("{n:?} = \"{d}\"\n"))
         .collect();
     let (name_owned, kbs_url, listeners) = (name.to_string(), kbs.url(), listeners.to_string());
+    let model_keys = model_keys.to_string();
     let layout_path = layout.display().to_string();
     let wardd = tokio::task::spawn_blocking(move || {
         let dir = tempfile::tempdir().unwrap();
@@ -58,7 +72,7 @@ pub async fn serve_model(name: &str, files: &[(&str, &[u8])], listeners: &str) -
         let config = config_text(dir.path(), &["all"]).replace(
             "[[listener]]",
             &format!(
-                "[[model]]\nname = \"{name_owned}\"\nsource = \"{layout_path}\"\n\
+                "[[model]]\nname = \"{name_owned}\"\nsource = \"{layout_path}\"\n{model_keys}\n\
                  [model.digests]\n{digests}\n{listeners}\n[[listener]]"
             ),
         ) + &format!("\n[kbs]\nurl = \"{kbs_url}\"\n");
@@ -66,17 +80,19 @@ pub async fn serve_model(name: &str, files: &[(&str, &[u8])], listeners: &str) -
     })
     .await
     .unwrap();
-    let until = Instant::now() + Duration::from_secs(120);
+    let until = Instant::now() + Duration::from_secs(300);
     loop {
         let stderr = wardd.stderr();
-        if stderr.contains("inference engine ready") {
+        if stderr.contains(ready) {
             break;
         }
         assert!(
-            !stderr.contains("model not loaded") && !stderr.contains("refused the model"),
+            !stderr.contains("model not loaded")
+                && !stderr.contains("refused the model")
+                && !stderr.contains("external engine not started"),
             "the model did not load:\n{stderr}"
         );
-        assert!(Instant::now() < until, "no engine after 120 s:\n{stderr}");
+        assert!(Instant::now() < until, "no engine after 300 s:\n{stderr}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let audit = std::fs::read_to_string(&wardd.audit).unwrap();

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Makes the Python environment with llama.cpp's OpenAI server that the external-engine test
+# runs behind wardd: `llama-cpp-python[server]` from PyPI, which builds llama.cpp from its
+# source on this machine (about 10 to 15 minutes on 2 cores, once; pip keeps the built wheel in
+# its cache). Made aside and renamed, so a half-made environment is never taken for a good one.
+# Idempotent: an environment whose server imports is kept.
+#   scripts/llama-venv.sh [DIR]    (default: target/llama-venv)
+# Tests find it there, or through $WARD_LLAMA_PYTHON.
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+venv="${1:-${CARGO_TARGET_DIR:-$root/target}/llama-venv}"
+version="0.3.36"
+
+if "$venv/bin/python" -c "import llama_cpp.server" 2>/dev/null; then
+  echo "$venv/bin/python"
+  exit 0
+fi
+staging="$venv.$$"
+rm -rf "$staging"
+trap 'rm -rf "$staging"' EXIT
+python3 -m venv "$staging"
+echo "llama-venv: building llama-cpp-python $version (llama.cpp from source; minutes)" >&2
+"$staging/bin/pip" install --quiet --disable-pip-version-check --timeout 60 \
+  "llama-cpp-python[server]==$version" >&2
+rm -rf "$venv"
+mv "$staging" "$venv"
+trap - EXIT
+# The interpreter does not mind the rename; the server must import from its new place.
+"$venv/bin/python" -c "import llama_cpp.server"
+echo "$venv/bin/python"

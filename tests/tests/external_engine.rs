@@ -1,0 +1,246 @@
+//! A sealed model served by llama.cpp's real OpenAI server (PyPI `llama-cpp-python[server]`,
+//! built on this machine by `scripts/llama-venv.sh`) behind wardd: wardd opens SmolLM2 (sealed
+//! by the owner, its KEK from the KBS) into sealed memfds, starts the server on them, and serves
+//! it through its one inference front: plain and streamed chat, an encrypted request and an
+//! encrypted stream, the audit's token counts from the engine's usage, the weights only in
+//! memory (the engine's fd is a memfd; its model path is a link to it), and a crashed engine
+//! answered with 503 until it is back.
+//!
+//! Skipped, with a message, without the environment (`scripts/llama-venv.sh`, which `just test`
+//! runs) or the model (`scripts/fetch-model.sh`).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use ward_e2e::RequestSealer;
+use ward_tests::served::{inference_entries, serve_model_with};
+use ward_tests::unix_now as now;
+
+fn llama_python() -> Option<PathBuf> {
+    let p = std::env::var_os("WARD_LLAMA_PYTHON")
+        .map(PathBuf::from)
+        .or_else(|| {
+            ward_tests::bin_dir()
+                .parent()
+                .map(|t| t.join("llama-venv/bin/python"))
+        })?;
+    let ok = std::process::Command::new(&p)
+        .args(["-c", "import llama_cpp.server"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    ok.then_some(p)
+}
+
+fn smollm2() -> Option<PathBuf> {
+    let p = std::env::var_os("WARD_SMOLLM2_GGUF")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                .join(".cache/ward/models/SmolLM2-135M-Instruct.Q4_1.gguf")
+        });
+    p.exists().then_some(p)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The `data:` payloads of an SSE body.
+fn sse(body: &str) -> Vec<String> {
+    body.split("\n\n")
+        .filter_map(|e| e.lines().find_map(|l| l.strip_prefix("data: ")).map(str::to_string))
+        .collect()
+}
+
+fn streamed_text(events: &[String]) -> String {
+    events
+        .iter()
+        .filter(|d| *d != "[DONE]")
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .filter_map(|v| v["choices"][0]["delta"]["content"].as_str().map(str::to_string))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn llama_cpp_server_behind_wardd_serves_a_sealed_model() {
+    let Some(python) = llama_python() else {
+        eprintln!("skipped: no llama-cpp-python server (run scripts/llama-venv.sh)");
+        return;
+    };
+    let Some(gguf) = smollm2() else {
+        eprintln!("skipped: SmolLM2 is missing (run scripts/fetch-model.sh)");
+        return;
+    };
+    let bytes = std::fs::read(&gguf).unwrap();
+    let port = free_port();
+    let listeners = format!(
+        "[[listener]]\naddress = \"tcp://127.0.0.1:{port}\"\nservices = [\"inference\"]\n"
+    );
+    let keys = format!(
+        "engine = \"llama-server\"\nready_timeout_secs = 300\nrequest_timeout_secs = 120\n\
+         command = [{python:?}, \"-m\", \"llama_cpp.server\", \"--model\", \"{{model}}\", \
+         \"--model_alias\", \"{{name}}\", \"--host\", \"{{host}}\", \"--port\", \"{{port}}\", \
+         \"--n_ctx\", \"2048\", \"--n_threads\", \"2\", \"--verbose\", \"false\"]\n",
+        python = python.display().to_string()
+    );
+    let served = serve_model_with(
+        "smollm2",
+        &[("model.gguf", &bytes)],
+        &listeners,
+        &keys,
+        "external engine serving",
+    )
+    .await;
+    let w = &served.wardd;
+    let base = format!("http://127.0.0.1:{port}/v1");
+    let http = reqwest::Client::new();
+
+    // The engine reads the weights from a sealed memfd, through a link in wardd's tmpfs dir.
+    let stderr = w.stderr();
+    let pid: u32 = stderr
+        .lines()
+        .find_map(|l| {
+            l.contains("engine started")
+                .then(|| l.split("pid=").nth(1)?.split_whitespace().next()?.parse().ok())
+                .flatten()
+        })
+        .unwrap_or_else(|| panic!("no engine pid in:\n{stderr}"));
+    let fd3 = std::fs::read_link(format!("/proc/{pid}/fd/3")).unwrap();
+    assert!(
+        fd3.to_string_lossy().starts_with("/memfd:ward-weights"),
+        "the engine's fd 3 is {}",
+        fd3.display()
+    );
+    let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap();
+    let model_path = cmdline
+        .split('\0')
+        .skip_while(|a| *a != "--model")
+        .nth(1)
+        .unwrap()
+        .to_string();
+    let meta = std::fs::symlink_metadata(&model_path).unwrap();
+    assert!(meta.file_type().is_symlink(), "{model_path} is not a link");
+    assert_eq!(
+        std::fs::read_link(&model_path).unwrap(),
+        PathBuf::from("/proc/self/fd/3")
+    );
+
+    // Listed, and a plain chat answered with the engine's usage.
+    let models: Value = http
+        .get(format!("{base}/models"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(models["data"][0]["id"], "smollm2", "{models}");
+    let ask = |stream: bool| {
+        json!({"model": "smollm2", "max_tokens": 12, "temperature": 0, "stream": stream,
+               "messages": [{"role": "user", "content": "What is the capital of France?"}]})
+    };
+    let r = http
+        .post(format!("{base}/chat/completions"))
+        .json(&ask(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["model"], "smollm2");
+    let answer = v["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(answer.contains("Paris"), "{v}");
+    assert!(v["usage"]["completion_tokens"].as_u64().unwrap() > 0, "{v}");
+
+    // Streamed, event by event, the same greedy text.
+    let r = http
+        .post(format!("{base}/chat/completions"))
+        .json(&ask(true))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["content-type"], "text/event-stream");
+    let events = sse(&r.text().await.unwrap());
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+    assert_eq!(streamed_text(&events), answer);
+
+    // Encrypted, whole and streamed: only the client opens the answer.
+    let config = ward_tests::attested_key(&http, &base).await;
+    for stream in [false, true] {
+        let (msg, opener) =
+            RequestSealer::seal(&config, "POST", "/v1/chat/completions", &ask(stream), now())
+                .unwrap();
+        let r = http
+            .post(format!("{base}/chat/completions"))
+            .header("content-type", "application/ward-e2e")
+            .body(msg)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let sealed = r.bytes().await.unwrap();
+        assert!(!sealed.windows(5).any(|w| w == b"Paris"));
+        let plain = opener.open_whole(&sealed).unwrap();
+        let text = String::from_utf8_lossy(&plain).into_owned();
+        let got = if stream {
+            streamed_text(&sse(&text))
+        } else {
+            serde_json::from_str::<Value>(&text).unwrap()["choices"][0]["message"]["content"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        };
+        assert_eq!(got, answer, "stream={stream}");
+    }
+
+    // The audit has the engine's token counts for every request, never the text.
+    let entries = inference_entries(&w.audit);
+    let chats: Vec<&Value> = entries
+        .iter()
+        .filter(|e| e["detail"]["model"] == "smollm2" && e["detail"]["status"] == 200)
+        .collect();
+    assert_eq!(chats.len(), 4, "{entries:?}");
+    for e in &chats {
+        let d = &e["detail"];
+        assert!(d["completion_tokens"].as_u64().unwrap_or(0) > 0, "{d}");
+        assert!(d["prompt_tokens"].as_u64().unwrap_or(0) > 0, "{d}");
+    }
+    let audit = std::fs::read_to_string(&w.audit).unwrap();
+    assert!(!audit.contains("Paris") && !audit.contains("capital"));
+    assert!(audit.contains("\"engine.start\""), "{audit}");
+
+    // The engine crashes: 503 while it is down, served again once restarted.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let mut saw_503 = false;
+    let until = Instant::now() + Duration::from_secs(240);
+    loop {
+        let r = http
+            .post(format!("{base}/chat/completions"))
+            .json(&ask(false))
+            .send()
+            .await
+            .unwrap();
+        match r.status().as_u16() {
+            503 => saw_503 = true,
+            200 if saw_503 => break,
+            s => assert!(s == 200 || s == 503, "status {s}"),
+        }
+        assert!(Instant::now() < until, "the engine did not come back");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(w.stderr().contains("restarting the engine"));
+}
