@@ -244,3 +244,6 @@ impl TdxReference {
         ]
     }
 }
+
+#[cfg(test)]
+mod tests;
