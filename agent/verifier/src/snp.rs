@@ -450,6 +450,15 @@ fn check_chain(log: &mut Log, certs: &AmdCerts, signer: Signer, at: u64) -> Resu
     Ok(vek.clone())
 }
 
+/// The raw bytes of a report that arrived in its JSON (serde) form, as the `snp` evidence of
+/// Trustee's wire carries it. Re-encoded by the `sev` crate: a report whose reserved bytes
+/// were not zero no longer verifies (refused, never accepted).
+pub fn report_bytes(r: &AttestationReport) -> Result<Vec<u8>, SnpError> {
+    r.to_bytes()
+        .map(|b| b.to_vec())
+        .map_err(|e| SnpError::Report(e.to_string()))
+}
+
 /// Verifies an SNP report (the 1184 raw bytes). `certs` holds the VCEK or VLEK (and optionally
 /// its chain); without it only `opts.insecure` lets the report through, unsigned.
 /// `want_report_data` is what REPORT_DATA must be (the binding of the caller's nonce and key).
