@@ -91,7 +91,8 @@ impl Collateral {
     }
 
     /// The raw form, for tests that forge it.
-    pub fn inner_mut(&mut self) -> &mut QuoteCollateralV3 {
+    #[cfg(test)]
+    pub(crate) fn inner_mut(&mut self) -> &mut QuoteCollateralV3 {
         &mut self.0
     }
 }
