@@ -71,6 +71,15 @@ impl Log {
         }
     }
 
+    /// A log whose contents are thrown away (for trying a candidate).
+    pub(crate) fn scratch() -> Self {
+        Log {
+            insecure: false,
+            checked: Vec::new(),
+            skipped: Vec::new(),
+        }
+    }
+
     pub(crate) fn ok(&mut self, what: impl Into<String>) {
         self.checked.push(what.into());
     }

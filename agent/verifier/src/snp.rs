@@ -162,6 +162,14 @@ impl Signer {
         }
     }
 
+    /// The common name of the certificate itself.
+    fn leaf_cn(self) -> &'static str {
+        match self {
+            Signer::Vcek => "SEV-VCEK",
+            Signer::Vlek => "SEV-VLEK",
+        }
+    }
+
     /// The CA's common name for `product`.
     fn ca_cn(self, product: Product) -> String {
         match self {
@@ -397,14 +405,14 @@ fn verify_signature(raw: &[u8], signer: Signer, vek: &X509) -> Result<(), SnpErr
 }
 
 /// The chain: pinned ARK → ASK/ASVK (given, else carried) → VEK, each valid at `at`.
-fn check_chain(log: &mut Log, certs: &AmdCerts, signer: Signer, at: u64) -> Result<X509, SnpError> {
-    let want_cn = match signer {
-        Signer::Vcek => "SEV-VCEK",
-        Signer::Vlek => "SEV-VLEK",
-    };
-    let vek = certs.by_subject(want_cn).ok_or(SnpError::NoVek {
-        signer: signer.name(),
-    })?;
+fn check_chain(
+    log: &mut Log,
+    certs: &AmdCerts,
+    signer: Signer,
+    vek: &X509,
+    at: u64,
+) -> Result<(), SnpError> {
+    let want_cn = signer.leaf_cn();
     let issuer = cn(&vek.tbs_certificate.issuer);
     let product = Product::ALL
         .into_iter()
@@ -447,7 +455,7 @@ fn check_chain(log: &mut Log, certs: &AmdCerts, signer: Signer, at: u64) -> Resu
         signer.name(),
         rfc3339(i64::try_from(at).unwrap_or(i64::MAX))
     ));
-    Ok(vek.clone())
+    Ok(())
 }
 
 /// The raw bytes of a report that arrived in its JSON (serde) form, as the `snp` evidence of
@@ -491,17 +499,30 @@ pub fn verify(
                     detail: format!("signature algorithm {}, not ECDSA P-384 (1)", r.sig_algo),
                 });
             }
-            let vek = check_chain(&mut log, certs, signer, opts.at)?;
-            verify_signature(raw, signer, &vek)?;
+            // A directory or cache may hold several (one per chip and TCB): the one issued
+            // for this report's TCB and chip, else the first (whose refusal says why).
+            let candidates: Vec<&X509> = certs
+                .certs
+                .iter()
+                .filter(|c| cn(&c.tbs_certificate.subject) == signer.leaf_cn())
+                .collect();
+            let first = *candidates.first().ok_or(SnpError::NoVek {
+                signer: signer.name(),
+            })?;
+            let vek = candidates
+                .iter()
+                .copied()
+                .find(|c| {
+                    let mut scratch = Log::scratch();
+                    check_cert_tcb(&mut scratch, signer, c, &r.reported_tcb).is_ok()
+                        && check_chip_id(&mut scratch, signer, c, &r).is_ok()
+                })
+                .unwrap_or(first);
+            check_chain(&mut log, certs, signer, vek, opts.at)?;
+            verify_signature(raw, signer, vek)?;
             log.ok(format!("the report is signed by the {}", signer.name()));
-            check_cert_tcb(&mut log, signer, &vek, &r.reported_tcb)?;
-            if signer == Signer::Vcek {
-                let hwid = extension(&vek, "4").ok_or(SnpError::ChipId)?;
-                if hwid.is_empty() || r.chip_id.get(..hwid.len()) != Some(hwid) {
-                    return Err(SnpError::ChipId);
-                }
-                log.ok("the report's CHIP_ID is the VCEK's");
-            }
+            check_cert_tcb(&mut log, signer, vek, &r.reported_tcb)?;
+            check_chip_id(&mut log, signer, vek, &r)?;
         }
         None => log.cannot(
             "the report's signature, the VCEK/VLEK chain to AMD's root and the TCB it certifies (no certificate given)",
@@ -528,6 +549,24 @@ pub fn verify(
     )?;
     values::report_data(&mut log, &r.report_data, want_report_data)?;
     Ok(log.finish("snp", r.report_data))
+}
+
+/// CHIP_ID against the VCEK's hwID (a VLEK is not per chip). Turin's hwID is 8 bytes, the
+/// first 8 of CHIP_ID.
+fn check_chip_id(
+    log: &mut Log,
+    signer: Signer,
+    vek: &X509,
+    r: &AttestationReport,
+) -> Result<(), SnpError> {
+    if signer == Signer::Vcek {
+        let hwid = extension(vek, "4").ok_or(SnpError::ChipId)?;
+        if hwid.is_empty() || r.chip_id.get(..hwid.len()) != Some(hwid) {
+            return Err(SnpError::ChipId);
+        }
+        log.ok("the report's CHIP_ID is the VCEK's");
+    }
+    Ok(())
 }
 
 fn check_policy(

@@ -483,3 +483,63 @@ fn the_carried_asvks_chain_to_the_pinned_arks() {
         }
     }
 }
+
+#[test]
+fn a_directory_of_certificates_yields_the_one_issued_for_the_report() {
+    let raw = vcek_report();
+    // Another VCEK, for another microcode SPL (its signature no longer verifies either).
+    let mut other = fixture("snp/test-vcek.der");
+    let at_spl = other
+        .windows(3)
+        .position(|w| w == [0x02, 0x01, 0x73])
+        .unwrap();
+    other[at_spl + 2] = 0x74;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("a-other-vcek.der"), &other).unwrap();
+    let chain = [
+        sev::certs::snp::builtin::milan::ASK,
+        sev::certs::snp::builtin::milan::ARK,
+    ]
+    .concat();
+    std::fs::write(dir.path().join("cert_chain"), chain).unwrap();
+    std::fs::write(dir.path().join("vlek.der"), fixture("snp/test-vlek.der")).unwrap();
+    std::fs::write(dir.path().join("vcek.der"), fixture("snp/test-vcek.der")).unwrap();
+    let certs = AmdCerts::load(dir.path()).unwrap();
+    assert_eq!(certs.certs.len(), 5);
+    verify(
+        &raw,
+        Some(&certs),
+        &pinned(&raw),
+        &report_data(&raw),
+        &at(AS_OF),
+    )
+    .unwrap();
+    let raw_vlek = vlek_report();
+    verify(
+        &raw_vlek,
+        Some(&certs),
+        &pinned(&raw_vlek),
+        &report_data(&raw_vlek),
+        &at(AS_OF),
+    )
+    .unwrap();
+    // Only the other VCEK: refused, naming the broken link.
+    std::fs::remove_file(dir.path().join("vcek.der")).unwrap();
+    let certs = AmdCerts::load(dir.path()).unwrap();
+    let e = verify(
+        &raw,
+        Some(&certs),
+        &pinned(&raw),
+        &report_data(&raw),
+        &at(AS_OF),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&e, SnpError::Chain { link, .. } if link == "SEV-Milan → SEV-VCEK"),
+        "{e}"
+    );
+    // A file that is not a certificate is named.
+    std::fs::write(dir.path().join("notes.txt"), "hello").unwrap();
+    let e = AmdCerts::load(dir.path()).unwrap_err().to_string();
+    assert!(e.contains("notes.txt"), "{e}");
+}
