@@ -543,3 +543,35 @@ fn a_directory_of_certificates_yields_the_one_issued_for_the_report() {
     let e = AmdCerts::load(dir.path()).unwrap_err().to_string();
     assert!(e.contains("notes.txt"), "{e}");
 }
+
+#[test]
+fn a_forged_vlek_report_is_refused_by_name() {
+    let raw = vlek_report();
+    // MEASUREMENT, REPORT_DATA, the VMPL, the policy's migration-agent bit: signed fields.
+    for (off, bit) in [(0x90, 1), (0x50, 1), (0x30, 1), (0x0a, 0x04)] {
+        let mut forged = raw.clone();
+        forged[off] ^= bit;
+        let e = verify(
+            &forged,
+            Some(&vlek()),
+            &pinned(&raw),
+            &report_data(&raw),
+            &at(AS_OF),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(e, SnpError::Signature { signer: "VLEK", .. }),
+            "offset {off:#x}: {e}"
+        );
+    }
+    // The VLEK's own report, judged today: its certificate has expired.
+    let e = verify(
+        &raw,
+        Some(&vlek()),
+        &pinned(&raw),
+        &report_data(&raw),
+        &Options::now(),
+    )
+    .unwrap_err();
+    assert!(matches!(e, SnpError::CertificateExpired { .. }), "{e}");
+}

@@ -360,3 +360,62 @@ fn hostile_input_is_refused_without_panicking() {
         ));
     }
 }
+
+#[test]
+fn a_forged_variant_of_every_tdx_fixture_is_refused_by_name() {
+    // The outdated platform's quote, MRTD altered: its signature fails before its TCB is read.
+    let mut q = fixture("tdx-dcap/tdx_quote_outdated");
+    let c = Collateral::from_json(&fixture("tdx-dcap/tdx_quote_outdated_collateral.json")).unwrap();
+    q[BODY + 136] ^= 1;
+    let e = verify(
+        &q,
+        Some(&c),
+        &pinned(&q),
+        &report_data(&q),
+        &at(AS_OF_OUTDATED),
+    )
+    .unwrap_err();
+    assert!(matches!(e, TdxError::Chain(_)), "{e}");
+    // Trustee's v4 and v5 quotes without collateral (insecure): DEBUG set, MRTD altered,
+    // report data binding another key, each refused by name. (v5 bodies start 6 bytes later.)
+    let insecure = Options {
+        at: AS_OF,
+        insecure: true,
+    };
+    for (name, body) in [
+        ("tdx/tdx_quote_4.dat", BODY),
+        ("tdx/tdx_quote_5.dat", BODY + 6),
+    ] {
+        let q = fixture(name);
+        let td = *Quote::parse(&q).unwrap().report.as_td10().unwrap();
+        let r = TdxReference {
+            mrtd: Some(vec![Hex(td.mr_td)]),
+            unpinned: ["rtmr0", "rtmr1", "rtmr2", "rtmr3", "mrconfigid"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            ..TdxReference::default()
+        };
+        let mut clean = q.clone();
+        clean[body + 120] &= !1;
+        verify(&clean, None, &r, &td.report_data, &insecure).unwrap();
+        let mut debug = clean.clone();
+        debug[body + 120] |= 1;
+        let e = verify(&debug, None, &r, &td.report_data, &insecure).unwrap_err();
+        assert!(matches!(e, TdxError::Debug), "{name}: {e}");
+        let mut mrtd = clean.clone();
+        mrtd[body + 136] ^= 1;
+        let e = verify(&mrtd, None, &r, &td.report_data, &insecure).unwrap_err();
+        assert!(
+            matches!(&e, TdxError::Value(ValueError::Mismatch { field, .. }) if field == "tdx.mrtd"),
+            "{name}: {e}"
+        );
+        let mut other_key = td.report_data;
+        other_key[63] ^= 1;
+        let e = verify(&clean, None, &r, &other_key, &insecure).unwrap_err();
+        assert!(
+            matches!(e, TdxError::Value(ValueError::ReportData { .. })),
+            "{name}: {e}"
+        );
+    }
+}
