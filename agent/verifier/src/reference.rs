@@ -25,6 +25,12 @@ pub enum ReferenceError {
     Version(u32),
     #[error("reference value {field}: {detail}")]
     Value { field: String, detail: String },
+    #[error("{path}: {source}")]
+    InFile {
+        path: String,
+        #[source]
+        source: Box<ReferenceError>,
+    },
 }
 
 /// The whole file.
@@ -171,7 +177,10 @@ impl ReferenceValues {
             path: path.display().to_string(),
             source,
         })?;
-        Self::parse(&text)
+        Self::parse(&text).map_err(|e| ReferenceError::InFile {
+            path: path.display().to_string(),
+            source: Box::new(e),
+        })
     }
 
     fn check(&self) -> Result<(), ReferenceError> {

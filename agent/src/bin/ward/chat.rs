@@ -436,6 +436,27 @@ mod tests {
     }
 
     #[test]
+    fn a_bad_reference_file_is_refused_by_name() {
+        let (att, _) = forged_tdx(&[7u8; 32], false);
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("r.toml");
+        std::fs::write(&p, "version = 1\n[tdx]\nmrtd = [\"00\"]\n").unwrap();
+        let mut a = args(None, true, None);
+        a.reference = Some(&p);
+        let e = verify(&att, &[7u8; 32], &a, AS_OF).unwrap_err().to_string();
+        assert!(e.contains("r.toml") && e.contains("1 bytes, not 48"), "{e}");
+        // And sample evidence with reference values is refused: it has nothing to match.
+        let att = serde_json::json!({
+            "evidence": {"svn": "1", "report_data": "AAAA"},
+            "key_config": base64::engine::general_purpose::URL_SAFE_NO_PAD.encode([1u8; 4]),
+        });
+        std::fs::write(&p, "version = 1\n").unwrap();
+        a.allow_sample = true;
+        let e = verify(&att, &[7u8; 32], &a, AS_OF).unwrap_err().to_string();
+        assert!(e.contains("sample evidence has no measurement"), "{e}");
+    }
+
+    #[test]
     fn snp_needs_its_vcek_and_measurement() {
         let report =
             ward_attester::explain::parse_snp_report(&fixture("snp/test-report.bin")).unwrap();

@@ -73,6 +73,14 @@ fn mistakes_are_refused_by_name() {
 
 #[test]
 fn load_names_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("values.toml");
+    std::fs::write(&p, "version = 1\n[snp]\nhost_data = [\"00\"]\n").unwrap();
+    let e = ReferenceValues::load(&p).unwrap_err().to_string();
+    assert!(
+        e.contains("values.toml") && e.contains("1 bytes, not 32"),
+        "{e}"
+    );
     let e = ReferenceValues::load(Path::new("/nonexistent/ref.toml"))
         .unwrap_err()
         .to_string();
