@@ -55,6 +55,11 @@ bench-model:
 bench-aead:
     cargo run --release -q -p ward-tests --bin bench-aead
 
+# Verification time per attestation (ward-verifier): the real TDX quote with its DCAP collateral,
+# the real SNP reports with their VCEK and VLEK, each checked in full as ward chat does.
+bench-verify:
+    cargo run --release -q -p ward-verifier --example bench-verify
+
 # A guest initrd: wardd (release) as /init, Debian's kernel, only the modules wardd needs.
 initrd *ARGS:
     rootfs/build-initrd.sh {{ARGS}}

@@ -149,17 +149,28 @@ enum Command {
         url: String,
         #[arg(long)]
         model: String,
-        /// SNP: check the report signature with this VCEK/VLEK (DER).
+        /// SNP: the VCEK or VLEK (DER or PEM, as AMD KDS serves it), or a directory holding it
+        /// and KDS's cert_chain; checked up to AMD's pinned root. Never fetched.
         #[arg(long)]
         vcek: Option<PathBuf>,
-        /// The expected launch measurement (SNP MEASUREMENT or TDX MRTD), hex.
+        /// TDX: Intel's collateral for the quote's platform (TCB info, QE identity, CRLs and
+        /// their chains, as PCS serves them, in one JSON file); checked up to Intel's pinned
+        /// root and for freshness at the wall clock. Never fetched.
+        #[arg(long)]
+        tdx_collateral: Option<PathBuf>,
+        /// The reference values the evidence must match (docs/reference-values.md).
+        #[arg(long)]
+        reference: Option<PathBuf>,
+        /// The expected launch measurement (SNP MEASUREMENT or TDX MRTD), hex; over what
+        /// --reference says.
         #[arg(long)]
         measurement: Option<String>,
         /// Accept sample evidence (development only: it proves nothing about hardware).
         #[arg(long)]
         allow_sample: bool,
-        /// Encrypt to the key even where the evidence cannot be fully checked (a TDX quote's
-        /// signature, an unpinned measurement, no --vcek); every skipped check is printed.
+        /// Encrypt to the key even where the evidence cannot be fully checked (no collateral,
+        /// no --vcek, a value the reference values do not pin); every skipped check is printed.
+        /// A check that runs and fails is refused even so.
         #[arg(long)]
         insecure: bool,
         #[arg(long, default_value_t = 256)]
@@ -366,6 +377,8 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             url,
             model,
             vcek,
+            tdx_collateral,
+            reference,
             measurement,
             allow_sample,
             insecure,
@@ -376,6 +389,8 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             model: &model,
             prompt: &prompt,
             vcek: vcek.as_deref(),
+            tdx_collateral: tdx_collateral.as_deref(),
+            reference: reference.as_deref(),
             measurement: measurement.as_deref(),
             allow_sample,
             insecure,

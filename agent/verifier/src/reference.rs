@@ -1,0 +1,258 @@
+//! Reference values: what the evidence must say to be accepted (`docs/reference-values.md`).
+//!
+//! One TOML file, a `[tdx]` and an `[snp]` section. Each measured field holds the list of
+//! values accepted for it. A field that is absent is *not pinned*: the verifier refuses it
+//! (`NotPinned`) unless the section names it in `unpinned`, which says "any value" out loud.
+//! Unknown keys are refused, so a misspelt field cannot leave a value silently unchecked.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use serde::Deserialize;
+
+/// Why a reference-values file was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum ReferenceError {
+    #[error("reading the reference values {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the reference values are not valid: {0}")]
+    Syntax(#[from] toml::de::Error),
+    #[error("the reference values say version {0}; this verifier reads version 1")]
+    Version(u32),
+    #[error("reference value {field}: {detail}")]
+    Value { field: String, detail: String },
+    #[error("{path}: {source}")]
+    InFile {
+        path: String,
+        #[source]
+        source: Box<ReferenceError>,
+    },
+}
+
+/// The whole file.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ReferenceValues {
+    /// The format's version: 1.
+    pub version: u32,
+    #[serde(default)]
+    pub tdx: Option<TdxReference>,
+    #[serde(default)]
+    pub snp: Option<SnpReference>,
+}
+
+/// TDX reference values. Measurement registers are hex (96 digits each).
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TdxReference {
+    pub mrtd: Option<Vec<Hex<48>>>,
+    pub rtmr0: Option<Vec<Hex<48>>>,
+    pub rtmr1: Option<Vec<Hex<48>>>,
+    pub rtmr2: Option<Vec<Hex<48>>>,
+    pub rtmr3: Option<Vec<Hex<48>>>,
+    pub mrconfigid: Option<Vec<Hex<48>>>,
+    /// TCB statuses (Intel's names: `UpToDate`, `SWHardeningNeeded`, `OutOfDate`, ...) that are
+    /// accepted. Default: `UpToDate` only. `Revoked` is never accepted.
+    #[serde(default = "up_to_date")]
+    pub tcb_status: Vec<String>,
+    /// Fields accepted with any value (named as in this section: `rtmr3`, `mrconfigid`, ...).
+    #[serde(default)]
+    pub unpinned: BTreeSet<String>,
+}
+
+impl Default for TdxReference {
+    /// Nothing pinned; only an up-to-date TCB accepted.
+    fn default() -> Self {
+        TdxReference {
+            mrtd: None,
+            rtmr0: None,
+            rtmr1: None,
+            rtmr2: None,
+            rtmr3: None,
+            mrconfigid: None,
+            tcb_status: up_to_date(),
+            unpinned: BTreeSet::new(),
+        }
+    }
+}
+
+fn up_to_date() -> Vec<String> {
+    vec!["UpToDate".to_string()]
+}
+
+/// An SNP TCB (the SPL of each firmware component).
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SnpTcb {
+    pub bootloader: u8,
+    pub tee: u8,
+    pub snp: u8,
+    pub microcode: u8,
+    /// Turin and later only.
+    #[serde(default)]
+    pub fmc: Option<u8>,
+}
+
+/// SNP reference values.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SnpReference {
+    /// MEASUREMENT, hex (96 digits).
+    pub measurement: Option<Vec<Hex<48>>>,
+    /// HOST_DATA, hex (64 digits).
+    pub host_data: Option<Vec<Hex<32>>>,
+    /// The lowest REPORTED_TCB accepted, component by component.
+    pub min_tcb: Option<SnpTcb>,
+    /// Whether the guest policy may allow SMT (bit 16). Default false.
+    #[serde(default)]
+    pub allow_smt: bool,
+    /// Whether the guest policy may allow a migration agent (bit 18). Default false.
+    #[serde(default)]
+    pub allow_migration_agent: bool,
+    /// The VMPL the report must come from. Default 0.
+    #[serde(default)]
+    pub vmpl: u32,
+    /// Fields accepted with any value: `measurement`, `host_data`, `min_tcb`.
+    #[serde(default)]
+    pub unpinned: BTreeSet<String>,
+}
+
+/// A fixed-size value written as hex.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hex<const N: usize>(pub [u8; N]);
+
+impl<const N: usize> std::str::FromStr for Hex<N> {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bytes = hex::decode(s.trim()).map_err(|e| format!("{s:?} is not hex: {e}"))?;
+        let arr: [u8; N] = bytes
+            .try_into()
+            .map_err(|b: Vec<u8>| format!("{} bytes, not {N}", b.len()))?;
+        Ok(Hex(arr))
+    }
+}
+
+impl<'de, const N: usize> Deserialize<'de> for Hex<N> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl<const N: usize> std::fmt::Display for Hex<N> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+const TDX_FIELDS: &[&str] = &["mrtd", "rtmr0", "rtmr1", "rtmr2", "rtmr3", "mrconfigid"];
+const SNP_FIELDS: &[&str] = &["measurement", "host_data", "min_tcb"];
+/// The TCB statuses Intel's TCB info uses (dcap-qvl's names).
+pub const TDX_TCB_STATUSES: &[&str] = &[
+    "UpToDate",
+    "SWHardeningNeeded",
+    "ConfigurationNeeded",
+    "ConfigurationAndSWHardeningNeeded",
+    "OutOfDate",
+    "OutOfDateConfigurationNeeded",
+    "TDRelaunchAdvised",
+    "TDRelaunchAdvisedConfigurationNeeded",
+];
+
+impl ReferenceValues {
+    /// Parses and checks a reference-values file's text.
+    pub fn parse(text: &str) -> Result<Self, ReferenceError> {
+        let r: ReferenceValues = toml::from_str(text)?;
+        r.check()?;
+        Ok(r)
+    }
+
+    /// Reads and checks a reference-values file.
+    pub fn load(path: &Path) -> Result<Self, ReferenceError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ReferenceError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|e| ReferenceError::InFile {
+            path: path.display().to_string(),
+            source: Box::new(e),
+        })
+    }
+
+    fn check(&self) -> Result<(), ReferenceError> {
+        if self.version != 1 {
+            return Err(ReferenceError::Version(self.version));
+        }
+        let bad = |field: String, detail: String| ReferenceError::Value { field, detail };
+        if let Some(t) = &self.tdx {
+            for u in &t.unpinned {
+                if !TDX_FIELDS.contains(&u.as_str()) {
+                    return Err(bad(
+                        "tdx.unpinned".into(),
+                        format!("{u:?} is not one of {TDX_FIELDS:?}"),
+                    ));
+                }
+            }
+            for s in &t.tcb_status {
+                if !TDX_TCB_STATUSES.contains(&s.as_str()) {
+                    return Err(bad(
+                        "tdx.tcb_status".into(),
+                        format!(
+                            "{s:?} is not one of {TDX_TCB_STATUSES:?} (Revoked is never accepted)"
+                        ),
+                    ));
+                }
+            }
+            for (name, list) in t.fields() {
+                if list.is_some_and(|l| l.is_empty()) {
+                    return Err(bad(
+                        format!("tdx.{name}"),
+                        "an empty list accepts nothing; name it in unpinned to accept any value"
+                            .into(),
+                    ));
+                }
+            }
+        }
+        if let Some(s) = &self.snp {
+            for u in &s.unpinned {
+                if !SNP_FIELDS.contains(&u.as_str()) {
+                    return Err(bad(
+                        "snp.unpinned".into(),
+                        format!("{u:?} is not one of {SNP_FIELDS:?}"),
+                    ));
+                }
+            }
+            if s.measurement.as_ref().is_some_and(Vec::is_empty)
+                || s.host_data.as_ref().is_some_and(Vec::is_empty)
+            {
+                return Err(bad(
+                    "snp".into(),
+                    "an empty list accepts nothing; name the field in unpinned to accept any value"
+                        .into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl TdxReference {
+    /// The measured fields, by their names in the file.
+    pub fn fields(&self) -> [(&'static str, Option<&Vec<Hex<48>>>); 6] {
+        [
+            ("mrtd", self.mrtd.as_ref()),
+            ("rtmr0", self.rtmr0.as_ref()),
+            ("rtmr1", self.rtmr1.as_ref()),
+            ("rtmr2", self.rtmr2.as_ref()),
+            ("rtmr3", self.rtmr3.as_ref()),
+            ("mrconfigid", self.mrconfigid.as_ref()),
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests;
