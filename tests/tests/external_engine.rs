@@ -55,7 +55,11 @@ fn free_port() -> u16 {
 /// The `data:` payloads of an SSE body.
 fn sse(body: &str) -> Vec<String> {
     body.split("\n\n")
-        .filter_map(|e| e.lines().find_map(|l| l.strip_prefix("data: ")).map(str::to_string))
+        .filter_map(|e| {
+            e.lines()
+                .find_map(|l| l.strip_prefix("data: "))
+                .map(str::to_string)
+        })
         .collect()
 }
 
@@ -64,7 +68,11 @@ fn streamed_text(events: &[String]) -> String {
         .iter()
         .filter(|d| *d != "[DONE]")
         .filter_map(|d| serde_json::from_str::<Value>(d).ok())
-        .filter_map(|v| v["choices"][0]["delta"]["content"].as_str().map(str::to_string))
+        .filter_map(|v| {
+            v["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_string)
+        })
         .collect()
 }
 
@@ -80,9 +88,8 @@ async fn llama_cpp_server_behind_wardd_serves_a_sealed_model() {
     };
     let bytes = std::fs::read(&gguf).unwrap();
     let port = free_port();
-    let listeners = format!(
-        "[[listener]]\naddress = \"tcp://127.0.0.1:{port}\"\nservices = [\"inference\"]\n"
-    );
+    let listeners =
+        format!("[[listener]]\naddress = \"tcp://127.0.0.1:{port}\"\nservices = [\"inference\"]\n");
     let keys = format!(
         "engine = \"llama-server\"\nready_timeout_secs = 300\nrequest_timeout_secs = 120\n\
          command = [{python:?}, \"-m\", \"llama_cpp.server\", \"--model\", \"{{model}}\", \
@@ -108,7 +115,14 @@ async fn llama_cpp_server_behind_wardd_serves_a_sealed_model() {
         .lines()
         .find_map(|l| {
             l.contains("engine started")
-                .then(|| l.split("pid=").nth(1)?.split_whitespace().next()?.parse().ok())
+                .then(|| {
+                    l.split("pid=")
+                        .nth(1)?
+                        .split_whitespace()
+                        .next()?
+                        .parse()
+                        .ok()
+                })
                 .flatten()
         })
         .unwrap_or_else(|| panic!("no engine pid in:\n{stderr}"));

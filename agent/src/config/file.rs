@@ -188,6 +188,10 @@ pub struct RawModel {
     /// Restart a started engine that exits (default true).
     #[serde(default)]
     pub restart: Option<bool>,
+    /// The GPUs an engine wardd starts may use (`["cuda:0", "cuda:1", …]`), in place of
+    /// `device`; the engine sees only these, and starts only once the KBS accepted them.
+    #[serde(default)]
+    pub devices: Option<Vec<String>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -65,6 +65,8 @@ pub struct StartedEngine {
     pub ready_timeout: std::time::Duration,
     pub request_timeout: std::time::Duration,
     pub restart: bool,
+    /// The GPU ordinals the engine sees (`CUDA_VISIBLE_DEVICES`); empty: none, a CPU engine.
+    pub gpus: Vec<usize>,
 }
 
 /// An engine already running.
@@ -130,6 +132,7 @@ fn engine_settings(m: &RawModel) -> Result<EngineSettings, String> {
     };
     let engine = m.engine.as_deref().unwrap_or("candle");
     let started_only = [
+        ("devices", m.devices.is_some()),
         ("command", m.command.is_some()),
         ("ready_timeout_secs", m.ready_timeout_secs.is_some()),
         ("restart", m.restart.is_some()),
@@ -191,6 +194,24 @@ fn engine_settings(m: &RawModel) -> Result<EngineSettings, String> {
                 .into(),
         );
     }
+    let mut gpus = Vec::new();
+    if let Some(devices) = &m.devices {
+        if m.device.is_some() {
+            return Err("`device` and `devices` together: name the GPUs in `devices`".into());
+        }
+        for d in devices {
+            match d.parse::<ModelDevice>()? {
+                ModelDevice::Cuda(n) if !gpus.contains(&n) => gpus.push(n),
+                ModelDevice::Cuda(n) => return Err(format!("devices names cuda:{n} twice")),
+                ModelDevice::Cpu => return Err("devices lists GPUs only (cuda:N)".into()),
+            }
+        }
+        if gpus.is_empty() {
+            return Err("`devices` is empty".into());
+        }
+    } else if let Some(ModelDevice::Cuda(n)) = m.device.as_deref().map(str::parse).transpose()? {
+        gpus.push(n);
+    }
     let command = match &m.command {
         Some(c) if c.is_empty() || c[0].is_empty() => return Err("`command` is empty".into()),
         Some(c) => c.clone(),
@@ -203,6 +224,7 @@ fn engine_settings(m: &RawModel) -> Result<EngineSettings, String> {
         ready_timeout: seconds(m.ready_timeout_secs, "ready_timeout_secs")?,
         request_timeout: seconds(m.request_timeout_secs, "request_timeout_secs")?,
         restart: m.restart.unwrap_or(true),
+        gpus,
     }))
 }
 
@@ -331,7 +353,11 @@ pub(super) fn models(raw: Vec<RawModel>) -> Result<Vec<ModelSettings>, ConfigErr
             None => ModelDevice::Cpu,
             Some(d) => {
                 let device: ModelDevice = d.parse().map_err(|e| bad(format!("device {e}")))?;
-                if matches!(device, ModelDevice::Cuda(_)) && !cfg!(feature = "cuda") {
+                // candle needs a CUDA build of wardd; an external engine brings its own CUDA.
+                if matches!(device, ModelDevice::Cuda(_))
+                    && !cfg!(feature = "cuda")
+                    && engine == EngineSettings::Embedded
+                {
                     return Err(bad(format!(
                         "device {device}: this build has no CUDA support (build wardd with the `cuda` feature)"
                     )));

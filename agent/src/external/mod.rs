@@ -22,7 +22,7 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use ward_image::model_artifact::LoadedModel;
 
-use crate::config::{ConnectedEngine, ModelDevice, StartedEngine};
+use crate::config::{ConnectedEngine, StartedEngine};
 use crate::inference_api::openai::upstream::Upstream;
 use weights::Weights;
 
@@ -97,7 +97,6 @@ pub async fn start(
     name: &str,
     model: &LoadedModel,
     s: &StartedEngine,
-    device: ModelDevice,
     capacity: usize,
     run_dir: &Path,
 ) -> Result<Started, ExternalError> {
@@ -115,7 +114,6 @@ pub async fn start(
     let plan = Plan {
         name: name.to_string(),
         settings: s.clone(),
-        device,
         weights,
     };
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
@@ -139,7 +137,6 @@ pub async fn start(
 struct Plan {
     name: String,
     settings: StartedEngine,
-    device: ModelDevice,
     weights: Arc<Weights>,
 }
 
@@ -207,11 +204,9 @@ async fn run_once(
     ] {
         cmd.env_remove(var);
     }
-    // Only the GPU the model names (none for a CPU model).
-    match plan.device {
-        ModelDevice::Cpu => cmd.env("CUDA_VISIBLE_DEVICES", ""),
-        ModelDevice::Cuda(n) => cmd.env("CUDA_VISIBLE_DEVICES", n.to_string()),
-    };
+    // Only the GPUs the model names (none for a CPU engine).
+    let visible: Vec<String> = plan.settings.gpus.iter().map(ToString::to_string).collect();
+    cmd.env("CUDA_VISIBLE_DEVICES", visible.join(","));
     let fds = plan.weights.inherit();
     // SAFETY: the closure runs in the child between fork and exec and calls only dup2, which is
     // async-signal-safe; the source fds are parked above every target fd, so no dup2 overwrites
@@ -307,6 +302,7 @@ fn fill(command: &[String], plan: &Plan, port: u16) -> Result<Vec<String>, Exter
             .replace("{model}", &model.to_string_lossy())
             .replace("{port}", &port.to_string())
             .replace("{host}", "127.0.0.1")
+            .replace("{gpus}", &plan.settings.gpus.len().max(1).to_string())
             .replace("{name}", &plan.name);
         out.push(w);
     }

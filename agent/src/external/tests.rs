@@ -101,6 +101,7 @@ fn started(command: Vec<String>, restart: bool, ready: u64) -> StartedEngine {
         ready_timeout: Duration::from_secs(ready),
         request_timeout: Duration::from_secs(5),
         restart,
+        gpus: vec![],
     }
 }
 
@@ -113,13 +114,13 @@ async fn an_engine_that_never_serves_or_exits_is_reported() {
         false,
         5,
     );
-    match start("m", &m, &exits, ModelDevice::Cpu, 4, dir.path()).await {
+    match start("m", &m, &exits, 4, dir.path()).await {
         Err(ExternalError::Exited(s)) => assert!(s.contains('7'), "{s}"),
         other => panic!("{:?}", other.err()),
     }
     let silent = started(vec!["/bin/sleep".into(), "30".into()], false, 1);
     let t = std::time::Instant::now();
-    match start("m", &m, &silent, ModelDevice::Cpu, 4, dir.path()).await {
+    match start("m", &m, &silent, 4, dir.path()).await {
         Err(ExternalError::NotReady(1)) => {}
         other => panic!("{:?}", other.err()),
     }
@@ -129,7 +130,6 @@ async fn an_engine_that_never_serves_or_exits_is_reported() {
             "m",
             &m,
             &started(vec!["/no/such/engine".into()], false, 1),
-            ModelDevice::Cpu,
             4,
             dir.path()
         )
@@ -175,9 +175,7 @@ async fn a_crashed_engine_is_restarted_and_serves_again() {
     let dir = tempfile::tempdir().unwrap();
     let m = model(&[("m.gguf", b"weights")]);
     let s = started(cmd, true, 20);
-    let engine = start("m", &m, &s, ModelDevice::Cpu, 4, dir.path())
-        .await
-        .unwrap();
+    let engine = start("m", &m, &s, 4, dir.path()).await.unwrap();
     assert!(engine.upstream.is_up());
     // It exits after 2 s: down, then up again after the 1 s backoff.
     let mut went_down = false;
