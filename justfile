@@ -52,6 +52,15 @@ bench-model:
     cargo build --release --workspace --bins
     WARD_BIN_DIR={{justfile_directory()}}/target/release cargo run --release -q -p ward-tests --bin bench-model
 
+# The inference front over an external engine (llama.cpp's server on SmolLM2): time to first
+# token, per-token latency and requests/s at 1, 8 and 32 clients, bare engine vs through wardd,
+# plain and encrypted, in one run. Needs scripts/llama-venv.sh and scripts/fetch-model.sh.
+bench-engine:
+    scripts/fetch-model.sh
+    scripts/llama-venv.sh
+    cargo build --release --workspace --bins
+    WARD_LLAMA_PYTHON={{justfile_directory()}}/target/llama-venv/bin/python WARD_BIN_DIR={{justfile_directory()}}/target/release cargo run --release -q -p ward-tests --bin bench-engine
+
 # Bulk AES-256-GCM for sealed models: aes-gcm 0.10/0.11, ring, aws-lc-rs on 1 GiB by chunk size,
 # 1 core and all cores, next to `openssl speed`; then SHA-256 and ward's sealed opener end to end.
 bench-aead:
