@@ -36,6 +36,8 @@ done
 if [[ -d $fixtures ]]; then
     add snp_report "$fixtures"/snp/*.bin
     add tdx_quote "$fixtures"/tdx/*.dat "$fixtures"/tdx-dcap/tdx_quote "$fixtures"/tdx-dcap/tdx_quote_outdated
+    add verify_evidence "$fixtures"/tdx/*.dat "$fixtures"/tdx-dcap/tdx_quote "$fixtures"/snp/*.bin \
+        "$fixtures"/snp/*.der
     # The CCEL table is 1 MiB of which the first ~6 KiB are events (the rest 0xff).
     mkdir -p "$corpus/ccel_log"
     head -c 8192 "$fixtures/ccel/CCEL_data" > "$corpus/ccel_log/seed-CCEL_data"

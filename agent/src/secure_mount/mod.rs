@@ -30,7 +30,9 @@ use zeroize::Zeroizing;
 use crate::attestation::Attestation;
 use crate::audit::Audit;
 
-pub use request::{BlockDeviceRequest, DeviceRef, KeySource, SourceType, TargetType};
+pub use request::{
+    BlockDeviceRequest, DeviceRef, KeySource, SourceType, TargetType, parse as parse_request,
+};
 
 /// The size of a key ward makes (CDH: `random_bytes::<4096>()`).
 const RANDOM_KEY_LEN: usize = 4096;

@@ -281,7 +281,7 @@ fn event_data(event: &str) -> Option<String> {
 
 /// What the relay does with one event from the engine.
 #[derive(Debug, PartialEq)]
-enum Relayed {
+pub enum Relayed {
     /// Send this `data` on.
     Send(String),
     /// Usage only, which the client did not ask for.
@@ -328,6 +328,66 @@ fn relay_one(
     Relayed::Send(v.to_string())
 }
 
+/// The engine's SSE bytes, cut into events and judged one by one ([`Relayed`]); keeps the usage
+/// and finish reason seen so far. Pure: the relay task feeds it, tests and the fuzzer too.
+pub struct SseRelay {
+    name: String,
+    client_usage: bool,
+    buf: Vec<u8>,
+    seen: (Option<Usage>, Option<FinishReason>),
+}
+
+impl SseRelay {
+    /// `name`: the model name the client used; `client_usage`: whether it asked for usage.
+    pub fn new(name: &str, client_usage: bool) -> SseRelay {
+        SseRelay {
+            name: name.to_string(),
+            client_usage,
+            buf: Vec::new(),
+            seen: (None, None),
+        }
+    }
+
+    /// Takes `chunk`; returns what to do with each event it completed, in order. Stops at
+    /// `Done` or `Garbage` (what follows is not looked at). `None` when the pending event
+    /// would pass [`MAX_ANSWER`].
+    pub fn push(&mut self, chunk: &[u8]) -> Option<Vec<Relayed>> {
+        if self.buf.len().saturating_add(chunk.len()) > MAX_ANSWER {
+            return None;
+        }
+        self.buf.extend_from_slice(chunk);
+        let mut out = Vec::new();
+        while let Some((end, sep)) = find_event_end(&self.buf) {
+            let text = String::from_utf8_lossy(&self.buf[..end]).into_owned();
+            self.buf.drain(..end.saturating_add(sep));
+            let Some(data) = event_data(&text) else {
+                continue;
+            };
+            let r = relay_one(&data, &self.name, self.client_usage, &mut self.seen);
+            let last = matches!(r, Relayed::Done | Relayed::Garbage);
+            out.push(r);
+            if last {
+                break;
+            }
+        }
+        Some(out)
+    }
+
+    /// The engine's usage, if it sent any.
+    pub fn usage(&self) -> Option<Usage> {
+        self.seen.0
+    }
+
+    /// Whether a chunk carried a finish reason.
+    pub fn finished(&self) -> bool {
+        self.seen.1.is_some()
+    }
+
+    fn record(&self, outcome: &OutcomeSlot) {
+        finish(outcome, &self.seen);
+    }
+}
+
 /// The client's event stream: the engine's events, one by one, each bounded by `idle`.
 /// Dropping it (the client left) ends the task reading the engine's answer, which closes that
 /// connection and so stops the engine's generation.
@@ -343,16 +403,17 @@ fn relay(
     tokio::spawn(async move {
         let _permit = permit;
         let mut body = Box::pin(body);
-        let mut buf: Vec<u8> = Vec::new();
-        let mut seen = (None, None);
+        let mut sse = SseRelay::new(&name, client_usage);
+        let mut pending: Vec<u8> = Vec::new();
         loop {
-            while let Some((end, sep)) = find_event_end(&buf) {
-                let text = String::from_utf8_lossy(&buf[..end]).into_owned();
-                buf.drain(..end.saturating_add(sep));
-                let Some(data) = event_data(&text) else {
-                    continue;
-                };
-                match relay_one(&data, &name, client_usage, &mut seen) {
+            let Some(events) = sse.push(&std::mem::take(&mut pending)) else {
+                let _ = tx
+                    .send(failed("the engine sent an event larger than the cap"))
+                    .await;
+                return;
+            };
+            for r in events {
+                match r {
                     Relayed::Send(d) => {
                         if tx.send(frame(&d)).await.is_err() {
                             return;
@@ -360,7 +421,7 @@ fn relay(
                     }
                     Relayed::Drop => {}
                     Relayed::Done => {
-                        finish(&outcome, &seen);
+                        sse.record(&outcome);
                         let _ = tx.send(frame("[DONE]")).await;
                         return;
                     }
@@ -380,19 +441,16 @@ fn relay(
             };
             let problem = match next {
                 Err(_) => "the engine stopped sending (timed out)".to_string(),
-                Ok(None) if seen.1.is_some() => {
+                Ok(None) if sse.finished() => {
                     // Closed after its last chunk but without [DONE].
-                    finish(&outcome, &seen);
+                    sse.record(&outcome);
                     let _ = tx.send(frame("[DONE]")).await;
                     return;
                 }
                 Ok(None) => "the engine ended the answer early".to_string(),
                 Ok(Some(Err(e))) => format!("the engine's answer broke off: {e}"),
-                Ok(Some(Ok(chunk))) if buf.len().saturating_add(chunk.len()) > MAX_ANSWER => {
-                    "the engine sent an event larger than the cap".to_string()
-                }
                 Ok(Some(Ok(chunk))) => {
-                    buf.extend_from_slice(&chunk);
+                    pending = chunk.to_vec();
                     continue;
                 }
             };

@@ -285,3 +285,34 @@ fn sse_events_split_as_the_spec_says() {
     );
     assert_eq!(seen.0.map(|u| u.completion_tokens), Some(2));
 }
+
+#[test]
+fn events_come_out_the_same_whatever_the_chunking() {
+    use super::SseRelay;
+    let stream = "data: {\"choices\":[{\"delta\":{\"content\":\"a\"},\"finish_reason\":null}],\"model\":\"x\"}\r\n\r\n\
+                  : keep-alive\n\n\
+                  data: {\"choices\":[{\"delta\":{},\"finish_reason\":\"length\"}]}\n\n\
+                  data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":1}}\n\n\
+                  data: [DONE]\n\ndata: ignored after done\n\n";
+    let mut whole = SseRelay::new("big", false);
+    let all = whole.push(stream.as_bytes()).unwrap();
+    assert_eq!(all.len(), 4, "{all:?}");
+    assert_eq!(all[3], Relayed::Done);
+    assert_eq!(all[2], Relayed::Drop);
+    assert!(matches!(&all[0], Relayed::Send(d) if d.contains("\"model\":\"big\"")));
+    assert_eq!(whole.usage().map(|u| u.prompt_tokens), Some(3));
+    for size in [1, 2, 3, 7, 64] {
+        let mut r = SseRelay::new("big", false);
+        let mut got = Vec::new();
+        for c in stream.as_bytes().chunks(size) {
+            let out = r.push(c).unwrap();
+            let done = out.contains(&Relayed::Done);
+            got.extend(out);
+            if done {
+                break;
+            }
+        }
+        assert_eq!(got, all, "chunks of {size}");
+        assert!(r.finished());
+    }
+}
