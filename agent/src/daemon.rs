@@ -114,7 +114,11 @@ pub async fn run(config: &Config, mode: Mode) -> Result<(), DaemonError> {
         crate::images::Images::new(&config.images, attestation.clone(), audit.clone())
             .map_err(|e| DaemonError::Images(e.to_string()))?,
     );
-    let models = Arc::new(crate::models::Models::new(&config.models, audit.clone()));
+    let models = Arc::new(crate::models::Models::new(
+        &config.models,
+        audit.clone(),
+        &config.engine_dir,
+    ));
     let engines = crate::inference_api::openai::SharedEngines::default();
     let inference = Arc::new(crate::inference_api::Shared {
         e2e: Arc::new(crate::inference_api::e2e::E2e {

@@ -35,10 +35,12 @@ pub struct Models {
     states: RwLock<BTreeMap<String, ModelState>>,
     /// Engines wardd started (kept alive here; dropping one stops its process).
     started: std::sync::Mutex<Vec<crate::external::Started>>,
+    /// Where started engines' weight links go (`[inference] engine_dir`).
+    engine_dir: std::path::PathBuf,
 }
 
 impl Models {
-    pub fn new(settings: &[ModelSettings], audit: Audit) -> Models {
+    pub fn new(settings: &[ModelSettings], audit: Audit, engine_dir: &std::path::Path) -> Models {
         let states = settings
             .iter()
             .map(|m| (m.name.clone(), ModelState::Loading))
@@ -48,6 +50,7 @@ impl Models {
             audit,
             states: RwLock::new(states),
             started: std::sync::Mutex::new(Vec::new()),
+            engine_dir: engine_dir.to_path_buf(),
         }
     }
 
@@ -165,8 +168,7 @@ impl Models {
                 return;
             }
         }
-        let run = std::path::Path::new(crate::external::RUN_DIR);
-        match crate::external::start(&m.name, model, s, capacity(m), run).await {
+        match crate::external::start(&m.name, model, s, capacity(m), &self.engine_dir).await {
             Ok(engine) => {
                 tracing::info!(
                     engine = s.preset.as_str(),

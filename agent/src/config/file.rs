@@ -39,11 +39,22 @@ pub struct RawLog {
     pub format: LogFormat,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawInference {
     /// CPU threads of the inference kernels (candle's pools); 0: one per core.
     pub threads: usize,
+    /// Where external engines find their weights' links (`{model_dir}`): a tmpfs, never a disk.
+    pub engine_dir: PathBuf,
+}
+
+impl Default for RawInference {
+    fn default() -> Self {
+        RawInference {
+            threads: 0,
+            engine_dir: PathBuf::from("/run/ward/engines"),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

@@ -209,6 +209,8 @@ pub struct Config {
     pub models: Vec<ModelSettings>,
     /// CPU threads of the inference kernels; `None`: one per core.
     pub inference_threads: Option<std::num::NonZeroUsize>,
+    /// `[inference] engine_dir`: external engines' weight links.
+    pub engine_dir: PathBuf,
     /// `[secure_mount] allow_file_keys`.
     pub secure_mount_file_keys: bool,
     /// `ward.net=`: a static address for one interface, applied in PID-1 mode only.
@@ -276,6 +278,14 @@ impl Config {
             },
             images,
             secure_mount_file_keys: raw.secure_mount.allow_file_keys,
+            engine_dir: if raw.inference.engine_dir.is_absolute() {
+                raw.inference.engine_dir
+            } else {
+                return Err(ConfigError::invalid(
+                    "inference.engine_dir",
+                    "must be an absolute path",
+                ));
+            },
             attestation: AttestationSettings {
                 tee: parse_tee("attestation.tee", &raw.attestation.tee)?,
                 allow_sample: raw.attestation.allow_sample,

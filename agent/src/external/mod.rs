@@ -26,9 +26,6 @@ use crate::config::{ConnectedEngine, StartedEngine};
 use crate::inference_api::openai::upstream::Upstream;
 use weights::Weights;
 
-/// Where the weights' symlink directories go (wardd's runtime tmpfs in a guest).
-pub const RUN_DIR: &str = "/run/ward/engines";
-
 /// The longest engine output line logged.
 const LINE_KEPT: usize = 400;
 
@@ -208,11 +205,15 @@ async fn run_once(
     let visible: Vec<String> = plan.settings.gpus.iter().map(ToString::to_string).collect();
     cmd.env("CUDA_VISIBLE_DEVICES", visible.join(","));
     let fds = plan.weights.inherit();
-    // SAFETY: the closure runs in the child between fork and exec and calls only dup2, which is
-    // async-signal-safe; the source fds are parked above every target fd, so no dup2 overwrites
-    // a source still to be copied, and the targets come out without FD_CLOEXEC.
+    // SAFETY: the closure runs in the child between fork and exec and calls only prctl and
+    // dup2, which are async-signal-safe; the source fds are parked above every target fd, so no
+    // dup2 overwrites a source still to be copied, and the targets come out without FD_CLOEXEC.
     unsafe {
         cmd.pre_exec(move || {
+            // The engine goes with wardd, even when wardd is killed outright.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
             for (from, to) in &fds {
                 if libc::dup2(*from, *to) < 0 {
                     return Err(std::io::Error::last_os_error());
