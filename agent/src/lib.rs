@@ -41,3 +41,17 @@ pub mod unseal;
 
 /// wardd's version, as reported by the health service.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+#[cfg(test)]
+mod tests {
+    /// serde_json must sort object members (its map without `preserve_order`): CoCo's replies
+    /// that ward reproduces byte for byte (the sample evidence, GetToken's JSON) are sorted so,
+    /// and the KBS binding hashes JSON both sides serialise. A dependency that turns
+    /// `preserve_order` on for the whole build (dcap-qvl's `std` feature did) breaks both.
+    #[test]
+    fn json_objects_serialise_sorted() {
+        let v: serde_json::Value = serde_json::from_str(r#"{"b":1,"a":{"d":2,"c":3}}"#)
+            .unwrap_or_default();
+        assert_eq!(v.to_string(), r#"{"a":{"c":3,"d":2},"b":1}"#);
+    }
+}
