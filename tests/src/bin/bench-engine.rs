@@ -73,7 +73,12 @@ async fn one(
     while let Some(chunk) = body.next().await {
         let chunk = chunk.unwrap();
         let plain: Vec<u8> = match &mut opener {
-            Some(o) => o.feed(&chunk).unwrap().into_iter().flat_map(|c| c.to_vec()).collect(),
+            Some(o) => o
+                .feed(&chunk)
+                .unwrap()
+                .into_iter()
+                .flat_map(|c| c.to_vec())
+                .collect(),
             None => chunk.to_vec(),
         };
         text.extend_from_slice(&plain);
@@ -81,8 +86,7 @@ async fn one(
         // Every content event that completed in this read counts at this instant.
         while let Some(end) = text.windows(2).position(|w| w == b"\n\n") {
             let event: Vec<u8> = text.drain(..end + 2).collect();
-            if event.windows(9).any(|w| w == b"\"content\"") && !event.ends_with(b"[DONE]\n\n")
-            {
+            if event.windows(9).any(|w| w == b"\"content\"") && !event.ends_with(b"[DONE]\n\n") {
                 times.push(now);
             }
         }
@@ -92,12 +96,7 @@ async fn one(
     (ttft, gaps)
 }
 
-async fn load(
-    clients: usize,
-    url: &str,
-    path: Path,
-    e2e: &ward_e2e::KeyConfig,
-) -> Sample {
+async fn load(clients: usize, url: &str, path: Path, e2e: &ward_e2e::KeyConfig) -> Sample {
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
     let started = Instant::now();
     let runs = futures_util::future::join_all((0..clients).map(|_| {
@@ -126,7 +125,8 @@ async fn load(
 fn median(v: &[Duration]) -> f64 {
     let mut v = v.to_vec();
     v.sort();
-    v.get(v.len() / 2).map_or(f64::NAN, |d| d.as_secs_f64() * 1e3)
+    v.get(v.len() / 2)
+        .map_or(f64::NAN, |d| d.as_secs_f64() * 1e3)
 }
 
 fn mean(v: &[Duration]) -> f64 {
@@ -161,9 +161,8 @@ async fn main() {
         .local_addr()
         .unwrap()
         .port();
-    let listeners = format!(
-        "[[listener]]\naddress = \"tcp://127.0.0.1:{port}\"\nservices = [\"inference\"]\n"
-    );
+    let listeners =
+        format!("[[listener]]\naddress = \"tcp://127.0.0.1:{port}\"\nservices = [\"inference\"]\n");
     let keys = format!(
         "engine = \"llama-server\"\nqueue = 64\nmax_batch = 8\nready_timeout_secs = 300\n\
          command = [{:?}, \"-m\", \"llama_cpp.server\", \"--model\", \"{{model}}\", \
@@ -183,7 +182,14 @@ async fn main() {
     let engine_port: u16 = stderr
         .lines()
         .filter(|l| l.contains("engine serving"))
-        .find_map(|l| l.split("port=").nth(1)?.split_whitespace().next()?.parse().ok())
+        .find_map(|l| {
+            l.split("port=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
         .expect("the engine's port in wardd's log");
     let bare = format!("http://127.0.0.1:{engine_port}/v1/chat/completions");
     let front = format!("http://127.0.0.1:{port}/v1/chat/completions");
