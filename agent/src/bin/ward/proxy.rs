@@ -464,6 +464,13 @@ pub async fn proxy(a: ProxyArgs) -> anyhow::Result<bool> {
             let _ = periodic.reattest(None).await;
         }
     });
+    // Without TCP_NODELAY (axum 0.8 leaves it off) a small answer can wait out the client's
+    // delayed ACK: tens of milliseconds a request.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::warn!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
     axum::serve(listener, router(p))
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;
