@@ -53,6 +53,9 @@ pub struct ProxyArgs {
 /// A refused attestation is tried again at the next request once it is this old.
 const RETRY_REFUSED: Duration = Duration::from_secs(5);
 
+/// How long fetching and verifying the attestation may take.
+const ATTESTATION_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Why the proxy answers a request with an error instead of the server's answer.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -156,7 +159,18 @@ impl Proxy {
         let mut s = self.key.lock().await;
         if seen.is_none_or(|g| g == s.generation) {
             let before = s.current.as_ref().ok().map(|k| k.encoded.clone());
-            let fetched = fetch_verified_key(&self.http, &self.base, &self.trust).await;
+            // Requests wait on this lock: a server that never answers must not hold them.
+            let fetched = tokio::time::timeout(
+                ATTESTATION_TIMEOUT,
+                fetch_verified_key(&self.http, &self.base, &self.trust),
+            )
+            .await
+            .unwrap_or_else(|_| {
+                Err(anyhow::anyhow!(
+                    "GET {}/attestation did not answer within {ATTESTATION_TIMEOUT:?}",
+                    self.base
+                ))
+            });
             s.generation += 1;
             s.checked_at = Instant::now();
             s.current = match fetched {
