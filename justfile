@@ -61,6 +61,12 @@ bench-engine:
     cargo build --release --workspace --bins
     WARD_LLAMA_PYTHON={{justfile_directory()}}/target/llama-venv/bin/python WARD_BIN_DIR={{justfile_directory()}}/target/release cargo run --release -q -p ward-tests --bin bench-engine
 
+# ward proxy's cost: a whole request, time to first token and per streamed token, direct
+# plaintext to wardd vs through ward proxy (sealed to the attested key), in one run.
+bench-proxy:
+    cargo build --release --workspace --bins
+    WARD_BIN_DIR={{justfile_directory()}}/target/release cargo run --release -q -p ward-tests --features bench-tiny --bin bench-proxy
+
 # Bulk AES-256-GCM for sealed models: aes-gcm 0.10/0.11, ring, aws-lc-rs on 1 GiB by chunk size,
 # 1 core and all cores, next to `openssl speed`; then SHA-256 and ward's sealed opener end to end.
 bench-aead:

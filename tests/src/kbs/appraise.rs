@@ -15,12 +15,19 @@ pub(super) fn expected_report_data(
     nonce: &str,
     pubkey: &serde_json::Value,
 ) -> Vec<u8> {
-    // serde_json's default map is a BTreeMap: `to_string` sorts keys and writes no spaces.
+    // JCS (RFC 8785), as the attester writes it: keys sorted at every level, no spaces. (Not
+    // serde_json's `to_string`: a dependency (dcap-qvl) turns on its `preserve_order`, and the
+    // tee-pubkey's members then keep the order they arrived in.)
     let mut m = serde_json::Map::new();
     m.insert("additional-evidence".into(), additional.into());
     m.insert("nonce".into(), nonce.into());
     m.insert("tee-pubkey".into(), pubkey.clone());
-    Sha384::digest(serde_json::Value::Object(m).to_string().as_bytes()).to_vec()
+    Sha384::digest(canonical(&serde_json::Value::Object(m))).to_vec()
+}
+
+/// JCS (RFC 8785) bytes of `v`.
+fn canonical(v: &serde_json::Value) -> Vec<u8> {
+    serde_jcs::to_vec(v).unwrap_or_default()
 }
 
 /// Checks device evidence against the device binding `SHA-384(canonical({"nonce", "tee-pubkey"}))`:
@@ -39,7 +46,7 @@ pub(super) fn appraise_devices(
     let mut m = serde_json::Map::new();
     m.insert("nonce".into(), nonce.into());
     m.insert("tee-pubkey".into(), pubkey.clone());
-    let expected = Sha384::digest(serde_json::Value::Object(m).to_string().as_bytes()).to_vec();
+    let expected = Sha384::digest(canonical(&serde_json::Value::Object(m))).to_vec();
     let mut gpus = Vec::new();
     for (tee, ev) in map {
         match tee.as_str() {

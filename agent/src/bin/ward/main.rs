@@ -7,12 +7,14 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+mod attested;
 mod chat;
 mod gpu;
 mod image;
 mod kbs;
 mod model;
 mod progress;
+mod proxy;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -149,35 +151,34 @@ enum Command {
         url: String,
         #[arg(long)]
         model: String,
-        /// SNP: the VCEK or VLEK (DER or PEM, as AMD KDS serves it), or a directory holding it
-        /// and KDS's cert_chain; checked up to AMD's pinned root. Never fetched.
-        #[arg(long)]
-        vcek: Option<PathBuf>,
-        /// TDX: Intel's collateral for the quote's platform (TCB info, QE identity, CRLs and
-        /// their chains, as PCS serves them, in one JSON file); checked up to Intel's pinned
-        /// root and for freshness at the wall clock. Never fetched.
-        #[arg(long)]
-        tdx_collateral: Option<PathBuf>,
-        /// The reference values the evidence must match (docs/reference-values.md).
-        #[arg(long)]
-        reference: Option<PathBuf>,
-        /// The expected launch measurement (SNP MEASUREMENT or TDX MRTD), hex; over what
-        /// --reference says.
-        #[arg(long)]
-        measurement: Option<String>,
-        /// Accept sample evidence (development only: it proves nothing about hardware).
-        #[arg(long)]
-        allow_sample: bool,
-        /// Encrypt to the key even where the evidence cannot be fully checked (no collateral,
-        /// no --vcek, a value the reference values do not pin); every skipped check is printed.
-        /// A check that runs and fails is refused even so.
-        #[arg(long)]
-        insecure: bool,
+        #[command(flatten)]
+        trust: attested::TrustArgs,
         #[arg(long, default_value_t = 256)]
         max_tokens: usize,
         /// Sampling temperature; 0 (the default) is greedy and reproducible.
         #[arg(long, default_value_t = 0.0)]
         temperature: f32,
+    },
+    /// Serve a plain OpenAI-compatible API on loopback whose every request leaves encrypted end
+    /// to end to the key the server's verified attestation vouches for (checked at start, on a
+    /// key change and every --reattest-secs; refused, every request is answered with an error
+    /// and nothing is sent).
+    Proxy {
+        /// Where to serve the plain API (loopback only, unless --listen-any).
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        /// Allow --listen on an address other than loopback (the plain API is then reachable
+        /// by others).
+        #[arg(long)]
+        listen_any: bool,
+        /// The server's OpenAI-compatible base URL (`https://HOST/v1`).
+        #[arg(long)]
+        url: String,
+        #[command(flatten)]
+        trust: attested::TrustArgs,
+        /// Fetch and verify the attestation again this often, in seconds.
+        #[arg(long, default_value_t = 300)]
+        reattest_secs: u64,
     },
     /// Owner-side sealed-model operations: seal, push, upload the KEK, check offline.
     Model {
@@ -376,27 +377,41 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             prompt,
             url,
             model,
-            vcek,
-            tdx_collateral,
-            reference,
-            measurement,
-            allow_sample,
-            insecure,
+            trust,
             max_tokens,
             temperature,
         } => rt()?.block_on(chat::chat(chat::ChatArgs {
             url: &url,
             model: &model,
             prompt: &prompt,
-            vcek: vcek.as_deref(),
-            tdx_collateral: tdx_collateral.as_deref(),
-            reference: reference.as_deref(),
-            measurement: measurement.as_deref(),
-            allow_sample,
-            insecure,
+            trust: attested::TrustArgs {
+                who: "ward chat",
+                ..trust
+            },
             max_tokens,
             temperature,
         })),
+        Command::Proxy {
+            listen,
+            listen_any,
+            url,
+            trust,
+            reattest_secs,
+        } => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .context("cannot start the async runtime")?
+            .block_on(proxy::proxy(proxy::ProxyArgs {
+                listen,
+                listen_any,
+                url,
+                trust: attested::TrustArgs {
+                    who: "ward proxy",
+                    ..trust
+                },
+                reattest_secs,
+            })),
         Command::Model { command } => match command {
             ModelCommand::Seal {
                 dir,

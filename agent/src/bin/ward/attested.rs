@@ -1,0 +1,482 @@
+//! The client's check of a server's attestation, shared by `ward chat` and `ward proxy`
+//! (`docs/encrypted-inference.md`): fetch `GET /v1/attestation` for a fresh nonce, verify the
+//! evidence with the verifier library (ward-verifier, `agent/verifier/`) and the key binding,
+//! and return the key to encrypt to.
+//!
+//! Verification fails closed: whatever cannot be checked is refused, naming the check, and
+//! `--insecure` is the only way past (it then says on stderr, loudly, each check it skipped). A
+//! check that runs and fails is refused even with `--insecure`. What it checks:
+//! - every kind: the report data binds the nonce, the offered HPKE key and any GPU evidence;
+//! - TDX: the quote's signature, its PCK chain to Intel's SGX root CA (pinned), the collateral
+//!   given with `--tdx-collateral` (signed by Intel, fresh at the wall clock), the TCB status,
+//!   the DEBUG attribute, MRTD, RTMR0-3 and MRCONFIGID against `--reference`;
+//! - SNP: the VCEK/VLEK given with `--vcek` and its chain to AMD's pinned root, the report
+//!   signature, the TCB, the guest policy, VMPL, MEASUREMENT and HOST_DATA against
+//!   `--reference`;
+//! - `--measurement HEX` pins MRTD or MEASUREMENT alone (over what `--reference` says);
+//! - GPU evidence: bound to the key, but its SPDM signatures are not checked yet (`--insecure`);
+//! - sample evidence (development only, it proves nothing): `--allow-sample`.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, anyhow, bail};
+use base64::Engine as _;
+use ward_attester::explain::{Explanation, explain_json};
+use ward_e2e::{KeyConfig, check_binding};
+use ward_verifier::{
+    Hex, Options, ReferenceValues, ValueError, Verified,
+    snp::{self, AmdCerts, SnpError},
+    tdx::{self, Collateral, TdxError},
+};
+
+/// What the client trusts, from the command line: the same flags for `ward chat` and
+/// `ward proxy`.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct TrustArgs {
+    /// The command, for what it prints (`ward chat`, `ward proxy`).
+    #[arg(skip)]
+    pub who: &'static str,
+    /// SNP: the VCEK or VLEK (DER or PEM, as AMD KDS serves it), or a directory holding it
+    /// and KDS's cert_chain; checked up to AMD's pinned root. Never fetched.
+    #[arg(long)]
+    pub vcek: Option<PathBuf>,
+    /// TDX: Intel's collateral for the quote's platform (TCB info, QE identity, CRLs and
+    /// their chains, as PCS serves them, in one JSON file); checked up to Intel's pinned
+    /// root and for freshness at the wall clock. Never fetched.
+    #[arg(long)]
+    pub tdx_collateral: Option<PathBuf>,
+    /// The reference values the evidence must match (docs/reference-values.md).
+    #[arg(long)]
+    pub reference: Option<PathBuf>,
+    /// The expected launch measurement (SNP MEASUREMENT or TDX MRTD), hex; over what
+    /// --reference says.
+    #[arg(long)]
+    pub measurement: Option<String>,
+    /// Accept sample evidence (development only: it proves nothing about hardware).
+    #[arg(long)]
+    pub allow_sample: bool,
+    /// Encrypt to the key even where the evidence cannot be fully checked (no collateral,
+    /// no --vcek, a value the reference values do not pin); every skipped check is printed.
+    /// A check that runs and fails is refused even so.
+    #[arg(long)]
+    pub insecure: bool,
+}
+
+/// The key a verified attestation vouches for.
+#[derive(Clone, Debug)]
+pub struct VerifiedKey {
+    pub key: KeyConfig,
+    /// The key configuration's encoding, to notice a change of key.
+    pub encoded: Vec<u8>,
+}
+
+/// Fetches `{base}/attestation` for a fresh nonce and verifies it at the wall clock; the key to
+/// encrypt to, or why it is refused.
+pub async fn fetch_verified_key(
+    http: &reqwest::Client,
+    base: &str,
+    trust: &TrustArgs,
+) -> anyhow::Result<VerifiedKey> {
+    let nonce: [u8; 32] = rand::random();
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let att: serde_json::Value = http
+        .get(format!("{base}/attestation?nonce={}", b64.encode(nonce)))
+        .send()
+        .await
+        .with_context(|| format!("GET {base}/attestation"))?
+        .error_for_status()
+        .with_context(|| format!("GET {base}/attestation"))?
+        .json()
+        .await
+        .context("the attestation answer")?;
+    let key = verify_answer(&att, &nonce, trust, now())?;
+    Ok(VerifiedKey {
+        encoded: key.encode(),
+        key,
+    })
+}
+
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The flag that supplies what a refusal says is missing.
+fn hint(e: &ValueError) -> &'static str {
+    match e {
+        ValueError::NotPinned { .. } => {
+            " (pin it with --reference or --measurement; --insecure skips what cannot be checked)"
+        }
+        ValueError::ReportData { .. } => " (the evidence does not vouch for the offered key)",
+        ValueError::Mismatch { .. } => "",
+    }
+}
+
+fn tdx_refused(e: TdxError) -> anyhow::Error {
+    let hint = match &e {
+        TdxError::NoCollateral => {
+            " (give Intel's collateral with --tdx-collateral; --insecure skips what cannot be checked)"
+        }
+        TdxError::Value(v) => hint(v),
+        _ => "",
+    };
+    anyhow!("the attestation is refused: {e}{hint}")
+}
+
+fn snp_refused(e: SnpError) -> anyhow::Error {
+    let hint = match &e {
+        SnpError::NoCertificate => {
+            " (give the VCEK or VLEK with --vcek; --insecure skips what cannot be checked)"
+        }
+        SnpError::Value(v) => hint(v),
+        _ => "",
+    };
+    anyhow!("the attestation is refused: {e}{hint}")
+}
+
+/// Prints what was verified, and loudly what --insecure skipped.
+fn print_verified(who: &str, v: &Verified) {
+    for what in &v.checked {
+        eprintln!("{who}: verified: {what}");
+    }
+    for what in &v.skipped {
+        eprintln!("{who}: INSECURE (--insecure): NOT checked: {what}");
+    }
+}
+
+fn pin_measurement<const N: usize>(
+    measurement: Option<&str>,
+    slot: &mut Option<Vec<Hex<N>>>,
+) -> anyhow::Result<()> {
+    if let Some(m) = measurement {
+        let h: Hex<N> = m.parse().map_err(|e| anyhow!("--measurement: {e}"))?;
+        *slot = Some(vec![h]);
+    }
+    Ok(())
+}
+
+/// Verifies the attestation answer for `nonce` as of `at`; returns the key to encrypt to.
+pub fn verify_answer(
+    att: &serde_json::Value,
+    nonce: &[u8],
+    a: &TrustArgs,
+    at: u64,
+) -> anyhow::Result<KeyConfig> {
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let key_config = b64
+        .decode(att["key_config"].as_str().context("no key_config")?)
+        .context("key_config is not base64url")?;
+    let gpus = match att["gpus_raw"].as_str() {
+        Some(g) => Some(b64.decode(g).context("gpus_raw is not base64url")?),
+        None => None,
+    };
+    let evidence = explain_json(&att["evidence"]).context("the evidence does not parse")?;
+    let reference = match &a.reference {
+        Some(p) => ReferenceValues::load(p)?,
+        None => ReferenceValues {
+            version: 1,
+            ..ReferenceValues::default()
+        },
+    };
+    let opts = Options {
+        at,
+        insecure: a.insecure,
+    };
+    let want = ward_e2e::report_data(nonce, &key_config, gpus.as_deref());
+    match &evidence {
+        Explanation::SampleEvidence { report_data, .. } => {
+            if !a.allow_sample {
+                bail!(
+                    "the server offers sample evidence, which proves nothing; pass --allow-sample for development"
+                );
+            }
+            if a.measurement.is_some() || a.reference.is_some() {
+                bail!(
+                    "the attestation is refused: sample evidence has no measurement to match --measurement or --reference"
+                );
+            }
+            eprintln!(
+                "{}: sample evidence (development): only the key binding is checked",
+                a.who
+            );
+            check_binding(report_data, nonce, &key_config, gpus.as_deref()).map_err(|e| {
+                anyhow!("the attestation is refused: the evidence does not vouch for the offered key: {e}")
+            })?;
+        }
+        Explanation::SnpEvidence { report, .. } => {
+            let mut r = reference.snp.clone().unwrap_or_default();
+            pin_measurement(a.measurement.as_deref(), &mut r.measurement)?;
+            let certs = a
+                .vcek
+                .as_deref()
+                .map(AmdCerts::load)
+                .transpose()
+                .map_err(snp_refused)?;
+            let raw = snp::report_bytes(&report.report).map_err(snp_refused)?;
+            let v = snp::verify(&raw, certs.as_ref(), &r, &want, &opts).map_err(snp_refused)?;
+            print_verified(a.who, &v);
+        }
+        Explanation::TdxEvidence { .. } => {
+            let quote = base64::engine::general_purpose::STANDARD
+                .decode(att["evidence"]["quote"].as_str().context("no TDX quote")?)
+                .context("the TDX quote is not base64")?;
+            let mut r = reference.tdx.clone().unwrap_or_default();
+            pin_measurement(a.measurement.as_deref(), &mut r.mrtd)?;
+            let collateral = a
+                .tdx_collateral
+                .as_deref()
+                .map(Collateral::load)
+                .transpose()
+                .map_err(tdx_refused)?;
+            let v =
+                tdx::verify(&quote, collateral.as_ref(), &r, &want, &opts).map_err(tdx_refused)?;
+            print_verified(a.who, &v);
+        }
+        other => bail!("unsupported evidence kind: {other:?}"),
+    }
+    if gpus.is_some() {
+        let what = "the GPU evidence's signatures and certificate chains (not implemented yet)";
+        if !a.insecure {
+            bail!(
+                "the attestation is refused: {} cannot check {what} (--insecure skips what cannot be checked)",
+                a.who
+            );
+        }
+        eprintln!("{}: INSECURE (--insecure): NOT checked: {what}", a.who);
+    }
+    KeyConfig::decode(&key_config).context("key_config")
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use base64::Engine as _;
+    use ward_e2e::{ServerKey, Suite, report_data};
+
+    use std::path::Path;
+
+    use super::*;
+
+    /// Inside the tdx-dcap collateral's window (2025-06-19..2025-07-19).
+    const AS_OF: u64 = 1_750_377_600;
+
+    fn fixture_path(rel: &str) -> String {
+        format!(
+            "{}/../../shared/fixtures/evidence/{rel}",
+            env!("CARGO_MANIFEST_DIR")
+        )
+    }
+
+    fn fixture(rel: &str) -> Vec<u8> {
+        let path = fixture_path(rel);
+        std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    fn args(measurement: Option<&str>, insecure: bool, collateral: Option<&Path>) -> TrustArgs {
+        TrustArgs {
+            who: "test",
+            vcek: None,
+            tdx_collateral: collateral.map(Path::to_path_buf),
+            reference: None,
+            measurement: measurement.map(str::to_string),
+            allow_sample: false,
+            insecure,
+        }
+    }
+
+    /// What a hostile host answers: the real DCAP quote, edited (an invented MRTD, DEBUG set or
+    /// not, report data binding the host's own key). Nothing signs the edit.
+    fn forged_tdx(nonce: &[u8], debug: bool) -> (serde_json::Value, [u8; 48]) {
+        let key = ServerKey::generate(Suite::XWing).config().encode();
+        let mut quote = fixture("tdx-dcap/tdx_quote");
+        // v4 quote: a 48-byte header, then TDATTRIBUTES at body offset 120, MRTD at 136 and
+        // REPORTDATA at 520.
+        let mrtd = [0xab; 48];
+        if debug {
+            quote[48 + 120] |= 1;
+        } else {
+            quote[48 + 120] &= !1;
+        }
+        quote[48 + 136..48 + 184].copy_from_slice(&mrtd);
+        quote[48 + 520..48 + 584].copy_from_slice(&report_data(nonce, &key, None));
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let std = base64::engine::general_purpose::STANDARD;
+        let att = serde_json::json!({
+            "evidence": {"cc_eventlog": null, "quote": std.encode(&quote)},
+            "key_config": b64.encode(&key),
+        });
+        (att, mrtd)
+    }
+
+    /// A reference file pinning MRTD and leaving the rest any value.
+    fn reference_file(dir: &Path, mrtd: &str) -> std::path::PathBuf {
+        let p = dir.join("reference.toml");
+        std::fs::write(
+            &p,
+            format!(
+                "version = 1\n[tdx]\nmrtd = [\"{mrtd}\"]\nunpinned = [\"rtmr0\", \"rtmr1\", \"rtmr2\", \"rtmr3\", \"mrconfigid\"]\n"
+            ),
+        )
+        .unwrap();
+        p
+    }
+
+    #[test]
+    fn a_forged_tdx_quote_is_refused() {
+        let nonce = [7u8; 32];
+        let collateral = fixture_path("tdx-dcap/tdx_quote_collateral.json");
+        let collateral = Some(Path::new(&collateral));
+        let (att, mrtd) = forged_tdx(&nonce, false);
+        let mrtd = hex::encode(mrtd);
+        // The review's case, now with Intel's collateral: the quote's signature fails.
+        let e = verify_answer(&att, &nonce, &args(Some(&mrtd), false, collateral), AS_OF)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("does not verify to Intel's SGX root CA"), "{e}");
+        // --insecure does not skip a check that ran and failed.
+        let e = verify_answer(&att, &nonce, &args(Some(&mrtd), true, collateral), AS_OF)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("does not verify to Intel's SGX root CA"), "{e}");
+        // The same collateral at today's clock: stale, refused.
+        let e = verify_answer(&att, &nonce, &args(Some(&mrtd), false, collateral), now())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("stale collateral"), "{e}");
+        // Without collateral, refused, naming the flag that would supply it.
+        let e = verify_answer(&att, &nonce, &args(Some(&mrtd), false, None), AS_OF)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("--tdx-collateral") && e.contains("--insecure"),
+            "{e}"
+        );
+        // --insecure is the only way past, and only for what cannot be checked.
+        assert!(verify_answer(&att, &nonce, &args(Some(&mrtd), true, None), AS_OF).is_ok());
+        let e = verify_answer(
+            &att,
+            &nonce,
+            &args(Some(&"00".repeat(48)), true, None),
+            AS_OF,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("tdx.mrtd is abab"), "{e}");
+        let (debug, _) = forged_tdx(&nonce, true);
+        let e = verify_answer(&debug, &nonce, &args(Some(&mrtd), true, None), AS_OF)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("DEBUG"), "{e}");
+        // A quote bound to another nonce fails the binding.
+        let e = verify_answer(&att, &[8u8; 32], &args(Some(&mrtd), true, None), AS_OF)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("does not vouch"), "{e}");
+    }
+
+    #[test]
+    fn the_real_tdx_quote_passes_every_check_but_the_binding() {
+        // Signed by Intel's chain, as of its collateral: refused only because it binds another
+        // key (a real quote for this nonce cannot be made here).
+        let std = base64::engine::general_purpose::STANDARD;
+        let quote = fixture("tdx-dcap/tdx_quote");
+        let key = ServerKey::generate(Suite::XWing).config().encode();
+        let att = serde_json::json!({
+            "evidence": {"cc_eventlog": null, "quote": std.encode(&quote)},
+            "key_config": base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&key),
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let reference = reference_file(dir.path(), &hex::encode(&quote[48 + 136..48 + 184]));
+        let collateral = fixture_path("tdx-dcap/tdx_quote_collateral.json");
+        let mut a = args(None, false, Some(Path::new(&collateral)));
+        a.reference = Some(reference.clone());
+        let e = verify_answer(&att, &[1u8; 32], &a, AS_OF)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("the report data is") && e.contains("does not vouch"),
+            "{e}"
+        );
+        // And with another MRTD in the reference, the MRTD is what fails.
+        let reference = reference_file(dir.path(), &"cd".repeat(48));
+        a.reference = Some(reference.clone());
+        let e = verify_answer(&att, &[1u8; 32], &a, AS_OF)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("tdx.mrtd is"), "{e}");
+    }
+
+    #[test]
+    fn a_bad_reference_file_is_refused_by_name() {
+        let (att, _) = forged_tdx(&[7u8; 32], false);
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("r.toml");
+        std::fs::write(&p, "version = 1\n[tdx]\nmrtd = [\"00\"]\n").unwrap();
+        let mut a = args(None, true, None);
+        a.reference = Some(p.clone());
+        let e = verify_answer(&att, &[7u8; 32], &a, AS_OF)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("r.toml") && e.contains("1 bytes, not 48"), "{e}");
+        // And sample evidence with reference values is refused: it has nothing to match.
+        let att = serde_json::json!({
+            "evidence": {"svn": "1", "report_data": "AAAA"},
+            "key_config": base64::engine::general_purpose::URL_SAFE_NO_PAD.encode([1u8; 4]),
+        });
+        std::fs::write(&p, "version = 1\n").unwrap();
+        a.allow_sample = true;
+        let e = verify_answer(&att, &[7u8; 32], &a, AS_OF)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("sample evidence has no measurement"), "{e}");
+    }
+
+    #[test]
+    fn snp_needs_its_vcek_and_measurement() {
+        let report =
+            ward_attester::explain::parse_snp_report(&fixture("snp/test-report.bin")).unwrap();
+        let att = serde_json::json!({
+            "evidence": {"attestation_report": report.report, "cert_chain": null},
+            "key_config": base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .encode(ServerKey::generate(Suite::XWing).config().encode()),
+        });
+        let e = verify_answer(&att, &[1u8; 32], &args(None, false, None), AS_OF)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--vcek"), "{e}");
+        // With its VCEK the chain and signature pass (the JSON form re-encodes to the signed
+        // bytes); the guest policy allows SMT, which the default reference values refuse.
+        let vcek = fixture_path("snp/test-vcek.der");
+        let mut a = args(None, false, None);
+        a.vcek = Some(vcek.into());
+        let e = verify_answer(&att, &[1u8; 32], &a, AS_OF)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("SMT"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let reference = dir.path().join("r.toml");
+        std::fs::write(
+            &reference,
+            "version = 1\n[snp]\nallow_smt = true\nunpinned = [\"host_data\", \"min_tcb\"]\n",
+        )
+        .unwrap();
+        a.reference = Some(reference.clone());
+        let e = verify_answer(&att, &[1u8; 32], &a, AS_OF)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("snp.measurement is not pinned") && e.contains("--measurement"),
+            "{e}"
+        );
+        // The real report binds another key: refused even with --insecure (which skips only
+        // the unpinned measurement here, and says so).
+        a.insecure = true;
+        let e = verify_answer(&att, &[1u8; 32], &a, AS_OF)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("does not vouch"), "{e}");
+    }
+}
