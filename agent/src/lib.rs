@@ -50,8 +50,8 @@ mod tests {
     /// `preserve_order` on for the whole build (dcap-qvl's `std` feature did) breaks both.
     #[test]
     fn json_objects_serialise_sorted() {
-        let v: serde_json::Value = serde_json::from_str(r#"{"b":1,"a":{"d":2,"c":3}}"#)
-            .unwrap_or_default();
+        let v: serde_json::Value =
+            serde_json::from_str(r#"{"b":1,"a":{"d":2,"c":3}}"#).unwrap_or_default();
         assert_eq!(v.to_string(), r#"{"a":{"c":3,"d":2},"b":1}"#);
     }
 }

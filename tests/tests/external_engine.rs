@@ -110,7 +110,8 @@ async fn llama_cpp_server_behind_wardd_serves_a_sealed_model() {
     let http = reqwest::Client::new();
 
     // The engine reads the weights from a sealed memfd, through a link in wardd's tmpfs dir.
-    let stderr = w.stderr();
+    // wardd's human log is coloured: strip the escapes before reading fields.
+    let stderr = ward_tests::qemu::plain(&w.stderr());
     let pid: u32 = stderr
         .lines()
         .find_map(|l| {
@@ -166,8 +167,9 @@ async fn llama_cpp_server_behind_wardd_serves_a_sealed_model() {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 200);
+    let status = r.status();
     let v: Value = r.json().await.unwrap();
+    assert_eq!(status, 200, "{v}\n{}", w.stderr());
     assert_eq!(v["model"], "smollm2");
     let answer = v["choices"][0]["message"]["content"]
         .as_str()

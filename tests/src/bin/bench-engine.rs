@@ -178,7 +178,7 @@ async fn main() {
         "external engine serving",
     )
     .await;
-    let stderr = served.wardd.stderr();
+    let stderr = ward_tests::qemu::plain(&served.wardd.stderr());
     let engine_port: u16 = stderr
         .lines()
         .filter(|l| l.contains("engine serving"))
