@@ -100,6 +100,10 @@ enum Command {
         /// Where an input came from: NAME=TEXT (e.g. kernel="linux-image-6.1.0-37-amd64 6.1.140-1").
         #[arg(long = "origin", value_parser = parse_kv)]
         origins: Vec<(String, String)>,
+        /// When the firmware cannot measure a kernel (no kernel-hashes section, like Debian
+        /// bookworm's OVMF.fd), measure the firmware alone and say so, instead of failing.
+        #[arg(long)]
+        allow_unmeasured_kernel: bool,
         #[arg(long)]
         out_dir: PathBuf,
     },
@@ -269,6 +273,7 @@ fn main() -> Result<()> {
             page_order,
             initdata,
             origins,
+            allow_unmeasured_kernel,
             out_dir,
         } => {
             let mut inputs = vec![file_digest("firmware", &boot.firmware, &origins)?];
@@ -309,15 +314,38 @@ fn main() -> Result<()> {
                 }
                 None => None,
             };
+            let (measurements, kernel_measured) = match snp_measurements(&boot, &vcpus) {
+                Err(e)
+                    if allow_unmeasured_kernel
+                        && matches!(
+                            e.downcast_ref::<snp::SnpError>(),
+                            Some(snp::SnpError::NoKernelHashes)
+                        ) =>
+                {
+                    eprintln!(
+                        "ward-measure: WARNING: {} cannot measure a kernel under SNP: the SNP \
+                         digests cover the firmware only, not the kernel, initrd or command line",
+                        boot.firmware.display()
+                    );
+                    let firmware_only = Boot {
+                        kernel: None,
+                        initrd: None,
+                        cmdline: None,
+                        ..boot.clone()
+                    };
+                    (snp_measurements(&firmware_only, &vcpus)?, false)
+                }
+                other => (other?, boot.kernel.is_some()),
+            };
             let rv = ReferenceValues {
                 format: FORMAT.into(),
                 cmdline: boot.cmdline.clone().unwrap_or_default(),
                 inputs,
                 initdata,
                 snp: Some(SnpValues {
-                    kernel_hashes: boot.kernel.is_some(),
+                    kernel_hashes: kernel_measured,
                     policy: SnpPolicy::from_bits(snp_policy),
-                    measurements: snp_measurements(&boot, &vcpus)?,
+                    measurements,
                 }),
                 tdx,
             };
