@@ -32,8 +32,9 @@
 #   bundle, glibc's libraries for a glibc wardd, the --secure-mount tools) and the tool versions
 #   are recorded in the manifest. Built as root or not changes the /dev nodes, hence the bytes.
 # - --measure also writes DIR/reference-values.json and DIR/trustee-rvps.json (ward-measure, see
-#   docs/reference-values.md) and DIR/manifest.json (provenance: commit, toolchain, Cargo.lock,
-#   every input's and output's digest, the reference values). The SNP digest is for
+#   docs/reference-values.md), DIR/manifest.json (provenance: commit, toolchain, Cargo.lock,
+#   every input's and output's digest, the reference values) and DIR/sbom.cdx.json (CycloneDX
+#   1.5, the crates of the ward-agent package). The SNP digest is for
 #   --firmware (default: Debian's OVMF.fd from rootfs/fetch-ovmf.sh, which cannot measure the
 #   kernel: then only the firmware is measured and the script says so; name an AmdSev build for
 #   the Kata direct-boot shape), booted with exactly --cmdline (default below) and --vcpus of
@@ -297,6 +298,12 @@ for n in $vcpus; do ref_args+=(--vcpus "$n"); done
 [ -n "$initdata" ] && ref_args+=(--initdata "$initdata")
 "$measure_bin" "${ref_args[@]}"
 
+# The SBOM of wardd's crates (the ward-agent package: wardd and ward share its dependencies).
+(cd "$root" && cargo metadata -q --format-version 1 --locked --filter-platform x86_64-unknown-linux-gnu) \
+  > "$staging.metadata.json"
+"$measure_bin" sbom --metadata "$staging.metadata.json" --lock "$root/Cargo.lock" --out "$out/sbom.cdx.json"
+rm -f "$staging.metadata.json"
+
 facts=(
   --fact "source_commit=$(git -C "$root" rev-parse HEAD 2>/dev/null || echo unknown)"
   --fact "source_dirty=$(if [ -n "$(git -C "$root" status --porcelain --untracked-files=no 2>/dev/null)" ]; then echo yes; else echo no; fi)"
@@ -323,6 +330,6 @@ done < <(find "$staging" -type f \( -name '*.so*' -o -name 'ca-certificates.crt'
 "$measure_bin" provenance --out "$out/manifest.json" "${facts[@]}" "${inputs[@]}" \
   --output "$name=$out/$name" --output "vmlinuz=$out/vmlinuz" \
   --output "reference-values.json=$out/reference-values.json" \
-  --output "trustee-rvps.json=$out/trustee-rvps.json" \
+  --output "trustee-rvps.json=$out/trustee-rvps.json" --output "sbom.cdx.json=$out/sbom.cdx.json" \
   --reference "$out/reference-values.json"
 log "reference values: $out/reference-values.json, $out/trustee-rvps.json; provenance: $out/manifest.json"

@@ -8,6 +8,7 @@
 
 pub mod ovmf;
 pub mod reference;
+pub mod sbom;
 pub mod snp;
 pub mod synthetic;
 pub mod tdx;

@@ -107,6 +107,18 @@ enum Command {
         #[arg(long)]
         out_dir: PathBuf,
     },
+    /// Write a CycloneDX 1.5 SBOM of a workspace package's crates from `cargo metadata
+    /// --format-version 1` output (a file) and Cargo.lock.
+    Sbom {
+        #[arg(long)]
+        metadata: PathBuf,
+        #[arg(long)]
+        lock: PathBuf,
+        #[arg(long, default_value = "ward-agent")]
+        package: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Write a provenance manifest: the facts given, the digests of the inputs and outputs,
     /// and the reference values file embedded.
     Provenance {
@@ -359,6 +371,23 @@ fn main() -> Result<()> {
             if let Some(t) = &rv.tdx {
                 println!("tdx mr_td ({}): {}", t.page_order, t.mr_td);
             }
+        }
+        Command::Sbom {
+            metadata,
+            lock,
+            package,
+            out,
+        } => {
+            let meta: serde_json::Value = serde_json::from_slice(
+                &std::fs::read(&metadata)
+                    .with_context(|| format!("read {}", metadata.display()))?,
+            )?;
+            let lock = std::fs::read_to_string(&lock)
+                .with_context(|| format!("read {}", lock.display()))?;
+            write_json(
+                &out,
+                &ward_measure::sbom::cyclonedx(&meta, &lock, &package)?,
+            )?;
         }
         Command::Provenance {
             out,
