@@ -10,6 +10,11 @@
 //!
 //! Skipped, with a message, when python3 cannot make a virtual environment or PyPI cannot be
 //! reached; the Debian half also when apt cannot fetch the ovmf package.
+//!
+//! The TDX MRTD against td-shim's Python implementation (confidential-containers/td-shim,
+//! `td-shim-tools/src/bin/td-shim-tee-info-hash/td_shim_tee_info_hash.py`, page-by-page order),
+//! which is not packaged: the test runs when `WARD_TD_SHIM_TEE_INFO_HASH` names that script and
+//! skips with a message otherwise.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -310,4 +315,54 @@ fn snp_launch_digests_match_sev_snp_measure() {
         ),
         Err(snp::SnpError::NoKernelHashes)
     ));
+}
+
+#[test]
+fn mrtd_matches_td_shims_python_implementation() {
+    let Some(script) = std::env::var_os("WARD_TD_SHIM_TEE_INFO_HASH") else {
+        eprintln!(
+            "skipped: WARD_TD_SHIM_TEE_INFO_HASH does not name td-shim's td_shim_tee_info_hash.py"
+        );
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let synthetic = dir.path().join("synthetic.fd");
+    std::fs::write(&synthetic, ward_measure::synthetic::amdsev_like(256 << 10)).unwrap();
+    let mut images = vec![synthetic];
+    match run(
+        &mut Command::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../rootfs/fetch-ovmf.sh"
+        )),
+        Duration::from_secs(300),
+    ) {
+        Some(o) if o.status.success() => {
+            images.push(PathBuf::from(String::from_utf8(o.stdout).unwrap().trim()))
+        }
+        _ => eprintln!("Debian's OVMF not fetched: the synthetic image only"),
+    }
+    for image in images {
+        let out = run(
+            Command::new("python3")
+                .arg(&script)
+                .args(["-l", "off", "-i"])
+                .arg(&image),
+            Duration::from_secs(300),
+        )
+        .expect("td_shim_tee_info_hash.py did not finish");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let theirs = String::from_utf8(out.stdout).unwrap().trim().to_string();
+        let ours = ward_measure::tdx::mrtd(
+            &std::fs::read(&image).unwrap(),
+            ward_measure::tdx::PageOrder::Interleaved,
+        )
+        .unwrap()
+        .to_string();
+        eprintln!("{}: MRTD {ours}", image.display());
+        assert_eq!(ours, theirs, "{}", image.display());
+    }
 }

@@ -86,6 +86,9 @@ fn build(size: usize, kernel_hashes: bool) -> Vec<u8> {
         tdx.extend_from_slice(&attr.to_le_bytes());
     }
     img[tdx_at..tdx_at + tdx.len()].copy_from_slice(&tdx);
+    // edk2 puts the TDVF metadata GUID right before the descriptor (some tools look for it).
+    let tdvf_guid = uuid::uuid!("e9eaf9f3-168e-44d5-a8eb-7f4d8738f6ae").to_bytes_le();
+    img[tdx_at - 16..tdx_at].copy_from_slice(&tdvf_guid);
 
     // The footer table, ending 32 bytes before the end.
     let mut table = Vec::new();

@@ -8,8 +8,9 @@
 //! with QEMU 10.1 extends each page right after adding it ([`PageOrder::Interleaved`]); the
 //! older TDX QEMU/KVM trees add all pages of a section first ([`PageOrder::AddThenExtend`]).
 //!
-//! Not checked against an independent implementation in this repository (none runs here; see
-//! docs/measurements.md): the algorithm follows the specifications above. RTMR0-2 are not
+//! Checked against td-shim's Python implementation (page by page) in `tests/tests/measure.rs`
+//! when `WARD_TD_SHIM_TEE_INFO_HASH` names it (it is not packaged, so CI skips it); the other
+//! order is not independently checked. RTMR0-2 are not
 //! computed: RTMR0 depends on the ACPI tables QEMU generates for the VM's exact configuration,
 //! and RTMR1/2 on TDVF's event-log contents for the kernel (Authenticode hash) and initrd.
 //!
