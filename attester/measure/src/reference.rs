@@ -128,7 +128,76 @@ pub struct RvpsMessage {
     pub payload: String,
 }
 
+/// Why an SNP report does not match the reference values.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SnpMismatch {
+    /// The file has no SNP part.
+    #[error("the reference values have no SNP measurements")]
+    NoSnp,
+    /// The launch measurement is not one of those computed.
+    #[error("MEASUREMENT {got} is not one of the {count} computed launch digests")]
+    Measurement { got: String, count: usize },
+    /// HOSTDATA is not the initdata digest the file names (zero when it names none).
+    #[error("HOSTDATA {got} is not the expected {want}")]
+    HostData { got: String, want: String },
+    /// The policy lets the host debug the guest.
+    #[error("the guest policy allows debugging")]
+    Debug,
+    /// The policy lets a migration agent in.
+    #[error("the guest policy allows a migration agent")]
+    MigrateMa,
+    /// The policy differs from the one the guest should be launched with.
+    #[error("guest policy {got} differs from the expected {want}")]
+    Policy { got: String, want: String },
+}
+
 impl ReferenceValues {
+    /// Checks an SNP report's launch fields against these values, as a client pinning them
+    /// does: the measurement is one computed, HOSTDATA is the named initdata's digest (zero
+    /// without one), the policy is the expected one and never allows debugging or a migration
+    /// agent. Returns every mismatch (empty: it matches). The report's signature and TCB are
+    /// the verifier's job, not this.
+    pub fn check_snp(
+        &self,
+        measurement: &[u8; 48],
+        host_data: &[u8; 32],
+        policy: u64,
+    ) -> Vec<SnpMismatch> {
+        let Some(snp) = &self.snp else {
+            return vec![SnpMismatch::NoSnp];
+        };
+        let mut out = Vec::new();
+        let got = hex::encode(measurement);
+        if !snp.measurements.iter().any(|m| m.measurement == got) {
+            out.push(SnpMismatch::Measurement {
+                got,
+                count: snp.measurements.len(),
+            });
+        }
+        let want = self
+            .initdata
+            .as_ref()
+            .map_or_else(|| hex::encode([0u8; 32]), |i| i.snp_host_data.clone());
+        let got = hex::encode(host_data);
+        if got != want {
+            out.push(SnpMismatch::HostData { got, want });
+        }
+        let p = SnpPolicy::from_bits(policy);
+        if p.debug_allowed {
+            out.push(SnpMismatch::Debug);
+        }
+        if p.migrate_ma_allowed {
+            out.push(SnpMismatch::MigrateMa);
+        }
+        if p != snp.policy {
+            out.push(SnpMismatch::Policy {
+                got: p.value,
+                want: snp.policy.value.clone(),
+            });
+        }
+        out
+    }
+
     /// The reference values by the names Trustee's default policy queries: the measurements
     /// as lists (matched with `in`), the policy fields as the values its `==` compares.
     pub fn trustee_values(&self) -> BTreeMap<&'static str, serde_json::Value> {
@@ -174,6 +243,82 @@ impl ReferenceValues {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A real report (the shared fixture, from SNP hardware) against reference values that hold
+    /// its measurement, and against values that differ in each checked field.
+    #[test]
+    fn a_report_is_checked_field_by_field() {
+        let bytes = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../../shared/fixtures/evidence/snp/test-report.bin"
+        ))
+        .unwrap();
+        let r = ward_attester::explain::parse_snp_report(&bytes)
+            .unwrap()
+            .report;
+        let policy = u64::from(r.policy);
+        let measured = |m: String, policy: u64, host_data: Option<[u8; 32]>| ReferenceValues {
+            format: FORMAT.into(),
+            cmdline: String::new(),
+            inputs: vec![],
+            initdata: host_data.map(|h| InitDataValues {
+                file: FileDigest {
+                    name: "initdata".into(),
+                    file: "initdata.toml".into(),
+                    size: 0,
+                    sha256: String::new(),
+                    origin: None,
+                },
+                algorithm: "sha256".into(),
+                digest: hex::encode(h),
+                snp_host_data: hex::encode(h),
+                tdx_mr_config_id: String::new(),
+            }),
+            snp: Some(SnpValues {
+                kernel_hashes: true,
+                policy: SnpPolicy::from_bits(policy),
+                measurements: vec![SnpMeasurement {
+                    vcpus: 1,
+                    vcpu_type: "EPYC-v4".into(),
+                    vcpu_sig: "0x800f12".into(),
+                    guest_features: "0x1".into(),
+                    measurement: m,
+                }],
+            }),
+            tdx: None,
+        };
+        let host = (r.host_data != [0; 32]).then_some(r.host_data);
+        let good = measured(hex::encode(r.measurement), policy, host);
+        let found = good.check_snp(&r.measurement, &r.host_data, policy);
+        assert!(
+            found
+                .iter()
+                .all(|m| matches!(m, SnpMismatch::Debug | SnpMismatch::MigrateMa)),
+            "{found:?}"
+        );
+        let wrong = measured("00".repeat(48), policy, host);
+        assert!(matches!(
+            wrong.check_snp(&r.measurement, &r.host_data, policy)[0],
+            SnpMismatch::Measurement { count: 1, .. }
+        ));
+        let other_initdata = measured(hex::encode(r.measurement), policy, Some([7; 32]));
+        assert!(
+            other_initdata
+                .check_snp(&r.measurement, &r.host_data, policy)
+                .iter()
+                .any(|m| matches!(m, SnpMismatch::HostData { .. }))
+        );
+        let debug = policy | 1 << 19;
+        assert!(
+            good.check_snp(&r.measurement, &r.host_data, debug)
+                .contains(&SnpMismatch::Debug)
+        );
+        assert!(
+            good.check_snp(&r.measurement, &r.host_data, debug)
+                .iter()
+                .any(|m| matches!(m, SnpMismatch::Policy { .. }))
+        );
+    }
 
     #[test]
     fn policy_bits_are_the_abi_specs() {

@@ -107,6 +107,15 @@ enum Command {
         #[arg(long)]
         out_dir: PathBuf,
     },
+    /// Check an SNP report (raw, 1184 bytes) against a reference-values.json: measurement,
+    /// HOSTDATA, policy. Exits 1 on any mismatch. Not the signature or TCB (`ward evidence
+    /// --explain --vcek` checks the signature).
+    Check {
+        #[arg(long)]
+        reference: PathBuf,
+        #[arg(long)]
+        snp_report: PathBuf,
+    },
     /// Write a CycloneDX 1.5 SBOM of a workspace package's crates from `cargo metadata
     /// --format-version 1` output (a file) and Cargo.lock.
     Sbom {
@@ -370,6 +379,35 @@ fn main() -> Result<()> {
             }
             if let Some(t) = &rv.tdx {
                 println!("tdx mr_td ({}): {}", t.page_order, t.mr_td);
+            }
+        }
+        Command::Check {
+            reference,
+            snp_report,
+        } => {
+            let rv: ReferenceValues = serde_json::from_slice(
+                &std::fs::read(&reference)
+                    .with_context(|| format!("read {}", reference.display()))?,
+            )
+            .with_context(|| format!("{} is not ward's reference values", reference.display()))?;
+            if rv.format != FORMAT {
+                bail!(
+                    "{}: format {:?}, not {FORMAT}",
+                    reference.display(),
+                    rv.format
+                );
+            }
+            let bytes = std::fs::read(&snp_report)
+                .with_context(|| format!("read {}", snp_report.display()))?;
+            let r = ward_attester::explain::parse_snp_report(&bytes)?.report;
+            let mismatches = rv.check_snp(&r.measurement, &r.host_data, u64::from(r.policy));
+            if mismatches.is_empty() {
+                println!("match: measurement {}", hex::encode(r.measurement));
+            } else {
+                for m in &mismatches {
+                    println!("mismatch: {m}");
+                }
+                bail!("the report does not match {}", reference.display());
             }
         }
         Command::Sbom {
