@@ -77,9 +77,16 @@ bench-aead:
 bench-verify:
     cargo run --release -q -p ward-verifier --example bench-verify
 
-# A guest initrd: wardd (release) as /init, Debian's kernel, only the modules wardd needs.
+# A guest initrd: wardd (release, reproducible) as /init, Debian's kernel, only the modules wardd
+# needs; with its reference values (SNP launch digest, TDX MRTD, Trustee RVPS message) and its
+# provenance manifest in .work/initrd (rootfs/README.md, "Reproducible, and measured").
 initrd *ARGS:
-    rootfs/build-initrd.sh {{ARGS}}
+    rootfs/build-initrd.sh --measure {{ARGS}}
+
+# Reproducibility: wardd and the initrd built twice, in two checkouts with their own target
+# directories and caches, compared file by file (two full release builds: not part of CI).
+repro-initrd:
+    rootfs/repro-check.sh
 
 # Boot the initrd under qemu: wardd attests to the dev KBS, fetches a secret, self-checks
 # over vsock, powers off; prints boot-to-ready and the initrd size. (Also part of `just test`.)

@@ -2,6 +2,7 @@
 # Builds a guest initrd with wardd as /init, and fetches the kernel to boot it with.
 #
 #   rootfs/build-initrd.sh [--debug] [--wardd PATH] [--out DIR] [--modules "NAME..."] [--config FILE] [--no-ca-certs] [--secure-mount]
+#                          [--measure [--firmware FILE] [--cmdline "..."] [--vcpus "1 2"] [--vcpu-type T] [--initdata FILE]]
 #
 # - The kernel is Debian's linux-image-amd64 (the real linux-image-<version> it depends on),
 #   fetched with `apt-get download` and unpacked with `dpkg-deb -x` into a cache directory
@@ -24,6 +25,21 @@
 #   Without it the initrd holds no tool and SecureMount answers that they are missing.
 # - --debug adds busybox-static as /bin/busybox and /bin/sh (boot with rdinit=/bin/sh to look
 #   around); the default initrd holds nothing else.
+# - Reproducible: wardd through rootfs/build-wardd.sh (paths remapped, --locked); every file's
+#   mtime is SOURCE_DATE_EPOCH (default: the commit time of HEAD), umask 022, entries sorted,
+#   owners 0:0, cpio --reproducible (no inode or device numbers), single-threaded zstd (or gzip
+#   -n). The same inputs give the same bytes; the inputs that come from this machine (the CA
+#   bundle, glibc's libraries for a glibc wardd, the --secure-mount tools) and the tool versions
+#   are recorded in the manifest. Built as root or not changes the /dev nodes, hence the bytes.
+# - --measure also writes DIR/reference-values.json and DIR/trustee-rvps.json (ward-measure, see
+#   docs/measurements.md), DIR/manifest.json (provenance: commit, toolchain, Cargo.lock,
+#   every input's and output's digest, the reference values) and DIR/sbom.cdx.json (CycloneDX
+#   1.5, the crates of the ward-agent package). The SNP digest is for
+#   --firmware (default: Debian's OVMF.fd from rootfs/fetch-ovmf.sh, which cannot measure the
+#   kernel: then only the firmware is measured and the script says so; name an AmdSev build for
+#   the Kata direct-boot shape), booted with exactly --cmdline (default below) and --vcpus of
+#   --vcpu-type; the TDX MRTD is for Debian's OVMF.fd; --initdata names the initdata document
+#   whose digest goes in HOSTDATA/MRCONFIGID.
 #
 # Writes DIR/vmlinuz, DIR/initrd.img (or initrd-debug.img) and DIR/kernel-version, and prints
 # the initrd's size. Needs: apt-get, dpkg-deb, depmod (kmod), cpio, zstd or gzip; root for the
@@ -39,11 +55,17 @@ debug=0
 config=""
 ca_certs=1
 secure_mount=0
+measure=0
+firmware=""
+cmdline="console=hvc0 panic=-1 ward.tee=auto"
+vcpus="1"
+vcpu_type="EPYC-v4"
+initdata=""
 modules="virtio_pci virtio_net vsock vmw_vsock_virtio_transport vsock_loopback configfs sev-guest"
 kernel_package="${KERNEL_PACKAGE:-linux-image-amd64}"
 
 usage() {
-  sed -n '2,4p' "$0" | sed 's/^# \{0,1\}//' >&2
+  sed -n '2,5p' "$0" | sed 's/^# \{0,1\}//' >&2
   exit 2
 }
 
@@ -56,6 +78,12 @@ while [ $# -gt 0 ]; do
     --config) config="${2:?--config needs a file}"; shift ;;
     --no-ca-certs) ca_certs=0 ;;
     --secure-mount) secure_mount=1 ;;
+    --measure) measure=1 ;;
+    --firmware) firmware="${2:?--firmware needs a file}"; shift ;;
+    --cmdline) cmdline="${2?--cmdline needs a string}"; shift ;;
+    --vcpus) vcpus="${2:?--vcpus needs a list}"; shift ;;
+    --vcpu-type) vcpu_type="${2:?--vcpu-type needs a QEMU CPU model}"; shift ;;
+    --initdata) initdata="${2:?--initdata needs a file}"; shift ;;
     -h|--help) usage ;;
     *) echo "build-initrd: unknown argument $1" >&2; usage ;;
   esac
@@ -68,6 +96,12 @@ need apt-get "Debian's apt"
 need dpkg-deb "dpkg"
 need depmod "the kmod package"
 need cpio "the cpio package"
+
+umask 022
+if [ -z "${SOURCE_DATE_EPOCH:-}" ]; then
+  SOURCE_DATE_EPOCH=$(git -C "$root" log -1 --format=%ct 2>/dev/null || echo 0)
+fi
+export SOURCE_DATE_EPOCH
 
 # --- the kernel -------------------------------------------------------------------------------
 # The metapackage names the real one (linux-image-6.1.0-NN-amd64).
@@ -88,6 +122,10 @@ if [ ! -d "$kdir/boot" ]; then
     exit 1
   fi
   dpkg-deb -x "$deb" "$kdir.tmp/root"
+  # What the manifest names: the package's version and the .deb's digest.
+  mkdir -p "$kdir.tmp/root/.ward"
+  dpkg-deb -f "$deb" Version > "$kdir.tmp/root/.ward/version"
+  sha256sum "$deb" | awk '{print $1}' > "$kdir.tmp/root/.ward/deb.sha256"
   rm -f "$deb"
   rm -rf "$kdir" && mv "$kdir.tmp/root" "$kdir" && rm -rf "$kdir.tmp"
 fi
@@ -113,16 +151,7 @@ fi
 
 # wardd: musl when the target is there, else glibc with its libraries.
 if [ -z "$wardd" ]; then
-  cd "$root"
-  if rustup target list --installed 2>/dev/null | grep -qx x86_64-unknown-linux-musl; then
-    log "building a static wardd (x86_64-unknown-linux-musl, release)"
-    cargo build -q --release --target x86_64-unknown-linux-musl -p ward-agent --bin wardd
-    wardd="${CARGO_TARGET_DIR:-$root/target}/x86_64-unknown-linux-musl/release/wardd"
-  else
-    log "no musl target installed: the glibc release build with its shared libraries"
-    cargo build -q --release -p ward-agent --bin wardd
-    wardd="${CARGO_TARGET_DIR:-$root/target}/release/wardd"
-  fi
+  wardd=$("$root/rootfs/build-wardd.sh")
 fi
 [ -x "$wardd" ] || { log "$wardd is not an executable"; exit 1; }
 strip -o "$staging/init" "$wardd" 2>/dev/null || cp "$wardd" "$staging/init"
@@ -227,13 +256,16 @@ done
 
 # --- the archive ------------------------------------------------------------------------------
 mkdir -p "$out"
+out=$(cd "$out" && pwd)
 name=initrd.img
 [ "$debug" -eq 1 ] && name=initrd-debug.img
+# Single-threaded: the output then depends on the level and zstd's version only.
 if command -v zstd >/dev/null 2>&1; then
-  compress=(zstd -q -9 -T0)
+  compress=(zstd -q -9 --single-thread)
 else
   compress=(gzip -9 -n)
 fi
+find "$staging" -mindepth 1 -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
 (cd "$staging" && find . -mindepth 1 -print0 | LC_ALL=C sort -z \
   | cpio --null --create --format=newc --reproducible --owner=0:0 --quiet) \
   | "${compress[@]}" > "$out/$name.tmp"
@@ -245,4 +277,59 @@ size=$(stat -c %s "$out/$name")
 log "kernel $kver: $out/vmlinuz"
 log "modules: ${#order[@]} ($(for mod in "${order[@]}"; do basename "$mod" .ko; done | paste -sd' '))"
 log "wardd: $(stat -c %s "$staging/init") bytes stripped; libraries: $(find "$staging/lib" "$staging/lib64" -name '*.so*' 2>/dev/null | wc -l)"
-echo "initrd: $out/$name $size bytes ($((size / 1024)) KiB, ${compress[0]})"
+echo "initrd: $out/$name $size bytes ($((size / 1024)) KiB, ${compress[0]}) sha256 $(sha256sum "$out/$name" | awk '{print $1}')"
+
+[ "$measure" -eq 1 ] || exit 0
+
+# --- reference values and provenance ----------------------------------------------------------
+log "building ward-measure"
+(cd "$root" && cargo build -q --locked -p ward-measure --bin ward-measure)
+measure_bin="${CARGO_TARGET_DIR:-$root/target}/debug/ward-measure"
+debian_ovmf=$("$root/rootfs/fetch-ovmf.sh" OVMF.fd)
+ovmf_version=$(basename "$(dirname "$(dirname "$(dirname "$(dirname "$debian_ovmf")")")")")
+[ -n "$firmware" ] || firmware="$debian_ovmf"
+ref_args=(reference --firmware "$firmware" --kernel "$out/vmlinuz" --initrd "$out/$name"
+  --cmdline "$cmdline" --vcpu-type "$vcpu_type" --tdx-firmware "$debian_ovmf"
+  --origin "kernel=$real_package $(cat "$kdir/.ward/version" 2>/dev/null) deb sha256 $(cat "$kdir/.ward/deb.sha256" 2>/dev/null)"
+  --origin "tdx-firmware=Debian ovmf $ovmf_version OVMF.fd"
+  --allow-unmeasured-kernel --out-dir "$out")
+[ "$firmware" = "$debian_ovmf" ] && ref_args+=(--origin "firmware=Debian ovmf $ovmf_version OVMF.fd")
+for n in $vcpus; do ref_args+=(--vcpus "$n"); done
+[ -n "$initdata" ] && ref_args+=(--initdata "$initdata")
+"$measure_bin" "${ref_args[@]}"
+
+# The SBOM of wardd's crates (the ward-agent package: wardd and ward share its dependencies).
+(cd "$root" && cargo metadata -q --format-version 1 --locked --filter-platform x86_64-unknown-linux-gnu) \
+  > "$staging.metadata.json"
+"$measure_bin" sbom --metadata "$staging.metadata.json" --lock "$root/Cargo.lock" --out "$out/sbom.cdx.json"
+rm -f "$staging.metadata.json"
+
+facts=(
+  --fact "source_commit=$(git -C "$root" rev-parse HEAD 2>/dev/null || echo unknown)"
+  --fact "source_dirty=$(if [ -n "$(git -C "$root" status --porcelain --untracked-files=no 2>/dev/null)" ]; then echo yes; else echo no; fi)"
+  --fact "source_date_epoch=$SOURCE_DATE_EPOCH"
+  --fact "rustc=$(rustc -vV | tr '\n' ' ' | sed 's/ $//')"
+  --fact "cargo=$(cargo -V)"
+  --fact "kernel_package=$real_package $(cat "$kdir/.ward/version" 2>/dev/null)"
+  --fact "kernel_deb_sha256=$(cat "$kdir/.ward/deb.sha256" 2>/dev/null)"
+  --fact "ovmf_package=ovmf $ovmf_version"
+  --fact "ovmf_deb_sha256=$(cat "${debian_ovmf%/usr/share/*}/deb.sha256" 2>/dev/null)"
+  --fact "compressor=$("${compress[0]}" --version 2>&1 | head -n1)"
+  --fact "cpio=$(cpio --version | head -n1)"
+  --fact "strip=$(strip --version | head -n1)"
+  --fact "modules=${#order[@]}"
+  --fact "secure_mount=$secure_mount"
+  --fact "debug=$debug"
+)
+inputs=(--input "Cargo.lock=$root/Cargo.lock" --input "wardd=$wardd" --input "vmlinuz=$vmlinuz"
+  --input "firmware=$firmware")
+for mod in "${order[@]}"; do inputs+=(--input "module:$(basename "$mod")=$moddir/$mod"); done
+while IFS= read -r -d '' f; do
+  inputs+=(--input "initrd:${f#"$staging"}=$f")
+done < <(find "$staging" -type f \( -name '*.so*' -o -name 'ca-certificates.crt' -o -name ward.toml -o -path '*/usr/sbin/*' \) -print0 | LC_ALL=C sort -z)
+"$measure_bin" provenance --out "$out/manifest.json" "${facts[@]}" "${inputs[@]}" \
+  --output "$name=$out/$name" --output "vmlinuz=$out/vmlinuz" \
+  --output "reference-values.json=$out/reference-values.json" \
+  --output "trustee-rvps.json=$out/trustee-rvps.json" --output "sbom.cdx.json=$out/sbom.cdx.json" \
+  --reference "$out/reference-values.json"
+log "reference values: $out/reference-values.json, $out/trustee-rvps.json; provenance: $out/manifest.json"
