@@ -335,6 +335,9 @@ pub struct SseRelay {
     client_usage: bool,
     buf: Vec<u8>,
     seen: (Option<Usage>, Option<FinishReason>),
+    /// Chunks that carried generated text: the completion's tokens when the engine sends no
+    /// usage in streams (llama-cpp-python 0.3.36 does not; llama.cpp sends a token a chunk).
+    deltas: usize,
 }
 
 impl SseRelay {
@@ -345,6 +348,7 @@ impl SseRelay {
             client_usage,
             buf: Vec::new(),
             seen: (None, None),
+            deltas: 0,
         }
     }
 
@@ -364,6 +368,9 @@ impl SseRelay {
                 continue;
             };
             let r = relay_one(&data, &self.name, self.client_usage, &mut self.seen);
+            if matches!(&r, Relayed::Send(d) if carries_text(d)) {
+                self.deltas = self.deltas.saturating_add(1);
+            }
             let last = matches!(r, Relayed::Done | Relayed::Garbage);
             out.push(r);
             if last {
@@ -378,13 +385,25 @@ impl SseRelay {
         self.seen.0
     }
 
+    /// What the audit records: the engine's usage, else the text chunks counted as completion
+    /// tokens with the prompt's unknown (0).
+    pub fn audited_usage(&self) -> Usage {
+        self.seen.0.unwrap_or(Usage {
+            prompt_tokens: 0,
+            completion_tokens: self.deltas,
+        })
+    }
+
     /// Whether a chunk carried a finish reason.
     pub fn finished(&self) -> bool {
         self.seen.1.is_some()
     }
 
     fn record(&self, outcome: &OutcomeSlot) {
-        finish(outcome, &self.seen);
+        outcome.finished(
+            self.audited_usage(),
+            self.seen.1.unwrap_or(FinishReason::Stop),
+        );
     }
 }
 
@@ -476,11 +495,15 @@ fn failed(message: &str) -> bytes::Bytes {
     )
 }
 
-fn finish(outcome: &OutcomeSlot, seen: &(Option<Usage>, Option<FinishReason>)) {
-    outcome.finished(
-        seen.0.unwrap_or_default(),
-        seen.1.unwrap_or(FinishReason::Stop),
-    );
+/// Whether a relayed chunk carries generated text (a chat delta's or a completion's).
+fn carries_text(data: &str) -> bool {
+    let Ok(v) = serde_json::from_str::<Value>(data) else {
+        return false;
+    };
+    let c = &v["choices"][0];
+    [&c["delta"]["content"], &c["text"]]
+        .iter()
+        .any(|t| t.as_str().is_some_and(|s| !s.is_empty()))
 }
 
 /// The end of the first whole event in `buf`: (where it ends, how long the separator is).
