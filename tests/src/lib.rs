@@ -27,6 +27,7 @@ pub mod coco {
     include!(concat!(env!("OUT_DIR"), "/coco_modules.rs"));
 }
 pub mod kbs;
+pub mod proxy;
 pub mod python;
 pub mod qemu;
 pub mod registry;

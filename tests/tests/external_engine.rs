@@ -3,8 +3,9 @@
 //! by the owner, its KEK from the KBS) into sealed memfds, starts the server on them, and serves
 //! it through its one inference front: plain and streamed chat, an encrypted request and an
 //! encrypted stream, the audit's token counts from the engine's usage, the weights only in
-//! memory (the engine's fd is a memfd; its model path is a link to it), and a crashed engine
-//! answered with 503 until it is back.
+//! memory (the engine's fd is a memfd; its model path is a link to it), OpenAI's Python SDK
+//! through `ward proxy` (so its requests leave encrypted), and a crashed engine answered with 503
+//! until it is back.
 //!
 //! Skipped, with a message, without the environment (`scripts/llama-venv.sh`, which `just test`
 //! runs) or the model (`scripts/fetch-model.sh`).
@@ -12,10 +13,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::PathBuf;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use ward_e2e::RequestSealer;
+use ward_tests::proxy::ProxyProcess;
+use ward_tests::python::{python_with_openai, run};
 use ward_tests::served::{inference_entries, serve_model_with};
 use ward_tests::unix_now as now;
 
@@ -225,13 +229,58 @@ async fn llama_cpp_server_behind_wardd_serves_a_sealed_model() {
         assert_eq!(got, answer, "stream={stream}");
     }
 
+    // OpenAI's Python SDK, unchanged, through `ward proxy`: its requests leave encrypted.
+    let sdk_requests = match tokio::task::spawn_blocking(python_with_openai)
+        .await
+        .unwrap()
+    {
+        Err(why) => {
+            eprintln!("OpenAI SDK part skipped: {why}");
+            0
+        }
+        Ok(sdk) => {
+            let (dir, url) = (w.dir.path().to_path_buf(), base.clone());
+            let out = tokio::task::spawn_blocking(move || {
+                let proxy = ProxyProcess::start(&dir, "proxy", &url, &["--allow-sample"]);
+                let script = "import sys\nfrom openai import OpenAI\n\
+                    c = OpenAI(base_url=sys.argv[1], api_key='unused', max_retries=0, timeout=120)\n\
+                    m = [{'role': 'user', 'content': 'What is the capital of France?'}]\n\
+                    a = c.chat.completions.create(model='smollm2', messages=m, max_tokens=12, temperature=0)\n\
+                    s = ''.join(x.choices[0].delta.content or '' for x in c.chat.completions.create(\n\
+                        model='smollm2', messages=m, max_tokens=12, temperature=0, stream=True) if x.choices)\n\
+                    assert a.choices[0].message.content == s, (a, s)\n\
+                    print(s)\n";
+                run(
+                    Command::new(sdk).args(["-c", script, &proxy.base()]),
+                    Duration::from_secs(180),
+                )
+            })
+            .await
+            .unwrap()
+            .expect("the SDK script finished");
+            assert!(
+                out.status.success(),
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), answer.trim());
+            2
+        }
+    };
+
     // The audit has the engine's token counts for every request, never the text.
     let entries = inference_entries(&w.audit);
     let chats: Vec<&Value> = entries
         .iter()
         .filter(|e| e["detail"]["model"] == "smollm2" && e["detail"]["status"] == 200)
         .collect();
-    assert_eq!(chats.len(), 4, "{entries:?}");
+    assert_eq!(chats.len(), 4 + sdk_requests, "{entries:?}");
+    let encrypted = chats
+        .iter()
+        .filter(|e| e["detail"]["encrypted"] == true)
+        .count();
+    assert_eq!(encrypted, 2 + sdk_requests, "{entries:?}");
     for e in &chats {
         let d = &e["detail"];
         assert!(d["completion_tokens"].as_u64().unwrap_or(0) > 0, "{d}");

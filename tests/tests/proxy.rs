@@ -12,13 +12,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use ward_tests::Wardd;
+use ward_tests::proxy::ProxyProcess;
 use ward_tests::python::{free_port, python_with_openai, run};
 use ward_tests::served::{inference_entries, serve_model};
-use ward_tests::{Wardd, bin};
 
 const SCRIPT: &str = r#"
 import sys
@@ -81,63 +81,6 @@ print("openai", openai.__version__, "ok through ward proxy")
 "#;
 
 /// A running `ward proxy`, killed when dropped.
-struct ProxyProcess {
-    child: Child,
-    stderr: std::path::PathBuf,
-    port: u16,
-}
-
-impl ProxyProcess {
-    fn start(dir: &Path, name: &str, url: &str, extra: &[&str]) -> ProxyProcess {
-        let port = free_port();
-        let stderr = dir.join(format!("{name}.stderr"));
-        let child = Command::new(bin("ward"))
-            .args([
-                "proxy",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--url",
-                url,
-            ])
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&stderr).unwrap())
-            .spawn()
-            .unwrap();
-        let p = ProxyProcess {
-            child,
-            stderr,
-            port,
-        };
-        let until = Instant::now() + Duration::from_secs(20);
-        while !p.log().contains("ward proxy: serving") {
-            assert!(
-                Instant::now() < until,
-                "the proxy never served:\n{}",
-                p.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        p
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.stderr).unwrap_or_default()
-    }
-
-    fn base(&self) -> String {
-        format!("http://127.0.0.1:{}/v1", self.port)
-    }
-}
-
-impl Drop for ProxyProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 async fn wait_ready(wardd: &Wardd) {
     let until = Instant::now() + Duration::from_secs(120);
     while !wardd.stderr().contains("inference engine ready") {
