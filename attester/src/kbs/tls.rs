@@ -90,8 +90,16 @@ fn pinned_problem(
     let Ok(ee) = webpki::EndEntityCert::try_from(cert) else {
         return Some(CertificateError::BadEncoding);
     };
-    if ee.verify_is_valid_for_subject_name(name).is_err() {
-        return Some(CertificateError::NotValidForName);
+    match ee.verify_is_valid_for_subject_name(name) {
+        Ok(()) => {}
+        // webpki's names, as rustls reports them for any other certificate.
+        Err(webpki::Error::CertNotValidForName(c)) => {
+            return Some(CertificateError::NotValidForNameContext {
+                expected: c.expected,
+                presented: c.presented,
+            });
+        }
+        Err(_) => return Some(CertificateError::NotValidForName),
     }
     let Ok(parsed) = x509_cert::Certificate::from_der(cert.as_ref()) else {
         return Some(CertificateError::BadEncoding);
@@ -247,10 +255,15 @@ mod tests {
     fn a_pinned_certificate_says_why_it_does_not_do() {
         let (cert, pem) = self_signed_ca(2099);
         let e = verify(&verifier(&pem), &cert, "127.0.0.1").unwrap_err();
-        assert_eq!(
-            e,
-            Error::InvalidCertificate(CertificateError::NotValidForName)
+        assert!(
+            matches!(
+                &e,
+                Error::InvalidCertificate(CertificateError::NotValidForNameContext { presented, .. })
+                    if presented == &["DnsName(\"localhost\")".to_string()]
+            ),
+            "{e:?}"
         );
+        assert!(e.to_string().contains("not valid for name"), "{e}");
         let (old, old_pem) = self_signed_ca(2021);
         let e = verify(&verifier(&old_pem), &old, "localhost").unwrap_err();
         assert_eq!(e, Error::InvalidCertificate(CertificateError::Expired));
