@@ -317,6 +317,14 @@ pub async fn serve(
                 .await
         }
         HttpListener::Tcp(l) => {
+            // No Nagle: an SSE event is a small write, and held for an ACK it reached a client
+            // about 23 ms late on loopback (the first token behind an external engine).
+            use axum::serve::ListenerExt as _;
+            let l = l.tap_io(|tcp| {
+                if let Err(e) = tcp.set_nodelay(true) {
+                    tracing::debug!(error = %e, "TCP_NODELAY not set");
+                }
+            });
             axum::serve(l, router)
                 .with_graceful_shutdown(shutdown)
                 .await

@@ -3,7 +3,9 @@
 //! wardd started on the sealed model, asked directly on its own loopback port (the baseline)
 //! and through wardd's front, plainly and end-to-end encrypted, at 1, 8 and 32 concurrent
 //! clients, alternating. Printed: time to first token, per-token latency (mean gap between
-//! content events), requests/s, and each as a ratio to the bare engine.
+//! content events), requests/s, and each as a ratio to the bare engine. The server runs one
+//! generation at a time (`--interrupt_requests false`: a new request waits instead of cutting
+//! the running one short), so concurrent clients queue at the engine.
 //! `just bench-engine` (release builds).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -167,7 +169,7 @@ async fn main() {
         "engine = \"llama-server\"\nqueue = 64\nmax_batch = 8\nready_timeout_secs = 300\n\
          command = [{:?}, \"-m\", \"llama_cpp.server\", \"--model\", \"{{model}}\", \
          \"--model_alias\", \"{{name}}\", \"--host\", \"{{host}}\", \"--port\", \"{{port}}\", \
-         \"--n_ctx\", \"2048\", \"--verbose\", \"false\"]\n",
+         \"--n_ctx\", \"2048\", \"--verbose\", \"false\", \"--interrupt_requests\", \"false\"]\n",
         python.display().to_string()
     );
     let served = serve_model_with(
