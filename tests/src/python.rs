@@ -1,5 +1,6 @@
-//! OpenAI's Python SDK for the tests that run it (`openai_client.rs`, `proxy.rs`): a virtual
-//! environment with `openai` installed, made once under the target directory and reused.
+//! Python packages for the tests that run them (OpenAI's SDK in `openai_client.rs`, `proxy.rs`,
+//! `external_engine.rs`; sev-snp-measure in `measure.rs`): a virtual environment per package,
+//! made once under the target directory and reused.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -25,28 +26,28 @@ pub fn run(cmd: &mut Command, limit: Duration) -> Option<Output> {
     child.wait_with_output().ok()
 }
 
-fn has_openai(python: &Path) -> bool {
+fn imports(python: &Path, module: &str) -> bool {
     run(
-        Command::new(python).args(["-c", "import openai"]),
+        Command::new(python).args(["-c", &format!("import {module}")]),
         Duration::from_secs(60),
     )
     .is_some_and(|o| o.status.success())
 }
 
-/// The Python of a virtual environment with `openai` installed, made (once) under the target
-/// directory; `Err` says why there is none.
-pub fn python_with_openai() -> Result<PathBuf, String> {
+/// The Python of a virtual environment `target/<venv>` with `package` (a pip requirement)
+/// installed, made once and reused while `module` imports; `Err` says why there is none.
+pub fn python_with(venv: &str, package: &str, module: &str) -> Result<PathBuf, String> {
     let target = crate::bin_dir()
         .parent()
         .map(Path::to_path_buf)
         .ok_or("no target directory")?;
-    let venv = target.join("openai-venv");
-    let python = venv.join("bin/python");
-    if has_openai(&python) {
+    let dir = target.join(venv);
+    let python = dir.join("bin/python");
+    if imports(&python, module) {
         return Ok(python);
     }
     // Made aside and renamed, so a half-made environment is never taken for a good one.
-    let staging = target.join(format!("openai-venv.{}", std::process::id()));
+    let staging = target.join(format!("{venv}.{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&staging);
     let made = run(
         Command::new("python3").args(["-m", "venv"]).arg(&staging),
@@ -73,7 +74,7 @@ pub fn python_with_openai() -> Result<PathBuf, String> {
             "--disable-pip-version-check",
             "--timeout",
             "20",
-            "openai",
+            package,
         ]),
         Duration::from_secs(300),
     );
@@ -85,19 +86,26 @@ pub fn python_with_openai() -> Result<PathBuf, String> {
                 String::from_utf8_lossy(&o.stderr).trim().to_string()
             });
             return Err(format!(
-                "pip install openai failed (is PyPI reachable?): {why}"
+                "pip install {package} failed (is PyPI reachable?): {why}"
             ));
         }
     }
-    let _ = std::fs::remove_dir_all(&venv);
-    std::fs::rename(&staging, &venv).map_err(|e| e.to_string())?;
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::rename(&staging, &dir).map_err(|e| e.to_string())?;
     // A venv's scripts name its path; the interpreter itself does not mind the rename.
-    let python = venv.join("bin/python");
-    if has_openai(&python) {
+    let python = dir.join("bin/python");
+    if imports(&python, module) {
         Ok(python)
     } else {
-        Err("openai does not import after installing it".to_string())
+        Err(format!(
+            "{module} does not import after installing {package}"
+        ))
     }
+}
+
+/// The Python of a virtual environment with OpenAI's SDK (`target/openai-venv`).
+pub fn python_with_openai() -> Result<PathBuf, String> {
+    python_with("openai-venv", "openai", "openai")
 }
 
 pub fn free_port() -> u16 {

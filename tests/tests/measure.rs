@@ -19,103 +19,22 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use ward_measure::snp::{self, KernelHashes, SnpLaunch};
+use ward_tests::python::run;
 
 /// The independent tool's version: a new release is checked on purpose, not by accident.
 const SEV_SNP_MEASURE: &str = "sev-snp-measure==0.0.13";
 
-fn run(cmd: &mut Command, limit: Duration) -> Option<Output> {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .ok()?;
-    let until = Instant::now() + limit;
-    while child.try_wait().ok()?.is_none() {
-        if Instant::now() > until {
-            let _ = child.kill();
-            let _ = child.wait();
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    child.wait_with_output().ok()
-}
-
-fn has_tool(python: &Path) -> bool {
-    run(
-        Command::new(python).args(["-c", "import sevsnpmeasure.guest"]),
-        Duration::from_secs(60),
-    )
-    .is_some_and(|o| o.status.success())
-}
-
-/// The Python of a virtual environment with sev-snp-measure, made (once) under the target
-/// directory; `Err` says why there is none.
+/// The Python of a virtual environment with sev-snp-measure (`target/sev-snp-measure-venv`).
 fn python_with_tool() -> Result<PathBuf, String> {
-    let target = ward_tests::bin_dir()
-        .parent()
-        .map(Path::to_path_buf)
-        .ok_or("no target directory")?;
-    let venv = target.join("sev-snp-measure-venv");
-    let python = venv.join("bin/python");
-    if has_tool(&python) {
-        return Ok(python);
-    }
-    // Made aside and renamed, so a half-made environment is never taken for a good one.
-    let staging = target.join(format!("sev-snp-measure-venv.{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&staging);
-    match run(
-        Command::new("python3").args(["-m", "venv"]).arg(&staging),
-        Duration::from_secs(120),
-    ) {
-        Some(o) if o.status.success() => {}
-        other => {
-            let _ = std::fs::remove_dir_all(&staging);
-            return Err(
-                other.map_or("python3 is missing or did not finish".into(), |o| {
-                    format!(
-                        "python3 -m venv failed: {}",
-                        String::from_utf8_lossy(&o.stderr).trim()
-                    )
-                }),
-            );
-        }
-    }
-    match run(
-        Command::new(staging.join("bin/pip")).args([
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            "--timeout",
-            "20",
-            SEV_SNP_MEASURE,
-        ]),
-        Duration::from_secs(300),
-    ) {
-        Some(o) if o.status.success() => {}
-        other => {
-            let _ = std::fs::remove_dir_all(&staging);
-            let why = other.map_or("timed out".into(), |o| {
-                String::from_utf8_lossy(&o.stderr).trim().to_string()
-            });
-            return Err(format!(
-                "pip install {SEV_SNP_MEASURE} failed (is PyPI reachable?): {why}"
-            ));
-        }
-    }
-    let _ = std::fs::remove_dir_all(&venv);
-    std::fs::rename(&staging, &venv).map_err(|e| e.to_string())?;
-    let python = venv.join("bin/python");
-    if has_tool(&python) {
-        Ok(python)
-    } else {
-        Err("sevsnpmeasure does not import after installing it".into())
-    }
+    ward_tests::python::python_with(
+        "sev-snp-measure-venv",
+        SEV_SNP_MEASURE,
+        "sevsnpmeasure.guest",
+    )
 }
 
 /// sev-snp-measure's answer, through its command line.
