@@ -4,6 +4,7 @@
 use aes_gcm::aead::{Aead as _, KeyInit as _, Payload};
 use zeroize::Zeroizing;
 
+use super::identity::ClientKey;
 use super::suite::{self, KeyConfig};
 use super::{
     E2eError, FINAL_AAD, MAX_CHUNK, REQUEST_LABEL, chunk_nonce, get_varint, response_keys,
@@ -23,22 +24,40 @@ impl RequestSealer {
         body: &serde_json::Value,
         now: u64,
     ) -> Result<(Vec<u8>, ResponseOpener), E2eError> {
+        Self::seal_as(config, method, path, body, now, None)
+    }
+
+    /// As [`RequestSealer::seal`], signed by `client` when given: wardd then knows the request
+    /// came from that key (its policy may require it), and the host cannot strip or swap it.
+    pub fn seal_as(
+        config: &KeyConfig,
+        method: &str,
+        path: &str,
+        body: &serde_json::Value,
+        now: u64,
+        client: Option<&ClientKey>,
+    ) -> Result<(Vec<u8>, ResponseOpener), E2eError> {
         let mut body = body.clone();
-        let obj = body
-            .as_object_mut()
-            .ok_or_else(|| E2eError::Malformed("the request must be a JSON object".into()))?;
-        obj.insert(
-            "ward_e2e".into(),
-            serde_json::json!({ "created": now, "method": method, "path": path }),
-        );
-        let plain = Zeroizing::new(
-            serde_json::to_vec(&body).map_err(|e| E2eError::Malformed(e.to_string()))?,
-        );
+        if !body.is_object() {
+            return Err(E2eError::Malformed(
+                "the request must be a JSON object".into(),
+            ));
+        }
+        let mut plaintext = |binding: &[u8; 32]| {
+            let mut meta = serde_json::json!({ "created": now, "method": method, "path": path });
+            if let Some(client) = client {
+                meta["client"] = client.member(binding);
+            }
+            body["ward_e2e"] = meta;
+            serde_json::to_vec(&body)
+                .map(Zeroizing::new)
+                .map_err(|e| E2eError::Malformed(e.to_string()))
+        };
         let hdr = config.header();
         let mut info = REQUEST_LABEL.to_vec();
         info.push(0);
         info.extend_from_slice(&hdr);
-        let (enc, ct, secret) = suite::seal(config, &info, &plain)?;
+        let (enc, ct, secret) = suite::seal(config, &info, &mut plaintext)?;
         let mut message = Vec::with_capacity(hdr.len() + enc.len() + ct.len());
         message.extend_from_slice(&hdr);
         message.extend_from_slice(&enc);

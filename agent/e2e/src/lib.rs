@@ -10,12 +10,14 @@
 //! than as the plaintext it seals or opens, and never logs.
 
 mod client;
+mod identity;
 mod server;
 mod suite;
 #[cfg(test)]
 mod tests;
 
 pub use client::{RequestSealer, ResponseOpener};
+pub use identity::{CLIENT_LABEL, ClientId, ClientKey, ED25519_PREFIX};
 pub use server::{OpenedRequest, ResponseSealer, ServerKey};
 pub use suite::{KeyConfig, Suite};
 
@@ -64,6 +66,8 @@ pub enum E2eError {
     Truncated,
     #[error("data after the final chunk")]
     AfterFinal,
+    #[error("the client signature does not hold for this request")]
+    ClientSignature,
     #[error("the attestation does not bind this key: {0}")]
     Binding(String),
 }

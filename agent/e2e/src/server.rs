@@ -9,6 +9,7 @@ use aes_gcm::aead::{Aead as _, KeyInit as _, Payload};
 use sha2::{Digest as _, Sha256};
 use zeroize::Zeroizing;
 
+use super::identity::ClientId;
 use super::suite::{self, KeyConfig, Secret, Suite};
 use super::{
     E2eError, FINAL_AAD, MAX_REPLAY_ENTRIES, MAX_REQUEST, MAX_SKEW_SECS, REPLAY_WINDOW_SECS,
@@ -69,10 +70,11 @@ impl std::fmt::Debug for ServerKey {
     }
 }
 
-/// A request that opened: its JSON body (without the `ward_e2e` member) and the sealer for its
-/// response.
+/// A request that opened: its JSON body (without the `ward_e2e` member), the client key that
+/// signed it (when one did) and the sealer for its response.
 pub struct OpenedRequest {
     pub body: Zeroizing<Vec<u8>>,
+    pub client: Option<ClientId>,
     pub sealer: ResponseSealer,
 }
 
@@ -118,7 +120,7 @@ impl ServerKey {
         let mut info = REQUEST_LABEL.to_vec();
         info.push(0);
         info.extend_from_slice(&hdr);
-        let (plain, secret) = suite::open(&self.secret, enc, &info, ct)?;
+        let (plain, secret, binding) = suite::open(&self.secret, enc, &info, ct)?;
         let mut body: serde_json::Value = serde_json::from_slice(&plain)
             .map_err(|_| E2eError::Malformed("the request is not JSON".into()))?;
         let meta = body
@@ -142,6 +144,11 @@ impl ServerKey {
                 got: format!("{method} {path}"),
             });
         }
+        // A signature that does not hold is refused, never read as "no identity".
+        let client = match meta.get("client") {
+            None => None,
+            Some(member) => Some(ClientId::verify_member(member, &binding)?),
+        };
         let skew = created.abs_diff(now);
         if skew > MAX_SKEW_SECS {
             return Err(E2eError::Stale { skew });
@@ -159,6 +166,7 @@ impl ServerKey {
         );
         Ok(OpenedRequest {
             body,
+            client,
             sealer: ResponseSealer::new(&secret, enc),
         })
     }

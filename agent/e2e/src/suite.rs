@@ -6,6 +6,7 @@ use hpke::kem::{X25519HkdfSha256, XWing};
 use hpke::{Deserializable, Kem as KemTrait, OpModeR, OpModeS, Serializable};
 use zeroize::Zeroizing;
 
+use super::identity::CLIENT_LABEL;
 use super::{E2eError, RESPONSE_LABEL};
 
 const KDF_ID: u16 = 0x0001;
@@ -133,13 +134,26 @@ pub(super) fn generate(suite: Suite) -> (Secret, Vec<u8>) {
 
 type Sealed = (Vec<u8>, Vec<u8>, Zeroizing<[u8; 32]>);
 
-fn seal_with<K: KemTrait>(pk: &[u8], info: &[u8], plaintext: &[u8]) -> Result<Sealed, E2eError> {
+/// The plaintext of a request, made once the context's client binding (the value a client key
+/// signs) is known.
+pub(super) type Plaintext<'a> =
+    &'a mut dyn FnMut(&[u8; 32]) -> Result<Zeroizing<Vec<u8>>, E2eError>;
+
+fn seal_with<K: KemTrait>(
+    pk: &[u8],
+    info: &[u8],
+    plaintext: Plaintext<'_>,
+) -> Result<Sealed, E2eError> {
     let pk = K::PublicKey::from_bytes(pk)
         .map_err(|_| E2eError::Malformed("the public key does not parse".into()))?;
     let (enc, mut ctx) = hpke::setup_sender::<AesGcm256, HkdfSha256, K>(&OpModeS::Base, &pk, info)
         .map_err(|_| E2eError::Malformed("HPKE setup failed".into()))?;
+    let mut binding = [0u8; 32];
+    ctx.export(CLIENT_LABEL, &mut binding)
+        .map_err(|_| E2eError::Malformed("HPKE export failed".into()))?;
+    let plaintext = plaintext(&binding)?;
     let ct = ctx
-        .seal(plaintext, b"")
+        .seal(&plaintext, b"")
         .map_err(|_| E2eError::Malformed("HPKE seal failed".into()))?;
     let mut secret = Zeroizing::new([0u8; 32]);
     ctx.export(RESPONSE_LABEL, &mut secret[..])
@@ -147,15 +161,20 @@ fn seal_with<K: KemTrait>(pk: &[u8], info: &[u8], plaintext: &[u8]) -> Result<Se
     Ok((enc.to_bytes().to_vec(), ct, secret))
 }
 
-/// Encrypts `plaintext` to `config`: (enc, ciphertext, response secret).
-pub(super) fn seal(config: &KeyConfig, info: &[u8], plaintext: &[u8]) -> Result<Sealed, E2eError> {
+/// Encrypts the plaintext `plaintext` makes to `config`: (enc, ciphertext, response secret).
+pub(super) fn seal(
+    config: &KeyConfig,
+    info: &[u8],
+    plaintext: Plaintext<'_>,
+) -> Result<Sealed, E2eError> {
     match config.suite {
         Suite::XWing => seal_with::<XWing>(&config.public_key, info, plaintext),
         Suite::X25519 => seal_with::<X25519HkdfSha256>(&config.public_key, info, plaintext),
     }
 }
 
-type Opened = (Zeroizing<Vec<u8>>, Zeroizing<[u8; 32]>);
+/// (plaintext, response secret, client binding).
+type Opened = (Zeroizing<Vec<u8>>, Zeroizing<[u8; 32]>, [u8; 32]);
 
 fn open_with<K: KemTrait>(
     sk: &K::PrivateKey,
@@ -170,10 +189,13 @@ fn open_with<K: KemTrait>(
     let mut secret = Zeroizing::new([0u8; 32]);
     ctx.export(RESPONSE_LABEL, &mut secret[..])
         .map_err(|_| E2eError::Decrypt)?;
-    Ok((pt, secret))
+    let mut binding = [0u8; 32];
+    ctx.export(CLIENT_LABEL, &mut binding)
+        .map_err(|_| E2eError::Decrypt)?;
+    Ok((pt, secret, binding))
 }
 
-/// Decrypts a request: (plaintext, response secret).
+/// Decrypts a request: (plaintext, response secret, client binding).
 pub(super) fn open(sk: &Secret, enc: &[u8], info: &[u8], ct: &[u8]) -> Result<Opened, E2eError> {
     match sk {
         Secret::XWing(k) => open_with::<XWing>(k, enc, info, ct),

@@ -252,3 +252,88 @@ fn a_request_opens_only_on_the_route_it_was_sealed_for() {
         .open_request(&msg, "POST", "/v1/chat/completions", NOW)
         .unwrap();
 }
+
+#[test]
+fn a_signed_request_names_its_client_and_an_unsigned_one_none() {
+    let server = ServerKey::generate(Suite::XWing);
+    let client = ClientKey::generate();
+    let route = ("POST", "/v1/chat/completions");
+    let (msg, _) =
+        RequestSealer::seal_as(server.config(), route.0, route.1, &body(), NOW, Some(&client))
+            .unwrap();
+    let opened = server.open_request(&msg, route.0, route.1, NOW).unwrap();
+    assert_eq!(opened.client, Some(client.id()));
+    let got: serde_json::Value = serde_json::from_slice(&opened.body).unwrap();
+    assert_eq!(got, body(), "the identity is not passed on to the model");
+    let (msg, _) = RequestSealer::seal(server.config(), route.0, route.1, &body(), NOW).unwrap();
+    assert_eq!(
+        server.open_request(&msg, route.0, route.1, NOW).unwrap().client,
+        None
+    );
+}
+
+/// A signature is bound to its request's HPKE context: lifted into another request (by anyone
+/// who saw it, or by a client replaying someone else's), it does not hold.
+#[test]
+fn a_signature_lifted_into_another_request_is_refused() {
+    let server = ServerKey::generate(Suite::X25519);
+    let victim = ClientKey::generate();
+    let hdr = server.config().header();
+    let mut info = REQUEST_LABEL.to_vec();
+    info.push(0);
+    info.extend_from_slice(&hdr);
+    // The victim's member for one context...
+    let mut lifted = None;
+    let mut first = |binding: &[u8; 32]| {
+        lifted = Some(victim.member(binding));
+        Ok(zeroize::Zeroizing::new(b"{}".to_vec()))
+    };
+    suite::seal(server.config(), &info, &mut first).unwrap();
+    let lifted = lifted.unwrap();
+    // ...put into a request sealed under a fresh one.
+    let mut second = |_: &[u8; 32]| {
+        let mut b = body();
+        b["ward_e2e"] = serde_json::json!({"created": NOW, "method": "POST",
+            "path": "/v1/chat/completions", "client": lifted.clone()});
+        Ok(zeroize::Zeroizing::new(serde_json::to_vec(&b).unwrap()))
+    };
+    let (enc, ct, _) = suite::seal(server.config(), &info, &mut second).unwrap();
+    let msg = [&hdr[..], &enc, &ct].concat();
+    assert!(matches!(
+        server.open_request(&msg, "POST", "/v1/chat/completions", NOW),
+        Err(E2eError::ClientSignature)
+    ));
+    // A member that is not a signature at all is refused too, never read as anonymous.
+    for member in [
+        serde_json::json!({"key": victim.id().to_string()}),
+        serde_json::json!({"key": "ed25519:AAAA", "sig": "AAAA"}),
+        serde_json::json!("alice"),
+    ] {
+        let mut bad = |_: &[u8; 32]| {
+            let mut b = body();
+            b["ward_e2e"] = serde_json::json!({"created": NOW, "method": "POST",
+                "path": "/v1/chat/completions", "client": member.clone()});
+            Ok(zeroize::Zeroizing::new(serde_json::to_vec(&b).unwrap()))
+        };
+        let (enc, ct, _) = suite::seal(server.config(), &info, &mut bad).unwrap();
+        let msg = [&hdr[..], &enc, &ct].concat();
+        assert!(matches!(
+            server.open_request(&msg, "POST", "/v1/chat/completions", NOW),
+            Err(E2eError::ClientSignature)
+        ));
+    }
+}
+
+#[test]
+fn client_keys_round_trip_through_pem_and_their_names() {
+    let key = ClientKey::generate();
+    let again = ClientKey::from_pkcs8_pem(&key.to_pkcs8_pem().unwrap()).unwrap();
+    assert_eq!(again.id(), key.id());
+    let name = key.id().to_string();
+    assert!(name.starts_with("ed25519:") && name.len() == 8 + 43, "{name}");
+    assert_eq!(ClientId::parse(&name).unwrap(), key.id());
+    for bad in ["", "ed25519:", "ed25519:AAAA", "x25519:AAAA", &name[1..]] {
+        assert!(ClientId::parse(bad).is_err(), "{bad}");
+    }
+    assert!(ClientKey::from_pkcs8_pem("-----BEGIN PRIVATE KEY-----\n").is_err());
+}
