@@ -33,6 +33,7 @@ pub mod init;
 pub mod listen;
 pub mod logging;
 pub mod models;
+pub mod policy;
 pub mod secure_mount;
 pub mod selfcheck;
 pub mod services;
