@@ -46,6 +46,9 @@ pub enum InferenceError {
         prompt_tokens: usize,
         context: usize,
     },
+    /// The prompt is longer than the request allows (`Request::max_prompt_tokens`).
+    #[error("prompt of {prompt_tokens} tokens is over the limit of {limit} tokens")]
+    PromptOverLimit { prompt_tokens: usize, limit: usize },
     /// The request queue is full: back-pressure, retry later.
     #[error("request queue is full ({capacity} waiting)")]
     QueueFull { capacity: usize },

@@ -57,6 +57,14 @@ impl<'m> Sequence<'m> {
                 "prompt encodes to no tokens".into(),
             ));
         }
+        if let Some(limit) = request.max_prompt_tokens
+            && prompt.len() > limit
+        {
+            return Err(InferenceError::PromptOverLimit {
+                prompt_tokens: prompt.len(),
+                limit,
+            });
+        }
         if prompt.len() >= context {
             return Err(InferenceError::PromptTooLong {
                 prompt_tokens: prompt.len(),

@@ -28,6 +28,9 @@ pub struct Request {
     pub sampling: SamplingParams,
     /// Generation ends before any of these strings; they are not part of the output.
     pub stop: Vec<String>,
+    /// The longest prompt accepted, in tokens, below the model's context (a caller's policy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_prompt_tokens: Option<usize>,
 }
 
 impl Request {
@@ -49,7 +52,14 @@ impl Request {
             max_tokens: Self::DEFAULT_MAX_TOKENS,
             sampling: SamplingParams::default(),
             stop: Vec::new(),
+            max_prompt_tokens: None,
         }
+    }
+
+    /// Refuses prompts longer than `limit` tokens ([`InferenceError::PromptOverLimit`]).
+    pub fn with_max_prompt_tokens(mut self, limit: Option<usize>) -> Self {
+        self.max_prompt_tokens = limit;
+        self
     }
 
     pub fn with_max_tokens(mut self, max_tokens: usize) -> Self {

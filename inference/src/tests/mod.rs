@@ -250,6 +250,39 @@ fn prompt_longer_than_the_context_is_refused() {
 }
 
 #[test]
+fn a_prompt_over_the_requests_limit_is_refused_and_one_at_it_runs() {
+    let model = gguf_model();
+    let prompt = "a b c d e f";
+    let engine = engine(model, 1, 1);
+    let used = engine
+        .submit(Request::text(prompt).with_max_tokens(1))
+        .unwrap()
+        .blocking_collect()
+        .unwrap()
+        .usage
+        .prompt_tokens;
+    let err = engine
+        .submit(Request::text(prompt).with_max_prompt_tokens(Some(used - 1)))
+        .unwrap()
+        .blocking_collect()
+        .unwrap_err();
+    assert!(
+        matches!(err, InferenceError::PromptOverLimit { prompt_tokens, limit }
+            if prompt_tokens == used && limit == used - 1),
+        "{err}"
+    );
+    engine
+        .submit(
+            Request::text(prompt)
+                .with_max_tokens(1)
+                .with_max_prompt_tokens(Some(used)),
+        )
+        .unwrap()
+        .blocking_collect()
+        .unwrap();
+}
+
+#[test]
 fn concurrent_requests_match_sequential_ones() {
     // GGUF decodes them as one batch; safetensors one after the other.
     for (model, batches) in [(gguf_model(), true), (safetensors_model(), false)] {
