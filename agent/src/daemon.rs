@@ -119,13 +119,13 @@ pub async fn run(config: &Config, mode: Mode) -> Result<(), DaemonError> {
         audit.clone(),
         &config.engine_dir,
     ));
-    let engines = crate::inference_api::openai::SharedEngines::default();
+    let serving = crate::inference_api::openai::Serving::default();
     let inference = Arc::new(crate::inference_api::Shared {
         e2e: Arc::new(crate::inference_api::e2e::E2e {
             key: ward_e2e::ServerKey::generate(ward_e2e::Suite::XWing),
             attestation: attestation.clone(),
         }),
-        engines: engines.clone(),
+        serving: serving.clone(),
         models: models.clone(),
         audit: audit.clone(),
     });
@@ -241,7 +241,7 @@ pub async fn run(config: &Config, mode: Mode) -> Result<(), DaemonError> {
         // Models load after READY: the APIs serve meanwhile, and a model that fails to load
         // is reported (audit, logs) without taking wardd down.
         let (m, i, a) = (models.clone(), images.clone(), attestation.clone());
-        tokio::spawn(async move { m.load_all(&i, &a, &engines).await });
+        tokio::spawn(async move { m.load_all(&i, &a, &serving).await });
     }
 
     let (check, stop_after_check) = match &config.self_check {

@@ -312,7 +312,8 @@ pub async fn serve(
     };
     match listener {
         HttpListener::Unix(l) => {
-            axum::serve(l, router)
+            let service = router.into_make_service_with_connect_info::<crate::listen::UnixPeer>();
+            axum::serve(l, service)
                 .with_graceful_shutdown(shutdown)
                 .await
         }

@@ -20,6 +20,7 @@
 //! - [`logging`]: `tracing` output, human or JSON;
 //! - [`selfcheck`]: the start-up self-check a booted image runs on itself (`ward.self_check=`).
 
+pub mod access;
 pub mod attestation;
 pub mod audit;
 pub mod client;
@@ -33,7 +34,6 @@ pub mod init;
 pub mod listen;
 pub mod logging;
 pub mod models;
-pub mod policy;
 pub mod secure_mount;
 pub mod selfcheck;
 pub mod services;

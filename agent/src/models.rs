@@ -13,12 +13,15 @@ use ward_image::model_artifact::{LoadedModel, ModelError, fetch_model, load_layo
 use ward_image::sealed::Kek;
 use ward_kbs_wire::ResourceUri;
 
+use crate::access::AccessPolicy;
 use crate::attestation::Attestation;
 use crate::audit::Audit;
 use crate::config::{
-    ConnectedEngine, EngineSettings, ModelDevice, ModelSettings, ModelSource, StartedEngine,
+    AccessPolicySource, ConnectedEngine, EngineSettings, ModelDevice, ModelSettings, ModelSource,
+    StartedEngine,
 };
 use crate::images::{Images, KbsKek};
+use crate::inference_api::openai::Serving;
 
 /// Where one model stands.
 #[derive(Clone, Debug)]
@@ -88,12 +91,18 @@ impl Models {
         &self,
         images: &Images,
         attestation: &Arc<Attestation>,
-        engines: &crate::inference_api::openai::SharedEngines,
+        serving: &Serving,
     ) {
         for m in &self.settings {
             let span = tracing::info_span!("model.load", model = %m.name);
             if let EngineSettings::Connected(c) = &m.engine {
-                self.connect(m, c, engines).instrument(span).await;
+                if self
+                    .policy(m, attestation, serving)
+                    .instrument(span.clone())
+                    .await
+                {
+                    self.connect(m, c, serving).instrument(span).await;
+                }
                 continue;
             }
             self.load_and_record(m, images, attestation)
@@ -102,8 +111,16 @@ impl Models {
             let Some(model) = self.get(&m.name) else {
                 continue;
             };
+            // Released in the session that released the KEK; no policy, no service.
+            if !self
+                .policy(m, attestation, serving)
+                .instrument(span.clone())
+                .await
+            {
+                continue;
+            }
             if let EngineSettings::Started(s) = &m.engine {
-                self.start(m, s, &model, attestation, engines)
+                self.start(m, s, &model, attestation, serving)
                     .instrument(span)
                     .await;
                 continue;
@@ -120,7 +137,7 @@ impl Models {
                         device = %m.device,
                         "inference engine ready"
                     );
-                    if let Ok(mut e) = engines.write() {
+                    if let Ok(mut e) = serving.engines.write() {
                         e.insert(
                             m.name.clone(),
                             crate::inference_api::openai::Backend::Embedded(Arc::new(engine)),
@@ -138,6 +155,66 @@ impl Models {
         }
     }
 
+    /// Puts `m`'s access policy in place before its engine is served: fetched from the KBS or
+    /// taken from the config, checked, audited. `false` (the model failed and is not served)
+    /// when it cannot be had or cannot be enforced.
+    async fn policy(
+        &self,
+        m: &ModelSettings,
+        attestation: &Attestation,
+        serving: &Serving,
+    ) -> bool {
+        let Some(source) = &m.policy else {
+            return true;
+        };
+        let (from, policy) = match source {
+            AccessPolicySource::Inline(doc) => (
+                "config".to_string(),
+                AccessPolicy::from_doc(doc.clone()).map_err(|e| e.to_string()),
+            ),
+            AccessPolicySource::Kbs(uri) => (
+                uri.to_string(),
+                match attestation.resource(&uri.to_string()).await {
+                    Ok(bytes) => AccessPolicy::from_bytes(&bytes).map_err(|e| e.to_string()),
+                    Err(e) => Err(format!("the KBS did not release it: {e}")),
+                },
+            ),
+        };
+        let policy = policy.and_then(|p| {
+            // An external engine tokenizes out of wardd's sight: a prompt limit would be a
+            // promise nobody keeps.
+            if p.limits_prompts() && m.engine != EngineSettings::Embedded {
+                Err("max_prompt_tokens needs the embedded engine (an external one tokenizes where wardd cannot check)".into())
+            } else {
+                Ok(p)
+            }
+        });
+        match policy {
+            Ok(p) => {
+                tracing::info!(source = %from, digest = p.digest(), "model policy in place");
+                self.audit.note(
+                    "model.policy",
+                    &m.name,
+                    serde_json::json!({"source": from, "sha256": p.digest()}),
+                );
+                if let Ok(mut all) = serving.policies.write() {
+                    all.insert(m.name.clone(), Arc::new(p));
+                }
+                true
+            }
+            Err(why) => {
+                tracing::error!(source = %from, reason = %why, "model policy refused: the model is not served");
+                self.audit.note(
+                    "model.policy_failed",
+                    &m.name,
+                    serde_json::json!({"source": from, "reason": why}),
+                );
+                self.set(&m.name, ModelState::Failed(format!("policy: {why}")));
+                false
+            }
+        }
+    }
+
     /// Starts `m`'s engine on its opened weights and serves it once it answers.
     async fn start(
         &self,
@@ -145,7 +222,7 @@ impl Models {
         s: &StartedEngine,
         model: &LoadedModel,
         attestation: &Attestation,
-        engines: &crate::inference_api::openai::SharedEngines,
+        serving: &Serving,
     ) {
         let started = std::time::Instant::now();
         // GPUs get no work before the KBS accepted them (composite evidence, every GPU
@@ -181,7 +258,7 @@ impl Models {
                     serde_json::json!({"engine": s.preset.as_str(),
                         "manifest": model.manifest_digest.to_string()}),
                 );
-                if let Ok(mut e) = engines.write() {
+                if let Ok(mut e) = serving.engines.write() {
                     e.insert(
                         m.name.clone(),
                         crate::inference_api::openai::Backend::External(engine.upstream.clone()),
@@ -204,12 +281,7 @@ impl Models {
     }
 
     /// Reaches `m`'s running engine (`engine = "openai"`) and serves it once it answers.
-    async fn connect(
-        &self,
-        m: &ModelSettings,
-        c: &ConnectedEngine,
-        engines: &crate::inference_api::openai::SharedEngines,
-    ) {
+    async fn connect(&self, m: &ModelSettings, c: &ConnectedEngine, serving: &Serving) {
         match crate::external::connect(&m.name, c, capacity(m)).await {
             Ok(up) => {
                 tracing::info!(upstream = %c.upstream, "external engine reached");
@@ -218,7 +290,7 @@ impl Models {
                     &m.name,
                     serde_json::json!({"upstream": c.upstream}),
                 );
-                if let Ok(mut e) = engines.write() {
+                if let Ok(mut e) = serving.engines.write() {
                     e.insert(
                         m.name.clone(),
                         crate::inference_api::openai::Backend::External(up),

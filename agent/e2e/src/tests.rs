@@ -258,16 +258,25 @@ fn a_signed_request_names_its_client_and_an_unsigned_one_none() {
     let server = ServerKey::generate(Suite::XWing);
     let client = ClientKey::generate();
     let route = ("POST", "/v1/chat/completions");
-    let (msg, _) =
-        RequestSealer::seal_as(server.config(), route.0, route.1, &body(), NOW, Some(&client))
-            .unwrap();
+    let (msg, _) = RequestSealer::seal_as(
+        server.config(),
+        route.0,
+        route.1,
+        &body(),
+        NOW,
+        Some(&client),
+    )
+    .unwrap();
     let opened = server.open_request(&msg, route.0, route.1, NOW).unwrap();
     assert_eq!(opened.client, Some(client.id()));
     let got: serde_json::Value = serde_json::from_slice(&opened.body).unwrap();
     assert_eq!(got, body(), "the identity is not passed on to the model");
     let (msg, _) = RequestSealer::seal(server.config(), route.0, route.1, &body(), NOW).unwrap();
     assert_eq!(
-        server.open_request(&msg, route.0, route.1, NOW).unwrap().client,
+        server
+            .open_request(&msg, route.0, route.1, NOW)
+            .unwrap()
+            .client,
         None
     );
 }
@@ -330,7 +339,10 @@ fn client_keys_round_trip_through_pem_and_their_names() {
     let again = ClientKey::from_pkcs8_pem(&key.to_pkcs8_pem().unwrap()).unwrap();
     assert_eq!(again.id(), key.id());
     let name = key.id().to_string();
-    assert!(name.starts_with("ed25519:") && name.len() == 8 + 43, "{name}");
+    assert!(
+        name.starts_with("ed25519:") && name.len() == 8 + 43,
+        "{name}"
+    );
     assert_eq!(ClientId::parse(&name).unwrap(), key.id());
     for bad in ["", "ed25519:", "ed25519:AAAA", "x25519:AAAA", &name[1..]] {
         assert!(ClientId::parse(bad).is_err(), "{bad}");

@@ -9,6 +9,7 @@
 //!
 //! This module never records secret values: callers pass resource URIs and digests, never bytes.
 
+pub mod usage;
 mod verify;
 
 use std::fs::{File, OpenOptions};
@@ -19,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-pub use verify::{ChainHead, VerifyError, verify, verify_reader};
+pub use verify::{ChainHead, VerifyError, verify, verify_each, verify_reader};
 
 /// The `prev` of the first entry.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";

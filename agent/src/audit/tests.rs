@@ -176,3 +176,68 @@ fn a_broken_log_is_not_extended() {
     ));
     assert_eq!(std::fs::read(&path).unwrap(), before);
 }
+
+#[test]
+fn usage_sums_the_verified_requests_per_client_and_model() {
+    use super::usage::{UsageFilter, usage};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.log");
+    let log = AuditLog::open(&path).unwrap();
+    let req = |client: Option<&str>, model: &str, status: u16, p: u64, c: u64| {
+        let mut d = serde_json::json!({"model": model, "status": status,
+            "prompt_tokens": p, "completion_tokens": c, "grant": "g"});
+        if let Some(client) = client {
+            d["client"] = client.into();
+        }
+        log.record("inference.request", "/v1/chat/completions", Some(d))
+            .unwrap();
+    };
+    req(Some("ed25519:a"), "m", 200, 10, 5);
+    log.record("model.load", "m", None).unwrap();
+    req(Some("ed25519:a"), "m", 200, 7, 3);
+    req(Some("ed25519:a"), "m", 429, 0, 0);
+    req(Some("ed25519:b"), "m", 200, 1, 1);
+    req(None, "m", 403, 0, 0);
+    let all = usage(
+        std::io::BufReader::new(std::fs::File::open(&path).unwrap()),
+        &UsageFilter::default(),
+    )
+    .unwrap();
+    assert_eq!(all.entries, 6);
+    assert_eq!(all.head, log.head().0);
+    let a = &all.rows[1];
+    assert_eq!(
+        (
+            a.client.as_str(),
+            a.requests,
+            a.refused,
+            a.prompt_tokens,
+            a.completion_tokens
+        ),
+        ("ed25519:a", 2, 1, 17, 8)
+    );
+    assert_eq!(all.rows[0].client, "-");
+    assert_eq!(all.rows.len(), 3);
+    let only_b = usage(
+        std::io::BufReader::new(std::fs::File::open(&path).unwrap()),
+        &UsageFilter {
+            client: Some("ed25519:b".into()),
+            since: None,
+        },
+    )
+    .unwrap();
+    assert_eq!(only_b.rows.len(), 1);
+    let future = usage(
+        std::io::BufReader::new(std::fs::File::open(&path).unwrap()),
+        &UsageFilter {
+            client: None,
+            since: Some(time::OffsetDateTime::now_utc() + time::Duration::hours(1)),
+        },
+    )
+    .unwrap();
+    assert!(future.rows.is_empty());
+    // An edited log gives no report at all.
+    let text = std::fs::read_to_string(&path).unwrap();
+    let edited = text.replacen("\"prompt_tokens\":10", "\"prompt_tokens\":1", 1);
+    assert!(usage(edited.as_bytes(), &UsageFilter::default()).is_err());
+}

@@ -58,7 +58,16 @@ pub fn verify(path: &Path) -> Result<ChainHead, VerifyError> {
 }
 
 /// Verifies a log read from `reader`, returning its head.
-pub fn verify_reader(mut reader: impl BufRead) -> Result<ChainHead, VerifyError> {
+pub fn verify_reader(reader: impl BufRead) -> Result<ChainHead, VerifyError> {
+    verify_each(reader, |_| {})
+}
+
+/// Verifies a log read from `reader`, handing each entry to `visit` once it checked; the
+/// caller must discard what it gathered when the result is an error.
+pub fn verify_each(
+    mut reader: impl BufRead,
+    mut visit: impl FnMut(&Entry),
+) -> Result<ChainHead, VerifyError> {
     let mut head = ChainHead::empty();
     let mut buf = Vec::new();
     let mut line_no = 0u64;
@@ -95,6 +104,7 @@ pub fn verify_reader(mut reader: impl BufRead) -> Result<ChainHead, VerifyError>
         if entry.hash != entry.compute_hash() {
             return Err(VerifyError::Hash { line: line_no });
         }
+        visit(&entry);
         head = ChainHead {
             hash: entry.hash,
             entries: head.entries + 1,

@@ -203,6 +203,20 @@ pub struct RawModel {
     /// `device`; the engine sees only these, and starts only once the KBS accepted them.
     #[serde(default)]
     pub devices: Option<Vec<String>>,
+    /// Who may use the model and how (`docs/model-policy.md`): a `kbs:///` URI the KBS releases
+    /// it under, or the policy inline. With one, every request needs a grant.
+    #[serde(default)]
+    pub policy: Option<RawAccessPolicy>,
+}
+
+/// `[[model]] policy`: where the policy comes from.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum RawAccessPolicy {
+    /// A KBS resource URI.
+    Kbs(String),
+    /// The policy itself.
+    Inline(crate::access::AccessPolicyDoc),
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

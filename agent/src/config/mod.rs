@@ -22,8 +22,8 @@ pub use image_settings::{ImageSettings, PolicySource};
 pub use listeners::default_encrypted_only;
 use listeners::expand_services;
 pub use model_settings::{
-    ConnectedEngine, EnginePreset, EngineSettings, ModelDevice, ModelSettings, ModelSource,
-    StartedEngine,
+    AccessPolicySource, ConnectedEngine, EnginePreset, EngineSettings, ModelDevice, ModelSettings,
+    ModelSource, StartedEngine,
 };
 pub use services::ServiceKind;
 

@@ -22,6 +22,32 @@ pub struct ModelSettings {
     pub device: ModelDevice,
     /// What serves it.
     pub engine: EngineSettings,
+    /// Its access policy, if it has one.
+    pub policy: Option<AccessPolicySource>,
+}
+
+/// Where a model's access policy comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AccessPolicySource {
+    /// Released by the KBS, in the session that released the model's KEK.
+    Kbs(ward_kbs_wire::ResourceUri),
+    /// Set in the config.
+    Inline(crate::access::AccessPolicyDoc),
+}
+
+fn policy_source(
+    raw: Option<&super::file::RawAccessPolicy>,
+) -> Result<Option<AccessPolicySource>, String> {
+    use super::file::RawAccessPolicy;
+    match raw {
+        None => Ok(None),
+        Some(RawAccessPolicy::Kbs(uri)) => ward_kbs_wire::ResourceUri::parse(uri)
+            .map(|u| Some(AccessPolicySource::Kbs(u)))
+            .map_err(|e| format!("policy: {e}")),
+        Some(RawAccessPolicy::Inline(doc)) => crate::access::AccessPolicy::from_doc(doc.clone())
+            .map(|_| Some(AccessPolicySource::Inline(doc.clone())))
+            .map_err(|e| format!("policy: {e}")),
+    }
 }
 
 /// `[[model]] engine` and its companions.
@@ -309,6 +335,7 @@ pub(super) fn models(raw: Vec<RawModel>) -> Result<Vec<ModelSettings>, ConfigErr
             return Err(bad("names must be non-empty and unique".into()));
         }
         let engine = engine_settings(&m).map_err(bad)?;
+        let policy = policy_source(m.policy.as_ref()).map_err(bad)?;
         if matches!(engine, EngineSettings::Connected(_)) {
             out.push(ModelSettings {
                 name: m.name,
@@ -319,6 +346,7 @@ pub(super) fn models(raw: Vec<RawModel>) -> Result<Vec<ModelSettings>, ConfigErr
                 queue: m.queue,
                 device: ModelDevice::Cpu,
                 engine,
+                policy,
             });
             continue;
         }
@@ -374,6 +402,7 @@ pub(super) fn models(raw: Vec<RawModel>) -> Result<Vec<ModelSettings>, ConfigErr
             queue: m.queue,
             device,
             engine,
+            policy,
         });
     }
     Ok(out)

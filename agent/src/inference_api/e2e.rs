@@ -170,6 +170,10 @@ pub async fn layer(State(e2e): State<Arc<E2e>>, req: Request, next: Next) -> Res
         HeaderValue::from_static("application/json"),
     );
     parts.headers.remove(header::CONTENT_LENGTH);
+    // The signing key is who asks; sealed with the body, so the host cannot strip or swap it.
+    if let Some(id) = &opened.client {
+        parts.extensions.insert(crate::access::Client::key(id));
+    }
     let inner = Request::from_parts(parts, Body::from(opened.body.to_vec()));
     let response = next.run(inner).await;
     let (mut parts, body) = response.into_parts();
@@ -232,6 +236,7 @@ fn reason(e: &E2eError) -> &'static str {
         E2eError::Stale { .. } => "stale",
         E2eError::Route { .. } => "wrong route",
         E2eError::Busy => "busy",
+        E2eError::ClientSignature => "bad client signature",
         _ => "malformed",
     }
 }

@@ -29,7 +29,7 @@ pub use record::Transport;
 
 use crate::audit::Audit;
 use crate::models::Models;
-use openai::{OutcomeSlot, SharedEngines};
+use openai::{OutcomeSlot, Serving};
 
 /// The status of a plaintext inference request on an encrypted-only listener: the request's
 /// media type is what is refused (RFC 9110 15.5.16), and the body says which one to use.
@@ -38,7 +38,8 @@ pub const ENCRYPTION_REQUIRED: StatusCode = StatusCode::UNSUPPORTED_MEDIA_TYPE;
 /// What every listener's inference front shares.
 pub struct Shared {
     pub e2e: Arc<e2e::E2e>,
-    pub engines: SharedEngines,
+    /// The engines and their models' policies.
+    pub serving: Serving,
     /// The loaded models, for the digest in audit entries.
     pub models: Arc<Models>,
     /// Where each request's entry goes.
@@ -59,7 +60,7 @@ pub fn router(shared: &Arc<Shared>, listener: &str, encrypted_only: bool) -> Rou
         listener: Arc::from(listener),
         encrypted_only,
     });
-    let openai = openai::router(shared.engines.clone())
+    let openai = openai::router(shared.serving.clone())
         .layer(from_fn_with_state(shared.e2e.clone(), e2e::layer))
         .layer(from_fn_with_state(front, gate));
     let attestation = Router::new()
@@ -87,6 +88,15 @@ async fn gate(State(front): State<Arc<Front>>, mut req: Request, next: Next) -> 
         return next.run(req).await;
     }
     let encrypted = e2e::is_sealed(req.headers());
+    // On an in-guest unix socket the kernel names the peer; a signed encrypted request's key,
+    // when it has one, takes its place inside.
+    let peer = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<crate::listen::UnixPeer>>()
+        .and_then(|c| c.0.uid);
+    if let Some(uid) = peer {
+        req.extensions_mut().insert(crate::access::Client::Uid(uid));
+    }
     let outcome = OutcomeSlot::default();
     let sealed = e2e::SealedNote::default();
     req.extensions_mut().insert(outcome.clone());

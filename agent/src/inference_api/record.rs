@@ -68,6 +68,12 @@ struct Detail<'a> {
     response_sha256: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     refused: Option<&'static str>,
+    /// Who asked: a signed request's key (`ed25519:…`) or a unix peer (`uid:N`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client: Option<String>,
+    /// The policy grant that let it through.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    grant: Option<String>,
 }
 
 impl Pending {
@@ -81,6 +87,19 @@ impl Pending {
             .and_then(|m| self.shared.models.get(m))
             .map(|m| m.manifest_digest.to_string());
         let model_digest_known = model_digest.is_some();
+        // What the client used counts against its quota: the engine's count, or for an answer
+        // cut short, the deltas it was sent.
+        if let (Some(client), Some(policy)) = (
+            &outcome.client,
+            outcome
+                .model
+                .as_deref()
+                .and_then(|m| self.shared.serving.policy(m)),
+        ) && outcome.grant.is_some()
+        {
+            let tokens = outcome.usage.map_or(outcome.streamed, |u| u.total_tokens());
+            policy.consumed(client, u64::try_from(tokens).unwrap_or(u64::MAX));
+        }
         let detail = Detail {
             listener: &self.listener,
             transport: self.transport,
@@ -98,7 +117,9 @@ impl Pending {
             suite: sealed.suite,
             request_sha256: sealed.request_sha256,
             response_sha256: sealed.response_sha256,
-            refused: self.refused.or(sealed.refused),
+            refused: self.refused.or(sealed.refused).or(outcome.refused),
+            client: outcome.client.as_ref().map(ToString::to_string),
+            grant: outcome.grant.clone(),
         };
         tracing::info!(
             status,

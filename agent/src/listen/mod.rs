@@ -46,6 +46,25 @@ pub enum ListenError {
     },
 }
 
+/// Who is at the other end of a unix-socket connection, as the kernel says (`SO_PEERCRED`):
+/// the identity of plaintext requests on in-guest sockets.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct UnixPeer {
+    pub uid: Option<u32>,
+}
+
+impl
+    axum::extract::connect_info::Connected<
+        axum::serve::IncomingStream<'_, tokio::net::UnixListener>,
+    > for UnixPeer
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, tokio::net::UnixListener>) -> Self {
+        UnixPeer {
+            uid: stream.io().peer_cred().ok().map(|c| c.uid()),
+        }
+    }
+}
+
 /// A listener for the HTTP API (api-server-rest paths in the guest, inference anywhere).
 pub enum HttpListener {
     Unix(tokio::net::UnixListener),

@@ -288,6 +288,20 @@ enum AuditCommand {
         #[arg(long, value_name = "HASH")]
         expect_head: Option<String>,
     },
+    /// Per client and model: requests served and refused, prompt and completion tokens, summed
+    /// from the verified log (nothing is reported from a log that does not verify).
+    Usage {
+        file: PathBuf,
+        /// Only entries at or after this time (RFC 3339, e.g. 2026-12-01T00:00:00Z).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only this client (`ed25519:…`, `uid:N`, or `-` for requests without one).
+        #[arg(long)]
+        client: Option<String>,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -493,6 +507,15 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
         Command::Audit {
             command: AuditCommand::Verify { file, expect_head },
         } => audit_verify(&file, expect_head.as_deref()),
+        Command::Audit {
+            command:
+                AuditCommand::Usage {
+                    file,
+                    since,
+                    client,
+                    json,
+                },
+        } => audit_usage(&file, since.as_deref(), client, json),
     }
 }
 
@@ -546,6 +569,43 @@ fn audit_verify(file: &std::path::Path, expect_head: Option<&str>) -> anyhow::Re
         }
         Err(e) => {
             println!("BROKEN {}: {e}", file.display());
+            Ok(false)
+        }
+    }
+}
+
+fn audit_usage(
+    file: &std::path::Path,
+    since: Option<&str>,
+    client: Option<String>,
+    json: bool,
+) -> anyhow::Result<bool> {
+    let since = since
+        .map(|s| {
+            time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+                .with_context(|| format!("--since {s}: not an RFC 3339 time"))
+        })
+        .transpose()?;
+    let reader = std::io::BufReader::new(
+        std::fs::File::open(file).with_context(|| format!("cannot read {}", file.display()))?,
+    );
+    match audit::usage::usage(reader, &audit::usage::UsageFilter { since, client }) {
+        Ok(report) if json => {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(true)
+        }
+        Ok(report) => {
+            print!("{}", audit::usage::table(&report));
+            Ok(true)
+        }
+        Err(audit::VerifyError::Read(e)) => {
+            Err(e).with_context(|| format!("cannot read {}", file.display()))
+        }
+        Err(e) => {
+            println!(
+                "BROKEN {}: {e} (no usage is reported from a broken log)",
+                file.display()
+            );
             Ok(false)
         }
     }

@@ -22,6 +22,7 @@ use futures_util::StreamExt as _;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::access::{AccessPolicy, Admitted, Ask, Client, Endpoint, Refusal, workload_digest};
 use ward_inference::{
     ChatMessage, Engine, FinishReason, GenerationStream, InferenceError, Request, SamplingParams,
     StreamEvent, Usage,
@@ -56,6 +57,32 @@ pub enum Backend {
 pub type Engines = BTreeMap<String, Backend>;
 /// Engines that come and go while the server runs (models load after wardd is ready).
 pub type SharedEngines = Arc<std::sync::RwLock<Engines>>;
+/// The access policies of the models that have one, by model id. A model's policy is in place
+/// before its engine is served.
+pub type SharedPolicies = Arc<std::sync::RwLock<BTreeMap<String, Arc<AccessPolicy>>>>;
+
+/// What the routes serve: the engines and their models' policies.
+#[derive(Clone, Default)]
+pub struct Serving {
+    pub engines: SharedEngines,
+    pub policies: SharedPolicies,
+}
+
+impl From<SharedEngines> for Serving {
+    fn from(engines: SharedEngines) -> Serving {
+        Serving {
+            engines,
+            policies: SharedPolicies::default(),
+        }
+    }
+}
+
+impl Serving {
+    /// The policy of `model`, if it has one.
+    pub fn policy(&self, model: &str) -> Option<Arc<AccessPolicy>> {
+        self.policies.read().ok()?.get(model).cloned()
+    }
+}
 
 fn snapshot(engines: &SharedEngines) -> Engines {
     engines.read().map(|e| e.clone()).unwrap_or_default()
@@ -73,6 +100,14 @@ pub struct Outcome {
     pub usage: Option<Usage>,
     /// `stop` or `length`, when generation finished.
     pub finish_reason: Option<&'static str>,
+    /// Who asked, when wardd knows (a signed request's key, a unix peer's uid).
+    pub client: Option<Client>,
+    /// The policy grant that let the request through.
+    pub grant: Option<String>,
+    /// Why the model's policy refused the request.
+    pub refused: Option<&'static str>,
+    /// Text deltas streamed so far: what a client that leaves mid-stream is charged.
+    pub streamed: usize,
 }
 
 /// Where a handler leaves the [`Outcome`] of the request that carries this slot in its
@@ -112,17 +147,49 @@ pub struct ApiError {
     kind: &'static str,
     code: Option<&'static str>,
     message: String,
+    /// Seconds for `Retry-After` (429).
+    retry_after: Option<u64>,
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
+        let mut response = (
             self.status,
             Json(json!({"error": {"message": self.message, "type": self.kind,
                                    "param": null, "code": self.code}})),
         )
-            .into_response()
+            .into_response();
+        if let Some(secs) = self.retry_after {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(secs),
+            );
+        }
+        response
     }
+}
+
+/// The OpenAI-shaped answer to a policy's refusal: 403 for what the client may not do, 429
+/// with `Retry-After` for a limit it reached.
+fn refusal(r: &Refusal) -> ApiError {
+    let (status, kind, code) = match r {
+        Refusal::RateLimited { .. } => (
+            StatusCode::TOO_MANY_REQUESTS,
+            "requests",
+            "rate_limit_exceeded",
+        ),
+        Refusal::QuotaExhausted { .. } => {
+            (StatusCode::TOO_MANY_REQUESTS, "tokens", "quota_exceeded")
+        }
+        _ => (
+            StatusCode::FORBIDDEN,
+            "permission_error",
+            "permission_denied",
+        ),
+    };
+    let mut e = error(status, kind, Some(code), r.to_string());
+    e.retry_after = r.retry_after().map(|d| d.as_secs());
+    e
 }
 
 /// An OpenAI-shaped error.
@@ -137,6 +204,7 @@ pub fn error(
         kind,
         code,
         message: message.into(),
+        retry_after: None,
     }
 }
 
@@ -152,6 +220,12 @@ fn engine_error(e: &InferenceError) -> ApiError {
             StatusCode::BAD_REQUEST,
             "invalid_request_error",
             None,
+            e.to_string(),
+        ),
+        InferenceError::PromptOverLimit { .. } => error(
+            StatusCode::FORBIDDEN,
+            "permission_error",
+            Some("prompt_over_limit"),
             e.to_string(),
         ),
         InferenceError::ShutDown => error(
@@ -334,8 +408,8 @@ fn finish_reason(r: FinishReason) -> &'static str {
     }
 }
 
-async fn models(State(engines): State<SharedEngines>) -> Response {
-    let data: Vec<Value> = snapshot(&engines)
+async fn models(State(serving): State<Serving>) -> Response {
+    let data: Vec<Value> = snapshot(&serving.engines)
         .keys()
         .map(|id| json!({"id": id, "object": "model", "created": 0, "owned_by": "ward"}))
         .collect();
@@ -359,60 +433,74 @@ fn invalid(message: impl Into<String>) -> ApiError {
     )
 }
 
+/// The identity of the request's client, when wardd has one.
+type ClientExt = Option<Extension<Client>>;
+
 async fn chat(
-    State(engines): State<SharedEngines>,
+    State(serving): State<Serving>,
     outcome: Option<Extension<OutcomeSlot>>,
+    client: ClientExt,
     body: JsonBody,
 ) -> Response {
-    chat_request(engines, slot(outcome), body)
+    let client = client.map(|Extension(c)| c);
+    chat_request(serving, slot(outcome), client, body)
         .await
         .unwrap_or_else(IntoResponse::into_response)
 }
 
 async fn chat_request(
-    engines: SharedEngines,
+    serving: Serving,
     outcome: OutcomeSlot,
+    client: Option<Client>,
     body: JsonBody,
 ) -> Result<Response, ApiError> {
-    let Json(body) = body.map_err(|e| invalid(e.body_text()))?;
-    if let Some(up) = external(&engines, &body, &outcome) {
+    let Json(mut body) = body.map_err(|e| invalid(e.body_text()))?;
+    let admitted = admit(&serving, &mut body, Kind::Chat, client, &outcome)?;
+    if let Some(up) = external(&serving.engines, &body, &outcome) {
+        unlimited_prompts(admitted.as_ref())?;
         return up.forward(Kind::Chat, body, outcome).await;
     }
     let body: ChatBody = typed(body)?;
     noted(&outcome, &body.common);
-    let engine = engine(&snapshot(&engines), &body.common.model)?;
+    let engine = engine(&snapshot(&serving.engines), &body.common.model)?;
     let messages = body
         .messages
         .into_iter()
         .map(|m| m.content.text().map(|t| ChatMessage::new(m.role, t)))
         .collect::<Result<Vec<_>, _>>()
         .map_err(invalid)?;
-    let request = build(&body.common, Request::chat(messages))?;
+    let request = build(&body.common, Request::chat(messages))?
+        .with_max_prompt_tokens(admitted.and_then(|a| a.max_prompt_tokens));
     Ok(run(engine, request, &body.common, Kind::Chat, outcome).await)
 }
 
 async fn completions(
-    State(engines): State<SharedEngines>,
+    State(serving): State<Serving>,
     outcome: Option<Extension<OutcomeSlot>>,
+    client: ClientExt,
     body: JsonBody,
 ) -> Response {
-    completion_request(engines, slot(outcome), body)
+    let client = client.map(|Extension(c)| c);
+    completion_request(serving, slot(outcome), client, body)
         .await
         .unwrap_or_else(IntoResponse::into_response)
 }
 
 async fn completion_request(
-    engines: SharedEngines,
+    serving: Serving,
     outcome: OutcomeSlot,
+    client: Option<Client>,
     body: JsonBody,
 ) -> Result<Response, ApiError> {
-    let Json(body) = body.map_err(|e| invalid(e.body_text()))?;
-    if let Some(up) = external(&engines, &body, &outcome) {
+    let Json(mut body) = body.map_err(|e| invalid(e.body_text()))?;
+    let admitted = admit(&serving, &mut body, Kind::Text, client, &outcome)?;
+    if let Some(up) = external(&serving.engines, &body, &outcome) {
+        unlimited_prompts(admitted.as_ref())?;
         return up.forward(Kind::Text, body, outcome).await;
     }
     let body: CompletionBody = typed(body)?;
     noted(&outcome, &body.common);
-    let engine = engine(&snapshot(&engines), &body.common.model)?;
+    let engine = engine(&snapshot(&serving.engines), &body.common.model)?;
     let prompt = match &body.prompt {
         Value::String(s) => s.clone(),
         Value::Array(a) if a.len() == 1 && a[0].is_string() => {
@@ -420,8 +508,84 @@ async fn completion_request(
         }
         _ => return Err(invalid("prompt must be one string")),
     };
-    let request = build(&body.common, Request::text(prompt))?;
+    let request = build(&body.common, Request::text(prompt))?
+        .with_max_prompt_tokens(admitted.and_then(|a| a.max_prompt_tokens));
     Ok(run(engine, request, &body.common, Kind::Text, outcome).await)
+}
+
+/// Applies the policy of the body's model, if it has one: the grant that lets `client` through
+/// (noted, with the answer's token limit written into the body when the request set none), or
+/// the refusal, noted and answered. A model without a policy serves anyone who reaches it.
+fn admit(
+    serving: &Serving,
+    body: &mut Value,
+    kind: Kind,
+    client: Option<Client>,
+    outcome: &OutcomeSlot,
+) -> Result<Option<Admitted>, ApiError> {
+    outcome.update(|o| o.client.clone_from(&client));
+    let Some(policy) = body
+        .get("model")
+        .and_then(Value::as_str)
+        .and_then(|m| serving.policy(m))
+    else {
+        return Ok(None);
+    };
+    let asked = ["max_completion_tokens", "max_tokens"]
+        .iter()
+        .find_map(|k| body.get(*k).filter(|v| !v.is_null()));
+    let max_tokens = match asked {
+        None => None,
+        // Whatever does not read as a count is the handlers' 400, not the policy's business;
+        // as a count past any limit it cannot slip under one.
+        Some(v) => Some(
+            v.as_u64()
+                .map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(usize::MAX)),
+        ),
+    };
+    let ask = Ask {
+        endpoint: match kind {
+            Kind::Chat => Endpoint::Chat,
+            Kind::Text => Endpoint::Completions,
+        },
+        stream: body.get("stream").and_then(Value::as_bool).unwrap_or(false),
+        max_tokens,
+        workload: workload_digest(body),
+    };
+    match policy.admit(client.as_ref(), &ask) {
+        Ok(admitted) => {
+            if let (None, Some(limit)) = (asked, admitted.max_output_tokens) {
+                body["max_tokens"] = json!(limit.min(MAX_TOKENS_CAP));
+            }
+            outcome.update(|o| o.grant = Some(admitted.grant.clone()));
+            Ok(Some(admitted))
+        }
+        Err(r) => {
+            tracing::warn!(reason = r.reason(), "refused by the model's policy");
+            outcome.update(|o| {
+                o.refused = Some(r.reason());
+                o.model = body
+                    .get("model")
+                    .and_then(Value::as_str)
+                    .map(str::to_string);
+            });
+            Err(refusal(&r))
+        }
+    }
+}
+
+/// An external engine tokenizes where wardd cannot see: a prompt limit would not be enforced,
+/// so a request under one is refused (wardd also refuses to serve such a model at load).
+fn unlimited_prompts(admitted: Option<&Admitted>) -> Result<(), ApiError> {
+    match admitted.and_then(|a| a.max_prompt_tokens) {
+        None => Ok(()),
+        Some(_) => Err(error(
+            StatusCode::FORBIDDEN,
+            "permission_error",
+            Some("policy_unenforceable"),
+            "this model's policy limits prompts, which its engine cannot enforce",
+        )),
+    }
 }
 
 /// Notes the model and streaming of a request whose body parsed.
@@ -532,6 +696,7 @@ fn sse_events(
     let body = stream.flat_map(move |ev| {
         let out: Vec<Event> = match ev {
             Ok(StreamEvent::Delta(text)) => {
+                outcome.update(|o| o.streamed = o.streamed.saturating_add(1));
                 vec![event(chunk(json!({"content": text}), Value::Null))]
             }
             Ok(StreamEvent::Finished(f)) => {
@@ -560,13 +725,13 @@ fn sse_events(
     futures_util::stream::iter(first.into_iter().map(Ok)).chain(body)
 }
 
-/// The router of the OpenAI-compatible API over `engines`.
-pub fn router(engines: SharedEngines) -> Router {
+/// The router of the OpenAI-compatible API over `serving`'s engines, under their policies.
+pub fn router(serving: impl Into<Serving>) -> Router {
     Router::new()
         .route("/v1/models", get(models))
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
-        .with_state(engines)
+        .with_state(serving.into())
 }
 
 #[cfg(test)]

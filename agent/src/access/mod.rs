@@ -29,7 +29,7 @@ use limits::Usage;
 
 /// Why a policy document is refused.
 #[derive(Debug, thiserror::Error)]
-pub enum PolicyError {
+pub enum AccessPolicyError {
     #[error("the policy is not valid JSON or TOML for a model policy: {0}")]
     Parse(String),
     #[error("the policy is invalid: {0}")]
@@ -86,9 +86,9 @@ pub enum Endpoint {
 }
 
 /// A policy as its owner writes it (JSON from the KBS, or a TOML table in the config).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct PolicyDoc {
+pub struct AccessPolicyDoc {
     /// 1.
     pub version: u32,
     /// Who may use the model; everyone else is refused.
@@ -100,7 +100,7 @@ pub struct PolicyDoc {
 }
 
 /// One grant: a client key, or a group of them, and the limits each of them gets.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GrantDoc {
     /// The grant's name, in audit entries and usage reports.
@@ -138,7 +138,7 @@ struct Grant {
 
 /// A model's policy, checked, with its clients' usage.
 #[derive(Debug)]
-pub struct Policy {
+pub struct AccessPolicy {
     grants: Vec<Grant>,
     by_client: BTreeMap<Client, usize>,
     workloads: Option<BTreeSet<String>>,
@@ -211,28 +211,28 @@ impl Refusal {
     }
 }
 
-impl Policy {
+impl AccessPolicy {
     /// A policy from its bytes: JSON (as the KBS releases it) or TOML.
-    pub fn from_bytes(bytes: &[u8]) -> Result<Policy, PolicyError> {
+    pub fn from_bytes(bytes: &[u8]) -> Result<AccessPolicy, AccessPolicyError> {
         let text =
-            std::str::from_utf8(bytes).map_err(|_| PolicyError::Parse("not UTF-8".into()))?;
-        let doc: PolicyDoc = match serde_json::from_str(text) {
+            std::str::from_utf8(bytes).map_err(|_| AccessPolicyError::Parse("not UTF-8".into()))?;
+        let doc: AccessPolicyDoc = match serde_json::from_str(text) {
             Ok(doc) => doc,
             Err(json) => toml::from_str(text).map_err(|toml| {
-                PolicyError::Parse(format!("as JSON: {json}; as TOML: {}", toml.message()))
+                AccessPolicyError::Parse(format!("as JSON: {json}; as TOML: {}", toml.message()))
             })?,
         };
-        Policy::new(doc, hex::encode(Sha256::digest(bytes)))
+        AccessPolicy::new(doc, hex::encode(Sha256::digest(bytes)))
     }
 
     /// A policy from the config's inline table.
-    pub fn from_doc(doc: PolicyDoc) -> Result<Policy, PolicyError> {
-        let json = serde_json::to_vec(&doc).map_err(|e| PolicyError::Parse(e.to_string()))?;
-        Policy::new(doc, hex::encode(Sha256::digest(json)))
+    pub fn from_doc(doc: AccessPolicyDoc) -> Result<AccessPolicy, AccessPolicyError> {
+        let json = serde_json::to_vec(&doc).map_err(|e| AccessPolicyError::Parse(e.to_string()))?;
+        AccessPolicy::new(doc, hex::encode(Sha256::digest(json)))
     }
 
-    fn new(doc: PolicyDoc, digest: String) -> Result<Policy, PolicyError> {
-        let bad = |m: String| Err(PolicyError::Invalid(m));
+    fn new(doc: AccessPolicyDoc, digest: String) -> Result<AccessPolicy, AccessPolicyError> {
+        let bad = |m: String| Err(AccessPolicyError::Invalid(m));
         if doc.version != 1 {
             return bad(format!(
                 "version {} (this wardd reads version 1)",
@@ -259,7 +259,7 @@ impl Policy {
                 ));
             }
             for key in &g.keys {
-                let client = Client::parse(key).map_err(PolicyError::Invalid)?;
+                let client = Client::parse(key).map_err(AccessPolicyError::Invalid)?;
                 if by_client.insert(client, grants.len()).is_some() {
                     return bad(format!("`{key}` is in two grants"));
                 }
@@ -294,7 +294,7 @@ impl Policy {
                 Some(w.into_iter().map(|d| d.to_ascii_lowercase()).collect())
             }
         };
-        Ok(Policy {
+        Ok(AccessPolicy {
             grants,
             by_client,
             workloads,
@@ -314,7 +314,7 @@ impl Policy {
     }
 
     /// Lets `ask` from `client` through, or says why not; an admitted request counts against
-    /// the client's rate at once, and its tokens once they are known ([`Policy::consumed`]).
+    /// the client's rate at once, and its tokens once they are known ([`AccessPolicy::consumed`]).
     pub fn admit(&self, client: Option<&Client>, ask: &Ask) -> Result<Admitted, Refusal> {
         self.admit_at(client, ask, Instant::now())
     }

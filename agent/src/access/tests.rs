@@ -13,7 +13,7 @@ fn key(n: u8) -> String {
     .clone()
 }
 
-fn policy() -> Policy {
+fn policy() -> AccessPolicy {
     let json = serde_json::json!({
         "version": 1,
         "clients": [
@@ -23,7 +23,7 @@ fn policy() -> Policy {
             {"name": "ops", "keys": ["uid:1000"]},
         ]
     });
-    Policy::from_bytes(json.to_string().as_bytes()).unwrap()
+    AccessPolicy::from_bytes(json.to_string().as_bytes()).unwrap()
 }
 
 fn chat() -> Ask {
@@ -162,7 +162,7 @@ fn workloads_pin_the_computation_not_the_data() {
         r#"{{"version": 1, "workloads": ["{agreed}"], "clients": [{{"name": "a", "keys": ["{}"]}}]}}"#,
         key(1)
     );
-    let p = Policy::from_bytes(doc.as_bytes()).unwrap();
+    let p = AccessPolicy::from_bytes(doc.as_bytes()).unwrap();
     let ask = |w: String| Ask {
         workload: w,
         ..chat()
@@ -188,8 +188,8 @@ fn toml_and_json_read_the_same_and_bad_policies_are_refused() {
         key(1)
     );
     let (t, j) = (
-        Policy::from_bytes(toml.as_bytes()).unwrap(),
-        Policy::from_bytes(json.as_bytes()).unwrap(),
+        AccessPolicy::from_bytes(toml.as_bytes()).unwrap(),
+        AccessPolicy::from_bytes(json.as_bytes()).unwrap(),
     );
     assert_eq!(format!("{:?}", t.grants), format!("{:?}", j.grants));
     assert_ne!(
@@ -223,12 +223,12 @@ fn toml_and_json_read_the_same_and_bad_policies_are_refused() {
         r#"{"version": 1, "workloads": ["sha256:12"]}"#.into(),
     ] {
         assert!(
-            Policy::from_bytes(bad.as_bytes()).is_err(),
+            AccessPolicy::from_bytes(bad.as_bytes()).is_err(),
             "accepted: {bad}"
         );
     }
     // An empty grant list is valid: it denies everyone.
-    let nobody = Policy::from_bytes(br#"{"version": 1}"#).unwrap();
+    let nobody = AccessPolicy::from_bytes(br#"{"version": 1}"#).unwrap();
     assert_eq!(
         nobody.admit(Some(&client(1)), &chat()),
         Err(Refusal::NotGranted)
