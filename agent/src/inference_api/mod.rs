@@ -125,3 +125,6 @@ async fn gate(State(front): State<Arc<Front>>, mut req: Request, next: Next) -> 
     };
     record::audited(response, pending)
 }
+
+#[cfg(test)]
+mod tests;

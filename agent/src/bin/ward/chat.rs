@@ -19,6 +19,8 @@ pub struct ChatArgs<'a> {
     pub trust: TrustArgs,
     pub max_tokens: usize,
     pub temperature: f32,
+    /// Signs the request (the model's policy may require a granted key).
+    pub client_key: Option<ward_e2e::ClientKey>,
 }
 
 pub async fn chat(a: ChatArgs<'_>) -> anyhow::Result<bool> {
@@ -32,8 +34,14 @@ pub async fn chat(a: ChatArgs<'_>) -> anyhow::Result<bool> {
         "model": a.model, "stream": true, "max_tokens": a.max_tokens, "temperature": a.temperature,
         "messages": [{"role": "user", "content": a.prompt}],
     });
-    let (msg, mut opener) =
-        RequestSealer::seal(&config, "POST", "/v1/chat/completions", &body, now())?;
+    let (msg, mut opener) = RequestSealer::seal_as(
+        &config,
+        "POST",
+        "/v1/chat/completions",
+        &body,
+        now(),
+        a.client_key.as_ref(),
+    )?;
     let mut resp = http
         .post(format!("{base}/chat/completions"))
         .header("content-type", "application/ward-e2e")

@@ -158,6 +158,10 @@ enum Command {
         /// Sampling temperature; 0 (the default) is greedy and reproducible.
         #[arg(long, default_value_t = 0.0)]
         temperature: f32,
+        /// Sign the request with this Ed25519 key (PKCS#8 PEM, `ward client-key new`): the
+        /// identity a model's access policy grants.
+        #[arg(long, value_name = "PEM")]
+        client_key: Option<PathBuf>,
     },
     /// Serve a plain OpenAI-compatible API on loopback whose every request leaves encrypted end
     /// to end to the key the server's verified attestation vouches for (checked at start, on a
@@ -179,6 +183,14 @@ enum Command {
         /// Fetch and verify the attestation again this often, in seconds.
         #[arg(long, default_value_t = 300)]
         reattest_secs: u64,
+        /// Sign every request with this Ed25519 key (PKCS#8 PEM, `ward client-key new`).
+        #[arg(long, value_name = "PEM")]
+        client_key: Option<PathBuf>,
+    },
+    /// A client's Ed25519 key, whose name (`ed25519:…`) a model owner grants in a policy.
+    ClientKey {
+        #[command(subcommand)]
+        command: ClientKeyCommand,
     },
     /// Owner-side sealed-model operations: seal, push, upload the KEK, check offline.
     Model {
@@ -276,6 +288,14 @@ enum ModelCommand {
         #[arg(long)]
         kek_file: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum ClientKeyCommand {
+    /// Make a key, written as PKCS#8 PEM (mode 0600); prints its name.
+    New { out: PathBuf },
+    /// Print the name of a key (PKCS#8 PEM, as `openssl genpkey -algorithm ed25519` writes).
+    Id { file: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -394,6 +414,7 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             trust,
             max_tokens,
             temperature,
+            client_key,
         } => rt()?.block_on(chat::chat(chat::ChatArgs {
             url: &url,
             model: &model,
@@ -404,6 +425,7 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             },
             max_tokens,
             temperature,
+            client_key: client_key.as_deref().map(read_client_key).transpose()?,
         })),
         Command::Proxy {
             listen,
@@ -411,6 +433,7 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             url,
             trust,
             reattest_secs,
+            client_key,
         } => tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -425,7 +448,31 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
                     ..trust
                 },
                 reattest_secs,
+                client_key: client_key.as_deref().map(read_client_key).transpose()?,
             })),
+        Command::ClientKey {
+            command: ClientKeyCommand::New { out },
+        } => {
+            let key = ward_e2e::ClientKey::generate();
+            let pem = key.to_pkcs8_pem()?;
+            use std::io::Write as _;
+            use std::os::unix::fs::OpenOptionsExt as _;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&out)
+                .and_then(|mut f| f.write_all(pem.as_bytes()))
+                .with_context(|| format!("cannot write {}", out.display()))?;
+            println!("{}", key.id());
+            Ok(true)
+        }
+        Command::ClientKey {
+            command: ClientKeyCommand::Id { file },
+        } => {
+            println!("{}", read_client_key(&file)?.id());
+            Ok(true)
+        }
         Command::Model { command } => match command {
             ModelCommand::Seal {
                 dir,
@@ -609,4 +656,11 @@ fn audit_usage(
             Ok(false)
         }
     }
+}
+
+fn read_client_key(path: &std::path::Path) -> anyhow::Result<ward_e2e::ClientKey> {
+    let pem = zeroize::Zeroizing::new(
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?,
+    );
+    ward_e2e::ClientKey::from_pkcs8_pem(&pem).with_context(|| path.display().to_string())
 }

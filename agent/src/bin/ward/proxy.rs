@@ -48,6 +48,8 @@ pub struct ProxyArgs {
     pub trust: TrustArgs,
     /// Re-attest this often even without a sign of change.
     pub reattest_secs: u64,
+    /// The key every request is signed with (the server's model policies name it).
+    pub client_key: Option<ward_e2e::ClientKey>,
 }
 
 /// A refused attestation is tried again at the next request once it is this old.
@@ -128,6 +130,8 @@ struct Proxy {
     prefix: String,
     trust: TrustArgs,
     key: tokio::sync::Mutex<KeyState>,
+    /// Signs every request when set.
+    client_key: Option<ward_e2e::ClientKey>,
 }
 
 impl Proxy {
@@ -211,8 +215,15 @@ impl Proxy {
         body: &serde_json::Value,
     ) -> Result<Result<Response, ProxyError>, ProxyError> {
         let path = format!("{}{rel}", self.prefix);
-        let (sealed, opener) = RequestSealer::seal(&key.key, method.as_str(), &path, body, now())
-            .map_err(ProxyError::Seal)?;
+        let (sealed, opener) = RequestSealer::seal_as(
+            &key.key,
+            method.as_str(),
+            &path,
+            body,
+            now(),
+            self.client_key.as_ref(),
+        )
+        .map_err(ProxyError::Seal)?;
         let url = format!("{}{rel}", self.base);
         let resp = self
             .http
@@ -450,6 +461,7 @@ pub async fn proxy(a: ProxyArgs) -> anyhow::Result<bool> {
         base: base.clone(),
         prefix,
         trust: a.trust,
+        client_key: a.client_key,
         key: tokio::sync::Mutex::new(KeyState {
             current: Err("not attested yet".into()),
             checked_at: Instant::now(),

@@ -94,6 +94,7 @@ fn proxy_for(base: &str, key: Result<&ServerKey, &str>) -> Arc<Proxy> {
         base: base.to_string(),
         prefix: "/v1".into(),
         trust: TrustArgs::default(),
+        client_key: None,
         key: tokio::sync::Mutex::new(KeyState {
             current,
             checked_at: Instant::now(),
@@ -185,6 +186,7 @@ async fn the_plain_api_listens_on_loopback_only() {
         url: "http://127.0.0.1:1/v1".into(),
         trust: TrustArgs::default(),
         reattest_secs: 300,
+        client_key: None,
     })
     .await
     .unwrap_err()
