@@ -235,7 +235,11 @@ impl Attestation {
                     timeout: k.timeout,
                     ..RetryPolicy::default()
                 };
-                let client = KbsClient::new(kc, a.clone())?.with_devices(devices.clone());
+                let client = KbsClient::new(kc, a.clone())?
+                    .with_devices(devices.clone())
+                    .with_handshake_timer(Arc::new(|took, ok| {
+                        crate::metrics::metrics().kbs_handshake(took, ok);
+                    }));
                 Some(match audit.log() {
                     Some(log) => {
                         let log = log.clone();
@@ -518,7 +522,9 @@ impl Attestation {
         let uri = ResourceUri::parse(path)
             .map_err(|e| AttestationError::InvalidArgument(e.to_string()))?;
         let kbs = self.kbs()?;
-        match kbs.get_resource(&uri).await {
+        let got = kbs.get_resource(&uri).await;
+        crate::metrics::metrics().kbs_resource(got.is_ok());
+        match got {
             Ok(value) => {
                 self.record(
                     "resource.release",

@@ -411,6 +411,7 @@ fn start_http(l: &Listener, listener: listen::HttpListener, name: &str, ctx: &Co
         name.to_string(),
         l.addr.is_in_guest(),
         inference,
+        &ctx.inference.serving,
     );
     let (stop, stopped) = tokio::sync::oneshot::channel();
     let task = tokio::spawn(crate::http::serve(listener, router, stopped));

@@ -258,16 +258,33 @@ async fn not_found() -> Response {
     url_not_found()
 }
 
-/// The router for one listener: `in_guest` says whether its callers are inside the guest, and
-/// `inference` is the listener's inference API when it serves one.
+/// The router for one listener: `in_guest` says whether its callers are inside the guest,
+/// `inference` is the listener's inference API when it serves one, and `serving` what
+/// `/metrics` reads the engines' queues from when it serves `metrics`.
 pub fn router(
     attestation: Arc<Attestation>,
     allowed: BTreeSet<ServiceKind>,
     listener: String,
     in_guest: bool,
     inference: Option<Router>,
+    serving: &crate::inference_api::openai::Serving,
 ) -> Router {
     let health = allowed.contains(&ServiceKind::Health);
+    let metrics = allowed.contains(&ServiceKind::Metrics).then(|| {
+        let serving = serving.clone();
+        Router::new().route(
+            "/metrics",
+            axum::routing::get(move || {
+                let serving = serving.clone();
+                async move {
+                    (
+                        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+                        crate::metrics::metrics().encode(&serving),
+                    )
+                }
+            }),
+        )
+    });
     let api = Arc::new(Api {
         attestation,
         allowed,
@@ -288,6 +305,9 @@ pub fn router(
     let mut app = rest.with_state(api);
     if let Some(inference) = inference {
         app = app.merge(inference);
+    }
+    if let Some(metrics) = metrics {
+        app = app.merge(metrics);
     }
     app.fallback(not_found)
         .layer(axum::middleware::from_fn(move |req: axum::extract::Request, next: axum::middleware::Next| {

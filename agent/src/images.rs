@@ -286,7 +286,12 @@ impl Images {
     /// reason is the error's text, which for an encrypted layer carries nothing of its
     /// plaintext: ward-image's pull/layers.rs).
     pub async fn pull(&self, image: &str, bundle: &str) -> Result<Pulled, ImagesError> {
+        let started = std::time::Instant::now();
         let result = self.pull_measured(image, bundle).await;
+        crate::metrics::metrics().image_pull(
+            started.elapsed(),
+            result.as_ref().ok().map(|(p, _)| p.bytes_fetched),
+        );
         match &result {
             Ok((pulled, bundle)) => self.audit.note(
                 "image.pull",

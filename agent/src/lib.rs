@@ -33,6 +33,7 @@ pub mod inference_api;
 pub mod init;
 pub mod listen;
 pub mod logging;
+pub mod metrics;
 pub mod models;
 pub mod secure_mount;
 pub mod selfcheck;

@@ -311,7 +311,9 @@ impl Models {
         attestation: &Arc<Attestation>,
     ) {
         let started = std::time::Instant::now();
-        match load_one(m, images, attestation).await {
+        let loaded = load_one(m, images, attestation).await;
+        crate::metrics::metrics().model_load(started.elapsed(), loaded.is_ok());
+        match loaded {
             Ok(model) => {
                 let files: BTreeMap<&str, String> = model
                     .files

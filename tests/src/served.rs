@@ -39,7 +39,23 @@ pub async fn serve_model_with(
     model_keys: &str,
     ready: &str,
 ) -> ServedModel {
+    serve_model_with_resources(name, files, listeners, model_keys, ready, &[]).await
+}
+
+/// As [`serve_model_with`], with more resources in the KBS before wardd starts (a model's
+/// access policy): (path `repo/type/tag`, bytes, policy).
+pub async fn serve_model_with_resources(
+    name: &str,
+    files: &[(&str, &[u8])],
+    listeners: &str,
+    model_keys: &str,
+    ready: &str,
+    resources: &[(&str, &[u8], Policy)],
+) -> ServedModel {
     let kbs = DevKbs::start().await.unwrap();
+    for (path, bytes, policy) in resources {
+        kbs.put(path, bytes, *policy);
+    }
     let kek = [0x42u8; 32];
     let kid = format!("kbs:///default/model-kek/{name}");
     kbs.put(&format!("default/model-kek/{name}"), &kek, Policy::Allow);

@@ -15,6 +15,7 @@ use ward_protos::ward_inference::{
     AttestationRequest, InferenceRequest, InferenceResponse, ListModelsRequest,
 };
 use ward_protos::ward_inference_ttrpc::InferenceServiceClient;
+use ward_tests::http_unix;
 use ward_tests::served::{inference_entries, serve_model};
 use ward_tests::unix_now;
 
@@ -105,56 +106,6 @@ async fn attested(c: &InferenceServiceClient) -> KeyConfig {
         .unwrap();
     assert_eq!(r.status, 200, "{r:?}");
     ward_tests::checked_key(&json_of(&r), &nonce)
-}
-
-/// A bare HTTP/1.1 exchange over a unix socket: (status, content type, body), chunked bodies
-/// decoded.
-async fn http_unix(
-    path: &str,
-    method: &str,
-    uri: &str,
-    ct: &str,
-    body: &[u8],
-) -> (u16, String, Vec<u8>) {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut s = tokio::net::UnixStream::connect(path).await.unwrap();
-    let head = format!(
-        "{method} {uri} HTTP/1.1\r\nHost: wardd\r\nConnection: close\r\nContent-Type: {ct}\r\n\
-         Content-Length: {}\r\n\r\n",
-        body.len()
-    );
-    s.write_all(head.as_bytes()).await.unwrap();
-    s.write_all(body).await.unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).await.unwrap();
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
-    let head = String::from_utf8(raw[..split].to_vec()).unwrap();
-    let mut rest = &raw[split + 4..];
-    let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
-    let header = |name: &str| {
-        head.lines()
-            .find_map(|l| {
-                let (k, v) = l.split_once(':')?;
-                k.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
-            })
-            .unwrap_or_default()
-    };
-    if header("transfer-encoding") != "chunked" {
-        return (status, header("content-type"), rest.to_vec());
-    }
-    let mut body = Vec::new();
-    loop {
-        let line_end = rest.windows(2).position(|w| w == b"\r\n").unwrap();
-        let size =
-            usize::from_str_radix(std::str::from_utf8(&rest[..line_end]).unwrap(), 16).unwrap();
-        rest = &rest[line_end + 2..];
-        if size == 0 {
-            break;
-        }
-        body.extend_from_slice(&rest[..size]);
-        rest = &rest[size + 2..];
-    }
-    (status, header("content-type"), body)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

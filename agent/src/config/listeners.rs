@@ -87,10 +87,19 @@ pub(super) fn check(l: &Listener) -> Result<(), ConfigError> {
             return Err(ConfigError::invalid(
                 l.origin.key("services"),
                 format!(
-                    "`{s}` has no HTTP API (health, attestation-agent, get-resource, inference do)"
+                    "`{s}` has no HTTP API (health, attestation-agent, get-resource, inference, metrics do)"
                 ),
             ));
         }
+    } else if let Some(s) = l
+        .services
+        .iter()
+        .find(|s| ServiceKind::HTTP_ONLY.contains(s))
+    {
+        return Err(ConfigError::invalid(
+            l.origin.key("services"),
+            format!("`{s}` is served over HTTP only (protocol = \"http\")"),
+        ));
     }
     if !l.addr.is_in_guest()
         && let Some(s) = l.services.iter().find(|s| !s.safe_for_untrusted_callers())
@@ -158,6 +167,14 @@ mod tests {
             (
                 "[[listener]]\naddress = \"unix:///a\"\nprotocol = \"grpc\"\nservices = [\"health\"]\n",
                 "`grpc` is not a protocol",
+            ),
+            (
+                "[[listener]]\naddress = \"unix:///a\"\nservices = [\"metrics\"]\n",
+                "`metrics` is served over HTTP only",
+            ),
+            (
+                "[[listener]]\naddress = \"vsock://-1:9\"\nprotocol = \"http\"\nservices = [\"inference\", \"metrics\"]\n",
+                "`metrics` may not be served on",
             ),
         ];
         for (text, want) in bad {

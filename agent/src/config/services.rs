@@ -26,6 +26,8 @@ pub enum ServiceKind {
     /// `ward.inference.InferenceService` and the OpenAI-compatible HTTP API over the loaded
     /// models.
     Inference,
+    /// `GET /metrics` (Prometheus text) on HTTP listeners: never part of `all`, never on vsock.
+    Metrics,
 }
 
 impl ServiceKind {
@@ -40,6 +42,9 @@ impl ServiceKind {
         ServiceKind::KeyProvider,
         ServiceKind::Inference,
     ];
+
+    /// Services with no ttrpc side, named one by one (not in `all`).
+    pub const HTTP_ONLY: [ServiceKind; 1] = [ServiceKind::Metrics];
 
     /// The services CoCo's confidential-data-hub serves on its socket.
     pub const DATA_HUB: [ServiceKind; 4] = [
@@ -60,6 +65,8 @@ impl ServiceKind {
             ServiceKind::ImagePull => "api.ImagePullService",
             ServiceKind::KeyProvider => "keyprovider.KeyProviderService",
             ServiceKind::Inference => "ward.inference.InferenceService",
+            // Never registered: served over HTTP only.
+            ServiceKind::Metrics => "ward.metrics",
         }
     }
 
@@ -74,6 +81,7 @@ impl ServiceKind {
             ServiceKind::ImagePull => "image-pull",
             ServiceKind::KeyProvider => "key-provider",
             ServiceKind::Inference => "inference",
+            ServiceKind::Metrics => "metrics",
         }
     }
 
@@ -101,6 +109,7 @@ impl ServiceKind {
                 | ServiceKind::AttestationAgent
                 | ServiceKind::GetResource
                 | ServiceKind::Inference
+                | ServiceKind::Metrics
         )
     }
 
@@ -111,6 +120,7 @@ impl ServiceKind {
             "cdh" => Some(Self::DATA_HUB.to_vec()),
             _ => Self::ALL
                 .into_iter()
+                .chain(Self::HTTP_ONLY)
                 .find(|k| k.config_name() == name)
                 .map(|k| vec![k]),
         }
@@ -129,7 +139,7 @@ mod tests {
 
     #[test]
     fn config_names_round_trip_through_serde() {
-        for kind in ServiceKind::ALL {
+        for kind in ServiceKind::ALL.into_iter().chain(ServiceKind::HTTP_ONLY) {
             let json = serde_json::to_string(&kind).unwrap();
             assert_eq!(json, format!("\"{}\"", kind.config_name()));
             assert_eq!(

@@ -115,6 +115,7 @@ async fn gate(State(front): State<Arc<Front>>, mut req: Request, next: Next) -> 
         outcome,
         sealed,
         span: tracing::Span::current(),
+        started: std::time::Instant::now(),
     };
     let response = if front.encrypted_only && !encrypted {
         tracing::warn!("plaintext inference request refused: this listener is encrypted-only");

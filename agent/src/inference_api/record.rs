@@ -35,6 +35,8 @@ pub(super) struct Pending {
     pub sealed: SealedNote,
     /// The request's span: the body ends outside it.
     pub span: tracing::Span,
+    /// When the request arrived.
+    pub started: std::time::Instant,
 }
 
 /// The `detail` of an `inference.request` entry.
@@ -121,6 +123,24 @@ impl Pending {
             client: outcome.client.as_ref().map(ToString::to_string),
             grant: outcome.grant.clone(),
         };
+        let metrics = crate::metrics::metrics();
+        if let Some(reason) = detail.refused {
+            metrics.inference_refusal(reason);
+        }
+        // A label only for models wardd serves: a client's made-up name is `unknown`.
+        let served = detail.model.as_deref().filter(|m| {
+            self.shared
+                .serving
+                .engines
+                .read()
+                .is_ok_and(|e| e.contains_key(*m))
+        });
+        metrics.inference_request(
+            served.unwrap_or("unknown"),
+            status,
+            self.started.elapsed(),
+            detail.prompt_tokens.zip(detail.completion_tokens),
+        );
         tracing::info!(
             status,
             complete,

@@ -120,6 +120,8 @@ fn generated(
                 true,
             )
         }
+        // HTTP only: a ttrpc listener never lists it (config::listeners::check).
+        ServiceKind::Metrics => (HashMap::new(), true),
     }
 }
 

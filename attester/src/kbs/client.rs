@@ -87,9 +87,13 @@ pub(super) struct Session {
 /// never the token itself), so the caller can audit it.
 pub type AttestObserver = Arc<dyn Fn(&serde_json::Value) + Send + Sync>;
 
+/// Called after each handshake, successful or not, with how long it took (for metrics).
+pub type HandshakeTimer = Arc<dyn Fn(std::time::Duration, bool) + Send + Sync>;
+
 /// The shared KBS client. Cheap to clone the `Arc` around it; all callers share one session.
 pub struct KbsClient {
     observer: Option<AttestObserver>,
+    timer: Option<HandshakeTimer>,
     devices: Vec<Arc<dyn DeviceAttester>>,
     config: KbsConfig,
     base: String,
@@ -133,6 +137,7 @@ impl KbsClient {
             .map_err(|e| KbsError::Config(format!("HTTP client: {e}")))?;
         Ok(KbsClient {
             observer: None,
+            timer: None,
             devices: Vec::new(),
             config,
             base,
@@ -158,6 +163,12 @@ impl KbsClient {
     /// Calls `observer` after every successful attestation.
     pub fn with_observer(mut self, observer: AttestObserver) -> KbsClient {
         self.observer = Some(observer);
+        self
+    }
+
+    /// Calls `timer` after every handshake with its duration and whether it succeeded.
+    pub fn with_handshake_timer(mut self, timer: HandshakeTimer) -> KbsClient {
+        self.timer = Some(timer);
         self
     }
 
@@ -224,7 +235,12 @@ impl KbsClient {
             return Ok(s);
         }
         *generation += 1;
-        let session = Arc::new(self.run_handshake(*generation).await?);
+        let started = std::time::Instant::now();
+        let result = self.run_handshake(*generation).await;
+        if let Some(timer) = &self.timer {
+            timer(started.elapsed(), result.is_ok());
+        }
+        let session = Arc::new(result?);
         if let Some(observe) = &self.observer {
             observe(session.token.claims());
         }

@@ -19,7 +19,7 @@ mod tls;
 mod token;
 
 pub use binding::{BindingHash, device_report_data, primary_report_data};
-pub use client::{AttestObserver, KbsClient, KbsConfig, RetryPolicy};
+pub use client::{AttestObserver, HandshakeTimer, KbsClient, KbsConfig, RetryPolicy};
 pub use jwe::{JweError, MAX_JWE_BYTES, decrypt as decrypt_jwe};
 pub use tee_key::{KeyKind, TeeKey};
 pub use token::{Token, TokenError};
