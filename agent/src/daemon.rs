@@ -79,7 +79,19 @@ pub async fn run(config: &Config, mode: Mode) -> Result<(), DaemonError> {
         .map_err(DaemonError::Signals)?;
 
     let audit = Audit::new(match &config.audit_log {
-        Some(path) => Some(Arc::new(AuditLog::open(path)?)),
+        Some(path) => {
+            let mut log = AuditLog::open(path)?;
+            if let Some(target) = &config.audit_export {
+                let exporter = crate::audit::export::Exporter::start(target).map_err(|source| {
+                    AuditError::Io {
+                        path: path.clone(),
+                        source,
+                    }
+                })?;
+                log = log.with_export(exporter);
+            }
+            Some(Arc::new(log))
+        }
         None => None,
     });
     let state = Arc::new(DaemonState::new(mode));

@@ -9,6 +9,7 @@
 //!
 //! This module never records secret values: callers pass resource URIs and digests, never bytes.
 
+pub mod export;
 pub mod usage;
 mod verify;
 
@@ -83,6 +84,7 @@ struct Tail {
 pub struct AuditLog {
     path: PathBuf,
     tail: Mutex<Tail>,
+    export: Option<export::Exporter>,
 }
 
 impl AuditLog {
@@ -118,7 +120,14 @@ impl AuditLog {
                 next_seq: head.entries,
                 head: head.hash,
             }),
+            export: None,
         })
+    }
+
+    /// Sends a copy of every line written from now on to `exporter`.
+    pub fn with_export(mut self, exporter: export::Exporter) -> AuditLog {
+        self.export = Some(exporter);
+        self
     }
 
     /// The file this log writes to.
@@ -160,6 +169,10 @@ impl AuditLog {
         };
         tail.file.write_all(&line).map_err(io)?;
         tail.file.sync_data().map_err(io)?;
+        // Under the lock: the copy keeps the file's order.
+        if let Some(x) = &self.export {
+            x.send(&line);
+        }
         tail.next_seq += 1;
         tail.head.clone_from(&entry.hash);
         Ok(entry.hash)

@@ -241,3 +241,37 @@ fn usage_sums_the_verified_requests_per_client_and_model() {
     let edited = text.replacen("\"prompt_tokens\":10", "\"prompt_tokens\":1", 1);
     assert!(usage(edited.as_bytes(), &UsageFilter::default()).is_err());
 }
+
+/// The exported copy is the file's lines byte for byte: it verifies as the same chain.
+#[tokio::test]
+async fn the_export_socket_gets_the_same_chain() {
+    use tokio::io::AsyncBufReadExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("export.sock");
+    let target = super::export::ExportTarget::parse(&format!("unix://{}", sock.display())).unwrap();
+    let exporter = super::export::Exporter::start(&target).unwrap();
+    let log = AuditLog::open(&dir.path().join("audit.jsonl"))
+        .unwrap()
+        .with_export(exporter);
+    let stream = tokio::net::UnixStream::connect(&sock).await.unwrap();
+    // Let the server subscribe the new client before anything is written.
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    for i in 0..3 {
+        log.record("resource.release", &format!("kbs:///r/k/{i}"), None)
+            .unwrap();
+    }
+    let mut lines = tokio::io::BufReader::new(stream).lines();
+    let mut got = String::new();
+    for _ in 0..3 {
+        got.push_str(&lines.next_line().await.unwrap().unwrap());
+        got.push('\n');
+    }
+    assert_eq!(
+        got,
+        std::fs::read_to_string(dir.path().join("audit.jsonl")).unwrap()
+    );
+    assert_eq!(verify_reader(got.as_bytes()).unwrap().hash, log.head().0);
+    for bad in ["", "stderr", "unix://relative", "tcp://127.0.0.1:1"] {
+        assert!(super::export::ExportTarget::parse(bad).is_err(), "{bad}");
+    }
+}

@@ -70,6 +70,8 @@ pub struct RawSecureMount {
 pub struct RawAudit {
     /// The audit log file; an empty string disables it.
     pub path: Option<PathBuf>,
+    /// A copy of every line for a log shipper: `stdout` or `unix:///path`.
+    pub export: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -332,6 +334,7 @@ impl Default for RawAudit {
     fn default() -> Self {
         RawAudit {
             path: Some(PathBuf::from("/run/ward/audit.jsonl")),
+            export: None,
         }
     }
 }

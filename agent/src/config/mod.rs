@@ -192,6 +192,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// The audit log file; `None` disables the audit log.
     pub audit_log: Option<PathBuf>,
+    /// Where a copy of every audit line goes (`[audit] export`).
+    pub audit_export: Option<crate::audit::export::ExportTarget>,
     pub listeners: Vec<Listener>,
     /// How long in-flight requests get to finish after a stop signal.
     pub shutdown_timeout: Duration,
@@ -320,6 +322,13 @@ impl Config {
             log_filter: raw.log.level,
             log_format: raw.log.format,
             audit_log: raw.audit.path.filter(|p| !p.as_os_str().is_empty()),
+            audit_export: raw
+                .audit
+                .export
+                .as_deref()
+                .map(crate::audit::export::ExportTarget::parse)
+                .transpose()
+                .map_err(|e| ConfigError::invalid("audit.export", e))?,
             listeners,
             shutdown_timeout: seconds(
                 "daemon.shutdown_timeout_secs",
