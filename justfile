@@ -67,6 +67,11 @@ bench-proxy:
     cargo build --release --workspace --bins
     WARD_BIN_DIR={{justfile_directory()}}/target/release cargo run --release -q -p ward-tests --features bench-tiny --bin bench-proxy
 
+# A model access policy's cost per request: one-token completions of the tiny llama in process,
+# with and without a policy, alternating rounds; then the admission check alone.
+bench-policy:
+    cargo run --release -q -p ward-tests --features bench-tiny --bin bench-policy
+
 # Bulk AES-256-GCM for sealed models: aes-gcm 0.10/0.11, ring, aws-lc-rs on 1 GiB by chunk size,
 # 1 core and all cores, next to `openssl speed`; then SHA-256 and ward's sealed opener end to end.
 bench-aead:

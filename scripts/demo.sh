@@ -139,6 +139,22 @@ ln "$gguf" "$work/smollm2/model.gguf" 2>/dev/null || cp "$gguf" "$work/smollm2/m
 smollm2_entry=$(sed -n '/^\[\[model\]\]/,$p' "$work/smollm2-push.txt")
 expect_has "the policy entry ward model push printed" "$smollm2_entry" 'name = "smollm2"'
 
+step "model owner: grant two labs different limits on smollm2 (an access policy the KBS releases with the KEK)"
+lab_a=$("$bin/ward" client-key new "$work/lab-a.pem")
+lab_b=$("$bin/ward" client-key new "$work/lab-b.pem")
+cat >"$work/smollm2-policy.json" <<JSON
+{"version": 1, "clients": [
+  {"name": "lab-a", "keys": ["$lab_a"], "requests_per_minute": 30, "tokens_per_day": 100000},
+  {"name": "lab-b", "keys": ["$lab_b"], "max_output_tokens": 8, "tokens_per_day": 40}
+]}
+JSON
+cat "$work/smollm2-policy.json"
+"$bin/ward" model kbs-put --kbs "$kbs_url" --admin-key "$work/kbs-admin.pem" \
+  --kid kbs:///default/model-policy/smollm2 --policy-file "$work/smollm2-policy.json"
+smollm2_entry=$(printf '%s\n' "$smollm2_entry" |
+  sed 's|^name = "smollm2"$|name = "smollm2"\npolicy = "kbs:///default/model-policy/smollm2"|')
+expect_has "the [[model]] entry" "$smollm2_entry" 'policy = "kbs:///default/model-policy/smollm2"'
+
 api_port=$(free_port)
 step "generated development config ($work/ward.toml)"
 cat >"$work/ward.toml" <<TOML
@@ -221,12 +237,12 @@ done
 audit_entry model.load tiny-model
 audit_entry model.load smollm2
 
-step "ward chat: verify the attestation, encrypt the prompt to the attested key, stream the answer"
+step "ward chat as lab-a: verify the attestation, encrypt and sign the prompt to the attested key, stream the answer"
 answer=""
 for _ in $(seq 1 60); do
   if answer=$("$bin/ward" chat "What is the capital of France? Answer in one sentence." \
     --url "http://127.0.0.1:$api_port/v1" --model smollm2 --allow-sample --max-tokens 32 \
-    2>"$work/chat.err"); then
+    --client-key "$work/lab-a.pem" 2>"$work/chat.err"); then
     break
   fi
   # The engine starts after the model loads: until then the model "does not exist".
@@ -239,7 +255,22 @@ done
 echo "$answer"
 expect_has "SmolLM2's answer" "$answer" "Paris"
 audit_entry inference.request /v1/chat/completions encrypted=true status=200 complete=true \
-  model='"smollm2"' stream=true finish_reason='"stop"'
+  model='"smollm2"' stream=true finish_reason='"stop"' grant='"lab-a"' client="\"$lab_a\""
+
+step "the policy at work: no key, lab-b over its output limit, lab-b within it, then past its daily tokens"
+chat_as() {
+  "$bin/ward" chat "What is the capital of France?" --url "http://127.0.0.1:$api_port/v1" \
+    --model smollm2 --allow-sample "$@" 2>&1
+}
+refused=$(chat_as --max-tokens 8) && fail "a request without a client key was served: $refused"
+expect_has "the refusal without a key" "$refused" "403"
+refused=$(chat_as --max-tokens 32 --client-key "$work/lab-b.pem") && fail "lab-b got 32 tokens: $refused"
+expect_has "lab-b over max_output_tokens" "$refused" "over this client's limit of 8"
+answer=$(chat_as --max-tokens 8 --client-key "$work/lab-b.pem") || fail "lab-b within its limits: $answer"
+echo "lab-b: $answer"
+refused=$(chat_as --max-tokens 8 --client-key "$work/lab-b.pem") && fail "lab-b past its quota: $refused"
+expect_has "lab-b past tokens_per_day" "$refused" "429"
+echo "$refused"
 
 step "ward attest --kbs $kbs_url --tee sample (the handshake run by the CLI itself)"
 "$bin/ward" attest --kbs "$kbs_url" --tee sample >"$work/attest.txt" || fail "ward attest: $(cat "$work/attest.txt")"
@@ -260,6 +291,18 @@ cat "$work/audit.jsonl"
 verified=$("$bin/ward" audit verify "$work/audit.jsonl") || fail "ward audit verify: $verified"
 echo "$verified"
 expect_has "ward audit verify" "$verified" "OK $work/audit.jsonl: $(wc -l <"$work/audit.jsonl") entries"
+
+step "ward audit usage: what each client used, from the verified chain"
+"$bin/ward" audit usage "$work/audit.jsonl" || fail "ward audit usage"
+"$bin/ward" audit usage "$work/audit.jsonl" --json | python3 -c '
+import json, sys
+rows = {r["client"]: r for r in json.load(sys.stdin)["rows"]}
+a, b = rows[sys.argv[1]], rows[sys.argv[2]]
+assert (a["requests"], a["grants"]) == (1, ["lab-a"]), a
+assert (b["requests"], b["refused"]) == (1, 2), b
+assert rows["-"]["refused"] == 1, rows["-"]
+print("usage: lab-a 1 request; lab-b 1 served, 2 refused; 1 anonymous refusal")
+' "$lab_a" "$lab_b" || fail "the usage report"
 
 kill -TERM "$kbs_pid" "$reg_pid" 2>/dev/null || true
 wait "$kbs_pid" "$reg_pid" 2>/dev/null || true

@@ -249,7 +249,8 @@ enum ModelCommand {
         #[arg(long = "insecure-registry")]
         insecure: Vec<String>,
     },
-    /// Upload the KEK to Trustee with the admin API (POST /kbs/v0/resource/..., admin JWT).
+    /// Upload the KEK, or the model's access policy (`docs/model-policy.md`, checked first), to
+    /// Trustee with the admin API (POST /kbs/v0/resource/..., admin JWT).
     KbsPut {
         #[arg(long)]
         kbs: String,
@@ -272,10 +273,14 @@ enum ModelCommand {
         /// The `aud` claim, for an identity provider configured with an audience.
         #[arg(long)]
         audience: Option<String>,
-        #[arg(long)]
+        /// The resource URI (`kbs:///repo/type/tag`).
+        #[arg(long, alias = "uri")]
         kid: String,
-        #[arg(long)]
-        kek_file: PathBuf,
+        #[arg(long, required_unless_present = "policy_file")]
+        kek_file: Option<PathBuf>,
+        /// A model access policy (JSON or TOML), uploaded after it parses as wardd reads it.
+        #[arg(long, conflicts_with = "kek_file")]
+        policy_file: Option<PathBuf>,
         #[arg(long)]
         cacert: Option<PathBuf>,
     },
@@ -495,6 +500,7 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
                 audience,
                 kid,
                 kek_file,
+                policy_file,
                 cacert,
             } => rt()?.block_on(model::kbs_put(
                 &url,
@@ -508,7 +514,11 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
                     },
                 },
                 &kid,
-                &kek_file,
+                match (&kek_file, &policy_file) {
+                    (_, Some(p)) => model::Upload::Policy(p),
+                    (Some(k), None) => model::Upload::Kek(k),
+                    (None, None) => anyhow::bail!("--kek-file or --policy-file is required"),
+                },
                 cacert.as_deref(),
             )),
             ModelCommand::Unseal {

@@ -110,11 +110,19 @@ pub struct AdminSource<'a> {
     pub claims: AdminClaims,
 }
 
+/// What `ward model kbs-put` uploads.
+pub enum Upload<'a> {
+    /// A 32-byte KEK.
+    Kek(&'a Path),
+    /// A model access policy, checked as wardd reads it.
+    Policy(&'a Path),
+}
+
 pub async fn kbs_put(
     url: &str,
     admin: AdminSource<'_>,
     kid: &str,
-    kek: &Path,
+    upload: Upload<'_>,
     cacert: Option<&Path>,
 ) -> anyhow::Result<bool> {
     let uri = ResourceUri::parse(kid)?;
@@ -131,20 +139,37 @@ pub async fn kbs_put(
         },
         (None, None) => bail!("--admin-key or --admin-token is required"),
     };
+    let (file, what) = match upload {
+        Upload::Kek(p) => (p, "the KEK"),
+        Upload::Policy(p) => (p, "the access policy"),
+    };
     let kek =
-        Zeroizing::new(std::fs::read(kek).with_context(|| format!("reading {}", kek.display()))?);
-    if kek.len() != 32 {
-        bail!("a KEK is 32 bytes, this file has {}", kek.len());
+        Zeroizing::new(std::fs::read(file).with_context(|| format!("reading {}", file.display()))?);
+    match upload {
+        Upload::Kek(_) if kek.len() != 32 => {
+            bail!("a KEK is 32 bytes, this file has {}", kek.len())
+        }
+        Upload::Policy(p) => {
+            let policy = ward_agent::access::AccessPolicy::from_bytes(&kek)
+                .with_context(|| p.display().to_string())?;
+            println!("policy sha256 {}", policy.digest());
+        }
+        Upload::Kek(_) => {}
     }
     let ca = match cacert {
         Some(p) => Some(std::fs::read(p).with_context(|| format!("reading {}", p.display()))?),
         None => None,
     };
     put_resource(url, ca.as_deref(), &auth, &uri, &kek).await?;
-    println!("uploaded the KEK as {uri} to {url}");
-    println!(
-        "the KBS releases it to guests its resource policy admits; pin the model's digests in wardd's [[model]] entry"
-    );
+    println!("uploaded {what} as {uri} to {url}");
+    match upload {
+        Upload::Kek(_) => println!(
+            "the KBS releases it to guests its resource policy admits; pin the model's digests in wardd's [[model]] entry"
+        ),
+        Upload::Policy(_) => println!(
+            "name it in wardd's [[model]] entry: policy = \"{uri}\" (the model is served only once it is released)"
+        ),
+    }
     Ok(true)
 }
 
