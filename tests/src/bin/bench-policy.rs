@@ -43,13 +43,16 @@ async fn one(app: &axum::Router, client: &Client, bytes: &[u8]) -> Duration {
     req.extensions_mut().insert(client.clone());
     let resp = app.clone().oneshot(req).await.unwrap();
     assert_eq!(resp.status(), 200);
-    axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+    axum::body::to_bytes(resp.into_body(), 1 << 20)
+        .await
+        .unwrap();
     start.elapsed()
 }
 
-fn median(mut v: Vec<Duration>) -> Duration {
+/// The 25th, 50th and 75th percentiles.
+fn quartiles(mut v: Vec<Duration>) -> [Duration; 3] {
     v.sort();
-    v[v.len() / 2]
+    [v[v.len() / 4], v[v.len() / 2], v[v.len() * 3 / 4]]
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -98,10 +101,22 @@ async fn main() {
             without.push(one(&open_app, &client, &bytes).await);
         }
     }
-    let (a, b) = (median(without), median(with));
+    let (qa, qb) = (quartiles(without), quartiles(with));
+    let (a, b) = (qa[1], qb[1]);
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
     println!("one-token chat completion, in process, {REQUESTS} requests each, alternating:");
-    println!("  without a policy  {:>9.1} us (median)", a.as_secs_f64() * 1e6);
-    println!("  with a policy     {:>9.1} us (median)", b.as_secs_f64() * 1e6);
+    println!(
+        "  without a policy  {:>9.1} us (median; quartiles {:.1} to {:.1})",
+        us(a),
+        us(qa[0]),
+        us(qa[2])
+    );
+    println!(
+        "  with a policy     {:>9.1} us (median; quartiles {:.1} to {:.1})",
+        us(b),
+        us(qb[0]),
+        us(qb[2])
+    );
     println!(
         "  policy / none     {:>9.3}x  ({:+.1} us)",
         b.as_secs_f64() / a.as_secs_f64(),
