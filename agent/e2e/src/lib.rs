@@ -11,6 +11,7 @@
 
 mod client;
 mod identity;
+pub mod ohttp;
 mod server;
 mod suite;
 #[cfg(test)]
@@ -19,7 +20,7 @@ mod tests;
 pub use client::{RequestSealer, ResponseOpener};
 pub use identity::{CLIENT_LABEL, ClientId, ClientKey, ED25519_PREFIX};
 pub use server::{OpenedRequest, ResponseSealer, ServerKey};
-pub use suite::{KeyConfig, Suite};
+pub use suite::{Aead, KeyConfig, Suite};
 
 use sha2::{Digest as _, Sha256, Sha512};
 

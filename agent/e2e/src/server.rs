@@ -53,8 +53,8 @@ impl ReplayCache {
 
 /// The server's HPKE key, made at boot and never exported.
 pub struct ServerKey {
-    config: KeyConfig,
-    secret: Secret,
+    pub(crate) config: KeyConfig,
+    pub(crate) secret: Secret,
     replay: Mutex<ReplayCache>,
     /// The monotonic clock of the replay cache.
     born: Instant,
@@ -79,6 +79,19 @@ pub struct OpenedRequest {
 }
 
 impl ServerKey {
+    /// Accepts a request whose `enc` hashes to `seen`, made at `created` (unix seconds) and
+    /// received at `now`: refused when too far from the clock or seen before.
+    pub(crate) fn accept(&self, seen: [u8; 32], created: u64, now: u64) -> Result<(), E2eError> {
+        let skew = created.abs_diff(now);
+        if skew > MAX_SKEW_SECS {
+            return Err(E2eError::Stale { skew });
+        }
+        self.replay
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(seen, created, self.born.elapsed().as_secs())
+    }
+
     /// A fresh key pair for `suite`.
     pub fn generate(suite: Suite) -> ServerKey {
         let (secret, public_key) = suite::generate(suite);
