@@ -114,8 +114,11 @@ impl ServerKey {
     }
 }
 
+/// A ciphertext and its AAD.
+type Chunk<'a> = (&'a [u8], &'a [u8]);
+
 /// A chunked body as (ciphertext, AAD) pairs: non-final chunks, then the final one.
-fn split_chunks(mut body: &[u8]) -> Result<Vec<(&[u8], &[u8])>, E2eError> {
+fn split_chunks(mut body: &[u8]) -> Result<Vec<Chunk<'_>>, E2eError> {
     let mut chunks = Vec::new();
     loop {
         let (len, used) =
