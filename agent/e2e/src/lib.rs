@@ -109,8 +109,9 @@ pub fn check_binding(
     Ok(())
 }
 
-/// QUIC variable-length integer (RFC 9000 section 16).
-fn put_varint(out: &mut Vec<u8>, v: u64) {
+/// QUIC variable-length integer (RFC 9000 section 16), as OHTTP's chunks and Binary HTTP
+/// frame their lengths.
+pub fn put_varint(out: &mut Vec<u8>, v: u64) {
     if v < 1 << 6 {
         out.push(v as u8);
     } else if v < 1 << 14 {

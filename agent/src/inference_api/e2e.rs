@@ -41,7 +41,7 @@ impl SealedNote {
         self.0.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
-    fn update(&self, f: impl FnOnce(&mut Sealed)) {
+    pub(super) fn update(&self, f: impl FnOnce(&mut Sealed)) {
         if let Ok(mut s) = self.0.lock() {
             f(&mut s);
         }
@@ -228,7 +228,7 @@ pub async fn layer(State(e2e): State<Arc<E2e>>, req: Request, next: Next) -> Res
     Response::from_parts(parts, Body::from_stream(out))
 }
 
-fn reason(e: &E2eError) -> &'static str {
+pub(super) fn reason(e: &E2eError) -> &'static str {
     match e {
         E2eError::WrongKey => "wrong key",
         E2eError::Decrypt => "does not decrypt",
@@ -242,7 +242,7 @@ fn reason(e: &E2eError) -> &'static str {
 }
 
 /// A body stream fed by a task through a bounded channel.
-fn async_stream<F, Fut>(
+pub(super) fn async_stream<F, Fut>(
     f: F,
 ) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static
 where

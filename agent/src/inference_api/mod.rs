@@ -13,6 +13,7 @@
 //! hashes only.
 
 pub mod e2e;
+pub mod ohttp;
 pub mod openai;
 mod record;
 
@@ -60,12 +61,25 @@ pub fn router(shared: &Arc<Shared>, listener: &str, encrypted_only: bool) -> Rou
         listener: Arc::from(listener),
         encrypted_only,
     });
+    let gateway = Arc::new(ohttp::Gateway {
+        e2e: shared.e2e.clone(),
+        inner: openai::router(shared.serving.clone()),
+    });
+    let oblivious = Router::new()
+        .route("/v1/ohttp", axum::routing::post(ohttp::gateway))
+        .with_state(gateway.clone());
     let openai = openai::router(shared.serving.clone())
+        .merge(oblivious)
         .layer(from_fn_with_state(shared.e2e.clone(), e2e::layer))
         .layer(from_fn_with_state(front, gate));
     let attestation = Router::new()
         .route("/v1/attestation", get(e2e::attestation))
-        .with_state(shared.e2e.clone());
+        .with_state(shared.e2e.clone())
+        .merge(
+            Router::new()
+                .route("/v1/ohttp-keys", get(ohttp::keys))
+                .with_state(gateway),
+        );
     openai.merge(attestation)
 }
 
@@ -87,7 +101,7 @@ async fn gate(State(front): State<Arc<Front>>, mut req: Request, next: Next) -> 
     if req.method() != Method::POST {
         return next.run(req).await;
     }
-    let encrypted = e2e::is_sealed(req.headers());
+    let encrypted = e2e::is_sealed(req.headers()) || ohttp::is_ohttp(req.headers());
     // On an in-guest unix socket the kernel names the peer; a signed encrypted request's key,
     // when it has one, takes its place inside.
     let peer = req
