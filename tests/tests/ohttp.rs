@@ -148,6 +148,40 @@ async fn mozillas_ohttp_client_talks_to_wardd() {
             .is_err()
     );
 
+    // Through a relay that only forwards (RFC 9458 section 2: it sees the client, not the
+    // request; the gateway sees the request, not the client), to the RFC 9540 well-known URI,
+    // whose GET serves the same key configuration.
+    let (status, ct, well_known) = ward_tests::http_unix(
+        &sock,
+        "GET",
+        "/.well-known/ohttp-gateway",
+        "application/json",
+        b"",
+    )
+    .await;
+    assert_eq!(
+        (status, ct.as_str(), &well_known),
+        (200, "application/ohttp-keys", &keys)
+    );
+    let relay = relay(sock.clone()).await;
+    let client = ohttp::ClientRequest::from_encoded_config_list(&well_known).unwrap();
+    let (msg, opener) = client
+        .encapsulate(&bhttp_request(
+            &chat(false),
+            Some(std::time::SystemTime::now()),
+        ))
+        .unwrap();
+    let r = reqwest::Client::new()
+        .post(&relay)
+        .header("content-type", "message/ohttp-req")
+        .body(msg)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let answer = parse(&opener.decapsulate(&r.bytes().await.unwrap()).unwrap());
+    assert_eq!(answer.control().status().map(|s| s.code()), Some(200));
+
     // Audited as any request: the OHTTP suite, the model, tokens; the refusals with reasons.
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     let entries = inference_entries(&w.audit);
@@ -157,6 +191,11 @@ async fn mozillas_ohttp_client_talks_to_wardd() {
         .map(|e| &e["detail"])
         .collect();
     assert_eq!(ohttp.len(), 5, "{entries:?}");
+    let via_relay = entries
+        .iter()
+        .filter(|e| e["subject"] == "/.well-known/ohttp-gateway")
+        .count();
+    assert_eq!(via_relay, 1);
     assert!(ohttp[0]["suite"].as_str().unwrap().starts_with("ohttp "));
     assert_eq!(ohttp[0]["model"], "tiny");
     assert!(ohttp[0]["completion_tokens"].as_u64().is_some());
@@ -169,6 +208,44 @@ async fn mozillas_ohttp_client_talks_to_wardd() {
     );
     let log = std::fs::read_to_string(&w.audit).unwrap() + &w.stderr();
     assert!(!log.contains("oblivious prompt"), "no prompt in the logs");
+}
+
+/// An Oblivious Relay Resource that only forwards: the body and its content type to the
+/// gateway's well-known URI on wardd's socket, the answer back; its URL.
+async fn relay(sock: String) -> String {
+    use axum::http::header::CONTENT_TYPE;
+    let app = axum::Router::new().route(
+        "/relay",
+        axum::routing::post(
+            move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+                let sock = sock.clone();
+                async move {
+                    let ct = headers
+                        .get(CONTENT_TYPE)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_string();
+                    let (status, ct, body) = ward_tests::http_unix(
+                        &sock,
+                        "POST",
+                        "/.well-known/ohttp-gateway",
+                        &ct,
+                        &body,
+                    )
+                    .await;
+                    (
+                        axum::http::StatusCode::from_u16(status).unwrap(),
+                        [(CONTENT_TYPE, ct)],
+                        body,
+                    )
+                }
+            },
+        ),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/relay", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    url
 }
 
 /// A writer whose bytes the test reads while the writer lives on.

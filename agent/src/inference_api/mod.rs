@@ -65,8 +65,13 @@ pub fn router(shared: &Arc<Shared>, listener: &str, encrypted_only: bool) -> Rou
         e2e: shared.e2e.clone(),
         inner: openai::router(shared.serving.clone()),
     });
+    // RFC 9540: the gateway and its key configuration at one well-known URI (POST and GET).
     let oblivious = Router::new()
         .route("/v1/ohttp", axum::routing::post(ohttp::gateway))
+        .route(
+            "/.well-known/ohttp-gateway",
+            axum::routing::post(ohttp::gateway).get(ohttp::keys),
+        )
         .with_state(gateway.clone());
     let openai = openai::router(shared.serving.clone())
         .merge(oblivious)
