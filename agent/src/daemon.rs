@@ -134,7 +134,7 @@ pub async fn run(config: &Config, mode: Mode) -> Result<(), DaemonError> {
     let serving = crate::inference_api::openai::Serving::default();
     let inference = Arc::new(crate::inference_api::Shared {
         e2e: Arc::new(crate::inference_api::e2e::E2e {
-            key: ward_e2e::ServerKey::generate(ward_e2e::Suite::XWing),
+            key: ward_e2e::ServerKey::generate(config.e2e_suite),
             attestation: attestation.clone(),
         }),
         serving: serving.clone(),

@@ -46,6 +46,9 @@ pub struct RawInference {
     pub threads: usize,
     /// Where external engines find their weights' links (`{model_dir}`): a tmpfs, never a disk.
     pub engine_dir: PathBuf,
+    /// The KEM of the boot-time key of encrypted inference and Oblivious HTTP: `xwing` (the
+    /// default, post-quantum hybrid) or `x25519` (for clients without ML-KEM).
+    pub kem: String,
 }
 
 impl Default for RawInference {
@@ -53,6 +56,7 @@ impl Default for RawInference {
         RawInference {
             threads: 0,
             engine_dir: PathBuf::from("/run/ward/engines"),
+            kem: "xwing".to_string(),
         }
     }
 }

@@ -213,6 +213,8 @@ pub struct Config {
     pub inference_threads: Option<std::num::NonZeroUsize>,
     /// `[inference] engine_dir`: external engines' weight links.
     pub engine_dir: PathBuf,
+    /// `[inference] kem`: the KEM of the boot-time encryption key.
+    pub e2e_suite: ward_e2e::Suite,
     /// `[secure_mount] allow_file_keys`.
     pub secure_mount_file_keys: bool,
     /// `ward.net=`: a static address for one interface, applied in PID-1 mode only.
@@ -280,6 +282,8 @@ impl Config {
             },
             images,
             secure_mount_file_keys: raw.secure_mount.allow_file_keys,
+            e2e_suite: ward_e2e::Suite::parse(&raw.inference.kem)
+                .ok_or_else(|| ConfigError::invalid("inference.kem", "`xwing` or `x25519`"))?,
             engine_dir: if raw.inference.engine_dir.is_absolute() {
                 raw.inference.engine_dir
             } else {
