@@ -293,6 +293,49 @@ async fn llama_cpp_server_behind_wardd_serves_a_sealed_model() {
     assert!(!audit.contains(answer.as_str()) && !audit.contains("capital"));
     assert!(audit.contains("\"engine.start\""), "{audit}");
 
+    // A client that leaves mid-stream: wardd drops the engine's stream with it, audits the
+    // answer as incomplete with what was streamed, and serves the next request.
+    let mut r = http
+        .post(format!("{base}/chat/completions"))
+        .json(
+            &json!({"model": "smollm2", "max_tokens": 400, "temperature": 0, "stream": true,
+            "messages": [{"role": "user", "content": "Write a long story about the sea."}]}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let first = r.chunk().await.unwrap().expect("a first event");
+    assert!(!first.is_empty());
+    drop(r);
+    let until = Instant::now() + Duration::from_secs(60);
+    let left = loop {
+        let entries = inference_entries(&w.audit);
+        if let Some(e) = entries
+            .iter()
+            .find(|e| e["detail"]["stream"] == true && e["detail"]["complete"] == false)
+        {
+            break e.clone();
+        }
+        assert!(
+            Instant::now() < until,
+            "no entry for the abandoned stream: {entries:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(left["detail"]["status"], 200, "{left}");
+    assert!(
+        left["detail"]["finish_reason"].is_null(),
+        "it did not finish: {left}"
+    );
+    let r = http
+        .post(format!("{base}/chat/completions"))
+        .json(&ask(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "served after the client left");
+
     // The engine crashes: 503 while it is down, served again once restarted.
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid as i32),
