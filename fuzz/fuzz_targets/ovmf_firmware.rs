@@ -1,0 +1,40 @@
+//! Arbitrary bytes as a guest firmware image (OVMF's footer GUID table, its SEV and TDX
+//! metadata) into `ward_measure`: `Firmware::parse` and its section readers, then the SNP
+//! launch digest and the TDX MRTD computed from it, as `just initrd` does for reference values.
+//! The image comes from a build the operator trusts, but a wrong or truncated file must give a
+//! typed error, never a panic or a digest of something else. Refusals are fine; panics are not.
+
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use ward_measure::ovmf::Firmware;
+use ward_measure::snp::{KernelHashes, SnpLaunch, launch_digest};
+use ward_measure::tdx::{PageOrder, mrtd};
+
+fuzz_target!(|data: &[u8]| {
+    // Images are whole pages and the footer table sits at the end: pad in front, so the
+    // fuzzer's bytes are the footer.
+    if data.len() > 64 << 10 {
+        return;
+    }
+    let pages = data.len().div_ceil(4096).max(1);
+    let mut image = vec![0u8; pages * 4096 - data.len()];
+    image.extend_from_slice(data);
+    if let Ok(fw) = Firmware::parse(&image) {
+        let _ = fw.sev_es_reset_eip();
+        let _ = fw.sev_hashes_table_gpa();
+        let _ = fw.sev_sections();
+        let _ = fw.tdx_sections();
+    }
+    // With and without a directly booted kernel; a few vCPUs (each adds a VMSA page).
+    for kernel_hashes in [None, Some(KernelHashes::new([1; 32], [2; 32], "console=ttyS0"))] {
+        let launch = SnpLaunch {
+            vcpus: u32::from(data.first().copied().unwrap_or(1) % 4),
+            vcpu_sig: 0x00a0_0f11,
+            guest_features: 1,
+            kernel_hashes,
+        };
+        let _ = launch_digest(&image, &launch);
+    }
+    let _ = mrtd(&image, PageOrder::Interleaved);
+});
