@@ -83,9 +83,7 @@ fn main() {
                 &reg.host(),
                 "--bundle",
             ])
-            .arg(run_dir.join("bundle"))
-            .arg("--store")
-            .arg(run_dir.join("store"));
+            .arg(run_dir.join("bundle"));
             if keyed {
                 c.arg("--decryption-key").arg(&key);
             }

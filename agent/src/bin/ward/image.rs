@@ -30,7 +30,7 @@ pub struct PullArgs<'a> {
     pub insecure: &'a [String],
     pub kbs: Option<&'a str>,
     pub tee: Option<Tee>,
-    pub store: &'a Path,
+    pub blob_cache: Option<&'a Path>,
     /// `accept`, `reject` or a policy.json path.
     pub policy: &'a str,
     /// `SCOPE=KEY` pairs.
@@ -114,7 +114,7 @@ pub async fn pull(a: PullArgs<'_>) -> anyhow::Result<bool> {
         Puller::new(
             registry,
             PullOptions {
-                store: a.store.to_path_buf(),
+                blob_cache: a.blob_cache.map(Path::to_path_buf),
                 concurrency: 8,
                 unpack: UnpackPolicy::default(),
                 require_encrypted: false,

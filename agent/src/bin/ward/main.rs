@@ -119,9 +119,9 @@ enum Command {
         kbs: Option<String>,
         #[arg(long, default_value = "auto")]
         tee: String,
-        /// The blob store (use a tmpfs).
-        #[arg(long, default_value = "/run/ward/images")]
-        store: PathBuf,
+        /// Keep verified layer blobs in this directory for later pulls (default: keep none).
+        #[arg(long)]
+        blob_cache: Option<PathBuf>,
         /// Signature policy: `accept`, `reject` (with --signed scopes), or a containers
         /// policy.json file.
         #[arg(long, default_value = "accept")]
@@ -346,7 +346,7 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             insecure,
             kbs: url,
             tee,
-            store,
+            blob_cache,
             policy,
             signed,
             mirrors,
@@ -358,7 +358,7 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             insecure: &insecure,
             kbs: url.as_deref(),
             tee: kbs::parse_tee(&tee)?,
-            store: &store,
+            blob_cache: blob_cache.as_deref(),
             policy: &policy,
             signed: &signed,
             mirrors: &mirrors,
