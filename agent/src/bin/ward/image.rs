@@ -31,6 +31,7 @@ pub struct PullArgs<'a> {
     pub kbs: Option<&'a str>,
     pub tee: Option<Tee>,
     pub blob_cache: Option<&'a Path>,
+    pub concurrency: usize,
     /// `accept`, `reject` or a policy.json path.
     pub policy: &'a str,
     /// `SCOPE=KEY` pairs.
@@ -115,7 +116,7 @@ pub async fn pull(a: PullArgs<'_>) -> anyhow::Result<bool> {
             registry,
             PullOptions {
                 blob_cache: a.blob_cache.map(Path::to_path_buf),
-                concurrency: 8,
+                concurrency: a.concurrency,
                 unpack: UnpackPolicy::default(),
                 require_encrypted: false,
             },

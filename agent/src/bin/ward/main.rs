@@ -122,6 +122,9 @@ enum Command {
         /// Keep verified layer blobs in this directory for later pulls (default: keep none).
         #[arg(long)]
         blob_cache: Option<PathBuf>,
+        /// Layers downloading at once, each a bounded window ahead of the unpacker.
+        #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=64))]
+        concurrency: u16,
         /// Signature policy: `accept`, `reject` (with --signed scopes), or a containers
         /// policy.json file.
         #[arg(long, default_value = "accept")]
@@ -347,6 +350,7 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             kbs: url,
             tee,
             blob_cache,
+            concurrency,
             policy,
             signed,
             mirrors,
@@ -359,6 +363,7 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             kbs: url.as_deref(),
             tee: kbs::parse_tee(&tee)?,
             blob_cache: blob_cache.as_deref(),
+            concurrency: usize::from(concurrency),
             policy: &policy,
             signed: &signed,
             mirrors: &mirrors,
