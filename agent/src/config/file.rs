@@ -235,7 +235,8 @@ impl Default for RawImages {
             insecure_registries: Vec::new(),
             ca: None,
             decryption_keys: Vec::new(),
-            concurrency: 8,
+            // chosen by bench-pull --sweep (image-rs/README.md, "Pull figures")
+            concurrency: 2,
             require_encrypted: false,
             auth: None,
             policy: "accept".into(),

@@ -22,10 +22,10 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use bytes::Bytes;
 
 /// Bytes a download may run ahead of its slowest reader.
-pub(super) const READ_AHEAD: u64 = 4 << 20;
+pub(super) const READ_AHEAD: u64 = 1 << 20;
 /// Bytes from the start a download keeps so that another pull can still join it. Less than
 /// [`READ_AHEAD`], so that a download the readers cannot trim yet still has room.
-pub(super) const JOIN_WINDOW: u64 = 2 << 20;
+pub(super) const JOIN_WINDOW: u64 = 512 << 10;
 
 /// How long a download waits for room before evicting readers that never read.
 pub(super) const EVICT_AFTER: std::time::Duration = std::time::Duration::from_secs(2);

@@ -15,7 +15,8 @@
 //! and the comparison runs at the fastest (or at `--concurrency`).
 //!
 //! Run on release builds: `just bench-pull` (arguments: `--layers`, `--layer-mib`, `--pulls`,
-//! `--rounds`, `--sweep`, `--concurrency`).
+//! `--rounds`, `--sweep`, `--concurrency`, and `--ward-bin PATH` for another binary taking
+//! `ward pull`'s arguments, such as ward-image's `pull` example).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -126,7 +127,7 @@ fn main() {
     }
     assert!(Path::new("/usr/bin/time").exists(), "needs /usr/bin/time");
     let (mut layers, mut layer_mib, mut pulls, mut rounds) = (20usize, 8usize, 4usize, 5usize);
-    let (mut sweep, mut concurrency) = (false, None::<usize>);
+    let (mut sweep, mut concurrency, mut ward_bin) = (false, None::<usize>, None);
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut num = || args.next().unwrap().parse::<usize>().unwrap();
@@ -137,6 +138,8 @@ fn main() {
             "--rounds" => rounds = num(),
             "--concurrency" => concurrency = Some(num()),
             "--sweep" => sweep = true,
+            // Another binary taking `ward pull`'s arguments (ward-image's `pull` example).
+            "--ward-bin" => ward_bin = args.next().map(std::path::PathBuf::from),
             other => panic!("unknown argument {other}"),
         }
     }
@@ -156,7 +159,8 @@ fn main() {
     let (key, public) = rsa_keypair(work.path());
     let plain = reg.push(&img.layout, "v1", "bench/plain");
     let encrypted = reg.push_encrypted(&img.layout, "v1", "bench/encrypted", &public);
-    let ward = bin("ward");
+    let ward = ward_bin.unwrap_or_else(|| bin("ward"));
+    println!("ward side: {}", ward.display());
     let host = reg.host();
     println!(
         "image: {layers} layers of {layer_mib} MiB (3/4 random, 1/4 hex text), gzip; {pulls} pulls at \
@@ -240,7 +244,7 @@ fn main() {
             println!("fastest: concurrency {}", best.1);
             best.1
         }
-        None => 8,
+        None => 2,
     };
 
     println!(

@@ -123,7 +123,7 @@ enum Command {
         #[arg(long)]
         blob_cache: Option<PathBuf>,
         /// Layers downloading at once, each a bounded window ahead of the unpacker.
-        #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=64))]
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
         concurrency: u16,
         /// Signature policy: `accept`, `reject` (with --signed scopes), or a containers
         /// policy.json file.
