@@ -91,9 +91,9 @@ pub enum PullError {
         needed: u64,
         available: u64,
     },
-    /// The manifest's sizes cannot be added up.
-    #[error("checking space for {path:?}: {detail}")]
-    Space { path: PathBuf, detail: String },
+    /// The manifest's layer sizes cannot be added up.
+    #[error("checking the space an image needs: {detail}")]
+    Space { detail: String },
     #[error("{what}: {source}")]
     Io {
         what: String,

@@ -37,11 +37,9 @@ pub(super) fn compressed_size<'a>(
 ) -> Result<u64, PullError> {
     layers.into_iter().try_fold(0u64, |sum, l| {
         let size = u64::try_from(l.size).map_err(|_| PullError::Space {
-            path: PathBuf::new(),
             detail: format!("layer {} has a negative size {}", l.digest, l.size),
         })?;
         sum.checked_add(size).ok_or_else(|| PullError::Space {
-            path: PathBuf::new(),
             detail: "the layer sizes overflow".into(),
         })
     })
