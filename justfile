@@ -41,10 +41,11 @@ bench-startup:
 bench-kbs:
     cargo run --release -q -p ward-tests --bin bench-kbs
 
-# Image pull figures: 512 MiB layer, plain and encrypted, ward pull against skopeo copy.
-bench-pull:
-    cargo build --release --workspace --bins
-    WARD_BIN_DIR={{justfile_directory()}}/target/release cargo run --release -q -p ward-tests --bin bench-pull
+# Image pull figures: a 20-layer image, plain and encrypted, 4 pulls at once, ward pull against
+# skopeo copy + umoci unpack, alternating rounds; --sweep first times each layer concurrency.
+bench-pull *ARGS:
+    cargo build --release -p ward-agent --bin ward
+    WARD_BIN_DIR={{justfile_directory()}}/target/release cargo run -q -p ward-tests --bin bench-pull -- {{ARGS}}
 
 # Loading a 1 GiB model from a local registry into memory: sealed, and as an ocicrypt image,
 # against a plain digest-checked download of the same bytes; peak RSS per phase.

@@ -246,7 +246,7 @@ impl Images {
                 let puller = Puller::new(
                     registry,
                     PullOptions {
-                        store: self.settings.store.clone(),
+                        blob_cache: self.settings.blob_cache.clone(),
                         concurrency: self.settings.concurrency,
                         unpack: UnpackPolicy::default(),
                         require_encrypted: self.settings.require_encrypted,

@@ -27,7 +27,6 @@
 pub mod bundle;
 pub mod digest;
 pub mod encrypt;
-pub mod follow;
 pub mod kbs;
 pub mod model_artifact;
 pub mod ocicrypt;

@@ -137,13 +137,12 @@ pub fn config_text(dir: &Path, services: &[&str]) -> String {
     format!(
         "[log]\nlevel = \"debug\"\n\n[audit]\npath = {:?}\n\n[daemon]\nshutdown_timeout_secs = 5\n\n\
          [attestation]\ninitdata = {:?}\neventlog = {:?}\n\n\
-         [images]\nstore = {:?}\n\n\
+         [images]\n\n\
          [inference]\nengine_dir = {:?}\n\n\
          [[listener]]\naddress = \"unix://{}\"\nservices = [{}]\n",
         dir.join("audit.jsonl").display().to_string(),
         dir.join("initdata.toml").display().to_string(),
         dir.join("eventlog").display().to_string(),
-        dir.join("images").display().to_string(),
         dir.join("engines").display().to_string(),
         dir.join("ward.sock").display(),
         list.join(", ")

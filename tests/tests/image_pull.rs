@@ -192,7 +192,7 @@ async fn the_cli_encrypts_for_the_owner_and_pulls_on_its_own() {
                 bundle.display().to_string(),
                 "--insecure-registry".into(),
                 reg.host(),
-                "--store".into(),
+                "--blob-cache".into(),
                 store.display().to_string(),
             ];
             if kbs {

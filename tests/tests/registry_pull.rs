@@ -109,12 +109,13 @@ mod pulls {
     use ward_image::unpack::UnpackPolicy;
     use ward_tests::registry::{rsa_keypair, run};
 
-    fn puller(reg: &TestRegistry, store: &Path) -> Arc<Puller> {
+    /// A puller keeping blobs in `cache` when given, else none (the default).
+    fn puller(reg: &TestRegistry, cache: Option<&Path>) -> Arc<Puller> {
         Arc::new(
             Puller::new(
                 reg.client(),
                 PullOptions {
-                    store: store.to_path_buf(),
+                    blob_cache: cache.map(Path::to_path_buf),
                     concurrency: 8,
                     unpack: UnpackPolicy::default(),
                     require_encrypted: false,
@@ -187,7 +188,7 @@ mod pulls {
         .await
         .unwrap();
         let work = tempfile::tempdir().unwrap();
-        let p = puller(&reg, &work.path().join("store"));
+        let p = puller(&reg, Some(&work.path().join("cache")));
         let bundle = work.path().join("bundle");
         let pulled = p
             .pull(&reference, &bundle, &Decryption::default())
@@ -208,7 +209,7 @@ mod pulls {
         assert!(!bundle.join("rootfs/gone").exists());
         assert!(!bundle.join("rootfs/opaque/old").exists());
 
-        // A second pull of the same image reuses every blob.
+        // A second pull of the same image reuses every blob from the cache.
         let again = p
             .pull(
                 &reference,
@@ -238,7 +239,7 @@ mod pulls {
         .await
         .unwrap();
         let work = tempfile::tempdir().unwrap();
-        let p = puller(&reg, &work.path().join("store"));
+        let p = puller(&reg, None);
         let (bundle_a, bundle_b) = (work.path().join("a"), work.path().join("b"));
         let none = Decryption::default();
         let (a, b) = tokio::join!(
@@ -278,7 +279,7 @@ mod pulls {
         .await
         .unwrap();
         let work = tempfile::tempdir().unwrap();
-        let p = puller(&reg, &work.path().join("store"));
+        let p = puller(&reg, None);
         let bundle = work.path().join("bundle");
 
         // No key: a clear error naming what the layer carries; nothing published.
@@ -306,7 +307,7 @@ mod pulls {
             "second layer\n"
         );
 
-        // One flipped bit in an encrypted layer (with the blob store bypassed): refused, and the
+        // One flipped bit in an encrypted layer: refused, and the
         // bundle published before stays as it was.
         let image = reg
             .client()
@@ -318,7 +319,7 @@ mod pulls {
         let mid = bytes.len() / 2;
         bytes[mid] ^= 1;
         std::fs::write(&blob, bytes).unwrap();
-        let fresh = puller(&reg, &work.path().join("store2"));
+        let fresh = puller(&reg, None);
         let e = fresh
             .pull(&reference, &bundle, &decryption)
             .await
@@ -343,7 +344,7 @@ mod formats {
     use ward_image::unpack::UnpackPolicy;
     use ward_tests::registry::{rsa_keypair, run};
 
-    fn puller_with(reg: &TestRegistry, store: &Path, platform: Option<Platform>) -> Arc<Puller> {
+    fn puller_with(reg: &TestRegistry, platform: Option<Platform>) -> Arc<Puller> {
         let registry = Registry::new(RegistryConfig {
             insecure: vec![reg.host()],
             platform,
@@ -354,7 +355,7 @@ mod formats {
             Puller::new(
                 registry,
                 PullOptions {
-                    store: store.to_path_buf(),
+                    blob_cache: None,
                     concurrency: 8,
                     unpack: UnpackPolicy::default(),
                     require_encrypted: false,
@@ -429,7 +430,7 @@ mod formats {
         .unwrap();
         let work = tempfile::tempdir().unwrap();
 
-        let p = puller_with(&reg, &work.path().join("s1"), None);
+        let p = puller_with(&reg, None);
         p.pull(
             &docker_ref,
             &work.path().join("docker"),
@@ -447,7 +448,7 @@ mod formats {
             architecture: "amd64".into(),
             variant: None,
         };
-        let p = puller_with(&reg, &work.path().join("s2"), Some(amd64));
+        let p = puller_with(&reg, Some(amd64));
         let pulled = p
             .pull(
                 &index_ref,
@@ -463,7 +464,7 @@ mod formats {
             architecture: "s390x".into(),
             variant: None,
         };
-        let p = puller_with(&reg, &work.path().join("s3"), Some(s390));
+        let p = puller_with(&reg, Some(s390));
         let e = p
             .pull(
                 &index_ref,
@@ -537,7 +538,7 @@ mod formats {
     ) -> (PullError, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         let work = dir.path();
-        let p = puller_with(reg, &work.join("store"), None);
+        let p = puller_with(reg, None);
         let decryption = Decryption {
             keys: PrivateKey::all_from_pem(&std::fs::read_to_string(key).unwrap()).unwrap(),
             kek: None,
@@ -699,8 +700,8 @@ fn without_a_ca_store_a_pull_fails_with_a_message_not_a_panic() {
         ])
         .arg("--bundle")
         .arg(dir.path().join("bundle"))
-        .arg("--store")
-        .arg(dir.path().join("store"))
+        .arg("--blob-cache")
+        .arg(dir.path().join("cache"))
         .env("SSL_CERT_FILE", dir.path().join("no-such-bundle.pem"))
         .env("SSL_CERT_DIR", dir.path().join("no-such-dir"))
         .output()

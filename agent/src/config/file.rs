@@ -129,15 +129,17 @@ impl Default for RawAttestation {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawImages {
-    /// The blob store: a directory on a tmpfs (guest memory).
-    pub store: PathBuf,
+    /// Where verified layer blobs are kept for later pulls; none (the default) keeps none, so a
+    /// pull leaves only its rootfs. Point it at storage the operator chose (a SecureMount
+    /// volume), not at guest memory.
+    pub blob_cache: Option<PathBuf>,
     /// Registries (`host[:port]`) reached over plain HTTP.
     pub insecure_registries: Vec<String>,
     /// PEM CA certificates for registries, besides the system roots.
     pub ca: Option<PathBuf>,
     /// Private keys (PEM files) for JWE-encrypted layers.
     pub decryption_keys: Vec<PathBuf>,
-    /// Layers downloaded at once.
+    /// Layers of one pull downloading at once (each a bounded window ahead of the unpacker).
     pub concurrency: usize,
     /// Refuse images with any unencrypted layer.
     pub require_encrypted: bool,
@@ -249,11 +251,12 @@ pub struct RawMirror {
 impl Default for RawImages {
     fn default() -> Self {
         RawImages {
-            store: PathBuf::from("/run/ward/images"),
+            blob_cache: None,
             insecure_registries: Vec::new(),
             ca: None,
             decryption_keys: Vec::new(),
-            concurrency: 8,
+            // chosen by bench-pull --sweep (image-rs/README.md, "Pull figures")
+            concurrency: 2,
             require_encrypted: false,
             auth: None,
             policy: "accept".into(),

@@ -8,7 +8,7 @@ use super::file::RawImages;
 /// A validated `[images]` section.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ImageSettings {
-    pub store: PathBuf,
+    pub blob_cache: Option<PathBuf>,
     pub insecure_registries: Vec<String>,
     pub ca: Option<PathBuf>,
     pub decryption_keys: Vec<PathBuf>,
@@ -48,9 +48,9 @@ pub(super) fn images(raw: RawImages) -> Result<ImageSettings, ConfigError> {
             format!("{} is out of range (1 to 64)", raw.concurrency),
         ));
     }
-    if !raw.store.is_absolute() {
+    if raw.blob_cache.as_ref().is_some_and(|c| !c.is_absolute()) {
         return Err(ConfigError::invalid(
-            "images.store",
+            "images.blob_cache",
             "must be an absolute path",
         ));
     }
@@ -111,7 +111,7 @@ pub(super) fn images(raw: RawImages) -> Result<ImageSettings, ConfigError> {
         policy,
         signed,
         mirrors,
-        store: raw.store,
+        blob_cache: raw.blob_cache,
         insecure_registries: raw.insecure_registries,
         ca: raw.ca,
         decryption_keys: raw.decryption_keys,

@@ -16,8 +16,7 @@ use ward_kbs_wire::ResourceUri;
 
 use super::blobs::Source;
 use super::{PullError, Puller, io};
-use crate::digest::VerifyError;
-use crate::digest::{Digest, VerifyingReader};
+use crate::digest::{Digest, VerifyError, VerifyingReader};
 use crate::kbs::{KbsResources, ResourceError};
 use crate::ocicrypt::{
     Compression, LayerAnnotations, LayerDecryptor, PrivateKey, PrivateOptions, PublicOptions,
@@ -170,18 +169,9 @@ impl Puller {
         })
     }
 
-    /// Whether an encrypted layer's ciphertext matches its HMAC (a full pass over the blob).
-    fn hmac_holds(&self, digest: &Digest, key: &LayerKey) -> bool {
-        let Ok(file) = std::fs::File::open(self.blob_path(digest)) else {
-            return false;
-        };
-        let mut d = LayerDecryptor::new(std::io::BufReader::new(file), &key.private, &key.public);
-        std::io::copy(&mut d, &mut std::io::sink()).is_ok()
-    }
-
     /// Decompresses and unpacks one layer's plaintext into `staging`, checking its diff_id.
     fn apply_one(
-        plain: Box<dyn Read + Send + '_>,
+        plain: impl Read,
         compression: Compression,
         staging: &Path,
         policy: &UnpackPolicy,
@@ -190,8 +180,8 @@ impl Puller {
         let tar = decompress(plain, compression).map_err(ApplyError::Decompressor)?;
         let mut verifying = VerifyingReader::new(tar, u64::MAX);
         apply_layer(&mut verifying, staging, policy).map_err(ApplyError::Unpack)?;
-        // Drains the rest (tar padding; for encrypted layers this reaches EOF, where the HMAC
-        // is checked) and compares the diff_id.
+        // Drains the rest (tar padding; this reaches the end of the blob, where its digest and,
+        // for encrypted layers, its HMAC are checked) and compares the diff_id.
         match verifying.finish(diff_id, None) {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(ApplyError::DiffId(e)),
@@ -199,14 +189,18 @@ impl Puller {
         }
     }
 
-    /// Applies every layer in order into `staging`; returns how many were encrypted.
+    /// Applies every layer in order into `staging`, each read once from its source: bytes go
+    /// through decryption (and its HMAC), decompression, the diff_id hash and the unpacker in
+    /// one pass. `done` counts the layers unpacked (it opens the download window). Returns how
+    /// many layers were encrypted.
     pub(super) fn apply_all(
         &self,
         image: &ResolvedImage,
         kinds: &[(Compression, Option<LayerKey>)],
-        sources: &[Source],
+        sources: Vec<Source>,
         staging: &Path,
         progress: &dyn PullProgress,
+        done: &tokio::sync::watch::Sender<usize>,
     ) -> Result<usize, PullError> {
         let mut encrypted = 0;
         for (index, (((desc, diff_id), (compression, key)), source)) in image
@@ -217,39 +211,40 @@ impl Puller {
             .zip(sources)
             .enumerate()
         {
-            let digest = Digest::parse(&desc.digest).map_err(|e| PullError::Unpack {
-                index,
-                digest: desc.digest.clone(),
-                detail: e.to_string(),
-            })?;
-            let blob = source
+            let mut blob = source
                 .open()
-                .map_err(io(format!("opening blob {digest}")))?;
-            let plain: Box<dyn Read + Send> = match key {
+                .map_err(io(format!("opening blob {}", desc.digest)))?;
+            let result = match key {
                 Some(k) => {
                     encrypted += 1;
-                    Box::new(LayerDecryptor::new(blob, &k.private, &k.public))
+                    let mut plain = LayerDecryptor::new(&mut blob, &k.private, &k.public);
+                    let result = Self::apply_one(
+                        &mut plain,
+                        *compression,
+                        staging,
+                        &self.opts.unpack,
+                        diff_id,
+                    );
+                    // A tampered ciphertext usually breaks the decompressor or the tar parser
+                    // before the end of the stream, where the HMAC is checked: read on to the
+                    // end (through the same decryptor, nothing hashed twice) so that the error
+                    // names the real cause, and nothing of what the parser read.
+                    if result.is_err()
+                        && let Err(e) = std::io::copy(&mut plain, &mut std::io::sink())
+                        && crate::ocicrypt::layer::layer_error(&e).is_some()
+                    {
+                        Err(ApplyError::End(e))
+                    } else {
+                        result
+                    }
                 }
-                None => blob,
+                None => {
+                    Self::apply_one(&mut blob, *compression, staging, &self.opts.unpack, diff_id)
+                }
             };
-            let result = Self::apply_one(plain, *compression, staging, &self.opts.unpack, diff_id);
-            if let (Err(_), Some(k)) = (&result, key)
-                && source.wait_complete()
-                && !self.hmac_holds(&digest, k)
-            {
-                // A tampered ciphertext usually breaks the decompressor or the tar parser before
-                // the end of the stream, where the HMAC is checked: name the real cause, and
-                // nothing of what the parser read.
-                return Err(
-                    ApplyError::End(std::io::Error::other("HMAC")).into_pull_error(
-                        index,
-                        &desc.digest,
-                        true,
-                    ),
-                );
-            }
             result.map_err(|e| e.into_pull_error(index, &desc.digest, key.is_some()))?;
             progress.layer_done(index);
+            done.send_replace(index + 1);
         }
         Ok(encrypted)
     }

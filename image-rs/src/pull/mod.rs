@@ -1,28 +1,35 @@
-//! The pull pipeline: resolve → signature policy (before any layer is used) → fetch every layer concurrently into the content-addressed blob
-//! store (guest memory) with its digest checked → for each layer in order: decrypt (ocicrypt) →
-//! decompress → unpack into a staging directory while hashing the tar for its diff_id → check
-//! the diff_id (and, for encrypted layers, the HMAC at the end of the stream) → publish the
-//! staging directory as the bundle's rootfs with one rename.
+//! The pull pipeline: resolve → signature policy (before any layer is used) → every layer key
+//! unwrapped → a space check (the compressed layers must fit where they go, else a typed error
+//! before any download) → for each layer in order, in one pass from the socket: its digest
+//! hashed as it arrives → decrypt (ocicrypt, HMAC over the ciphertext) → decompress → the
+//! diff_id hashed → unpacked into a staging directory → at the end of the stream the digest,
+//! the HMAC and the diff_id checked → the staging directory published as the bundle's rootfs
+//! with one rename.
+//!
+//! Every byte is read once and every hash computed once; nothing is written to be read back.
+//! Blobs are not kept: the store after a pull holds the rootfs only, unless
+//! [`PullOptions::blob_cache`] names a directory (storage the operator chose), where verified
+//! blobs are kept for later pulls. Up to [`PullOptions::concurrency`] layers of a pull download
+//! at once, each a bounded window ahead of the unpacker (`download.rs`). Concurrent pulls of one
+//! blob share one download (`download.rs` says how, and when a late pull downloads its own).
 //!
 //! Nothing is visible as ready before every digest, diff_id and tag has held: a failure at any
-//! step removes the staging directory and leaves the bundle as it was. Two pulls of the same
-//! blob share one download; blobs stay in the store for later images.
+//! step removes the staging directory and leaves the bundle as it was.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use tokio::sync::Semaphore;
-
 mod blobs;
+mod download;
 mod layers;
+mod space;
 
-use blobs::{Source, report_downloads};
+use blobs::{Inflight, Tasks, report_downloads};
 use layers::PullKekCache;
 pub use layers::decompress;
 
 use crate::digest::{Digest, VerifyError};
-use crate::follow::Growing;
 use crate::kbs::KbsResources;
 use crate::ocicrypt::{LayerMediaType, PrivateKey};
 use crate::policy::{Accepted, Policy, PolicyError};
@@ -74,6 +81,19 @@ pub enum PullError {
     /// The image's `User` names an account its `/etc/passwd` or `/etc/group` does not define.
     #[error("image user `{user}`: {detail}")]
     User { user: String, detail: String },
+    /// The image does not fit on the filesystem it is pulled to.
+    #[error(
+        "{path} has {available} bytes free; the image needs at least {needed} (its compressed \
+         layers; unpacked it is usually larger)"
+    )]
+    NoSpace {
+        path: PathBuf,
+        needed: u64,
+        available: u64,
+    },
+    /// The manifest's layer sizes cannot be added up.
+    #[error("checking the space an image needs: {detail}")]
+    Space { detail: String },
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -90,9 +110,11 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> PullError {
 /// Settings of a puller.
 #[derive(Clone, Debug)]
 pub struct PullOptions {
-    /// The blob store (a directory on a tmpfs: guest memory).
-    pub store: PathBuf,
-    /// Layers downloaded at once.
+    /// Where verified blobs are kept for later pulls (`<blob_cache>/blobs/<hex>`), if anywhere.
+    /// `None` (the default) keeps none: a pull leaves its rootfs and nothing else. Put it on
+    /// storage the operator chose (a SecureMount volume), not on guest memory.
+    pub blob_cache: Option<PathBuf>,
+    /// Layers of one pull downloading at once (each a bounded window ahead of the unpacker).
     pub concurrency: usize,
     pub unpack: UnpackPolicy,
     /// Refuse images with any plain layer.
@@ -125,20 +147,25 @@ pub struct Puller {
     policy: Arc<Policy>,
     /// Where `kbs:///` policy keys come from.
     resources: Option<Arc<dyn KbsResources>>,
-    /// Downloads under way, by digest: the partial file and its progress.
-    inflight: std::sync::Mutex<HashMap<String, (PathBuf, Arc<Growing>)>>,
+    /// Downloads under way, by digest, with the pull that started each.
+    inflight: Inflight,
+    /// The next pull's id.
+    pulls: std::sync::atomic::AtomicU64,
 }
 
 impl Puller {
     pub fn new(registry: Registry, opts: PullOptions) -> Result<Puller, PullError> {
-        std::fs::create_dir_all(opts.store.join("blobs"))
-            .map_err(io(format!("creating {}", opts.store.display())))?;
+        if let Some(cache) = &opts.blob_cache {
+            std::fs::create_dir_all(cache.join("blobs"))
+                .map_err(io(format!("creating {}", cache.display())))?;
+        }
         Ok(Puller {
             registry,
             opts,
             policy: Arc::new(Policy::accept_anything()),
             resources: None,
             inflight: std::sync::Mutex::new(HashMap::new()),
+            pulls: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -241,23 +268,42 @@ impl Puller {
             .collect();
         progress.resolved(image, &infos);
 
-        // Start every download now; the unpacker follows each layer as it arrives, in order.
-        let permits = Arc::new(Semaphore::new(self.opts.concurrency.max(1)));
+        std::fs::create_dir_all(bundle).map_err(io(format!("creating {}", bundle.display())))?;
+        // Room for the layers where they go, before a byte is fetched.
+        let unpacked = space::compressed_size(&resolved.layers)?;
+        let to_cache = space::compressed_size(
+            resolved
+                .layers
+                .iter()
+                .filter(|l| Digest::parse(&l.digest).is_ok_and(|d| !self.cached(&d))),
+        )?;
+        space::check(
+            bundle,
+            unpacked,
+            self.opts.blob_cache.as_deref().map(|c| (c, to_cache)),
+        )?;
+
+        // Every layer's source now (joining other pulls' downloads while they can be joined);
+        // each download starts when the unpacker is near enough (`blobs.rs`).
+        let pull_id = self
+            .pulls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (done, window) = tokio::sync::watch::channel(0usize);
+        let tasks: Tasks = Arc::default();
         let mut sources = Vec::with_capacity(resolved.layers.len());
-        let mut tasks = Vec::new();
         let mut following = Vec::new();
         for (index, l) in resolved.layers.iter().enumerate() {
-            let (source, task) = self.start_blob(&resolved, l, &permits)?;
-            match &source {
-                Source::Stored(_) => progress.layer_cached(index),
-                Source::Follow { growing, .. } => following.push((index, growing.clone())),
+            let (source, download) =
+                self.start_blob(pull_id, &resolved, index, l, &window, &tasks)?;
+            match download {
+                None => progress.layer_cached(index),
+                Some(d) => following.push((index, d)),
             }
             sources.push(source);
-            tasks.extend(task);
         }
+        drop(window);
         let ticker = tokio::spawn(report_downloads(following, progress.clone()));
 
-        std::fs::create_dir_all(bundle).map_err(io(format!("creating {}", bundle.display())))?;
         let staging = bundle.join(format!(".rootfs.staging-{:016x}", rand::random::<u64>()));
         std::fs::create_dir_all(&staging).map_err(io("creating the staging rootfs"))?;
         let me = self.clone();
@@ -265,7 +311,9 @@ impl Puller {
         let resolved2 = resolved.clone();
         let progress2 = progress.clone();
         let applied = tokio::task::spawn_blocking(move || {
-            me.apply_all(&resolved2, &kinds, &sources, &staging2, &*progress2)
+            // `done` drops with this closure, so downloads waiting for the window start (and
+            // find no reader) once the unpacker gave up.
+            me.apply_all(&resolved2, &kinds, sources, &staging2, &*progress2, &done)
         })
         .await
         .map_err(|e| PullError::Io {
@@ -276,9 +324,10 @@ impl Puller {
         // A failed download is the root cause of whatever the unpacker saw.
         let mut fetched = 0u64;
         let mut download_error = None;
-        for t in tasks {
+        let handles = std::mem::take(&mut *tasks.lock().unwrap_or_else(|e| e.into_inner()));
+        for t in handles {
             match t.await {
-                Ok(Ok(n)) => fetched += n,
+                Ok(Ok(n)) => fetched = fetched.saturating_add(n),
                 Ok(Err(e)) => {
                     download_error.get_or_insert(e);
                 }
@@ -292,8 +341,9 @@ impl Puller {
         }
         ticker.abort();
         let applied = match (applied, download_error) {
-            (_, Some(e)) => Err(e),
-            (a, None) => a,
+            (Ok(n), _) => Ok(n),
+            (Err(_), Some(e)) => Err(e),
+            (Err(e), None) => Err(e),
         };
         let encrypted = match applied {
             Ok(n) => n,

@@ -7,8 +7,6 @@
 //! logged.
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::path::Path;
 
 use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::secrets::RegistryAuth;
@@ -18,11 +16,13 @@ use serde::Deserialize;
 use crate::digest::{Digest, VerifyError};
 
 mod artifact;
+mod blob;
 mod config;
 mod signatures;
 mod transport;
 
 pub use artifact::Artifact;
+pub use blob::BlobStream;
 pub use config::{Mirror, Platform, RegistryConfig};
 
 /// Largest manifest or index accepted.
@@ -475,131 +475,6 @@ impl Registry {
     ) -> Result<String, RegistryError> {
         let want = self.config.platform.clone().unwrap_or_else(Platform::host);
         pick_platform(&want, name, index)
-    }
-
-    async fn small_blob(
-        &self,
-        reference: &Reference,
-        desc: &Descriptor,
-        digest: &Digest,
-    ) -> Result<Vec<u8>, RegistryError> {
-        let name = reference.whole();
-        if desc.size < 0 || desc.size as u64 > MAX_CONFIG {
-            return Err(RegistryError::Malformed {
-                what: "config".into(),
-                reference: name,
-                detail: format!("size {} is out of range", desc.size),
-            });
-        }
-        let mut out = Vec::with_capacity(usize::try_from(desc.size).unwrap_or(0));
-        self.stream_blob(reference, desc, digest, &mut out, MAX_CONFIG)
-            .await?;
-        Ok(out)
-    }
-
-    /// Streams a blob into `sink`, verifying its size and digest; `limit` caps the bytes read.
-    pub async fn stream_blob(
-        &self,
-        reference: &Reference,
-        desc: &Descriptor,
-        digest: &Digest,
-        sink: &mut (dyn Write + Send),
-        limit: u64,
-    ) -> Result<(), RegistryError> {
-        self.stream_blob_pieces(
-            reference,
-            desc,
-            digest,
-            &mut |piece| sink.write_all(&piece),
-            limit,
-        )
-        .await
-    }
-
-    /// [`Registry::stream_blob`], handing each piece as received (no copy) to `on_piece`.
-    pub async fn stream_blob_pieces(
-        &self,
-        reference: &Reference,
-        desc: &Descriptor,
-        digest: &Digest,
-        on_piece: &mut (dyn FnMut(bytes::Bytes) -> std::io::Result<()> + Send),
-        limit: u64,
-    ) -> Result<(), RegistryError> {
-        use sha2::Digest as _;
-        let name = reference.whole();
-        let fetch_err = |detail: String| RegistryError::Fetch {
-            what: format!("blob {digest}"),
-            reference: name.clone(),
-            detail,
-        };
-        let mut response = self
-            .transport
-            .blob(reference, &digest.to_string())
-            .await
-            .map_err(fetch_err)?;
-        let mut hasher = sha2::Sha256::new();
-        let mut read: u64 = 0;
-        while let Some(chunk) = response
-            .chunk()
-            .await
-            .map_err(|e| fetch_err(e.to_string()))?
-        {
-            read = read.saturating_add(chunk.len() as u64);
-            if read > limit {
-                return Err(fetch_err(format!("blob exceeds {limit} bytes")));
-            }
-            hasher.update(&chunk);
-            on_piece(chunk).map_err(|source| RegistryError::Io {
-                what: format!("blob {digest}"),
-                source,
-            })?;
-        }
-        let found = Digest::parse(&format!("sha256:{}", hex::encode(hasher.finalize())))
-            .map_err(|e| fetch_err(e.to_string()))?;
-        let verify = |source| RegistryError::Verify {
-            what: format!("blob {digest}"),
-            reference: name.clone(),
-            source,
-        };
-        if u64::try_from(desc.size).ok() != Some(read) {
-            return Err(verify(VerifyError::Size {
-                expected: u64::try_from(desc.size).unwrap_or(0),
-                found: read,
-            }));
-        }
-        if &found != digest {
-            return Err(verify(VerifyError::Digest {
-                expected: digest.clone(),
-                found,
-            }));
-        }
-        Ok(())
-    }
-
-    /// Streams a blob to a new file at `dest` (guest memory: a tmpfs), verified.
-    pub async fn fetch_blob_to(
-        &self,
-        reference: &Reference,
-        desc: &Descriptor,
-        dest: &Path,
-        limit: u64,
-    ) -> Result<(), RegistryError> {
-        let name = reference.whole();
-        let digest = parse_digest("layer digest", &name, &desc.digest)?;
-        let io = |source| RegistryError::Io {
-            what: dest.display().to_string(),
-            source,
-        };
-        let file = std::fs::File::create(dest).map_err(io)?;
-        let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
-        let result = self
-            .stream_blob(reference, desc, &digest, &mut w, limit)
-            .await;
-        let flushed = w.flush().map_err(io);
-        if result.is_err() || flushed.is_err() {
-            let _ = std::fs::remove_file(dest);
-        }
-        result.and(flushed)
     }
 }
 

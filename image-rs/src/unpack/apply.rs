@@ -68,6 +68,7 @@ pub fn apply_layer(
         created: Created::new(),
         dirs: Vec::new(),
         data_read: 0,
+        buf: vec![0; COPY_BUF],
     };
     let stream_error = |entries: u64, source: io::Error| {
         if gate.tripped() {
@@ -112,6 +113,27 @@ pub(super) struct Layer<'p> {
     pub(super) created: Created,
     dirs: Vec<DirMeta>,
     data_read: u64,
+    /// File data goes through this buffer: one `write(2)` per [`COPY_BUF`] bytes, not per 8 KiB
+    /// as `io::copy` does into a `File`.
+    buf: Vec<u8>,
+}
+
+/// Bytes per write of file data.
+const COPY_BUF: usize = 256 << 10;
+
+/// Copies `r` to `w` through `buf`; the bytes copied.
+fn copy_through(r: &mut impl Read, w: &mut impl io::Write, buf: &mut [u8]) -> io::Result<u64> {
+    let mut total = 0u64;
+    loop {
+        let n = match r.read(buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        w.write_all(buf.get(..n).unwrap_or_default())?;
+        total = total.saturating_add(n as u64);
+    }
 }
 
 fn lossy(raw: &[u8]) -> String {
@@ -305,11 +327,12 @@ impl Layer<'_> {
         self.created
             .insert(slot_key(&parent, &name).map_err(io_err(shown, "stat parent"))?);
         let mut file = std::fs::File::from(fd);
-        let written = io::copy(entry, &mut file).map_err(|source| UnpackError::Io {
-            entry: shown.to_string(),
-            op: "write file data",
-            source,
-        })?;
+        let written =
+            copy_through(entry, &mut file, &mut self.buf).map_err(|source| UnpackError::Io {
+                entry: shown.to_string(),
+                op: "write file data",
+                source,
+            })?;
         if written != size {
             return Err(UnpackError::Truncated {
                 entry: shown.to_string(),

@@ -1,41 +1,123 @@
-//! Image pull figures, printed with a baseline from the same run: a 512 MiB single-layer image
-//! of random data (gzip), plain and JWE-encrypted (RSA), from a local `docker-registry`:
-//! `ward pull` (pull + verify + decrypt + unpack into a bundle) against `skopeo copy` (with
-//! `--decryption-key` for the encrypted one) into an `oci:` directory, median of 5 each, and
-//! ward's peak RSS. Run on release builds: `just bench-pull`.
+//! Image pull figures with a baseline from the same run: a many-layer image (default 20 layers
+//! of 8 MiB, each a random 6 MiB file and a compressible 2 MiB one, gzip) from a local
+//! `docker-registry`, plain and JWE-encrypted (RSA), pulled by N processes at once (default 4)
+//! into directories on /dev/shm (a tmpfs, as a guest's memory).
+//!
+//! - ward: `ward pull` (pull + verify + decrypt + unpack into a bundle), one process per pull.
+//! - baseline: `skopeo copy` (with `--decryption-key` for the encrypted one) into an `oci:`
+//!   layout, then `umoci unpack` of it into a bundle, per pull.
+//!
+//! Rounds alternate which side goes first. Per round: wall of the N pulls, CPU (user + system of
+//! every process), the largest peak RSS of one process, and the bytes left on the tmpfs after
+//! the pulls (allocated, `du -B1`). Medians over the rounds, and ward / baseline ratios.
+//!
+//! First, `--sweep` times one ward pull at each layer concurrency (1, 2, 4, 8), alternating,
+//! and the comparison runs at the fastest (or at `--concurrency`).
+//!
+//! Run on release builds: `just bench-pull` (arguments: `--layers`, `--layer-mib`, `--pulls`,
+//! `--rounds`, `--sweep`, `--concurrency`, and `--ward-bin PATH` for another binary taking
+//! `ward pull`'s arguments, such as ward-image's `pull` example).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::io::Write;
+use std::io::Read;
+use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use ward_tests::bin;
 use ward_tests::registry::{ImageBuilder, TestRegistry, image_tools, rsa_keypair};
 
-const RUNS: usize = 5;
-const SIZE_MIB: usize = 512;
+#[derive(Clone, Copy, Default, Debug)]
+struct Figures {
+    wall: f64,
+    cpu: f64,
+    peak_kib: u64,
+    left: u64,
+}
 
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
+/// A table row: its label, the figure, its scale and unit.
+type Row = (&'static str, fn(&Figures) -> f64, f64, &'static str);
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }
 
-/// Runs `cmd` under `/usr/bin/time -f %M` when available; returns (wall, peak RSS KiB).
-fn timed(cmd: &mut Command) -> (Duration, Option<u64>) {
-    let t = Instant::now();
-    let out = cmd.output().unwrap();
-    let wall = t.elapsed();
+/// Runs `cmd` under `/usr/bin/time`: (CPU seconds, peak RSS KiB).
+fn timed(cmd: &[String], dir: &Path) -> (f64, u64) {
+    let out = dir.join(format!("time-{:016x}", rand::random::<u64>()));
+    let status = Command::new("/usr/bin/time")
+        .args(["-f", "%U %S %M", "-o"])
+        .arg(&out)
+        .args(cmd)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
     assert!(
-        out.status.success(),
+        status.status.success(),
         "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
+        String::from_utf8_lossy(&status.stderr)
     );
-    let rss = String::from_utf8_lossy(&out.stderr)
-        .lines()
-        .rev()
-        .find_map(|l| l.trim().parse::<u64>().ok());
-    (wall, rss)
+    let text = std::fs::read_to_string(&out).unwrap();
+    let _ = std::fs::remove_file(&out);
+    let f: Vec<&str> = text.split_whitespace().rev().take(3).collect();
+    let (rss, sys, user) = (f[0], f[1], f[2]);
+    (
+        user.parse::<f64>().unwrap() + sys.parse::<f64>().unwrap(),
+        rss.parse().unwrap(),
+    )
+}
+
+/// Bytes allocated under `dir`.
+fn du(dir: &Path) -> u64 {
+    let out = Command::new("du").arg("-sB1").arg(dir).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// Runs `pulls` pulls at once, each a sequence of commands made by `make(i, dir)`.
+fn group(pulls: usize, work: &Path, make: &(dyn Fn(&Path) -> Vec<Vec<String>> + Sync)) -> Figures {
+    let root = work.join(format!("g-{:016x}", rand::random::<u64>()));
+    std::fs::create_dir_all(&root).unwrap();
+    let t = Instant::now();
+    let results: Vec<(f64, u64)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..pulls)
+            .map(|i| {
+                let dir = root.join(format!("p{i}"));
+                std::fs::create_dir_all(&dir).unwrap();
+                s.spawn(move || {
+                    let mut cpu = 0.0;
+                    let mut peak = 0;
+                    for cmd in make(&dir) {
+                        let (c, p) = timed(&cmd, &dir);
+                        cpu += c;
+                        peak = peak.max(p);
+                    }
+                    (cpu, peak)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let wall = t.elapsed().as_secs_f64();
+    let left = du(&root);
+    std::fs::remove_dir_all(&root).unwrap();
+    Figures {
+        wall,
+        cpu: results.iter().map(|r| r.0).sum(),
+        peak_kib: results.iter().map(|r| r.1).max().unwrap_or(0),
+        left,
+    }
+}
+
+fn s(p: &Path) -> String {
+    p.display().to_string()
 }
 
 fn main() {
@@ -43,75 +125,188 @@ fn main() {
         eprintln!("{skip}");
         return;
     }
-    let have_time = std::path::Path::new("/usr/bin/time").exists();
-    let reg = TestRegistry::start();
-    let img = ImageBuilder::new("v1");
-    {
-        let mut f = std::fs::File::create(img.rootfs().join("random.bin")).unwrap();
-        let mut buf = vec![0u8; 1 << 20];
-        for _ in 0..SIZE_MIB {
-            rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut buf);
-            f.write_all(&buf).unwrap();
+    assert!(Path::new("/usr/bin/time").exists(), "needs /usr/bin/time");
+    let (mut layers, mut layer_mib, mut pulls, mut rounds) = (20usize, 8usize, 4usize, 5usize);
+    let (mut sweep, mut concurrency, mut ward_bin) = (false, None::<usize>, None);
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let mut num = || args.next().unwrap().parse::<usize>().unwrap();
+        match a.as_str() {
+            "--layers" => layers = num(),
+            "--layer-mib" => layer_mib = num(),
+            "--pulls" => pulls = num(),
+            "--rounds" => rounds = num(),
+            "--concurrency" => concurrency = Some(num()),
+            "--sweep" => sweep = true,
+            // Another binary taking `ward pull`'s arguments (ward-image's `pull` example).
+            "--ward-bin" => ward_bin = args.next().map(std::path::PathBuf::from),
+            other => panic!("unknown argument {other}"),
         }
     }
-    img.layer();
-    let work = tempfile::tempdir().unwrap();
+    let reg = TestRegistry::start();
+    let img = ImageBuilder::new("v1");
+    let mut urandom = std::fs::File::open("/dev/urandom").unwrap();
+    for l in 0..layers {
+        let mut random = vec![0u8; (layer_mib << 20) * 3 / 4];
+        urandom.read_exact(&mut random).unwrap();
+        std::fs::write(img.rootfs().join(format!("random-{l}")), &random).unwrap();
+        // Compressible: hex of random bytes (gzip gets it to about half).
+        let text = hex::encode(&random[..(layer_mib << 20) / 8]);
+        std::fs::write(img.rootfs().join(format!("text-{l}.txt")), text).unwrap();
+        img.layer();
+    }
+    let work = tempfile::tempdir_in("/dev/shm").unwrap();
     let (key, public) = rsa_keypair(work.path());
     let plain = reg.push(&img.layout, "v1", "bench/plain");
     let encrypted = reg.push_encrypted(&img.layout, "v1", "bench/encrypted", &public);
-    let ward = bin("ward");
-    for (name, reference, keyed) in [
-        ("plain", &plain, false),
-        ("JWE-encrypted", &encrypted, true),
-    ] {
-        let mut ward_times = Vec::new();
-        let mut skopeo_times = Vec::new();
-        let mut peak = 0;
-        for i in 0..RUNS {
-            let run_dir = work.path().join(format!("{name}-{i}"));
-            let mut c = if have_time {
-                let mut c = Command::new("/usr/bin/time");
-                c.args(["-f", "%M"]).arg(&ward);
-                c
-            } else {
-                Command::new(&ward)
-            };
-            c.args([
-                "pull",
-                reference,
-                "--insecure-registry",
-                &reg.host(),
-                "--bundle",
-            ])
-            .arg(run_dir.join("bundle"))
-            .arg("--store")
-            .arg(run_dir.join("store"));
-            if keyed {
-                c.arg("--decryption-key").arg(&key);
-            }
-            let (t, rss) = timed(&mut c);
-            ward_times.push(t);
-            peak = peak.max(rss.unwrap_or(0));
-            let mut s = Command::new("skopeo");
-            s.args(["copy", "--quiet", "--src-tls-verify=false"]);
-            if keyed {
-                s.arg("--decryption-key").arg(&key);
-            }
-            s.arg(format!("docker://{reference}"))
-                .arg(format!("oci:{}:v1", run_dir.join("skopeo").display()));
-            let (t, _) = timed(&mut s);
-            skopeo_times.push(t);
-            let _ = std::fs::remove_dir_all(&run_dir);
+    let ward = ward_bin.unwrap_or_else(|| bin("ward"));
+    println!("ward side: {}", ward.display());
+    let host = reg.host();
+    println!(
+        "image: {layers} layers of {layer_mib} MiB (3/4 random, 1/4 hex text), gzip; {pulls} pulls at \
+         once into /dev/shm; {rounds} rounds; {} cores, machine shared with other builds",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+
+    let ward_cmd = |reference: &str, keyed: bool, c: usize, dir: &Path| -> Vec<Vec<String>> {
+        let mut cmd = vec![
+            s(&ward),
+            "pull".into(),
+            reference.into(),
+            "--insecure-registry".into(),
+            host.clone(),
+            "--bundle".into(),
+            s(&dir.join("bundle")),
+            "--concurrency".into(),
+            c.to_string(),
+            "--quiet".into(),
+        ];
+        if keyed {
+            cmd.extend(["--decryption-key".into(), s(&key)]);
         }
-        let w = median(ward_times);
-        let s = median(skopeo_times);
-        println!(
-            "{SIZE_MIB} MiB {name}: ward pull+verify+{}unpack {:.2} s, skopeo copy {:.2} s: {:.2}x skopeo's time; ward peak RSS {:.1} MiB",
-            if keyed { "decrypt+" } else { "" },
-            w.as_secs_f64(),
-            s.as_secs_f64(),
-            w.as_secs_f64() / s.as_secs_f64(),
-            peak as f64 / 1024.0
-        );
+        vec![cmd]
+    };
+    let baseline_cmd = |reference: &str, keyed: bool, dir: &Path| -> Vec<Vec<String>> {
+        let mut copy = vec![
+            "skopeo".into(),
+            "copy".into(),
+            "--quiet".into(),
+            "--src-tls-verify=false".into(),
+        ];
+        if keyed {
+            copy.extend(["--decryption-key".into(), s(&key)]);
+        }
+        copy.extend([
+            format!("docker://{reference}"),
+            format!("oci:{}:v1", s(&dir.join("oci"))),
+        ]);
+        let unpack = vec![
+            "umoci".into(),
+            "unpack".into(),
+            "--image".into(),
+            format!("{}:v1", s(&dir.join("oci"))),
+            s(&dir.join("bundle")),
+        ];
+        vec![copy, unpack]
+    };
+
+    let chosen = match concurrency {
+        Some(c) => c,
+        None if sweep => {
+            let candidates = [1usize, 2, 4, 8];
+            let mut walls: Vec<Vec<f64>> = vec![Vec::new(); candidates.len()];
+            let mut cpus: Vec<Vec<f64>> = vec![Vec::new(); candidates.len()];
+            let mut rss: Vec<Vec<f64>> = vec![Vec::new(); candidates.len()];
+            for r in 0..rounds {
+                for k in 0..candidates.len() {
+                    // Rotate the order each round.
+                    let k = (k + r) % candidates.len();
+                    let f = group(1, work.path(), &|d| {
+                        ward_cmd(&plain, false, candidates[k], d)
+                    });
+                    walls[k].push(f.wall);
+                    cpus[k].push(f.cpu);
+                    rss[k].push(f.peak_kib as f64 / 1024.0);
+                }
+            }
+            let mut best = (f64::MAX, 1);
+            for (k, c) in candidates.iter().enumerate() {
+                let (w, cpu) = (median(walls[k].clone()), median(cpus[k].clone()));
+                let m = median(rss[k].clone());
+                println!(
+                    "layer concurrency {c}: one plain pull {w:.3} s wall, {cpu:.3} s CPU, \
+                     peak RSS {m:.1} MiB"
+                );
+                if w < best.0 {
+                    best = (w, *c);
+                }
+            }
+            println!("fastest: concurrency {}", best.1);
+            best.1
+        }
+        None => 2,
+    };
+
+    println!(
+        "\n| {pulls} pulls at once | ward | skopeo+umoci | ward / baseline |\n| --- | --- | --- | --- |"
+    );
+    for (name, reference, keyed) in [("plain", &plain, false), ("JWE", &encrypted, true)] {
+        let mut w: Vec<Figures> = Vec::new();
+        let mut b: Vec<Figures> = Vec::new();
+        let mut wins = 0;
+        for r in 0..rounds {
+            let run_ward = || {
+                group(pulls, work.path(), &|d| {
+                    ward_cmd(reference, keyed, chosen, d)
+                })
+            };
+            let run_base = || group(pulls, work.path(), &|d| baseline_cmd(reference, keyed, d));
+            let (fw, fb) = if r % 2 == 0 {
+                let fw = run_ward();
+                (fw, run_base())
+            } else {
+                let fb = run_base();
+                (run_ward(), fb)
+            };
+            wins += usize::from(fw.wall < fb.wall);
+            w.push(fw);
+            b.push(fb);
+        }
+        let m = |v: &[Figures], f: fn(&Figures) -> f64| median(v.iter().map(f).collect());
+        let rows: [Row; 4] = [
+            ("wall (median)", |f| f.wall, 1.0, "s"),
+            ("CPU, all processes", |f| f.cpu, 1.0, "s"),
+            (
+                "peak RSS, largest process",
+                |f| f.peak_kib as f64,
+                1.0 / 1024.0,
+                "MiB",
+            ),
+            (
+                "bytes left on the tmpfs",
+                |f| f.left as f64,
+                1.0 / 1e6,
+                "MB",
+            ),
+        ];
+        for (label, f, scale, unit) in rows {
+            let (x, y) = (m(&w, f), m(&b, f));
+            let extra = if label.starts_with("wall") {
+                format!(" (ward won {wins} of {rounds})")
+            } else {
+                String::new()
+            };
+            println!(
+                "| {name}, {label} | {:.2} {unit} | {:.2} {unit} | {:.3}{extra} |",
+                x * scale,
+                y * scale,
+                x / y
+            );
+        }
     }
+    let image_bytes: u64 = du(&img.layout.join("blobs"));
+    println!(
+        "\n(the image's blobs take {:.1} MB; layer concurrency {chosen})",
+        image_bytes as f64 / 1e6
+    );
 }

@@ -36,9 +36,8 @@ fn main() {
     for i in 0..RUNS {
         let dir = tempfile::tempdir().unwrap();
         let config = format!(
-            "[log]\nlevel = \"warn\"\n[audit]\npath = {:?}\n[images]\nstore = {:?}\n[attestation]\ngpus = \"off\"\neventlog = \"\"\n[[listener]]\naddress = \"unix://{}\"\nservices = [\"all\"]\n",
+            "[log]\nlevel = \"warn\"\n[audit]\npath = {:?}\n[images]\n[attestation]\ngpus = \"off\"\neventlog = \"\"\n[[listener]]\naddress = \"unix://{}\"\nservices = [\"all\"]\n",
             dir.path().join("audit.jsonl").display().to_string(),
-            dir.path().join("images").display().to_string(),
             dir.path().join("ward.sock").display()
         );
         let mut w = Wardd::start_with(dir, &config, "", &[]);

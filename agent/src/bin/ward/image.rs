@@ -30,7 +30,8 @@ pub struct PullArgs<'a> {
     pub insecure: &'a [String],
     pub kbs: Option<&'a str>,
     pub tee: Option<Tee>,
-    pub store: &'a Path,
+    pub blob_cache: Option<&'a Path>,
+    pub concurrency: usize,
     /// `accept`, `reject` or a policy.json path.
     pub policy: &'a str,
     /// `SCOPE=KEY` pairs.
@@ -114,8 +115,8 @@ pub async fn pull(a: PullArgs<'_>) -> anyhow::Result<bool> {
         Puller::new(
             registry,
             PullOptions {
-                store: a.store.to_path_buf(),
-                concurrency: 8,
+                blob_cache: a.blob_cache.map(Path::to_path_buf),
+                concurrency: a.concurrency,
                 unpack: UnpackPolicy::default(),
                 require_encrypted: false,
             },

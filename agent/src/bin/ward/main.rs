@@ -119,9 +119,12 @@ enum Command {
         kbs: Option<String>,
         #[arg(long, default_value = "auto")]
         tee: String,
-        /// The blob store (use a tmpfs).
-        #[arg(long, default_value = "/run/ward/images")]
-        store: PathBuf,
+        /// Keep verified layer blobs in this directory for later pulls (default: keep none).
+        #[arg(long)]
+        blob_cache: Option<PathBuf>,
+        /// Layers downloading at once, each a bounded window ahead of the unpacker.
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
+        concurrency: u16,
         /// Signature policy: `accept`, `reject` (with --signed scopes), or a containers
         /// policy.json file.
         #[arg(long, default_value = "accept")]
@@ -385,7 +388,8 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             insecure,
             kbs: url,
             tee,
-            store,
+            blob_cache,
+            concurrency,
             policy,
             signed,
             mirrors,
@@ -397,7 +401,8 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             insecure: &insecure,
             kbs: url.as_deref(),
             tee: kbs::parse_tee(&tee)?,
-            store: &store,
+            blob_cache: blob_cache.as_deref(),
+            concurrency: usize::from(concurrency),
             policy: &policy,
             signed: &signed,
             mirrors: &mirrors,

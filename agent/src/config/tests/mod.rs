@@ -403,6 +403,16 @@ fn image_policy_and_mirrors() {
         PolicySource::Accept,
         "containers' and CoCo's default"
     );
+    let defaults = from_text("", None).unwrap().images;
+    assert_eq!(defaults.blob_cache, None, "no blob kept by default");
+    assert_eq!(defaults.concurrency, 2);
+    assert_eq!(
+        from_text("[images]\nblob_cache = \"/mnt/secure/blobs\"\n", None)
+            .unwrap()
+            .images
+            .blob_cache,
+        Some(std::path::PathBuf::from("/mnt/secure/blobs"))
+    );
 
     for (text, key) in [
         ("[images]\npolicy = \"maybe\"\n", "images.policy"),
@@ -423,6 +433,12 @@ fn image_policy_and_mirrors() {
             "[images]\n[[images.mirror]]\nregistry = \"docker.io\"\nmirrors = [\"m.local/path\"]\n",
             "images.mirror",
         ),
+        (
+            "[images]\nblob_cache = \"relative/blobs\"\n",
+            "images.blob_cache",
+        ),
+        // The blob store is gone (#23): a pull keeps no blob unless blob_cache says where.
+        ("[images]\nstore = \"/run/ward/images\"\n", "store"),
     ] {
         let e = from_text(text, None).unwrap_err().to_string();
         assert!(e.contains(key), "{text}: {e}");
