@@ -166,7 +166,6 @@ tee = "sample"      # development only: refused on real TEE hardware
 eventlog = "$work/eventlog"
 
 [images]
-store = "$work/images"
 insecure_registries = ["127.0.0.1:$port"]
 
 [kbs]

@@ -324,7 +324,6 @@ eventlog = "$d/eventlog"
 $4
 
 [images]
-store = "$d/images"
 
 [kbs]
 url = "${5:-$KBS_URL}"
