@@ -50,8 +50,10 @@ impl Format {
     }
 }
 
-/// 32 activations quantised to 8 bits: `a = qs * d`; `s = d * sum(qs)` (what Q4_0 and Q4_1 need
-/// for their offsets). ggml's Q8_1 with f32 scales; also serves as Q8_0 (`s` unused).
+/// 32 activations quantised to 8 bits, as llama.cpp's `block_q8_1` holds them (its f16 values
+/// widened to f32): `a = qs * d`, `s = d * sum(qs)` (what Q4_1's offset needs), both rounded to
+/// f16 as llama.cpp stores them, so that the products match its arithmetic. Also serves as its
+/// `block_q8_0` (`s` unused).
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Q8Block {
@@ -86,6 +88,53 @@ pub fn f16_to_f32(h: u16) -> f32 {
     f32::from_bits(bits)
 }
 
+/// Single to half precision, rounding to nearest even (as F16C's `vcvtps2ph` and ggml's
+/// `GGML_FP32_TO_FP16`): overflow to infinity, underflow through the subnormals to zero.
+pub fn f32_to_f16(x: f32) -> u16 {
+    let bits = x.to_bits();
+    let sign = ((bits >> 16) & 0x8000) as u16;
+    let exp = ((bits >> 23) & 0xff) as i32;
+    let man = bits & 0x7f_ffff;
+    if exp == 0xff {
+        // Infinity, or NaN kept quiet.
+        return sign
+            | 0x7c00
+            | if man != 0 {
+                0x200 | (man >> 13) as u16
+            } else {
+                0
+            };
+    }
+    let e = exp - 127 + 15;
+    if e >= 0x1f {
+        return sign | 0x7c00;
+    }
+    // The significand with its implicit bit, and how far it shifts right to land in f16.
+    let (sig, shift) = if e <= 0 {
+        if e < -10 {
+            return sign;
+        }
+        (man | 0x80_0000, (14 - e) as u32)
+    } else {
+        (man, 13)
+    };
+    let half = 1u32 << (shift - 1);
+    let rest = sig & ((1u32 << shift) - 1);
+    let mut h = sig >> shift;
+    if rest > half || (rest == half && h & 1 == 1) {
+        h += 1; // may carry into the exponent: still correct
+    }
+    if e > 0 {
+        h += (e as u32) << 10;
+    }
+    sign | h as u16
+}
+
+/// `x` rounded to the nearest f16 value.
+pub fn round_f16(x: f32) -> f32 {
+    f16_to_f32(f32_to_f16(x))
+}
+
 /// The little-endian f16 at `b[at..at + 2]` as f32 (0 when out of range, which
 /// [`crate::QMatrix::new`] rules out).
 pub(crate) fn f16_at(b: &[u8], at: usize) -> f32 {
@@ -95,22 +144,23 @@ pub(crate) fn f16_at(b: &[u8], at: usize) -> f32 {
     }
 }
 
-/// Quantises `x` (a multiple of [`QK`] long) into `out` (`x.len() / QK` blocks), as ggml's
-/// `quantize_row_q8_1`: `d = max|x| / 127`, `q = round(x / d)`. Extra `out` blocks are left alone.
+/// Quantises `x` (a multiple of [`QK`] long) into `out` (`x.len() / QK` blocks), as llama.cpp's
+/// x86 `quantize_row_q8_1`: `q = round_half_even(x * 127 / max|x|)`, `d = f16(max|x| / 127)`,
+/// `s = f16(d * sum(q))`. Extra `out` blocks are left alone.
 pub fn quantize_row(x: &[f32], out: &mut [Q8Block]) {
     for (xs, o) in x.chunks_exact(QK).zip(out.iter_mut()) {
         let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
         let d = amax / 127.0;
-        let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+        let id = if amax > 0.0 { 127.0 / amax } else { 0.0 };
         let mut sum = 0i32;
         for (q, &v) in o.qs.iter_mut().zip(xs) {
             // |v * id| <= 127 (up to rounding), so the cast cannot saturate but at +-127.
-            let r = (v * id).round() as i8;
+            let r = (v * id).round_ties_even() as i8;
             *q = r;
             sum += i32::from(r);
         }
-        o.d = d;
-        o.s = d * sum as f32;
+        o.d = round_f16(d);
+        o.s = round_f16(d * sum as f32);
     }
 }
 
@@ -194,18 +244,38 @@ mod tests {
     }
 
     #[test]
+    fn f32_to_f16_rounds_to_nearest_even_and_inverts_f16_to_f32() {
+        for h in 0..=u16::MAX {
+            let f = f16_to_f32(h);
+            if !f.is_nan() {
+                assert_eq!(f32_to_f16(f), h, "{h:#06x} -> {f}");
+            }
+        }
+        assert_eq!(f32_to_f16(1.0 + 1.0 / 2048.0), 0x3c00); // halfway, even below
+        assert_eq!(f32_to_f16(1.0 + 3.0 / 2048.0), 0x3c02); // halfway, even above
+        assert_eq!(f32_to_f16(1.0 + 1.1 / 2048.0), 0x3c01);
+        assert_eq!(f32_to_f16(65520.0), 0x7c00); // rounds past the largest finite
+        assert_eq!(f32_to_f16(65519.0), 0x7bff);
+        assert_eq!(f32_to_f16(2.9e-8), 0x0000); // below half the smallest subnormal
+        assert_eq!(f32_to_f16(3.0e-8), 0x0001);
+        assert_eq!(f32_to_f16(-1e10), 0xfc00);
+        assert!(f16_to_f32(f32_to_f16(f32::NAN)).is_nan());
+    }
+
+    #[test]
     fn quantize_row_keeps_the_extremes_and_the_sum() {
         let mut x: Vec<f32> = (0..64).map(|i| (i as f32 - 31.5) / 7.0).collect();
         x[40] = -100.0;
         let mut q = [Q8Block::ZERO; 2];
         quantize_row(&x, &mut q);
         assert_eq!(q[1].qs[8], -127);
-        assert!((q[1].d - 100.0 / 127.0).abs() < 1e-6);
+        assert_eq!(q[1].d, round_f16(100.0 / 127.0));
         for (b, xs) in q.iter().zip(x.chunks(QK)) {
             let sum: i32 = b.qs.iter().map(|&v| i32::from(v)).sum();
-            assert_eq!(b.s, b.d * sum as f32);
+            assert!((b.s - b.d * sum as f32).abs() <= b.s.abs() / 1024.0);
             for (&v, &f) in b.qs.iter().zip(xs) {
-                assert!((f32::from(v) * b.d - f).abs() <= b.d / 2.0 + 1e-6);
+                // Half a step, plus the f16 rounding of the step over 127 steps.
+                assert!((f32::from(v) * b.d - f).abs() <= b.d * (0.5 + 127.0 / 2048.0));
             }
         }
         let mut z = [Q8Block::ZERO];

@@ -192,7 +192,8 @@ fn edge_values_match_the_reference_and_the_f32_product() {
 #[test]
 fn all_negative_weights_and_activations_give_the_exact_positive_product() {
     // Q8_0 with q = -128 and Q4_0 with nibble 0 (w = -8 d), d = 1, against activations of -1:
-    // exact in every kernel (x quantises to -127 with d = 1/127).
+    // exact in every kernel (x quantises to -127 with d = f16(1/127)).
+    let da = crate::blocks::round_f16(1.0 / 127.0);
     for (fmt, q, expect) in [(Format::Q8_0, 0x80u8, 128.0), (Format::Q4_0, 0x00, 8.0)] {
         let mut block = vec![0u8; fmt.block_bytes()];
         block[..2].copy_from_slice(&0x3c00u16.to_le_bytes());
@@ -209,7 +210,11 @@ fn all_negative_weights_and_activations_give_the_exact_positive_product() {
             w.matmul_with(&[-1.0; 96 * 5], 5, &mut out, kernel, &Pool::new(2))
                 .unwrap();
             for o in out {
-                assert!((o - expect * 96.0).abs() < 1e-2, "{fmt:?} {kernel:?}: {o}");
+                let want = expect * 127.0 * 96.0 * da;
+                assert!(
+                    (o - want).abs() <= want * 1e-6,
+                    "{fmt:?} {kernel:?}: {o} vs {want}"
+                );
             }
         }
     }

@@ -42,9 +42,9 @@ pub(crate) fn tile<const R: usize>(
     // the pointer arithmetic below relies on.
     unsafe {
         match fmt {
-            Format::Q4_0 => rows_q4::<R, false>(w, row_bytes, nb, a, out),
-            Format::Q4_1 => rows_q4::<R, true>(w, row_bytes, nb, a, out),
-            Format::Q8_0 => rows_q8_0::<R>(w, row_bytes, nb, a, out),
+            Format::Q4_0 => rows_signed::<R, true>(w, row_bytes, nb, a, out),
+            Format::Q4_1 => rows_q4_1::<R>(w, row_bytes, nb, a, out),
+            Format::Q8_0 => rows_signed::<R, false>(w, row_bytes, nb, a, out),
         }
     }
     true
@@ -70,23 +70,20 @@ unsafe fn two_f16(p: *const u8) -> __m128 {
     _mm_cvtph_ps(_mm_cvtsi32_si128(bits))
 }
 
-/// Q4_0 (`OFFSET` false: `w = (q - 8) d`) and Q4_1 (`OFFSET` true: `w = q d + m`). Both dot the
-/// unsigned nibbles with the activations and add `m * s` (Q4_0's `m` being `-8 d`), so one
-/// `vpmaddubsw` with the nibbles as its unsigned operand serves both.
+/// Q4_1: `w = q d + m`, so the dot is `d da sum(q a) + m s`: the unsigned nibbles are
+/// `vpmaddubsw`'s unsigned operand as they are.
 ///
 /// # Safety
 /// AVX2, FMA and F16C; `w` holds `out.len()` rows of `row_bytes` (`nb` blocks); `a[r]` holds
 /// `nb` blocks.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn rows_q4<const R: usize, const OFFSET: bool>(
+unsafe fn rows_q4_1<const R: usize>(
     w: &[u8],
     row_bytes: usize,
     nb: usize,
     a: [&[Q8Block]; R],
     out: &mut [[f32; R]],
 ) {
-    let block = if OFFSET { 20 } else { 18 };
-    let qs_at = if OFFSET { 4 } else { 2 };
     let low = _mm256_set1_epi8(0x0f);
     let ones = _mm256_set1_epi16(1);
     for (j, o) in out.iter_mut().enumerate() {
@@ -95,19 +92,14 @@ unsafe fn rows_q4<const R: usize, const OFFSET: bool>(
         // SAFETY: row `j` starts inside `w` (caller's contract).
         let row = unsafe { w.as_ptr().add(j * row_bytes) };
         for b in 0..nb {
-            // SAFETY: block `b` of row `j` lies inside `w`: `b < nb` whole blocks per row.
-            let p = unsafe { row.add(b * block) };
-            // SAFETY: a block starts with its f16 scale(s); Q4_0 reads d and the first qs byte
-            // pair (ignored), still inside the block.
+            // SAFETY: block `b` of row `j` lies inside `w`: `b < nb` whole 20-byte blocks.
+            let p = unsafe { row.add(b * 20) };
+            // SAFETY: a Q4_1 block starts with d and m, two f16.
             let dm = unsafe { two_f16(p) };
             let d = _mm_cvtss_f32(dm);
-            let m = if OFFSET {
-                _mm_cvtss_f32(_mm_movehdup_ps(dm))
-            } else {
-                -8.0 * d
-            };
-            // SAFETY: 16 bytes of nibbles at `qs_at`, the rest of the block.
-            let raw = unsafe { _mm_loadu_si128(p.add(qs_at).cast::<__m128i>()) };
+            let m = _mm_cvtss_f32(_mm_movehdup_ps(dm));
+            // SAFETY: 16 bytes of nibbles at offset 4, the rest of the block.
+            let raw = unsafe { _mm_loadu_si128(p.add(4).cast::<__m128i>()) };
             let q = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), low);
             for r in 0..R {
                 // SAFETY: `b < nb <= a[r].len()`.
@@ -125,30 +117,41 @@ unsafe fn rows_q4<const R: usize, const OFFSET: bool>(
     }
 }
 
-/// Q8_0: both operands signed, so `vpmaddubsw` gets `|w|` and `a` with `w`'s sign (`vpsignb`).
+/// Q8_0 (`Q4` false) and Q4_0 (`Q4` true: nibbles minus 8): signed weights, so `vpmaddubsw`
+/// gets `|w|` and `a` with `w`'s sign (`vpsignb`), as llama.cpp's `mul_sum_i8_pairs`.
 ///
 /// # Safety
-/// As [`rows_q4`].
+/// As [`rows_q4_1`].
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn rows_q8_0<const R: usize>(
+unsafe fn rows_signed<const R: usize, const Q4: bool>(
     w: &[u8],
     row_bytes: usize,
     nb: usize,
     a: [&[Q8Block]; R],
     out: &mut [[f32; R]],
 ) {
+    let block = if Q4 { 18 } else { 34 };
     let ones = _mm256_set1_epi16(1);
+    let low = _mm256_set1_epi8(0x0f);
+    let eight = _mm256_set1_epi8(8);
     for (j, o) in out.iter_mut().enumerate() {
         let mut acc = [_mm256_setzero_ps(); R];
         // SAFETY: row `j` starts inside `w` (caller's contract).
         let row = unsafe { w.as_ptr().add(j * row_bytes) };
         for b in 0..nb {
-            // SAFETY: block `b` of row `j` lies inside `w`: 34 bytes, f16 d then 32 i8.
-            let p = unsafe { row.add(b * 34) };
-            // SAFETY: as above (d and the first two weights; only d is used).
+            // SAFETY: block `b` of row `j` lies inside `w`: f16 d, then 16 (Q4_0) or 32 bytes.
+            let p = unsafe { row.add(b * block) };
+            // SAFETY: d and the first two quant bytes (unused), inside the block.
             let d = _mm_cvtss_f32(unsafe { two_f16(p) });
-            // SAFETY: 32 weight bytes at offset 2, inside the block.
-            let wq = unsafe { _mm256_loadu_si256(p.add(2).cast::<__m256i>()) };
+            let wq = if Q4 {
+                // SAFETY: 16 nibble bytes at offset 2, the rest of the block.
+                let raw = unsafe { _mm_loadu_si128(p.add(2).cast::<__m128i>()) };
+                let q = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), low);
+                _mm256_sub_epi8(q, eight)
+            } else {
+                // SAFETY: 32 weight bytes at offset 2, the rest of the block.
+                unsafe { _mm256_loadu_si256(p.add(2).cast::<__m256i>()) }
+            };
             let wabs = _mm256_sign_epi8(wq, wq);
             for r in 0..R {
                 // SAFETY: `b < nb <= a[r].len()`.
