@@ -12,10 +12,19 @@ llama_cpp cannot be imported.
 import argparse
 import json
 import os
-import resource
 import statistics
 import sys
 import time
+
+
+def peak_rss_mb():
+    """This process's high-water mark (VmHWM: getrusage's ru_maxrss would carry the parent's
+    over fork and exec)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def main():
@@ -76,7 +85,7 @@ def main():
         p, d, first = run(ids, a.gen_tokens)
         pre.append(p)
         dec.append(d)
-    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rss_mb = peak_rss_mb()
     print(f"RESULT {statistics.median(pre):.3f} {statistics.median(dec):.3f} {first} {rss_mb:.1f}")
     return 0
 
