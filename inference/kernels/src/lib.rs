@@ -22,7 +22,7 @@ mod x86;
 
 pub use blocks::{Format, Q8Block, QK};
 pub use matmul::QMatrix;
-pub use pool::Pool;
+pub use pool::{Pool, Runner};
 
 /// Which implementation of the dot products runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

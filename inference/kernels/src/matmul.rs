@@ -2,7 +2,7 @@
 //! output rows across a [`Pool`].
 
 use crate::blocks::{Format, Q8Block, QK, dot_scalar, quantize_row};
-use crate::{Kernel, KernelError, Pool};
+use crate::{Kernel, KernelError, Pool, Runner};
 
 /// Activation rows a prefill tile takes at once: each weight block is unpacked once for all.
 const TILE: usize = 4;
@@ -38,8 +38,8 @@ impl std::fmt::Debug for QMatrix {
 /// A pointer to the output that the pool's threads write disjoint elements of.
 #[derive(Clone, Copy)]
 struct Out(*mut f32);
-// SAFETY: each element behind the pointer is written by exactly one thread (rows are
-// partitioned between threads), and the caller waits for all of them (`Pool::run`).
+// SAFETY: each element behind the pointer is written by exactly one thread (the rows are cut
+// into chunks, each run once), and `Runner::run` returns only when every chunk has.
 unsafe impl Sync for Out {}
 // SAFETY: as above.
 unsafe impl Send for Out {}
@@ -74,10 +74,15 @@ impl Acts {
     }
 }
 
-/// Share `t` of `n` items split into `parts` near-equal ranges.
-fn share(n: usize, parts: usize, t: usize) -> std::ops::Range<usize> {
-    let parts = parts.max(1);
-    (n * t / parts)..(n * (t + 1) / parts)
+/// Chunks per thread a matmul is cut into: threads take chunks as they come free, so a thread
+/// the OS did not schedule (a shared machine) holds a matmul up by one small chunk at most.
+const CHUNKS_PER_THREAD: usize = 8;
+
+/// Chunk `c` of `n` items cut into `chunks` near-equal ranges, each a multiple of `align`
+/// items but the last.
+fn chunk(n: usize, chunks: usize, align: usize, c: usize) -> std::ops::Range<usize> {
+    let per = n.div_ceil(chunks.max(1)).div_ceil(align) * align;
+    (c * per).min(n)..((c + 1) * per).min(n)
 }
 
 impl QMatrix {
@@ -142,14 +147,14 @@ impl QMatrix {
         self.matmul_with(x, m, out, Kernel::best(), Pool::global())
     }
 
-    /// [`QMatrix::matmul`] with a given kernel and pool.
+    /// [`QMatrix::matmul`] with a given kernel and pool (or other [`Runner`]).
     pub fn matmul_with(
         &self,
         x: &[f32],
         m: usize,
         out: &mut [f32],
         kernel: Kernel,
-        pool: &Pool,
+        pool: &dyn Runner,
     ) -> Result<(), KernelError> {
         let operand = |what, width: usize, got| {
             let expected = m.checked_mul(width).ok_or(KernelError::TooLarge {
@@ -180,10 +185,11 @@ impl QMatrix {
         let mut acts = vec![Q8Block::ZERO; m * nb];
         if m >= PARALLEL_QUANTISE {
             let ptr = Acts(acts.as_mut_ptr());
-            pool.run(&|t| {
-                for i in share(m, pool.threads(), t) {
-                    // SAFETY: row `i < m` of `acts` (m * nb blocks) is written by this share
-                    // only: the shares partition 0..m.
+            let chunks = m.min(pool.threads() * CHUNKS_PER_THREAD);
+            pool.run(chunks, &|c| {
+                for i in chunk(m, chunks, 1, c) {
+                    // SAFETY: row `i < m` of `acts` (m * nb blocks) is written by this chunk
+                    // only: the chunks partition 0..m.
                     let row = unsafe { std::slice::from_raw_parts_mut(ptr.at(i * nb), nb) };
                     quantize_row(&x[i * self.cols..(i + 1) * self.cols], row);
                 }
@@ -195,12 +201,16 @@ impl QMatrix {
         }
         let acts = &acts[..];
         let out_ptr = Out(out.as_mut_ptr());
-        pool.run(&|t| {
+        let chunks = self
+            .rows
+            .div_ceil(ROW_BLOCK)
+            .min(pool.threads() * CHUNKS_PER_THREAD);
+        pool.run(chunks, &|c| {
             self.rows_range(
                 kernel,
                 acts,
                 m,
-                share(self.rows, pool.threads(), t),
+                chunk(self.rows, chunks, ROW_BLOCK, c),
                 out_ptr,
             );
         });
@@ -231,7 +241,7 @@ impl QMatrix {
                 for (j, v) in o.iter().enumerate() {
                     for (i, &v) in v.iter().enumerate() {
                         // SAFETY: (t + i) < m and start + j < rows: inside the m x rows
-                        // output; this share alone owns rows `rows`.
+                        // output; this chunk alone owns rows `rows`.
                         unsafe { out.at((t + i) * self.rows + start + j).write(v) };
                     }
                 }

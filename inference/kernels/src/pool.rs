@@ -1,48 +1,123 @@
 //! One persistent pool of worker threads that splits each matmul across the cores: the caller
-//! publishes a job (a closure of the thread index), runs share 0 itself, and waits for the
-//! others. No thread is spawned per operation and nothing is allocated per job; workers spin
-//! briefly for the next job (matmuls follow each other within microseconds during a forward
-//! pass), then sleep on a condition variable so an idle runtime costs no CPU.
+//! publishes a job (a closure of a chunk index and a number of chunks), and every thread, the
+//! caller included, takes chunks from a shared counter until none are left. No thread is
+//! spawned per operation and nothing is allocated per job; workers spin briefly for the next job
+//! (matmuls follow each other within microseconds during a forward pass), then sleep on a
+//! condition variable so an idle runtime costs no CPU. Because chunks are taken, not assigned, a
+//! worker that the OS has not scheduled (a shared machine) delays a job by at most one chunk:
+//! the caller does the rest.
 //!
 //! Never runs two jobs at once: a caller that finds the pool busy (another thread's matmul) runs
-//! every share of its job itself, in order, so results never depend on who won.
+//! every chunk of its job itself, in order, so results never depend on who won.
 
 use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, TryLockError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// A job's closure, its lifetime erased (see [`Pool::run`] for why that is sound).
 type Job = *const (dyn Fn(usize) + Sync);
 
-/// How long a worker spins for the next job before it sleeps.
+/// How long a worker waits for the next job before it sleeps (spinning first, then yielding
+/// the core to whoever else wants it: candle's own threads between two matmuls, or another
+/// process on a shared machine).
 const SPIN: Duration = Duration::from_micros(200);
+/// Spins before a waiter starts yielding.
+const SPINS: u32 = 256;
+
+/// Waits until `done()` or `limit` has passed: spins, then yields the core between looks.
+/// Returns whether `done()` held.
+fn wait_until(limit: Duration, done: impl Fn() -> bool) -> bool {
+    for _ in 0..SPINS {
+        if done() {
+            return true;
+        }
+        std::hint::spin_loop();
+    }
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        for _ in 0..16 {
+            if done() {
+                return true;
+            }
+            std::thread::yield_now();
+        }
+    }
+    done()
+}
+
+/// Whatever runs `f(0)`, ..., `f(chunks - 1)`, each once, on some threads, and returns when
+/// all have returned: a [`Pool`], or another thread pool to compare it with.
+pub trait Runner: Sync {
+    /// Threads that take part (to size chunks by).
+    fn threads(&self) -> usize;
+    fn run(&self, chunks: usize, f: &(dyn Fn(usize) + Sync));
+}
+
+impl Runner for Pool {
+    fn threads(&self) -> usize {
+        Pool::threads(self)
+    }
+    fn run(&self, chunks: usize, f: &(dyn Fn(usize) + Sync)) {
+        Pool::run(self, chunks, f)
+    }
+}
 
 struct Shared {
-    /// Bumped once per job; a worker runs the job whose epoch it has not yet seen.
+    /// Bumped once per job, to wake the workers.
     epoch: AtomicUsize,
-    /// Workers still running the current job.
-    pending: AtomicUsize,
+    /// The current job takes workers in (set after `job`, `chunks`, `next` and `done` are).
+    open: AtomicBool,
+    /// Workers inside the current job: the caller returns only once none is.
+    entered: AtomicUsize,
+    /// The current job's chunks, the next one to take, and how many have finished.
+    chunks: AtomicUsize,
+    next: AtomicUsize,
+    done: AtomicUsize,
     /// Workers asleep (or about to be) on `wake`.
     sleepers: AtomicUsize,
     shutdown: AtomicBool,
-    /// A worker's share of the current job panicked (the caller re-raises it).
+    /// A chunk run by a worker panicked (the caller re-raises it).
     panicked: AtomicBool,
-    /// Written by the one caller holding `busy` before it bumps `epoch`; read by workers after.
+    /// Written by the one caller holding `Pool::busy` while the job is closed and no worker is
+    /// inside; read by workers only after they entered an open job.
     job: UnsafeCell<Option<Job>>,
     lock: Mutex<()>,
     wake: Condvar,
 }
 
-// SAFETY: `job` is written only by the caller that holds `Pool::busy`, while no worker reads it
-// (all of the previous job's workers have finished: `pending` was 0), and published to workers
-// by the SeqCst store to `epoch`; the closure it points to is `Sync`.
+// SAFETY: `job` is written only by the caller that holds `Pool::busy`, while `open` is false
+// and `entered` is 0 (it waited for that before its previous return), and read by workers only
+// between their SeqCst increment of `entered` and seeing `open` true, which the caller set
+// (SeqCst) after writing `job`; the closure it points to is `Sync`.
 unsafe impl Sync for Shared {}
 // SAFETY: as above; the raw pointer is only dereferenced while the caller keeps it alive.
 unsafe impl Send for Shared {}
 
-/// A fixed set of worker threads; share 0 of every job runs on the calling thread.
+impl Shared {
+    /// Takes and runs chunks until none are left.
+    fn take_chunks(&self, f: &(dyn Fn(usize) + Sync)) {
+        let chunks = self.chunks.load(Ordering::Acquire);
+        loop {
+            let i = self.next.fetch_add(1, Ordering::AcqRel);
+            if i >= chunks {
+                return;
+            }
+            /// Counts the chunk done even if it panics, so the caller never hangs.
+            struct Done<'a>(&'a AtomicUsize);
+            impl Drop for Done<'_> {
+                fn drop(&mut self) {
+                    self.0.fetch_add(1, Ordering::Release);
+                }
+            }
+            let _done = Done(&self.done);
+            f(i);
+        }
+    }
+}
+
+/// A fixed set of worker threads; the calling thread works on its own jobs too.
 pub struct Pool {
     shared: Arc<Shared>,
     threads: usize,
@@ -59,12 +134,16 @@ impl std::fmt::Debug for Pool {
 }
 
 impl Pool {
-    /// A pool of `threads` shares (the caller plus `threads - 1` workers; at least 1). A worker
+    /// A pool of `threads` threads (the caller plus `threads - 1` workers; at least 1). A worker
     /// that cannot be spawned leaves the pool smaller, never broken.
     pub fn new(threads: usize) -> Self {
         let shared = Arc::new(Shared {
             epoch: AtomicUsize::new(0),
-            pending: AtomicUsize::new(0),
+            open: AtomicBool::new(false),
+            entered: AtomicUsize::new(0),
+            chunks: AtomicUsize::new(0),
+            next: AtomicUsize::new(0),
+            done: AtomicUsize::new(0),
             sleepers: AtomicUsize::new(0),
             shutdown: AtomicBool::new(false),
             panicked: AtomicBool::new(false),
@@ -77,7 +156,7 @@ impl Pool {
             let s = Arc::clone(&shared);
             match std::thread::Builder::new()
                 .name(format!("ward-matmul-{index}"))
-                .spawn(move || worker(&s, index))
+                .spawn(move || worker(&s))
             {
                 Ok(h) => handles.push(h),
                 Err(_) => break,
@@ -105,56 +184,61 @@ impl Pool {
         })
     }
 
-    /// Shares of each job (the caller's included).
+    /// Threads that work on each job (the caller's included).
     pub fn threads(&self) -> usize {
         self.threads
     }
 
-    /// Runs `f(0)`, ..., `f(threads - 1)`, share 0 on this thread and the others on the
-    /// workers, and returns when all have returned.
-    pub fn run(&self, f: &(dyn Fn(usize) + Sync)) {
+    /// Runs `f(0)`, ..., `f(chunks - 1)`, each once, on this thread and the workers, and
+    /// returns when all have returned.
+    pub fn run(&self, chunks: usize, f: &(dyn Fn(usize) + Sync)) {
         let guard = match self.busy.try_lock() {
-            Ok(g) if self.threads > 1 => g,
+            Ok(g) if self.threads > 1 && chunks > 1 => g,
+            // A caller's chunk panicked before: the pool itself is sound (`Close` ran).
+            Err(TryLockError::Poisoned(g)) if self.threads > 1 && chunks > 1 => g.into_inner(),
             _ => {
-                // Busy (another caller's job) or no workers: every share here, in order.
-                (0..self.threads).for_each(f);
+                // Busy (another caller's job), no workers, or nothing to split: all here.
+                (0..chunks).for_each(f);
                 return;
             }
         };
         let s = &*self.shared;
-        // SAFETY: only the lifetime is erased. The pointer is dereferenced by workers only
-        // between the `epoch` bump below and their `pending` decrement, and this function does
-        // not return (nor unwind: see the wait below) before `pending` is 0 again.
+        // SAFETY: only the lifetime is erased. Workers dereference the pointer only while
+        // counted in `entered` for an open job, and this function neither returns nor unwinds
+        // (see `Close`) before the job is closed and `entered` is 0 again.
         let job: Job = unsafe { std::mem::transmute::<&(dyn Fn(usize) + Sync), Job>(f) };
-        // SAFETY: we hold `busy` and the previous job's workers are done (`pending` was 0 when
-        // it returned), so nobody reads `job` now.
+        // SAFETY: we hold `busy`, the job is closed and no worker is inside (see `Shared`).
         unsafe { *s.job.get() = Some(job) };
-        s.pending.store(self.threads - 1, Ordering::SeqCst);
+        s.chunks.store(chunks, Ordering::SeqCst);
+        s.next.store(0, Ordering::SeqCst);
+        s.done.store(0, Ordering::SeqCst);
+        s.open.store(true, Ordering::SeqCst);
         s.epoch.fetch_add(1, Ordering::SeqCst);
         if s.sleepers.load(Ordering::SeqCst) > 0 {
             let _l = s.lock.lock();
             s.wake.notify_all();
         }
-        /// Waits for the workers even if share 0 panics, so that no worker outlives `f`.
-        struct WaitOnDrop<'a>(&'a AtomicUsize);
-        impl Drop for WaitOnDrop<'_> {
+        /// Closes the job and waits for every chunk and every worker that entered, even if a
+        /// chunk on this thread panics, so that no worker outlives `f`.
+        struct Close<'a>(&'a Shared, usize);
+        impl Drop for Close<'_> {
             fn drop(&mut self) {
-                let start = Instant::now();
-                while self.0.load(Ordering::Acquire) != 0 {
-                    if start.elapsed() < SPIN {
-                        std::hint::spin_loop();
-                    } else {
-                        std::thread::yield_now();
-                    }
+                let (s, chunks) = (self.0, self.1);
+                // Chunks nobody took yet (this thread is unwinding) are taken and skipped.
+                while s.next.fetch_add(1, Ordering::AcqRel) < chunks {
+                    s.done.fetch_add(1, Ordering::Release);
                 }
+                while !wait_until(SPIN, || s.done.load(Ordering::Acquire) >= chunks) {}
+                s.open.store(false, Ordering::SeqCst);
+                while !wait_until(SPIN, || s.entered.load(Ordering::SeqCst) == 0) {}
             }
         }
-        let wait = WaitOnDrop(&s.pending);
-        f(0);
-        drop(wait);
+        let close = Close(s, chunks);
+        s.take_chunks(f);
+        drop(close);
         drop(guard);
         if s.panicked.swap(false, Ordering::SeqCst) {
-            std::panic::resume_unwind(Box::new("a matmul worker's share panicked"));
+            std::panic::resume_unwind(Box::new("a matmul worker's chunk panicked"));
         }
     }
 }
@@ -174,16 +258,12 @@ impl Drop for Pool {
     }
 }
 
-fn worker(s: &Shared, index: usize) {
+fn worker(s: &Shared) {
     let mut seen = 0usize;
     loop {
-        // Wait for a new epoch: spin first, then sleep.
-        let start = Instant::now();
+        // Wait for a new epoch: spin and yield first, then sleep.
+        wait_until(SPIN, || s.epoch.load(Ordering::SeqCst) != seen);
         let mut epoch = s.epoch.load(Ordering::SeqCst);
-        while epoch == seen && start.elapsed() < SPIN {
-            std::hint::spin_loop();
-            epoch = s.epoch.load(Ordering::SeqCst);
-        }
         if epoch == seen {
             let mut l = s.lock.lock().unwrap_or_else(|e| e.into_inner());
             s.sleepers.fetch_add(1, Ordering::SeqCst);
@@ -200,24 +280,20 @@ fn worker(s: &Shared, index: usize) {
         if s.shutdown.load(Ordering::SeqCst) {
             return;
         }
-        /// Counts this worker done even if the job panics, so the caller never hangs.
-        struct Done<'a>(&'a AtomicUsize);
-        impl Drop for Done<'_> {
-            fn drop(&mut self) {
-                self.0.fetch_sub(1, Ordering::Release);
+        s.entered.fetch_add(1, Ordering::SeqCst);
+        if s.open.load(Ordering::SeqCst) {
+            // SAFETY: the job is open and we are counted in `entered`, so `job` was written
+            // before `open` was set and the caller keeps the closure alive until we leave.
+            if let Some(job) = unsafe { *s.job.get() } {
+                // SAFETY: as above, the closure outlives this call.
+                let f = unsafe { &*job };
+                let run = std::panic::AssertUnwindSafe(|| s.take_chunks(f));
+                if std::panic::catch_unwind(run).is_err() {
+                    s.panicked.store(true, Ordering::SeqCst);
+                }
             }
         }
-        let _done = Done(&s.pending);
-        // SAFETY: `job` was written before the epoch we saw was published (SeqCst), and the
-        // caller keeps the closure alive until `pending` (decremented by `_done`) reaches 0.
-        if let Some(job) = unsafe { *s.job.get() } {
-            // SAFETY: as above, the closure outlives this call.
-            let f = unsafe { &*job };
-            let run = std::panic::AssertUnwindSafe(|| f(index));
-            if std::panic::catch_unwind(run).is_err() {
-                s.panicked.store(true, Ordering::SeqCst);
-            }
-        }
+        s.entered.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -226,12 +302,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_share_runs_once_per_job() {
+    fn every_chunk_runs_once_per_job() {
         let pool = Pool::new(3);
         assert_eq!(pool.threads(), 3);
         for round in 0..1000usize {
-            let hits: Vec<AtomicUsize> = (0..3).map(|_| AtomicUsize::new(0)).collect();
-            pool.run(&|i| {
+            let chunks = 1 + round % 17;
+            let hits: Vec<AtomicUsize> = (0..chunks).map(|_| AtomicUsize::new(0)).collect();
+            pool.run(chunks, &|i| {
                 hits[i].fetch_add(round + 1, Ordering::Relaxed);
             });
             for h in &hits {
@@ -241,11 +318,25 @@ mod tests {
     }
 
     #[test]
+    fn a_panicking_chunk_reaches_the_caller_and_the_pool_keeps_working() {
+        let pool = Pool::new(2);
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            pool.run(8, &|i| assert_ne!(i, 5, "chunk 5"));
+        }));
+        assert!(caught.is_err());
+        let n = AtomicUsize::new(0);
+        pool.run(8, &|_| {
+            n.fetch_add(1, Ordering::Relaxed);
+        });
+        assert_eq!(n.load(Ordering::Relaxed), 8);
+    }
+
+    #[test]
     fn workers_wake_after_sleeping_and_concurrent_callers_both_finish() {
         let pool = Arc::new(Pool::new(2));
         std::thread::sleep(SPIN * 5); // the worker is asleep now
         let n = AtomicUsize::new(0);
-        pool.run(&|_| {
+        pool.run(2, &|_| {
             n.fetch_add(1, Ordering::Relaxed);
         });
         assert_eq!(n.load(Ordering::Relaxed), 2);
@@ -255,7 +346,7 @@ mod tests {
                 std::thread::spawn(move || {
                     let n = AtomicUsize::new(0);
                     for _ in 0..200 {
-                        p.run(&|_| {
+                        p.run(2, &|_| {
                             n.fetch_add(1, Ordering::Relaxed);
                         });
                     }
