@@ -2,7 +2,8 @@
 //! tied Q8_0 output head), for decode (1 activation row) and prefill (128 rows): ward's kernels
 //! on its persistent pool, the same kernels split by rayon, on one thread, and candle's
 //! `QMatMul` on the same weights; plus what a decode step's matmuls add up to and the weight
-//! bandwidth that makes. The medians of 7 timings, each as many calls as fill 20 ms.
+//! bandwidth that makes (a prefill step: without the output head, which it runs for its last
+//! token only). The medians of 7 timings, each as many calls as fill 20 ms.
 //!
 //! Usage: bench-kernels [--rows M]...   (`RAYON_NUM_THREADS` sets every pool's threads)
 
@@ -136,8 +137,14 @@ fn main() -> Result<(), BoxError> {
                 t[2] * 1e6,
                 t[3] * 1e6
             );
+            // A prefill computes the output head for its last token only.
+            let per_step = if m > 1 && s.rows == 49152 {
+                0
+            } else {
+                s.per_step
+            };
             for (acc, t) in step.iter_mut().zip(t) {
-                *acc += t * s.per_step as f64;
+                *acc += t * per_step as f64;
             }
         }
         println!(
