@@ -104,26 +104,33 @@ boot-test: deps
 fetch-model:
     scripts/fetch-model.sh
 
-# SmolLM2-135M Q4_1, and llama checkpoints with SmolLM2-135M's and TinyLlama-1.1B's shapes and random
-# weights (f32 safetensors, 0.5 + 4.4 GB, generated once under ~/.cache/ward/bench) run in ward and in
-# PyTorch transformers on the same files, in alternating rounds. torch comes from $WARD_BENCH_PYTHON
+# SmolLM2-135M Q4_1 in ward and in llama.cpp (llama-cpp-python in target/llama-venv, built from
+# source by scripts/llama-venv.sh) on the same GGUF, 2 threads, in alternating rounds, at 128/128
+# and after a 1024-token prompt, with peak RSS; ward's matmuls alone (bench-kernels: its pool,
+# rayon, one thread, candle); then llama checkpoints with SmolLM2-135M's and TinyLlama-1.1B's
+# shapes and random weights (f32 safetensors, 0.5 + 4.4 GB, generated once under
+# ~/.cache/ward/bench) in ward and in PyTorch transformers. torch comes from $WARD_BENCH_PYTHON
 # (default python3; SKIP without it).
-# Inference prefill/decode tok/s on the CPU (x86-64-v3 build), next to PyTorch on the same models.
+# Inference prefill/decode tok/s on the CPU (x86-64-v3 build), next to llama.cpp and PyTorch.
 bench-infer: fetch-model
+    scripts/llama-venv.sh
     RUSTFLAGS="-C target-cpu=x86-64-v3" cargo build --release -q -p ward-inference-bench --bins --target-dir target/x86-64-v3
     bin=target/x86-64-v3/release; cache="${XDG_CACHE_HOME:-$HOME/.cache}/ward"; \
       $bin/gen-bench-model smollm2-135m "$cache/bench/smollm2-135m-random-f32"; \
       $bin/gen-bench-model tinyllama-1.1b "$cache/bench/tinyllama-1.1b-random-f32"; \
-      $bin/bench-infer "$cache/models/SmolLM2-135M-Instruct.Q4_1.gguf" --no-baseline; \
+      RAYON_NUM_THREADS=2 $bin/bench-infer "$cache/models/SmolLM2-135M-Instruct.Q4_1.gguf" --runs 5; \
+      RAYON_NUM_THREADS=2 $bin/bench-infer "$cache/models/SmolLM2-135M-Instruct.Q4_1.gguf" --prompt-tokens 1024 --runs 3; \
+      RAYON_NUM_THREADS=2 $bin/bench-kernels; \
       $bin/bench-infer "$cache/bench/smollm2-135m-random-f32"; \
       $bin/bench-infer "$cache/bench/tinyllama-1.1b-random-f32" --prompt-tokens 64 --gen-tokens 32
 
 # The same for the 135M models on the portable build (x86-64, SSE2 only: what the workspace builds).
 bench-infer-portable: fetch-model
+    scripts/llama-venv.sh
     cargo build --release -q -p ward-inference-bench --bins
     bin=target/release; cache="${XDG_CACHE_HOME:-$HOME/.cache}/ward"; \
       $bin/gen-bench-model smollm2-135m "$cache/bench/smollm2-135m-random-f32"; \
-      $bin/bench-infer "$cache/models/SmolLM2-135M-Instruct.Q4_1.gguf" --no-baseline; \
+      RAYON_NUM_THREADS=2 $bin/bench-infer "$cache/models/SmolLM2-135M-Instruct.Q4_1.gguf" --runs 5; \
       $bin/bench-infer "$cache/bench/smollm2-135m-random-f32"
 
 # End-to-end encryption cost per request (X-Wing, X25519) and per streamed token, next to

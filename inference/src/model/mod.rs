@@ -9,6 +9,7 @@
 
 mod gguf;
 mod gguf_precheck;
+mod qlinear;
 mod quantized;
 mod safetensors;
 

@@ -12,12 +12,13 @@
 
 use std::io::{Read, Seek};
 
-use candle_core::quantized::QMatMul;
 use candle_core::quantized::gguf_file::Content;
 use candle_core::{DType, Device, IndexOp, Module, Tensor};
 use candle_nn::Embedding;
 use candle_transformers::quantized_nn::RmsNorm;
 use candle_transformers::utils::{build_causal_mask, repeat_kv};
+
+use super::qlinear::{Kernels, QLinear};
 
 /// The hyper-parameters the loader checked.
 #[derive(Debug, Clone, Copy)]
@@ -37,16 +38,16 @@ pub(super) struct QuantizedParams {
 
 #[derive(Debug, Clone)]
 struct Layer {
-    wq: QMatMul,
-    wk: QMatMul,
-    wv: QMatMul,
+    wq: QLinear,
+    wk: QLinear,
+    wv: QLinear,
     /// q, k and v biases (Qwen2).
     biases: Option<(Tensor, Tensor, Tensor)>,
-    wo: QMatMul,
+    wo: QLinear,
     attn_norm: RmsNorm,
-    gate: QMatMul,
-    up: QMatMul,
-    down: QMatMul,
+    gate: QLinear,
+    up: QLinear,
+    down: QLinear,
     ffn_norm: RmsNorm,
 }
 
@@ -56,7 +57,7 @@ pub(crate) struct QuantizedWeights {
     embed: Embedding,
     layers: Vec<Layer>,
     norm: RmsNorm,
-    output: QMatMul,
+    output: QLinear,
     cos: Tensor,
     sin: Tensor,
     neg_inf: Tensor,
@@ -121,18 +122,19 @@ impl QuantizedWeights {
         device: &Device,
     ) -> candle_core::Result<Self> {
         let mut q = |name: &str| ct.tensor(reader, name, device);
+        let kernels = Kernels::from_env();
+        let mm = |x: candle_core::quantized::QTensor| QLinear::from_qtensor(x, kernels);
         let embed = q("token_embd.weight")?.dequantize(device)?;
         let norm = RmsNorm::from_qtensor(q("output_norm.weight")?, p.eps)?;
         let output = if ct.tensor_infos.contains_key("output.weight") {
-            QMatMul::from_qtensor(q("output.weight")?)?
+            mm(q("output.weight")?)?
         } else {
             // Tied embeddings: the (possibly quantised) embedding matrix is the head.
-            QMatMul::from_qtensor(q("token_embd.weight")?)?
+            mm(q("token_embd.weight")?)?
         };
         let mut layers = Vec::with_capacity(p.layers);
         for i in 0..p.layers {
             let mut t = |n: &str| q(&format!("blk.{i}.{n}"));
-            let mm = |x: candle_core::quantized::QTensor| QMatMul::from_qtensor(x);
             let biases = if p.qwen2 {
                 Some((
                     t("attn_q.bias")?.dequantize(device)?,

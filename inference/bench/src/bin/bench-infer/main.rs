@@ -1,34 +1,40 @@
-//! Prefill and decode throughput of the runtime on the CPU, next to PyTorch `transformers` on the
-//! same model in the same run, and the cost of end-to-end encryption per request and per token.
+//! Prefill and decode throughput of the runtime on the CPU, next to llama.cpp (GGUF files) or
+//! PyTorch `transformers` (safetensors) on the same model in the same run, and the cost of
+//! end-to-end encryption per request and per token.
 //!
 //! Usage:
 //!   bench-infer [MODEL...] [--prompt-tokens N] [--gen-tokens N] [--runs N] [--device D]
-//!               [--python PATH] [--no-baseline] [--baseline-model PATH]
+//!               [--baseline torch|llama] [--python PATH] [--no-baseline] [--baseline-model PATH]
 //!   bench-infer --e2e [GGUF] [--gen-tokens N] [--runs N]
 //!   bench-infer --batch [MODEL] [--prompt-tokens N] [--gen-tokens N] [--runs N] [--device D]
 //!
 //! A MODEL is a GGUF file or a safetensors directory (`config.json`, `tokenizer.json`,
 //! `*.safetensors`; `gen-bench-model` writes llama checkpoints with real shapes and random
 //! weights). Without one: SmolLM2-135M Q4_1, fetched by `scripts/fetch-model.sh`. Each of the
-//! `--runs` rounds runs ward once, then the baseline `inference/bench/torch_baseline.py` once on
-//! the same files with the same prompt ids, in a child process under `--python` or
-//! `$WARD_BENCH_PYTHON` (default `python3`): both see the same machine load, and the ratio is the
-//! median of the rounds' ratios. The baseline prints `SKIP` when torch or transformers is
-//! missing. Build with `cargo build --release -p ward-inference-bench --bin bench-infer` (and
+//! `--runs` rounds runs ward once, then the baseline once on the same files with the same
+//! prompt ids, in a child process: both see the same machine load, and the ratio is the median
+//! of the rounds' ratios. The baseline of a GGUF file is llama.cpp,
+//! `inference/bench/llama_baseline.py` under `$WARD_LLAMA_PYTHON`, else
+//! `target/llama-venv/bin/python` (`scripts/llama-venv.sh`); of a directory, PyTorch,
+//! `inference/bench/torch_baseline.py` under `--python` or `$WARD_BENCH_PYTHON` (default
+//! `python3`); `--baseline` picks one. A baseline prints `SKIP` when its engine is missing.
+//! Peak RSS: ward's is this process's high-water mark so far (every model it loaded), the
+//! baseline's its own process's, Python included. Build with
+//! `cargo build --release -p ward-inference-bench --bin bench-infer` (and
 //! `RUSTFLAGS="-C target-cpu=x86-64-v3"`: see inference/README.md).
 //! `RAYON_NUM_THREADS=N` sets the threads of both (default: every core).
 //!
-//! `--device cuda[:N]` (a build with the `cuda` feature) runs ward on that GPU and the baseline
-//! there too, in bf16 (what ward runs safetensors models in on a GPU). Each decode step hands
-//! the token to the host in both, as a server must to stream it. `--baseline-model` gives the
-//! baseline other files than ward's: the safetensors a quantised GGUF was made from, say
+//! `--device cuda[:N]` (a build with the `cuda` feature) runs ward on that GPU and the torch
+//! baseline there too, in bf16 (what ward runs safetensors models in on a GPU). Each decode step
+//! hands the token to the host in both, as a server must to stream it. `--baseline-model` gives
+//! the baseline other files than ward's: the safetensors a quantised GGUF was made from, say
 //! (`gen-bench-model --gguf`), since transformers can only dequantise a GGUF to full width.
-//! The baseline script is `$WARD_BENCH_TORCH_SCRIPT`, else `inference/bench/torch_baseline.py`
-//! under the working directory or the source tree.
+//! The scripts are `$WARD_BENCH_TORCH_SCRIPT` / `$WARD_BENCH_LLAMA_SCRIPT`, else found under
+//! the working directory or the source tree.
 
+mod baseline;
 mod batch;
 mod e2e;
-mod torch;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -43,6 +49,8 @@ struct Args {
     gen_tokens: usize,
     runs: usize,
     baseline: bool,
+    /// The baseline engine; by default llama.cpp for a GGUF file, torch for a directory.
+    baseline_kind: Option<baseline::Kind>,
     python: String,
     e2e: bool,
     batch: bool,
@@ -68,6 +76,7 @@ fn parse_args() -> Result<Args, BoxError> {
         gen_tokens: 128,
         runs: 3,
         baseline: true,
+        baseline_kind: None,
         python: std::env::var("WARD_BENCH_PYTHON").unwrap_or_else(|_| "python3".to_owned()),
         e2e: false,
         batch: false,
@@ -85,6 +94,13 @@ fn parse_args() -> Result<Args, BoxError> {
             "--runs" => args.runs = value(&a)?.parse::<usize>()?.max(1),
             "--python" => args.python = value(&a)?,
             "--no-baseline" => args.baseline = false,
+            "--baseline" => {
+                args.baseline_kind = Some(match value(&a)?.as_str() {
+                    "torch" => baseline::Kind::Torch,
+                    "llama" | "llama.cpp" => baseline::Kind::Llama,
+                    other => return Err(format!("--baseline torch|llama, not {other}").into()),
+                })
+            }
             "--e2e" => args.e2e = true,
             "--batch" => args.batch = true,
             "--device" => args.device = value(&a)?.parse()?,
@@ -221,6 +237,20 @@ pub(crate) fn measure(
     })
 }
 
+/// This process's peak resident set (`VmHWM`), in MB.
+fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb / 1024.0)
+}
+
 /// The 1-minute load average, to print next to the figures (the machine may be shared).
 fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
@@ -250,55 +280,79 @@ fn bench_model(path: &Path, args: &Args) -> Result<(), BoxError> {
         load_average()
     );
     run_once(&model, &prompt[..prompt.len().min(8)], 2)?; // warm-up
-    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    let kind = args.baseline_kind.unwrap_or(if path.is_dir() {
+        baseline::Kind::Torch
+    } else {
+        baseline::Kind::Llama
+    });
+    let python = match kind {
+        baseline::Kind::Torch => args.python.clone(),
+        baseline::Kind::Llama => baseline::llama_python(),
+    };
+    let (mut ours, mut theirs, mut their_rss) = (Vec::new(), Vec::new(), None);
     let mut skipped = (!args.baseline).then(|| "--no-baseline".to_owned());
     for _ in 0..args.runs {
         ours.push(run_once(&model, &prompt, args.gen_tokens)?);
         if skipped.is_none() {
-            match torch::run(
-                &args.python,
-                baseline_path,
-                &args.device.to_string(),
-                &prompt,
-                args.gen_tokens,
-                1,
-            ) {
-                torch::Outcome::Figures(f) => theirs.push(f),
-                torch::Outcome::Skip(why) => skipped = Some(why),
+            match baseline::run(&baseline::Call {
+                kind,
+                python: &python,
+                model: baseline_path,
+                device: &args.device.to_string(),
+                prompt: &prompt,
+                gen_tokens: args.gen_tokens,
+                runs: 1,
+            }) {
+                baseline::Outcome::Figures(f, rss) => {
+                    theirs.push(f);
+                    their_rss = match (their_rss, rss) {
+                        (Some(a), Some(b)) => Some(f64::max(a, b)),
+                        (a, b) => a.or(b),
+                    };
+                }
+                baseline::Outcome::Skip(why) => skipped = Some(why),
             }
         }
     }
     let med = |v: &[Figures], f: fn(&Figures) -> f64| median(v.iter().map(f).collect());
+    let label = kind.label();
     println!(
-        "  ward (candle):        prefill {:8.1} tok/s   decode {:7.2} tok/s",
+        "  ward:                 prefill {:8.1} tok/s   decode {:7.2} tok/s   peak RSS {}",
         med(&ours, |f| f.prefill_tps),
-        med(&ours, |f| f.decode_tps)
+        med(&ours, |f| f.decode_tps),
+        peak_rss_mb().map_or("?".to_owned(), |r| format!(
+            "{r:.0} MB (this process so far)"
+        ))
     );
     match skipped {
-        Some(why) => println!("  torch (transformers): SKIP ({why})"),
+        Some(why) => println!("  {label}: SKIP ({why})"),
         None => {
             println!(
-                "  torch (transformers): prefill {:8.1} tok/s   decode {:7.2} tok/s{}",
+                "  {label:<21} prefill {:8.1} tok/s   decode {:7.2} tok/s{}{}",
                 med(&theirs, |f| f.prefill_tps),
                 med(&theirs, |f| f.decode_tps),
-                match (path.is_dir(), args.baseline_model.is_some()) {
-                    (true, false) => String::new(),
-                    (_, true) => format!("   (on {})", baseline_path.display()),
-                    (false, false) =>
+                their_rss.map_or(String::new(), |r| format!(
+                    "   peak RSS {r:.0} MB (with Python)"
+                )),
+                match (path.is_dir(), args.baseline_model.is_some(), kind) {
+                    (_, true, _) => format!("   (on {})", baseline_path.display()),
+                    (false, false, baseline::Kind::Torch) =>
                         "   (GGUF dequantised to full width: not the same arithmetic)".to_owned(),
+                    _ => String::new(),
                 }
             );
             let ratio = |f: fn(&Figures) -> f64| {
                 median(ours.iter().zip(&theirs).map(|(a, b)| f(a) / f(b)).collect())
             };
             let first = |v: &[Figures]| v.first().map(|f| f.first_token);
+            let short = kind.short();
             println!(
-                "  ward / torch:         prefill {:8.2}x        decode {:7.2}x   (first greedy token: {})",
+                "  ward / {short:<14} prefill {:8.2}x        decode {:7.2}x   (first greedy token: {})",
                 ratio(|f| f.prefill_tps),
                 ratio(|f| f.decode_tps),
                 match (first(&ours), first(&theirs)) {
                     (a, b) if a == b => "same".to_owned(),
-                    (a, b) => format!("ward {a:?}, torch {b:?}"),
+                    (a, b) => format!("ward {a:?}, {short} {b:?}"),
                 }
             );
         }
@@ -309,7 +363,8 @@ fn bench_model(path: &Path, args: &Args) -> Result<(), BoxError> {
 
 fn main() -> Result<(), BoxError> {
     let args = parse_args()?;
-    // candle sizes its pools from RAYON_NUM_THREADS; the torch baseline follows it too.
+    // candle and ward's matmul pool size themselves from RAYON_NUM_THREADS; the baselines
+    // follow it too.
     let threads = std::env::var("RAYON_NUM_THREADS")
         .ok()
         .and_then(|n| n.parse::<usize>().ok())

@@ -1,0 +1,101 @@
+//! ward-kernels: ward's own CPU kernels for the ggml block formats its GGUF models carry, where
+//! candle's are the bottleneck (candle 0.11 has no SIMD kernel for Q4_1 at all).
+//!
+//! What it owns:
+//! - [`QMatrix`]: a weight matrix in Q4_0, Q4_1 or Q8_0 blocks (the GGUF bytes as they are) and
+//!   its product with f32 activations, which are quantised once per matmul input to 8-bit
+//!   blocks ([`blocks::Q8Block`]); one vector dot per output for a single row (decode), a tiled
+//!   product for many (prefill: each weight block is unpacked once for 4 activation rows);
+//! - the kernels: AVX2 + FMA chosen at run time (`is_x86_feature_detected!`, so the portable
+//!   build runs them too), and the scalar code that is their reference ([`blocks::dot_scalar`]);
+//! - [`Pool`]: one persistent set of worker threads that splits each matmul's rows.
+//!
+//! What it must never do: read outside the slices it is given (every length is checked before
+//! any SIMD code runs, sizes with checked arithmetic), spawn a thread per operation, or depend
+//! on candle (ward-inference hooks it in at the matmul, so one model definition serves CPU and GPU).
+
+pub mod blocks;
+mod matmul;
+mod pool;
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+pub use blocks::{Format, Q8Block, QK};
+pub use matmul::QMatrix;
+pub use pool::{Pool, Runner};
+
+/// Which implementation of the dot products runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernel {
+    /// Portable scalar code: the reference.
+    Scalar,
+    /// AVX2 + FMA + F16C (x86-64-v3 CPUs), detected at run time.
+    Avx2,
+}
+
+impl Kernel {
+    /// The fastest kernel this CPU runs.
+    pub fn best() -> Kernel {
+        if kernel::avx2() {
+            Kernel::Avx2
+        } else {
+            Kernel::Scalar
+        }
+    }
+
+    /// Whether this CPU runs `self`.
+    pub fn available(self) -> bool {
+        match self {
+            Kernel::Scalar => true,
+            Kernel::Avx2 => kernel::avx2(),
+        }
+    }
+}
+
+pub(crate) mod kernel {
+    /// AVX2, FMA and F16C are there (detected once).
+    pub(crate) fn avx2() -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            static AVX2: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+            *AVX2.get_or_init(crate::x86::available)
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    }
+}
+
+/// What a matmul was given that it cannot work with.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum KernelError {
+    /// A row of `cols` weights is not a whole number of 32-weight blocks.
+    #[error("rows of {cols} weights are not whole blocks of {QK}")]
+    PartialBlock { cols: usize },
+    /// The weight bytes do not hold `rows x cols` weights of the format.
+    #[error("{format:?} weights of {rows} x {cols}: {expected} bytes expected, {got} given")]
+    WeightBytes {
+        format: Format,
+        rows: usize,
+        cols: usize,
+        expected: usize,
+        got: usize,
+    },
+    /// A size overflowed `usize`.
+    #[error("{rows} x {cols} weights overflow the address space")]
+    TooLarge { rows: usize, cols: usize },
+    /// The input or the output is not `m` rows of the matrix's width.
+    #[error("{what}: {expected} values expected for {m} rows, {got} given")]
+    Operand {
+        what: &'static str,
+        m: usize,
+        expected: usize,
+        got: usize,
+    },
+    /// The kernel asked for does not run on this CPU.
+    #[error("the {0:?} kernel does not run on this CPU")]
+    Unavailable(Kernel),
+}
+#[cfg(test)]
+mod tests;

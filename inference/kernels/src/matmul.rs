@@ -1,0 +1,282 @@
+//! [`QMatrix`]: a quantised weight matrix and its product with f32 activations, split by
+//! output rows across a [`Pool`].
+
+use crate::blocks::{Format, Q8Block, QK, dot_scalar, quantize_row};
+use crate::{Kernel, KernelError, Pool, Runner};
+
+/// Activation rows a prefill tile takes at once: each weight block is unpacked once for all.
+const TILE: usize = 4;
+/// Weight rows walked together under one activation tile (at most 16 rows x 48 blocks x 20
+/// bytes = 15 KiB: they stay in L1 while every tile of activations passes over them).
+const ROW_BLOCK: usize = 16;
+/// Activation rows from which quantising them is split across the pool too.
+const PARALLEL_QUANTISE: usize = 16;
+
+/// `rows` x `cols` weights in ggml blocks of one [`Format`], row-major as GGUF stores them
+/// (the `out_features x in_features` of a linear layer).
+#[derive(Clone)]
+pub struct QMatrix {
+    format: Format,
+    rows: usize,
+    cols: usize,
+    /// Blocks per row.
+    nb: usize,
+    row_bytes: usize,
+    data: Vec<u8>,
+}
+
+impl std::fmt::Debug for QMatrix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QMatrix")
+            .field("format", &self.format)
+            .field("rows", &self.rows)
+            .field("cols", &self.cols)
+            .finish()
+    }
+}
+
+/// A pointer to the output that the pool's threads write disjoint elements of.
+#[derive(Clone, Copy)]
+struct Out(*mut f32);
+// SAFETY: each element behind the pointer is written by exactly one thread (the rows are cut
+// into chunks, each run once), and `Runner::run` returns only when every chunk has.
+unsafe impl Sync for Out {}
+// SAFETY: as above.
+unsafe impl Send for Out {}
+
+/// Same, for the quantised activations (rows partitioned between threads).
+#[derive(Clone, Copy)]
+struct Acts(*mut Q8Block);
+// SAFETY: as for `Out`: disjoint rows per thread, joined by `Pool::run`.
+unsafe impl Sync for Acts {}
+// SAFETY: as above.
+unsafe impl Send for Acts {}
+
+impl Out {
+    /// The element at `i` (a method, so that closures capture the `Sync` wrapper, not the field).
+    ///
+    /// # Safety
+    /// `i` is inside the output.
+    unsafe fn at(self, i: usize) -> *mut f32 {
+        // SAFETY: the caller keeps `i` inside the output.
+        unsafe { self.0.add(i) }
+    }
+}
+
+impl Acts {
+    /// As [`Out::at`].
+    ///
+    /// # Safety
+    /// `i` is inside the activations.
+    unsafe fn at(self, i: usize) -> *mut Q8Block {
+        // SAFETY: the caller keeps `i` inside the activations.
+        unsafe { self.0.add(i) }
+    }
+}
+
+/// Chunks per thread a matmul is cut into: threads take chunks as they come free, so a thread
+/// the OS did not schedule (a shared machine) holds a matmul up by one small chunk at most.
+const CHUNKS_PER_THREAD: usize = 8;
+
+/// Chunk `c` of `n` items cut into `chunks` near-equal ranges, each a multiple of `align`
+/// items but the last.
+fn chunk(n: usize, chunks: usize, align: usize, c: usize) -> std::ops::Range<usize> {
+    let per = n.div_ceil(chunks.max(1)).div_ceil(align) * align;
+    (c * per).min(n)..((c + 1) * per).min(n)
+}
+
+impl QMatrix {
+    /// Takes `data`, `rows * cols` weights in `format`'s blocks, as a GGUF tensor stores them.
+    pub fn new(
+        format: Format,
+        rows: usize,
+        cols: usize,
+        data: Vec<u8>,
+    ) -> Result<Self, KernelError> {
+        if cols % QK != 0 {
+            return Err(KernelError::PartialBlock { cols });
+        }
+        let nb = cols / QK;
+        let row_bytes = nb
+            .checked_mul(format.block_bytes())
+            .ok_or(KernelError::TooLarge { rows, cols })?;
+        let expected = row_bytes
+            .checked_mul(rows)
+            .ok_or(KernelError::TooLarge { rows, cols })?;
+        if data.len() != expected {
+            return Err(KernelError::WeightBytes {
+                format,
+                rows,
+                cols,
+                expected,
+                got: data.len(),
+            });
+        }
+        Ok(QMatrix {
+            format,
+            rows,
+            cols,
+            nb,
+            row_bytes,
+            data,
+        })
+    }
+
+    pub fn format(&self) -> Format {
+        self.format
+    }
+
+    /// Output features (weight rows).
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Input features (weights per row).
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// The weight bytes (as given to [`QMatrix::new`]).
+    pub fn bytes(&self) -> &[u8] {
+        &self.data
+    }
+
+    /// `out` (`m x rows`) = `x` (`m x cols`) times the transposed weights, with the fastest
+    /// kernel on the shared [`Pool::global`].
+    pub fn matmul(&self, x: &[f32], m: usize, out: &mut [f32]) -> Result<(), KernelError> {
+        self.matmul_with(x, m, out, Kernel::best(), Pool::global())
+    }
+
+    /// [`QMatrix::matmul`] with a given kernel and pool (or other [`Runner`]).
+    pub fn matmul_with(
+        &self,
+        x: &[f32],
+        m: usize,
+        out: &mut [f32],
+        kernel: Kernel,
+        pool: &dyn Runner,
+    ) -> Result<(), KernelError> {
+        let operand = |what, width: usize, got| {
+            let expected = m.checked_mul(width).ok_or(KernelError::TooLarge {
+                rows: m,
+                cols: width,
+            })?;
+            if expected == got {
+                Ok(())
+            } else {
+                Err(KernelError::Operand {
+                    what,
+                    m,
+                    expected,
+                    got,
+                })
+            }
+        };
+        operand("input", self.cols, x.len())?;
+        operand("output", self.rows, out.len())?;
+        if !kernel.available() {
+            return Err(KernelError::Unavailable(kernel));
+        }
+        if m == 0 || self.rows == 0 {
+            return Ok(());
+        }
+        let nb = self.nb;
+        // m * nb <= x.len() / QK: cannot overflow.
+        let mut acts = vec![Q8Block::ZERO; m * nb];
+        if m >= PARALLEL_QUANTISE {
+            let ptr = Acts(acts.as_mut_ptr());
+            let chunks = m.min(pool.threads() * CHUNKS_PER_THREAD);
+            pool.run(chunks, &|c| {
+                for i in chunk(m, chunks, 1, c) {
+                    // SAFETY: row `i < m` of `acts` (m * nb blocks) is written by this chunk
+                    // only: the chunks partition 0..m.
+                    let row = unsafe { std::slice::from_raw_parts_mut(ptr.at(i * nb), nb) };
+                    quantize_row(&x[i * self.cols..(i + 1) * self.cols], row);
+                }
+            });
+        } else {
+            for (xs, q) in x.chunks_exact(self.cols).zip(acts.chunks_exact_mut(nb)) {
+                quantize_row(xs, q);
+            }
+        }
+        let acts = &acts[..];
+        let out_ptr = Out(out.as_mut_ptr());
+        let chunks = self
+            .rows
+            .div_ceil(ROW_BLOCK)
+            .min(pool.threads() * CHUNKS_PER_THREAD);
+        pool.run(chunks, &|c| {
+            self.rows_range(
+                kernel,
+                acts,
+                m,
+                chunk(self.rows, chunks, ROW_BLOCK, c),
+                out_ptr,
+            );
+        });
+        Ok(())
+    }
+
+    /// Outputs of weight rows `rows` for every activation row.
+    fn rows_range(
+        &self,
+        kernel: Kernel,
+        acts: &[Q8Block],
+        m: usize,
+        rows: std::ops::Range<usize>,
+        out: Out,
+    ) {
+        let nb = self.nb;
+        let act = |t: usize| &acts[t * nb..(t + 1) * nb];
+        let mut tile4 = [[0f32; TILE]; ROW_BLOCK];
+        let mut tile1 = [[0f32; 1]; ROW_BLOCK];
+        let mut start = rows.start;
+        while start < rows.end {
+            let end = rows.end.min(start + ROW_BLOCK);
+            let w = &self.data[start * self.row_bytes..end * self.row_bytes];
+            let mut t = 0;
+            while t + TILE <= m {
+                let o = &mut tile4[..end - start];
+                self.tile(kernel, w, [act(t), act(t + 1), act(t + 2), act(t + 3)], o);
+                for (j, v) in o.iter().enumerate() {
+                    for (i, &v) in v.iter().enumerate() {
+                        // SAFETY: (t + i) < m and start + j < rows: inside the m x rows
+                        // output; this chunk alone owns rows `rows`.
+                        unsafe { out.at((t + i) * self.rows + start + j).write(v) };
+                    }
+                }
+                t += TILE;
+            }
+            while t < m {
+                let o = &mut tile1[..end - start];
+                self.tile(kernel, w, [act(t)], o);
+                for (j, v) in o.iter().enumerate() {
+                    // SAFETY: as above.
+                    unsafe { out.at(t * self.rows + start + j).write(v[0]) };
+                }
+                t += 1;
+            }
+            start = end;
+        }
+    }
+
+    /// `out[j][r]`: weight row `j` of `w` dotted with activation row `a[r]`.
+    fn tile<const R: usize>(
+        &self,
+        kernel: Kernel,
+        w: &[u8],
+        a: [&[Q8Block]; R],
+        out: &mut [[f32; R]],
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        if kernel == Kernel::Avx2 && crate::x86::tile(self.format, w, self.nb, a, out) {
+            return;
+        }
+        let _ = kernel;
+        for (row, o) in w.chunks_exact(self.row_bytes).zip(out.iter_mut()) {
+            for (o, a) in o.iter_mut().zip(a) {
+                *o = dot_scalar(self.format, row, a);
+            }
+        }
+    }
+}

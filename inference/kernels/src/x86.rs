@@ -1,0 +1,170 @@
+//! AVX2 + FMA (+ F16C for the block scales) dot products of weight rows in the ggml block
+//! formats with 8-bit activation blocks, as llama.cpp's `ggml_vec_dot_q4_1_q8_1` and friends:
+//! per block, 32 weights unpacked to bytes, `vpmaddubsw` (u8 x i8 -> i16 pairs) and `vpmaddwd`
+//! (-> i32 quads), converted and multiplied into one f32 vector accumulator by the product of the
+//! two block scales (FMA), one horizontal sum per row at the end.
+//!
+//! A tile is one weight row against `R` activation rows: each weight block is loaded and
+//! unpacked once for all `R` (the prefill GEMM's reuse), `R` accumulators live in registers.
+//!
+//! Only called after [`available`] said yes; lengths are checked by [`tile`], the one entry.
+
+use std::arch::x86_64::*;
+
+use crate::blocks::{Format, Q8Block};
+
+/// Whether this CPU has what the kernels here need (checked once by the caller, cached).
+pub(crate) fn available() -> bool {
+    is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+        && is_x86_feature_detected!("f16c")
+}
+
+/// `out[j][r]` = row `j` of `w` (`out.len()` rows of `nb` blocks of `fmt`) dotted with
+/// `a[r]` (at least `nb` blocks each). Returns false (computing nothing) if the lengths do not
+/// hold or the CPU lacks the features.
+pub(crate) fn tile<const R: usize>(
+    fmt: Format,
+    w: &[u8],
+    nb: usize,
+    a: [&[Q8Block]; R],
+    out: &mut [[f32; R]],
+) -> bool {
+    let row_bytes = nb.saturating_mul(fmt.block_bytes());
+    if w.len() < out.len().saturating_mul(row_bytes) || a.iter().any(|a| a.len() < nb) {
+        return false;
+    }
+    if !crate::kernel::avx2() {
+        return false;
+    }
+    // SAFETY: the CPU has AVX2, FMA and F16C (checked just above); every row of `w` holds
+    // `nb` whole blocks and every `a[r]` at least `nb` blocks (checked above), which is all
+    // the pointer arithmetic below relies on.
+    unsafe {
+        match fmt {
+            Format::Q4_0 => rows_signed::<R, true>(w, row_bytes, nb, a, out),
+            Format::Q4_1 => rows_q4_1::<R>(w, row_bytes, nb, a, out),
+            Format::Q8_0 => rows_signed::<R, false>(w, row_bytes, nb, a, out),
+        }
+    }
+    true
+}
+
+/// Sum of the 8 lanes.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn hsum(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    _mm_cvtss_f32(s)
+}
+
+/// The two f16 at `p` (little-endian) as f32 lanes 0 and 1.
+///
+/// # Safety
+/// `p..p + 4` is readable.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn two_f16(p: *const u8) -> __m128 {
+    // SAFETY: the caller guarantees 4 readable bytes; unaligned read.
+    let bits = unsafe { std::ptr::read_unaligned(p.cast::<i32>()) };
+    _mm_cvtph_ps(_mm_cvtsi32_si128(bits))
+}
+
+/// Q4_1: `w = q d + m`, so the dot is `d da sum(q a) + m s`: the unsigned nibbles are
+/// `vpmaddubsw`'s unsigned operand as they are.
+///
+/// # Safety
+/// AVX2, FMA and F16C; `w` holds `out.len()` rows of `row_bytes` (`nb` blocks); `a[r]` holds
+/// `nb` blocks.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn rows_q4_1<const R: usize>(
+    w: &[u8],
+    row_bytes: usize,
+    nb: usize,
+    a: [&[Q8Block]; R],
+    out: &mut [[f32; R]],
+) {
+    let low = _mm256_set1_epi8(0x0f);
+    let ones = _mm256_set1_epi16(1);
+    for (j, o) in out.iter_mut().enumerate() {
+        let mut acc = [_mm256_setzero_ps(); R];
+        let mut offs = [0f32; R];
+        // SAFETY: row `j` starts inside `w` (caller's contract).
+        let row = unsafe { w.as_ptr().add(j * row_bytes) };
+        for b in 0..nb {
+            // SAFETY: block `b` of row `j` lies inside `w`: `b < nb` whole 20-byte blocks.
+            let p = unsafe { row.add(b * 20) };
+            // SAFETY: a Q4_1 block starts with d and m, two f16.
+            let dm = unsafe { two_f16(p) };
+            let d = _mm_cvtss_f32(dm);
+            let m = _mm_cvtss_f32(_mm_movehdup_ps(dm));
+            // SAFETY: 16 bytes of nibbles at offset 4, the rest of the block.
+            let raw = unsafe { _mm_loadu_si128(p.add(4).cast::<__m128i>()) };
+            let q = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), low);
+            for r in 0..R {
+                // SAFETY: `b < nb <= a[r].len()`.
+                let ab = unsafe { &*a[r].as_ptr().add(b) };
+                // SAFETY: `qs` is 32 bytes; unaligned load.
+                let av = unsafe { _mm256_loadu_si256(ab.qs.as_ptr().cast::<__m256i>()) };
+                let dot = _mm256_madd_epi16(_mm256_maddubs_epi16(q, av), ones);
+                acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(d * ab.d), _mm256_cvtepi32_ps(dot), acc[r]);
+                offs[r] += m * ab.s;
+            }
+        }
+        for r in 0..R {
+            o[r] = hsum(acc[r]) + offs[r];
+        }
+    }
+}
+
+/// Q8_0 (`Q4` false) and Q4_0 (`Q4` true: nibbles minus 8): signed weights, so `vpmaddubsw`
+/// gets `|w|` and `a` with `w`'s sign (`vpsignb`), as llama.cpp's `mul_sum_i8_pairs`.
+///
+/// # Safety
+/// As [`rows_q4_1`].
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn rows_signed<const R: usize, const Q4: bool>(
+    w: &[u8],
+    row_bytes: usize,
+    nb: usize,
+    a: [&[Q8Block]; R],
+    out: &mut [[f32; R]],
+) {
+    let block = if Q4 { 18 } else { 34 };
+    let ones = _mm256_set1_epi16(1);
+    let low = _mm256_set1_epi8(0x0f);
+    let eight = _mm256_set1_epi8(8);
+    for (j, o) in out.iter_mut().enumerate() {
+        let mut acc = [_mm256_setzero_ps(); R];
+        // SAFETY: row `j` starts inside `w` (caller's contract).
+        let row = unsafe { w.as_ptr().add(j * row_bytes) };
+        for b in 0..nb {
+            // SAFETY: block `b` of row `j` lies inside `w`: f16 d, then 16 (Q4_0) or 32 bytes.
+            let p = unsafe { row.add(b * block) };
+            // SAFETY: d and the first two quant bytes (unused), inside the block.
+            let d = _mm_cvtss_f32(unsafe { two_f16(p) });
+            let wq = if Q4 {
+                // SAFETY: 16 nibble bytes at offset 2, the rest of the block.
+                let raw = unsafe { _mm_loadu_si128(p.add(2).cast::<__m128i>()) };
+                let q = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), low);
+                _mm256_sub_epi8(q, eight)
+            } else {
+                // SAFETY: 32 weight bytes at offset 2, the rest of the block.
+                unsafe { _mm256_loadu_si256(p.add(2).cast::<__m256i>()) }
+            };
+            let wabs = _mm256_sign_epi8(wq, wq);
+            for r in 0..R {
+                // SAFETY: `b < nb <= a[r].len()`.
+                let ab = unsafe { &*a[r].as_ptr().add(b) };
+                // SAFETY: `qs` is 32 bytes; unaligned load.
+                let av = unsafe { _mm256_loadu_si256(ab.qs.as_ptr().cast::<__m256i>()) };
+                let signed = _mm256_sign_epi8(av, wq);
+                let dot = _mm256_madd_epi16(_mm256_maddubs_epi16(wabs, signed), ones);
+                acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(d * ab.d), _mm256_cvtepi32_ps(dot), acc[r]);
+            }
+        }
+        for r in 0..R {
+            o[r] = hsum(acc[r]);
+        }
+    }
+}

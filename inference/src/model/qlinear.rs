@@ -1,0 +1,203 @@
+//! The quantised linear layers of GGUF models: ward's own kernels (`ward-kernels`: AVX2 picked
+//! at run time, one persistent worker pool, a tiled product for prefill) for the block formats
+//! they cover on the CPU, candle's `QMatMul` for everything else (other formats, GPUs). The
+//! model definition (`quantized.rs`) only sees [`QLinear::forward`], so it stays one for CPU
+//! and GPU.
+//!
+//! `WARD_CPU_KERNELS=candle` in the environment keeps candle's kernels everywhere: a switch for
+//! benchmarks and bisecting, read once per process; nothing else reads it.
+
+use std::sync::{Arc, OnceLock};
+
+use candle_core::backend::BackendStorage;
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::{CpuStorage, CustomOp1, Layout, Module, Shape, Tensor};
+use ward_kernels::{Format, QMatrix};
+
+/// A linear layer `y = x W^T` over quantised weights `W` (`out x in`).
+#[derive(Debug, Clone)]
+pub(crate) enum QLinear {
+    /// ward's kernels (CPU, Q4_0 / Q4_1 / Q8_0).
+    Own(Arc<OwnMatMul>),
+    /// candle's.
+    Candle(QMatMul),
+}
+
+/// Which kernels [`QLinear::from_qtensor`] picks where both could run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kernels {
+    Own,
+    Candle,
+}
+
+impl Kernels {
+    /// ward's own, unless `WARD_CPU_KERNELS=candle`.
+    pub(crate) fn from_env() -> Kernels {
+        static CHOICE: OnceLock<Kernels> = OnceLock::new();
+        *CHOICE.get_or_init(|| match std::env::var("WARD_CPU_KERNELS") {
+            Ok(v) if v.eq_ignore_ascii_case("candle") => Kernels::Candle,
+            _ => Kernels::Own,
+        })
+    }
+}
+
+/// The formats ward has kernels for.
+fn own_format(dtype: GgmlDType) -> Option<Format> {
+    match dtype {
+        GgmlDType::Q4_0 => Some(Format::Q4_0),
+        GgmlDType::Q4_1 => Some(Format::Q4_1),
+        GgmlDType::Q8_0 => Some(Format::Q8_0),
+        _ => None,
+    }
+}
+
+impl QLinear {
+    /// Takes a weight tensor (`out x in`); ward's kernels when `kernels` is [`Kernels::Own`], the
+    /// tensor is on the CPU and in a format they cover, candle's otherwise.
+    pub(crate) fn from_qtensor(t: QTensor, kernels: Kernels) -> candle_core::Result<Self> {
+        let own = match (
+            kernels,
+            t.device().is_cpu(),
+            own_format(t.dtype()),
+            t.shape().dims(),
+        ) {
+            (Kernels::Own, true, Some(format), &[rows, cols]) => Some((format, rows, cols)),
+            _ => None,
+        };
+        match own {
+            Some((format, rows, cols)) => {
+                let bytes = t.data()?.into_owned();
+                drop(t);
+                let m =
+                    QMatrix::new(format, rows, cols, bytes).map_err(candle_core::Error::wrap)?;
+                Ok(QLinear::Own(Arc::new(OwnMatMul(m))))
+            }
+            None => Ok(QLinear::Candle(QMatMul::from_qtensor(t)?)),
+        }
+    }
+
+    pub(crate) fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            QLinear::Own(w) => x.contiguous()?.apply_op1_no_bwd(w.as_ref()),
+            QLinear::Candle(m) => m.forward(x),
+        }
+    }
+}
+
+/// [`QMatrix`] as a candle operation on f32 CPU tensors `(..., in)` -> `(..., out)`.
+#[derive(Debug)]
+pub(crate) struct OwnMatMul(QMatrix);
+
+impl CustomOp1 for OwnMatMul {
+    fn name(&self) -> &'static str {
+        "ward-qmatmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(data) = storage else {
+            return Err(candle_core::Error::Msg(format!(
+                "ward-qmatmul takes f32 activations, not {:?}",
+                storage.dtype()
+            )));
+        };
+        let (start, end) = layout.contiguous_offsets().ok_or_else(|| {
+            candle_core::Error::Msg("ward-qmatmul takes contiguous activations".to_owned())
+        })?;
+        let x = data.get(start..end).ok_or_else(|| {
+            candle_core::Error::Msg("ward-qmatmul: layout outside its storage".to_owned())
+        })?;
+        let dims = layout.shape().dims();
+        let (cols, rows) = (self.0.cols(), self.0.rows());
+        if dims.last() != Some(&cols) {
+            return Err(candle_core::Error::Msg(format!(
+                "ward-qmatmul: activations {dims:?} against weights {rows} x {cols}"
+            )));
+        }
+        let m = x.len() / cols.max(1);
+        let len = m
+            .checked_mul(rows)
+            .ok_or_else(|| candle_core::Error::Msg("ward-qmatmul: output too large".to_owned()))?;
+        let mut out = vec![0f32; len];
+        self.0
+            .matmul(x, m, &mut out)
+            .map_err(candle_core::Error::wrap)?;
+        let mut shape = dims.to_vec();
+        if let Some(last) = shape.last_mut() {
+            *last = rows;
+        }
+        Ok((CpuStorage::F32(out), Shape::from(shape)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use candle_core::{DType, Device};
+
+    /// ward's kernels against candle's `QMatMul` and against candle's dequantise-then-f32
+    /// matmul, on candle-quantised random weights, for decode (1 row) and prefill shapes
+    /// (rows not a multiple of the 4-row tile). 128 columns: candle's Q4_1 dot asserts an even
+    /// number of blocks in debug builds.
+    #[test]
+    fn own_kernels_match_candles_qmatmul_and_the_f32_product() {
+        let dev = Device::Cpu;
+        for dtype in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q8_0] {
+            let w = Tensor::randn(0f32, 1.0, (72, 128), &dev).unwrap();
+            let q = || QTensor::quantize(&w, dtype).unwrap();
+            let own = QLinear::from_qtensor(q(), Kernels::Own).unwrap();
+            assert!(
+                matches!(own, QLinear::Own(_)),
+                "{dtype:?} takes ward's kernels"
+            );
+            let candle = QLinear::from_qtensor(q(), Kernels::Candle).unwrap();
+            assert!(matches!(candle, QLinear::Candle(_)));
+            let deq = q().dequantize(&dev).unwrap();
+            for rows in [1, 7] {
+                let x = Tensor::randn(0f32, 1.0, (1, rows, 128), &dev).unwrap();
+                let ours = own.forward(&x).unwrap();
+                assert_eq!(ours.dims(), &[1, rows, 72]);
+                let theirs = candle.forward(&x).unwrap();
+                let f32_product = x.broadcast_matmul(&deq.t().unwrap()).unwrap();
+                let scale = f32_product
+                    .abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap();
+                let diff = |t: &Tensor| {
+                    (t - &ours)
+                        .unwrap()
+                        .abs()
+                        .unwrap()
+                        .max_all()
+                        .unwrap()
+                        .to_dtype(DType::F32)
+                        .unwrap()
+                        .to_scalar::<f32>()
+                        .unwrap()
+                };
+                // Same block arithmetic as candle's (ggml's): float summation order only, but
+                // for Q4_1's activation sums `s`, which candle rounds as f16(f16(sum) f16(d))
+                // and ward as llama.cpp does, f16(d sum): up to 2^-10 of m s per block.
+                let tolerance = if dtype == GgmlDType::Q4_1 { 3e-3 } else { 1e-4 };
+                assert!(
+                    diff(&theirs) <= tolerance * scale,
+                    "{dtype:?} {rows}: {} (scale {scale})",
+                    diff(&theirs)
+                );
+                // Against full precision: the 8-bit activations' rounding (~1%).
+                assert!(
+                    diff(&f32_product) <= 2e-2 * scale,
+                    "{dtype:?} {rows}: {}",
+                    diff(&f32_product)
+                );
+            }
+        }
+    }
+}
