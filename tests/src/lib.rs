@@ -31,6 +31,7 @@ pub mod proxy;
 pub mod python;
 pub mod qemu;
 pub mod registry;
+pub mod registry_gate;
 pub mod served;
 pub mod sigstore;
 

@@ -108,6 +108,7 @@ mod pulls {
     use ward_image::pull::{Decryption, PullError, PullOptions, Puller};
     use ward_image::unpack::UnpackPolicy;
     use ward_tests::registry::{rsa_keypair, run};
+    use ward_tests::registry_gate::BlobGate;
 
     /// A puller keeping blobs in `cache` when given, else none (the default).
     fn puller(reg: &TestRegistry, cache: Option<&Path>) -> Arc<Puller> {
@@ -222,6 +223,26 @@ mod pulls {
         assert_eq!(again.manifest_digest, pulled.manifest_digest);
     }
 
+    /// Opens `gate` shortly after the second pull resolved its image: by then both pulls have
+    /// chosen their layer sources (nothing awaits between `resolved` and that choice), and the
+    /// layer's first byte has not been served, so the second must join the first's download.
+    struct OpenOnSecondResolve {
+        seen: std::sync::atomic::AtomicUsize,
+        gate: Arc<BlobGate>,
+    }
+
+    impl ward_image::progress::PullProgress for OpenOnSecondResolve {
+        fn resolved(&self, _image: &str, _layers: &[ward_image::progress::LayerInfo]) {
+            if self.seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 1 {
+                let gate = self.gate.clone();
+                std::thread::spawn(move || {
+                    std::thread::sleep(std::time::Duration::from_millis(300));
+                    gate.open();
+                });
+            }
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_pulls_of_one_image_share_the_download() {
         if let Err(skip) = image_tools() {
@@ -238,15 +259,48 @@ mod pulls {
         })
         .await
         .unwrap();
+        let layer = reg
+            .client()
+            .resolve(&Registry::reference(&reference).unwrap())
+            .await
+            .unwrap()
+            .layers[0]
+            .digest
+            .clone();
+        // The layer's bytes are held until both pulls resolved: they overlap by construction,
+        // not by luck (CI once saw the first pull finish a 21 KB layer before the second began).
+        let gate = Arc::new(BlobGate::start(&reg.host(), &layer));
+        let reference = reference.replace(&reg.host(), &gate.host());
+        let registry = Registry::new(RegistryConfig {
+            insecure: vec![gate.host()],
+            ..Default::default()
+        })
+        .unwrap();
+        let p = Arc::new(
+            Puller::new(
+                registry,
+                PullOptions {
+                    blob_cache: None,
+                    concurrency: 8,
+                    unpack: UnpackPolicy::default(),
+                    require_encrypted: false,
+                },
+            )
+            .unwrap(),
+        );
+        let progress: Arc<dyn ward_image::progress::PullProgress> = Arc::new(OpenOnSecondResolve {
+            seen: Default::default(),
+            gate: gate.clone(),
+        });
         let work = tempfile::tempdir().unwrap();
-        let p = puller(&reg, None);
         let (bundle_a, bundle_b) = (work.path().join("a"), work.path().join("b"));
         let none = Decryption::default();
         let (a, b) = tokio::join!(
-            p.pull(&reference, &bundle_a, &none),
-            p.pull(&reference, &bundle_b, &none),
+            p.pull_with_progress(&reference, &bundle_a, &none, progress.clone()),
+            p.pull_with_progress(&reference, &bundle_b, &none, progress.clone()),
         );
         let (a, b) = (a.unwrap(), b.unwrap());
+        assert_eq!(gate.gets(), 1, "one GET of the layer");
         assert_eq!(
             a.bytes_fetched + b.bytes_fetched,
             a.bytes_fetched.max(b.bytes_fetched),
