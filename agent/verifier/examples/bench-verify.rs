@@ -1,7 +1,7 @@
 //! Verification time per attestation (issue #18, "Measure"): the real TDX quote with its DCAP
 //! collateral and the real SNP reports with their VCEK and VLEK, each verified in full as
 //! `ward chat` does (chain to the pinned root, signatures, collateral, TCB, policy, values),
-//! as of a time inside the fixtures' windows. Prints min and median of N runs (`--runs N`,
+//! as of a time inside the fixtures' windows; and the real H100 GPU report with its chain. Prints min and median of N runs (`--runs N`,
 //! default 200), with and without parsing the collateral / certificates. Run it on a release
 //! build: `just bench-verify`.
 
@@ -9,9 +9,11 @@
 
 use std::time::{Duration, Instant};
 
+use base64::Engine as _;
+use ward_verifier::nvidia;
 use ward_verifier::snp::{self, AmdCerts};
 use ward_verifier::tdx::{self, Collateral};
-use ward_verifier::{Hex, Options, SnpReference, SnpTcb, TdxReference};
+use ward_verifier::{GpuReference, Hex, Options, SnpReference, SnpTcb, TdxReference};
 
 fn fixture(rel: &str) -> Vec<u8> {
     let path = format!(
@@ -128,4 +130,43 @@ fn main() {
             }),
         );
     }
+
+    // NVIDIA: the real H100 report and chain, every value pinned, as of 2025-06-20. A device's
+    // cost does not depend on its neighbours, so eight GPUs are eight one-GPU documents (one
+    // document cannot hold the same GPU twice, and the fixtures are two GPUs).
+    let gpu = String::from_utf8(fixture("nvidia/hopperAttestationReport.txt")).unwrap();
+    let gpu = hex::decode(gpu.trim()).unwrap();
+    let chain = fixture("nvidia/hopper_cert_chain_case1.txt");
+    let std = base64::engine::general_purpose::STANDARD;
+    let doc = serde_json::to_vec(&serde_json::json!({"nvidia": {"device_evidence_list": [{
+        "arch": "HOPPER", "evidence": std.encode(&gpu), "certificate": std.encode(&chain),
+    }]}}))
+    .unwrap();
+    let nonce: [u8; 32] = gpu[4..36].try_into().unwrap();
+    let gpu_ref = GpuReference {
+        count: Some(1),
+        driver_version: Some(vec!["550.90.07".into()]),
+        vbios_version: Some(vec!["96.00.9f.00.01".into()]),
+        unpinned: ["measurements".to_string()].into(),
+        ..GpuReference::default()
+    };
+    let opts = Options {
+        at: 1_750_377_600,
+        insecure: false,
+    };
+    nvidia::verify(&doc, &gpu_ref, &nonce, &opts).unwrap();
+    row(
+        "NVIDIA H100 report + chain (one GPU)",
+        time(runs, || {
+            nvidia::verify(&doc, &gpu_ref, &nonce, &opts).unwrap();
+        }),
+    );
+    row(
+        "eight H100s (eight one-GPU documents)",
+        time(runs, || {
+            for _ in 0..8 {
+                nvidia::verify(&doc, &gpu_ref, &nonce, &opts).unwrap();
+            }
+        }),
+    );
 }

@@ -7,12 +7,15 @@
 //! binding of its nonce and the offered key), and [`Options`]: the time to judge expiry at and
 //! whether `--insecure` was given. The answer is a [`Verified`] or a refusal naming what failed.
 
+pub mod nvidia;
 pub mod reference;
 pub mod snp;
 pub mod tdx;
 mod values;
 
-pub use reference::{Hex, ReferenceError, ReferenceValues, SnpReference, SnpTcb, TdxReference};
+pub use reference::{
+    GpuReference, Hex, ReferenceError, ReferenceValues, SnpReference, SnpTcb, TdxReference,
+};
 pub use values::ValueError;
 
 /// How to verify.
@@ -92,6 +95,11 @@ impl Log {
         } else {
             Err(e)
         }
+    }
+
+    /// What passed and what was skipped, for verifications whose answer is not a [`Verified`].
+    pub(crate) fn into_lines(self) -> (Vec<String>, Vec<String>) {
+        (self.checked, self.skipped)
     }
 
     pub(crate) fn finish(self, tee: &'static str, report_data: [u8; 64]) -> Verified {

@@ -43,6 +43,8 @@ pub struct ReferenceValues {
     pub tdx: Option<TdxReference>,
     #[serde(default)]
     pub snp: Option<SnpReference>,
+    #[serde(default)]
+    pub gpu: Option<GpuReference>,
 }
 
 /// TDX reference values. Measurement registers are hex (96 digits each).
@@ -121,6 +123,26 @@ pub struct SnpReference {
     pub unpinned: BTreeSet<String>,
 }
 
+/// NVIDIA GPU reference values (`nvidia.rs`): what every GPU's report must say. A `[gpu]`
+/// section also says the server must offer GPU evidence.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct GpuReference {
+    /// How many GPUs the evidence must hold (NVSwitches not counted).
+    pub count: Option<usize>,
+    /// Driver versions accepted, as the report's opaque data spells them (`550.90.07`).
+    pub driver_version: Option<Vec<String>>,
+    /// VBIOS versions accepted, as NVIDIA writes them (`96.00.9f.00.01`).
+    pub vbios_version: Option<Vec<String>>,
+    /// Measurement index (`"1"`..`"255"`) to the SHA-384 values accepted for it. An index the
+    /// table does not name must be unused (all zero) in the report.
+    pub measurements: Option<std::collections::BTreeMap<String, Vec<Hex<48>>>>,
+    /// Fields accepted with any value: `count`, `driver_version`, `vbios_version`,
+    /// `measurements`.
+    #[serde(default)]
+    pub unpinned: BTreeSet<String>,
+}
+
 /// A fixed-size value written as hex.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Hex<const N: usize>(pub [u8; N]);
@@ -151,6 +173,7 @@ impl<const N: usize> std::fmt::Display for Hex<N> {
 
 const TDX_FIELDS: &[&str] = &["mrtd", "rtmr0", "rtmr1", "rtmr2", "rtmr3", "mrconfigid"];
 const SNP_FIELDS: &[&str] = &["measurement", "host_data", "min_tcb"];
+const GPU_FIELDS: &[&str] = &["count", "driver_version", "vbios_version", "measurements"];
 /// The TCB statuses Intel's TCB info uses (dcap-qvl's names).
 pub const TDX_TCB_STATUSES: &[&str] = &[
     "UpToDate",
@@ -234,6 +257,36 @@ impl ReferenceValues {
                     "an empty list accepts nothing; name the field in unpinned to accept any value"
                         .into(),
                 ));
+            }
+        }
+        if let Some(g) = &self.gpu {
+            for u in &g.unpinned {
+                if !GPU_FIELDS.contains(&u.as_str()) {
+                    return Err(bad(
+                        "gpu.unpinned".into(),
+                        format!("{u:?} is not one of {GPU_FIELDS:?}"),
+                    ));
+                }
+            }
+            if g.driver_version.as_ref().is_some_and(Vec::is_empty)
+                || g.vbios_version.as_ref().is_some_and(Vec::is_empty)
+                || g.measurements
+                    .as_ref()
+                    .is_some_and(|m| m.values().any(Vec::is_empty))
+            {
+                return Err(bad(
+                    "gpu".into(),
+                    "an empty list accepts nothing; name the field in unpinned to accept any value"
+                        .into(),
+                ));
+            }
+            for index in g.measurements.iter().flat_map(|m| m.keys()) {
+                if !index.parse::<u8>().is_ok_and(|i| i >= 1) {
+                    return Err(bad(
+                        format!("gpu.measurements.{index}"),
+                        "a measurement index is a number from 1 to 255".into(),
+                    ));
+                }
             }
         }
         Ok(())

@@ -14,7 +14,9 @@
 //!   signature, the TCB, the guest policy, VMPL, MEASUREMENT and HOST_DATA against
 //!   `--reference`;
 //! - `--measurement HEX` pins MRTD or MEASUREMENT alone (over what `--reference` says);
-//! - GPU evidence: bound to the key, but its SPDM signatures are not checked yet (`--insecure`);
+//! - NVIDIA GPU evidence: bound by the CPU's report data, then each report's nonce, its
+//!   signature, its chain to NVIDIA's pinned root, and the driver and VBIOS versions, the
+//!   measurements and the number of GPUs against `--reference`'s `[gpu]`;
 //! - sample evidence (development only, it proves nothing): `--allow-sample`.
 
 use std::path::PathBuf;
@@ -24,7 +26,7 @@ use base64::Engine as _;
 use ward_attester::explain::{Explanation, explain_json};
 use ward_e2e::{KeyConfig, check_binding};
 use ward_verifier::{
-    Hex, Options, ReferenceValues, ValueError, Verified,
+    Hex, Options, ReferenceValues, ValueError, Verified, nvidia,
     snp::{self, AmdCerts, SnpError},
     tdx::{self, Collateral, TdxError},
 };
@@ -120,6 +122,14 @@ fn tdx_refused(e: TdxError) -> anyhow::Error {
             " (give Intel's collateral with --tdx-collateral; --insecure skips what cannot be checked)"
         }
         TdxError::Value(v) => hint(v),
+        _ => "",
+    };
+    anyhow!("the attestation is refused: {e}{hint}")
+}
+
+fn gpu_refused(e: nvidia::GpuError) -> anyhow::Error {
+    let hint = match &e {
+        nvidia::GpuError::Value(v) => hint(v),
         _ => "",
     };
     anyhow!("the attestation is refused: {e}{hint}")
@@ -236,15 +246,21 @@ pub fn verify_answer(
         }
         other => bail!("unsupported evidence kind: {other:?}"),
     }
-    if gpus.is_some() {
-        let what = "the GPU evidence's signatures and certificate chains (not implemented yet)";
-        if !a.insecure {
-            bail!(
-                "the attestation is refused: {} cannot check {what} (--insecure skips what cannot be checked)",
-                a.who
-            );
+    // The GPU evidence is bound by the CPU's report data (checked above); now its own chain,
+    // signatures, nonce and values.
+    match (&gpus, &reference.gpu) {
+        (Some(g), r) => {
+            let r = r.clone().unwrap_or_default();
+            let v = nvidia::verify(g, &r, &nvidia::gpu_nonce(nonce), &opts).map_err(gpu_refused)?;
+            for what in &v.checked {
+                eprintln!("{}: verified: {what}", a.who);
+            }
+            for what in &v.skipped {
+                eprintln!("{}: INSECURE (--insecure): NOT checked: {what}", a.who);
+            }
         }
-        eprintln!("{}: INSECURE (--insecure): NOT checked: {what}", a.who);
+        (None, Some(_)) => return Err(gpu_refused(nvidia::GpuError::Missing)),
+        (None, None) => {}
     }
     KeyConfig::decode(&key_config).context("key_config")
 }
@@ -478,5 +494,56 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("does not vouch"), "{e}");
+    }
+
+    /// wardd's GPU evidence document around the real H100 report and chain.
+    fn gpu_evidence() -> Vec<u8> {
+        let std = base64::engine::general_purpose::STANDARD;
+        let report = hex::decode(
+            String::from_utf8(fixture("nvidia/hopperAttestationReport.txt"))
+                .unwrap()
+                .trim(),
+        )
+        .unwrap();
+        serde_json::to_vec(&serde_json::json!({"nvidia": {"device_evidence_list": [{
+            "arch": "HOPPER", "uuid": "unknown",
+            "evidence": std.encode(report),
+            "certificate": std.encode(fixture("nvidia/hopper_cert_chain_case1.txt")),
+        }]}}))
+        .unwrap()
+    }
+
+    #[test]
+    fn gpu_evidence_is_verified_not_just_bound() {
+        // Bound correctly by the CPU's report data, but the GPU signed another nonce than the
+        // one this attestation derives: a replayed GPU report. Refused even with --insecure.
+        let nonce = [7u8; 32];
+        let key = ServerKey::generate(Suite::XWing).config().encode();
+        let gpus = gpu_evidence();
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let std = base64::engine::general_purpose::STANDARD;
+        let att = serde_json::json!({
+            "evidence": {"svn": "1", "report_data": std.encode(report_data(&nonce, &key, Some(&gpus)))},
+            "gpus_raw": b64.encode(&gpus),
+            "key_config": b64.encode(&key),
+        });
+        let mut a = args(None, true, None);
+        a.allow_sample = true;
+        let e = verify_answer(&att, &nonce, &a, AS_OF)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("GPU device 0 (HOPPER) signed the nonce"), "{e}");
+        // Reference values with a [gpu] section and a server that offers no GPU evidence.
+        let (att, mrtd) = forged_tdx(&nonce, false);
+        let dir = tempfile::tempdir().unwrap();
+        let p = reference_file(dir.path(), &hex::encode(mrtd));
+        let text = std::fs::read_to_string(&p).unwrap();
+        std::fs::write(&p, format!("{text}[gpu]\ncount = 1\n")).unwrap();
+        let mut a = args(None, true, None);
+        a.reference = Some(p);
+        let e = verify_answer(&att, &nonce, &a, AS_OF)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("offered no GPU evidence"), "{e}");
     }
 }

@@ -22,6 +22,10 @@ fn the_documented_example_parses() {
     assert_eq!(snp.min_tcb.unwrap().microcode, 115);
     assert!(snp.allow_smt && !snp.allow_migration_agent);
     assert_eq!(snp.host_data.unwrap()[0].0, [0; 32]);
+    let gpu = r.gpu.unwrap();
+    assert_eq!(gpu.count, Some(8));
+    assert_eq!(gpu.driver_version.unwrap(), ["550.90.07"]);
+    assert_eq!(gpu.measurements.unwrap()["2"][0].0[0], 0x80);
 }
 
 #[test]
@@ -63,7 +67,12 @@ fn mistakes_are_refused_by_name() {
             "version = 1\n[snp]\nmin_tcb = { bootloader = 300, tee = 0, snp = 0, microcode = 0 }",
             "300",
         ),
-        ("version = 1\n[gpu]\n", "unknown field `gpu`"),
+        ("version = 1\n[gpu]\ncounts = 8", "unknown field `counts`"),
+        ("version = 1\n[gpu]\nunpinned = [\"mrtd\"]", "gpu.unpinned"),
+        ("version = 1\n[gpu]\ndriver_version = []", "empty list"),
+        ("version = 1\n[gpu.measurements]\n0 = [\"00\"]", "48"),
+        ("version = 1\n[gpu.measurements]\nx = []", "empty list"),
+        ("version = 1\n[tpm]\n", "unknown field `tpm`"),
     ];
     for (text, want) in cases {
         let e = ReferenceValues::parse(text).unwrap_err().to_string();
