@@ -10,10 +10,10 @@
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use ward_verifier::nvidia;
 use ward_verifier::snp::{self, AmdCerts};
 use ward_verifier::tdx::{self, Collateral};
 use ward_verifier::{GpuReference, Hex, Options, SnpReference, SnpTcb, TdxReference};
+use ward_verifier::{azure, nvidia};
 
 fn fixture(rel: &str) -> Vec<u8> {
     let path = format!(
@@ -130,6 +130,42 @@ fn main() {
             }),
         );
     }
+
+    // Azure SNP vTPM: the real evidence, everything checked (its VCEK, the vTPM key's RSA
+    // signature, PCRs, the binding), as of 2025-06-20.
+    let az: serde_json::Value =
+        serde_json::from_slice(&fixture("az-snp-vtpm/evidence-v2.json")).unwrap();
+    let az_nonce = ward_attester::explain::parse_azure_evidence(&az)
+        .unwrap()
+        .tpm_quote
+        .extra_data;
+    let az_ref = ward_verifier::ReferenceValues {
+        version: 1,
+        snp: Some(SnpReference {
+            allow_smt: true,
+            unpinned: ["measurement", "host_data", "min_tcb"]
+                .map(String::from)
+                .into(),
+            ..SnpReference::default()
+        }),
+        vtpm: Some(ward_verifier::VtpmReference {
+            pcrs: None,
+            unpinned: ["pcrs".to_string()].into(),
+        }),
+        ..Default::default()
+    };
+    let az_opts = Options {
+        at: 1_750_377_600,
+        insecure: false,
+    };
+    let vouchers = azure::Vouchers::default();
+    azure::verify(&az, &vouchers, &az_ref, &az_nonce, &az_opts).unwrap();
+    row(
+        "Azure SNP vTPM (VCEK from the evidence)",
+        time(runs, || {
+            azure::verify(&az, &vouchers, &az_ref, &az_nonce, &az_opts).unwrap();
+        }),
+    );
 
     // NVIDIA: the real H100 report and chain, every value pinned, as of 2025-06-20. A device's
     // cost does not depend on its neighbours, so eight GPUs are eight one-GPU documents (one

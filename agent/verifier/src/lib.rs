@@ -7,6 +7,7 @@
 //! binding of its nonce and the offered key), and [`Options`]: the time to judge expiry at and
 //! whether `--insecure` was given. The answer is a [`Verified`] or a refusal naming what failed.
 
+pub mod azure;
 pub mod nvidia;
 pub mod reference;
 pub mod snp;
@@ -15,6 +16,7 @@ mod values;
 
 pub use reference::{
     GpuReference, Hex, ReferenceError, ReferenceValues, SnpReference, SnpTcb, TdxReference,
+    VtpmReference,
 };
 pub use values::ValueError;
 
@@ -95,6 +97,14 @@ impl Log {
         } else {
             Err(e)
         }
+    }
+
+    /// Takes in what a nested verification passed and skipped, each line under `prefix`.
+    pub(crate) fn absorb(&mut self, prefix: &str, v: Verified) {
+        self.checked
+            .extend(v.checked.into_iter().map(|l| format!("{prefix}: {l}")));
+        self.skipped
+            .extend(v.skipped.into_iter().map(|l| format!("{prefix}: {l}")));
     }
 
     /// What passed and what was skipped, for verifications whose answer is not a [`Verified`].

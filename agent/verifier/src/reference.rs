@@ -45,6 +45,8 @@ pub struct ReferenceValues {
     pub snp: Option<SnpReference>,
     #[serde(default)]
     pub gpu: Option<GpuReference>,
+    #[serde(default)]
+    pub vtpm: Option<VtpmReference>,
 }
 
 /// TDX reference values. Measurement registers are hex (96 digits each).
@@ -139,6 +141,19 @@ pub struct GpuReference {
     pub measurements: Option<std::collections::BTreeMap<String, Vec<Hex<48>>>>,
     /// Fields accepted with any value: `count`, `driver_version`, `vbios_version`,
     /// `measurements`.
+    #[serde(default)]
+    pub unpinned: BTreeSet<String>,
+}
+
+/// Azure vTPM reference values (`azure.rs`): the PCRs the quote must hold. Azure's SNP or TDX
+/// report measures the paravisor; the guest's own boot chain is in the PCRs.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct VtpmReference {
+    /// PCR index (`"0"`..`"23"`) to the SHA-256 values accepted for it. PCRs the table does
+    /// not name are not compared.
+    pub pcrs: Option<std::collections::BTreeMap<String, Vec<Hex<32>>>>,
+    /// `pcrs` to accept any values.
     #[serde(default)]
     pub unpinned: BTreeSet<String>,
 }
@@ -257,6 +272,31 @@ impl ReferenceValues {
                     "an empty list accepts nothing; name the field in unpinned to accept any value"
                         .into(),
                 ));
+            }
+        }
+        if let Some(v) = &self.vtpm {
+            for u in &v.unpinned {
+                if u != "pcrs" {
+                    return Err(bad(
+                        "vtpm.unpinned".into(),
+                        format!("{u:?} is not one of [\"pcrs\"]"),
+                    ));
+                }
+            }
+            for (index, list) in v.pcrs.iter().flatten() {
+                if !index.parse::<u8>().is_ok_and(|i| i < 24) {
+                    return Err(bad(
+                        format!("vtpm.pcrs.{index}"),
+                        "a PCR index is a number from 0 to 23".into(),
+                    ));
+                }
+                if list.is_empty() {
+                    return Err(bad(
+                        format!("vtpm.pcrs.{index}"),
+                        "an empty list accepts nothing; name pcrs in unpinned to accept any value"
+                            .into(),
+                    ));
+                }
             }
         }
         if let Some(g) = &self.gpu {

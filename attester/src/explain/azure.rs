@@ -76,6 +76,12 @@ pub struct HclReport {
     pub user_data: Option<String>,
     /// The `kid`s of the keys in the runtime data (the vTPM AK is `HCLAkPub`).
     pub key_ids: Vec<String>,
+    /// The runtime data ("variable data") as it was hashed into the hardware report: JSON
+    /// holding the vTPM's keys and `user-data`.
+    pub runtime_data: Vec<u8>,
+    /// The hardware report's bytes as they were signed (SNP: the 1184-byte report; TDX: the
+    /// 1024-byte TD report).
+    pub hardware_bytes: Vec<u8>,
 }
 
 /// Azure vTPM evidence, SNP (with `vcek`) or TDX (with `td_quote`).
@@ -260,6 +266,10 @@ pub fn parse_hcl_report(bytes: &[u8]) -> Result<HclReport, ExplainError> {
             available: bytes.len(),
         }));
     }
+    let hardware_bytes = match report_type {
+        4 => hw.get(..TD_REPORT_LEN).unwrap_or(hw).to_vec(),
+        _ => hw.to_vec(),
+    };
     let (hardware, report_data) = match report_type {
         2 => {
             let report = parse_snp_report(hw)?;
@@ -314,6 +324,8 @@ pub fn parse_hcl_report(bytes: &[u8]) -> Result<HclReport, ExplainError> {
         runtime_data_bound,
         user_data,
         key_ids,
+        runtime_data: var_data.to_vec(),
+        hardware_bytes,
     })
 }
 

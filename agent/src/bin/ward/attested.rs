@@ -13,6 +13,10 @@
 //! - SNP: the VCEK/VLEK given with `--vcek` and its chain to AMD's pinned root, the report
 //!   signature, the TCB, the guest policy, VMPL, MEASUREMENT and HOST_DATA against
 //!   `--reference`;
+//! - Azure vTPM (SNP or TDX behind the paravisor): the vTPM quote's signature by the key the
+//!   HCL report holds, its nonce, its PCRs, the hardware report's binding of that key, then the
+//!   SNP report or TD quote as above (SNP: the VCEK the evidence carries unless `--vcek`), and
+//!   the PCRs `--reference`'s `[vtpm]` pins;
 //! - `--measurement HEX` pins MRTD or MEASUREMENT alone (over what `--reference` says);
 //! - NVIDIA GPU evidence: bound by the CPU's report data, then each report's nonce, its
 //!   signature, its chain to NVIDIA's pinned root, and the driver and VBIOS versions, the
@@ -26,7 +30,7 @@ use base64::Engine as _;
 use ward_attester::explain::{Explanation, explain_json};
 use ward_e2e::{KeyConfig, check_binding};
 use ward_verifier::{
-    Hex, Options, ReferenceValues, ValueError, Verified, nvidia,
+    Hex, Options, ReferenceValues, ValueError, Verified, azure, nvidia,
     snp::{self, AmdCerts, SnpError},
     tdx::{self, Collateral, TdxError},
 };
@@ -125,6 +129,18 @@ fn tdx_refused(e: TdxError) -> anyhow::Error {
         _ => "",
     };
     anyhow!("the attestation is refused: {e}{hint}")
+}
+
+fn azure_refused(e: azure::AzureError) -> anyhow::Error {
+    match e {
+        azure::AzureError::Snp(e) => snp_refused(e),
+        azure::AzureError::Tdx(e) => tdx_refused(e),
+        azure::AzureError::Value(v) => {
+            let hint = hint(&v);
+            anyhow!("the attestation is refused: {v}{hint}")
+        }
+        e => anyhow!("the attestation is refused: {e}"),
+    }
 }
 
 fn gpu_refused(e: nvidia::GpuError) -> anyhow::Error {
@@ -242,6 +258,37 @@ pub fn verify_answer(
                 .map_err(tdx_refused)?;
             let v =
                 tdx::verify(&quote, collateral.as_ref(), &r, &want, &opts).map_err(tdx_refused)?;
+            print_verified(a.who, &v);
+        }
+        Explanation::Azure(az) => {
+            let mut r = reference.clone();
+            if az.td_quote.is_some() {
+                let mut t = r.tdx.unwrap_or_default();
+                pin_measurement(a.measurement.as_deref(), &mut t.mrtd)?;
+                r.tdx = Some(t);
+            } else {
+                let mut s = r.snp.unwrap_or_default();
+                pin_measurement(a.measurement.as_deref(), &mut s.measurement)?;
+                r.snp = Some(s);
+            }
+            let certs = a
+                .vcek
+                .as_deref()
+                .map(AmdCerts::load)
+                .transpose()
+                .map_err(snp_refused)?;
+            let collateral = a
+                .tdx_collateral
+                .as_deref()
+                .map(Collateral::load)
+                .transpose()
+                .map_err(tdx_refused)?;
+            let vouchers = azure::Vouchers {
+                amd: certs.as_ref(),
+                intel: collateral.as_ref(),
+            };
+            let v = azure::verify(&att["evidence"], &vouchers, &r, &want, &opts)
+                .map_err(azure_refused)?;
             print_verified(a.who, &v);
         }
         other => bail!("unsupported evidence kind: {other:?}"),
@@ -545,5 +592,22 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("offered no GPU evidence"), "{e}");
+    }
+
+    #[test]
+    fn azure_vtpm_evidence_is_verified() {
+        // The real Azure SNP evidence: its VCEK chain, report, vTPM key and quote all verify,
+        // and it is refused because its quote binds another nonce and key than this client's.
+        let ev: serde_json::Value =
+            serde_json::from_slice(&fixture("az-snp-vtpm/evidence-v2.json")).unwrap();
+        let key = ServerKey::generate(Suite::XWing).config().encode();
+        let att = serde_json::json!({
+            "evidence": ev,
+            "key_config": base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&key),
+        });
+        let e = verify_answer(&att, &[1u8; 32], &args(None, true, None), AS_OF)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("the vTPM quote's nonce is 982f5c6e"), "{e}");
     }
 }

@@ -26,6 +26,8 @@ fn the_documented_example_parses() {
     assert_eq!(gpu.count, Some(8));
     assert_eq!(gpu.driver_version.unwrap(), ["550.90.07"]);
     assert_eq!(gpu.measurements.unwrap()["2"][0].0[0], 0x80);
+    let vtpm = r.vtpm.unwrap();
+    assert_eq!(vtpm.pcrs.unwrap()["11"][0].0, [0; 32]);
 }
 
 #[test]
@@ -73,6 +75,15 @@ fn mistakes_are_refused_by_name() {
         ("version = 1\n[gpu.measurements]\n0 = [\"00\"]", "48"),
         ("version = 1\n[gpu.measurements]\nx = []", "empty list"),
         ("version = 1\n[tpm]\n", "unknown field `tpm`"),
+        (
+            "version = 1\n[vtpm]\nunpinned = [\"pcr4\"]",
+            "vtpm.unpinned",
+        ),
+        (
+            "version = 1\n[vtpm]\npcrs = { 24 = [\"0000000000000000000000000000000000000000000000000000000000000000\"] }",
+            "from 0 to 23",
+        ),
+        ("version = 1\n[vtpm]\npcrs = { 4 = [] }", "empty list"),
     ];
     for (text, want) in cases {
         let e = ReferenceValues::parse(text).unwrap_err().to_string();
