@@ -218,6 +218,34 @@ impl AmdCerts {
         Ok(c)
     }
 
+    /// The VCEK, VLEK, ASK, ASVK and ARK of an extended report's certificate table, in the JSON
+    /// form the `snp` evidence carries it (`cert_chain`: sev's `CertTableEntry` list); `None`
+    /// when it holds none. The host fills that table, which is safe to use: every certificate
+    /// must still chain to AMD's pinned ARK, and a VCEK must be the report's chip's.
+    pub fn from_cert_table(cert_chain: &serde_json::Value) -> Result<Option<Self>, SnpError> {
+        use sev::firmware::host::{CertTableEntry, CertType};
+        if cert_chain.is_null() {
+            return Ok(None);
+        }
+        let entries: Vec<CertTableEntry> = serde_json::from_value(cert_chain.clone())
+            .map_err(|e| SnpError::Certificate(format!("the evidence's cert_chain: {e}")))?;
+        let mut c = AmdCerts::default();
+        for e in &entries {
+            if matches!(
+                e.cert_type,
+                CertType::VCEK | CertType::VLEK | CertType::ASK | CertType::ARK
+            ) {
+                c.add(e.data()).map_err(|err| {
+                    SnpError::Certificate(format!(
+                        "the evidence's cert_chain {:?}: {err}",
+                        e.cert_type
+                    ))
+                })?;
+            }
+        }
+        Ok((!c.certs.is_empty()).then_some(c))
+    }
+
     fn add(&mut self, bytes: &[u8]) -> Result<(), SnpError> {
         let bad = |e: x509_cert::der::Error| SnpError::Certificate(e.to_string());
         if bytes.trim_ascii_start().starts_with(b"-----BEGIN") {

@@ -10,7 +10,8 @@
 //! - TDX: the quote's signature, its PCK chain to Intel's SGX root CA (pinned), the collateral
 //!   given with `--tdx-collateral` (signed by Intel, fresh at the wall clock), the TCB status,
 //!   the DEBUG attribute, MRTD, RTMR0-3 and MRCONFIGID against `--reference`;
-//! - SNP: the VCEK/VLEK given with `--vcek` and its chain to AMD's pinned root, the report
+//! - SNP: the VCEK/VLEK given with `--vcek` (else the one the evidence's certificate table
+//!   carries, which the host fills: safe, since it is held to the same chain) and its chain to AMD's pinned root, the report
 //!   signature, the TCB, the guest policy, VMPL, MEASUREMENT and HOST_DATA against
 //!   `--reference`;
 //! - Azure vTPM (SNP or TDX behind the paravisor): the vTPM quote's signature by the key the
@@ -234,12 +235,20 @@ pub fn verify_answer(
         Explanation::SnpEvidence { report, .. } => {
             let mut r = reference.snp.clone().unwrap_or_default();
             pin_measurement(a.measurement.as_deref(), &mut r.measurement)?;
-            let certs = a
-                .vcek
-                .as_deref()
-                .map(AmdCerts::load)
-                .transpose()
-                .map_err(snp_refused)?;
+            let certs = match a.vcek.as_deref() {
+                Some(p) => Some(AmdCerts::load(p).map_err(snp_refused)?),
+                None => {
+                    let carried = AmdCerts::from_cert_table(&att["evidence"]["cert_chain"])
+                        .map_err(snp_refused)?;
+                    if carried.is_some() {
+                        eprintln!(
+                            "{}: using the certificates the evidence carries (the host's certificate table; they must chain to AMD's pinned root like any other)",
+                            a.who
+                        );
+                    }
+                    carried
+                }
+            };
             let raw = snp::report_bytes(&report.report).map_err(snp_refused)?;
             let v = snp::verify(&raw, certs.as_ref(), &r, &want, &opts).map_err(snp_refused)?;
             print_verified(a.who, &v);
@@ -609,5 +618,43 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("the vTPM quote's nonce is 982f5c6e"), "{e}");
+    }
+
+    #[test]
+    fn snp_uses_the_certificates_the_evidence_carries() {
+        // The host's certificate table holds the VCEK: used as --vcek would be (the chain and
+        // signature pass; the guest policy allows SMT, which the default refuses).
+        let report =
+            ward_attester::explain::parse_snp_report(&fixture("snp/test-report.bin")).unwrap();
+        let key = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(ServerKey::generate(Suite::XWing).config().encode());
+        let table = |kind: &str, der: Vec<u8>| {
+            serde_json::json!({
+                "evidence": {"attestation_report": report.report, "cert_chain": [
+                    {"cert_type": kind, "data": der}
+                ]},
+                "key_config": key,
+            })
+        };
+        let att = table("VCEK", fixture("snp/test-vcek.der"));
+        let e = verify_answer(&att, &[1u8; 32], &args(None, false, None), AS_OF)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("SMT"), "{e}");
+        // Another platform's key in the table: refused.
+        let att = table("VLEK", fixture("snp/test-vlek.der"));
+        let e = verify_answer(&att, &[1u8; 32], &args(None, true, None), AS_OF)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("signed by VCEK, and no VCEK certificate was given"),
+            "{e}"
+        );
+        // Junk in the table is an error naming it, not a panic.
+        let att = table("VCEK", vec![1, 2, 3]);
+        let e = verify_answer(&att, &[1u8; 32], &args(None, true, None), AS_OF)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cert_chain"), "{e}");
     }
 }
