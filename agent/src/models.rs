@@ -27,8 +27,34 @@ use crate::inference_api::openai::Serving;
 #[derive(Clone, Debug)]
 pub enum ModelState {
     Loading,
-    Ready(Arc<LoadedModel>),
+    Ready(Arc<LoadedInfo>),
     Failed(String),
+}
+
+/// What wardd keeps of a loaded model once its engine has the weights: what was loaded, not the
+/// plaintext. The decrypted files live only as long as it takes to hand them over (candle's
+/// tensors, or an external engine's sealed memfds); keeping them after would double the guest
+/// memory a model costs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoadedInfo {
+    pub reference: String,
+    pub manifest_digest: ward_image::digest::Digest,
+    /// `(file name, plaintext digest, bytes)`.
+    pub files: Vec<(String, ward_image::digest::Digest, usize)>,
+}
+
+impl LoadedInfo {
+    fn of(model: &LoadedModel) -> LoadedInfo {
+        LoadedInfo {
+            reference: model.reference.clone(),
+            manifest_digest: model.manifest_digest.clone(),
+            files: model
+                .files
+                .iter()
+                .map(|f| (f.name.clone(), f.digest.clone(), f.data.len()))
+                .collect(),
+        }
+    }
 }
 
 /// The models wardd holds.
@@ -65,8 +91,8 @@ impl Models {
             .clone()
     }
 
-    /// The model `name`, when loaded.
-    pub fn get(&self, name: &str) -> Option<Arc<LoadedModel>> {
+    /// What was loaded for `name`, when it was.
+    pub fn get(&self, name: &str) -> Option<Arc<LoadedInfo>> {
         match self
             .states
             .read()
@@ -105,10 +131,11 @@ impl Models {
                 }
                 continue;
             }
-            self.load_and_record(m, images, attestation)
+            let Some(model) = self
+                .load_and_record(m, images, attestation)
                 .instrument(span.clone())
-                .await;
-            let Some(model) = self.get(&m.name) else {
+                .await
+            else {
                 continue;
             };
             // Released in the session that released the KEK; no policy, no service.
@@ -123,6 +150,8 @@ impl Models {
                 self.start(m, s, &model, attestation, serving)
                     .instrument(span)
                     .await;
+                // The engine has its memfds; wardd's copy goes now.
+                drop(model);
                 continue;
             }
             let (name, config, device) = (m.name.clone(), engine_config(m), device_kind(m.device));
@@ -304,12 +333,14 @@ impl Models {
         }
     }
 
+    /// Loads `m`, audits and measures it, and records what was loaded; the plaintext is the
+    /// caller's to hand to an engine and drop.
     async fn load_and_record(
         &self,
         m: &ModelSettings,
         images: &Images,
         attestation: &Arc<Attestation>,
-    ) {
+    ) -> Option<LoadedModel> {
         let started = std::time::Instant::now();
         let loaded = load_one(m, images, attestation).await;
         crate::metrics::metrics().model_load(started.elapsed(), loaded.is_ok());
@@ -352,7 +383,8 @@ impl Models {
                         "mlocked": model.files.iter().all(|f| f.data.locked()),
                     }),
                 );
-                self.set(&m.name, ModelState::Ready(Arc::new(model)));
+                self.set(&m.name, ModelState::Ready(Arc::new(LoadedInfo::of(&model))));
+                Some(model)
             }
             Err(e) => {
                 tracing::error!(error = %e, "model not loaded");
@@ -362,6 +394,7 @@ impl Models {
                     serde_json::json!({"reason": e.to_string()}),
                 );
                 self.set(&m.name, ModelState::Failed(e.to_string()));
+                None
             }
         }
     }

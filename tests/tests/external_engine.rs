@@ -144,6 +144,27 @@ async fn llama_cpp_server_behind_wardd_serves_a_sealed_model() {
         .nth(1)
         .unwrap()
         .to_string();
+    // wardd's own copy of the plaintext goes once the engine has its memfds (just after the
+    // "serving" line): its anonymous memory falls well under the model's size (the memfd pages
+    // are the engine's to map).
+    let anon_kb = || -> usize {
+        std::fs::read_to_string(format!("/proc/{}/status", w.child.id()))
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("RssAnon:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap()
+    };
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while anon_kb() * 1024 >= bytes.len() / 2 {
+        assert!(
+            std::time::Instant::now() < until,
+            "wardd still holds {} KiB of anonymous memory after handing over a {}-byte model",
+            anon_kb(),
+            bytes.len()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     let meta = std::fs::symlink_metadata(&model_path).unwrap();
     assert!(meta.file_type().is_symlink(), "{model_path} is not a link");
     assert_eq!(
