@@ -120,6 +120,11 @@ pub struct SnpReference {
     /// The VMPL the report must come from. Default 0.
     #[serde(default)]
     pub vmpl: u32,
+    /// Refuse a chain whose ARK's CRL was not given (KDS's `/vcek/v1/{product}/crl` or
+    /// `/vlek/...`). Default false: a given CRL is always checked; without one the revocation
+    /// is reported as not checked.
+    #[serde(default)]
+    pub require_crl: bool,
     /// Fields accepted with any value: `measurement`, `host_data`, `min_tcb`.
     #[serde(default)]
     pub unpinned: BTreeSet<String>,

@@ -102,6 +102,21 @@ pub enum SnpError {
         got: u8,
         min: u8,
     },
+    #[error(
+        "no CRL of {issuer} was given, and the reference values require one (require_crl): KDS serves it"
+    )]
+    NoCrl { issuer: String },
+    #[error("{issuer}'s CRL is valid from {from} until {until}, not at {at}: a stale CRL")]
+    StaleCrl {
+        issuer: String,
+        from: String,
+        until: String,
+        at: String,
+    },
+    #[error("{issuer}'s CRL does not verify: {detail}")]
+    CrlSignature { issuer: String, detail: String },
+    #[error("AMD revoked the {which} (serial {serial}) on its CRL")]
+    Revoked { which: String, serial: String },
     #[error(transparent)]
     Value(#[from] ValueError),
 }
@@ -184,6 +199,8 @@ impl Signer {
 #[derive(Clone, Debug, Default)]
 pub struct AmdCerts {
     certs: Vec<X509>,
+    /// AMD's CRLs given beside them (`crl.rs`).
+    crls: Vec<crl::Crl>,
 }
 
 fn cn(name: &x509_cert::name::Name) -> String {
@@ -218,7 +235,7 @@ impl AmdCerts {
         Ok(c)
     }
 
-    /// The VCEK, VLEK, ASK, ASVK and ARK of an extended report's certificate table, in the JSON
+    /// The VCEK, VLEK, ASK, ARK and CRL of an extended report's certificate table, in the JSON
     /// form the `snp` evidence carries it (`cert_chain`: sev's `CertTableEntry` list); `None`
     /// when it holds none. The host fills that table, which is safe to use: every certificate
     /// must still chain to AMD's pinned ARK, and a VCEK must be the report's chip's.
@@ -233,7 +250,7 @@ impl AmdCerts {
         for e in &entries {
             if matches!(
                 e.cert_type,
-                CertType::VCEK | CertType::VLEK | CertType::ASK | CertType::ARK
+                CertType::VCEK | CertType::VLEK | CertType::ASK | CertType::ARK | CertType::CRL
             ) {
                 c.add(e.data()).map_err(|err| {
                     SnpError::Certificate(format!(
@@ -248,10 +265,20 @@ impl AmdCerts {
 
     fn add(&mut self, bytes: &[u8]) -> Result<(), SnpError> {
         let bad = |e: x509_cert::der::Error| SnpError::Certificate(e.to_string());
-        if bytes.trim_ascii_start().starts_with(b"-----BEGIN") {
+        let text = bytes.trim_ascii_start();
+        if text.starts_with(b"-----BEGIN X509 CRL") {
+            self.crls.extend(crl::Crl::from_pem_chain(bytes)?);
+        } else if text.starts_with(b"-----BEGIN") {
             self.certs.extend(X509::load_pem_chain(bytes).map_err(bad)?);
         } else {
-            self.certs.push(X509::from_der(bytes).map_err(bad)?);
+            match X509::from_der(bytes) {
+                Ok(c) => self.certs.push(c),
+                // KDS serves its CRLs as DER too.
+                Err(e) => match crl::Crl::from_der(bytes) {
+                    Ok(c) => self.crls.push(c),
+                    Err(_) => return Err(bad(e)),
+                },
+            }
         }
         Ok(())
     }
@@ -439,6 +466,7 @@ fn check_chain(
     signer: Signer,
     vek: &X509,
     at: u64,
+    require_crl: bool,
 ) -> Result<(), SnpError> {
     let want_cn = signer.leaf_cn();
     let issuer = cn(&vek.tbs_certificate.issuer);
@@ -483,7 +511,7 @@ fn check_chain(
         signer.name(),
         rfc3339(i64::try_from(at).unwrap_or(i64::MAX))
     ));
-    Ok(())
+    crl::check(log, &certs.crls, &ark, &ca, at, require_crl)
 }
 
 /// The raw bytes of a report that arrived in its JSON (serde) form, as the `snp` evidence of
@@ -546,7 +574,7 @@ pub fn verify(
                         && check_chip_id(&mut scratch, signer, c, &r).is_ok()
                 })
                 .unwrap_or(first);
-            check_chain(&mut log, certs, signer, vek, opts.at)?;
+            check_chain(&mut log, certs, signer, vek, opts.at, reference.require_crl)?;
             verify_signature(raw, signer, vek)?;
             log.ok(format!("the report is signed by the {}", signer.name()));
             check_cert_tcb(&mut log, signer, vek, &r.reported_tcb)?;
@@ -659,6 +687,8 @@ fn check_min_tcb(log: &mut Log, t: &TcbVersion, min: &SnpTcb) -> Result<(), SnpE
     log.ok("the report's TCB is at least the reference values' minimum");
     Ok(())
 }
+
+mod crl;
 
 #[cfg(test)]
 mod tests;

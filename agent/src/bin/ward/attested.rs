@@ -44,7 +44,8 @@ pub struct TrustArgs {
     #[arg(skip)]
     pub who: &'static str,
     /// SNP: the VCEK or VLEK (DER or PEM, as AMD KDS serves it), or a directory holding it
-    /// and KDS's cert_chain; checked up to AMD's pinned root. Never fetched.
+    /// and KDS's cert_chain and crl; checked up to AMD's pinned root. Never fetched; without
+    /// it, the certificates the evidence carries.
     #[arg(long)]
     pub vcek: Option<PathBuf>,
     /// TDX: Intel's collateral for the quote's platform (TCB info, QE identity, CRLs and

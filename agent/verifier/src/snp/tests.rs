@@ -575,3 +575,108 @@ fn a_forged_vlek_report_is_refused_by_name() {
     .unwrap_err();
     assert!(matches!(e, SnpError::CertificateExpired { .. }), "{e}");
 }
+
+/// AMD's real CRLs as KDS serves them (`testdata/amd/`, provenance in the README): Milan's
+/// (2025-05-06..2026-05-12, nothing revoked) and Genoa's (2024-10-23..2025-11-03, revoking
+/// serial 020001, Genoa's first ASK).
+fn crl(name: &str) -> Vec<u8> {
+    std::fs::read(format!(
+        "{}/testdata/amd/{name}-vcek-crl.der",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap()
+}
+
+/// 2025-06-20: inside the Milan CRL's window and every fixture certificate's validity.
+const IN_CRL_WINDOW: u64 = 1_750_377_600;
+
+fn vcek_and(crl_der: &[u8]) -> AmdCerts {
+    let mut c = vcek();
+    c.add(crl_der).unwrap();
+    c
+}
+
+#[test]
+fn amds_crl_is_checked_when_given() {
+    let raw = vcek_report();
+    let check = |certs: &AmdCerts, r: &SnpReference, when: u64| {
+        verify(&raw, Some(certs), r, &report_data(&raw), &at(when))
+    };
+    // Not given: said, not hidden; refused only when the reference values require it.
+    let v = check(&vcek(), &pinned(&raw), IN_CRL_WINDOW).unwrap();
+    assert!(
+        v.checked
+            .iter()
+            .any(|c| c.contains("not checked: whether AMD revoked the SEV-Milan")),
+        "{:?}",
+        v.checked
+    );
+    let mut strict = pinned(&raw);
+    strict.require_crl = true;
+    let e = check(&vcek(), &strict, IN_CRL_WINDOW)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("no CRL of ARK-Milan"), "{e}");
+    // Given (DER, as KDS serves it): signed by the pinned ARK, in its window, ASK not on it.
+    let milan = crl("milan");
+    let v = check(&vcek_and(&milan), &strict, IN_CRL_WINDOW).unwrap();
+    assert!(
+        v.checked
+            .iter()
+            .any(|c| c.contains("the SEV-Milan is not on ARK-Milan's CRL")),
+        "{:?}",
+        v.checked
+    );
+    // The same CRL as PEM, and in an extended report's certificate table.
+    let b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &milan);
+    let lines: Vec<&str> = b64
+        .as_bytes()
+        .chunks(64)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect();
+    let pem = format!(
+        "-----BEGIN X509 CRL-----\n{}\n-----END X509 CRL-----\n",
+        lines.join("\n")
+    );
+    check(&vcek_and(pem.as_bytes()), &strict, IN_CRL_WINDOW).unwrap();
+    let table = serde_json::json!([
+        {"cert_type": "VCEK", "data": fixture("snp/test-vcek.der")},
+        {"cert_type": "CRL", "data": milan},
+    ]);
+    let carried = AmdCerts::from_cert_table(&table).unwrap().unwrap();
+    check(&carried, &strict, IN_CRL_WINDOW).unwrap();
+    // Outside its window (before it was issued; after its next update, today): stale.
+    for when in [AS_OF, Options::now().at] {
+        let e = check(&vcek_and(&milan), &pinned(&raw), when)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("a stale CRL"), "{e}");
+    }
+    // A changed byte in the signed list (its next-update time): the ARK did not sign it.
+    let mut bad = milan.clone();
+    let pos = bad.windows(2).rposition(|w| w == [0x17, 0x0d]).unwrap() + 2;
+    bad[pos + 1] ^= 1;
+    let e = check(&vcek_and(&bad), &pinned(&raw), IN_CRL_WINDOW)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("ARK-Milan's CRL does not verify"), "{e}");
+    // Another product's CRL does not count for Milan.
+    let e = check(&vcek_and(&crl("genoa")), &strict, IN_CRL_WINDOW)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("no CRL of ARK-Milan"), "{e}");
+}
+
+#[test]
+fn a_revoked_ask_is_found_on_genoas_real_crl() {
+    // No revoked chain exists among the fixtures; the decision is checked on the real list.
+    let genoa = super::crl::Crl::from_der(&crl("genoa")).unwrap();
+    let ark = pem(Product::Genoa.ark_pem()).unwrap();
+    super::crl::verify_signature_for_tests(&genoa, &ark).unwrap();
+    assert!(super::crl::revoked(&genoa, &[0x02, 0x00, 0x01]));
+    assert!(!super::crl::revoked(&genoa, &[0x02, 0x00, 0x02]));
+    // Checked against the current Genoa ASK (020002), inside the window: not revoked.
+    let ask = pem(Product::Genoa.ca_pem(Signer::Vcek)).unwrap();
+    let mut log = Log::new(&at(IN_CRL_WINDOW));
+    super::crl::check(&mut log, &[genoa], &ark, &ask, IN_CRL_WINDOW, true).unwrap();
+}
