@@ -43,6 +43,8 @@ pub enum TdxError {
         "no TDX collateral was given: the quote's signature, its PCK chain to Intel's SGX root CA and the platform's TCB cannot be checked"
     )]
     NoCollateral,
+    #[error("no collateral in {dir} is for the quote's platform (FMSPC {fmspc})")]
+    NoCollateralFor { fmspc: String, dir: String },
     #[error("the TDX quote does not parse: {0}")]
     Quote(String),
     #[error("the quote is an SGX enclave's, not a TD's")]
@@ -90,11 +92,69 @@ impl Collateral {
         Self::from_json(&bytes)
     }
 
+    /// The collateral for `quote`'s platform from `path`: a file, or a directory of collateral
+    /// files (a cache the user keeps, e.g. synced from a PCCS), of which the one whose TCB
+    /// info names the quote's FMSPC and is valid at `at` (the latest issued, if several); when
+    /// none is valid, the latest for that FMSPC, so that the refusal says it is stale.
+    pub fn for_quote(path: &Path, quote: &[u8], at: u64) -> Result<Self, TdxError> {
+        if !path.is_dir() {
+            return Self::load(path);
+        }
+        let q = Quote::parse(quote).map_err(|e| TdxError::Quote(format!("{e:#}")))?;
+        let fmspc = dcap_qvl::intel::quote_fmspc(&q)
+            .map(hex::encode_upper)
+            .map_err(|e| TdxError::Quote(format!("the PCK certificate's FMSPC: {e:#}")))?;
+        let read = |e: std::io::Error| TdxError::CollateralRead {
+            path: path.display().to_string(),
+            source: e,
+        };
+        let mut files: Vec<_> = std::fs::read_dir(path)
+            .map_err(read)?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "json"))
+            .collect();
+        files.sort();
+        // (valid at `at`, issued, collateral) of each file for this FMSPC; unreadable or
+        // foreign files are passed over (a cache holds other platforms' too).
+        let mut best: Option<(bool, i64, Collateral)> = None;
+        for f in files {
+            let Ok(c) = Self::load(&f) else { continue };
+            let Ok(info) = serde_json::from_str::<TcbInfoHead>(&c.0.tcb_info) else {
+                continue;
+            };
+            if !info.fmspc.eq_ignore_ascii_case(&fmspc) {
+                continue;
+            }
+            let issued = parse_time("TCB info", &info.issue_date).unwrap_or(i64::MIN);
+            let fresh = check_fresh(&c.0, at).is_ok();
+            if best
+                .as_ref()
+                .is_none_or(|(bf, bi, _)| (fresh, issued) > (*bf, *bi))
+            {
+                best = Some((fresh, issued, c));
+            }
+        }
+        best.map(|(_, _, c)| c)
+            .ok_or_else(|| TdxError::NoCollateralFor {
+                fmspc,
+                dir: path.display().to_string(),
+            })
+    }
+
     /// The raw form, for tests that forge it.
     #[cfg(test)]
     pub(crate) fn inner_mut(&mut self) -> &mut QuoteCollateralV3 {
         &mut self.0
     }
+}
+
+/// The platform and issue date of a TCB info JSON.
+#[derive(Deserialize)]
+struct TcbInfoHead {
+    fmspc: String,
+    #[serde(rename = "issueDate")]
+    issue_date: String,
 }
 
 /// `issueDate` and `nextUpdate` of the TCB info or QE identity JSON.

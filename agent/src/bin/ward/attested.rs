@@ -49,8 +49,9 @@ pub struct TrustArgs {
     #[arg(long)]
     pub vcek: Option<PathBuf>,
     /// TDX: Intel's collateral for the quote's platform (TCB info, QE identity, CRLs and
-    /// their chains, as PCS serves them, in one JSON file); checked up to Intel's pinned
-    /// root and for freshness at the wall clock. Never fetched.
+    /// their chains, as PCS serves them, in one JSON file), or a directory of such files (a
+    /// cache: the one for the quote's FMSPC that is fresh is used); checked up to Intel's
+    /// pinned root and for freshness at the wall clock. Never fetched.
     #[arg(long)]
     pub tdx_collateral: Option<PathBuf>,
     /// The reference values the evidence must match (docs/reference-values.md).
@@ -263,7 +264,7 @@ pub fn verify_answer(
             let collateral = a
                 .tdx_collateral
                 .as_deref()
-                .map(Collateral::load)
+                .map(|p| Collateral::for_quote(p, &quote, at))
                 .transpose()
                 .map_err(tdx_refused)?;
             let v =
@@ -287,12 +288,18 @@ pub fn verify_answer(
                 .map(AmdCerts::load)
                 .transpose()
                 .map_err(snp_refused)?;
-            let collateral = a
-                .tdx_collateral
-                .as_deref()
-                .map(Collateral::load)
-                .transpose()
-                .map_err(tdx_refused)?;
+            let td_quote = att["evidence"]["td_quote"].as_str().and_then(|q| {
+                base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(q.trim_end_matches('='))
+                    .ok()
+            });
+            let collateral = match (a.tdx_collateral.as_deref(), td_quote) {
+                (Some(p), Some(q)) => Some(Collateral::for_quote(p, &q, at)),
+                (Some(p), None) => Some(Collateral::load(p)),
+                (None, _) => None,
+            }
+            .transpose()
+            .map_err(tdx_refused)?;
             let vouchers = azure::Vouchers {
                 amd: certs.as_ref(),
                 intel: collateral.as_ref(),

@@ -419,3 +419,49 @@ fn a_forged_variant_of_every_tdx_fixture_is_refused_by_name() {
         );
     }
 }
+
+#[test]
+fn a_collateral_directory_yields_the_quotes_platform_and_the_fresh_one() {
+    // A cache holding both fixtures' collateral (FMSPCs B0C06F000000 and 90C06F000000), an
+    // older copy of the first (its window moved back a month, so stale at AS_OF), and junk.
+    let dir = tempfile::tempdir().unwrap();
+    let src = |n: &str| fixture(&format!("tdx-dcap/{n}"));
+    std::fs::write(dir.path().join("a.json"), src("tdx_quote_collateral.json")).unwrap();
+    std::fs::write(
+        dir.path().join("b.json"),
+        src("tdx_quote_outdated_collateral.json"),
+    )
+    .unwrap();
+    let mut old: serde_json::Value =
+        serde_json::from_slice(&src("tdx_quote_collateral.json")).unwrap();
+    let info = old["tcb_info"]
+        .as_str()
+        .unwrap()
+        .replace("2025-06-19T", "2025-05-19T")
+        .replace("2025-07-19T", "2025-06-18T");
+    old["tcb_info"] = info.into();
+    std::fs::write(dir.path().join("c.json"), old.to_string()).unwrap();
+    std::fs::write(dir.path().join("d.json"), "not json").unwrap();
+    let q = quote();
+    let chosen = Collateral::for_quote(dir.path(), &q, AS_OF).unwrap();
+    assert_eq!(chosen, collateral());
+    verify(&q, Some(&chosen), &pinned(&q), &report_data(&q), &at(AS_OF)).unwrap();
+    // Today nothing for this platform is fresh: the latest is chosen, and refused as stale.
+    let now = Options::now().at;
+    let chosen = Collateral::for_quote(dir.path(), &q, now).unwrap();
+    assert_eq!(chosen, collateral());
+    let e = verify(&q, Some(&chosen), &pinned(&q), &report_data(&q), &at(now))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("stale"), "{e}");
+    // A cache without this platform's collateral says which platform it needed.
+    std::fs::remove_file(dir.path().join("a.json")).unwrap();
+    std::fs::remove_file(dir.path().join("c.json")).unwrap();
+    let e = Collateral::for_quote(dir.path(), &q, AS_OF)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("FMSPC B0C06F000000"), "{e}");
+    // A file is read as before.
+    let f = dir.path().join("b.json");
+    assert!(Collateral::for_quote(&f, &q, AS_OF).is_ok());
+}
