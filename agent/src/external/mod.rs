@@ -83,7 +83,7 @@ pub async fn connect(
         if tokio::time::Instant::now() >= deadline {
             return Err(ExternalError::NotReady(c.request_timeout.as_secs()));
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     up.set_up(true);
     Ok(up)
@@ -258,7 +258,9 @@ async fn run_once(
                 let status = status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
                 return Ok(status);
             }
-            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+            // A probe is a refused connect until the engine listens: cheap enough to ask often,
+            // and each interval is start-up time the model is not served (bench-engine).
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
         }
         if up.probe().await {
             break;

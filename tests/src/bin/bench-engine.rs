@@ -248,4 +248,104 @@ async fn main() {
             );
         }
     }
+
+    weights_to_serving(
+        &python,
+        &gguf,
+        &stderr,
+        served.wardd.child.id(),
+        bytes.len(),
+    )
+    .await;
+}
+
+/// The weights' path to a serving engine: wardd's (KBS handshake, KEK, decrypting and checking
+/// the sealed layout into guest memory, sealed memfds, the engine's start; from wardd's own
+/// log) against the engine loading the same plaintext from its own disk (spawned here, timed to
+/// its first `200` on `/v1/models`, three runs). And what wardd keeps after the handoff.
+async fn weights_to_serving(
+    python: &std::path::Path,
+    gguf: &std::path::Path,
+    wardd_log: &str,
+    wardd_pid: u32,
+    model_bytes: usize,
+) {
+    let secs_of = |line: &str| -> f64 {
+        wardd_log
+            .lines()
+            .find(|l| l.contains(line))
+            .and_then(|l| {
+                l.split("secs=")
+                    .nth(1)?
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or_else(|| panic!("no `{line}` with secs= in wardd's log"))
+    };
+    let (load, start) = (
+        secs_of("model loaded into guest memory"),
+        secs_of("external engine serving"),
+    );
+    let mut bare = Vec::new();
+    for _ in 0..3 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let t = Instant::now();
+        let mut child = std::process::Command::new(python)
+            .args(["-m", "llama_cpp.server", "--model"])
+            .arg(gguf)
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--n_ctx", "2048", "--verbose", "false"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let http = reqwest::Client::new();
+        let url = format!("http://127.0.0.1:{port}/v1/models");
+        loop {
+            if http
+                .get(&url)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
+                break;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(300),
+                "the bare engine never served"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bare.push(t.elapsed());
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let bare = median(&bare) / 1e3;
+    println!();
+    println!("weights to a serving engine ({model_bytes} bytes)");
+    println!(
+        "  wardd: sealed layout -> guest memory {load:.3} s, -> memfds and engine serving {start:.3} s, total {:.3} s",
+        load + start
+    );
+    println!(
+        "  engine on the plaintext file on its disk: {bare:.3} s (median of 3); wardd / bare = {:.3}",
+        (load + start) / bare
+    );
+    let anon_kb: usize = std::fs::read_to_string(format!("/proc/{wardd_pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("RssAnon:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    println!(
+        "  wardd's anonymous memory after the handoff: {} MiB (the model is {} MiB)",
+        anon_kb / 1024,
+        model_bytes / (1 << 20)
+    );
 }
