@@ -110,11 +110,11 @@ mod pulls {
     use ward_tests::registry::{rsa_keypair, run};
     use ward_tests::registry_gate::BlobGate;
 
-    /// A puller keeping blobs in `cache` when given, else none (the default).
-    fn puller(reg: &TestRegistry, cache: Option<&Path>) -> Arc<Puller> {
+    /// A puller on `registry` keeping blobs in `cache` when given, else none (the default).
+    pub(super) fn puller_on(registry: Registry, cache: Option<&Path>) -> Arc<Puller> {
         Arc::new(
             Puller::new(
-                reg.client(),
+                registry,
                 PullOptions {
                     blob_cache: cache.map(Path::to_path_buf),
                     concurrency: 8,
@@ -124,6 +124,11 @@ mod pulls {
             )
             .unwrap(),
         )
+    }
+
+    /// A puller on the test registry, keeping blobs in `cache` when given.
+    fn puller(reg: &TestRegistry, cache: Option<&Path>) -> Arc<Puller> {
+        puller_on(reg.client(), cache)
     }
 
     /// Every path under `root` with its kind and content, for comparing two trees.
@@ -276,18 +281,7 @@ mod pulls {
             ..Default::default()
         })
         .unwrap();
-        let p = Arc::new(
-            Puller::new(
-                registry,
-                PullOptions {
-                    blob_cache: None,
-                    concurrency: 8,
-                    unpack: UnpackPolicy::default(),
-                    require_encrypted: false,
-                },
-            )
-            .unwrap(),
-        );
+        let p = puller_on(registry, None);
         let progress: Arc<dyn ward_image::progress::PullProgress> = Arc::new(OpenOnSecondResolve {
             seen: Default::default(),
             gate: gate.clone(),
@@ -393,9 +387,8 @@ mod formats {
 
     use super::*;
     use ward_image::ocicrypt::PrivateKey;
-    use ward_image::pull::{Decryption, PullError, PullOptions, Puller};
+    use ward_image::pull::{Decryption, PullError, Puller};
     use ward_image::registry::Platform;
-    use ward_image::unpack::UnpackPolicy;
     use ward_tests::registry::{rsa_keypair, run};
 
     fn puller_with(reg: &TestRegistry, platform: Option<Platform>) -> Arc<Puller> {
@@ -405,18 +398,7 @@ mod formats {
             ..Default::default()
         })
         .unwrap();
-        Arc::new(
-            Puller::new(
-                registry,
-                PullOptions {
-                    blob_cache: None,
-                    concurrency: 8,
-                    unpack: UnpackPolicy::default(),
-                    require_encrypted: false,
-                },
-            )
-            .unwrap(),
-        )
+        super::pulls::puller_on(registry, None)
     }
 
     fn read_json(path: &Path) -> serde_json::Value {

@@ -306,22 +306,19 @@ fn anchor(i: usize, arch: &'static str, chain: &[GpuCert], at: u64) -> Result<()
 /// The driver and VBIOS versions and the measurements against the reference values.
 fn values(log: &mut Log, name: &str, report: &GpuReport, r: &GpuReference) -> Result<(), GpuError> {
     let o = &report.opaque;
-    version(
-        log,
-        name,
-        "driver_version",
-        o.driver_version.as_deref(),
-        r.driver_version.as_ref(),
-        &r.unpinned,
-    )?;
-    version(
-        log,
-        name,
-        "vbios_version",
-        o.vbios_version.as_deref(),
-        r.vbios_version.as_ref(),
-        &r.unpinned,
-    )?;
+    for (field, got, allowed) in [
+        ("driver_version", &o.driver_version, &r.driver_version),
+        ("vbios_version", &o.vbios_version, &r.vbios_version),
+    ] {
+        version(
+            log,
+            name,
+            field,
+            got.as_deref(),
+            allowed.as_ref(),
+            &r.unpinned,
+        )?;
+    }
     match &r.measurements {
         Some(pinned) => {
             for m in &report.measurements {
