@@ -71,6 +71,9 @@ pub struct TrustArgs {
     pub insecure: bool,
 }
 
+/// The largest attestation answer read (evidence, GPU reports and chains, certificate tables).
+const MAX_ATTESTATION: usize = 4 << 20;
+
 /// The key a verified attestation vouches for.
 #[derive(Clone, Debug)]
 pub struct VerifiedKey {
@@ -88,16 +91,24 @@ pub async fn fetch_verified_key(
 ) -> anyhow::Result<VerifiedKey> {
     let nonce: [u8; 32] = rand::random();
     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    let att: serde_json::Value = http
+    let mut resp = http
         .get(format!("{base}/attestation?nonce={}", b64.encode(nonce)))
         .send()
         .await
         .with_context(|| format!("GET {base}/attestation"))?
         .error_for_status()
-        .with_context(|| format!("GET {base}/attestation"))?
-        .json()
-        .await
-        .context("the attestation answer")?;
+        .with_context(|| format!("GET {base}/attestation"))?;
+    // Whoever is on the path answers this before anything is verified: read at most
+    // MAX_ATTESTATION bytes (eight GPUs' evidence is about 100 KiB) rather than whatever it sends.
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.context("the attestation answer")? {
+        if body.len().saturating_add(chunk.len()) > MAX_ATTESTATION {
+            bail!("the attestation answer is larger than {MAX_ATTESTATION} bytes: refused");
+        }
+        body.extend_from_slice(&chunk);
+    }
+    let att: serde_json::Value =
+        serde_json::from_slice(&body).context("the attestation answer is not JSON")?;
     let key = verify_answer(&att, &nonce, trust, now())?;
     Ok(VerifiedKey {
         encoded: key.encode(),
@@ -664,5 +675,39 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("cert_chain"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn an_endless_attestation_answer_is_cut_off() {
+        // Whoever is on the path answers before anything is verified: 5 MiB of JSON-looking
+        // bytes is refused, not read into memory to the end.
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            let mut req = [0u8; 4096];
+            let _ = sock.read(&mut req).await;
+            let len = 5usize << 20;
+            let head = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {len}\r\n\r\n"
+            );
+            let _ = sock.write_all(head.as_bytes()).await;
+            let chunk = vec![b' '; 64 << 10];
+            for _ in 0..(len / chunk.len()) {
+                if sock.write_all(&chunk).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let e = fetch_verified_key(
+            &reqwest::Client::new(),
+            &format!("http://{addr}/v1"),
+            &args(None, true, None),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("larger than 4194304 bytes"), "{e}");
     }
 }
