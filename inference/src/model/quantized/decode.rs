@@ -20,9 +20,10 @@ use ward_kernels::{Pool, Q8Block, QK, QMatrix, f32ops};
 
 use super::{CACHE_BLOCK, KvCache, Norm, QuantizedWeights, Seq};
 
-/// One layer's keys and values of one sequence, `heads x cap x head_dim` each (a head's tokens
-/// contiguous, so attention reads them in order), `len` of `cap` tokens filled; room grows by
-/// [`CACHE_BLOCK`] tokens.
+/// One layer's keys and values of one sequence, `len` of `cap` tokens filled; room grows by
+/// [`CACHE_BLOCK`] tokens. Keys are stored transposed, `heads x dim x cap` (for each head and
+/// dimension, the tokens in a row: attention scores a block of tokens at once), values
+/// `heads x cap x dim` (a head's tokens in order, for the weighted sum).
 #[derive(Debug, Default)]
 pub(crate) struct RawKv {
     k: Vec<f32>,
@@ -53,16 +54,18 @@ impl RawKv {
         }
         let cap = need.div_ceil(CACHE_BLOCK) * CACHE_BLOCK;
         let (old_cap, len) = (self.cap, self.len);
-        let grow = |old: &[f32]| {
-            let mut new = vec![0f32; heads * cap * dim];
-            for h in 0..heads {
-                let from = &old[h * old_cap * dim..][..len * dim];
-                new[h * cap * dim..][..len * dim].copy_from_slice(from);
+        // Both are rows of `old_cap` (keys: heads x dim rows of tokens) or of `old_cap * dim`
+        // (values: heads rows of tokens x dim), of which the first `len` tokens are held.
+        let grow = |old: &[f32], rows: usize, unit: usize| {
+            let mut new = vec![0f32; rows * cap * unit];
+            for r in 0..rows {
+                let from = &old[r * old_cap * unit..][..len * unit];
+                new[r * cap * unit..][..len * unit].copy_from_slice(from);
             }
             new
         };
-        self.k = grow(&self.k);
-        self.v = grow(&self.v);
+        self.k = grow(&self.k, heads * dim, 1);
+        self.v = grow(&self.v, heads, dim);
         self.cap = cap;
     }
 
@@ -70,32 +73,45 @@ impl RawKv {
     fn append(&mut self, t: usize, k: &[f32], v: &[f32]) {
         let (heads, dim) = (self.heads, self.dim);
         self.reserve(heads, dim, self.len + t);
+        let (cap, len) = (self.cap, self.len);
         for h in 0..heads {
-            let at = (h * self.cap + self.len) * dim;
             let from = h * t * dim..(h + 1) * t * dim;
-            self.k[at..at + t * dim].copy_from_slice(&k[from.clone()]);
+            for (i, key) in k[from.clone()].chunks_exact(dim).enumerate() {
+                for (d, &x) in key.iter().enumerate() {
+                    self.k[(h * dim + d) * cap + len + i] = x;
+                }
+            }
+            let at = (h * cap + len) * dim;
             self.v[at..at + t * dim].copy_from_slice(&v[from]);
         }
         self.len += t;
     }
 
-    /// Head `h`'s keys and values, `len x dim` each.
+    /// Head `h`'s keys (transposed: `dim` rows of `cap`, see [`RawKv`]) and values
+    /// (`len x dim`).
     fn head(&self, h: usize) -> (&[f32], &[f32]) {
-        let at = h * self.cap * self.dim;
-        let n = self.len * self.dim;
-        (&self.k[at..at + n], &self.v[at..at + n])
+        let n = self.dim * self.cap;
+        let at = (h * self.cap) * self.dim;
+        (
+            &self.k[h * n..(h + 1) * n],
+            &self.v[at..at + self.len * self.dim],
+        )
     }
 
     /// Everything held as tensors `(1, heads, len, dim)` (copies: for a prefill chunk that
     /// continues a sequence, whose attention runs on candle).
     fn tensors(&self, device: &candle_core::Device) -> candle_core::Result<(Tensor, Tensor)> {
-        let (mut k, mut v) = (Vec::new(), Vec::new());
+        let (dim, cap) = (self.dim, self.cap);
+        let mut k = Vec::with_capacity(self.heads * self.len * dim);
+        let mut v = Vec::with_capacity(self.heads * self.len * dim);
         for h in 0..self.heads {
-            let (hk, hv) = self.head(h);
-            k.extend_from_slice(hk);
+            let (kt, hv) = self.head(h);
+            for t in 0..self.len {
+                k.extend((0..dim).map(|d| kt[d * cap + t]));
+            }
             v.extend_from_slice(hv);
         }
-        let shape = (1, self.heads, self.len, self.dim);
+        let shape = (1, self.heads, self.len, dim);
         Ok((
             Tensor::from_vec(k, shape, device)?,
             Tensor::from_vec(v, shape, device)?,
@@ -267,9 +283,7 @@ impl QuantizedWeights {
             act.resize(b * ff, 0.0);
             for (gu, a) in gu.chunks_exact(2 * ff).zip(act.chunks_exact_mut(ff)) {
                 let (g, u) = gu.split_at(ff);
-                for ((a, &g), &u) in a.iter_mut().zip(g).zip(u) {
-                    *a = g / (1.0 + (-g).exp()) * u;
-                }
+                f32ops::silu_mul(g, u, a);
             }
             quantize(&act, b, &mut acts);
             let down = layer.down.own().ok_or_else(missing)?;
@@ -314,21 +328,9 @@ impl QuantizedWeights {
             };
             let q = &qkv[i * width + head * hd..][..hd];
             let (keys, values) = cache.head(head / group.max(1));
-            let mut scores: Vec<f32> = keys
-                .chunks_exact(hd)
-                .map(|k| f32ops::dot(q, k) * scale)
-                .collect();
-            let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut total = 0f32;
-            for s in scores.iter_mut() {
-                *s = (*s - max).exp();
-                total += *s;
-            }
             let mut out = out.lock().unwrap_or_else(|e| e.into_inner());
-            out.fill(0.0);
-            for (p, v) in scores.iter().zip(values.chunks_exact(hd)) {
-                f32ops::axpy(&mut out, p / total, v);
-            }
+            let mut scores = Vec::with_capacity(cache.len());
+            f32ops::attend(q, keys, cache.cap, values, scale, &mut scores, &mut out);
         };
         Pool::global().run(outs.len(), &job);
     }
