@@ -48,7 +48,7 @@ pub fn attend(
         // SAFETY: the CPU has AVX2 and FMA (detected above).
         return unsafe { attend_avx2(q, keys_t, stride, values, scale, scores, out) };
     }
-    attend_body(q, keys_t, stride, values, scale, scores, out)
+    attend_body::<false>(q, keys_t, stride, values, scale, scores, out)
 }
 
 /// `out[i] = silu(gate[i]) * up[i]` (`silu(g) = g / (1 + e^-g)`, candle's formula), over the
@@ -86,14 +86,21 @@ unsafe fn attend_avx2(
     scores: &mut Vec<f32>,
     out: &mut [f32],
 ) {
-    attend_body(q, keys_t, stride, values, scale, scores, out)
+    attend_body::<true>(q, keys_t, stride, values, scale, scores, out)
+}
+
+/// `a * b + c`: fused (one rounding) where the CPU has FMA (`FMA`, in code compiled for it),
+/// else a product and a sum (`mul_add` without FMA would be a libm call per element).
+#[inline(always)]
+fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
+    if FMA { a.mul_add(b, c) } else { a * b + c }
 }
 
 /// Tokens whose scores are accumulated together.
 const SCORE_BLOCK: usize = 64;
 
 #[inline(always)]
-fn attend_body(
+fn attend_body<const FMA: bool>(
     q: &[f32],
     keys_t: &[f32],
     stride: usize,
@@ -119,11 +126,11 @@ fn attend_body(
             };
             if n == SCORE_BLOCK {
                 for i in 0..SCORE_BLOCK {
-                    acc[i] += qd * row[i];
+                    acc[i] = madd::<FMA>(qd, row[i], acc[i]);
                 }
             } else {
                 for (a, &k) in acc.iter_mut().zip(row) {
-                    *a += qd * k;
+                    *a = madd::<FMA>(qd, k, *a);
                 }
             }
         }
@@ -149,13 +156,16 @@ fn attend_body(
         }
     }
     let total: f32 = totals.iter().sum();
+    for s in scores.iter_mut() {
+        *s /= total;
+    }
     match dim {
-        64 => weighted_sum::<64>(scores, total, values, out),
-        128 => weighted_sum::<128>(scores, total, values, out),
+        64 => weighted_sum::<64, FMA>(scores, values, out),
+        128 => weighted_sum::<128, FMA>(scores, values, out),
         _ => {
             out.fill(0.0);
             for (p, v) in scores.iter().zip(values.chunks_exact(dim)) {
-                axpy_body(out, p / total, v);
+                axpy_body(out, *p, v);
             }
         }
     }
@@ -181,14 +191,13 @@ fn exp(x: f32) -> f32 {
     y * f32::from_bits(((n as i32 + 127) as u32) << 23)
 }
 
-/// `out = sum_t (p_t / total) v_t` for `D`-wide rows, the sum kept in registers.
+/// `out = sum_t p_t v_t` for `D`-wide rows, the sum kept in registers.
 #[inline(always)]
-fn weighted_sum<const D: usize>(p: &[f32], total: f32, values: &[f32], out: &mut [f32]) {
+fn weighted_sum<const D: usize, const FMA: bool>(p: &[f32], values: &[f32], out: &mut [f32]) {
     let mut acc = [0f32; D];
     for (p, v) in p.iter().zip(values.chunks_exact(D)) {
-        let w = p / total;
         for i in 0..D {
-            acc[i] += w * v[i];
+            acc[i] = madd::<FMA>(*p, v[i], acc[i]);
         }
     }
     for (o, a) in out.iter_mut().zip(&acc) {
@@ -314,8 +323,21 @@ mod tests {
                 let e: Vec<f64> = s.iter().map(|v| (v - max).exp()).collect();
                 let total: f64 = e.iter().sum();
                 let mut out = vec![0f32; dim];
+                let mut plain = vec![0f32; dim];
                 let mut scratch = Vec::new();
                 attend(&q, &keys_t, stride, &values, scale, &mut scratch, &mut out);
+                attend_body::<false>(
+                    &q,
+                    &keys_t,
+                    stride,
+                    &values,
+                    scale,
+                    &mut scratch,
+                    &mut plain,
+                );
+                for (a, b) in out.iter().zip(&plain) {
+                    assert!((a - b).abs() < 1e-6, "{dim} {len}: fused {a}, plain {b}");
+                }
                 for d in 0..dim {
                     let want: f64 = (0..len)
                         .map(|t| e[t] / total * f64::from(values[t * dim + d]))
