@@ -15,6 +15,7 @@
 //! on candle (ward-inference hooks it in at the matmul, so one model definition serves CPU and GPU).
 
 pub mod blocks;
+pub mod f32ops;
 mod matmul;
 mod pool;
 #[cfg(target_arch = "x86_64")]
@@ -93,6 +94,9 @@ pub enum KernelError {
         expected: usize,
         got: usize,
     },
+    /// Matrices joined by [`QMatrix::concat`] differ in format or width (or there are none).
+    #[error("only matrices of one format and width are joined")]
+    Concat,
     /// The kernel asked for does not run on this CPU.
     #[error("the {0:?} kernel does not run on this CPU")]
     Unavailable(Kernel),

@@ -180,6 +180,13 @@ impl QMatrix {
         if m == 0 || self.rows == 0 {
             return Ok(());
         }
+        let acts = self.quantize_with(x, m, pool);
+        self.run_quantized(&acts, m, out, kernel, pool);
+        Ok(())
+    }
+
+    /// `x` (`m x cols`, checked by the caller) quantised to `m` rows of 8-bit blocks.
+    fn quantize_with(&self, x: &[f32], m: usize, pool: &dyn Runner) -> Vec<Q8Block> {
         let nb = self.nb;
         // m * nb <= x.len() / QK: cannot overflow.
         let mut acts = vec![Q8Block::ZERO; m * nb];
@@ -199,7 +206,74 @@ impl QMatrix {
                 quantize_row(xs, q);
             }
         }
-        let acts = &acts[..];
+        acts
+    }
+
+    /// `out` (`m x rows`) = activations already quantised (`m` rows of `cols / 32` blocks, as
+    /// [`quantize_row`] makes them) times the transposed weights: for several matrices that
+    /// take the same input, which is then quantised once. The fastest kernel, on
+    /// [`Pool::global`].
+    pub fn matmul_quantized(
+        &self,
+        acts: &[Q8Block],
+        m: usize,
+        out: &mut [f32],
+    ) -> Result<(), KernelError> {
+        let check = |what, width: usize, got| {
+            let expected = m.checked_mul(width).ok_or(KernelError::TooLarge {
+                rows: m,
+                cols: width,
+            })?;
+            if expected == got {
+                Ok(())
+            } else {
+                Err(KernelError::Operand {
+                    what,
+                    m,
+                    expected,
+                    got,
+                })
+            }
+        };
+        check("quantised input", self.nb, acts.len())?;
+        check("output", self.rows, out.len())?;
+        if m == 0 || self.rows == 0 {
+            return Ok(());
+        }
+        self.run_quantized(acts, m, out, Kernel::best(), Pool::global());
+        Ok(())
+    }
+
+    /// The rows of `matrices` one under the other (same format and width): one matrix whose
+    /// product is theirs side by side, so that projections of the same input (q, k and v; gate
+    /// and up) are one job for the pool.
+    pub fn concat(matrices: &[&QMatrix]) -> Result<QMatrix, KernelError> {
+        let Some(first) = matrices.first() else {
+            return Err(KernelError::Concat);
+        };
+        if matrices
+            .iter()
+            .any(|m| m.format != first.format || m.cols != first.cols)
+        {
+            return Err(KernelError::Concat);
+        }
+        let rows = matrices.iter().map(|m| m.rows).sum();
+        let data: Vec<u8> = matrices
+            .iter()
+            .flat_map(|m| m.data.iter().copied())
+            .collect();
+        QMatrix::new(first.format, rows, first.cols, data)
+    }
+
+    /// The product, lengths checked: `acts` is `m * nb` blocks, `out` `m * rows` values.
+    fn run_quantized(
+        &self,
+        acts: &[Q8Block],
+        m: usize,
+        out: &mut [f32],
+        kernel: Kernel,
+        pool: &dyn Runner,
+    ) {
         let out_ptr = Out(out.as_mut_ptr());
         let chunks = self
             .rows
@@ -214,7 +288,6 @@ impl QMatrix {
                 out_ptr,
             );
         });
-        Ok(())
     }
 
     /// Outputs of weight rows `rows` for every activation row.

@@ -266,3 +266,50 @@ fn bad_shapes_are_errors_not_panics() {
         Err(KernelError::Operand { what: "output", .. })
     ));
 }
+
+/// Joined matrices over once-quantised activations give each part's product, bit for bit
+/// (a row's sum does not depend on the rows beside it), and only like matrices join.
+#[test]
+fn joined_matrices_on_quantised_activations_equal_separate_products() {
+    let mut rng = Rng(11);
+    for fmt in FORMATS {
+        let (cols, m) = (96, 3);
+        let parts: Vec<QMatrix> = [5usize, 17, 4]
+            .into_iter()
+            .map(|rows| {
+                let data = weights(&mut rng, fmt, rows, cols, Fill::Random);
+                QMatrix::new(fmt, rows, cols, data).unwrap()
+            })
+            .collect();
+        let x = activations(&mut rng, m * cols, false);
+        let joined = QMatrix::concat(&parts.iter().collect::<Vec<_>>()).unwrap();
+        assert_eq!(joined.rows(), 26);
+        let mut acts = vec![Q8Block::ZERO; m * cols / QK];
+        for (xs, a) in x.chunks_exact(cols).zip(acts.chunks_exact_mut(cols / QK)) {
+            quantize_row(xs, a);
+        }
+        let mut out = vec![0f32; m * joined.rows()];
+        joined.matmul_quantized(&acts, m, &mut out).unwrap();
+        let mut at = 0;
+        for p in &parts {
+            let mut want = vec![0f32; m * p.rows()];
+            p.matmul(&x, m, &mut want).unwrap();
+            for i in 0..m {
+                assert_eq!(
+                    &out[i * joined.rows() + at..][..p.rows()],
+                    &want[i * p.rows()..][..p.rows()],
+                    "{fmt:?}"
+                );
+            }
+            at += p.rows();
+        }
+        assert!(matches!(
+            joined.matmul_quantized(&acts[1..], m, &mut out),
+            Err(KernelError::Operand { .. })
+        ));
+    }
+    let a = QMatrix::new(Format::Q8_0, 1, 32, vec![0; 34]).unwrap();
+    let b = QMatrix::new(Format::Q4_0, 1, 32, vec![0; 18]).unwrap();
+    assert_eq!(QMatrix::concat(&[&a, &b]).unwrap_err(), KernelError::Concat);
+    assert_eq!(QMatrix::concat(&[]).unwrap_err(), KernelError::Concat);
+}

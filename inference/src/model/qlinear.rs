@@ -82,6 +82,67 @@ impl QLinear {
             QLinear::Candle(m) => m.forward(x),
         }
     }
+
+    /// The weights, where ward's kernels run this layer.
+    pub(crate) fn own(&self) -> Option<&QMatrix> {
+        match self {
+            QLinear::Own(w) => Some(&w.0),
+            QLinear::Candle(_) => None,
+        }
+    }
+}
+
+/// Linear layers that take the same input (q, k and v; gate and up): where ward's kernels run
+/// them all, one matrix of their rows one under the other, so the input is quantised once and
+/// the pool gets one job instead of one per layer; candle's layers apart otherwise.
+#[derive(Debug, Clone)]
+pub(crate) enum Joined {
+    /// The joined matrix and each part's output width, in order.
+    Own(Arc<OwnMatMul>, Vec<usize>),
+    Apart(Vec<QLinear>),
+}
+
+impl Joined {
+    pub(crate) fn new(parts: Vec<QLinear>) -> candle_core::Result<Self> {
+        let own: Option<Vec<&QMatrix>> = parts.iter().map(QLinear::own).collect();
+        let Some(own) = own else {
+            return Ok(Joined::Apart(parts));
+        };
+        let widths = own.iter().map(|m| m.rows()).collect();
+        match QMatrix::concat(&own) {
+            Ok(m) => Ok(Joined::Own(Arc::new(OwnMatMul(m)), widths)),
+            // Parts in different formats: each keeps its own matrix.
+            Err(_) => Ok(Joined::Apart(parts)),
+        }
+    }
+
+    /// Each part's output for `x`.
+    pub(crate) fn forward(&self, x: &Tensor) -> candle_core::Result<Vec<Tensor>> {
+        match self {
+            Joined::Own(w, widths) => {
+                let y = x.contiguous()?.apply_op1_no_bwd(w.as_ref())?;
+                let last = y.rank().saturating_sub(1);
+                let mut at = 0;
+                widths
+                    .iter()
+                    .map(|&n| {
+                        let part = y.narrow(last, at, n)?.contiguous();
+                        at += n;
+                        part
+                    })
+                    .collect()
+            }
+            Joined::Apart(parts) => parts.iter().map(|p| p.forward(x)).collect(),
+        }
+    }
+
+    /// The joined weights, where ward's kernels run these layers.
+    pub(crate) fn own(&self) -> Option<&QMatrix> {
+        match self {
+            Joined::Own(w, _) => Some(&w.0),
+            Joined::Apart(_) => None,
+        }
+    }
 }
 
 /// [`QMatrix`] as a candle operation on f32 CPU tensors `(..., in)` -> `(..., out)`.

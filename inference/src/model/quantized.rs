@@ -18,7 +18,10 @@ use candle_nn::Embedding;
 use candle_transformers::quantized_nn::RmsNorm;
 use candle_transformers::utils::{build_causal_mask, repeat_kv};
 
-use super::qlinear::{Kernels, QLinear};
+use super::qlinear::{Joined, Kernels, QLinear};
+
+mod decode;
+use decode::RawKv;
 
 /// The hyper-parameters the loader checked.
 #[derive(Debug, Clone, Copy)]
@@ -38,17 +41,46 @@ pub(super) struct QuantizedParams {
 
 #[derive(Debug, Clone)]
 struct Layer {
-    wq: QLinear,
-    wk: QLinear,
-    wv: QLinear,
+    /// q, k and v.
+    qkv: Joined,
     /// q, k and v biases (Qwen2).
     biases: Option<(Tensor, Tensor, Tensor)>,
+    /// The same, one after the other, as values (the CPU decode step; empty without biases).
+    bias_values: Vec<f32>,
     wo: QLinear,
-    attn_norm: RmsNorm,
-    gate: QLinear,
-    up: QLinear,
+    attn_norm: Norm,
+    /// gate and up.
+    gate_up: Joined,
     down: QLinear,
-    ffn_norm: RmsNorm,
+    ffn_norm: Norm,
+}
+
+/// An RMS norm: candle's, and its weights as values for the CPU decode step.
+#[derive(Debug, Clone)]
+struct Norm {
+    candle: RmsNorm,
+    /// The weights (empty off the CPU, where the decode step does not run).
+    weight: Vec<f32>,
+    eps: f32,
+}
+
+impl Norm {
+    fn new(t: candle_core::quantized::QTensor, eps: f64) -> candle_core::Result<Self> {
+        let weight = if t.device().is_cpu() {
+            t.dequantize(&Device::Cpu)?.flatten_all()?.to_vec1()?
+        } else {
+            Vec::new()
+        };
+        Ok(Norm {
+            candle: RmsNorm::from_qtensor(t, eps)?,
+            weight,
+            eps: eps as f32,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        self.candle.forward(x)
+    }
 }
 
 /// Quantised llama-family weights, shared by every sequence (tensors are reference-counted).
@@ -56,7 +88,7 @@ struct Layer {
 pub(crate) struct QuantizedWeights {
     embed: Embedding,
     layers: Vec<Layer>,
-    norm: RmsNorm,
+    norm: Norm,
     output: QLinear,
     cos: Tensor,
     sin: Tensor,
@@ -65,6 +97,9 @@ pub(crate) struct QuantizedWeights {
     kv_heads: usize,
     head_dim: usize,
     neox: bool,
+    /// On the CPU with ward's kernels for every layer: decode steps run [`decode`]'s fused
+    /// path, and caches are [`RawKv`]s (prefill writes them too).
+    fused_decode: bool,
 }
 
 /// Tokens by which a sequence's cache grows: room is allocated in blocks of this many, and new
@@ -78,6 +113,8 @@ const CACHE_BLOCK: usize = 256;
 #[derive(Debug, Default)]
 pub(crate) struct KvCache {
     layers: Vec<candle_nn::kv_cache::KvCache>,
+    /// The same for models that run the fused CPU decode step (`fused_decode`).
+    raw: Vec<RawKv>,
 }
 
 /// The rotary rows of a forward pass: `(seq_len, head_dim / 2)` for one sequence, or
@@ -125,7 +162,7 @@ impl QuantizedWeights {
         let kernels = Kernels::from_env();
         let mm = |x: candle_core::quantized::QTensor| QLinear::from_qtensor(x, kernels);
         let embed = q("token_embd.weight")?.dequantize(device)?;
-        let norm = RmsNorm::from_qtensor(q("output_norm.weight")?, p.eps)?;
+        let norm = Norm::new(q("output_norm.weight")?, p.eps)?;
         let output = if ct.tensor_infos.contains_key("output.weight") {
             mm(q("output.weight")?)?
         } else {
@@ -144,19 +181,36 @@ impl QuantizedWeights {
             } else {
                 None
             };
+            let qkv = vec![
+                mm(t("attn_q.weight")?)?,
+                mm(t("attn_k.weight")?)?,
+                mm(t("attn_v.weight")?)?,
+            ];
+            let gate_up = vec![mm(t("ffn_gate.weight")?)?, mm(t("ffn_up.weight")?)?];
+            let mut bias_values = Vec::new();
+            if let Some((bq, bk, bv)) = &biases {
+                for b in [bq, bk, bv] {
+                    bias_values.extend(b.flatten_all()?.to_vec1::<f32>()?);
+                }
+            }
             layers.push(Layer {
-                wq: mm(t("attn_q.weight")?)?,
-                wk: mm(t("attn_k.weight")?)?,
-                wv: mm(t("attn_v.weight")?)?,
+                qkv: Joined::new(qkv)?,
                 biases,
+                bias_values,
                 wo: mm(t("attn_output.weight")?)?,
-                attn_norm: RmsNorm::from_qtensor(t("attn_norm.weight")?, p.eps)?,
-                gate: mm(t("ffn_gate.weight")?)?,
-                up: mm(t("ffn_up.weight")?)?,
+                attn_norm: Norm::new(t("attn_norm.weight")?, p.eps)?,
+                gate_up: Joined::new(gate_up)?,
                 down: mm(t("ffn_down.weight")?)?,
-                ffn_norm: RmsNorm::from_qtensor(t("ffn_norm.weight")?, p.eps)?,
+                ffn_norm: Norm::new(t("ffn_norm.weight")?, p.eps)?,
             });
         }
+        let fused_decode = device.is_cpu()
+            && layers.iter().all(|l| {
+                l.qkv.own().is_some()
+                    && l.gate_up.own().is_some()
+                    && l.wo.own().is_some()
+                    && l.down.own().is_some()
+            });
         let head_dim = p.hidden / p.heads;
         let (cos, sin) = rope_tables(head_dim, p.rope_base, p.context, device)?;
         Ok(Self {
@@ -171,6 +225,7 @@ impl QuantizedWeights {
             kv_heads: p.kv_heads,
             head_dim,
             neox: p.qwen2,
+            fused_decode,
         })
     }
 
@@ -183,6 +238,10 @@ impl QuantizedWeights {
         pos: usize,
     ) -> candle_core::Result<Tensor> {
         let (_, seq_len) = x.dims2()?;
+        if self.fused_decode && seq_len == 1 {
+            let tokens = x.flatten_all()?.to_vec1::<u32>()?;
+            return self.decode_step(&mut [cache], &tokens, &[pos]);
+        }
         let mask = if seq_len > 1 {
             Some(build_causal_mask(seq_len, pos, x.device())?)
         } else {
@@ -214,6 +273,9 @@ impl QuantizedWeights {
                 tokens.len(),
                 positions.len()
             )));
+        }
+        if self.fused_decode {
+            return self.decode_step(caches, tokens, positions);
         }
         let x = Tensor::new(tokens, device)?.unsqueeze(1)?;
         // Each sequence's row of the rotary tables, `(n, 1, head_dim / 2)`: one rotation call
@@ -250,8 +312,12 @@ impl QuantizedWeights {
             let attn = self.attention(layer, l, &x, seqs, rotation, mask)?;
             h = (attn + h)?;
             let m = layer.ffn_norm.forward(&h)?;
-            let act = candle_nn::ops::silu(&layer.gate.forward(&m)?)?;
-            let m = layer.down.forward(&(act * layer.up.forward(&m)?)?)?;
+            let (gate, up) = match layer.gate_up.forward(&m)?.as_slice() {
+                [g, u] => (g.clone(), u.clone()),
+                _ => return Err(candle_core::Error::Msg("gate and up expected".into())),
+            };
+            let act = candle_nn::ops::silu(&gate)?;
+            let m = layer.down.forward(&(act * up)?)?;
             h = (m + h)?;
         }
         self.norm.forward(&h)
@@ -274,11 +340,10 @@ impl QuantizedWeights {
                 .transpose(1, 2)?
                 .contiguous()
         };
-        let (mut q, mut k, mut v) = (
-            layer.wq.forward(x)?,
-            layer.wk.forward(x)?,
-            layer.wv.forward(x)?,
-        );
+        let (mut q, mut k, mut v) = match layer.qkv.forward(x)?.as_slice() {
+            [q, k, v] => (q.clone(), k.clone(), v.clone()),
+            _ => return Err(candle_core::Error::Msg("q, k and v expected".into())),
+        };
         if let Some((bq, bk, bv)) = &layer.biases {
             q = q.broadcast_add(bq)?;
             k = k.broadcast_add(bk)?;
@@ -304,6 +369,11 @@ impl QuantizedWeights {
         let mut ys = Vec::with_capacity(seqs.len());
         for (i, seq) in seqs.iter_mut().enumerate() {
             let (q, k, v) = (q.narrow(0, i, 1)?, k.narrow(0, i, 1)?, v.narrow(0, i, 1)?);
+            if self.fused_decode {
+                let (k, v) = self.append_raw(seq, l, &k, &v)?;
+                ys.push(self.attend(&q, k, v, seq_len, mask)?);
+                continue;
+            }
             while seq.cache.layers.len() <= l {
                 seq.cache
                     .layers

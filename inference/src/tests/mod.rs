@@ -329,21 +329,25 @@ fn cancellation_frees_the_slot() {
     let e = engine(model, 1, 1);
     let long = || Request::text("a long one").with_max_tokens(3000);
 
-    // Explicit cancel: the stream ends with Cancelled after a few deltas.
+    // Explicit cancel: the stream ends with Cancelled, and at most the decode step under way
+    // when the flag was set, and one that began as it was set, run after it. (The deltas
+    // already sent before the cancel are still delivered: how many depends on how soon this
+    // thread woke up, dozens of tiny-model steps on a busy machine, so they are not counted.)
     let mut a = e.submit(long()).unwrap();
     assert!(matches!(a.blocking_next(), Some(Ok(StreamEvent::Delta(_)))));
     a.cancel_handle().cancel();
-    let mut deltas = 0;
+    let steps_at_cancel = e.stats().decode_steps;
     let end = loop {
         match a.blocking_next().unwrap() {
-            Ok(StreamEvent::Delta(_)) => deltas += 1,
+            Ok(StreamEvent::Delta(_)) => {}
             Ok(StreamEvent::Finished(f)) => panic!("finished despite cancel: {f:?}"),
             Err(e) => break e,
         }
     };
     assert!(matches!(end, InferenceError::Cancelled), "{end}");
-    assert!(deltas < 5, "cancel took {deltas} more tokens");
     eventually("worker free after cancel", || e.stats().running == 0);
+    let after = e.stats().decode_steps - steps_at_cancel;
+    assert!(after <= 2, "{after} decode steps ran after the cancel");
 
     // Dropping the stream cancels too, and the next request runs on the freed worker.
     let b = e.submit(long()).unwrap();

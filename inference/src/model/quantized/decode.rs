@@ -1,0 +1,337 @@
+//! The decode step on the CPU, fused: where ward's kernels run every layer (`fused_decode`),
+//! a step of one or more sequences (one new token each) runs on plain buffers instead of
+//! candle's per-op tensors. Per layer: RMS norm, the input quantised once for q, k and v (one
+//! joined matrix, one pool job), biases and rotation in place, the new key and value written
+//! into the sequence's [`RawKv`], attention of each query head straight over the cache (one
+//! pool job for all heads), the output projection added into the residual in place, then the
+//! same for the MLP (gate and up one job, SiLU-gate fused into the down projection's input).
+//!
+//! A decode step through candle ran some 25 ops per layer, each allocating its output and
+//! several waking candle's (rayon) threads for a few microseconds of work: three quarters of a
+//! SmolLM2 step was there, not in the matmuls (inference/README.md). The arithmetic is candle's
+//! op for op (its RMS norm, rotation, softmax and SiLU formulas), so the logits match the
+//! candle path within float summation order; the tests hold both to candle's own models.
+
+use std::sync::Mutex;
+
+use candle_core::{IndexOp, Tensor};
+use ward_kernels::blocks::quantize_row;
+use ward_kernels::{Pool, Q8Block, QK, QMatrix, f32ops};
+
+use super::{CACHE_BLOCK, KvCache, Norm, QuantizedWeights, Seq};
+
+/// One layer's keys and values of one sequence, `len` of `cap` tokens filled; room grows by
+/// [`CACHE_BLOCK`] tokens. Keys are stored transposed, `heads x dim x cap` (for each head and
+/// dimension, the tokens in a row: attention scores a block of tokens at once), values
+/// `heads x cap x dim` (a head's tokens in order, for the weighted sum).
+#[derive(Debug, Default)]
+pub(crate) struct RawKv {
+    k: Vec<f32>,
+    v: Vec<f32>,
+    cap: usize,
+    len: usize,
+    heads: usize,
+    dim: usize,
+}
+
+impl RawKv {
+    /// Tokens held.
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Makes room for `need` tokens of `heads x dim` (keeping those held).
+    fn reserve(&mut self, heads: usize, dim: usize, need: usize) {
+        if (heads, dim) != (self.heads, self.dim) {
+            *self = RawKv {
+                heads,
+                dim,
+                ..RawKv::default()
+            };
+        }
+        if need <= self.cap {
+            return;
+        }
+        let cap = need.div_ceil(CACHE_BLOCK) * CACHE_BLOCK;
+        let (old_cap, len) = (self.cap, self.len);
+        // Both are rows of `old_cap` (keys: heads x dim rows of tokens) or of `old_cap * dim`
+        // (values: heads rows of tokens x dim), of which the first `len` tokens are held.
+        let grow = |old: &[f32], rows: usize, unit: usize| {
+            let mut new = vec![0f32; rows * cap * unit];
+            for r in 0..rows {
+                let from = &old[r * old_cap * unit..][..len * unit];
+                new[r * cap * unit..][..len * unit].copy_from_slice(from);
+            }
+            new
+        };
+        self.k = grow(&self.k, heads * dim, 1);
+        self.v = grow(&self.v, heads, dim);
+        self.cap = cap;
+    }
+
+    /// Appends `t` tokens: `k` and `v` are `heads x t x dim` (one token: `heads x dim`).
+    fn append(&mut self, t: usize, k: &[f32], v: &[f32]) {
+        let (heads, dim) = (self.heads, self.dim);
+        self.reserve(heads, dim, self.len + t);
+        let (cap, len) = (self.cap, self.len);
+        for h in 0..heads {
+            let from = h * t * dim..(h + 1) * t * dim;
+            for (i, key) in k[from.clone()].chunks_exact(dim).enumerate() {
+                for (d, &x) in key.iter().enumerate() {
+                    self.k[(h * dim + d) * cap + len + i] = x;
+                }
+            }
+            let at = (h * cap + len) * dim;
+            self.v[at..at + t * dim].copy_from_slice(&v[from]);
+        }
+        self.len += t;
+    }
+
+    /// Head `h`'s keys (transposed: `dim` rows of `cap`, see [`RawKv`]) and values
+    /// (`len x dim`).
+    fn head(&self, h: usize) -> (&[f32], &[f32]) {
+        let n = self.dim * self.cap;
+        let at = (h * self.cap) * self.dim;
+        (
+            &self.k[h * n..(h + 1) * n],
+            &self.v[at..at + self.len * self.dim],
+        )
+    }
+
+    /// Everything held as tensors `(1, heads, len, dim)` (copies: for a prefill chunk that
+    /// continues a sequence, whose attention runs on candle).
+    fn tensors(&self, device: &candle_core::Device) -> candle_core::Result<(Tensor, Tensor)> {
+        let (dim, cap) = (self.dim, self.cap);
+        let mut k = Vec::with_capacity(self.heads * self.len * dim);
+        let mut v = Vec::with_capacity(self.heads * self.len * dim);
+        for h in 0..self.heads {
+            let (kt, hv) = self.head(h);
+            for t in 0..self.len {
+                k.extend((0..dim).map(|d| kt[d * cap + t]));
+            }
+            v.extend_from_slice(hv);
+        }
+        let shape = (1, self.heads, self.len, dim);
+        Ok((
+            Tensor::from_vec(k, shape, device)?,
+            Tensor::from_vec(v, shape, device)?,
+        ))
+    }
+}
+
+/// The cache of layer `l` of a sequence at position `pos` (`0` starts it afresh), checked to
+/// hold exactly `pos` tokens.
+fn layer_cache(cache: &mut KvCache, l: usize, pos: usize) -> candle_core::Result<&mut RawKv> {
+    while cache.raw.len() <= l {
+        cache.raw.push(RawKv::default());
+    }
+    let raw = &mut cache.raw[l];
+    if pos == 0 {
+        raw.len = 0;
+    }
+    if raw.len() != pos {
+        return Err(candle_core::Error::Msg(format!(
+            "a forward pass at position {pos} of a sequence holding {} tokens",
+            raw.len()
+        )));
+    }
+    Ok(raw)
+}
+
+/// `out = x / sqrt(mean(x^2) + eps) * w`, per row of `w.len()`, as candle's `rms_norm`.
+fn rms_norm(x: &[f32], norm: &Norm, out: &mut [f32]) {
+    let n = norm.weight.len();
+    for (x, o) in x.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
+        let sum2 = x.iter().map(|&v| v * v).sum::<f32>();
+        let m = (sum2 / n as f32 + norm.eps).sqrt();
+        for ((o, &x), &w) in o.iter_mut().zip(x).zip(&norm.weight) {
+            *o = x / m * w;
+        }
+    }
+}
+
+/// Rotates each `dim`-wide head of `x` by the angles whose cosines and sines are `cos`, `sin`
+/// (`dim / 2`): pairs `(i, i + dim / 2)` (NeoX) or `(2i, 2i + 1)`, as candle's `rope`/`rope_i`.
+fn rotate(x: &mut [f32], dim: usize, cos: &[f32], sin: &[f32], neox: bool) {
+    let half = dim / 2;
+    for head in x.chunks_exact_mut(dim) {
+        for i in 0..half {
+            let (a, b) = if neox {
+                (i, i + half)
+            } else {
+                (2 * i, 2 * i + 1)
+            };
+            let (x1, x2) = (head[a], head[b]);
+            head[a] = x1 * cos[i] - x2 * sin[i];
+            head[b] = x1 * sin[i] + x2 * cos[i];
+        }
+    }
+}
+
+/// `acts` (rows of `x.len() / rows` values) quantised for the kernels.
+fn quantize(x: &[f32], rows: usize, acts: &mut Vec<Q8Block>) {
+    let cols = x.len() / rows.max(1);
+    acts.clear();
+    acts.resize(x.len() / QK, Q8Block::ZERO);
+    for (x, a) in x.chunks_exact(cols).zip(acts.chunks_exact_mut(cols / QK)) {
+        quantize_row(x, a);
+    }
+}
+
+fn matmul(w: &QMatrix, acts: &[Q8Block], rows: usize, out: &mut [f32]) -> candle_core::Result<()> {
+    w.matmul_quantized(acts, rows, out)
+        .map_err(candle_core::Error::wrap)
+}
+
+fn missing() -> candle_core::Error {
+    candle_core::Error::Msg("the fused decode step runs only on ward's kernels".into())
+}
+
+impl QuantizedWeights {
+    /// Writes a prefill chunk's keys and values `(1, kv_heads, t, head_dim)` into the sequence's
+    /// cache of layer `l`, and returns the keys and values to attend over.
+    pub(super) fn append_raw(
+        &self,
+        seq: &mut Seq<'_>,
+        l: usize,
+        k: &Tensor,
+        v: &Tensor,
+    ) -> candle_core::Result<(Tensor, Tensor)> {
+        let raw = layer_cache(seq.cache, l, seq.pos)?;
+        raw.reserve(self.kv_heads, self.head_dim, seq.pos);
+        let t = k.dim(2)?;
+        let (kd, vd) = (
+            k.flatten_all()?.to_vec1::<f32>()?,
+            v.flatten_all()?.to_vec1::<f32>()?,
+        );
+        raw.append(t, &kd, &vd);
+        if seq.pos == 0 {
+            Ok((k.clone(), v.clone()))
+        } else {
+            raw.tensors(k.device())
+        }
+    }
+
+    /// One decode step: `tokens[i]` at `positions[i]` of the sequence whose state is
+    /// `caches[i]`; logits `(n, vocab)`.
+    pub(super) fn decode_step(
+        &self,
+        caches: &mut [&mut KvCache],
+        tokens: &[u32],
+        positions: &[usize],
+    ) -> candle_core::Result<Tensor> {
+        let b = tokens.len();
+        let (hd, heads, kv_heads) = (self.head_dim, self.heads, self.kv_heads);
+        let (qd, kd) = (heads * hd, kv_heads * hd);
+        let device = self.embed.embeddings().device().clone();
+        let ids = Tensor::new(tokens, &device)?;
+        let mut h: Vec<f32> = self
+            .embed
+            .embeddings()
+            .index_select(&ids, 0)?
+            .flatten_all()?
+            .to_vec1()?;
+        let hidden = h.len() / b.max(1);
+        // Each sequence's rotation row, and room for its new token in every layer.
+        let mut rot = Vec::with_capacity(b);
+        for (cache, &pos) in caches.iter_mut().zip(positions) {
+            rot.push((
+                self.cos.i(pos)?.to_vec1::<f32>()?,
+                self.sin.i(pos)?.to_vec1::<f32>()?,
+            ));
+            for l in 0..self.layers.len() {
+                layer_cache(cache, l, pos)?.reserve(kv_heads, hd, pos + 1);
+            }
+        }
+        let mut x = vec![0f32; b * hidden];
+        let mut acts = Vec::new();
+        let mut att = vec![0f32; b * qd];
+        let mut sum = vec![0f32; b * hidden];
+        let (mut qkv, mut gu, mut act) = (Vec::new(), Vec::new(), Vec::new());
+        for (l, layer) in self.layers.iter().enumerate() {
+            // Attention.
+            rms_norm(&h, &layer.attn_norm, &mut x);
+            quantize(&x, b, &mut acts);
+            let w = layer.qkv.own().ok_or_else(missing)?;
+            let width = w.rows();
+            qkv.resize(b * width, 0.0);
+            matmul(w, &acts, b, &mut qkv)?;
+            for (i, row) in qkv.chunks_exact_mut(width).enumerate() {
+                for (x, b) in row.iter_mut().zip(&layer.bias_values) {
+                    *x += b;
+                }
+                let (cos, sin) = &rot[i];
+                let (q, kv) = row.split_at_mut(qd);
+                rotate(q, hd, cos, sin, self.neox);
+                rotate(&mut kv[..kd], hd, cos, sin, self.neox);
+                if let Some(cache) = caches[i].raw.get_mut(l) {
+                    cache.append(1, &kv[..kd], &kv[kd..2 * kd]);
+                }
+            }
+            self.attend_cached(caches, l, &qkv, width, &mut att);
+            quantize(&att, b, &mut acts);
+            let wo = layer.wo.own().ok_or_else(missing)?;
+            matmul(wo, &acts, b, &mut sum)?;
+            h.iter_mut().zip(&sum).for_each(|(h, s)| *h += s);
+            // MLP.
+            rms_norm(&h, &layer.ffn_norm, &mut x);
+            quantize(&x, b, &mut acts);
+            let w = layer.gate_up.own().ok_or_else(missing)?;
+            let ff = w.rows() / 2;
+            gu.resize(b * 2 * ff, 0.0);
+            matmul(w, &acts, b, &mut gu)?;
+            act.resize(b * ff, 0.0);
+            for (gu, a) in gu.chunks_exact(2 * ff).zip(act.chunks_exact_mut(ff)) {
+                let (g, u) = gu.split_at(ff);
+                f32ops::silu_mul(g, u, a);
+            }
+            quantize(&act, b, &mut acts);
+            let down = layer.down.own().ok_or_else(missing)?;
+            matmul(down, &acts, b, &mut sum)?;
+            h.iter_mut().zip(&sum).for_each(|(h, s)| *h += s);
+        }
+        rms_norm(&h, &self.norm, &mut x);
+        match self.output.own() {
+            Some(w) => {
+                quantize(&x, b, &mut acts);
+                let mut logits = vec![0f32; b * w.rows()];
+                matmul(w, &acts, b, &mut logits)?;
+                Tensor::from_vec(logits, (b, w.rows()), &device)
+            }
+            None => self
+                .output
+                .forward(&Tensor::from_vec(x, (b, hidden), &device)?),
+        }
+    }
+
+    /// Each sequence's query heads (at the start of its row of `qkv`, `width` wide) over its
+    /// cache of layer `l`, the new token included, into `att` (`b x heads x head_dim`): one pool
+    /// job of a chunk per sequence and head. Query heads `g * group..(g + 1) * group` share key
+    /// head `g`, as candle's grouped decode attention.
+    fn attend_cached(
+        &self,
+        caches: &[&mut KvCache],
+        l: usize,
+        qkv: &[f32],
+        width: usize,
+        att: &mut [f32],
+    ) {
+        let (hd, heads) = (self.head_dim, self.heads);
+        let group = heads / self.kv_heads.max(1);
+        let scale = (1.0 / (hd as f64).sqrt()) as f32;
+        let outs: Vec<Mutex<&mut [f32]>> = att.chunks_exact_mut(hd).map(Mutex::new).collect();
+        let job = |c: usize| {
+            let (i, head) = (c / heads, c % heads);
+            let (Some(cache), Some(out)) = (caches.get(i).and_then(|c| c.raw.get(l)), outs.get(c))
+            else {
+                return;
+            };
+            let q = &qkv[i * width + head * hd..][..hd];
+            let (keys, values) = cache.head(head / group.max(1));
+            let mut out = out.lock().unwrap_or_else(|e| e.into_inner());
+            let mut scores = Vec::with_capacity(cache.len());
+            f32ops::attend(q, keys, cache.cap, values, scale, &mut scores, &mut out);
+        };
+        Pool::global().run(outs.len(), &job);
+    }
+}
