@@ -141,6 +141,22 @@ impl QMatrix {
         &self.data
     }
 
+    /// Appends row `r`'s weights, dequantised, to `out`: an embedding lookup served from the
+    /// quantised matrix instead of an f32 copy of it.
+    pub fn dequantize_row_into(&self, r: usize, out: &mut Vec<f32>) -> Result<(), KernelError> {
+        let bytes = r
+            .checked_mul(self.row_bytes)
+            .and_then(|start| self.data.get(start..start.checked_add(self.row_bytes)?))
+            .ok_or(KernelError::Operand {
+                what: "row index",
+                m: r,
+                expected: self.rows,
+                got: r,
+            })?;
+        out.extend(crate::blocks::dequantize_row(self.format, bytes));
+        Ok(())
+    }
+
     /// `out` (`m x rows`) = `x` (`m x cols`) times the transposed weights, with the fastest
     /// kernel on the shared [`Pool::global`].
     pub fn matmul(&self, x: &[f32], m: usize, out: &mut [f32]) -> Result<(), KernelError> {

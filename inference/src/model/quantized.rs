@@ -83,10 +83,24 @@ impl Norm {
     }
 }
 
+/// The token embedding: on the CPU in a format ward's kernels read, rows are dequantised on
+/// lookup from the quantised matrix (llama.cpp does the same), instead of an f32 copy of it
+/// (SmolLM2's would be 113 MB against its 27 MB of Q4_1 blocks).
+#[derive(Debug, Clone)]
+enum TokenEmbedding {
+    /// f32 rows (GPUs; formats ward's kernels do not read).
+    Dense(Embedding),
+    /// The head's own matrix (tied embeddings: `output` is `token_embd`).
+    Head,
+    /// A matrix of its own, on ward's kernels.
+    Quantized(QLinear),
+}
+
 /// Quantised llama-family weights, shared by every sequence (tensors are reference-counted).
 #[derive(Debug, Clone)]
 pub(crate) struct QuantizedWeights {
-    embed: Embedding,
+    embed: TokenEmbedding,
+    device: Device,
     layers: Vec<Layer>,
     norm: Norm,
     output: QLinear,
@@ -152,6 +166,42 @@ fn rope_tables(
 }
 
 impl QuantizedWeights {
+    /// The embedding rows of `tokens`, one after the other (`tokens.len() x hidden`).
+    pub(super) fn embedding_rows(&self, tokens: &[u32]) -> candle_core::Result<Vec<f32>> {
+        let matrix = match &self.embed {
+            TokenEmbedding::Dense(e) => {
+                let ids = Tensor::new(tokens, &self.device)?;
+                return e
+                    .embeddings()
+                    .index_select(&ids, 0)?
+                    .flatten_all()?
+                    .to_vec1();
+            }
+            TokenEmbedding::Head => self.output.own(),
+            TokenEmbedding::Quantized(m) => m.own(),
+        }
+        .ok_or_else(|| candle_core::Error::Msg("the embedding matrix is not ward's".into()))?;
+        let mut out = Vec::with_capacity(tokens.len().saturating_mul(matrix.cols()));
+        for &t in tokens {
+            let row = usize::try_from(t).unwrap_or(usize::MAX);
+            matrix
+                .dequantize_row_into(row, &mut out)
+                .map_err(|e| candle_core::Error::Msg(format!("token {t}: {e}")))?;
+        }
+        Ok(out)
+    }
+
+    /// The embeddings of the token ids `x` (`(batch, seq)` to `(batch, seq, hidden)`).
+    fn embed(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        if let TokenEmbedding::Dense(e) = &self.embed {
+            return e.forward(x);
+        }
+        let (b, seq) = x.dims2()?;
+        let rows = self.embedding_rows(&x.flatten_all()?.to_vec1::<u32>()?)?;
+        let hidden = rows.len() / (b * seq).max(1);
+        Tensor::from_vec(rows, (b, seq, hidden), &self.device)
+    }
+
     pub(super) fn from_gguf<R: Read + Seek>(
         ct: &Content,
         reader: &mut R,
@@ -161,13 +211,27 @@ impl QuantizedWeights {
         let mut q = |name: &str| ct.tensor(reader, name, device);
         let kernels = Kernels::from_env();
         let mm = |x: candle_core::quantized::QTensor| QLinear::from_qtensor(x, kernels);
-        let embed = q("token_embd.weight")?.dequantize(device)?;
         let norm = Norm::new(q("output_norm.weight")?, p.eps)?;
-        let output = if ct.tensor_infos.contains_key("output.weight") {
-            mm(q("output.weight")?)?
-        } else {
+        let tied = !ct.tensor_infos.contains_key("output.weight");
+        let output = if tied {
             // Tied embeddings: the (possibly quantised) embedding matrix is the head.
             mm(q("token_embd.weight")?)?
+        } else {
+            mm(q("output.weight")?)?
+        };
+        let embed = match (device.is_cpu(), tied) {
+            (true, true) if output.own().is_some() => TokenEmbedding::Head,
+            (true, false) => match mm(q("token_embd.weight")?)? {
+                own @ QLinear::Own(_) => TokenEmbedding::Quantized(own),
+                QLinear::Candle(_) => TokenEmbedding::Dense(Embedding::new(
+                    q("token_embd.weight")?.dequantize(device)?,
+                    p.hidden,
+                )),
+            },
+            _ => TokenEmbedding::Dense(Embedding::new(
+                q("token_embd.weight")?.dequantize(device)?,
+                p.hidden,
+            )),
         };
         let mut layers = Vec::with_capacity(p.layers);
         for i in 0..p.layers {
@@ -214,7 +278,8 @@ impl QuantizedWeights {
         let head_dim = p.hidden / p.heads;
         let (cos, sin) = rope_tables(head_dim, p.rope_base, p.context, device)?;
         Ok(Self {
-            embed: Embedding::new(embed, p.hidden),
+            embed,
+            device: device.clone(),
             layers,
             norm,
             output,
@@ -251,7 +316,7 @@ impl QuantizedWeights {
             cos: self.cos.narrow(0, pos, seq_len)?,
             sin: self.sin.narrow(0, pos, seq_len)?,
         };
-        let h = self.embed.forward(x)?;
+        let h = self.embed(x)?;
         let h = self.layers_forward(h, &mut [Seq { cache, pos }], &rotation, mask.as_ref())?;
         self.output.forward(&h.i((.., seq_len - 1, ..))?)
     }
@@ -294,7 +359,7 @@ impl QuantizedWeights {
             .zip(positions)
             .map(|(cache, &pos)| Seq { cache, pos })
             .collect();
-        let h = self.embed.forward(&x)?;
+        let h = self.embed(&x)?;
         let h = self.layers_forward(h, &mut seqs, &rotation, None)?;
         self.output.forward(&h.i((.., 0, ..))?)
     }

@@ -223,14 +223,8 @@ impl QuantizedWeights {
         let b = tokens.len();
         let (hd, heads, kv_heads) = (self.head_dim, self.heads, self.kv_heads);
         let (qd, kd) = (heads * hd, kv_heads * hd);
-        let device = self.embed.embeddings().device().clone();
-        let ids = Tensor::new(tokens, &device)?;
-        let mut h: Vec<f32> = self
-            .embed
-            .embeddings()
-            .index_select(&ids, 0)?
-            .flatten_all()?
-            .to_vec1()?;
+        let device = self.device.clone();
+        let mut h: Vec<f32> = self.embedding_rows(tokens)?;
         let hidden = h.len() / b.max(1);
         // Each sequence's rotation row, and room for its new token in every layer.
         let mut rot = Vec::with_capacity(b);
