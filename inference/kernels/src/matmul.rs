@@ -85,6 +85,24 @@ fn chunk(n: usize, chunks: usize, align: usize, c: usize) -> std::ops::Range<usi
     (c * per).min(n)..((c + 1) * per).min(n)
 }
 
+/// That an operand holds `m` rows of `width` values: `got` of them.
+fn operand(what: &'static str, m: usize, width: usize, got: usize) -> Result<(), KernelError> {
+    let expected = m.checked_mul(width).ok_or(KernelError::TooLarge {
+        rows: m,
+        cols: width,
+    })?;
+    if expected == got {
+        Ok(())
+    } else {
+        Err(KernelError::Operand {
+            what,
+            m,
+            expected,
+            got,
+        })
+    }
+}
+
 impl QMatrix {
     /// Takes `data`, `rows * cols` weights in `format`'s blocks, as a GGUF tensor stores them.
     pub fn new(
@@ -172,24 +190,8 @@ impl QMatrix {
         kernel: Kernel,
         pool: &dyn Runner,
     ) -> Result<(), KernelError> {
-        let operand = |what, width: usize, got| {
-            let expected = m.checked_mul(width).ok_or(KernelError::TooLarge {
-                rows: m,
-                cols: width,
-            })?;
-            if expected == got {
-                Ok(())
-            } else {
-                Err(KernelError::Operand {
-                    what,
-                    m,
-                    expected,
-                    got,
-                })
-            }
-        };
-        operand("input", self.cols, x.len())?;
-        operand("output", self.rows, out.len())?;
+        operand("input", m, self.cols, x.len())?;
+        operand("output", m, self.rows, out.len())?;
         if !kernel.available() {
             return Err(KernelError::Unavailable(kernel));
         }
@@ -235,24 +237,8 @@ impl QMatrix {
         m: usize,
         out: &mut [f32],
     ) -> Result<(), KernelError> {
-        let check = |what, width: usize, got| {
-            let expected = m.checked_mul(width).ok_or(KernelError::TooLarge {
-                rows: m,
-                cols: width,
-            })?;
-            if expected == got {
-                Ok(())
-            } else {
-                Err(KernelError::Operand {
-                    what,
-                    m,
-                    expected,
-                    got,
-                })
-            }
-        };
-        check("quantised input", self.nb, acts.len())?;
-        check("output", self.rows, out.len())?;
+        operand("quantised input", m, self.nb, acts.len())?;
+        operand("output", m, self.rows, out.len())?;
         if m == 0 || self.rows == 0 {
             return Ok(());
         }
