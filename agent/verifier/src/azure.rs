@@ -90,21 +90,14 @@ pub fn verify(
 ) -> Result<Verified, AzureError> {
     let ev = parse_azure_evidence(evidence).map_err(|e| AzureError::Parse(e.to_string()))?;
     let mut log = Log::new(opts);
-    let hex_field = |name: &str| -> Result<Vec<u8>, AzureError> {
-        evidence["tpm_quote"][name]
-            .as_str()
-            .and_then(|h| hex::decode(h).ok())
-            .ok_or_else(|| AzureError::Parse(format!("tpm_quote.{name} is not hex")))
-    };
-    let (message, signature) = (hex_field("message")?, hex_field("signature")?);
+    let q = &ev.tpm_quote;
     ak(&ev)?
         .verify(
-            &message,
-            &Signature::try_from(signature.as_slice()).map_err(|_| AzureError::QuoteSignature)?,
+            &q.message,
+            &Signature::try_from(q.signature.as_slice()).map_err(|_| AzureError::QuoteSignature)?,
         )
         .map_err(|_| AzureError::QuoteSignature)?;
     log.ok("the vTPM quote is signed by the attestation key the HCL runtime data holds");
-    let q = &ev.tpm_quote;
     if q.extra_data != want {
         return Err(AzureError::Nonce {
             got: hex::encode(&q.extra_data),

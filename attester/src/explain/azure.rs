@@ -30,7 +30,10 @@ const B64URL: GeneralPurpose = GeneralPurpose::new(
 /// The vTPM quote: TPMS_ATTEST decoded, and the PCR values sent beside it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TpmQuote {
-    pub signature_len: usize,
+    /// The marshalled TPMS_ATTEST, as the signature covers it.
+    pub message: Vec<u8>,
+    /// The AK's signature over `message` (RSASSA-PKCS1-v1_5 on Azure).
+    pub signature: Vec<u8>,
     /// The caller's nonce (extraData): the report data on Azure.
     pub extra_data: Vec<u8>,
     pub clock: u64,
@@ -144,7 +147,7 @@ pub fn parse_azure_evidence(v: &serde_json::Value) -> Result<AzureEvidence, Expl
                 .ok_or_else(|| invalid("a PCR is not hex"))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let tpm_quote = parse_tpm_quote(&message, signature.len(), pcrs)?;
+    let tpm_quote = parse_tpm_quote(&message, signature, pcrs)?;
     let hcl = parse_hcl_report(&b64url_field(v, "hcl_report")?)?;
     let vcek = match v.get("vcek") {
         Some(_) => {
@@ -175,7 +178,7 @@ pub fn parse_azure_evidence(v: &serde_json::Value) -> Result<AzureEvidence, Expl
 /// Decodes a marshalled TPMS_ATTEST of a quote.
 pub fn parse_tpm_quote(
     message: &[u8],
-    signature_len: usize,
+    signature: Vec<u8>,
     pcrs: Vec<Vec<u8>>,
 ) -> Result<TpmQuote, ExplainError> {
     let mut r = Reader::new(message, "TPM quote");
@@ -227,7 +230,8 @@ pub fn parse_tpm_quote(
         complete && h.finalize().as_slice() == pcr_digest.as_slice()
     };
     Ok(TpmQuote {
-        signature_len,
+        message: message.to_vec(),
+        signature,
         extra_data,
         clock,
         reset_count,
@@ -366,7 +370,7 @@ impl fmt::Display for AzureEvidence {
             "PCR digest",
             format!("{} ({ok})", hex::encode(&q.pcr_digest)),
         )?;
-        field(f, "signature", format!("{} bytes", q.signature_len))?;
+        field(f, "signature", format!("{} bytes", q.signature.len()))?;
         for (i, p) in q.pcrs.iter().enumerate() {
             field(f, &format!("PCR{i}"), hex::encode(p))?;
         }

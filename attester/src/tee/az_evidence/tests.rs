@@ -197,7 +197,7 @@ fn v2_binds_the_report_data_in_the_hcl_user_data() {
     other[0] ^= 1;
     assert!(verify_user_data(&hcl, &other).is_err());
     assert_eq!(
-        crate::explain::parse_tpm_quote(&quote.message, quote.signature.len(), quote.pcrs)
+        crate::explain::parse_tpm_quote(&quote.message, quote.signature, quote.pcrs)
             .unwrap()
             .extra_data,
         report_data
