@@ -31,30 +31,13 @@ pub enum ModelState {
     Failed(String),
 }
 
-/// What wardd keeps of a loaded model once its engine has the weights: what was loaded, not the
-/// plaintext. The decrypted files live only as long as it takes to hand them over (candle's
-/// tensors, or an external engine's sealed memfds); keeping them after would double the guest
-/// memory a model costs.
+/// What wardd keeps of a loaded model once its engine has the weights: its manifest digest,
+/// for the audit of each request, not the plaintext. The decrypted files live only as long as
+/// it takes to hand them over (candle's tensors, or an external engine's sealed memfds);
+/// keeping them after would double the guest memory a model costs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LoadedInfo {
-    pub reference: String,
     pub manifest_digest: ward_image::digest::Digest,
-    /// `(file name, plaintext digest, bytes)`.
-    pub files: Vec<(String, ward_image::digest::Digest, usize)>,
-}
-
-impl LoadedInfo {
-    fn of(model: &LoadedModel) -> LoadedInfo {
-        LoadedInfo {
-            reference: model.reference.clone(),
-            manifest_digest: model.manifest_digest.clone(),
-            files: model
-                .files
-                .iter()
-                .map(|f| (f.name.clone(), f.digest.clone(), f.data.len()))
-                .collect(),
-        }
-    }
 }
 
 /// The models wardd holds.
@@ -383,7 +366,12 @@ impl Models {
                         "mlocked": model.files.iter().all(|f| f.data.locked()),
                     }),
                 );
-                self.set(&m.name, ModelState::Ready(Arc::new(LoadedInfo::of(&model))));
+                self.set(
+                    &m.name,
+                    ModelState::Ready(Arc::new(LoadedInfo {
+                        manifest_digest: model.manifest_digest.clone(),
+                    })),
+                );
                 Some(model)
             }
             Err(e) => {
