@@ -52,10 +52,10 @@ fn own_format(dtype: GgmlDType) -> Option<Format> {
 }
 
 impl QLinear {
-    /// Takes a weight tensor (`out x in`); ward's kernels when `kernels` is [`Kernels::Own`], the
-    /// tensor is on the CPU and in a format they cover, candle's otherwise.
-    pub(crate) fn from_qtensor(t: QTensor, kernels: Kernels) -> candle_core::Result<Self> {
-        let own = match (
+    /// The format and shape ward's kernels would take `t` in, if [`QLinear::from_qtensor`]
+    /// gives them the tensor.
+    pub(crate) fn own_layout(t: &QTensor, kernels: Kernels) -> Option<(Format, usize, usize)> {
+        match (
             kernels,
             t.device().is_cpu(),
             own_format(t.dtype()),
@@ -63,8 +63,13 @@ impl QLinear {
         ) {
             (Kernels::Own, true, Some(format), &[rows, cols]) => Some((format, rows, cols)),
             _ => None,
-        };
-        match own {
+        }
+    }
+
+    /// Takes a weight tensor (`out x in`); ward's kernels when `kernels` is [`Kernels::Own`], the
+    /// tensor is on the CPU and in a format they cover, candle's otherwise.
+    pub(crate) fn from_qtensor(t: QTensor, kernels: Kernels) -> candle_core::Result<Self> {
+        match Self::own_layout(&t, kernels) {
             Some((format, rows, cols)) => {
                 let bytes = t.data()?.into_owned();
                 drop(t);

@@ -219,19 +219,15 @@ impl QuantizedWeights {
         } else {
             mm(q("output.weight")?)?
         };
-        let embed = match (device.is_cpu(), tied) {
-            (true, true) if output.own().is_some() => TokenEmbedding::Head,
-            (true, false) => match mm(q("token_embd.weight")?)? {
-                own @ QLinear::Own(_) => TokenEmbedding::Quantized(own),
-                QLinear::Candle(_) => TokenEmbedding::Dense(Embedding::new(
-                    q("token_embd.weight")?.dequantize(device)?,
-                    p.hidden,
-                )),
-            },
-            _ => TokenEmbedding::Dense(Embedding::new(
-                q("token_embd.weight")?.dequantize(device)?,
-                p.hidden,
-            )),
+        let embed = if device.is_cpu() && tied && output.own().is_some() {
+            TokenEmbedding::Head
+        } else {
+            let t = q("token_embd.weight")?;
+            if QLinear::own_layout(&t, kernels).is_some() {
+                TokenEmbedding::Quantized(mm(t)?)
+            } else {
+                TokenEmbedding::Dense(Embedding::new(t.dequantize(device)?, p.hidden))
+            }
         };
         let mut layers = Vec::with_capacity(p.layers);
         for i in 0..p.layers {
