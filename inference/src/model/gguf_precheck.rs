@@ -1,9 +1,11 @@
 //! A pass over the GGUF metadata *before* candle parses it, for the one header value candle
 //! trusts unchecked: `general.alignment`. candle 0.11 divides by it, so a zero there would panic
-//! (and abort the daemon in release builds). Anything this pass cannot read is left to candle's
-//! own, bounds-checked parser to reject, so this pass must read at least everything candle reads:
-//! it follows candle's nesting limit and, like candle, drops trailing NULs from keys (found by
-//! the `gguf_header` fuzz target, fuzz/README.md).
+//! (and abort the daemon in release builds). This pass reads the metadata the way candle does
+//! (both magics candle accepts, its nesting limit, the trailing NULs it drops from keys: each
+//! found by the `gguf_header` fuzz target, fuzz/README.md). Where the pass cannot read the
+//! metadata to its end, it does not assume candle fails too: it falls back to a conservative scan
+//! of the whole input for a zero-valued `general.alignment` key, so a difference between the two
+//! parsers can cost a false refusal of a malformed file, never a panic.
 
 /// Arrays nest as deep as candle 0.11 reads them (`GGUF_MAX_VALUE_DEPTH`: a value at depth 64
 /// is read, so an array there may hold elements); past that candle rejects the file itself.
@@ -81,41 +83,80 @@ pub(super) fn has_zero_alignment(bytes: &[u8]) -> bool {
         pos: 0,
         wide: true,
     };
-    let header = (|| {
-        if r.take(4)? != b"GGUF" {
-            return None;
-        }
-        r.wide = r.u32()? >= 2;
-        let _tensors = r.len()?;
-        r.len()
-    })();
-    let Some(kv_count) = header else {
-        return false;
-    };
+    match parsed_zero_alignment(&mut r) {
+        Some(zero) => zero,
+        None => scanned_zero_alignment(bytes),
+    }
+}
+
+/// The key candle reads the alignment from, once its trailing NULs are dropped.
+const ALIGNMENT_KEY: &[u8] = b"general.alignment";
+
+/// Reads the header and metadata as candle does: `Some(true)` when a key-value sets the
+/// alignment to zero, `Some(false)` when none does, `None` when the metadata cannot be read to
+/// its end here.
+fn parsed_zero_alignment(r: &mut Reader<'_>) -> Option<bool> {
+    // candle reads the magic as a little-endian u32 and accepts both byte orders of "GGUF".
+    let magic = r.take(4)?;
+    if magic != b"GGUF" && magic != b"FUGG" {
+        return None;
+    }
+    r.wide = r.u32()? >= 2;
+    let _tensors = r.len()?;
+    let kv_count = r.len()?;
+    let mut zero = false;
     for _ in 0..kv_count {
-        let Some(mut key) = r.string() else {
-            return false;
-        };
+        let mut key = r.string()?;
         // candle drops a key's trailing NULs ("general.alignment\0" names the alignment too).
         while let [rest @ .., 0] = key {
             key = rest;
         }
-        let key = key.to_vec();
-        let Some(ty) = r.u32() else { return false };
-        let Some(value) = r.value(ty, 0) else {
-            return false;
-        };
+        let is_alignment = key == ALIGNMENT_KEY;
+        let ty = r.u32()?;
+        let value = r.value(ty, 0)?;
         // Integer types candle reads the alignment from (it ignores 64-bit ones).
-        if key == b"general.alignment" && matches!(ty, 0..=5) && value == Some(0) {
-            return true;
-        }
+        zero |= is_alignment && matches!(ty, 0..=5) && value == Some(0);
     }
-    false
+    Some(zero)
+}
+
+/// Anywhere in `bytes`: the alignment key, any number of NULs (candle drops them from a key),
+/// then a value type candle reads the alignment from (u8, i8, u16, i16, u32, i32) and a zero of
+/// that width. Every key-value candle could read as a zero alignment matches, whatever the parser
+/// made of the bytes around it; a string value that happens to hold these bytes matches too.
+fn scanned_zero_alignment(bytes: &[u8]) -> bool {
+    memchr::memmem::find_iter(bytes, ALIGNMENT_KEY).any(|at| {
+        let after = bytes.get(at + ALIGNMENT_KEY.len()..).unwrap_or_default();
+        let nuls = after.iter().take_while(|b| **b == 0).count();
+        // The type's own bytes may be NULs too (u8 is type 0): try every split.
+        (0..=nuls).any(|k| {
+            let rest = after.get(k..).unwrap_or_default();
+            let Some((ty, value)) = rest.split_first_chunk::<4>() else {
+                return false;
+            };
+            let width = match u32::from_le_bytes(*ty) {
+                0 | 1 => 1,
+                2 | 3 => 2,
+                4 | 5 => 4,
+                _ => return false,
+            };
+            value.get(..width).is_some_and(|v| v.iter().all(|b| *b == 0))
+        })
+    })
 }
 
 #[cfg(test)]
 mod tests {
-    use super::has_zero_alignment;
+    use super::{Reader, has_zero_alignment, parsed_zero_alignment};
+
+    /// What the structural pass alone makes of `bytes` (no fallback scan).
+    fn parsed(bytes: &[u8]) -> Option<bool> {
+        parsed_zero_alignment(&mut Reader {
+            bytes,
+            pos: 0,
+            wide: true,
+        })
+    }
 
     /// GGUF v3 with no tensors and the given key-values (key bytes, type, value bytes).
     fn gguf(kvs: &[(&[u8], u32, Vec<u8>)]) -> Vec<u8> {
@@ -148,15 +189,71 @@ mod tests {
             "ffffffffffffffffff0000000000000000000000000000000000000000000000",
             "260077770000f7ffffff006e65000000000001",
         );
-        let bytes: Vec<u8> = (0..crash.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&crash[i..i + 2], 16).unwrap())
-            .collect();
+        let bytes = unhex(crash);
         assert!(has_zero_alignment(&bytes));
         let padded = gguf(&[(b"general.alignment\0\0\0", 4, 0u32.to_le_bytes().to_vec())]);
         assert!(has_zero_alignment(&padded));
         let nonzero = gguf(&[(b"general.alignment\0", 4, 32u32.to_le_bytes().to_vec())]);
         assert!(!has_zero_alignment(&nonzero));
+    }
+
+    fn unhex(hex: &str) -> Vec<u8> {
+        (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    /// The `gguf_header` fuzz target's crashes in CI (2026-12-05): candle reads the magic as a
+    /// little-endian u32 and accepts "FUGG" as well as "GGUF"; the pre-check knew only "GGUF",
+    /// took these files for something candle would refuse, and candle divided by their zero
+    /// alignment (a u32 in the first, a u8 in the second).
+    #[test]
+    fn fuzz_crash_byte_swapped_magic() {
+        let u32_zero = unhex(concat!(
+            "46554747030000000000000000000000020000000000000014000000000000006c656e6572616c2e",
+            "6172636869746563747572650800000005000000000000006c6c9f9161110000000000000067656e",
+            "6572616c2e616c69676e6d656e74040000000000000020000000",
+        ));
+        let u8_zero = unhex(concat!(
+            "465547470300000000000000000000000200000000000000140000000000000067656e6572616c2e",
+            "617263686974656374757265080000000500000000000000726c616d611100000000000000",
+            "67656e6572616c2e616c69676e6d656e740000000000000000",
+        ));
+        for bytes in [u32_zero, u8_zero] {
+            assert!(has_zero_alignment(&bytes));
+            assert_eq!(parsed(&bytes), Some(true), "the structural pass reads FUGG files");
+        }
+        let mut swapped = gguf(&[(b"general.alignment", 2, 0u16.to_le_bytes().to_vec())]);
+        swapped[..4].copy_from_slice(b"FUGG");
+        assert!(has_zero_alignment(&swapped));
+        let mut fine = gguf(&[(b"general.alignment", 4, 32u32.to_le_bytes().to_vec())]);
+        fine[..4].copy_from_slice(b"FUGG");
+        assert!(!has_zero_alignment(&fine));
+    }
+
+    /// Metadata the structural pass cannot read to its end (here a magic it does not know, and a
+    /// truncated key-value after the zero one) still has its zero alignment found by the scan;
+    /// a non-zero one, or a zero of a type candle ignores (u64), is not reported.
+    #[test]
+    fn unreadable_metadata_falls_back_to_the_scan() {
+        let mut other_magic = gguf(&[(b"general.alignment\0", 0, vec![0])]);
+        other_magic[..4].copy_from_slice(b"GGUG");
+        assert!(has_zero_alignment(&other_magic));
+        assert_eq!(parsed(&other_magic), None);
+        let mut truncated = gguf(&[
+            (b"general.alignment", 5, 0i32.to_le_bytes().to_vec()),
+            (b"x", 8, Vec::new()),
+        ]);
+        truncated.extend_from_slice(&u64::MAX.to_le_bytes());
+        assert_eq!(parsed(&truncated), None);
+        assert!(has_zero_alignment(&truncated));
+        let mut nonzero = gguf(&[(b"general.alignment", 4, 64u32.to_le_bytes().to_vec())]);
+        nonzero[..4].copy_from_slice(b"GGUG");
+        assert!(!has_zero_alignment(&nonzero));
+        let mut wide_zero = gguf(&[(b"general.alignment", 10, 0u64.to_le_bytes().to_vec())]);
+        wide_zero[..4].copy_from_slice(b"GGUG");
+        assert!(!has_zero_alignment(&wide_zero));
     }
 
     /// Arrays nested deeper than the pre-check used to follow (4) but within candle's limit
