@@ -140,7 +140,7 @@ impl Models {
             let (name, config, device) = (m.name.clone(), engine_config(m), device_kind(m.device));
             let started = std::time::Instant::now();
             let engine =
-                tokio::task::spawn_blocking(move || serve(&name, &model, config, device)).await;
+                tokio::task::spawn_blocking(move || serve(&name, model, config, device)).await;
             let _enter = span.enter();
             match engine {
                 Ok(Ok(Some(engine))) => {
@@ -415,7 +415,7 @@ fn device_kind(device: ModelDevice) -> ward_inference::DeviceKind {
 /// `*.safetensors` (llama family). `None` when the model has neither.
 fn serve(
     name: &str,
-    model: &LoadedModel,
+    mut model: LoadedModel,
     config: ward_inference::EngineConfig,
     device: ward_inference::DeviceKind,
 ) -> Result<Option<ward_inference::Engine>, ward_inference::InferenceError> {
@@ -433,8 +433,11 @@ fn serve(
             .find(|f| f.name == n || f.name.ends_with(&format!("/{n}")))
             .map(|f| f.data.to_vec())
     };
-    let loaded = if let Some(gguf) = model.files.iter().find(|f| f.name.ends_with(".gguf")) {
-        Model::from_gguf(&gguf.data, &options)?
+    let loaded = if let Some(at) = model.files.iter().position(|f| f.name.ends_with(".gguf")) {
+        // The model keeps the plaintext buffer itself (locked, zeroized when the model goes)
+        // and runs its matrices from it: no second copy of the weights in guest memory.
+        let gguf = model.files.swap_remove(at);
+        Model::from_gguf_buffer(bytes::Bytes::from_owner(gguf.data), &options)?
     } else if let (Some(config_json), Some(tokenizer_json)) =
         (by_name("config.json"), by_name("tokenizer.json"))
     {

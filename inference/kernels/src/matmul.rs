@@ -1,6 +1,8 @@
 //! [`QMatrix`]: a quantised weight matrix and its product with f32 activations, split by
 //! output rows across a [`Pool`].
 
+use bytes::Bytes;
+
 use crate::blocks::{Format, Q8Block, QK, dot_scalar, quantize_row};
 use crate::{Kernel, KernelError, Pool, Runner};
 
@@ -13,7 +15,9 @@ const ROW_BLOCK: usize = 16;
 const PARALLEL_QUANTISE: usize = 16;
 
 /// `rows` x `cols` weights in ggml blocks of one [`Format`], row-major as GGUF stores them
-/// (the `out_features x in_features` of a linear layer).
+/// (the `out_features x in_features` of a linear layer). The bytes are shared, not owned: a
+/// [`Bytes`] can be a slice of the model file's buffer (no copy of the weights), and a matrix
+/// joined by [`QMatrix::concat`] keeps its parts' slices one under the other as segments.
 #[derive(Clone)]
 pub struct QMatrix {
     format: Format,
@@ -22,7 +26,17 @@ pub struct QMatrix {
     /// Blocks per row.
     nb: usize,
     row_bytes: usize,
-    data: Vec<u8>,
+    /// Whole rows, in order; each segment's first row is the sum of the earlier ones' rows.
+    segments: Vec<Segment>,
+}
+
+/// Consecutive rows of a [`QMatrix`] in one buffer.
+#[derive(Clone)]
+struct Segment {
+    /// The matrix row this segment starts at.
+    first: usize,
+    rows: usize,
+    data: Bytes,
 }
 
 impl std::fmt::Debug for QMatrix {
@@ -104,13 +118,15 @@ fn operand(what: &'static str, m: usize, width: usize, got: usize) -> Result<(),
 }
 
 impl QMatrix {
-    /// Takes `data`, `rows * cols` weights in `format`'s blocks, as a GGUF tensor stores them.
+    /// Takes `data`, `rows * cols` weights in `format`'s blocks, as a GGUF tensor stores them
+    /// (a `Vec<u8>` becomes a [`Bytes`] without a copy; a slice of a larger buffer is shared).
     pub fn new(
         format: Format,
         rows: usize,
         cols: usize,
-        data: Vec<u8>,
+        data: impl Into<Bytes>,
     ) -> Result<Self, KernelError> {
+        let data = data.into();
         if cols % QK != 0 {
             return Err(KernelError::PartialBlock { cols });
         }
@@ -136,7 +152,11 @@ impl QMatrix {
             cols,
             nb,
             row_bytes,
-            data,
+            segments: vec![Segment {
+                first: 0,
+                rows,
+                data,
+            }],
         })
     }
 
@@ -154,17 +174,35 @@ impl QMatrix {
         self.cols
     }
 
-    /// The weight bytes (as given to [`QMatrix::new`]).
-    pub fn bytes(&self) -> &[u8] {
-        &self.data
+    /// The size of the weights in bytes.
+    pub fn byte_len(&self) -> usize {
+        // rows * row_bytes was checked in `new` (and `concat` sums such products).
+        self.rows * self.row_bytes
+    }
+
+    /// The weight bytes, one slice per buffer they sit in: one for a matrix from
+    /// [`QMatrix::new`], one per part for a joined one.
+    pub fn segments(&self) -> impl Iterator<Item = &[u8]> {
+        self.segments.iter().map(|s| &s.data[..])
+    }
+
+    /// The segment holding row `r < rows`, and `r`'s index in it.
+    fn segment(&self, r: usize) -> Option<(&Segment, usize)> {
+        self.segments
+            .iter()
+            .find(|s| r >= s.first && r - s.first < s.rows)
+            .map(|s| (s, r - s.first))
     }
 
     /// Appends row `r`'s weights, dequantised, to `out`: an embedding lookup served from the
     /// quantised matrix instead of an f32 copy of it.
     pub fn dequantize_row_into(&self, r: usize, out: &mut Vec<f32>) -> Result<(), KernelError> {
-        let bytes = r
-            .checked_mul(self.row_bytes)
-            .and_then(|start| self.data.get(start..start.checked_add(self.row_bytes)?))
+        let bytes = self
+            .segment(r)
+            .and_then(|(s, i)| {
+                let start = i.checked_mul(self.row_bytes)?;
+                s.data.get(start..start.checked_add(self.row_bytes)?)
+            })
             .ok_or(KernelError::Operand {
                 what: "row index",
                 m: r,
@@ -259,12 +297,35 @@ impl QMatrix {
         {
             return Err(KernelError::Concat);
         }
-        let rows = matrices.iter().map(|m| m.rows).sum();
-        let data: Vec<u8> = matrices
-            .iter()
-            .flat_map(|m| m.data.iter().copied())
-            .collect();
-        QMatrix::new(first.format, rows, first.cols, data)
+        // Shares the parts' buffers: joining copies no weights.
+        let mut segments = Vec::new();
+        let mut rows = 0usize;
+        for m in matrices {
+            for s in &m.segments {
+                segments.push(Segment {
+                    first: rows,
+                    rows: s.rows,
+                    data: s.data.clone(),
+                });
+                rows = rows.checked_add(s.rows).ok_or(KernelError::TooLarge {
+                    rows: usize::MAX,
+                    cols: first.cols,
+                })?;
+            }
+        }
+        rows.checked_mul(first.row_bytes)
+            .ok_or(KernelError::TooLarge {
+                rows,
+                cols: first.cols,
+            })?;
+        Ok(QMatrix {
+            format: first.format,
+            rows,
+            cols: first.cols,
+            nb: first.nb,
+            row_bytes: first.row_bytes,
+            segments,
+        })
     }
 
     /// The product, lengths checked: `acts` is `m * nb` blocks, `out` `m * rows` values.
@@ -307,8 +368,15 @@ impl QMatrix {
         let mut tile1 = [[0f32; 1]; ROW_BLOCK];
         let mut start = rows.start;
         while start < rows.end {
-            let end = rows.end.min(start + ROW_BLOCK);
-            let w = &self.data[start * self.row_bytes..end * self.row_bytes];
+            // A block of rows never straddles two segments: it ends where its segment does.
+            let Some((segment, i)) = self.segment(start) else {
+                return;
+            };
+            let end = rows
+                .end
+                .min(start + ROW_BLOCK)
+                .min(segment.first + segment.rows);
+            let w = &segment.data[i * self.row_bytes..(i + end - start) * self.row_bytes];
             let mut t = 0;
             while t + TILE <= m {
                 let o = &mut tile4[..end - start];

@@ -268,12 +268,15 @@ fn bad_shapes_are_errors_not_panics() {
 }
 
 /// Joined matrices over once-quantised activations give each part's product, bit for bit
-/// (a row's sum does not depend on the rows beside it), and only like matrices join.
+/// (a row's sum does not depend on the rows beside it), and only like matrices join. The
+/// parts' row counts are not multiples of the 16-row blocks the kernels walk, so blocks end
+/// at the parts' boundaries (a joined matrix keeps each part's bytes as a segment); 5
+/// activation rows take the 4-row tile and the single-row path.
 #[test]
 fn joined_matrices_on_quantised_activations_equal_separate_products() {
     let mut rng = Rng(11);
     for fmt in FORMATS {
-        let (cols, m) = (96, 3);
+        let (cols, m) = (96, 5);
         let parts: Vec<QMatrix> = [5usize, 17, 4]
             .into_iter()
             .map(|rows| {
@@ -282,8 +285,14 @@ fn joined_matrices_on_quantised_activations_equal_separate_products() {
             })
             .collect();
         let x = activations(&mut rng, m * cols, false);
-        let joined = QMatrix::concat(&parts.iter().collect::<Vec<_>>()).unwrap();
+        // Joined in two steps: a joined matrix joins again (its segments carry over).
+        let first_two = QMatrix::concat(&[&parts[0], &parts[1]]).unwrap();
+        let joined = QMatrix::concat(&[&first_two, &parts[2]]).unwrap();
         assert_eq!(joined.rows(), 26);
+        assert_eq!(
+            joined.byte_len(),
+            parts.iter().map(QMatrix::byte_len).sum::<usize>()
+        );
         let mut acts = vec![Q8Block::ZERO; m * cols / QK];
         for (xs, a) in x.chunks_exact(cols).zip(acts.chunks_exact_mut(cols / QK)) {
             quantize_row(xs, a);
@@ -301,12 +310,19 @@ fn joined_matrices_on_quantised_activations_equal_separate_products() {
                     "{fmt:?}"
                 );
             }
+            for r in 0..p.rows() {
+                let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+                joined.dequantize_row_into(at + r, &mut ours).unwrap();
+                p.dequantize_row_into(r, &mut theirs).unwrap();
+                assert_eq!(ours, theirs, "{fmt:?} row {r}");
+            }
             at += p.rows();
         }
         assert!(matches!(
             joined.matmul_quantized(&acts[1..], m, &mut out),
             Err(KernelError::Operand { .. })
         ));
+        assert!(joined.dequantize_row_into(26, &mut Vec::new()).is_err());
     }
     let a = QMatrix::new(Format::Q8_0, 1, 32, vec![0; 34]).unwrap();
     let b = QMatrix::new(Format::Q4_0, 1, 32, vec![0; 18]).unwrap();

@@ -10,6 +10,7 @@ use candle_core::Device;
 use candle_core::quantized::gguf_file::{Content, Value};
 use candle_transformers::models::quantized_llama::MAX_SEQ_LEN;
 
+use super::gguf_source::{GgufBytes, TensorReader};
 use super::quantized::{QuantizedParams, QuantizedWeights};
 use super::{LoadOptions, ModelInfo, ModelInner, Vocab, Weights, chat_template, check_dims};
 use crate::error::InferenceError;
@@ -95,14 +96,14 @@ fn expect_shape(ct: &Content, name: &str, expected: &[usize]) -> Result<(), Infe
 }
 
 pub(super) fn load(
-    bytes: &[u8],
+    bytes: GgufBytes<'_>,
     options: &LoadOptions,
     device: Device,
 ) -> Result<ModelInner, InferenceError> {
-    if super::gguf_precheck::has_zero_alignment(bytes) {
+    if super::gguf_precheck::has_zero_alignment(bytes.all()) {
         return Err(InferenceError::metadata("general.alignment", "zero"));
     }
-    let mut reader = Cursor::new(bytes);
+    let mut reader = Cursor::new(bytes.all());
     let ct = Content::read(&mut reader).map_err(InferenceError::GgufParse)?;
     let md = &ct.metadata;
 
@@ -220,8 +221,9 @@ pub(super) fn load(
         context: context_length,
         qwen2: arch == Arch::Qwen2,
     };
-    let weights = QuantizedWeights::from_gguf(&ct, &mut reader, params, &device)
-        .map_err(InferenceError::GgufParse)?;
+    let mut tensors = TensorReader::new(&ct, bytes, device.clone());
+    let weights =
+        QuantizedWeights::from_gguf(&mut tensors, params).map_err(InferenceError::GgufParse)?;
     let format = match arch {
         Arch::Llama => "gguf-llama",
         Arch::Qwen2 => "gguf-qwen2",

@@ -140,7 +140,9 @@ fn scanned_zero_alignment(bytes: &[u8]) -> bool {
                 4 | 5 => 4,
                 _ => return false,
             };
-            value.get(..width).is_some_and(|v| v.iter().all(|b| *b == 0))
+            value
+                .get(..width)
+                .is_some_and(|v| v.iter().all(|b| *b == 0))
         })
     })
 }
@@ -222,7 +224,11 @@ mod tests {
         ));
         for bytes in [u32_zero, u8_zero] {
             assert!(has_zero_alignment(&bytes));
-            assert_eq!(parsed(&bytes), Some(true), "the structural pass reads FUGG files");
+            assert_eq!(
+                parsed(&bytes),
+                Some(true),
+                "the structural pass reads FUGG files"
+            );
         }
         let mut swapped = gguf(&[(b"general.alignment", 2, 0u16.to_le_bytes().to_vec())]);
         swapped[..4].copy_from_slice(b"FUGG");

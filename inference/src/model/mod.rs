@@ -9,18 +9,21 @@
 
 mod gguf;
 mod gguf_precheck;
+mod gguf_source;
 mod qlinear;
 mod quantized;
 mod safetensors;
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use candle_core::{DType, Device, Tensor};
 use candle_transformers::models::{llama, qwen2};
 use tokenizers::Tokenizer;
 
 use crate::chat::{CHATML_TEMPLATE, ChatMessage, ChatTemplate};
 use crate::error::InferenceError;
+use gguf_source::GgufBytes;
 
 pub use safetensors::SafetensorsFiles;
 
@@ -162,14 +165,29 @@ impl Model {
     /// Loads a model from its in-memory serialization.
     pub fn load(source: ModelSource<'_>, options: &LoadOptions) -> Result<Self, InferenceError> {
         match source {
-            ModelSource::Gguf(bytes) => Self::from_gguf(&bytes, options),
+            ModelSource::Gguf(bytes) => Self::from_gguf_buffer(Bytes::from(bytes), options),
             ModelSource::Safetensors(files) => Self::from_safetensors(files, options),
         }
     }
 
-    /// Loads a GGUF (llama or qwen2 architecture) from memory.
+    /// Loads a GGUF (llama or qwen2 architecture) from memory the caller keeps: the weights
+    /// are copied out of it.
     pub fn from_gguf(bytes: &[u8], options: &LoadOptions) -> Result<Self, InferenceError> {
-        let span = tracing::info_span!("model_load", format = "gguf", bytes = bytes.len());
+        Self::gguf(GgufBytes::Borrowed(bytes), options)
+    }
+
+    /// Loads a GGUF from a buffer the model keeps: the weight matrices ward's CPU kernels run
+    /// (Q4_0, Q4_1, Q8_0; nearly all of a model in those formats) stay in `bytes`, sliced, not
+    /// copied, so a model costs its file's size in memory once, not twice; the buffer is
+    /// released when the last clone of the model is. A locked, zeroized plaintext buffer stays
+    /// that (`Bytes::from_owner`). Other tensors (norms, other formats, GPU) are copied as
+    /// [`Model::from_gguf`] copies them.
+    pub fn from_gguf_buffer(bytes: Bytes, options: &LoadOptions) -> Result<Self, InferenceError> {
+        Self::gguf(GgufBytes::Shared(&bytes), options)
+    }
+
+    fn gguf(bytes: GgufBytes<'_>, options: &LoadOptions) -> Result<Self, InferenceError> {
+        let span = tracing::info_span!("model_load", format = "gguf", bytes = bytes.all().len());
         let _enter = span.enter();
         let device = options.device.device()?;
         let inner = gguf::load(bytes, options, device)?;
@@ -194,7 +212,8 @@ impl Model {
         })
     }
 
-    /// Convenience for tests and the CLI: reads a GGUF file into memory, then [`Model::from_gguf`].
+    /// Convenience for tests and the CLI: reads a GGUF file into memory, then
+    /// [`Model::from_gguf_buffer`].
     pub fn from_gguf_file(
         path: &std::path::Path,
         options: &LoadOptions,
@@ -202,7 +221,7 @@ impl Model {
         let bytes = std::fs::read(path).map_err(|e| {
             InferenceError::InvalidRequest(format!("cannot read {}: {e}", path.display()))
         })?;
-        Self::from_gguf(&bytes, options)
+        Self::from_gguf_buffer(Bytes::from(bytes), options)
     }
 
     pub fn info(&self) -> &ModelInfo {

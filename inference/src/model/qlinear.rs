@@ -11,7 +11,7 @@ use std::sync::{Arc, OnceLock};
 
 use candle_core::backend::BackendStorage;
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
-use candle_core::{CpuStorage, CustomOp1, Layout, Module, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, Device, Layout, Module, Shape, Tensor};
 use ward_kernels::{Format, QMatrix};
 
 /// A linear layer `y = x W^T` over quantised weights `W` (`out x in`).
@@ -52,30 +52,35 @@ fn own_format(dtype: GgmlDType) -> Option<Format> {
 }
 
 impl QLinear {
-    /// The format and shape ward's kernels would take `t` in, if [`QLinear::from_qtensor`]
-    /// gives them the tensor.
-    pub(crate) fn own_layout(t: &QTensor, kernels: Kernels) -> Option<(Format, usize, usize)> {
-        match (
-            kernels,
-            t.device().is_cpu(),
-            own_format(t.dtype()),
-            t.shape().dims(),
-        ) {
+    /// The format and shape ward's kernels would take a tensor of `dtype` and `dims` on
+    /// `device` in, where they run it.
+    pub(crate) fn own_layout_of(
+        kernels: Kernels,
+        device: &Device,
+        dtype: GgmlDType,
+        dims: &[usize],
+    ) -> Option<(Format, usize, usize)> {
+        match (kernels, device.is_cpu(), own_format(dtype), dims) {
             (Kernels::Own, true, Some(format), &[rows, cols]) => Some((format, rows, cols)),
             _ => None,
         }
     }
 
+    /// Ward's kernels on `m`.
+    pub(crate) fn own(m: QMatrix) -> Self {
+        QLinear::Own(Arc::new(OwnMatMul(m)))
+    }
+
     /// Takes a weight tensor (`out x in`); ward's kernels when `kernels` is [`Kernels::Own`], the
     /// tensor is on the CPU and in a format they cover, candle's otherwise.
     pub(crate) fn from_qtensor(t: QTensor, kernels: Kernels) -> candle_core::Result<Self> {
-        match Self::own_layout(&t, kernels) {
+        match Self::own_layout_of(kernels, &t.device(), t.dtype(), t.shape().dims()) {
             Some((format, rows, cols)) => {
                 let bytes = t.data()?.into_owned();
                 drop(t);
                 let m =
                     QMatrix::new(format, rows, cols, bytes).map_err(candle_core::Error::wrap)?;
-                Ok(QLinear::Own(Arc::new(OwnMatMul(m))))
+                Ok(QLinear::own(m))
             }
             None => Ok(QLinear::Candle(QMatMul::from_qtensor(t)?)),
         }
@@ -89,7 +94,7 @@ impl QLinear {
     }
 
     /// The weights, where ward's kernels run this layer.
-    pub(crate) fn own(&self) -> Option<&QMatrix> {
+    pub(crate) fn own_matrix(&self) -> Option<&QMatrix> {
         match self {
             QLinear::Own(w) => Some(&w.0),
             QLinear::Candle(_) => None,
@@ -109,7 +114,7 @@ pub(crate) enum Joined {
 
 impl Joined {
     pub(crate) fn new(parts: Vec<QLinear>) -> candle_core::Result<Self> {
-        let own: Option<Vec<&QMatrix>> = parts.iter().map(QLinear::own).collect();
+        let own: Option<Vec<&QMatrix>> = parts.iter().map(QLinear::own_matrix).collect();
         let Some(own) = own else {
             return Ok(Joined::Apart(parts));
         };
@@ -142,7 +147,7 @@ impl Joined {
     }
 
     /// The joined weights, where ward's kernels run these layers.
-    pub(crate) fn own(&self) -> Option<&QMatrix> {
+    pub(crate) fn own_matrix(&self) -> Option<&QMatrix> {
         match self {
             Joined::Own(w, _) => Some(&w.0),
             Joined::Apart(_) => None,

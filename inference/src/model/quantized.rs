@@ -10,15 +10,13 @@
 //! [`QuantizedWeights::from_gguf`] runs: nothing here re-validates, and nothing here reads the
 //! disk.
 
-use std::io::{Read, Seek};
-
-use candle_core::quantized::gguf_file::Content;
 use candle_core::{DType, Device, IndexOp, Module, Tensor};
 use candle_nn::Embedding;
 use candle_transformers::quantized_nn::RmsNorm;
 use candle_transformers::utils::{build_causal_mask, repeat_kv};
 
-use super::qlinear::{Joined, Kernels, QLinear};
+use super::gguf_source::TensorReader;
+use super::qlinear::{Joined, QLinear};
 
 mod decode;
 use decode::RawKv;
@@ -116,6 +114,15 @@ pub(crate) struct QuantizedWeights {
     fused_decode: bool,
 }
 
+/// Prompt tokens one forward pass takes at most; a longer prompt is taken in passes of this
+/// many. Its attention scores (with the mask and the softmax, three buffers of `heads x pass x
+/// context` floats) are what bound prefill memory at long prompts. Chosen by `bench-infer` at a
+/// 1,024-token prompt (SmolLM2, 2 threads, alternating runs beside llama.cpp): in one pass,
+/// peak RSS 293 MB and prefill 0.81-0.88x llama.cpp's; passes of 512, 256 and 128 tokens gave
+/// 236, 201 and 184 MB, all at 1.04-1.16x (smaller passes read the weights more often, but the
+/// tiled matmul is as fast at 128 rows, and attention over fewer queries is cheaper per token).
+const PREFILL_PASS: usize = 128;
+
 /// Tokens by which a sequence's cache grows: room is allocated in blocks of this many, and new
 /// keys and values are written in place, so a decode step copies no cache (appending to a
 /// concatenated cache copied all of it at every token).
@@ -177,8 +184,8 @@ impl QuantizedWeights {
                     .flatten_all()?
                     .to_vec1();
             }
-            TokenEmbedding::Head => self.output.own(),
-            TokenEmbedding::Quantized(m) => m.own(),
+            TokenEmbedding::Head => self.output.own_matrix(),
+            TokenEmbedding::Quantized(m) => m.own_matrix(),
         }
         .ok_or_else(|| candle_core::Error::Msg("the embedding matrix is not ward's".into()))?;
         let mut out = Vec::with_capacity(tokens.len().saturating_mul(matrix.cols()));
@@ -202,51 +209,51 @@ impl QuantizedWeights {
         Tensor::from_vec(rows, (b, seq, hidden), &self.device)
     }
 
-    pub(super) fn from_gguf<R: Read + Seek>(
-        ct: &Content,
-        reader: &mut R,
+    pub(super) fn from_gguf(
+        t: &mut TensorReader<'_>,
         p: QuantizedParams,
-        device: &Device,
     ) -> candle_core::Result<Self> {
-        let mut q = |name: &str| ct.tensor(reader, name, device);
-        let kernels = Kernels::from_env();
-        let mm = |x: candle_core::quantized::QTensor| QLinear::from_qtensor(x, kernels);
-        let norm = Norm::new(q("output_norm.weight")?, p.eps)?;
-        let tied = !ct.tensor_infos.contains_key("output.weight");
-        let output = if tied {
-            // Tied embeddings: the (possibly quantised) embedding matrix is the head.
-            mm(q("token_embd.weight")?)?
+        let device = &t.device.clone();
+        let norm = Norm::new(t.tensor("output_norm.weight")?, p.eps)?;
+        let tied = !t.content.tensor_infos.contains_key("output.weight");
+        // Tied embeddings: the (possibly quantised) embedding matrix is the head.
+        let output = t.linear(if tied {
+            "token_embd.weight"
         } else {
-            mm(q("output.weight")?)?
-        };
-        let embed = if device.is_cpu() && tied && output.own().is_some() {
+            "output.weight"
+        })?;
+        let embed = if device.is_cpu() && tied && output.own_matrix().is_some() {
             TokenEmbedding::Head
         } else {
-            let t = q("token_embd.weight")?;
-            if QLinear::own_layout(&t, kernels).is_some() {
-                TokenEmbedding::Quantized(mm(t)?)
-            } else {
-                TokenEmbedding::Dense(Embedding::new(t.dequantize(device)?, p.hidden))
+            match t.own_linear("token_embd.weight")? {
+                Some(m) => TokenEmbedding::Quantized(m),
+                None => TokenEmbedding::Dense(Embedding::new(
+                    t.tensor("token_embd.weight")?.dequantize(device)?,
+                    p.hidden,
+                )),
             }
         };
         let mut layers = Vec::with_capacity(p.layers);
         for i in 0..p.layers {
-            let mut t = |n: &str| q(&format!("blk.{i}.{n}"));
+            let n = |n: &str| format!("blk.{i}.{n}");
             let biases = if p.qwen2 {
                 Some((
-                    t("attn_q.bias")?.dequantize(device)?,
-                    t("attn_k.bias")?.dequantize(device)?,
-                    t("attn_v.bias")?.dequantize(device)?,
+                    t.tensor(&n("attn_q.bias"))?.dequantize(device)?,
+                    t.tensor(&n("attn_k.bias"))?.dequantize(device)?,
+                    t.tensor(&n("attn_v.bias"))?.dequantize(device)?,
                 ))
             } else {
                 None
             };
             let qkv = vec![
-                mm(t("attn_q.weight")?)?,
-                mm(t("attn_k.weight")?)?,
-                mm(t("attn_v.weight")?)?,
+                t.linear(&n("attn_q.weight"))?,
+                t.linear(&n("attn_k.weight"))?,
+                t.linear(&n("attn_v.weight"))?,
             ];
-            let gate_up = vec![mm(t("ffn_gate.weight")?)?, mm(t("ffn_up.weight")?)?];
+            let gate_up = vec![
+                t.linear(&n("ffn_gate.weight"))?,
+                t.linear(&n("ffn_up.weight"))?,
+            ];
             let mut bias_values = Vec::new();
             if let Some((bq, bk, bv)) = &biases {
                 for b in [bq, bk, bv] {
@@ -257,19 +264,19 @@ impl QuantizedWeights {
                 qkv: Joined::new(qkv)?,
                 biases,
                 bias_values,
-                wo: mm(t("attn_output.weight")?)?,
-                attn_norm: Norm::new(t("attn_norm.weight")?, p.eps)?,
+                wo: t.linear(&n("attn_output.weight"))?,
+                attn_norm: Norm::new(t.tensor(&n("attn_norm.weight"))?, p.eps)?,
                 gate_up: Joined::new(gate_up)?,
-                down: mm(t("ffn_down.weight")?)?,
-                ffn_norm: Norm::new(t("ffn_norm.weight")?, p.eps)?,
+                down: t.linear(&n("ffn_down.weight"))?,
+                ffn_norm: Norm::new(t.tensor(&n("ffn_norm.weight"))?, p.eps)?,
             });
         }
         let fused_decode = device.is_cpu()
             && layers.iter().all(|l| {
-                l.qkv.own().is_some()
-                    && l.gate_up.own().is_some()
-                    && l.wo.own().is_some()
-                    && l.down.own().is_some()
+                l.qkv.own_matrix().is_some()
+                    && l.gate_up.own_matrix().is_some()
+                    && l.wo.own_matrix().is_some()
+                    && l.down.own_matrix().is_some()
             });
         let head_dim = p.hidden / p.heads;
         let (cos, sin) = rope_tables(head_dim, p.rope_base, p.context, device)?;
@@ -299,6 +306,17 @@ impl QuantizedWeights {
         pos: usize,
     ) -> candle_core::Result<Tensor> {
         let (_, seq_len) = x.dims2()?;
+        if seq_len > PREFILL_PASS {
+            // Each pass's attention scores are `heads x PREFILL_PASS x (pos + PREFILL_PASS)`,
+            // not `heads x seq_len x seq_len` (a 1,024-token prompt: 38 MB a layer for
+            // SmolLM2's 9 heads, three times over for the mask and the softmax).
+            let mut logits = None;
+            for start in (0..seq_len).step_by(PREFILL_PASS) {
+                let n = PREFILL_PASS.min(seq_len - start);
+                logits = Some(self.forward(cache, &x.narrow(1, start, n)?, pos + start)?);
+            }
+            return logits.ok_or_else(|| candle_core::Error::Msg("an empty prompt".into()));
+        }
         if self.fused_decode && seq_len == 1 {
             let tokens = x.flatten_all()?.to_vec1::<u32>()?;
             return self.decode_step(&mut [cache], &tokens, &[pos]);

@@ -67,10 +67,11 @@ fn llama_gguf_forward_matches_candles_quantized_llama() {
     let ct = Content::read(&mut reader).unwrap();
     let mut reference = quantized_llama::ModelWeights::from_gguf(ct, &mut reader, &Device::Cpu)
         .expect("candle loads the fixture");
-    // A prompt, single tokens, a second multi-token chunk (chunked prefill), a long chunk and
-    // tokens past the cache's first block (256 tokens), then a restart.
+    // A prompt, single tokens, a second multi-token chunk (chunked prefill), a long chunk (two
+    // forward passes of at most 128 tokens here, one in candle's) and tokens past the cache's
+    // first block (256 tokens), then restarts, the second with the long chunk at position 0.
     let long: Vec<u32> = (0..250u32).map(|i| (i * 7) % 250).collect();
-    let chunks: [(&[u32], Option<usize>); 8] = [
+    let chunks: [(&[u32], Option<usize>); 10] = [
         (&[1, 2, 3, 4, 5, 6, 7], None),
         (&[9], None),
         (&[30], None),
@@ -79,6 +80,8 @@ fn llama_gguf_forward_matches_candles_quantized_llama() {
         (&[11], None),
         (&[12], None),
         (&[7, 8], Some(0)),
+        (&long, Some(0)),
+        (&[3], None),
     ];
     matches_reference(&gguf_model(), &chunks, |x, pos| {
         reference.forward(x, pos).unwrap()

@@ -113,7 +113,7 @@ fn main() -> Result<(), BoxError> {
             let w = Tensor::randn(0f32, 1.0, (s.rows, s.cols), &Device::Cpu)?;
             let q = QTensor::quantize(&w, s.dtype)?;
             let own = QMatrix::new(s.format, s.rows, s.cols, q.data()?.into_owned())?;
-            bytes += own.bytes().len() * s.per_step;
+            bytes += own.byte_len() * s.per_step;
             let candle = QMatMul::from_qtensor(q)?;
             let x = Tensor::randn(0f32, 1.0, (m, s.cols), &Device::Cpu)?;
             let xv: Vec<f32> = x.flatten_all()?.to_vec1()?;

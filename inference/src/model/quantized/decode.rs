@@ -246,7 +246,7 @@ impl QuantizedWeights {
             // Attention.
             rms_norm(&h, &layer.attn_norm, &mut x);
             quantize(&x, b, &mut acts);
-            let w = layer.qkv.own().ok_or_else(missing)?;
+            let w = layer.qkv.own_matrix().ok_or_else(missing)?;
             let width = w.rows();
             qkv.resize(b * width, 0.0);
             matmul(w, &acts, b, &mut qkv)?;
@@ -264,13 +264,13 @@ impl QuantizedWeights {
             }
             self.attend_cached(caches, l, &qkv, width, &mut att);
             quantize(&att, b, &mut acts);
-            let wo = layer.wo.own().ok_or_else(missing)?;
+            let wo = layer.wo.own_matrix().ok_or_else(missing)?;
             matmul(wo, &acts, b, &mut sum)?;
             h.iter_mut().zip(&sum).for_each(|(h, s)| *h += s);
             // MLP.
             rms_norm(&h, &layer.ffn_norm, &mut x);
             quantize(&x, b, &mut acts);
-            let w = layer.gate_up.own().ok_or_else(missing)?;
+            let w = layer.gate_up.own_matrix().ok_or_else(missing)?;
             let ff = w.rows() / 2;
             gu.resize(b * 2 * ff, 0.0);
             matmul(w, &acts, b, &mut gu)?;
@@ -280,12 +280,12 @@ impl QuantizedWeights {
                 f32ops::silu_mul(g, u, a);
             }
             quantize(&act, b, &mut acts);
-            let down = layer.down.own().ok_or_else(missing)?;
+            let down = layer.down.own_matrix().ok_or_else(missing)?;
             matmul(down, &acts, b, &mut sum)?;
             h.iter_mut().zip(&sum).for_each(|(h, s)| *h += s);
         }
         rms_norm(&h, &self.norm, &mut x);
-        match self.output.own() {
+        match self.output.own_matrix() {
             Some(w) => {
                 quantize(&x, b, &mut acts);
                 let mut logits = vec![0f32; b * w.rows()];

@@ -18,6 +18,9 @@
 //! `target/llama-venv/bin/python` (`scripts/llama-venv.sh`); of a directory, PyTorch,
 //! `inference/bench/torch_baseline.py` under `--python` or `$WARD_BENCH_PYTHON` (default
 //! `python3`); `--baseline` picks one. A baseline prints `SKIP` when its engine is missing.
+//! A GGUF is read into memory and loaded the way wardd loads a decrypted one
+//! (`Model::from_gguf_buffer`: the matrices stay in that buffer); `--copy-weights` copies them
+//! out of a buffer dropped after the load (`Model::from_gguf`), the baseline of that.
 //! Peak RSS: ward's is this process's high-water mark so far (every model it loaded), the
 //! baseline's its own process's, Python included. Build with
 //! `cargo build --release -p ward-inference-bench --bin bench-infer` (and
@@ -37,11 +40,17 @@ mod batch;
 mod e2e;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use ward_inference::{DeviceKind, LoadOptions, Model, SafetensorsFiles};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// `--copy-weights`: a GGUF loaded by `Model::from_gguf` from a buffer this program keeps and
+/// drops after the load (the matrices copied out of it), as every load was before
+/// `Model::from_gguf_buffer`: the memory baseline of the shared buffer.
+static COPY_WEIGHTS: AtomicBool = AtomicBool::new(false);
 
 struct Args {
     models: Vec<PathBuf>,
@@ -105,6 +114,7 @@ fn parse_args() -> Result<Args, BoxError> {
             "--batch" => args.batch = true,
             "--device" => args.device = value(&a)?.parse()?,
             "--baseline-model" => args.baseline_model = Some(PathBuf::from(value(&a)?)),
+            "--copy-weights" => COPY_WEIGHTS.store(true, Ordering::Relaxed),
             other if !other.starts_with("--") => args.models.push(PathBuf::from(other)),
             other => return Err(format!("unknown argument {other}").into()),
         }
@@ -151,8 +161,11 @@ pub(crate) fn load(path: &Path, device: DeviceKind) -> Result<(Model, String, f6
     };
     let model = if path.is_dir() {
         Model::from_safetensors(read_safetensors_dir(path)?, &options)?
-    } else {
+    } else if COPY_WEIGHTS.load(Ordering::Relaxed) {
         Model::from_gguf(&std::fs::read(path)?, &options)?
+    } else {
+        // As wardd loads it: the model keeps the file's buffer and runs its matrices from it.
+        Model::from_gguf_file(path, &options)?
     };
     let label = format!("{name} ({})", model.info().format);
     Ok((model, label, t.elapsed().as_secs_f64()))
