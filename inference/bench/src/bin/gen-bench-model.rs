@@ -258,11 +258,15 @@ fn gguf_type(name: &str) -> Option<GgmlDType> {
     })
 }
 
-/// llama metadata for the preset, and the byte-level tokens padded to its vocabulary.
+/// llama metadata for the preset, and the byte-level tokens padded to its vocabulary (the first
+/// padding slot holds the one merge's token).
 fn gguf_metadata(p: &Preset) -> Vec<(&'static str, Value)> {
     let mut tokens = byte_tokens();
     let bytes = tokens.len();
     tokens.extend((bytes..p.vocab).map(|i| format!("<pad_{i}>")));
+    if let Some(first_pad) = tokens.get_mut(bytes) {
+        *first_pad = "ĠĠ".to_owned();
+    }
     let u = |n: usize| Value::U32(u32::try_from(n).unwrap_or(u32::MAX));
     vec![
         ("general.architecture", Value::String("llama".into())),
@@ -284,6 +288,10 @@ fn gguf_metadata(p: &Preset) -> Vec<(&'static str, Value)> {
             "tokenizer.ggml.tokens",
             Value::Array(tokens.into_iter().map(Value::String).collect()),
         ),
+        // llama.cpp refuses a gpt2 tokenizer without merges ("cannot find tokenizer merges in
+        // model file"), and an empty array (candle writes it as u32s: "invalid gguf type"):
+        // one merge, of two spaces, whose token takes the first padding slot.
+        ("tokenizer.ggml.merges", Value::Array(vec![Value::String("Ġ Ġ".into())])),
         ("tokenizer.ggml.bos_token_id", u(1)),
         ("tokenizer.ggml.eos_token_id", u(2)),
         ("tokenizer.ggml.add_bos_token", Value::Bool(false)),
