@@ -151,6 +151,24 @@ pub(crate) fn f16_at(b: &[u8], at: usize) -> f32 {
 /// (with the unrounded `d`, SmolLM2's logits drifted from llama.cpp's: cosine 0.9979 against
 /// 0.99965). Extra `out` blocks are left alone.
 pub fn quantize_row(x: &[f32], out: &mut [Q8Block]) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::kernel::avx2() {
+        // SAFETY: the CPU has AVX2, FMA and F16C (detected above).
+        return unsafe { quantize_row_avx2(x, out) };
+    }
+    quantize_row_body(x, out)
+}
+
+/// [`quantize_row`] compiled for AVX2: `round_ties_even` is one instruction there (SSE4.1's
+/// `roundps`), where the portable build (SSE2) calls libm's `roundevenf` per activation.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn quantize_row_avx2(x: &[f32], out: &mut [Q8Block]) {
+    quantize_row_body(x, out)
+}
+
+#[inline(always)]
+fn quantize_row_body(x: &[f32], out: &mut [Q8Block]) {
     for (xs, o) in x.chunks_exact(QK).zip(out.iter_mut()) {
         let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
         let d = amax / 127.0;
