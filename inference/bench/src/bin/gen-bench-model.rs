@@ -291,7 +291,10 @@ fn gguf_metadata(p: &Preset) -> Vec<(&'static str, Value)> {
         // llama.cpp refuses a gpt2 tokenizer without merges ("cannot find tokenizer merges in
         // model file"), and an empty array (candle writes it as u32s: "invalid gguf type"):
         // one merge, of two spaces, whose token takes the first padding slot.
-        ("tokenizer.ggml.merges", Value::Array(vec![Value::String("Ġ Ġ".into())])),
+        (
+            "tokenizer.ggml.merges",
+            Value::Array(vec![Value::String("Ġ Ġ".into())]),
+        ),
         ("tokenizer.ggml.bos_token_id", u(1)),
         ("tokenizer.ggml.eos_token_id", u(2)),
         ("tokenizer.ggml.add_bos_token", Value::Bool(false)),
