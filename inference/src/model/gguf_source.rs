@@ -9,8 +9,9 @@ use std::ops::Range;
 
 use bytes::Bytes;
 use candle_core::Device;
-use candle_core::quantized::QTensor;
-use candle_core::quantized::gguf_file::Content;
+use candle_core::quantized::ggml_file::qtensor_from_ggml;
+use candle_core::quantized::gguf_file::{Content, TensorInfo};
+use candle_core::quantized::{GgmlDType, QTensor};
 use ward_kernels::QMatrix;
 
 use super::qlinear::{Kernels, QLinear};
@@ -44,6 +45,54 @@ impl<'a> GgufBytes<'a> {
     }
 }
 
+/// The rows of a 2-D tensor in the file's own blocks (any ggml format), dequantised one at a
+/// time through candle's block decoder: a token embedding looked up by row, instead of an f32
+/// copy of the whole table (4.9 times the size of Q6_K blocks, 7.1 times Q4_K's).
+#[derive(Debug, Clone)]
+pub(crate) struct PackedRows {
+    data: Bytes,
+    dtype: GgmlDType,
+    rows: usize,
+    cols: usize,
+    row_bytes: usize,
+}
+
+impl PackedRows {
+    /// Appends row `r`, dequantised, to `out`.
+    pub(crate) fn row_into(&self, r: usize, out: &mut Vec<f32>) -> candle_core::Result<()> {
+        let bytes = (r < self.rows)
+            .then(|| {
+                let start = r.checked_mul(self.row_bytes)?;
+                self.data.get(start..start.checked_add(self.row_bytes)?)
+            })
+            .flatten()
+            .ok_or_else(|| {
+                candle_core::Error::Msg(format!("row {r} of a {}-row table", self.rows))
+            })?;
+        let row = qtensor_from_ggml(self.dtype, bytes, vec![1, self.cols], &Device::Cpu)?;
+        out.extend(
+            row.dequantize(&Device::Cpu)?
+                .flatten_all()?
+                .to_vec1::<f32>()?,
+        );
+        Ok(())
+    }
+}
+
+/// Whether the tensors ward's kernels would run hold at least half of a `file_len`-byte file.
+fn mostly_own(content: &Content, file_len: usize, kernels: Kernels, device: &Device) -> bool {
+    let own: u64 = content
+        .tensor_infos
+        .values()
+        .filter(|i| QLinear::own_layout_of(kernels, device, i.ggml_dtype, i.shape.dims()).is_some())
+        .map(|i| {
+            let blocks = i.shape.elem_count() / i.ggml_dtype.block_size().max(1);
+            u64::try_from(blocks.saturating_mul(i.ggml_dtype.type_size())).unwrap_or(u64::MAX)
+        })
+        .fold(0, u64::saturating_add);
+    own.saturating_mul(2) >= u64::try_from(file_len).unwrap_or(u64::MAX)
+}
+
 /// The tensors of one parsed GGUF, by name.
 pub(super) struct TensorReader<'a> {
     pub content: &'a Content,
@@ -54,12 +103,24 @@ pub(super) struct TensorReader<'a> {
 }
 
 impl<'a> TensorReader<'a> {
+    /// A reader of `content`'s tensors in `bytes`. A shared buffer is only kept (sliced) when
+    /// ward's kernels run most of it, by bytes: a slice keeps its whole buffer alive, so in a
+    /// file of mostly other formats (K-quants, which candle copies) the few slices would pin
+    /// the entire file beside candle's copies; there it is read as borrowed (what is kept is
+    /// copied, the buffer goes after the load).
     pub(super) fn new(content: &'a Content, bytes: GgufBytes<'a>, device: Device) -> Self {
+        let kernels = Kernels::from_env();
+        let bytes = match bytes {
+            GgufBytes::Shared(b) if !mostly_own(content, b.len(), kernels, &device) => {
+                GgufBytes::Borrowed(&b[..])
+            }
+            other => other,
+        };
         TensorReader {
             content,
             bytes,
             reader: Cursor::new(bytes.all()),
-            kernels: Kernels::from_env(),
+            kernels,
             device,
         }
     }
@@ -78,12 +139,69 @@ impl<'a> TensorReader<'a> {
         }
     }
 
+    /// Tensor `name` (`rows x cols`) as [`PackedRows`] over the file's bytes (sliced or copied),
+    /// on the CPU; `None` on other devices and with `WARD_CPU_KERNELS=candle` (candle's dense
+    /// table then, as before).
+    pub(super) fn packed_rows(&mut self, name: &str) -> candle_core::Result<Option<PackedRows>> {
+        let info = self.info(name)?;
+        let (dtype, dims) = (info.ggml_dtype, info.shape.dims().to_vec());
+        let (&[rows, cols], true, Kernels::Own) =
+            (dims.as_slice(), self.device.is_cpu(), self.kernels)
+        else {
+            return Ok(None);
+        };
+        let block = dtype.block_size();
+        if block == 0 || cols % block != 0 {
+            return Err(candle_core::Error::Msg(format!(
+                "tensor {name}: {dtype:?} blocks do not tile {cols} columns"
+            )));
+        }
+        let too_large = || candle_core::Error::Msg(format!("tensor {name} does not fit in memory"));
+        let row_bytes = (cols / block)
+            .checked_mul(dtype.type_size())
+            .ok_or_else(too_large)?;
+        let len = row_bytes.checked_mul(rows).ok_or_else(too_large)?;
+        let data = self.tensor_bytes(name, len)?;
+        Ok(Some(PackedRows {
+            data,
+            dtype,
+            rows,
+            cols,
+            row_bytes,
+        }))
+    }
+
+    fn info(&self, name: &str) -> candle_core::Result<&'a TensorInfo> {
+        self.content
+            .tensor_infos
+            .get(name)
+            .ok_or_else(|| candle_core::Error::Msg(format!("cannot find tensor info for {name}")))
+    }
+
+    /// The `len` bytes of tensor `name` in the file: sliced from a shared buffer, copied from
+    /// a borrowed one.
+    fn tensor_bytes(&self, name: &str, len: usize) -> candle_core::Result<Bytes> {
+        let info = self.info(name)?;
+        let too_large = || candle_core::Error::Msg(format!("tensor {name} does not fit in memory"));
+        let start = self
+            .content
+            .tensor_data_offset
+            .checked_add(info.offset)
+            .and_then(|s| usize::try_from(s).ok())
+            .ok_or_else(too_large)?;
+        let end = start.checked_add(len).ok_or_else(too_large)?;
+        self.bytes.slice(start..end).ok_or_else(|| {
+            candle_core::Error::Msg(format!(
+                "tensor {name} needs bytes {start}..{end}, the file has {}",
+                self.bytes.all().len()
+            ))
+        })
+    }
+
     /// Weight tensor `name` on ward's kernels, its bytes taken from the file (sliced or
     /// copied, never through candle); `None` where ward's kernels do not run it.
     pub(super) fn own_linear(&mut self, name: &str) -> candle_core::Result<Option<QLinear>> {
-        let info = self.content.tensor_infos.get(name).ok_or_else(|| {
-            candle_core::Error::Msg(format!("cannot find tensor info for {name}"))
-        })?;
+        let info = self.info(name)?;
         let Some((format, rows, cols)) = QLinear::own_layout_of(
             self.kernels,
             &self.device,
@@ -97,19 +215,7 @@ impl<'a> TensorReader<'a> {
             .checked_mul(format.block_bytes())
             .and_then(|row| row.checked_mul(rows))
             .ok_or_else(too_large)?;
-        let start = self
-            .content
-            .tensor_data_offset
-            .checked_add(info.offset)
-            .and_then(|s| usize::try_from(s).ok())
-            .ok_or_else(too_large)?;
-        let end = start.checked_add(len).ok_or_else(too_large)?;
-        let data = self.bytes.slice(start..end).ok_or_else(|| {
-            candle_core::Error::Msg(format!(
-                "tensor {name} needs bytes {start}..{end}, the file has {}",
-                self.bytes.all().len()
-            ))
-        })?;
+        let data = self.tensor_bytes(name, len)?;
         let m = QMatrix::new(format, rows, cols, data).map_err(candle_core::Error::wrap)?;
         Ok(Some(QLinear::own(m)))
     }
@@ -130,6 +236,15 @@ mod tests {
     use crate::test_models::{Arch, gguf_bytes_for, gguf_metadata};
     use crate::{LoadOptions, Model};
 
+    /// Whether ward's kernels run: under `WARD_CPU_KERNELS=candle` these tests skip.
+    fn own_kernels() -> bool {
+        let own = Kernels::from_env() == Kernels::Own;
+        if !own {
+            eprintln!("skipped: WARD_CPU_KERNELS=candle keeps candle's kernels and dense table");
+        }
+        own
+    }
+
     fn q8_gguf() -> Vec<u8> {
         gguf_bytes_for(Arch::Llama, GgmlDType::Q8_0, &gguf_metadata())
     }
@@ -147,8 +262,7 @@ mod tests {
     /// way the same bytes as the file's tensor.
     #[test]
     fn shared_buffers_are_sliced_borrowed_ones_copied() {
-        if Kernels::from_env() != Kernels::Own {
-            eprintln!("skipped: WARD_CPU_KERNELS=candle keeps candle's kernels");
+        if !own_kernels() {
             return;
         }
         let file = q8_gguf();
@@ -191,8 +305,7 @@ mod tests {
     /// A tensor whose blocks run past the end of the file is refused by name, shared or not.
     #[test]
     fn a_tensor_past_the_end_of_the_file_is_refused() {
-        if Kernels::from_env() != Kernels::Own {
-            eprintln!("skipped: WARD_CPU_KERNELS=candle keeps candle's kernels");
+        if !own_kernels() {
             return;
         }
         let file = q8_gguf();
@@ -215,6 +328,71 @@ mod tests {
                 "{err}"
             );
         }
+    }
+
+    /// Token embedding rows looked up in the file's blocks equal the rows of candle's whole
+    /// dequantised table, for K-quants, f16 and f32; a row past the table is an error.
+    #[test]
+    fn packed_rows_equal_candles_dequantised_table() {
+        if !own_kernels() {
+            return;
+        }
+        let (rows, cols) = (5, 512);
+        let values: Vec<f32> = (0..rows * cols)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 17.0)
+            .collect();
+        let table = candle_core::Tensor::from_vec(values, (rows, cols), &Device::Cpu).unwrap();
+        for dtype in [
+            GgmlDType::Q4K,
+            GgmlDType::Q5K,
+            GgmlDType::Q6K,
+            GgmlDType::F16,
+            GgmlDType::F32,
+        ] {
+            let q = candle_core::quantized::QTensor::quantize(&table, dtype).unwrap();
+            let mut file = Cursor::new(Vec::new());
+            candle_core::quantized::gguf_file::write(&mut file, &[], &[("token_embd.weight", &q)])
+                .unwrap();
+            let file = Bytes::from(file.into_inner());
+            let ct = Content::read(&mut Cursor::new(&file[..])).unwrap();
+            let mut reader = TensorReader::new(&ct, GgufBytes::Shared(&file), Device::Cpu);
+            let packed = reader.packed_rows("token_embd.weight").unwrap().unwrap();
+            let want: Vec<Vec<f32>> = q.dequantize(&Device::Cpu).unwrap().to_vec2().unwrap();
+            for (r, want) in want.iter().enumerate() {
+                let mut got = Vec::new();
+                packed.row_into(r, &mut got).unwrap();
+                assert_eq!(&got, want, "{dtype:?} row {r}");
+            }
+            assert!(packed.row_into(rows, &mut Vec::new()).is_err(), "{dtype:?}");
+        }
+    }
+
+    /// A shared buffer whose bytes are mostly in formats ward's kernels do not run is not
+    /// kept: its one Q8_0 matrix is copied out, so that a slice does not pin the whole file.
+    #[test]
+    fn a_buffer_mostly_of_other_formats_is_not_kept() {
+        if !own_kernels() {
+            return;
+        }
+        let t = |rows: usize, cols: usize, dtype| {
+            let v: Vec<f32> = (0..rows * cols).map(|i| (i % 13) as f32 - 6.0).collect();
+            let t = candle_core::Tensor::from_vec(v, (rows, cols), &Device::Cpu).unwrap();
+            candle_core::quantized::QTensor::quantize(&t, dtype).unwrap()
+        };
+        let (big, small) = (t(64, 512, GgmlDType::Q4K), t(2, 64, GgmlDType::Q8_0));
+        let mut file = Cursor::new(Vec::new());
+        candle_core::quantized::gguf_file::write(
+            &mut file,
+            &[],
+            &[("big.weight", &big), ("small.weight", &small)],
+        )
+        .unwrap();
+        let file = Bytes::from(file.into_inner());
+        let ct = Content::read(&mut Cursor::new(&file[..])).unwrap();
+        let mut reader = TensorReader::new(&ct, GgufBytes::Shared(&file), Device::Cpu);
+        let m = reader.own_linear("small.weight").unwrap().unwrap();
+        assert!(!inside(&m, &file));
+        assert!(reader.own_linear("big.weight").unwrap().is_none());
     }
 
     /// A model loaded from a shared buffer computes what one loaded from a borrowed slice

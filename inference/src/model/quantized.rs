@@ -15,7 +15,7 @@ use candle_nn::Embedding;
 use candle_transformers::quantized_nn::RmsNorm;
 use candle_transformers::utils::{build_causal_mask, repeat_kv};
 
-use super::gguf_source::TensorReader;
+use super::gguf_source::{PackedRows, TensorReader};
 use super::qlinear::{Joined, QLinear};
 
 mod decode;
@@ -81,17 +81,19 @@ impl Norm {
     }
 }
 
-/// The token embedding: on the CPU in a format ward's kernels read, rows are dequantised on
-/// lookup from the quantised matrix (llama.cpp does the same), instead of an f32 copy of it
-/// (SmolLM2's would be 113 MB against its 27 MB of Q4_1 blocks).
+/// The token embedding: on the CPU, rows are dequantised on lookup from the file's blocks
+/// (llama.cpp does the same), instead of an f32 copy of the table (SmolLM2's would be 113 MB
+/// against its 27 MB of Q4_1 blocks; Llama 3 8B's 2.1 GB).
 #[derive(Debug, Clone)]
 enum TokenEmbedding {
-    /// f32 rows (GPUs; formats ward's kernels do not read).
+    /// f32 rows (GPUs; `WARD_CPU_KERNELS=candle`).
     Dense(Embedding),
     /// The head's own matrix (tied embeddings: `output` is `token_embd`).
     Head,
     /// A matrix of its own, on ward's kernels.
     Quantized(QLinear),
+    /// Other formats (K-quants, f16, f32), through candle's block decoder row by row.
+    Packed(PackedRows),
 }
 
 /// Quantised llama-family weights, shared by every sequence (tensors are reference-counted).
@@ -186,6 +188,13 @@ impl QuantizedWeights {
             }
             TokenEmbedding::Head => self.output.own_matrix(),
             TokenEmbedding::Quantized(m) => m.own_matrix(),
+            TokenEmbedding::Packed(rows) => {
+                let mut out = Vec::new();
+                for &t in tokens {
+                    rows.row_into(usize::try_from(t).unwrap_or(usize::MAX), &mut out)?;
+                }
+                return Ok(out);
+            }
         }
         .ok_or_else(|| candle_core::Error::Msg("the embedding matrix is not ward's".into()))?;
         let mut out = Vec::with_capacity(tokens.len().saturating_mul(matrix.cols()));
@@ -225,12 +234,16 @@ impl QuantizedWeights {
         let embed = if device.is_cpu() && tied && output.own_matrix().is_some() {
             TokenEmbedding::Head
         } else {
-            match t.own_linear("token_embd.weight")? {
-                Some(m) => TokenEmbedding::Quantized(m),
-                None => TokenEmbedding::Dense(Embedding::new(
-                    t.tensor("token_embd.weight")?.dequantize(device)?,
+            let name = "token_embd.weight";
+            if let Some(m) = t.own_linear(name)? {
+                TokenEmbedding::Quantized(m)
+            } else if let Some(rows) = t.packed_rows(name)? {
+                TokenEmbedding::Packed(rows)
+            } else {
+                TokenEmbedding::Dense(Embedding::new(
+                    t.tensor(name)?.dequantize(device)?,
                     p.hidden,
-                )),
+                ))
             }
         };
         let mut layers = Vec::with_capacity(p.layers);
