@@ -73,8 +73,10 @@ impl<'m> Sequence<'m> {
         }
         let max_new = request.max_tokens.min(context - prompt.len());
         tracing::debug!(prompt_tokens = prompt.len(), max_new, "prefill");
+        let mut session = model.new_session()?;
+        session.reserve(prompt.len() + max_new);
         Ok(Self {
-            session: model.new_session()?,
+            session,
             sampler: Sampler::new(request.sampling.clone()),
             decoder: IncrementalDecoder::new(model.tokenizer()),
             stops: StopMatcher::new(request.stop.clone()),

@@ -305,6 +305,19 @@ impl Session {
         &self.model
     }
 
+    /// Makes room for a sequence of `tokens` tokens in all (prompt and completion, capped at
+    /// the context length) before it runs, so that its KV cache is sized by the request and
+    /// never copied to grow. A hint: models whose caches cannot take it ignore it.
+    pub fn reserve(&mut self, tokens: usize) {
+        let inner = &self.model.inner;
+        let tokens = tokens.min(inner.info.context_length);
+        if let (SessionState::Quantized(cache), Weights::Quantized(w)) =
+            (&mut self.state, &inner.weights)
+        {
+            w.reserve(cache, tokens);
+        }
+    }
+
     /// Runs `tokens` at positions `pos..pos + tokens.len()` and returns the logits of the last one.
     /// `pos == 0` starts a new sequence.
     pub fn forward(&mut self, tokens: &[u32], pos: usize) -> Result<Vec<f32>, InferenceError> {

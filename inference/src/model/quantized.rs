@@ -310,6 +310,21 @@ impl QuantizedWeights {
         })
     }
 
+    /// Makes room in `cache` for a sequence of `tokens` tokens in all, so that it never grows
+    /// (copying every layer's keys and values) while it runs. Only the fused CPU path's caches
+    /// take the hint.
+    pub(crate) fn reserve(&self, cache: &mut KvCache, tokens: usize) {
+        if !self.fused_decode {
+            return;
+        }
+        while cache.raw.len() < self.layers.len() {
+            cache.raw.push(RawKv::default());
+        }
+        for raw in &mut cache.raw {
+            raw.reserve_exact(self.kv_heads, self.head_dim, tokens);
+        }
+    }
+
     /// Logits `(1, vocab)` of the last of `x`'s tokens (`(1, seq_len)`), at positions `pos..`
     /// of the sequence whose state is `cache` (`pos == 0` starts it afresh).
     pub(crate) fn forward(

@@ -40,8 +40,19 @@ impl RawKv {
         self.len
     }
 
-    /// Makes room for `need` tokens of `heads x dim` (keeping those held).
+    /// Makes room for `need` tokens of `heads x dim` (keeping those held), in blocks of
+    /// [`CACHE_BLOCK`] tokens.
     fn reserve(&mut self, heads: usize, dim: usize, need: usize) {
+        if (heads, dim) == (self.heads, self.dim) && need <= self.cap {
+            return;
+        }
+        self.reserve_exact(heads, dim, need.div_ceil(CACHE_BLOCK) * CACHE_BLOCK);
+    }
+
+    /// Makes room for exactly `cap` tokens, if it holds less: a sequence whose length is known
+    /// up front reserves it once, and never copies its cache to grow it. The buffers are zeroed
+    /// allocations, so pages no token has reached are not resident.
+    pub(super) fn reserve_exact(&mut self, heads: usize, dim: usize, cap: usize) {
         if (heads, dim) != (self.heads, self.dim) {
             *self = RawKv {
                 heads,
@@ -49,10 +60,9 @@ impl RawKv {
                 ..RawKv::default()
             };
         }
-        if need <= self.cap {
+        if cap <= self.cap {
             return;
         }
-        let cap = need.div_ceil(CACHE_BLOCK) * CACHE_BLOCK;
         let (old_cap, len) = (self.cap, self.len);
         // Both are rows of `old_cap` (keys: heads x dim rows of tokens) or of `old_cap * dim`
         // (values: heads rows of tokens x dim), of which the first `len` tokens are held.
@@ -327,5 +337,37 @@ impl QuantizedWeights {
             f32ops::attend(q, keys, cache.cap, values, scale, &mut scores, &mut out);
         };
         Pool::global().run(outs.len(), &job);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::RawKv;
+
+    /// A cache reserved for a sequence's length never grows while the sequence fills it (its
+    /// buffers are the ones first allocated), and holds what a cache grown block by block does.
+    #[test]
+    fn a_reserved_cache_is_not_grown() {
+        let (heads, dim, tokens) = (2, 4, 300);
+        let mut reserved = RawKv::default();
+        reserved.reserve_exact(heads, dim, tokens);
+        let buffers = (reserved.k.as_ptr(), reserved.v.as_ptr());
+        let mut grown = RawKv::default();
+        grown.reserve(heads, dim, 0);
+        for t in 0..tokens {
+            let k: Vec<f32> = (0..heads * dim).map(|i| (t * 10 + i) as f32).collect();
+            let v: Vec<f32> = k.iter().map(|x| -x).collect();
+            reserved.append(1, &k, &v);
+            grown.append(1, &k, &v);
+        }
+        assert_eq!((reserved.cap, grown.cap), (tokens, 512));
+        assert_eq!((reserved.k.as_ptr(), reserved.v.as_ptr()), buffers);
+        let dense = |c: &RawKv| {
+            let (k, v) = c.tensors(&candle_core::Device::Cpu).unwrap();
+            let flat = |t: candle_core::Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            (flat(k), flat(v))
+        };
+        assert_eq!(dense(&reserved), dense(&grown));
     }
 }

@@ -52,6 +52,10 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// `Model::from_gguf_buffer`: the memory baseline of the shared buffer.
 static COPY_WEIGHTS: AtomicBool = AtomicBool::new(false);
 
+/// `--no-reserve`: each sequence's KV cache grows by 256 tokens as it fills, as before
+/// `Session::reserve` (the engine reserves prompt plus completion up front).
+static NO_RESERVE: AtomicBool = AtomicBool::new(false);
+
 struct Args {
     models: Vec<PathBuf>,
     prompt_tokens: usize,
@@ -115,6 +119,7 @@ fn parse_args() -> Result<Args, BoxError> {
             "--device" => args.device = value(&a)?.parse()?,
             "--baseline-model" => args.baseline_model = Some(PathBuf::from(value(&a)?)),
             "--copy-weights" => COPY_WEIGHTS.store(true, Ordering::Relaxed),
+            "--no-reserve" => NO_RESERVE.store(true, Ordering::Relaxed),
             other if !other.starts_with("--") => args.models.push(PathBuf::from(other)),
             other => return Err(format!("unknown argument {other}").into()),
         }
@@ -196,6 +201,10 @@ pub(crate) fn run_once(
     gen_tokens: usize,
 ) -> Result<Figures, BoxError> {
     let mut session = model.new_session()?;
+    // As the engine does: the KV cache sized by the request once (`--no-reserve`: grown).
+    if !NO_RESERVE.load(Ordering::Relaxed) {
+        session.reserve(prompt.len() + gen_tokens);
+    }
     let t = Instant::now();
     let mut logits = session.forward(prompt, 0)?;
     let prefill = t.elapsed().as_secs_f64();
