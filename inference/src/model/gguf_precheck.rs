@@ -78,12 +78,7 @@ impl Reader<'_> {
 
 /// True when the metadata sets `general.alignment` to zero.
 pub(super) fn has_zero_alignment(bytes: &[u8]) -> bool {
-    let mut r = Reader {
-        bytes,
-        pos: 0,
-        wide: true,
-    };
-    match parsed_zero_alignment(&mut r) {
+    match parsed_zero_alignment(bytes) {
         Some(zero) => zero,
         None => scanned_zero_alignment(bytes),
     }
@@ -95,7 +90,12 @@ const ALIGNMENT_KEY: &[u8] = b"general.alignment";
 /// Reads the header and metadata as candle does: `Some(true)` when a key-value sets the
 /// alignment to zero, `Some(false)` when none does, `None` when the metadata cannot be read to
 /// its end here.
-fn parsed_zero_alignment(r: &mut Reader<'_>) -> Option<bool> {
+fn parsed_zero_alignment(bytes: &[u8]) -> Option<bool> {
+    let r = &mut Reader {
+        bytes,
+        pos: 0,
+        wide: true,
+    };
     // candle reads the magic as a little-endian u32 and accepts both byte orders of "GGUF".
     let magic = r.take(4)?;
     if magic != b"GGUF" && magic != b"FUGG" {
@@ -149,16 +149,7 @@ fn scanned_zero_alignment(bytes: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::{Reader, has_zero_alignment, parsed_zero_alignment};
-
-    /// What the structural pass alone makes of `bytes` (no fallback scan).
-    fn parsed(bytes: &[u8]) -> Option<bool> {
-        parsed_zero_alignment(&mut Reader {
-            bytes,
-            pos: 0,
-            wide: true,
-        })
-    }
+    use super::{has_zero_alignment, parsed_zero_alignment as parsed};
 
     /// GGUF v3 with no tensors and the given key-values (key bytes, type, value bytes).
     fn gguf(kvs: &[(&[u8], u32, Vec<u8>)]) -> Vec<u8> {

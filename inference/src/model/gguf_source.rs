@@ -37,11 +37,11 @@ impl<'a> GgufBytes<'a> {
     /// Bytes `range` of the file: a slice of a shared buffer, a copy of a borrowed one; `None`
     /// when the file is shorter.
     fn slice(&self, range: Range<usize>) -> Option<Bytes> {
-        self.all().get(range.clone())?;
-        Some(match self {
-            GgufBytes::Borrowed(b) => Bytes::copy_from_slice(b.get(range)?),
-            GgufBytes::Shared(b) => b.slice(range),
-        })
+        match self {
+            GgufBytes::Borrowed(b) => b.get(range).map(Bytes::copy_from_slice),
+            // `Bytes::slice` panics out of range: checked first.
+            GgufBytes::Shared(b) => b.get(range.clone()).map(|_| b.slice(range)),
+        }
     }
 }
 
@@ -142,7 +142,7 @@ impl<'a> TensorReader<'a> {
     /// Tensor `name` (`rows x cols`) as [`PackedRows`] over the file's bytes (sliced or copied),
     /// on the CPU; `None` on other devices and with `WARD_CPU_KERNELS=candle` (candle's dense
     /// table then, as before).
-    pub(super) fn packed_rows(&mut self, name: &str) -> candle_core::Result<Option<PackedRows>> {
+    pub(super) fn packed_rows(&self, name: &str) -> candle_core::Result<Option<PackedRows>> {
         let info = self.info(name)?;
         let (dtype, dims) = (info.ggml_dtype, info.shape.dims().to_vec());
         let (&[rows, cols], true, Kernels::Own) =
@@ -200,7 +200,7 @@ impl<'a> TensorReader<'a> {
 
     /// Weight tensor `name` on ward's kernels, its bytes taken from the file (sliced or
     /// copied, never through candle); `None` where ward's kernels do not run it.
-    pub(super) fn own_linear(&mut self, name: &str) -> candle_core::Result<Option<QLinear>> {
+    pub(super) fn own_linear(&self, name: &str) -> candle_core::Result<Option<QLinear>> {
         let info = self.info(name)?;
         let Some((format, rows, cols)) = QLinear::own_layout_of(
             self.kernels,
@@ -269,7 +269,7 @@ mod tests {
         let ct = Content::read(&mut Cursor::new(&file)).unwrap();
         let shared = Bytes::from(file.clone());
         let name = "blk.0.attn_q.weight";
-        let mut from_shared = TensorReader::new(&ct, GgufBytes::Shared(&shared), Device::Cpu);
+        let from_shared = TensorReader::new(&ct, GgufBytes::Shared(&shared), Device::Cpu);
         let mut from_borrowed = TensorReader::new(&ct, GgufBytes::Borrowed(&file), Device::Cpu);
         let a = from_shared.own_linear(name).unwrap().unwrap();
         let b = from_borrowed.own_linear(name).unwrap().unwrap();
@@ -321,7 +321,7 @@ mod tests {
         let short = &file[..usize::try_from(end).unwrap() - 1];
         let shared = Bytes::copy_from_slice(short);
         for bytes in [GgufBytes::Borrowed(short), GgufBytes::Shared(&shared)] {
-            let mut reader = TensorReader::new(&ct, bytes, Device::Cpu);
+            let reader = TensorReader::new(&ct, bytes, Device::Cpu);
             let err = reader.own_linear(last).unwrap_err().to_string();
             assert!(
                 err.contains(last.as_str()) && err.contains("the file has"),
@@ -355,7 +355,7 @@ mod tests {
                 .unwrap();
             let file = Bytes::from(file.into_inner());
             let ct = Content::read(&mut Cursor::new(&file[..])).unwrap();
-            let mut reader = TensorReader::new(&ct, GgufBytes::Shared(&file), Device::Cpu);
+            let reader = TensorReader::new(&ct, GgufBytes::Shared(&file), Device::Cpu);
             let packed = reader.packed_rows("token_embd.weight").unwrap().unwrap();
             let want: Vec<Vec<f32>> = q.dequantize(&Device::Cpu).unwrap().to_vec2().unwrap();
             for (r, want) in want.iter().enumerate() {
@@ -389,7 +389,7 @@ mod tests {
         .unwrap();
         let file = Bytes::from(file.into_inner());
         let ct = Content::read(&mut Cursor::new(&file[..])).unwrap();
-        let mut reader = TensorReader::new(&ct, GgufBytes::Shared(&file), Device::Cpu);
+        let reader = TensorReader::new(&ct, GgufBytes::Shared(&file), Device::Cpu);
         let m = reader.own_linear("small.weight").unwrap().unwrap();
         assert!(!inside(&m, &file));
         assert!(reader.own_linear("big.weight").unwrap().is_none());

@@ -121,8 +121,9 @@ pub(crate) struct QuantizedWeights {
 /// context` floats) are what bound prefill memory at long prompts. Chosen by `bench-infer` at a
 /// 1,024-token prompt (SmolLM2, 2 threads, alternating runs beside llama.cpp): in one pass,
 /// peak RSS 293 MB and prefill 0.81-0.88x llama.cpp's; passes of 512, 256 and 128 tokens gave
-/// 236, 201 and 184 MB, all at 1.04-1.16x (smaller passes read the weights more often, but the
-/// tiled matmul is as fast at 128 rows, and attention over fewer queries is cheaper per token).
+/// 236, 201 and 184 MB, all at 1.04-1.16x (smaller passes read the weights more often; that
+/// they cost no speed here was measured, why was not: attention over fewer queries at a time
+/// is the likely reason).
 const PREFILL_PASS: usize = 128;
 
 /// Tokens by which a sequence's cache grows: room is allocated in blocks of this many, and new
