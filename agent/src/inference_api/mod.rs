@@ -139,6 +139,11 @@ async fn gate(State(front): State<Arc<Front>>, mut req: Request, next: Next) -> 
     let response = if front.encrypted_only && !encrypted {
         tracing::warn!("plaintext inference request refused: this listener is encrypted-only");
         pending.refused = Some("plaintext on an encrypted-only listener");
+        // Read (and drop) the body first, up to the largest request wardd takes: answering and
+        // closing with a body still arriving makes the kernel reset the connection, and the
+        // client can lose the answer (seen as ECONNRESET in the inference_api test). Past the
+        // limit the refusal goes out anyway.
+        let _ = axum::body::to_bytes(req.into_body(), ward_e2e::MAX_REQUEST).await;
         encryption_required()
     } else {
         next.run(req).await
