@@ -107,8 +107,9 @@ fetch-model:
 # SmolLM2-135M Q4_1 in ward and in llama.cpp (llama-cpp-python in target/llama-venv, built from
 # source by scripts/llama-venv.sh) on the same GGUF, 2 threads, in alternating rounds, at 128/128
 # and after a 1024-token prompt, with peak RSS; ward's matmuls alone (bench-kernels: its pool,
-# rayon, one thread, candle); TinyLlama-1.1B's shapes with random weights as Q8_0 and Q4_K GGUFs
-# in ward and llama.cpp; then llama checkpoints with SmolLM2-135M's and TinyLlama-1.1B's
+# rayon, one thread, candle; then at TinyLlama's Q4_K_M shapes); TinyLlama-1.1B's shapes with
+# random weights as Q8_0 (candle's quantiser) and Q4_K_M (llama.cpp's own, from an f16 GGUF) in
+# ward and llama.cpp; then llama checkpoints with SmolLM2-135M's and TinyLlama-1.1B's
 # shapes and random weights (f32 safetensors, 0.5 + 4.4 GB, generated once under
 # ~/.cache/ward/bench) in ward and in PyTorch transformers. torch comes from $WARD_BENCH_PYTHON
 # (default python3; SKIP without it).
@@ -122,10 +123,14 @@ bench-infer: fetch-model
       RAYON_NUM_THREADS=2 $bin/bench-infer "$cache/models/SmolLM2-135M-Instruct.Q4_1.gguf" --runs 5; \
       RAYON_NUM_THREADS=2 $bin/bench-infer "$cache/models/SmolLM2-135M-Instruct.Q4_1.gguf" --prompt-tokens 1024 --runs 3; \
       RAYON_NUM_THREADS=2 $bin/bench-kernels; \
-      $bin/gen-bench-model tinyllama-1.1b "$cache/bench/tinyllama-1.1b-random-f32" --gguf q8_0; \
-      $bin/gen-bench-model tinyllama-1.1b "$cache/bench/tinyllama-1.1b-random-f32" --gguf q4_k; \
-      RAYON_NUM_THREADS=2 $bin/bench-infer "$cache/bench/tinyllama-1.1b-random-f32/model.q8_0.gguf" --runs 2; \
-      RAYON_NUM_THREADS=2 $bin/bench-infer "$cache/bench/tinyllama-1.1b-random-f32/model.q4_k.gguf" --runs 2; \
+      RAYON_NUM_THREADS=2 $bin/bench-kernels --shapes tinyllama-q4_k_m; \
+      tiny="$cache/bench/tinyllama-1.1b-random-f32"; \
+      $bin/gen-bench-model tinyllama-1.1b "$tiny" --gguf q8_0; \
+      $bin/gen-bench-model tinyllama-1.1b "$tiny" --gguf f16; \
+      test -e "$tiny/model.q4_k_m.gguf" || target/llama-venv/bin/python inference/bench/llama_quantize.py "$tiny/model.f16.gguf" "$tiny/model.q4_k_m.gguf" q4_k_m; \
+      RAYON_NUM_THREADS=2 $bin/bench-infer "$tiny/model.q8_0.gguf" --runs 2; \
+      RAYON_NUM_THREADS=2 $bin/bench-infer "$tiny/model.q4_k_m.gguf" --runs 2; \
+      RAYON_NUM_THREADS=2 $bin/bench-infer "$tiny/model.q4_k_m.gguf" --prompt-tokens 1024 --runs 2; \
       $bin/bench-infer "$cache/bench/smollm2-135m-random-f32"; \
       $bin/bench-infer "$cache/bench/tinyllama-1.1b-random-f32" --prompt-tokens 64 --gen-tokens 32
 

@@ -5,8 +5,11 @@
 //! Never reads past a slice: the scalar code indexes checked slices, and the lengths the SIMD
 //! kernels rely on are established by [`crate::QMatrix::new`].
 
-/// Weights (and activations) per block in every format here.
+/// Activations per quantised block ([`Q8Block`]), and weights per block of Q4_0, Q4_1 and Q8_0.
 pub const QK: usize = 32;
+/// Weights per super-block of the K-quants (Q4_K, Q5_K, Q6_K): [`QK_K`] / [`QK`] activation
+/// blocks each.
+pub const QK_K: usize = 256;
 
 /// A ggml weight block format ward has its own kernels for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -18,6 +21,18 @@ pub enum Format {
     Q4_1,
     /// `{ d: f16, qs: [i8; 32] }`: `w = q * d`.
     Q8_0,
+    /// `{ d: f16, dmin: f16, scales: [u8; 12], qs: [u8; 128] }` over 256 weights: eight
+    /// sub-blocks `j` of 32, each with a 6-bit scale `sc` and min `m` packed in `scales`
+    /// ([`crate::kquants::scale_min`]), `w = d sc q - dmin m`; `q` is the low nibble of
+    /// `qs[32 (j / 2) + l]` for even `j`, the high one for odd.
+    Q4K,
+    /// Q4_K with a fifth bit: `{ d, dmin, scales: [u8; 12], qh: [u8; 32], qs: [u8; 128] }`,
+    /// `q = nibble + 16 * bit j of qh[l]`.
+    Q5K,
+    /// `{ ql: [u8; 128], qh: [u8; 64], scales: [i8; 16], d: f16 }` over 256 weights:
+    /// `w = d sc (q - 32)` with a signed 8-bit scale per 16 weights and 6-bit `q` (four bits
+    /// from `ql`, two from `qh`; layout in [`crate::kquants::q6_k_at`]).
+    Q6K,
 }
 
 impl Format {
@@ -27,7 +42,26 @@ impl Format {
             Format::Q4_0 => 18,
             Format::Q4_1 => 20,
             Format::Q8_0 => 34,
+            Format::Q4K => 144,
+            Format::Q5K => 176,
+            Format::Q6K => 210,
         }
+    }
+
+    /// Weights per block: [`QK`], or [`QK_K`] for the K-quants.
+    pub const fn block_weights(self) -> usize {
+        match self {
+            Format::Q4_0 | Format::Q4_1 | Format::Q8_0 => QK,
+            Format::Q4K | Format::Q5K | Format::Q6K => QK_K,
+        }
+    }
+
+    /// Bytes of a row of `cols` weights, if `cols` is whole blocks and the size fits.
+    pub const fn row_bytes(self, cols: usize) -> Option<usize> {
+        if cols % self.block_weights() != 0 {
+            return None;
+        }
+        (cols / self.block_weights()).checked_mul(self.block_bytes())
     }
 
     /// ggml's type id (`GGML_TYPE_*`) of this format.
@@ -36,6 +70,9 @@ impl Format {
             Format::Q4_0 => 2,
             Format::Q4_1 => 3,
             Format::Q8_0 => 8,
+            Format::Q4K => 12,
+            Format::Q5K => 13,
+            Format::Q6K => 14,
         }
     }
 
@@ -45,6 +82,9 @@ impl Format {
             2 => Some(Format::Q4_0),
             3 => Some(Format::Q4_1),
             8 => Some(Format::Q8_0),
+            12 => Some(Format::Q4K),
+            13 => Some(Format::Q5K),
+            14 => Some(Format::Q6K),
             _ => None,
         }
     }
@@ -68,6 +108,74 @@ impl Q8Block {
         s: 0.0,
         qs: [0; QK],
     };
+}
+
+/// Quantised activations in the blocks one family of weight formats takes: [`Q8Block`] (32
+/// values) for Q4_0, Q4_1 and Q8_0, [`crate::kquants::Q8KBlock`] (256) for the K-quants.
+pub trait ActBlock: Copy + Send + Sync + 'static {
+    /// Activations per block.
+    const VALUES: usize;
+    /// A block of zeros.
+    const ZEROS: Self;
+    /// Whether weights in `fmt` take these blocks.
+    fn takes(fmt: Format) -> bool;
+    /// Quantises `x` (whole blocks) into `out`.
+    fn quantize(x: &[f32], out: &mut [Self]);
+    /// The scalar reference: a row of `fmt` (a format that takes these) dotted with `a`.
+    fn dot_scalar(fmt: Format, row: &[u8], a: &[Self]) -> f32;
+    /// The SIMD kernel for a tile, where this CPU and `fmt` have one (see `x86::tile`); false
+    /// if nothing was computed.
+    fn tile_simd<const R: usize>(
+        fmt: Format,
+        w: &[u8],
+        nb: usize,
+        a: [&[Self]; R],
+        out: &mut [[f32; R]],
+    ) -> bool;
+    /// The SIMD product of `rows` weight rows (`w`, in `fmt`) with `m` activation rows at
+    /// once, into `res` (`m x rows`), where this CPU and `fmt` have one: false if nothing was
+    /// computed (then the tiles do it).
+    fn gemm_simd(
+        fmt: Format,
+        w: &[u8],
+        rows: usize,
+        nb: usize,
+        acts: &[Self],
+        m: usize,
+        res: &mut [f32],
+    ) -> bool {
+        let _ = (fmt, w, rows, nb, acts, m, res);
+        false
+    }
+}
+
+impl ActBlock for Q8Block {
+    const VALUES: usize = QK;
+    const ZEROS: Self = Q8Block::ZERO;
+    fn takes(fmt: Format) -> bool {
+        fmt.block_weights() == QK
+    }
+    fn quantize(x: &[f32], out: &mut [Self]) {
+        quantize_row(x, out)
+    }
+    fn dot_scalar(fmt: Format, row: &[u8], a: &[Self]) -> f32 {
+        dot_scalar_q8(fmt, row, a)
+    }
+    fn tile_simd<const R: usize>(
+        fmt: Format,
+        w: &[u8],
+        nb: usize,
+        a: [&[Self]; R],
+        out: &mut [[f32; R]],
+    ) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        return crate::x86::tile(fmt, w, nb, a, out);
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = (fmt, w, nb, a, out);
+            false
+        }
+    }
 }
 
 /// IEEE half to single precision (every f16 value, subnormals, infinities and NaN included).
@@ -194,7 +302,12 @@ fn nibble(qs: &[u8], i: usize) -> i32 {
 /// The scalar reference: the dot product of one row of weights (`row`, whole blocks of `fmt`)
 /// with quantised activations `a` (one block per weight block), in ggml's arithmetic: an exact
 /// integer dot per block, scaled by the two block scales, summed in f32.
-pub fn dot_scalar(fmt: Format, row: &[u8], a: &[Q8Block]) -> f32 {
+pub fn dot_scalar<A: ActBlock>(fmt: Format, row: &[u8], a: &[A]) -> f32 {
+    A::dot_scalar(fmt, row, a)
+}
+
+/// [`dot_scalar`] for the formats of [`QK`] weights.
+fn dot_scalar_q8(fmt: Format, row: &[u8], a: &[Q8Block]) -> f32 {
     let mut sum = 0f32;
     for (w, a) in row.chunks_exact(fmt.block_bytes()).zip(a) {
         let dw = f16_at(w, 0);
@@ -212,6 +325,8 @@ pub fn dot_scalar(fmt: Format, row: &[u8], a: &[Q8Block]) -> f32 {
                 let dot: i32 = (0..QK).map(|i| nibble(qs, i) * i32::from(a.qs[i])).sum();
                 sum += dw * a.d * dot as f32 + m * a.s;
             }
+            // Never: a matrix in these formats takes `Q8KBlock`s (`ActBlock::takes`).
+            Format::Q4K | Format::Q5K | Format::Q6K => {}
             Format::Q8_0 => {
                 let qs = w.get(2..).unwrap_or_default();
                 let dot: i32 = qs
@@ -228,7 +343,11 @@ pub fn dot_scalar(fmt: Format, row: &[u8], a: &[Q8Block]) -> f32 {
 
 /// One row of weights dequantised to f32 (the tests' route through full precision).
 pub fn dequantize_row(fmt: Format, row: &[u8]) -> Vec<f32> {
-    let mut out = Vec::with_capacity(row.len() / fmt.block_bytes() * QK);
+    let mut out = Vec::with_capacity(row.len() / fmt.block_bytes() * fmt.block_weights());
+    if fmt.block_weights() == QK_K {
+        crate::kquants::dequantize_row_into(fmt, row, &mut out);
+        return out;
+    }
     for w in row.chunks_exact(fmt.block_bytes()) {
         let d = f16_at(w, 0);
         match fmt {
@@ -243,6 +362,7 @@ pub fn dequantize_row(fmt: Format, row: &[u8]) -> Vec<f32> {
             Format::Q8_0 => {
                 out.extend(w.iter().skip(2).map(|&q| f32::from(q as i8) * d));
             }
+            Format::Q4K | Format::Q5K | Format::Q6K => {}
         }
     }
     out

@@ -2,7 +2,8 @@
 //! candle's are the bottleneck (candle 0.11 has no SIMD kernel for Q4_1 at all).
 //!
 //! What it owns:
-//! - [`QMatrix`]: a weight matrix in Q4_0, Q4_1 or Q8_0 blocks (the GGUF bytes as they are) and
+//! - [`QMatrix`]: a weight matrix in Q4_0, Q4_1, Q8_0, Q4_K, Q5_K or Q6_K blocks (the GGUF bytes
+//!   as they are; its parts may differ in format) and
 //!   its product with f32 activations, which are quantised once per matmul input to 8-bit
 //!   blocks ([`blocks::Q8Block`]); one vector dot per output for a single row (decode), a tiled
 //!   product for many (prefill: each weight block is unpacked once for 4 activation rows);
@@ -16,13 +17,15 @@
 
 pub mod blocks;
 pub mod f32ops;
+pub mod kquants;
 mod matmul;
 mod pool;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
-pub use blocks::{Format, Q8Block, QK};
-pub use matmul::QMatrix;
+pub use blocks::{Format, Q8Block, QK, QK_K};
+pub use kquants::Q8KBlock;
+pub use matmul::{QMatrix, QuantizedInput};
 pub use pool::{Pool, Runner};
 
 /// Which implementation of the dot products runs.
@@ -71,9 +74,9 @@ pub(crate) mod kernel {
 /// What a matmul was given that it cannot work with.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum KernelError {
-    /// A row of `cols` weights is not a whole number of 32-weight blocks.
-    #[error("rows of {cols} weights are not whole blocks of {QK}")]
-    PartialBlock { cols: usize },
+    /// A row of `cols` weights is not a whole number of the format's blocks.
+    #[error("rows of {cols} weights are not whole blocks of {block}")]
+    PartialBlock { cols: usize, block: usize },
     /// The weight bytes do not hold `rows x cols` weights of the format.
     #[error("{format:?} weights of {rows} x {cols}: {expected} bytes expected, {got} given")]
     WeightBytes {
@@ -94,8 +97,8 @@ pub enum KernelError {
         expected: usize,
         got: usize,
     },
-    /// Matrices joined by [`QMatrix::concat`] differ in format or width (or there are none).
-    #[error("only matrices of one format and width are joined")]
+    /// Matrices joined by [`QMatrix::concat`] differ in width (or there are none).
+    #[error("only matrices of one width are joined")]
     Concat,
     /// The kernel asked for does not run on this CPU.
     #[error("the {0:?} kernel does not run on this CPU")]

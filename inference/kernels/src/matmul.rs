@@ -3,7 +3,8 @@
 
 use bytes::Bytes;
 
-use crate::blocks::{Format, Q8Block, QK, dot_scalar, quantize_row};
+use crate::blocks::{ActBlock, Format, Q8Block, QK, QK_K};
+use crate::kquants::Q8KBlock;
 use crate::{Kernel, KernelError, Pool, Runner};
 
 /// Activation rows a prefill tile takes at once: each weight block is unpacked once for all.
@@ -11,38 +12,61 @@ const TILE: usize = 4;
 /// Weight rows walked together under one activation tile (at most 16 rows x 48 blocks x 20
 /// bytes = 15 KiB: they stay in L1 while every tile of activations passes over them).
 const ROW_BLOCK: usize = 16;
+/// Activation rows from which a format with a packed-panel GEMM (the K-quants) uses it instead
+/// of the 4-row tiles: the panel's unpacking is paid once for all of them.
+const GEMM_ROWS: usize = 8;
 /// Activation rows from which quantising them is split across the pool too.
 const PARALLEL_QUANTISE: usize = 16;
 
-/// `rows` x `cols` weights in ggml blocks of one [`Format`], row-major as GGUF stores them
-/// (the `out_features x in_features` of a linear layer). The bytes are shared, not owned: a
+/// An input quantised for the matrices that take it ([`QMatrix::quantize_input`]): kept by its
+/// caller so that its buffers are reused from one product to the next.
+#[derive(Debug, Clone, Default)]
+pub struct QuantizedInput {
+    m: usize,
+    cols: usize,
+    k_quants: bool,
+    blocks: Vec<Q8Block>,
+    supers: Vec<Q8KBlock>,
+}
+
+/// `rows` x `cols` weights in ggml blocks, row-major as GGUF stores them (the
+/// `out_features x in_features` of a linear layer). The bytes are shared, not owned: a
 /// [`Bytes`] can be a slice of the model file's buffer (no copy of the weights), and a matrix
-/// joined by [`QMatrix::concat`] keeps its parts' slices one under the other as segments.
+/// joined by [`QMatrix::concat`] keeps its parts' slices one under the other as segments, each
+/// in its own [`Format`] (Q4_K_M stores some layers' v projection in Q6_K beside q and k in
+/// Q4_K). The formats of one matrix take the same activations: all of [`QK`] weights
+/// ([`Q8Block`]s) or all K-quants ([`Q8KBlock`]s), so its input is quantised once.
 #[derive(Clone)]
 pub struct QMatrix {
-    format: Format,
     rows: usize,
     cols: usize,
-    /// Blocks per row.
+    /// Whether the formats are K-quants (activations in [`Q8KBlock`]s, else [`Q8Block`]s).
+    k_quants: bool,
+    /// Activation blocks per row of input ([`QK`] or [`QK_K`] values each).
     nb: usize,
-    row_bytes: usize,
     /// Whole rows, in order; each segment's first row is the sum of the earlier ones' rows.
     segments: Vec<Segment>,
 }
 
-/// Consecutive rows of a [`QMatrix`] in one buffer.
+/// Consecutive rows of a [`QMatrix`] in one buffer and one format.
 #[derive(Clone)]
 struct Segment {
     /// The matrix row this segment starts at.
     first: usize,
     rows: usize,
+    format: Format,
+    /// Bytes of one of its rows.
+    row_bytes: usize,
     data: Bytes,
 }
 
 impl std::fmt::Debug for QMatrix {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("QMatrix")
-            .field("format", &self.format)
+            .field(
+                "formats",
+                &self.segments.iter().map(|s| s.format).collect::<Vec<_>>(),
+            )
             .field("rows", &self.rows)
             .field("cols", &self.cols)
             .finish()
@@ -60,11 +84,11 @@ unsafe impl Send for Out {}
 
 /// Same, for the quantised activations (rows partitioned between threads).
 #[derive(Clone, Copy)]
-struct Acts(*mut Q8Block);
+struct Acts<A>(*mut A);
 // SAFETY: as for `Out`: disjoint rows per thread, joined by `Pool::run`.
-unsafe impl Sync for Acts {}
+unsafe impl<A> Sync for Acts<A> {}
 // SAFETY: as above.
-unsafe impl Send for Acts {}
+unsafe impl<A> Send for Acts<A> {}
 
 impl Out {
     /// The element at `i` (a method, so that closures capture the `Sync` wrapper, not the field).
@@ -77,12 +101,12 @@ impl Out {
     }
 }
 
-impl Acts {
+impl<A> Acts<A> {
     /// As [`Out::at`].
     ///
     /// # Safety
     /// `i` is inside the activations.
-    unsafe fn at(self, i: usize) -> *mut Q8Block {
+    unsafe fn at(self, i: usize) -> *mut A {
         // SAFETY: the caller keeps `i` inside the activations.
         unsafe { self.0.add(i) }
     }
@@ -127,12 +151,16 @@ impl QMatrix {
         data: impl Into<Bytes>,
     ) -> Result<Self, KernelError> {
         let data = data.into();
-        if cols % QK != 0 {
-            return Err(KernelError::PartialBlock { cols });
+        if cols % format.block_weights() != 0 {
+            return Err(KernelError::PartialBlock {
+                cols,
+                block: format.block_weights(),
+            });
         }
-        let nb = cols / QK;
-        let row_bytes = nb
-            .checked_mul(format.block_bytes())
+        let k_quants = format.block_weights() == QK_K;
+        let nb = cols / if k_quants { QK_K } else { QK };
+        let row_bytes = format
+            .row_bytes(cols)
             .ok_or(KernelError::TooLarge { rows, cols })?;
         let expected = row_bytes
             .checked_mul(rows)
@@ -147,21 +175,23 @@ impl QMatrix {
             });
         }
         Ok(QMatrix {
-            format,
             rows,
             cols,
+            k_quants,
             nb,
-            row_bytes,
             segments: vec![Segment {
                 first: 0,
                 rows,
+                format,
+                row_bytes,
                 data,
             }],
         })
     }
 
-    pub fn format(&self) -> Format {
-        self.format
+    /// The formats of the weights, one per segment (see [`QMatrix::segments`]).
+    pub fn formats(&self) -> impl Iterator<Item = Format> {
+        self.segments.iter().map(|s| s.format)
     }
 
     /// Output features (weight rows).
@@ -176,8 +206,8 @@ impl QMatrix {
 
     /// The size of the weights in bytes.
     pub fn byte_len(&self) -> usize {
-        // rows * row_bytes was checked in `new` (and `concat` sums such products).
-        self.rows * self.row_bytes
+        // Each segment's bytes are a buffer in memory: the sum cannot overflow.
+        self.segments.iter().map(|s| s.data.len()).sum()
     }
 
     /// The weight bytes, one slice per buffer they sit in: one for a matrix from
@@ -200,8 +230,9 @@ impl QMatrix {
         let bytes = self
             .segment(r)
             .and_then(|(s, i)| {
-                let start = i.checked_mul(self.row_bytes)?;
-                s.data.get(start..start.checked_add(self.row_bytes)?)
+                let start = i.checked_mul(s.row_bytes)?;
+                let bytes = s.data.get(start..start.checked_add(s.row_bytes)?)?;
+                Some((s.format, bytes))
             })
             .ok_or(KernelError::Operand {
                 what: "row index",
@@ -209,7 +240,7 @@ impl QMatrix {
                 expected: self.rows,
                 got: r,
             })?;
-        out.extend(crate::blocks::dequantize_row(self.format, bytes));
+        out.extend(crate::blocks::dequantize_row(bytes.0, bytes.1));
         Ok(())
     }
 
@@ -236,16 +267,35 @@ impl QMatrix {
         if m == 0 || self.rows == 0 {
             return Ok(());
         }
-        let acts = self.quantize_with(x, m, pool);
-        self.run_quantized(&acts, m, out, kernel, pool);
+        if self.k_quants {
+            let acts: Vec<Q8KBlock> = self.quantize_with(x, m, pool);
+            self.run_quantized(&acts, m, out, kernel, pool);
+        } else {
+            let acts: Vec<Q8Block> = self.quantize_with(x, m, pool);
+            self.run_quantized(&acts, m, out, kernel, pool);
+        }
         Ok(())
     }
 
-    /// `x` (`m x cols`, checked by the caller) quantised to `m` rows of 8-bit blocks.
-    fn quantize_with(&self, x: &[f32], m: usize, pool: &dyn Runner) -> Vec<Q8Block> {
+    /// `x` (`m x cols`, checked by the caller) quantised to `m` rows of `A` blocks.
+    fn quantize_with<A: ActBlock>(&self, x: &[f32], m: usize, pool: &dyn Runner) -> Vec<A> {
+        let mut acts = Vec::new();
+        self.quantize_into(x, m, pool, &mut acts);
+        acts
+    }
+
+    /// [`QMatrix::quantize_with`] into a buffer kept between calls.
+    fn quantize_into<A: ActBlock>(
+        &self,
+        x: &[f32],
+        m: usize,
+        pool: &dyn Runner,
+        acts: &mut Vec<A>,
+    ) {
         let nb = self.nb;
+        acts.clear();
         // m * nb <= x.len() / QK: cannot overflow.
-        let mut acts = vec![Q8Block::ZERO; m * nb];
+        acts.resize(m * nb, A::ZEROS);
         if m >= PARALLEL_QUANTISE {
             let ptr = Acts(acts.as_mut_ptr());
             let chunks = m.min(pool.threads() * CHUNKS_PER_THREAD);
@@ -254,46 +304,77 @@ impl QMatrix {
                     // SAFETY: row `i < m` of `acts` (m * nb blocks) is written by this chunk
                     // only: the chunks partition 0..m.
                     let row = unsafe { std::slice::from_raw_parts_mut(ptr.at(i * nb), nb) };
-                    quantize_row(&x[i * self.cols..(i + 1) * self.cols], row);
+                    A::quantize(&x[i * self.cols..(i + 1) * self.cols], row);
                 }
             });
         } else {
             for (xs, q) in x.chunks_exact(self.cols).zip(acts.chunks_exact_mut(nb)) {
-                quantize_row(xs, q);
+                A::quantize(xs, q);
             }
         }
-        acts
     }
 
-    /// `out` (`m x rows`) = activations already quantised (`m` rows of `cols / 32` blocks, as
-    /// [`quantize_row`] makes them) times the transposed weights: for several matrices that
-    /// take the same input, which is then quantised once. The fastest kernel, on
-    /// [`Pool::global`].
+    /// Quantises `x` (`m` rows of `cols`) for this matrix's formats into `input`, whose buffers
+    /// are reused: an input quantised once for several products ([`QMatrix::matmul_quantized`]).
+    pub fn quantize_input(
+        &self,
+        x: &[f32],
+        m: usize,
+        input: &mut QuantizedInput,
+    ) -> Result<(), KernelError> {
+        operand("input", m, self.cols, x.len())?;
+        let pool = Pool::global();
+        if self.k_quants {
+            self.quantize_into(x, m, pool, &mut input.supers);
+        } else {
+            self.quantize_into(x, m, pool, &mut input.blocks);
+        }
+        (input.m, input.cols, input.k_quants) = (m, self.cols, self.k_quants);
+        Ok(())
+    }
+
+    /// `out` (`m x rows`) = an input quantised by [`QMatrix::quantize_input`] (of this matrix
+    /// or of one of the same width and kind of formats) times the transposed weights. The
+    /// fastest kernel, on [`Pool::global`].
     pub fn matmul_quantized(
         &self,
-        acts: &[Q8Block],
-        m: usize,
+        input: &QuantizedInput,
         out: &mut [f32],
     ) -> Result<(), KernelError> {
-        operand("quantised input", m, self.nb, acts.len())?;
+        let m = input.m;
+        if (input.cols, input.k_quants) != (self.cols, self.k_quants) {
+            return Err(KernelError::Operand {
+                what: "quantised input",
+                m,
+                expected: self.cols,
+                got: input.cols,
+            });
+        }
         operand("output", m, self.rows, out.len())?;
         if m == 0 || self.rows == 0 {
             return Ok(());
         }
-        self.run_quantized(acts, m, out, Kernel::best(), Pool::global());
+        let (kernel, pool) = (Kernel::best(), Pool::global());
+        if self.k_quants {
+            operand("quantised input", m, self.nb, input.supers.len())?;
+            self.run_quantized(&input.supers, m, out, kernel, pool);
+        } else {
+            operand("quantised input", m, self.nb, input.blocks.len())?;
+            self.run_quantized(&input.blocks, m, out, kernel, pool);
+        }
         Ok(())
     }
 
-    /// The rows of `matrices` one under the other (same format and width): one matrix whose
-    /// product is theirs side by side, so that projections of the same input (q, k and v; gate
-    /// and up) are one job for the pool.
+    /// The rows of `matrices` one under the other (same width, formats that take the same
+    /// activations): one matrix whose product is theirs side by side, so that projections of
+    /// the same input (q, k and v; gate and up) are one job for the pool.
     pub fn concat(matrices: &[&QMatrix]) -> Result<QMatrix, KernelError> {
         let Some(first) = matrices.first() else {
             return Err(KernelError::Concat);
         };
         if matrices
             .iter()
-            .any(|m| m.format != first.format || m.cols != first.cols)
+            .any(|m| m.cols != first.cols || m.k_quants != first.k_quants)
         {
             return Err(KernelError::Concat);
         }
@@ -304,8 +385,7 @@ impl QMatrix {
             for s in &m.segments {
                 segments.push(Segment {
                     first: rows,
-                    rows: s.rows,
-                    data: s.data.clone(),
+                    ..s.clone()
                 });
                 rows = rows.checked_add(s.rows).ok_or(KernelError::TooLarge {
                     rows: usize::MAX,
@@ -313,25 +393,19 @@ impl QMatrix {
                 })?;
             }
         }
-        rows.checked_mul(first.row_bytes)
-            .ok_or(KernelError::TooLarge {
-                rows,
-                cols: first.cols,
-            })?;
         Ok(QMatrix {
-            format: first.format,
             rows,
             cols: first.cols,
+            k_quants: first.k_quants,
             nb: first.nb,
-            row_bytes: first.row_bytes,
             segments,
         })
     }
 
     /// The product, lengths checked: `acts` is `m * nb` blocks, `out` `m * rows` values.
-    fn run_quantized(
+    fn run_quantized<A: ActBlock>(
         &self,
-        acts: &[Q8Block],
+        acts: &[A],
         m: usize,
         out: &mut [f32],
         kernel: Kernel,
@@ -354,19 +428,46 @@ impl QMatrix {
     }
 
     /// Outputs of weight rows `rows` for every activation row.
-    fn rows_range(
+    fn rows_range<A: ActBlock>(
         &self,
         kernel: Kernel,
-        acts: &[Q8Block],
+        acts: &[A],
         m: usize,
         rows: std::ops::Range<usize>,
         out: Out,
     ) {
         let nb = self.nb;
         let act = |t: usize| &acts[t * nb..(t + 1) * nb];
+        let mut start = rows.start;
+        if kernel == Kernel::Avx2 && m >= GEMM_ROWS {
+            // Many activation rows: the whole range at once where the format has a GEMM, a
+            // segment's part at a time.
+            let mut res = Vec::new();
+            while start < rows.end {
+                let Some((segment, i)) = self.segment(start) else {
+                    return;
+                };
+                let end = rows.end.min(segment.first + segment.rows);
+                let n = end - start;
+                let rb = segment.row_bytes;
+                res.clear();
+                res.resize(m * n, 0f32);
+                let w = &segment.data[i * rb..(i + n) * rb];
+                if !A::gemm_simd(segment.format, w, n, nb, acts, m, &mut res) {
+                    break;
+                }
+                for (t, r) in res.chunks_exact(n).enumerate() {
+                    for (j, &v) in r.iter().enumerate() {
+                        // SAFETY: t < m and start + j < rows: inside the m x rows output;
+                        // this chunk alone owns rows `rows`.
+                        unsafe { out.at(t * self.rows + start + j).write(v) };
+                    }
+                }
+                start = end;
+            }
+        }
         let mut tile4 = [[0f32; TILE]; ROW_BLOCK];
         let mut tile1 = [[0f32; 1]; ROW_BLOCK];
-        let mut start = rows.start;
         while start < rows.end {
             // A block of rows never straddles two segments: it ends where its segment does.
             let Some((segment, i)) = self.segment(start) else {
@@ -376,11 +477,19 @@ impl QMatrix {
                 .end
                 .min(start + ROW_BLOCK)
                 .min(segment.first + segment.rows);
-            let w = &segment.data[i * self.row_bytes..(i + end - start) * self.row_bytes];
+            let rb = segment.row_bytes;
+            let w = &segment.data[i * rb..(i + end - start) * rb];
+            let fmt = segment.format;
             let mut t = 0;
             while t + TILE <= m {
                 let o = &mut tile4[..end - start];
-                self.tile(kernel, w, [act(t), act(t + 1), act(t + 2), act(t + 3)], o);
+                self.tile(
+                    kernel,
+                    fmt,
+                    w,
+                    [act(t), act(t + 1), act(t + 2), act(t + 3)],
+                    o,
+                );
                 for (j, v) in o.iter().enumerate() {
                     for (i, &v) in v.iter().enumerate() {
                         // SAFETY: (t + i) < m and start + j < rows: inside the m x rows
@@ -392,7 +501,7 @@ impl QMatrix {
             }
             while t < m {
                 let o = &mut tile1[..end - start];
-                self.tile(kernel, w, [act(t)], o);
+                self.tile(kernel, fmt, w, [act(t)], o);
                 for (j, v) in o.iter().enumerate() {
                     // SAFETY: as above.
                     unsafe { out.at(t * self.rows + start + j).write(v[0]) };
@@ -403,22 +512,22 @@ impl QMatrix {
         }
     }
 
-    /// `out[j][r]`: weight row `j` of `w` dotted with activation row `a[r]`.
-    fn tile<const R: usize>(
+    /// `out[j][r]`: weight row `j` of `w` (rows of `fmt`) dotted with activation row `a[r]`.
+    fn tile<A: ActBlock, const R: usize>(
         &self,
         kernel: Kernel,
+        fmt: Format,
         w: &[u8],
-        a: [&[Q8Block]; R],
+        a: [&[A]; R],
         out: &mut [[f32; R]],
     ) {
-        #[cfg(target_arch = "x86_64")]
-        if kernel == Kernel::Avx2 && crate::x86::tile(self.format, w, self.nb, a, out) {
+        if kernel == Kernel::Avx2 && A::tile_simd(fmt, w, self.nb, a, out) {
             return;
         }
-        let _ = kernel;
-        for (row, o) in w.chunks_exact(self.row_bytes).zip(out.iter_mut()) {
+        let row_bytes = w.len() / out.len().max(1);
+        for (row, o) in w.chunks_exact(row_bytes.max(1)).zip(out.iter_mut()) {
             for (o, a) in o.iter_mut().zip(a) {
-                *o = dot_scalar(self.format, row, a);
+                *o = A::dot_scalar(fmt, row, a);
             }
         }
     }

@@ -2,10 +2,50 @@
 //! random blocks and on edge values (all-negative weights and activations, the largest f16
 //! scales, zero blocks), at shapes that are not multiples of the tiles.
 
-use crate::blocks::{Format, Q8Block, QK, dequantize_row, dot_scalar, quantize_row};
-use crate::{Kernel, KernelError, Pool, QMatrix};
+use crate::blocks::{ActBlock, Format, Q8Block, QK, QK_K, dequantize_row, dot_scalar};
+use crate::kquants::Q8KBlock;
+use crate::{Kernel, KernelError, Pool, QMatrix, QuantizedInput};
 
-const FORMATS: [Format; 3] = [Format::Q4_0, Format::Q4_1, Format::Q8_0];
+/// The activation blocks of either family, with the step their quantisation rounds to.
+trait TestAct: ActBlock {
+    fn step(&self) -> f32;
+}
+
+impl TestAct for Q8Block {
+    fn step(&self) -> f32 {
+        self.d
+    }
+}
+
+impl TestAct for Q8KBlock {
+    fn step(&self) -> f32 {
+        self.d.abs()
+    }
+}
+
+const FORMATS: [Format; 6] = [
+    Format::Q4_0,
+    Format::Q4_1,
+    Format::Q8_0,
+    Format::Q4K,
+    Format::Q5K,
+    Format::Q6K,
+];
+
+/// A shape's width for `fmt`: `cols` 32-weight blocks become as many 256-weight super-blocks
+/// for the K-quants (so that odd block counts stay odd).
+fn width(fmt: Format, cols: usize) -> usize {
+    cols / QK * fmt.block_weights()
+}
+
+/// Where a block's f16 scales sit: `d` (and Q4_1's `m`, the K-quants' `dmin` after it).
+fn scale_offsets(fmt: Format) -> &'static [usize] {
+    match fmt {
+        Format::Q4_0 | Format::Q8_0 => &[0],
+        Format::Q4_1 | Format::Q4K | Format::Q5K => &[0, 2],
+        Format::Q6K => &[208],
+    }
+}
 
 /// xorshift64*: reproducible without a dependency.
 struct Rng(u64);
@@ -43,10 +83,15 @@ enum Fill {
 }
 
 fn weights(rng: &mut Rng, fmt: Format, rows: usize, cols: usize, fill: Fill) -> Vec<u8> {
-    let blocks = rows * cols / QK;
+    let blocks = rows * cols / fmt.block_weights();
     let mut data = Vec::with_capacity(blocks * fmt.block_bytes());
     for _ in 0..blocks {
         let mut b: Vec<u8> = (0..fmt.block_bytes()).map(|_| rng.byte()).collect();
+        if fmt.block_weights() == QK_K {
+            kquant_fill(rng, fmt, &mut b, fill);
+            data.extend(b);
+            continue;
+        }
         match fill {
             Fill::Random => {
                 b[..2].copy_from_slice(&rng.scale());
@@ -82,6 +127,47 @@ fn weights(rng: &mut Rng, fmt: Format, rows: usize, cols: usize, fill: Fill) -> 
     data
 }
 
+/// A K-quant super-block filled as `fill` says: random quants and scales with random f16 `d`
+/// and `dmin`; the most negative weights (Q4_K/Q5_K: q = 0 with the largest mins and `dmin`;
+/// Q6_K: q = 0, i.e. -32, with the largest positive scales); the largest `d` with random quants;
+/// or zeros.
+fn kquant_fill(rng: &mut Rng, fmt: Format, b: &mut [u8], fill: Fill) {
+    let offsets = scale_offsets(fmt);
+    match fill {
+        Fill::Random => {
+            for &at in offsets {
+                b[at..at + 2].copy_from_slice(&rng.scale());
+            }
+        }
+        Fill::MostNegative => {
+            b.fill(0);
+            for &at in offsets {
+                b[at..at + 2].copy_from_slice(&0x7bffu16.to_le_bytes());
+            }
+            if fmt == Format::Q6K {
+                b[192..208].fill(127);
+            } else {
+                // Every 6-bit scale 0, every 6-bit min 63.
+                b[8..12].fill(63);
+                b[4..8].fill(0xc0);
+                b[12..16].fill(0xf0);
+            }
+        }
+        Fill::MaxScale => {
+            let s = if rng.byte() & 1 == 0 {
+                0x7bffu16
+            } else {
+                0xfbff
+            };
+            b[offsets[0]..offsets[0] + 2].copy_from_slice(&s.to_le_bytes());
+            if let Some(&at) = offsets.get(1) {
+                b[at..at + 2].copy_from_slice(&0x7bffu16.to_le_bytes());
+            }
+        }
+        Fill::Zero => b.fill(0),
+    }
+}
+
 fn activations(rng: &mut Rng, n: usize, negative: bool) -> Vec<f32> {
     (0..n)
         .map(|_| {
@@ -102,16 +188,24 @@ fn kernels() -> Vec<Kernel> {
 /// order) and against f32 arithmetic on the dequantised weights (within the activation
 /// quantisation's error bound: each activation moves by at most half its block's step).
 fn check(fmt: Format, rows: usize, cols: usize, m: usize, fill: Fill, seed: u64) {
+    if fmt.block_weights() == QK_K {
+        check_with::<Q8KBlock>(fmt, rows, cols, m, fill, seed)
+    } else {
+        check_with::<Q8Block>(fmt, rows, cols, m, fill, seed)
+    }
+}
+
+fn check_with<A: TestAct>(fmt: Format, rows: usize, cols: usize, m: usize, fill: Fill, seed: u64) {
     let mut rng = Rng(seed);
     let data = weights(&mut rng, fmt, rows, cols, fill);
     let x = activations(&mut rng, m * cols, seed % 3 == 0);
     let w = QMatrix::new(fmt, rows, cols, data.clone()).unwrap();
-    let nb = cols / QK;
-    let mut acts = vec![Q8Block::ZERO; m * nb];
+    let nb = cols / A::VALUES;
+    let mut acts = vec![A::ZEROS; m * nb];
     for (xs, q) in x.chunks(cols).zip(acts.chunks_mut(nb)) {
-        quantize_row(xs, q);
+        A::quantize(xs, q);
     }
-    let row_bytes = nb * fmt.block_bytes();
+    let row_bytes = fmt.row_bytes(cols).unwrap();
     for kernel in kernels() {
         for threads in [1, 3] {
             let pool = Pool::new(threads);
@@ -137,10 +231,10 @@ fn check(fmt: Format, rows: usize, cols: usize, m: usize, fill: Fill, seed: u64)
                         .sum();
                     // Each activation is off by at most d / 2 of its block.
                     let quant_err: f64 = deq
-                        .chunks(QK)
+                        .chunks(A::VALUES)
                         .zip(a)
                         .map(|(ws, b)| {
-                            ws.iter().map(|w| f64::from(w.abs())).sum::<f64>() * f64::from(b.d)
+                            ws.iter().map(|w| f64::from(w.abs())).sum::<f64>() * f64::from(b.step())
                                 / 2.0
                         })
                         .sum();
@@ -168,9 +262,15 @@ fn random_blocks_match_the_reference_and_the_f32_product() {
     let mut seed = 1;
     for fmt in FORMATS {
         for (rows, cols) in [(1, 32), (5, 96), (17, 64), (37, 576), (16, 1536)] {
+            // The K-quants' widths are 8 times these: fewer rows keep the test quick.
+            let rows = if fmt.block_weights() == QK_K && rows > 16 {
+                rows / 4
+            } else {
+                rows
+            };
             for m in [1, 3, 4, 5, 9, 17] {
                 seed += 1;
-                check(fmt, rows, cols, m, Fill::Random, seed);
+                check(fmt, rows, width(fmt, cols), m, Fill::Random, seed);
             }
         }
     }
@@ -183,7 +283,7 @@ fn edge_values_match_the_reference_and_the_f32_product() {
         for fill in [Fill::MostNegative, Fill::MaxScale, Fill::Zero] {
             for (rows, cols, m) in [(3, 32, 1), (19, 96, 6), (33, 64, 18)] {
                 seed += 1;
-                check(fmt, rows, cols, m, fill, seed);
+                check(fmt, rows, width(fmt, cols), m, fill, seed);
             }
         }
     }
@@ -224,8 +324,15 @@ fn all_negative_weights_and_activations_give_the_exact_positive_product() {
 fn threads_do_not_change_the_result() {
     let mut rng = Rng(7);
     for fmt in FORMATS {
-        let w = QMatrix::new(fmt, 50, 128, weights(&mut rng, fmt, 50, 128, Fill::Random)).unwrap();
-        let x = activations(&mut rng, 128 * 21, false);
+        let cols = width(fmt, 128);
+        let w = QMatrix::new(
+            fmt,
+            50,
+            cols,
+            weights(&mut rng, fmt, 50, cols, Fill::Random),
+        )
+        .unwrap();
+        let x = activations(&mut rng, cols * 21, false);
         let mut one = vec![0f32; 50 * 21];
         let mut three = one.clone();
         w.matmul_with(&x, 21, &mut one, Kernel::best(), &Pool::new(1))
@@ -240,8 +347,26 @@ fn threads_do_not_change_the_result() {
 fn bad_shapes_are_errors_not_panics() {
     assert_eq!(
         QMatrix::new(Format::Q4_1, 2, 40, vec![0; 40]).err(),
-        Some(KernelError::PartialBlock { cols: 40 })
+        Some(KernelError::PartialBlock {
+            cols: 40,
+            block: 32
+        })
     );
+    assert_eq!(
+        QMatrix::new(Format::Q6K, 2, 96, vec![0; 210]).err(),
+        Some(KernelError::PartialBlock {
+            cols: 96,
+            block: 256
+        })
+    );
+    assert!(matches!(
+        QMatrix::new(Format::Q4K, 2, 256, vec![0; 287]),
+        Err(KernelError::WeightBytes {
+            expected: 288,
+            got: 287,
+            ..
+        })
+    ));
     assert!(matches!(
         QMatrix::new(Format::Q8_0, 2, 64, vec![0; 135]),
         Err(KernelError::WeightBytes {
@@ -268,18 +393,30 @@ fn bad_shapes_are_errors_not_panics() {
 }
 
 /// Joined matrices over once-quantised activations give each part's product, bit for bit
-/// (a row's sum does not depend on the rows beside it), and only like matrices join. The
+/// (a row's sum does not depend on the rows beside it), whether the parts share a format or
+/// not (Q4_K_M's q and k in Q4_K beside v in Q6_K), and only matrices of one width join. The
 /// parts' row counts are not multiples of the 16-row blocks the kernels walk, so blocks end
 /// at the parts' boundaries (a joined matrix keeps each part's bytes as a segment); 5
 /// activation rows take the 4-row tile and the single-row path.
 #[test]
 fn joined_matrices_on_quantised_activations_equal_separate_products() {
     let mut rng = Rng(11);
-    for fmt in FORMATS {
-        let (cols, m) = (96, 5);
+    let mixed = [Format::Q4K, Format::Q6K, Format::Q5K];
+    let sets = FORMATS.map(|f| [f; 3]).into_iter().chain([mixed]);
+    for formats in sets {
+        let fmt = formats[0];
+        let (cols, m) = (
+            if fmt == Format::Q4K {
+                512
+            } else {
+                width(fmt, 96)
+            },
+            5,
+        );
         let parts: Vec<QMatrix> = [5usize, 17, 4]
             .into_iter()
-            .map(|rows| {
+            .zip(formats)
+            .map(|(rows, fmt)| {
                 let data = weights(&mut rng, fmt, rows, cols, Fill::Random);
                 QMatrix::new(fmt, rows, cols, data).unwrap()
             })
@@ -293,12 +430,11 @@ fn joined_matrices_on_quantised_activations_equal_separate_products() {
             joined.byte_len(),
             parts.iter().map(QMatrix::byte_len).sum::<usize>()
         );
-        let mut acts = vec![Q8Block::ZERO; m * cols / QK];
-        for (xs, a) in x.chunks_exact(cols).zip(acts.chunks_exact_mut(cols / QK)) {
-            quantize_row(xs, a);
-        }
+        let mut input = QuantizedInput::default();
+        // Quantised for one part, used by the joined matrix: the same activations.
+        parts[2].quantize_input(&x, m, &mut input).unwrap();
         let mut out = vec![0f32; m * joined.rows()];
-        joined.matmul_quantized(&acts, m, &mut out).unwrap();
+        joined.matmul_quantized(&input, &mut out).unwrap();
         let mut at = 0;
         for p in &parts {
             let mut want = vec![0f32; m * p.rows()];
@@ -307,25 +443,39 @@ fn joined_matrices_on_quantised_activations_equal_separate_products() {
                 assert_eq!(
                     &out[i * joined.rows() + at..][..p.rows()],
                     &want[i * p.rows()..][..p.rows()],
-                    "{fmt:?}"
+                    "{formats:?}"
                 );
             }
             for r in 0..p.rows() {
                 let (mut ours, mut theirs) = (Vec::new(), Vec::new());
                 joined.dequantize_row_into(at + r, &mut ours).unwrap();
                 p.dequantize_row_into(r, &mut theirs).unwrap();
-                assert_eq!(ours, theirs, "{fmt:?} row {r}");
+                assert_eq!(ours, theirs, "{formats:?} row {r}");
             }
             at += p.rows();
         }
         assert!(matches!(
-            joined.matmul_quantized(&acts[1..], m, &mut out),
+            joined.matmul_quantized(&input, &mut out[1..]),
             Err(KernelError::Operand { .. })
         ));
         assert!(joined.dequantize_row_into(26, &mut Vec::new()).is_err());
     }
     let a = QMatrix::new(Format::Q8_0, 1, 32, vec![0; 34]).unwrap();
-    let b = QMatrix::new(Format::Q4_0, 1, 32, vec![0; 18]).unwrap();
+    let b = QMatrix::new(Format::Q4_0, 1, 64, vec![0; 36]).unwrap();
     assert_eq!(QMatrix::concat(&[&a, &b]).unwrap_err(), KernelError::Concat);
+    // K-quants and 32-weight formats take different activations: not joined, and an input
+    // quantised for one is refused by the other.
+    let k = QMatrix::new(Format::Q4K, 1, 256, vec![0; 144]).unwrap();
+    let q8 = QMatrix::new(Format::Q8_0, 1, 256, vec![0; 272]).unwrap();
+    assert_eq!(
+        QMatrix::concat(&[&k, &q8]).unwrap_err(),
+        KernelError::Concat
+    );
+    let mut input = QuantizedInput::default();
+    q8.quantize_input(&[0.5; 256], 1, &mut input).unwrap();
+    assert!(matches!(
+        k.matmul_quantized(&input, &mut [0.0]),
+        Err(KernelError::Operand { .. })
+    ));
     assert_eq!(QMatrix::concat(&[]).unwrap_err(), KernelError::Concat);
 }

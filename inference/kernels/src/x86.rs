@@ -11,7 +11,12 @@
 
 use std::arch::x86_64::*;
 
-use crate::blocks::{Format, Q8Block};
+use crate::blocks::{Format, Q8Block, QK};
+
+mod kgemm;
+mod kquants;
+pub(crate) use kgemm::gemm_k;
+pub(crate) use kquants::tile_k;
 
 /// Whether this CPU has what the kernels here need (checked once by the caller, cached).
 pub(crate) fn available() -> bool {
@@ -30,7 +35,9 @@ pub(crate) fn tile<const R: usize>(
     a: [&[Q8Block]; R],
     out: &mut [[f32; R]],
 ) -> bool {
-    let row_bytes = nb.saturating_mul(fmt.block_bytes());
+    let Some(row_bytes) = nb.checked_mul(QK).and_then(|cols| fmt.row_bytes(cols)) else {
+        return false;
+    };
     if w.len() < out.len().saturating_mul(row_bytes) || a.iter().any(|a| a.len() < nb) {
         return false;
     }
@@ -50,6 +57,8 @@ pub(crate) fn tile<const R: usize>(
             (Format::Q4_1, _) => rows_q4_1::<R, 1>(w, row_bytes, nb, a, out),
             (Format::Q8_0, 1) => rows_signed::<R, 4, false>(w, row_bytes, nb, a, out),
             (Format::Q8_0, _) => rows_signed::<R, 1, false>(w, row_bytes, nb, a, out),
+            // These take `Q8KBlock`s: `tile_k`.
+            (Format::Q4K | Format::Q5K | Format::Q6K, _) => return false,
         }
     }
     true
@@ -57,7 +66,7 @@ pub(crate) fn tile<const R: usize>(
 
 /// Sum of the 8 lanes.
 #[target_feature(enable = "avx2,fma,f16c")]
-fn hsum(v: __m256) -> f32 {
+pub(super) fn hsum(v: __m256) -> f32 {
     let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     let s = _mm_add_ss(s, _mm_movehdup_ps(s));
@@ -69,7 +78,7 @@ fn hsum(v: __m256) -> f32 {
 /// # Safety
 /// `p..p + 4` is readable.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn two_f16(p: *const u8) -> __m128 {
+pub(super) unsafe fn two_f16(p: *const u8) -> __m128 {
     // SAFETY: the caller guarantees 4 readable bytes; unaligned read.
     let bits = unsafe { std::ptr::read_unaligned(p.cast::<i32>()) };
     _mm_cvtph_ps(_mm_cvtsi32_si128(bits))

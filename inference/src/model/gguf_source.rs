@@ -211,8 +211,8 @@ impl<'a> TensorReader<'a> {
             return Ok(None);
         };
         let too_large = || candle_core::Error::Msg(format!("tensor {name} does not fit in memory"));
-        let len = (cols / ward_kernels::QK)
-            .checked_mul(format.block_bytes())
+        let len = format
+            .row_bytes(cols)
             .and_then(|row| row.checked_mul(rows))
             .ok_or_else(too_large)?;
         let data = self.tensor_bytes(name, len)?;
@@ -379,7 +379,7 @@ mod tests {
             let t = candle_core::Tensor::from_vec(v, (rows, cols), &Device::Cpu).unwrap();
             candle_core::quantized::QTensor::quantize(&t, dtype).unwrap()
         };
-        let (big, small) = (t(64, 512, GgmlDType::Q4K), t(2, 64, GgmlDType::Q8_0));
+        let (big, small) = (t(64, 512, GgmlDType::Q5_0), t(2, 64, GgmlDType::Q8_0));
         let mut file = Cursor::new(Vec::new());
         candle_core::quantized::gguf_file::write(
             &mut file,

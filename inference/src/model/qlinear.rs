@@ -17,7 +17,7 @@ use ward_kernels::{Format, QMatrix};
 /// A linear layer `y = x W^T` over quantised weights `W` (`out x in`).
 #[derive(Debug, Clone)]
 pub(crate) enum QLinear {
-    /// ward's kernels (CPU, Q4_0 / Q4_1 / Q8_0).
+    /// ward's kernels (CPU, Q4_0 / Q4_1 / Q8_0 / Q4_K / Q5_K / Q6_K).
     Own(Arc<OwnMatMul>),
     /// candle's.
     Candle(QMatMul),
@@ -47,13 +47,17 @@ fn own_format(dtype: GgmlDType) -> Option<Format> {
         GgmlDType::Q4_0 => Some(Format::Q4_0),
         GgmlDType::Q4_1 => Some(Format::Q4_1),
         GgmlDType::Q8_0 => Some(Format::Q8_0),
+        GgmlDType::Q4K => Some(Format::Q4K),
+        GgmlDType::Q5K => Some(Format::Q5K),
+        GgmlDType::Q6K => Some(Format::Q6K),
         _ => None,
     }
 }
 
 impl QLinear {
     /// The format and shape ward's kernels would take a tensor of `dtype` and `dims` on
-    /// `device` in, where they run it.
+    /// `device` in, where they run it: rows of whole blocks (a K-quant tensor whose rows are not
+    /// whole 256-weight super-blocks stays with candle, which refuses it too).
     pub(crate) fn own_layout_of(
         kernels: Kernels,
         device: &Device,
@@ -61,7 +65,11 @@ impl QLinear {
         dims: &[usize],
     ) -> Option<(Format, usize, usize)> {
         match (kernels, device.is_cpu(), own_format(dtype), dims) {
-            (Kernels::Own, true, Some(format), &[rows, cols]) => Some((format, rows, cols)),
+            (Kernels::Own, true, Some(format), &[rows, cols])
+                if cols % format.block_weights() == 0 =>
+            {
+                Some((format, rows, cols))
+            }
             _ => None,
         }
     }
@@ -212,13 +220,23 @@ mod tests {
 
     /// ward's kernels against candle's `QMatMul` and against candle's dequantise-then-f32
     /// matmul, on candle-quantised random weights, for decode (1 row) and prefill shapes
-    /// (rows not a multiple of the 4-row tile). 128 columns: candle's Q4_1 dot asserts an even
-    /// number of blocks in debug builds.
+    /// (rows not a multiple of the 4-row tile). 128 columns (512 for the K-quants' 256-weight
+    /// super-blocks): candle's Q4_1 dot asserts an even number of blocks in debug builds. For
+    /// the K-quants this is also the check of ward's reading of their bit layouts against
+    /// another implementation's (candle's port of ggml's).
     #[test]
     fn own_kernels_match_candles_qmatmul_and_the_f32_product() {
         let dev = Device::Cpu;
-        for dtype in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q8_0] {
-            let w = Tensor::randn(0f32, 1.0, (72, 128), &dev).unwrap();
+        for dtype in [
+            GgmlDType::Q4_0,
+            GgmlDType::Q4_1,
+            GgmlDType::Q8_0,
+            GgmlDType::Q4K,
+            GgmlDType::Q5K,
+            GgmlDType::Q6K,
+        ] {
+            let cols = if dtype.block_size() == 256 { 512 } else { 128 };
+            let w = Tensor::randn(0f32, 1.0, (72, cols), &dev).unwrap();
             let q = || QTensor::quantize(&w, dtype).unwrap();
             let own = QLinear::from_qtensor(q(), Kernels::Own).unwrap();
             assert!(
@@ -229,7 +247,7 @@ mod tests {
             assert!(matches!(candle, QLinear::Candle(_)));
             let deq = q().dequantize(&dev).unwrap();
             for rows in [1, 7] {
-                let x = Tensor::randn(0f32, 1.0, (1, rows, 128), &dev).unwrap();
+                let x = Tensor::randn(0f32, 1.0, (1, rows, cols), &dev).unwrap();
                 let ours = own.forward(&x).unwrap();
                 assert_eq!(ours.dims(), &[1, rows, 72]);
                 let theirs = candle.forward(&x).unwrap();
@@ -255,7 +273,8 @@ mod tests {
                 };
                 // Same block arithmetic as candle's (ggml's): float summation order only, but
                 // for Q4_1's activation sums `s`, which candle rounds as f16(f16(sum) f16(d))
-                // and ward as llama.cpp does, f16(d sum): up to 2^-10 of m s per block.
+                // and ward as llama.cpp does, f16(d sum): up to 2^-10 of m s per block. The
+                // K-quants take llama.cpp's Q8_K activations in both.
                 let tolerance = if dtype == GgmlDType::Q4_1 { 3e-3 } else { 1e-4 };
                 assert!(
                     diff(&theirs) <= tolerance * scale,

@@ -5,7 +5,11 @@
 //! bandwidth that makes (a prefill step: without the output head, which it runs for its last
 //! token only). The medians of 7 timings, each as many calls as fill 20 ms.
 //!
-//! Usage: bench-kernels [--rows M]...   (`RAYON_NUM_THREADS` sets every pool's threads)
+//! `--shapes tinyllama-q4_k_m`: TinyLlama-1.1B's shapes in the formats llama.cpp's Q4_K_M gives
+//! them (Q4_K, with attn_v and ffn_down in Q6_K in 10 of its 22 layers, and the output head).
+//!
+//! Usage: bench-kernels [--rows M]... [--shapes smollm2-q4_1|tinyllama-q4_k_m]
+//! (`RAYON_NUM_THREADS` sets every pool's threads)
 
 use std::time::{Duration, Instant};
 
@@ -59,37 +63,50 @@ fn main() -> Result<(), BoxError> {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let layers = 30;
+    let mut ms: Vec<usize> = Vec::new();
+    let mut preset = "smollm2-q4_1".to_owned();
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--rows" => ms.push(it.next().ok_or("--rows needs a value")?.parse()?),
+            "--shapes" => preset = it.next().ok_or("--shapes needs a value")?,
+            other => return Err(format!("unknown argument {other}").into()),
+        }
+    }
     let q41 = (GgmlDType::Q4_1, Format::Q4_1);
-    let shapes = [
-        ("attn_q/o 576x576", 576, 576, q41, 2 * layers),
-        ("attn_k/v 192x576", 192, 576, q41, 2 * layers),
-        ("ffn_gate/up 1536x576", 1536, 576, q41, 2 * layers),
-        ("ffn_down 576x1536", 576, 1536, q41, layers),
-        (
-            "output 49152x576",
-            49152,
-            576,
-            (GgmlDType::Q8_0, Format::Q8_0),
-            1,
-        ),
-    ]
-    .map(|(name, rows, cols, (dtype, format), per_step)| Shape {
+    let q8 = (GgmlDType::Q8_0, Format::Q8_0);
+    let q4k = (GgmlDType::Q4K, Format::Q4K);
+    let q6k = (GgmlDType::Q6K, Format::Q6K);
+    let shape = |name, rows, cols, (dtype, format): (GgmlDType, Format), per_step| Shape {
         name,
         rows,
         cols,
         dtype,
         format,
         per_step,
-    });
-    let mut ms: Vec<usize> = Vec::new();
-    let mut it = std::env::args().skip(1);
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--rows" => ms.push(it.next().ok_or("--rows needs a value")?.parse()?),
-            other => return Err(format!("unknown argument {other}").into()),
-        }
-    }
+    };
+    let shapes: Vec<Shape> = match &*preset {
+        "smollm2-q4_1" => vec![
+            shape("attn_q/o 576x576", 576, 576, q41, 2 * 30),
+            shape("attn_k/v 192x576", 192, 576, q41, 2 * 30),
+            shape("ffn_gate/up 1536x576", 1536, 576, q41, 2 * 30),
+            shape("ffn_down 576x1536", 576, 1536, q41, 30),
+            shape("output 49152x576", 49152, 576, q8, 1),
+        ],
+        // 22 layers; llama.cpp's use_more_bits gives 10 of them Q6_K attn_v and ffn_down.
+        "tinyllama-q4_k_m" => vec![
+            shape("attn_q/o 2048x2048 Q4K", 2048, 2048, q4k, 2 * 22),
+            shape("attn_k 256x2048 Q4K", 256, 2048, q4k, 22),
+            shape("attn_v 256x2048 Q4K", 256, 2048, q4k, 12),
+            shape("attn_v 256x2048 Q6K", 256, 2048, q6k, 10),
+            shape("ffn_gate/up 5632x2048 Q4K", 5632, 2048, q4k, 2 * 22),
+            shape("ffn_down 2048x5632 Q4K", 2048, 5632, q4k, 12),
+            shape("ffn_down 2048x5632 Q6K", 2048, 5632, q6k, 10),
+            shape("output 32000x2048 Q6K", 32000, 2048, q6k, 1),
+        ],
+        other => return Err(format!("unknown shapes {other}").into()),
+    };
+
     if ms.is_empty() {
         ms = vec![1, 128];
     }
@@ -138,7 +155,7 @@ fn main() -> Result<(), BoxError> {
                 t[3] * 1e6
             );
             // A prefill computes the output head for its last token only.
-            let per_step = if m > 1 && s.rows == 49152 {
+            let per_step = if m > 1 && s.name.starts_with("output") {
                 0
             } else {
                 s.per_step

@@ -3,11 +3,12 @@
 //! `model.safetensors` (f32 or bf16), `tokenizer.json` (the 256 byte-level tokens only: the
 //! benchmark feeds token ids) and `tokenizer_config.json`. With `--gguf TYPE`, also
 //! `model.TYPE.gguf`: the same weights (same seed), matrices quantised to TYPE (q8_0, q4_0, q4_1,
-//! q4_k, q6_k), norms in f32, the byte-level vocabulary padded to the preset's in its metadata: a
+//! q4_k, q6_k; f16 for llama.cpp's own quantiser, `llama_quantize.py`), norms in f32, the byte-level vocabulary padded to the preset's in its metadata: a
 //! quantised model for ward whose unquantised original the PyTorch baseline can run.
 //!
 //! Usage: gen-bench-model PRESET OUT_DIR [--dtype f32|bf16] [--seed N] [--gguf TYPE]
-//! Presets: smollm2-135m (SmolLM2-135M's shapes), tinyllama-1.1b (TinyLlama-1.1B's shapes).
+//! Presets: smollm2-135m (SmolLM2-135M's shapes), tinyllama-1.1b (TinyLlama-1.1B's shapes),
+//! llama-k-test (small, widths of whole K-quant super-blocks: the K-quant logits test).
 //! The files are large (0.5 GB and 4.4 GB in f32): keep them out of the repository
 //! (`just bench-infer` uses `~/.cache/ward/bench/`). An existing, complete directory is kept.
 
@@ -64,6 +65,21 @@ const PRESETS: &[Preset] = &[
         kv_heads: 4,
         vocab: 32000,
         context: 2048,
+        rope_theta: 10_000.0,
+        tied: false,
+    },
+    // Small and every width a whole number of 256-weight K-quant super-blocks, with 8 layers so
+    // that llama.cpp's Q4_K_M puts Q6_K in some (its `use_more_bits`: layers 0, 3, 6, 7): the
+    // K-quant logits test against llama.cpp (tests/llama_cpp_kquants.rs).
+    Preset {
+        name: "llama-k-test",
+        hidden: 256,
+        intermediate: 768,
+        layers: 8,
+        heads: 4,
+        kv_heads: 2,
+        vocab: 1024,
+        context: 512,
         rope_theta: 10_000.0,
         tied: false,
     },
@@ -254,6 +270,8 @@ fn gguf_type(name: &str) -> Option<GgmlDType> {
         "q4_1" => GgmlDType::Q4_1,
         "q4_k" => GgmlDType::Q4K,
         "q6_k" => GgmlDType::Q6K,
+        // Unquantised matrices, for llama.cpp's own quantiser (`llama_quantize.py`: Q4_K_M).
+        "f16" => GgmlDType::F16,
         _ => return None,
     })
 }
@@ -338,8 +356,8 @@ fn write_gguf(
 
 fn main() -> Result<(), BoxError> {
     let mut args = std::env::args().skip(1);
-    let usage = "usage: gen-bench-model smollm2-135m|tinyllama-1.1b OUT_DIR [--dtype f32|bf16] \
-                 [--seed N] [--gguf q8_0|q4_0|q4_1|q4_k|q6_k]";
+    let usage = "usage: gen-bench-model smollm2-135m|tinyllama-1.1b|llama-k-test OUT_DIR [--dtype f32|bf16] \
+                 [--seed N] [--gguf q8_0|q4_0|q4_1|q4_k|q6_k|f16]";
     let preset_name = args.next().ok_or(usage)?;
     let out = PathBuf::from(args.next().ok_or(usage)?);
     let (mut dtype, mut seed, mut gguf) = (Dtype::F32, 1u64, None);

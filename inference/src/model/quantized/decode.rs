@@ -15,8 +15,7 @@
 use std::sync::Mutex;
 
 use candle_core::{IndexOp, Tensor};
-use ward_kernels::blocks::quantize_row;
-use ward_kernels::{Pool, Q8Block, QK, QMatrix, f32ops};
+use ward_kernels::{Pool, QMatrix, QuantizedInput, f32ops};
 
 use super::{CACHE_BLOCK, KvCache, Norm, QuantizedWeights, Seq};
 
@@ -178,18 +177,17 @@ fn rotate(x: &mut [f32], dim: usize, cos: &[f32], sin: &[f32], neox: bool) {
     }
 }
 
-/// `acts` (rows of `x.len() / rows` values) quantised for the kernels.
-fn quantize(x: &[f32], rows: usize, acts: &mut Vec<Q8Block>) {
-    let cols = x.len() / rows.max(1);
-    acts.clear();
-    acts.resize(x.len() / QK, Q8Block::ZERO);
-    for (x, a) in x.chunks_exact(cols).zip(acts.chunks_exact_mut(cols / QK)) {
-        quantize_row(x, a);
-    }
-}
-
-fn matmul(w: &QMatrix, acts: &[Q8Block], rows: usize, out: &mut [f32]) -> candle_core::Result<()> {
-    w.matmul_quantized(acts, rows, out)
+/// `out` = `x` (`rows` rows) times `w`'s transposed weights, `x` quantised into `acts` (whose
+/// buffers are reused from one product to the next).
+fn matmul(
+    w: &QMatrix,
+    x: &[f32],
+    rows: usize,
+    acts: &mut QuantizedInput,
+    out: &mut [f32],
+) -> candle_core::Result<()> {
+    w.quantize_input(x, rows, acts)
+        .and_then(|()| w.matmul_quantized(acts, out))
         .map_err(candle_core::Error::wrap)
 }
 
@@ -248,18 +246,17 @@ impl QuantizedWeights {
             }
         }
         let mut x = vec![0f32; b * hidden];
-        let mut acts = Vec::new();
+        let mut acts = QuantizedInput::default();
         let mut att = vec![0f32; b * qd];
         let mut sum = vec![0f32; b * hidden];
         let (mut qkv, mut gu, mut act) = (Vec::new(), Vec::new(), Vec::new());
         for (l, layer) in self.layers.iter().enumerate() {
             // Attention.
             rms_norm(&h, &layer.attn_norm, &mut x);
-            quantize(&x, b, &mut acts);
             let w = layer.qkv.own_matrix().ok_or_else(missing)?;
             let width = w.rows();
             qkv.resize(b * width, 0.0);
-            matmul(w, &acts, b, &mut qkv)?;
+            matmul(w, &x, b, &mut acts, &mut qkv)?;
             for (i, row) in qkv.chunks_exact_mut(width).enumerate() {
                 for (x, b) in row.iter_mut().zip(&layer.bias_values) {
                     *x += b;
@@ -273,33 +270,29 @@ impl QuantizedWeights {
                 }
             }
             self.attend_cached(caches, l, &qkv, width, &mut att);
-            quantize(&att, b, &mut acts);
             let wo = layer.wo.own_matrix().ok_or_else(missing)?;
-            matmul(wo, &acts, b, &mut sum)?;
+            matmul(wo, &att, b, &mut acts, &mut sum)?;
             h.iter_mut().zip(&sum).for_each(|(h, s)| *h += s);
             // MLP.
             rms_norm(&h, &layer.ffn_norm, &mut x);
-            quantize(&x, b, &mut acts);
             let w = layer.gate_up.own_matrix().ok_or_else(missing)?;
             let ff = w.rows() / 2;
             gu.resize(b * 2 * ff, 0.0);
-            matmul(w, &acts, b, &mut gu)?;
+            matmul(w, &x, b, &mut acts, &mut gu)?;
             act.resize(b * ff, 0.0);
             for (gu, a) in gu.chunks_exact(2 * ff).zip(act.chunks_exact_mut(ff)) {
                 let (g, u) = gu.split_at(ff);
                 f32ops::silu_mul(g, u, a);
             }
-            quantize(&act, b, &mut acts);
             let down = layer.down.own_matrix().ok_or_else(missing)?;
-            matmul(down, &acts, b, &mut sum)?;
+            matmul(down, &act, b, &mut acts, &mut sum)?;
             h.iter_mut().zip(&sum).for_each(|(h, s)| *h += s);
         }
         rms_norm(&h, &self.norm, &mut x);
         match self.output.own_matrix() {
             Some(w) => {
-                quantize(&x, b, &mut acts);
                 let mut logits = vec![0f32; b * w.rows()];
-                matmul(w, &acts, b, &mut logits)?;
+                matmul(w, &x, b, &mut acts, &mut logits)?;
                 Tensor::from_vec(logits, (b, w.rows()), &device)
             }
             None => self

@@ -1,0 +1,261 @@
+//! The prefill product of K-quant weights (many activation rows at once) with AVX2, as a
+//! packed-panel GEMM: for 8 weight rows and one super-block, the quants are unpacked once into
+//! a [`Panel`] where each 32-byte vector holds 4 consecutive quants of all 8 rows, with the
+//! rows' scales and mins laid out beside them; then every activation row meets the panel with
+//! a broadcast of 4 activation bytes, one `vpmaddubsw` per 32 multiply-adds, and sums that stay
+//! in the lanes of their weight row (no horizontal sums). The panel is rebuilt per super-block
+//! (2.5 KiB, in L1) and used by all activation rows, so unpacking costs a few percent of a
+//! 128-row prefill; decode (one row) keeps the row-at-a-time kernel of [`super::kquants`].
+//!
+//! Nothing is repacked at load: the weights stay as the GGUF file has them, in the buffer they
+//! arrived in (llama.cpp repacks Q4_K into interleaved rows when it loads a model).
+//!
+//! i16 sums (no overflow): a `vpmaddubsw` lane is two products of a quant and an activation
+//! (|a| <= 127): at most 2 x 15 x 127 = 3810 (Q4_K), 7874 (Q5_K), 16002 (Q6_K), so 8, 4 and 2
+//! of them are added before `vpmaddwd` widens them with the sub-block's scale.
+
+// The kernels index register arrays (one per weight row, activation row or sub-block) by the
+// same counters; iterator chains would hide which register is which.
+#![allow(clippy::needless_range_loop)]
+
+use std::arch::x86_64::*;
+
+use crate::blocks::{Format, f16_at};
+use crate::kquants::{Q8KBlock, packed_scales, q6_k_at, unpack_scales};
+
+/// Weight rows in a panel: the 8 i32 lanes of a vector.
+pub(crate) const PANEL: usize = 8;
+
+/// One super-block of [`PANEL`] weight rows, unpacked for the GEMM.
+#[repr(C, align(32))]
+struct Panel {
+    /// `q[j][g]`: quants `4 g..4 g + 4` of sub-block `j` of rows 0..8, 4 bytes a row (Q4_K
+    /// 0..16, Q5_K 0..32, Q6_K 0..64).
+    q: [[[u8; 32]; 8]; 8],
+    /// `scales[j]`: i16 lanes `2 i, 2 i + 1` hold row `i`'s scale of sub-block `j` (Q6_K: of its
+    /// first 16 weights).
+    scales: [[i16; 16]; 8],
+    /// Q6_K: the scale of sub-block `j`'s last 16 weights, laid out as `scales`.
+    scales_hi: [[i16; 16]; 8],
+    /// Q4_K/Q5_K: `mins[p]` (p < 4) lanes `2 i, 2 i + 1` hold row `i`'s mins of sub-blocks
+    /// `2 p, 2 p + 1`; Q6_K: `mins[p]` (p < 8) its scales `2 p, 2 p + 1` (for the offset of 32).
+    mins: [[i16; 16]; 8],
+    d: [f32; 8],
+    dmin: [f32; 8],
+}
+
+impl Panel {
+    const ZERO: Panel = Panel {
+        q: [[[0; 32]; 8]; 8],
+        scales: [[0; 16]; 8],
+        scales_hi: [[0; 16]; 8],
+        mins: [[0; 16]; 8],
+        d: [0.0; 8],
+        dmin: [0.0; 8],
+    };
+
+    /// Row `i`'s super-block `b` (whole, in `fmt`) into the panel.
+    fn pack(&mut self, fmt: Format, i: usize, b: &[u8]) {
+        let put = |q: &mut [[[u8; 32]; 8]; 8], j: usize, l: usize, v: u8| {
+            q[j][l / 4][4 * i + l % 4] = v;
+        };
+        match fmt {
+            Format::Q6K => {
+                self.d[i] = f16_at(b, 208);
+                for j in 0..8 {
+                    for l in 0..32 {
+                        put(&mut self.q, j, l, q6_k_at(b, j, l).0);
+                    }
+                    let sc = |g: usize| i16::from(b.get(192 + g).copied().unwrap_or(0) as i8);
+                    self.scales[j][2 * i..2 * i + 2].fill(sc(2 * j));
+                    self.scales_hi[j][2 * i..2 * i + 2].fill(sc(2 * j + 1));
+                    self.mins[j][2 * i] = sc(2 * j);
+                    self.mins[j][2 * i + 1] = sc(2 * j + 1);
+                }
+            }
+            _ => {
+                self.d[i] = f16_at(b, 0);
+                self.dmin[i] = f16_at(b, 2);
+                let sm = unpack_scales(packed_scales(b));
+                let q5 = fmt == Format::Q5K;
+                let qs_at = if q5 { 48 } else { 16 };
+                for pair in 0..4 {
+                    for l in 0..32 {
+                        let byte = b.get(qs_at + 32 * pair + l).copied().unwrap_or(0);
+                        let high = if q5 {
+                            b.get(16 + l).copied().unwrap_or(0)
+                        } else {
+                            0
+                        };
+                        let bit = |j: usize| ((high >> j) & 1) << 4;
+                        put(&mut self.q, 2 * pair, l, (byte & 0x0f) | bit(2 * pair));
+                        put(
+                            &mut self.q,
+                            2 * pair + 1,
+                            l,
+                            (byte >> 4) | bit(2 * pair + 1),
+                        );
+                    }
+                    self.mins[pair][2 * i] = i16::from(sm[8 + 2 * pair]);
+                    self.mins[pair][2 * i + 1] = i16::from(sm[8 + 2 * pair + 1]);
+                }
+                for j in 0..8 {
+                    self.scales[j][2 * i..2 * i + 2].fill(i16::from(sm[j]));
+                }
+            }
+        }
+    }
+}
+
+/// `res[t * rows + i]` = weight row `i` of `w` (`rows` rows of `nb` super-blocks of `fmt`, a
+/// K-quant) dotted with activation row `t` of `acts` (`m` rows of `nb` blocks). Returns false
+/// (computing nothing) if the lengths do not hold or the CPU lacks the features.
+pub(crate) fn gemm_k(
+    fmt: Format,
+    w: &[u8],
+    rows: usize,
+    nb: usize,
+    acts: &[Q8KBlock],
+    m: usize,
+    res: &mut [f32],
+) -> bool {
+    let Some(row_bytes) = nb.checked_mul(fmt.block_bytes()) else {
+        return false;
+    };
+    let sizes_hold = rows.checked_mul(row_bytes).is_some_and(|n| n <= w.len())
+        && m.checked_mul(nb).is_some_and(|n| n <= acts.len())
+        && m.checked_mul(rows).is_some_and(|n| n <= res.len());
+    if fmt.block_weights() != crate::blocks::QK_K || !sizes_hold || !crate::kernel::avx2() {
+        return false;
+    }
+    let block = fmt.block_bytes();
+    let mut panel = Box::new(Panel::ZERO);
+    // Per activation row, the 8 rows' sums so far (f32 lanes).
+    let mut sums = vec![[0f32; PANEL]; m];
+    let mut first = 0;
+    while first < rows {
+        let n = PANEL.min(rows - first);
+        sums.fill([0.0; PANEL]);
+        for sb in 0..nb {
+            *panel = Panel::ZERO;
+            for i in 0..n {
+                let at = (first + i) * row_bytes + sb * block;
+                panel.pack(fmt, i, &w[at..at + block]);
+            }
+            let act = |t: usize| &acts[t * nb + sb];
+            let mut t = 0;
+            while t + 4 <= m {
+                let a = [act(t), act(t + 1), act(t + 2), act(t + 3)];
+                // SAFETY: AVX2, FMA and F16C were detected above.
+                unsafe { panel_dot::<4>(fmt, &panel, a, &mut sums[t..t + 4]) };
+                t += 4;
+            }
+            while t < m {
+                // SAFETY: as above.
+                unsafe { panel_dot::<1>(fmt, &panel, [act(t)], &mut sums[t..t + 1]) };
+                t += 1;
+            }
+        }
+        for (t, s) in sums.iter().enumerate() {
+            res[t * rows + first..][..n].copy_from_slice(&s[..n]);
+        }
+        first += n;
+    }
+    true
+}
+
+/// Adds the panel's 8 rows dotted with each of `a` (one super-block each) to `sums[r]`.
+///
+/// # Safety
+/// AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn panel_dot<const R: usize>(
+    fmt: Format,
+    p: &Panel,
+    a: [&Q8KBlock; R],
+    sums: &mut [[f32; PANEL]],
+) {
+    // Groups of 4 quants whose i16 products are added before widening (see the module).
+    let (per_madd, six) = match fmt {
+        Format::Q4K => (8, false),
+        Format::Q5K => (4, false),
+        _ => (2, true),
+    };
+    let load = |v: &[u8; 32]| {
+        // SAFETY: 32 bytes.
+        unsafe { _mm256_loadu_si256(v.as_ptr().cast()) }
+    };
+    let load16 = |v: &[i16; 16]| {
+        // SAFETY: 32 bytes.
+        unsafe { _mm256_loadu_si256(v.as_ptr().cast()) }
+    };
+    let mut sumi = [_mm256_setzero_si256(); R];
+    for j in 0..8 {
+        for half in 0..8 / per_madd {
+            let mut s16 = [_mm256_setzero_si256(); R];
+            for g in half * per_madd..(half + 1) * per_madd {
+                let wv = load(&p.q[j][g]);
+                for r in 0..R {
+                    // SAFETY: 32 j + 4 g + 4 <= 256 = qs.len(); unaligned read.
+                    let x = unsafe {
+                        std::ptr::read_unaligned(a[r].qs.as_ptr().add(32 * j + 4 * g).cast::<i32>())
+                    };
+                    let prod = _mm256_maddubs_epi16(wv, _mm256_set1_epi32(x));
+                    s16[r] = _mm256_add_epi16(s16[r], prod);
+                }
+            }
+            // Q6_K's last 16 weights of a sub-block (groups 4..8) take its second scale.
+            let sc = if six && half >= 2 {
+                load16(&p.scales_hi[j])
+            } else {
+                load16(&p.scales[j])
+            };
+            for r in 0..R {
+                sumi[r] = _mm256_add_epi32(sumi[r], _mm256_madd_epi16(s16[r], sc));
+            }
+        }
+    }
+    // SAFETY: the panel's d and dmin are 8 f32 each.
+    let (d, dmin) = unsafe {
+        (
+            _mm256_loadu_ps(p.d.as_ptr()),
+            _mm256_loadu_ps(p.dmin.as_ptr()),
+        )
+    };
+    for (r, sums) in sums.iter_mut().enumerate().take(R) {
+        // The mins (Q6_K: the offset of 32) against the activations' 16-value sums.
+        let bs = &a[r].bsums;
+        let mut m32 = _mm256_setzero_si256();
+        if six {
+            for (pair, mins) in p.mins.iter().enumerate() {
+                let both = pack_i16(bs[2 * pair], bs[2 * pair + 1]);
+                m32 = _mm256_add_epi32(m32, _mm256_madd_epi16(load16(mins), both));
+            }
+        } else {
+            for (pair, mins) in p.mins.iter().take(4).enumerate() {
+                let sum = |j: usize| bs[2 * j].wrapping_add(bs[2 * j + 1]);
+                let both = pack_i16(sum(2 * pair), sum(2 * pair + 1));
+                m32 = _mm256_add_epi32(m32, _mm256_madd_epi16(load16(mins), both));
+            }
+        }
+        let da = _mm256_set1_ps(a[r].d);
+        // SAFETY: 8 f32.
+        let mut acc = unsafe { _mm256_loadu_ps(sums.as_ptr()) };
+        if six {
+            let total = _mm256_sub_epi32(sumi[r], _mm256_slli_epi32(m32, 5));
+            acc = _mm256_fmadd_ps(_mm256_mul_ps(d, da), _mm256_cvtepi32_ps(total), acc);
+        } else {
+            acc = _mm256_fmadd_ps(_mm256_mul_ps(d, da), _mm256_cvtepi32_ps(sumi[r]), acc);
+            acc = _mm256_fnmadd_ps(_mm256_mul_ps(dmin, da), _mm256_cvtepi32_ps(m32), acc);
+        }
+        // SAFETY: 8 f32.
+        unsafe { _mm256_storeu_ps(sums.as_mut_ptr(), acc) };
+    }
+}
+
+/// Two i16 (each a sum of at most 32 activations of at most 127: no overflow) broadcast as the
+/// i16 pair of every i32 lane.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn pack_i16(lo: i16, hi: i16) -> __m256i {
+    _mm256_set1_epi32(i32::from(lo as u16) | (i32::from(hi as u16) << 16))
+}
