@@ -121,6 +121,10 @@ unsafe fn rows_q4_1<const R: usize, const K: usize>(
                 // SAFETY: block `b` of row `g * K + k` lies inside `w`: `b < nb` whole
                 // 20-byte blocks of a row the caller vouched for.
                 let p = unsafe { rows.add(k * row_bytes + b * 20) };
+                if K > 1 {
+                    let at = (g * K + k) * row_bytes + b * 20;
+                    kquants::prefetch(w, at + kquants::PREFETCH_ROWS * row_bytes, 20);
+                }
                 // SAFETY: a Q4_1 block starts with d and m, two f16.
                 let dm = unsafe { two_f16(p) };
                 let d = _mm_cvtss_f32(dm);
@@ -195,6 +199,10 @@ unsafe fn rows_signed<const R: usize, const K: usize, const Q4: bool>(
                 // SAFETY: block `b` of row `g * K + k` lies inside `w`: f16 d, then 16 (Q4_0)
                 // or 32 bytes.
                 let p = unsafe { rows.add(k * row_bytes + b * block) };
+                if K > 1 {
+                    let at = (g * K + k) * row_bytes + b * block;
+                    kquants::prefetch(w, at + kquants::PREFETCH_ROWS * row_bytes, block);
+                }
                 // SAFETY: d and the first two quant bytes (unused), inside the block.
                 let d = _mm_cvtss_f32(unsafe { two_f16(p) });
                 let wq = if Q4 {

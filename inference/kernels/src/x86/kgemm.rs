@@ -21,7 +21,7 @@
 use std::arch::x86_64::*;
 
 use crate::blocks::{Format, f16_at};
-use crate::kquants::{Q8KBlock, packed_scales, q6_k_at, unpack_scales};
+use crate::kquants::{Q8KBlock, packed_scales, unpack_scales};
 
 /// Weight rows in a panel: the 8 i32 lanes of a vector.
 pub(crate) const PANEL: usize = 8;
@@ -54,57 +54,131 @@ impl Panel {
         dmin: [0.0; 8],
     };
 
-    /// Row `i`'s super-block `b` (whole, in `fmt`) into the panel.
-    fn pack(&mut self, fmt: Format, i: usize, b: &[u8]) {
-        let put = |q: &mut [[[u8; 32]; 8]; 8], j: usize, l: usize, v: u8| {
-            q[j][l / 4][4 * i + l % 4] = v;
+    /// Rows `0..blocks.len()` (at most [`PANEL`]) of the panel from their super-blocks (whole,
+    /// in `fmt`); the rest of the panel must be zero. The quants are unpacked in registers, a
+    /// sub-block of all 8 rows at a time, and transposed so that each vector holds 4 quants of
+    /// every row.
+    ///
+    /// # Safety
+    /// AVX2, FMA and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn pack(&mut self, fmt: Format, blocks: &[&[u8]]) {
+        let low = _mm256_set1_epi8(0x0f);
+        let load = |b: &[u8], at: usize| match b.get(at..at + 32) {
+            // SAFETY: 32 bytes.
+            Some(v) => unsafe { _mm256_loadu_si256(v.as_ptr().cast()) },
+            None => _mm256_setzero_si256(),
         };
-        match fmt {
-            Format::Q6K => {
+        let mut store = |j: usize, rows: [__m256i; PANEL]| {
+            for (g, v) in transpose8(rows).into_iter().enumerate() {
+                // SAFETY: `q[j][g]` is 32 bytes.
+                unsafe { _mm256_storeu_si256(self.q[j][g].as_mut_ptr().cast(), v) };
+            }
+        };
+        let n = blocks.len().min(PANEL);
+        if fmt == Format::Q6K {
+            let three = _mm256_set1_epi8(3);
+            for h in 0..2 {
+                let mut subs = [[_mm256_setzero_si256(); PANEL]; 4];
+                for (i, b) in blocks.iter().take(n).enumerate() {
+                    let (ql0, ql1, qh) =
+                        (load(b, 64 * h), load(b, 64 * h + 32), load(b, 128 + 32 * h));
+                    let two = |shift: i32| {
+                        let count = _mm_cvtsi32_si128(shift);
+                        _mm256_slli_epi16(_mm256_and_si256(_mm256_srl_epi16(qh, count), three), 4)
+                    };
+                    let nib = |v: __m256i, shift: i32| {
+                        _mm256_and_si256(_mm256_srl_epi16(v, _mm_cvtsi32_si128(shift)), low)
+                    };
+                    subs[0][i] = _mm256_or_si256(nib(ql0, 0), two(0));
+                    subs[1][i] = _mm256_or_si256(nib(ql1, 0), two(2));
+                    subs[2][i] = _mm256_or_si256(nib(ql0, 4), two(4));
+                    subs[3][i] = _mm256_or_si256(nib(ql1, 4), two(6));
+                }
+                for (s, rows) in subs.into_iter().enumerate() {
+                    store(4 * h + s, rows);
+                }
+            }
+            for (i, b) in blocks.iter().take(n).enumerate() {
                 self.d[i] = f16_at(b, 208);
+                let sc = |g: usize| i16::from(b.get(192 + g).copied().unwrap_or(0) as i8);
                 for j in 0..8 {
-                    for l in 0..32 {
-                        put(&mut self.q, j, l, q6_k_at(b, j, l).0);
-                    }
-                    let sc = |g: usize| i16::from(b.get(192 + g).copied().unwrap_or(0) as i8);
                     self.scales[j][2 * i..2 * i + 2].fill(sc(2 * j));
                     self.scales_hi[j][2 * i..2 * i + 2].fill(sc(2 * j + 1));
                     self.mins[j][2 * i] = sc(2 * j);
                     self.mins[j][2 * i + 1] = sc(2 * j + 1);
                 }
             }
-            _ => {
-                self.d[i] = f16_at(b, 0);
-                self.dmin[i] = f16_at(b, 2);
-                let sm = unpack_scales(packed_scales(b));
-                let q5 = fmt == Format::Q5K;
-                let qs_at = if q5 { 48 } else { 16 };
-                for pair in 0..4 {
-                    for l in 0..32 {
-                        let byte = b.get(qs_at + 32 * pair + l).copied().unwrap_or(0);
-                        let high = if q5 {
-                            b.get(16 + l).copied().unwrap_or(0)
-                        } else {
-                            0
-                        };
-                        let bit = |j: usize| ((high >> j) & 1) << 4;
-                        put(&mut self.q, 2 * pair, l, (byte & 0x0f) | bit(2 * pair));
-                        put(
-                            &mut self.q,
-                            2 * pair + 1,
-                            l,
-                            (byte >> 4) | bit(2 * pair + 1),
-                        );
-                    }
-                    self.mins[pair][2 * i] = i16::from(sm[8 + 2 * pair]);
-                    self.mins[pair][2 * i + 1] = i16::from(sm[8 + 2 * pair + 1]);
+            return;
+        }
+        let q5 = fmt == Format::Q5K;
+        let qs_at = if q5 { 48 } else { 16 };
+        let sixteen = _mm256_set1_epi8(16);
+        for pair in 0..4 {
+            let mut lo = [_mm256_setzero_si256(); PANEL];
+            let mut hi = [_mm256_setzero_si256(); PANEL];
+            for (i, b) in blocks.iter().take(n).enumerate() {
+                let raw = load(b, qs_at + 32 * pair);
+                lo[i] = _mm256_and_si256(raw, low);
+                hi[i] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low);
+                if q5 {
+                    let high = load(b, 16);
+                    let bit = |j: usize| {
+                        let m = _mm256_set1_epi8((1u8 << j) as i8);
+                        _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(high, m), m), sixteen)
+                    };
+                    lo[i] = _mm256_or_si256(lo[i], bit(2 * pair));
+                    hi[i] = _mm256_or_si256(hi[i], bit(2 * pair + 1));
                 }
-                for j in 0..8 {
-                    self.scales[j][2 * i..2 * i + 2].fill(i16::from(sm[j]));
-                }
+            }
+            store(2 * pair, lo);
+            store(2 * pair + 1, hi);
+        }
+        for (i, b) in blocks.iter().take(n).enumerate() {
+            self.d[i] = f16_at(b, 0);
+            self.dmin[i] = f16_at(b, 2);
+            let sm = unpack_scales(packed_scales(b));
+            for j in 0..8 {
+                self.scales[j][2 * i..2 * i + 2].fill(i16::from(sm[j]));
+            }
+            for pair in 0..4 {
+                self.mins[pair][2 * i] = i16::from(sm[8 + 2 * pair]);
+                self.mins[pair][2 * i + 1] = i16::from(sm[8 + 2 * pair + 1]);
             }
         }
     }
+}
+
+/// The 8 x 8 transpose of 32-bit elements: `out[g]` holds element `g` of every `rows[i]`, in
+/// lane `i`.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn transpose8(r: [__m256i; PANEL]) -> [__m256i; PANEL] {
+    let t0 = _mm256_unpacklo_epi32(r[0], r[1]);
+    let t1 = _mm256_unpackhi_epi32(r[0], r[1]);
+    let t2 = _mm256_unpacklo_epi32(r[2], r[3]);
+    let t3 = _mm256_unpackhi_epi32(r[2], r[3]);
+    let t4 = _mm256_unpacklo_epi32(r[4], r[5]);
+    let t5 = _mm256_unpackhi_epi32(r[4], r[5]);
+    let t6 = _mm256_unpacklo_epi32(r[6], r[7]);
+    let t7 = _mm256_unpackhi_epi32(r[6], r[7]);
+    let u0 = _mm256_unpacklo_epi64(t0, t2);
+    let u1 = _mm256_unpackhi_epi64(t0, t2);
+    let u2 = _mm256_unpacklo_epi64(t1, t3);
+    let u3 = _mm256_unpackhi_epi64(t1, t3);
+    let u4 = _mm256_unpacklo_epi64(t4, t6);
+    let u5 = _mm256_unpackhi_epi64(t4, t6);
+    let u6 = _mm256_unpacklo_epi64(t5, t7);
+    let u7 = _mm256_unpackhi_epi64(t5, t7);
+    [
+        _mm256_permute2x128_si256(u0, u4, 0x20),
+        _mm256_permute2x128_si256(u1, u5, 0x20),
+        _mm256_permute2x128_si256(u2, u6, 0x20),
+        _mm256_permute2x128_si256(u3, u7, 0x20),
+        _mm256_permute2x128_si256(u0, u4, 0x31),
+        _mm256_permute2x128_si256(u1, u5, 0x31),
+        _mm256_permute2x128_si256(u2, u6, 0x31),
+        _mm256_permute2x128_si256(u3, u7, 0x31),
+    ]
 }
 
 /// `res[t * rows + i]` = weight row `i` of `w` (`rows` rows of `nb` super-blocks of `fmt`, a
@@ -138,10 +212,13 @@ pub(crate) fn gemm_k(
         sums.fill([0.0; PANEL]);
         for sb in 0..nb {
             *panel = Panel::ZERO;
-            for i in 0..n {
+            let mut blocks: [&[u8]; PANEL] = [&[]; PANEL];
+            for (i, b) in blocks.iter_mut().enumerate().take(n) {
                 let at = (first + i) * row_bytes + sb * block;
-                panel.pack(fmt, i, &w[at..at + block]);
+                *b = &w[at..at + block];
             }
+            // SAFETY: AVX2, FMA and F16C were detected above.
+            unsafe { panel.pack(fmt, &blocks[..n]) };
             let act = |t: usize| &acts[t * nb + sb];
             let mut t = 0;
             while t + 4 <= m {

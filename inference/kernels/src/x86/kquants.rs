@@ -92,11 +92,11 @@ fn unpack_scales_simd(packed: __m128i) -> __m128i {
 /// Weight rows ahead of the one being read whose bytes are asked for early: a decode step streams
 /// every weight once from memory, and the kernel's arithmetic alone would leave the memory
 /// system idle between its loads (measured: see the inference README).
-const PREFETCH_ROWS: usize = 4;
+pub(super) const PREFETCH_ROWS: usize = 4;
 
 /// Asks for the `len` bytes at `w[at..]` (those inside `w`) to be brought into the cache.
 #[target_feature(enable = "avx2,fma,f16c")]
-fn prefetch(w: &[u8], at: usize, len: usize) {
+pub(super) fn prefetch(w: &[u8], at: usize, len: usize) {
     let mut line = at;
     while line < at.saturating_add(len) && line < w.len() {
         // SAFETY: `line < w.len()`: a prefetch of an address inside the slice (a prefetch never
