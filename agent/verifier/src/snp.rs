@@ -479,10 +479,10 @@ fn check_chain(
         })?;
     let ark = pem(product.ark_pem())?;
     let ark_cn = format!("ARK-{}", product.name());
-    if let Some(given) = certs.by_subject(&ark_cn) {
-        if der(given)? != der(&ark)? {
-            return Err(SnpError::ArkNotPinned(ark_cn));
-        }
+    if let Some(given) = certs.by_subject(&ark_cn)
+        && der(given)? != der(&ark)?
+    {
+        return Err(SnpError::ArkNotPinned(ark_cn));
     }
     let ca = match certs.by_subject(&issuer) {
         Some(c) => c.clone(),

@@ -140,7 +140,7 @@ impl<'a> Firmware<'a> {
     /// Reads the footer table of `data`. An image without one parses (a plain BIOS, say); the
     /// measurements that need an entry then say which is missing.
     pub fn parse(data: &'a [u8]) -> Result<Self, FirmwareError> {
-        if data.is_empty() || data.len() % 4096 != 0 || data.len() as u64 > 1 << 32 {
+        if data.is_empty() || !data.len().is_multiple_of(4096) || data.len() as u64 > 1 << 32 {
             return Err(FirmwareError::Size(data.len()));
         }
         let mut table = Vec::new();

@@ -224,7 +224,7 @@ pub fn launch_digest(firmware: &[u8], launch: &SnpLaunch) -> Result<LaunchDigest
     let mut g = Gctx { ld: [0; 48] };
     g.normal_pages(fw.gpa(), fw.data());
     for s in &sections {
-        if s.gpa as usize % PAGE != 0 || s.size as usize % PAGE != 0 {
+        if !(s.gpa as usize).is_multiple_of(PAGE) || !(s.size as usize).is_multiple_of(PAGE) {
             return Err(SnpError::Unaligned {
                 gpa: s.gpa,
                 size: s.size,

@@ -26,7 +26,10 @@ fn entry(out: &mut Vec<u8>, guid: uuid::Uuid, data: &[u8]) {
 }
 
 fn build(size: usize, kernel_hashes: bool) -> Vec<u8> {
-    assert!(size >= 16 * 1024 && size % 4096 == 0, "test image size");
+    assert!(
+        size >= 16 * 1024 && size.is_multiple_of(4096),
+        "test image size"
+    );
     let mut img = Vec::with_capacity(size);
     let mut counter = 0u64;
     while img.len() < size {

@@ -335,10 +335,10 @@ pub fn decrypt(jwes: &[Vec<u8>], keys: &[PrivateKey]) -> Result<Zeroizing<Vec<u8
     if tampered {
         return Err(JweError::Authentication);
     }
-    if carried.is_empty() {
-        if let Some(e) = first_error {
-            return Err(e);
-        }
+    if carried.is_empty()
+        && let Some(e) = first_error
+    {
+        return Err(e);
     }
     Err(JweError::NoMatchingRecipient {
         carried,

@@ -161,10 +161,12 @@ fn pick_platform(
             (Some(_), None) => false,
             (None, _) => true,
         };
-        if os == want.os && arch == want.architecture && variant_ok {
-            if let Some(d) = e["digest"].as_str() {
-                return Ok(d.to_string());
-            }
+        if os == want.os
+            && arch == want.architecture
+            && variant_ok
+            && let Some(d) = e["digest"].as_str()
+        {
+            return Ok(d.to_string());
         }
     }
     Err(RegistryError::NoPlatform {

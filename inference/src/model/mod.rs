@@ -482,17 +482,17 @@ pub(crate) fn check_dims(
     if layers > 1024 || heads > 4096 || hidden > 1 << 20 || ffn > 1 << 22 || vocab > 1 << 24 {
         return bad("sizes beyond any supported model".into());
     }
-    if hidden % heads != 0 {
+    if !hidden.is_multiple_of(heads) {
         return bad(format!(
             "hidden size {hidden} not divisible by {heads} heads"
         ));
     }
-    if heads % kv_heads != 0 {
+    if !heads.is_multiple_of(kv_heads) {
         return bad(format!(
             "{heads} heads not divisible by {kv_heads} kv heads"
         ));
     }
-    if (hidden / heads) % 2 != 0 {
+    if !(hidden / heads).is_multiple_of(2) {
         return bad(format!("odd head dimension {}", hidden / heads));
     }
     Ok(())

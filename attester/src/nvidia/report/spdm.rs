@@ -400,7 +400,7 @@ fn vbios(value: &[u8]) -> Result<String, ReportError> {
 }
 
 fn counts(value: &[u8]) -> Result<Vec<u32>, ReportError> {
-    if value.len() % 4 != 0 {
+    if !value.len().is_multiple_of(4) {
         return Err(invalid(
             "opaque data",
             format!(
