@@ -58,7 +58,7 @@ impl Format {
 
     /// Bytes of a row of `cols` weights, if `cols` is whole blocks and the size fits.
     pub const fn row_bytes(self, cols: usize) -> Option<usize> {
-        if cols % self.block_weights() != 0 {
+        if !cols.is_multiple_of(self.block_weights()) {
             return None;
         }
         (cols / self.block_weights()).checked_mul(self.block_bytes())
@@ -135,6 +135,8 @@ pub trait ActBlock: Copy + Send + Sync + 'static {
     /// The SIMD product of `rows` weight rows (`w`, in `fmt`) with `m` activation rows at
     /// once, into `res` (`m x rows`), where this CPU and `fmt` have one: false if nothing was
     /// computed (then the tiles do it).
+    /// `vnni`: AVX-VNNI may be used (see [`crate::Kernel::AvxVnni`]).
+    #[allow(clippy::too_many_arguments)]
     fn gemm_simd(
         fmt: Format,
         w: &[u8],
@@ -143,8 +145,9 @@ pub trait ActBlock: Copy + Send + Sync + 'static {
         acts: &[Self],
         m: usize,
         res: &mut [f32],
+        vnni: bool,
     ) -> bool {
-        let _ = (fmt, w, rows, nb, acts, m, res);
+        let _ = (fmt, w, rows, nb, acts, m, res, vnni);
         false
     }
 }

@@ -67,12 +67,13 @@ impl ActBlock for Q8KBlock {
         acts: &[Self],
         m: usize,
         res: &mut [f32],
+        vnni: bool,
     ) -> bool {
         #[cfg(target_arch = "x86_64")]
-        return crate::x86::gemm_k(fmt, w, rows, nb, acts, m, res);
+        return crate::x86::gemm_k(fmt, w, rows, nb, acts, m, res, vnni);
         #[cfg(not(target_arch = "x86_64"))]
         {
-            let _ = (fmt, w, rows, nb, acts, m, res);
+            let _ = (fmt, w, rows, nb, acts, m, res, vnni);
             false
         }
     }
@@ -200,7 +201,11 @@ fn q45_k_at(fmt: Format, block: &[u8], j: usize, l: usize) -> u8 {
     let get = |i: usize| block.get(i).copied().unwrap_or(0);
     let qs = if fmt == Format::Q5K { 48 } else { 16 };
     let byte = get(qs + 32 * (j / 2) + l);
-    let nibble = if j % 2 == 0 { byte & 0x0f } else { byte >> 4 };
+    let nibble = if j.is_multiple_of(2) {
+        byte & 0x0f
+    } else {
+        byte >> 4
+    };
     if fmt == Format::Q5K {
         nibble | (((get(16 + l) >> j) & 1) << 4)
     } else {

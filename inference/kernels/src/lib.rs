@@ -8,7 +8,8 @@
 //!   blocks ([`blocks::Q8Block`]); one vector dot per output for a single row (decode), a tiled
 //!   product for many (prefill: each weight block is unpacked once for 4 activation rows);
 //! - the kernels: AVX2 + FMA chosen at run time (`is_x86_feature_detected!`, so the portable
-//!   build runs them too), and the scalar code that is their reference ([`blocks::dot_scalar`]);
+//!   build runs them too; AVX-VNNI for the K-quants' prefill where the CPU has it), and the
+//!   scalar code that is their reference ([`blocks::dot_scalar`]);
 //! - [`Pool`]: one persistent set of worker threads that splits each matmul's rows.
 //!
 //! What it must never do: read outside the slices it is given (every length is checked before
@@ -35,12 +36,17 @@ pub enum Kernel {
     Scalar,
     /// AVX2 + FMA + F16C (x86-64-v3 CPUs), detected at run time.
     Avx2,
+    /// [`Kernel::Avx2`] with AVX-VNNI (`vpdpbusd` on 256-bit vectors: Alder Lake, Sapphire
+    /// Rapids, Zen 5) where a kernel has a use for it: the K-quants' prefill GEMM.
+    AvxVnni,
 }
 
 impl Kernel {
     /// The fastest kernel this CPU runs.
     pub fn best() -> Kernel {
-        if kernel::avx2() {
+        if kernel::avx_vnni() {
+            Kernel::AvxVnni
+        } else if kernel::avx2() {
             Kernel::Avx2
         } else {
             Kernel::Scalar
@@ -52,6 +58,7 @@ impl Kernel {
         match self {
             Kernel::Scalar => true,
             Kernel::Avx2 => kernel::avx2(),
+            Kernel::AvxVnni => kernel::avx_vnni(),
         }
     }
 }
@@ -63,6 +70,19 @@ pub(crate) mod kernel {
         {
             static AVX2: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
             *AVX2.get_or_init(crate::x86::available)
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    }
+
+    /// [`avx2`] and AVX-VNNI (detected once).
+    pub(crate) fn avx_vnni() -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            static VNNI: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+            *VNNI.get_or_init(|| avx2() && std::arch::is_x86_feature_detected!("avxvnni"))
         }
         #[cfg(not(target_arch = "x86_64"))]
         {

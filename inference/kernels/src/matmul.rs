@@ -151,7 +151,7 @@ impl QMatrix {
         data: impl Into<Bytes>,
     ) -> Result<Self, KernelError> {
         let data = data.into();
-        if cols % format.block_weights() != 0 {
+        if !cols.is_multiple_of(format.block_weights()) {
             return Err(KernelError::PartialBlock {
                 cols,
                 block: format.block_weights(),
@@ -439,7 +439,7 @@ impl QMatrix {
         let nb = self.nb;
         let act = |t: usize| &acts[t * nb..(t + 1) * nb];
         let mut start = rows.start;
-        if kernel == Kernel::Avx2 && m >= GEMM_ROWS {
+        if kernel != Kernel::Scalar && m >= GEMM_ROWS {
             // Many activation rows: the whole range at once where the format has a GEMM, a
             // segment's part at a time.
             let mut res = Vec::new();
@@ -453,7 +453,8 @@ impl QMatrix {
                 res.clear();
                 res.resize(m * n, 0f32);
                 let w = &segment.data[i * rb..(i + n) * rb];
-                if !A::gemm_simd(segment.format, w, n, nb, acts, m, &mut res) {
+                let vnni = kernel == Kernel::AvxVnni;
+                if !A::gemm_simd(segment.format, w, n, nb, acts, m, &mut res, vnni) {
                     break;
                 }
                 for (t, r) in res.chunks_exact(n).enumerate() {
@@ -521,7 +522,7 @@ impl QMatrix {
         a: [&[A]; R],
         out: &mut [[f32; R]],
     ) {
-        if kernel == Kernel::Avx2 && A::tile_simd(fmt, w, self.nb, a, out) {
+        if kernel != Kernel::Scalar && A::tile_simd(fmt, w, self.nb, a, out) {
             return;
         }
         let row_bytes = w.len() / out.len().max(1);

@@ -178,7 +178,7 @@ fn activations(rng: &mut Rng, n: usize, negative: bool) -> Vec<f32> {
 }
 
 fn kernels() -> Vec<Kernel> {
-    [Kernel::Scalar, Kernel::Avx2]
+    [Kernel::Scalar, Kernel::Avx2, Kernel::AvxVnni]
         .into_iter()
         .filter(|k| k.available())
         .collect()
@@ -198,7 +198,7 @@ fn check(fmt: Format, rows: usize, cols: usize, m: usize, fill: Fill, seed: u64)
 fn check_with<A: TestAct>(fmt: Format, rows: usize, cols: usize, m: usize, fill: Fill, seed: u64) {
     let mut rng = Rng(seed);
     let data = weights(&mut rng, fmt, rows, cols, fill);
-    let x = activations(&mut rng, m * cols, seed % 3 == 0);
+    let x = activations(&mut rng, m * cols, seed.is_multiple_of(3));
     let w = QMatrix::new(fmt, rows, cols, data.clone()).unwrap();
     let nb = cols / A::VALUES;
     let mut acts = vec![A::ZEROS; m * nb];

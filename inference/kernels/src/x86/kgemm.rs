@@ -183,7 +183,9 @@ fn transpose8(r: [__m256i; PANEL]) -> [__m256i; PANEL] {
 
 /// `res[t * rows + i]` = weight row `i` of `w` (`rows` rows of `nb` super-blocks of `fmt`, a
 /// K-quant) dotted with activation row `t` of `acts` (`m` rows of `nb` blocks). Returns false
-/// (computing nothing) if the lengths do not hold or the CPU lacks the features.
+/// (computing nothing) if the lengths do not hold or the CPU lacks the features. `vnni`: use
+/// AVX-VNNI where the CPU has it.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn gemm_k(
     fmt: Format,
     w: &[u8],
@@ -192,6 +194,7 @@ pub(crate) fn gemm_k(
     acts: &[Q8KBlock],
     m: usize,
     res: &mut [f32],
+    vnni: bool,
 ) -> bool {
     let Some(row_bytes) = nb.checked_mul(fmt.block_bytes()) else {
         return false;
@@ -202,6 +205,7 @@ pub(crate) fn gemm_k(
     if fmt.block_weights() != crate::blocks::QK_K || !sizes_hold || !crate::kernel::avx2() {
         return false;
     }
+    let vnni = vnni && crate::kernel::avx_vnni();
     let block = fmt.block_bytes();
     let mut panel = Box::new(Panel::ZERO);
     // Per activation row, the 8 rows' sums so far (f32 lanes).
@@ -222,14 +226,30 @@ pub(crate) fn gemm_k(
             let act = |t: usize| &acts[t * nb + sb];
             let mut t = 0;
             while t + 4 <= m {
-                let a = [act(t), act(t + 1), act(t + 2), act(t + 3)];
-                // SAFETY: AVX2, FMA and F16C were detected above.
-                unsafe { panel_dot::<4>(fmt, &panel, a, &mut sums[t..t + 4]) };
+                let (a, s) = (
+                    [act(t), act(t + 1), act(t + 2), act(t + 3)],
+                    &mut sums[t..t + 4],
+                );
+                // SAFETY: AVX2, FMA and F16C were detected above, and AVX-VNNI where `vnni`.
+                unsafe {
+                    if vnni {
+                        panel_dot_vnni::<4>(fmt, &panel, a, s)
+                    } else {
+                        panel_dot::<4>(fmt, &panel, a, s)
+                    }
+                };
                 t += 4;
             }
             while t < m {
+                let (a, s) = ([act(t)], &mut sums[t..t + 1]);
                 // SAFETY: as above.
-                unsafe { panel_dot::<1>(fmt, &panel, [act(t)], &mut sums[t..t + 1]) };
+                unsafe {
+                    if vnni {
+                        panel_dot_vnni::<1>(fmt, &panel, a, s)
+                    } else {
+                        panel_dot::<1>(fmt, &panel, a, s)
+                    }
+                };
                 t += 1;
             }
         }
@@ -241,7 +261,8 @@ pub(crate) fn gemm_k(
     true
 }
 
-/// Adds the panel's 8 rows dotted with each of `a` (one super-block each) to `sums[r]`.
+/// Adds the panel's 8 rows dotted with each of `a` (one super-block each) to `sums[r]`:
+/// `vpmaddubsw` products added as i16, widened and scaled by `vpmaddwd`.
 ///
 /// # Safety
 /// AVX2, FMA and F16C.
@@ -253,19 +274,12 @@ unsafe fn panel_dot<const R: usize>(
     sums: &mut [[f32; PANEL]],
 ) {
     // Groups of 4 quants whose i16 products are added before widening (see the module).
-    let (per_madd, six) = match fmt {
-        Format::Q4K => (8, false),
-        Format::Q5K => (4, false),
-        _ => (2, true),
+    let per_madd = match fmt {
+        Format::Q4K => 8,
+        Format::Q5K => 4,
+        _ => 2,
     };
-    let load = |v: &[u8; 32]| {
-        // SAFETY: 32 bytes.
-        unsafe { _mm256_loadu_si256(v.as_ptr().cast()) }
-    };
-    let load16 = |v: &[i16; 16]| {
-        // SAFETY: 32 bytes.
-        unsafe { _mm256_loadu_si256(v.as_ptr().cast()) }
-    };
+    let six = fmt == Format::Q6K;
     let mut sumi = [_mm256_setzero_si256(); R];
     for j in 0..8 {
         for half in 0..8 / per_madd {
@@ -273,16 +287,12 @@ unsafe fn panel_dot<const R: usize>(
             for g in half * per_madd..(half + 1) * per_madd {
                 let wv = load(&p.q[j][g]);
                 for r in 0..R {
-                    // SAFETY: 32 j + 4 g + 4 <= 256 = qs.len(); unaligned read.
-                    let x = unsafe {
-                        std::ptr::read_unaligned(a[r].qs.as_ptr().add(32 * j + 4 * g).cast::<i32>())
-                    };
-                    let prod = _mm256_maddubs_epi16(wv, _mm256_set1_epi32(x));
+                    let prod = _mm256_maddubs_epi16(wv, activations(a[r], j, g));
                     s16[r] = _mm256_add_epi16(s16[r], prod);
                 }
             }
             // Q6_K's last 16 weights of a sub-block (groups 4..8) take its second scale.
-            let sc = if six && half >= 2 {
+            let sc = if six && half >= 8 / per_madd / 2 {
                 load16(&p.scales_hi[j])
             } else {
                 load16(&p.scales[j])
@@ -292,6 +302,88 @@ unsafe fn panel_dot<const R: usize>(
             }
         }
     }
+    // SAFETY: AVX2, FMA and F16C (this function's contract).
+    unsafe { finish(fmt, p, a, sumi, sums) };
+}
+
+/// [`panel_dot`] with AVX-VNNI: `vpdpbusd` multiplies and adds 4 quant-activation pairs into
+/// each i32 lane in one instruction (no i16 stage, so no limit on how many are added), and a
+/// sub-block's (Q6_K: 16 weights') sum is scaled with one `vpmulld`.
+///
+/// # Safety
+/// AVX2, FMA, F16C and AVX-VNNI.
+#[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+unsafe fn panel_dot_vnni<const R: usize>(
+    fmt: Format,
+    p: &Panel,
+    a: [&Q8KBlock; R],
+    sums: &mut [[f32; PANEL]],
+) {
+    let halves = if fmt == Format::Q6K { 2 } else { 1 };
+    let mut sumi = [_mm256_setzero_si256(); R];
+    for j in 0..8 {
+        for half in 0..halves {
+            let groups = 8 / halves;
+            let mut s32 = [_mm256_setzero_si256(); R];
+            for g in half * groups..(half + 1) * groups {
+                let wv = load(&p.q[j][g]);
+                for r in 0..R {
+                    s32[r] = _mm256_dpbusd_avx_epi32(s32[r], wv, activations(a[r], j, g));
+                }
+            }
+            // Each row's scale, an i16 in its lane's low half (sign-extended to the lane).
+            let sc = load16(if half == 1 {
+                &p.scales_hi[j]
+            } else {
+                &p.scales[j]
+            });
+            let sc = _mm256_srai_epi32(_mm256_slli_epi32(sc, 16), 16);
+            for r in 0..R {
+                sumi[r] = _mm256_add_epi32(sumi[r], _mm256_mullo_epi32(s32[r], sc));
+            }
+        }
+    }
+    // SAFETY: AVX2, FMA and F16C (this function's contract).
+    unsafe { finish(fmt, p, a, sumi, sums) };
+}
+
+/// A panel's 32 bytes.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn load(v: &[u8; 32]) -> __m256i {
+    // SAFETY: 32 bytes.
+    unsafe { _mm256_loadu_si256(v.as_ptr().cast()) }
+}
+
+/// A panel's 16 i16.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn load16(v: &[i16; 16]) -> __m256i {
+    // SAFETY: 32 bytes.
+    unsafe { _mm256_loadu_si256(v.as_ptr().cast()) }
+}
+
+/// Activations `4 g..4 g + 4` of sub-block `j` of `a`, broadcast to every i32 lane.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn activations(a: &Q8KBlock, j: usize, g: usize) -> __m256i {
+    let at = (32 * j + 4 * g).min(a.qs.len() - 4);
+    // SAFETY: `at + 4 <= 256 = qs.len()`; unaligned read.
+    let x = unsafe { std::ptr::read_unaligned(a.qs.as_ptr().add(at).cast::<i32>()) };
+    _mm256_set1_epi32(x)
+}
+
+/// Adds `sumi[r]` (the 8 rows' integer sums against activation row `r`) to `sums[r]` with the
+/// scales, after the mins (Q6_K: the offset of 32) met the activations' 16-value sums.
+///
+/// # Safety
+/// AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn finish<const R: usize>(
+    fmt: Format,
+    p: &Panel,
+    a: [&Q8KBlock; R],
+    sumi: [__m256i; R],
+    sums: &mut [[f32; PANEL]],
+) {
+    let six = fmt == Format::Q6K;
     // SAFETY: the panel's d and dmin are 8 f32 each.
     let (d, dmin) = unsafe {
         (
@@ -300,7 +392,6 @@ unsafe fn panel_dot<const R: usize>(
         )
     };
     for (r, sums) in sums.iter_mut().enumerate().take(R) {
-        // The mins (Q6_K: the offset of 32) against the activations' 16-value sums.
         let bs = &a[r].bsums;
         let mut m32 = _mm256_setzero_si256();
         if six {
