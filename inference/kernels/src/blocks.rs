@@ -179,6 +179,24 @@ impl ActBlock for Q8Block {
             false
         }
     }
+    fn gemm_simd(
+        fmt: Format,
+        w: &[u8],
+        rows: usize,
+        nb: usize,
+        acts: &[Self],
+        m: usize,
+        res: &mut [f32],
+        vnni: bool,
+    ) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        return crate::x86::gemm_q8(fmt, w, rows, nb, acts, m, res, vnni);
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = (fmt, w, rows, nb, acts, m, res, vnni);
+            false
+        }
+    }
 }
 
 /// IEEE half to single precision (every f16 value, subnormals, infinities and NaN included).

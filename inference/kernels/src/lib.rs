@@ -8,7 +8,7 @@
 //!   blocks ([`blocks::Q8Block`]); one vector dot per output for a single row (decode), a tiled
 //!   product for many (prefill: each weight block is unpacked once for 4 activation rows);
 //! - the kernels: AVX2 + FMA chosen at run time (`is_x86_feature_detected!`, so the portable
-//!   build runs them too; AVX-VNNI for the K-quants' prefill where the CPU has it), and the
+//!   build runs them too; AVX-VNNI for prefill where the CPU has it), and the
 //!   scalar code that is their reference ([`blocks::dot_scalar`]);
 //! - [`Pool`]: one persistent set of worker threads that splits each matmul's rows.
 //!
@@ -37,7 +37,7 @@ pub enum Kernel {
     /// AVX2 + FMA + F16C (x86-64-v3 CPUs), detected at run time.
     Avx2,
     /// [`Kernel::Avx2`] with AVX-VNNI (`vpdpbusd` on 256-bit vectors: Alder Lake, Sapphire
-    /// Rapids, Zen 5) where a kernel has a use for it: the K-quants' prefill GEMM.
+    /// Rapids, Zen 5) where a kernel has a use for it: the prefill GEMMs (every format).
     AvxVnni,
 }
 

@@ -15,8 +15,10 @@ use crate::blocks::{Format, Q8Block, QK};
 
 mod kgemm;
 mod kquants;
+mod qgemm;
 pub(crate) use kgemm::gemm_k;
 pub(crate) use kquants::tile_k;
+pub(crate) use qgemm::gemm_q8;
 
 /// Whether this CPU has what the kernels here need (checked once by the caller, cached).
 pub(crate) fn available() -> bool {

@@ -152,7 +152,7 @@ impl Panel {
 /// The 8 x 8 transpose of 32-bit elements: `out[g]` holds element `g` of every `rows[i]`, in
 /// lane `i`.
 #[target_feature(enable = "avx2,fma,f16c")]
-fn transpose8(r: [__m256i; PANEL]) -> [__m256i; PANEL] {
+pub(super) fn transpose8(r: [__m256i; PANEL]) -> [__m256i; PANEL] {
     let t0 = _mm256_unpacklo_epi32(r[0], r[1]);
     let t1 = _mm256_unpackhi_epi32(r[0], r[1]);
     let t2 = _mm256_unpacklo_epi32(r[2], r[3]);

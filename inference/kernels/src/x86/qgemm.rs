@@ -1,0 +1,179 @@
+//! The prefill product of Q4_0, Q4_1 and Q8_0 weights (8 or more activation rows) with
+//! AVX-VNNI, as a packed-panel GEMM like the K-quants' ([`super::kgemm`]): for 8 weight rows and
+//! one 32-weight block, the quants are unpacked to signed bytes and transposed so that each
+//! vector holds 4 of every row; each activation row meets them with a broadcast of 4 bytes and
+//! one `vpdpbusd` per 32 multiply-adds, the sums staying in the lanes of their rows.
+//!
+//! `vpdpbusd` multiplies unsigned by signed bytes: the activations (signed, `|a| <= 127`) are
+//! offset by 128 to make them unsigned (`a ^ 0x80`), and `128 sum(w)` per row and block (one
+//! more `vpdpbusd` of the panel against ones) is taken back off: exact integer arithmetic.
+//! Without AVX-VNNI these formats keep the 4-row tiles.
+
+// The kernels index register arrays (one per weight row, activation row or group) by the same
+// counters; iterator chains would hide which register is which.
+#![allow(clippy::needless_range_loop)]
+
+use std::arch::x86_64::*;
+
+use super::kgemm::{PANEL, transpose8};
+use crate::blocks::{Format, Q8Block, QK, f16_at};
+
+/// One 32-weight block of [`PANEL`] weight rows, unpacked.
+struct Panel {
+    /// `q[g]`: weights `4 g..4 g + 4` of rows 0..8 as signed bytes (Q4_1: its unsigned
+    /// nibbles), 4 bytes a row.
+    q: [__m256i; 8],
+    /// Each row's `sum(q)`, in its i32 lane.
+    qsum: __m256i,
+    d: __m256,
+    /// Q4_1's `m` per row (zero for the others).
+    m: __m256,
+}
+
+/// `res[t * rows + i]` = weight row `i` of `w` (`rows` rows of `nb` blocks of `fmt`, a format
+/// of 32 weights) dotted with activation row `t` of `acts` (`m` rows of `nb` blocks). Returns
+/// false (computing nothing) where the lengths do not hold, `vnni` is false or the CPU lacks
+/// AVX-VNNI.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_q8(
+    fmt: Format,
+    w: &[u8],
+    rows: usize,
+    nb: usize,
+    acts: &[Q8Block],
+    m: usize,
+    res: &mut [f32],
+    vnni: bool,
+) -> bool {
+    let Some(row_bytes) = nb.checked_mul(fmt.block_bytes()) else {
+        return false;
+    };
+    let sizes_hold = rows.checked_mul(row_bytes).is_some_and(|n| n <= w.len())
+        && m.checked_mul(nb).is_some_and(|n| n <= acts.len())
+        && m.checked_mul(rows).is_some_and(|n| n <= res.len());
+    if fmt.block_weights() != QK || !sizes_hold || !vnni || !crate::kernel::avx_vnni() {
+        return false;
+    }
+    let block = fmt.block_bytes();
+    let mut sums = vec![[0f32; PANEL]; m];
+    let mut first = 0;
+    while first < rows {
+        let n = PANEL.min(rows - first);
+        sums.fill([0.0; PANEL]);
+        for b in 0..nb {
+            let mut blocks: [&[u8]; PANEL] = [&[]; PANEL];
+            for (i, blk) in blocks.iter_mut().enumerate().take(n) {
+                let at = (first + i) * row_bytes + b * block;
+                *blk = &w[at..at + block];
+            }
+            // SAFETY: AVX2, FMA, F16C and AVX-VNNI were detected above.
+            let panel = unsafe { pack(fmt, &blocks[..n]) };
+            let act = |t: usize| &acts[t * nb + b];
+            let mut t = 0;
+            while t + 4 <= m {
+                let a = [act(t), act(t + 1), act(t + 2), act(t + 3)];
+                // SAFETY: as above.
+                unsafe { panel_dot::<4>(&panel, a, &mut sums[t..t + 4]) };
+                t += 4;
+            }
+            while t < m {
+                // SAFETY: as above.
+                unsafe { panel_dot::<1>(&panel, [act(t)], &mut sums[t..t + 1]) };
+                t += 1;
+            }
+        }
+        for (t, s) in sums.iter().enumerate() {
+            res[t * rows + first..][..n].copy_from_slice(&s[..n]);
+        }
+        first += n;
+    }
+    true
+}
+
+/// The panel of `blocks` (at most [`PANEL`] rows' blocks, whole, in `fmt`); missing rows are
+/// zeros.
+///
+/// # Safety
+/// AVX2, FMA, F16C and AVX-VNNI.
+#[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+unsafe fn pack(fmt: Format, blocks: &[&[u8]]) -> Panel {
+    let low = _mm_set1_epi8(0x0f);
+    let mut rows = [_mm256_setzero_si256(); PANEL];
+    let (mut d, mut m) = ([0f32; PANEL], [0f32; PANEL]);
+    for (i, b) in blocks.iter().take(PANEL).enumerate() {
+        d[i] = f16_at(b, 0);
+        let nibbles = |at: usize| match b.get(at..at + 16) {
+            Some(raw) => {
+                // SAFETY: 16 bytes.
+                let raw = unsafe { _mm_loadu_si128(raw.as_ptr().cast()) };
+                let lo = _mm_and_si128(raw, low);
+                let hi = _mm_and_si128(_mm_srli_epi16(raw, 4), low);
+                _mm256_set_m128i(hi, lo)
+            }
+            None => _mm256_setzero_si256(),
+        };
+        rows[i] = match fmt {
+            Format::Q8_0 => match b.get(2..34) {
+                // SAFETY: 32 bytes.
+                Some(q) => unsafe { _mm256_loadu_si256(q.as_ptr().cast()) },
+                None => _mm256_setzero_si256(),
+            },
+            Format::Q4_0 => _mm256_sub_epi8(nibbles(2), _mm256_set1_epi8(8)),
+            _ => {
+                m[i] = f16_at(b, 2);
+                nibbles(4)
+            }
+        };
+    }
+    let q = transpose8(rows);
+    let ones = _mm256_set1_epi8(1);
+    let mut qsum = _mm256_setzero_si256();
+    for v in q {
+        qsum = _mm256_dpbusd_avx_epi32(qsum, ones, v);
+    }
+    Panel {
+        q,
+        qsum,
+        // SAFETY: 8 f32 each.
+        d: unsafe { _mm256_loadu_ps(d.as_ptr()) },
+        // SAFETY: as above.
+        m: unsafe { _mm256_loadu_ps(m.as_ptr()) },
+    }
+}
+
+/// Adds the panel's 8 rows dotted with each of `a` (one block each) to `sums[r]`.
+///
+/// # Safety
+/// AVX2, FMA, F16C and AVX-VNNI.
+#[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+unsafe fn panel_dot<const R: usize>(p: &Panel, a: [&Q8Block; R], sums: &mut [[f32; PANEL]]) {
+    let flip = _mm256_set1_epi8(-128);
+    let mut s32 = [_mm256_setzero_si256(); R];
+    let mut shifted = [[0u8; QK]; R];
+    for r in 0..R {
+        // SAFETY: `qs` is 32 bytes, `shifted[r]` too.
+        unsafe {
+            let x = _mm256_xor_si256(_mm256_loadu_si256(a[r].qs.as_ptr().cast()), flip);
+            _mm256_storeu_si256(shifted[r].as_mut_ptr().cast(), x);
+        }
+    }
+    for g in 0..8 {
+        for r in 0..R {
+            // SAFETY: 4 g + 4 <= 32; unaligned read.
+            let x =
+                unsafe { std::ptr::read_unaligned(shifted[r].as_ptr().add(4 * g).cast::<i32>()) };
+            s32[r] = _mm256_dpbusd_avx_epi32(s32[r], _mm256_set1_epi32(x), p.q[g]);
+        }
+    }
+    // sum((a + 128) w) - 128 sum(w) = sum(a w).
+    let offset = _mm256_slli_epi32(p.qsum, 7);
+    for (r, sums) in sums.iter_mut().enumerate().take(R) {
+        let dot = _mm256_cvtepi32_ps(_mm256_sub_epi32(s32[r], offset));
+        // SAFETY: 8 f32.
+        let mut acc = unsafe { _mm256_loadu_ps(sums.as_ptr()) };
+        acc = _mm256_fmadd_ps(_mm256_mul_ps(p.d, _mm256_set1_ps(a[r].d)), dot, acc);
+        acc = _mm256_fmadd_ps(p.m, _mm256_set1_ps(a[r].s), acc);
+        // SAFETY: 8 f32.
+        unsafe { _mm256_storeu_ps(sums.as_mut_ptr(), acc) };
+    }
+}
