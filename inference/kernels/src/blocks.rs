@@ -330,6 +330,9 @@ pub fn dot_scalar<A: ActBlock>(fmt: Format, row: &[u8], a: &[A]) -> f32 {
 /// [`dot_scalar`] for the formats of [`QK`] weights.
 fn dot_scalar_q8(fmt: Format, row: &[u8], a: &[Q8Block]) -> f32 {
     let mut sum = 0f32;
+    // Q4_1's `m s` terms, summed apart from the products they cancel against and added once
+    // (as the SIMD kernels do): one running total of both lost more to rounding.
+    let mut offsets = 0f32;
     for (w, a) in row.chunks_exact(fmt.block_bytes()).zip(a) {
         let dw = f16_at(w, 0);
         match fmt {
@@ -344,7 +347,8 @@ fn dot_scalar_q8(fmt: Format, row: &[u8], a: &[Q8Block]) -> f32 {
                 let m = f16_at(w, 2);
                 let qs = w.get(4..).unwrap_or_default();
                 let dot: i32 = (0..QK).map(|i| nibble(qs, i) * i32::from(a.qs[i])).sum();
-                sum += dw * a.d * dot as f32 + m * a.s;
+                sum += dw * a.d * dot as f32;
+                offsets += m * a.s;
             }
             // Never: a matrix in these formats takes `Q8KBlock`s (`ActBlock::takes`).
             Format::Q4K | Format::Q5K | Format::Q6K => {}
@@ -359,7 +363,7 @@ fn dot_scalar_q8(fmt: Format, row: &[u8], a: &[Q8Block]) -> f32 {
             }
         }
     }
-    sum
+    sum + offsets
 }
 
 /// One row of weights dequantised to f32 (the tests' route through full precision).

@@ -42,15 +42,24 @@ pub enum Kernel {
 }
 
 impl Kernel {
-    /// The fastest kernel this CPU runs.
+    /// The fastest kernel this CPU runs, or a slower one `WARD_KERNEL` names (`scalar`, `avx2`:
+    /// a switch for benchmarks and bisecting, read once per process; nothing else reads it).
     pub fn best() -> Kernel {
-        if kernel::avx_vnni() {
-            Kernel::AvxVnni
-        } else if kernel::avx2() {
-            Kernel::Avx2
-        } else {
-            Kernel::Scalar
-        }
+        static BEST: std::sync::OnceLock<Kernel> = std::sync::OnceLock::new();
+        *BEST.get_or_init(|| {
+            let fastest = if kernel::avx_vnni() {
+                Kernel::AvxVnni
+            } else if kernel::avx2() {
+                Kernel::Avx2
+            } else {
+                Kernel::Scalar
+            };
+            match std::env::var("WARD_KERNEL").as_deref() {
+                Ok("scalar") => Kernel::Scalar,
+                Ok("avx2") if fastest != Kernel::Scalar => Kernel::Avx2,
+                _ => fastest,
+            }
+        })
     }
 
     /// Whether this CPU runs `self`.
