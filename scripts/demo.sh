@@ -59,11 +59,15 @@ print(json.dumps(entry))
 PY
   ok "audit has $1 $2 ${*:3}"
 }
-# free_port: a loopback port nothing listens on (coreutils and bash only)
+# free_port: a loopback port nothing listens on (coreutils and bash only), below the kernel's
+# ephemeral range: a port above it can be the local end of another connection (or its
+# TIME_WAIT), which no probe sees and which makes a later bind fail (it did, once, in CI).
 free_port() {
-  local port
+  local port low
+  low=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
+  [ "$low" -gt 20100 ] 2>/dev/null || low=32768
   while :; do
-    port=$(shuf -i 20000-60000 -n 1)
+    port=$(shuf -i "20000-$((low - 1))" -n 1)
     (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null || break
   done
   echo "$port"
@@ -96,14 +100,26 @@ for _ in $(seq 1 100); do [ -s "$work/kbs.url" ] && break; sleep 0.05; done
 kbs_url=$(cat "$work/kbs.url")
 cat "$work/kbs.log"
 
-port=$(free_port)
-step "a local registry (docker-registry on 127.0.0.1:$port)"
-printf 'version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: 127.0.0.1:%s\n' "$work/registry" "$port" >"$work/registry.yml"
-docker-registry serve "$work/registry.yml" >"$work/registry.log" 2>&1 &
-reg_pid=$!
-pids+=("$reg_pid")
-for _ in $(seq 1 100); do (echo >/dev/tcp/127.0.0.1/"$port") 2>/dev/null && break; sleep 0.05; done
+# The registry binds a port this script picked: another process can take it in between, so a
+# bind that fails is retried on another port (three tries).
+for try in 1 2 3; do
+  port=$(free_port)
+  [ "$try" = 1 ] && step "a local registry (docker-registry on 127.0.0.1:$port)"
+  printf 'version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: 127.0.0.1:%s\n' "$work/registry" "$port" >"$work/registry.yml"
+  docker-registry serve "$work/registry.yml" >"$work/registry.log" 2>&1 &
+  reg_pid=$!
+  pids+=("$reg_pid")
+  for _ in $(seq 1 100); do
+    (echo >/dev/tcp/127.0.0.1/"$port") 2>/dev/null && break
+    kill -0 "$reg_pid" 2>/dev/null || break
+    sleep 0.05
+  done
+  (echo >/dev/tcp/127.0.0.1/"$port") 2>/dev/null && break
+  grep -q "address already in use" "$work/registry.log" || break
+  echo "port $port was taken before the registry bound it; another"
+done
 (echo >/dev/tcp/127.0.0.1/"$port") 2>/dev/null || fail "the registry did not start: $(cat "$work/registry.log")"
+[ "$try" = 1 ] || echo "registry on 127.0.0.1:$port"
 
 step "owner side: build an image with umoci, encrypt it with ward (key in the KBS), push it with skopeo"
 umoci init --layout "$work/layout" && umoci new --image "$work/layout:v1"
