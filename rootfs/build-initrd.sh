@@ -2,7 +2,8 @@
 # Builds a guest initrd with wardd as /init, and fetches the kernel to boot it with.
 #
 #   rootfs/build-initrd.sh [--debug] [--wardd PATH] [--out DIR] [--modules "NAME..."] [--config FILE] [--no-ca-certs] [--secure-mount]
-#                          [--measure [--firmware FILE] [--cmdline "..."] [--vcpus "1 2"] [--vcpu-type T] [--initdata FILE]]
+#                          [--measure [--firmware FILE] [--cmdline "..."] [--vcpus "1 2"] [--vcpu-type T] [--initdata FILE]
+#                                     [--tdx-memory SIZE]]
 #
 # - The kernel is Debian's linux-image-amd64 (the real linux-image-<version> it depends on),
 #   fetched with `apt-get download` and unpacked with `dpkg-deb -x` into a cache directory
@@ -38,8 +39,11 @@
 #   --firmware (default: Debian's OVMF.fd from rootfs/fetch-ovmf.sh, which cannot measure the
 #   kernel: then only the firmware is measured and the script says so; name an AmdSev build for
 #   the Kata direct-boot shape), booted with exactly --cmdline (default below) and --vcpus of
-#   --vcpu-type; the TDX MRTD is for Debian's OVMF.fd; --initdata names the initdata document
-#   whose digest goes in HOSTDATA/MRCONFIGID.
+#   --vcpu-type; the TDX MRTD and RTMR1/RTMR2 are for Debian's OVMF.fd booting this kernel,
+#   initrd and command line in a TD of --tdx-memory (default 2G, Kata's; QEMU's -m exactly:
+#   below 2.75 GiB RTMR1 depends on it). A kernel before Linux 6.8 does not measure the initrd
+#   and command line into RTMR2 under TDX (ward-measure warns); KERNEL_PACKAGE can name a newer
+#   one. --initdata names the initdata document whose digest goes in HOSTDATA/MRCONFIGID.
 #
 # Writes DIR/vmlinuz, DIR/initrd.img (or initrd-debug.img) and DIR/kernel-version, and prints
 # the initrd's size. Needs: apt-get, dpkg-deb, depmod (kmod), cpio, zstd or gzip; root for the
@@ -60,12 +64,13 @@ firmware=""
 cmdline="console=hvc0 panic=-1 ward.tee=auto"
 vcpus="1"
 vcpu_type="EPYC-v4"
+tdx_memory="2G"
 initdata=""
 modules="virtio_pci virtio_net vsock vmw_vsock_virtio_transport vsock_loopback configfs sev-guest"
 kernel_package="${KERNEL_PACKAGE:-linux-image-amd64}"
 
 usage() {
-  sed -n '2,5p' "$0" | sed 's/^# \{0,1\}//' >&2
+  sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//' >&2
   exit 2
 }
 
@@ -84,6 +89,7 @@ while [ $# -gt 0 ]; do
     --vcpus) vcpus="${2:?--vcpus needs a list}"; shift ;;
     --vcpu-type) vcpu_type="${2:?--vcpu-type needs a QEMU CPU model}"; shift ;;
     --initdata) initdata="${2:?--initdata needs a file}"; shift ;;
+    --tdx-memory) tdx_memory="${2:?--tdx-memory needs a size such as 2G}"; shift ;;
     -h|--help) usage ;;
     *) echo "build-initrd: unknown argument $1" >&2; usage ;;
   esac
@@ -289,7 +295,7 @@ debian_ovmf=$("$root/rootfs/fetch-ovmf.sh" OVMF.fd)
 ovmf_version=$(basename "$(dirname "$(dirname "$(dirname "$(dirname "$debian_ovmf")")")")")
 [ -n "$firmware" ] || firmware="$debian_ovmf"
 ref_args=(reference --firmware "$firmware" --kernel "$out/vmlinuz" --initrd "$out/$name"
-  --cmdline "$cmdline" --vcpu-type "$vcpu_type" --tdx-firmware "$debian_ovmf"
+  --cmdline "$cmdline" --vcpu-type "$vcpu_type" --tdx-firmware "$debian_ovmf" --tdx-memory "$tdx_memory"
   --origin "kernel=$real_package $(cat "$kdir/.ward/version" 2>/dev/null) deb sha256 $(cat "$kdir/.ward/deb.sha256" 2>/dev/null)"
   --origin "tdx-firmware=Debian ovmf $ovmf_version OVMF.fd"
   --allow-unmeasured-kernel --out-dir "$out")

@@ -80,7 +80,7 @@ pub struct SnpValues {
 }
 
 /// The TDX part of the file.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct TdxValues {
     /// `interleaved` (KVM 6.16+/QEMU 10.1) or `add-then-extend` (older TDX trees).
     pub page_order: String,
@@ -88,6 +88,27 @@ pub struct TdxValues {
     pub mr_td: String,
     /// TD attributes: the verifier should refuse DEBUG.
     pub debug_allowed: bool,
+    /// The TD's memory in bytes the RTMRs were computed for (RTMR1 depends on it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<u64>,
+    /// RTMR0 (platform: TD HOB, CFV, ACPI tables, boot variables), when its blobs were given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtmr0: Option<String>,
+    /// RTMR1 (the kernel as QEMU patched it, the boot-services events).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtmr1: Option<String>,
+    /// RTMR2 (the command line and initrd the kernel's EFI stub measures; zero before 6.8).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtmr2: Option<String>,
+    /// Whether RTMR2 covers the command line and initrd (false: they are not measured).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtmr2_measures_boot: Option<bool>,
+    /// The kernel event's digest (Trustee's `tdvfkernel`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tdvfkernel: Option<String>,
+    /// The load-options event's digest (Trustee's `tdvfkernelparams`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tdvfkernelparams: Option<String>,
 }
 
 /// The initdata the guest is launched with, and where its digest appears.
@@ -225,6 +246,17 @@ impl ReferenceValues {
         }
         if let Some(tdx) = &self.tdx {
             rv.insert("mr_td", serde_json::json!([tdx.mr_td]));
+            for (name, v) in [
+                ("rtmr_0", &tdx.rtmr0),
+                ("rtmr_1", &tdx.rtmr1),
+                ("rtmr_2", &tdx.rtmr2),
+                ("tdvfkernel", &tdx.tdvfkernel),
+                ("tdvfkernelparams", &tdx.tdvfkernelparams),
+            ] {
+                if let Some(v) = v {
+                    rv.insert(name, serde_json::json!([v]));
+                }
+            }
         }
         rv
     }
@@ -354,6 +386,10 @@ mod tests {
                 page_order: "interleaved".into(),
                 mr_td: "cd".repeat(48),
                 debug_allowed: false,
+                rtmr1: Some("01".repeat(48)),
+                rtmr2: Some("02".repeat(48)),
+                tdvfkernel: Some("03".repeat(48)),
+                ..Default::default()
             }),
         };
         let msg = serde_json::to_value(rv.rvps_message().unwrap()).unwrap();
@@ -365,6 +401,11 @@ mod tests {
         let values: serde_json::Value = serde_json::from_slice(&payload).unwrap();
         assert_eq!(values["snp_launch_measurement"][0], "ab".repeat(48));
         assert_eq!(values["mr_td"][0], "cd".repeat(48));
+        // The names Trustee's default policy (ear_default_policy_cpu.rego) looks up.
+        assert_eq!(values["rtmr_1"][0], "01".repeat(48));
+        assert_eq!(values["rtmr_2"][0], "02".repeat(48));
+        assert_eq!(values["tdvfkernel"][0], "03".repeat(48));
+        assert!(values.get("rtmr_0").is_none() && values.get("tdvfkernelparams").is_none());
         assert_eq!(values["snp_smt_allowed"], true);
         assert_eq!(values["snp_guest_abi_major"], 0);
         let back: ReferenceValues =

@@ -4,7 +4,7 @@
 //! the same image with the kernel-hashes path, which Debian bookworm's OVMF lacks.
 //!
 //! Its bytes are deterministic (a SHA-256 counter stream) so that every page differs. It boots
-//! nothing.
+//! nothing. [`bzimage`] is the same for a kernel.
 
 use sha2::{Digest, Sha256};
 
@@ -130,4 +130,46 @@ pub fn amdsev_like(size: usize) -> Vec<u8> {
 /// The same without the kernel-hashes section (like Debian's OVMF.fd).
 pub fn without_kernel_hashes(size: usize) -> Vec<u8> {
     build(size, false)
+}
+
+/// A bzImage-shaped buffer for the TDX RTMR tests: a setup header with the given boot
+/// protocol, xloadflags and version string, and a PE32+ header with one `.text` section of
+/// `body` bytes (rounded up to pages, at least one), as the kernel's EFI stub has. Its bytes
+/// are deterministic; it boots nothing.
+pub fn bzimage(protocol: u16, xloadflags: u16, version: &str, body: usize) -> Vec<u8> {
+    let body = body.max(0x1000).next_multiple_of(0x1000);
+    let mut k = vec![0u8; 0x1000 + body];
+    k[0..2].copy_from_slice(b"MZ");
+    k[0x3c..0x40].copy_from_slice(&0x40u32.to_le_bytes());
+    // PE signature and COFF header at 0x40: machine x86-64, one section, optional header 240.
+    k[0x40..0x44].copy_from_slice(b"PE\0\0");
+    k[0x44..0x46].copy_from_slice(&0x8664u16.to_le_bytes());
+    k[0x46..0x48].copy_from_slice(&1u16.to_le_bytes());
+    k[0x54..0x56].copy_from_slice(&240u16.to_le_bytes());
+    k[0x56..0x58].copy_from_slice(&0x0206u16.to_le_bytes());
+    let opt = 0x58;
+    k[opt..opt + 2].copy_from_slice(&0x20bu16.to_le_bytes());
+    k[opt + 32..opt + 36].copy_from_slice(&0x1000u32.to_le_bytes()); // section alignment
+    k[opt + 36..opt + 40].copy_from_slice(&0x200u32.to_le_bytes()); // file alignment
+    k[opt + 56..opt + 60].copy_from_slice(&(0x1000 + body as u32).to_le_bytes()); // size of image
+    k[opt + 60..opt + 64].copy_from_slice(&0x1000u32.to_le_bytes()); // size of headers
+    k[opt + 108..opt + 112].copy_from_slice(&16u32.to_le_bytes()); // data directories
+    let sec = opt + 240;
+    k[sec..sec + 5].copy_from_slice(b".text");
+    k[sec + 8..sec + 12].copy_from_slice(&(body as u32).to_le_bytes());
+    k[sec + 12..sec + 16].copy_from_slice(&0x1000u32.to_le_bytes());
+    k[sec + 16..sec + 20].copy_from_slice(&(body as u32).to_le_bytes());
+    k[sec + 20..sec + 24].copy_from_slice(&0x1000u32.to_le_bytes());
+    // The setup header.
+    k[0x202..0x206].copy_from_slice(b"HdrS");
+    k[0x206..0x208].copy_from_slice(&protocol.to_le_bytes());
+    k[0x211] = 0x01;
+    k[0x22c..0x230].copy_from_slice(&0x7fff_ffffu32.to_le_bytes());
+    k[0x236..0x238].copy_from_slice(&xloadflags.to_le_bytes());
+    k[0x20e..0x210].copy_from_slice(&(0x800u16 - 0x200).to_le_bytes());
+    k[0x800..0x800 + version.len()].copy_from_slice(version.as_bytes());
+    for (i, b) in k[0x1000..].iter_mut().enumerate() {
+        *b = (i * 7 % 251) as u8;
+    }
+    k
 }

@@ -2,7 +2,8 @@
 //! files, and the reference values and build provenance written from them.
 //!
 //!   ward-measure snp --firmware OVMF.fd [--kernel K --initrd I --cmdline C] --vcpus N
-//!   ward-measure tdx --firmware OVMF.fd
+//!   ward-measure tdx --firmware OVMF.fd [--kernel K --initrd I --cmdline C --tdx-memory 2G]
+//!                    [--acpi-tables T --acpi-rsdp R --table-loader L --boot-order B] [--log]
 //!   ward-measure reference --firmware F --kernel K --initrd I --cmdline C --out-dir DIR ...
 //!   ward-measure provenance --out FILE --fact k=v --input name=path --output name=path ...
 //!
@@ -21,7 +22,9 @@ use ward_measure::reference::{
     TdxValues,
 };
 use ward_measure::snp::{self, KernelHashes, SnpLaunch};
-use ward_measure::tdx::{self, PageOrder};
+use ward_measure::tdx::PageOrder;
+
+mod tdx_cmd;
 
 /// Firmware images larger than this are refused (OVMF is 2-4 MiB).
 const MAX_FIRMWARE: u64 = 64 << 20;
@@ -71,16 +74,34 @@ enum Command {
         #[command(flatten)]
         vcpus: Vcpus,
     },
-    /// Print the TDX MRTD (hex) of a TDVF image.
+    /// Print the TDX MRTD of a TDVF image ("mrtd HEX"); with the kernel, initrd and command
+    /// line also RTMR1 and RTMR2, and with QEMU's ACPI blobs and boot variables RTMR0.
     Tdx {
         #[arg(long)]
         firmware: PathBuf,
         /// interleaved (KVM 6.16+, QEMU 10.1+) or add-then-extend (older TDX trees).
         #[arg(long, default_value = "interleaved", value_parser = parse_order)]
         page_order: PageOrder,
+        /// The kernel QEMU boots with -kernel.
+        #[arg(long, requires = "cmdline")]
+        kernel: Option<PathBuf>,
+        /// The initrd (-initrd).
+        #[arg(long, requires = "kernel")]
+        initrd: Option<PathBuf>,
+        /// The kernel command line (-append), exactly.
+        #[arg(long, requires = "kernel")]
+        cmdline: Option<String>,
+        #[command(flatten)]
+        runtime: tdx_cmd::TdxRuntime,
+        #[command(flatten)]
+        platform: tdx_cmd::TdxPlatform,
+        /// Also print every event of the log (register, digest, what), to compare with a
+        /// guest's CCEL.
+        #[arg(long)]
+        log: bool,
     },
-    /// Write DIR/reference-values.json (ward's format) and DIR/trustee-rvps.json (an RVPS
-    /// message for Trustee).
+    /// Write DIR/reference-values.json (ward's format), DIR/trustee-rvps.json (an RVPS
+    /// message for Trustee) and DIR/reference-values.toml (for `ward chat --reference`).
     Reference {
         #[command(flatten)]
         boot: Boot,
@@ -89,11 +110,16 @@ enum Command {
         /// The SNP guest policy the guest is launched with (Kata's default 0x30000).
         #[arg(long, default_value = "0x30000", value_parser = parse_u64)]
         snp_policy: u64,
-        /// Also the TDX MRTD, from this TDVF image (may be the same file as --firmware).
+        /// Also the TDX MRTD, from this TDVF image (may be the same file as --firmware), and
+        /// RTMR1/RTMR2 of the kernel, initrd and command line booted on it.
         #[arg(long)]
         tdx_firmware: Option<PathBuf>,
         #[arg(long, default_value = "interleaved", value_parser = parse_order)]
         page_order: PageOrder,
+        #[command(flatten)]
+        tdx_runtime: tdx_cmd::TdxRuntime,
+        #[command(flatten)]
+        tdx_platform: tdx_cmd::TdxPlatform,
         /// The initdata document the guest is launched with (its digest is HOSTDATA/MRCONFIGID).
         #[arg(long)]
         initdata: Option<PathBuf>,
@@ -285,13 +311,33 @@ fn main() -> Result<()> {
         Command::Tdx {
             firmware,
             page_order,
-        } => println!("{}", tdx::mrtd(&read_firmware(&firmware)?, page_order)?),
+            kernel,
+            initrd,
+            cmdline,
+            runtime,
+            platform,
+            log,
+        } => {
+            let boot = kernel
+                .as_deref()
+                .map(|k| (k, initrd.as_deref(), cmdline.as_deref().unwrap_or_default()));
+            let computed = tdx_cmd::compute(
+                &read_firmware(&firmware)?,
+                page_order,
+                boot,
+                &runtime,
+                &platform,
+            )?;
+            tdx_cmd::print(&computed, log);
+        }
         Command::Reference {
             boot,
             vcpus,
             snp_policy,
             tdx_firmware,
             page_order,
+            tdx_runtime,
+            tdx_platform,
             initdata,
             origins,
             allow_unmeasured_kernel,
@@ -306,10 +352,38 @@ fn main() -> Result<()> {
             let tdx = match &tdx_firmware {
                 Some(p) => {
                     inputs.push(file_digest("tdx-firmware", p, &origins)?);
+                    let boot = boot.kernel.as_deref().map(|k| {
+                        (
+                            k,
+                            boot.initrd.as_deref(),
+                            boot.cmdline.as_deref().unwrap_or_default(),
+                        )
+                    });
+                    let c = tdx_cmd::compute(
+                        &read_firmware(p)?,
+                        page_order,
+                        boot,
+                        &tdx_runtime,
+                        &tdx_platform,
+                    )?;
+                    if c.stub_measures == Some(false) {
+                        eprintln!(
+                            "ward-measure: WARNING: the kernel's EFI stub does not measure into \
+                             RTMR2 (before Linux 6.8): under TDX the initrd and command line are \
+                             not measured (RTMR2 stays zero)"
+                        );
+                    }
                     Some(TdxValues {
                         page_order: order_name(page_order).into(),
-                        mr_td: tdx::mrtd(&read_firmware(p)?, page_order)?.to_string(),
+                        mr_td: c.mrtd.clone(),
                         debug_allowed: false,
+                        memory: boot.map(|_| tdx_runtime.memory),
+                        rtmr0: c.rtmr0.map(hex::encode),
+                        rtmr1: c.rtmr1.map(hex::encode),
+                        rtmr2: c.rtmr2.map(hex::encode),
+                        rtmr2_measures_boot: c.stub_measures,
+                        tdvfkernel: c.event(ward_measure::rtmr::KERNEL_EVENT),
+                        tdvfkernelparams: c.event(ward_measure::rtmr::CMDLINE_EVENT),
                     })
                 }
                 None => None,
@@ -374,11 +448,23 @@ fn main() -> Result<()> {
                 .with_context(|| format!("create {}", out_dir.display()))?;
             write_json(&out_dir.join("reference-values.json"), &rv)?;
             write_json(&out_dir.join("trustee-rvps.json"), &rv.rvps_message()?)?;
+            let client = out_dir.join("reference-values.toml");
+            std::fs::write(&client, rv.client_toml())
+                .with_context(|| format!("write {}", client.display()))?;
             for m in rv.snp.iter().flat_map(|s| &s.measurements) {
                 println!("snp {} vcpus {}: {}", m.vcpu_type, m.vcpus, m.measurement);
             }
             if let Some(t) = &rv.tdx {
                 println!("tdx mr_td ({}): {}", t.page_order, t.mr_td);
+                for (name, v) in [
+                    ("rtmr0", &t.rtmr0),
+                    ("rtmr1", &t.rtmr1),
+                    ("rtmr2", &t.rtmr2),
+                ] {
+                    if let Some(v) = v {
+                        println!("tdx {name}: {v}");
+                    }
+                }
             }
         }
         Command::Check {
