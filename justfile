@@ -94,6 +94,11 @@ initrd *ARGS:
 repro-initrd:
     rootfs/repro-check.sh
 
+# The Debian rootfs (rootfs/build-rootfs.sh, mmdebstrap) built twice from one wardd, trees and
+# tarballs compared entry by entry (rootfs/README.md, "Reproducibility"). Root and network: not CI.
+repro-rootfs *ARGS:
+    rootfs/repro-check.sh --rootfs {{ARGS}}
+
 # Boot the initrd under qemu: wardd attests to the dev KBS, fetches a secret, self-checks
 # over vsock, powers off; prints boot-to-ready and the initrd size. (Also part of `just test`.)
 boot-test: deps
