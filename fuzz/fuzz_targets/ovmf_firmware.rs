@@ -1,6 +1,7 @@
 //! Arbitrary bytes as a guest firmware image (OVMF's footer GUID table, its SEV and TDX
 //! metadata) into `ward_measure`: `Firmware::parse` and its section readers, then the SNP
-//! launch digest and the TDX MRTD computed from it, as `just initrd` does for reference values.
+//! launch digest, the TDX MRTD and the RTMR0 events (TD HOB, CFV) computed from it, as `just
+//! initrd` does for reference values.
 //! The image comes from a build the operator trusts, but a wrong or truncated file must give a
 //! typed error, never a panic or a digest of something else. Refusals are fine; panics are not.
 
@@ -8,6 +9,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use ward_measure::ovmf::Firmware;
+use ward_measure::rtmr::{Platform, platform_events};
 use ward_measure::snp::{KernelHashes, SnpLaunch, launch_digest};
 use ward_measure::tdx::{PageOrder, mrtd};
 
@@ -27,7 +29,10 @@ fuzz_target!(|data: &[u8]| {
         let _ = fw.tdx_sections();
     }
     // With and without a directly booted kernel; a few vCPUs (each adds a VMSA page).
-    for kernel_hashes in [None, Some(KernelHashes::new([1; 32], [2; 32], "console=ttyS0"))] {
+    for kernel_hashes in [
+        None,
+        Some(KernelHashes::new([1; 32], [2; 32], "console=ttyS0")),
+    ] {
         let launch = SnpLaunch {
             vcpus: u32::from(data.first().copied().unwrap_or(1) % 4),
             vcpu_sig: 0x00a0_0f11,
@@ -37,4 +42,24 @@ fuzz_target!(|data: &[u8]| {
         let _ = launch_digest(&image, &launch);
     }
     let _ = mrtd(&image, PageOrder::Interleaved);
+    // Any memory size, in pages, from the last bytes: the TD HOB splits RAM around sections.
+    let memory = data
+        .iter()
+        .rev()
+        .take(4)
+        .fold(0u64, |m, b| m << 8 | u64::from(*b))
+        << 12;
+    let options = [(1u16, &data[..data.len().min(8)])];
+    let _ = platform_events(
+        &image,
+        memory,
+        &Platform {
+            acpi_tables: b"tables",
+            acpi_rsdp: b"rsdp",
+            table_loader: b"loader",
+            boot_order: &[1, 0],
+            boot_options: &options,
+            cfv_sha384: None,
+        },
+    );
 });
