@@ -42,7 +42,8 @@ bench-kbs:
     cargo run --release -q -p ward-tests --bin bench-kbs
 
 # Image pull figures: a 20-layer image, plain and encrypted, 4 pulls at once, ward pull against
-# skopeo copy + umoci unpack, alternating rounds; --sweep first times each layer concurrency.
+# skopeo copy + umoci unpack (or CoCo's image-rs with --image-rs-bin PATH, as root), alternating
+# rounds; --sweep first times each layer concurrency, --cpus LIST pins every pull with taskset.
 bench-pull *ARGS:
     cargo build --release -p ward-agent --bin ward
     WARD_BIN_DIR={{justfile_directory()}}/target/release cargo run -q -p ward-tests --bin bench-pull -- {{ARGS}}
