@@ -96,6 +96,18 @@ pub fn decompress<'a>(r: impl Read + 'a, c: Compression) -> std::io::Result<Box<
     })
 }
 
+/// [`decompress`] for a reader that can move to another thread.
+fn decompress_send<'a>(
+    r: impl Read + Send + 'a,
+    c: Compression,
+) -> std::io::Result<Box<dyn Read + Send + 'a>> {
+    Ok(match c {
+        Compression::None => Box::new(r),
+        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(r)),
+        Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(r)?),
+    })
+}
+
 /// KBS resources that ask their inner source once per URI for the length of one pull, so an
 /// image whose layers share a KEK costs one KBS round trip, not one per layer. Keys are zeroized
 /// when the pull ends.
@@ -170,23 +182,41 @@ impl Puller {
     }
 
     /// Decompresses and unpacks one layer's plaintext into `staging`, checking its diff_id.
+    /// Decryption and decompression run on a thread of their own, the diff_id hash and the
+    /// unpacker on this one (`pipe.rs`): of the splits measured, the most even on two cores
+    /// (hashing on the decompressor's thread instead was 0.83x image-rs's wall against 0.72x).
     fn apply_one(
-        plain: impl Read,
+        plain: impl Read + Send,
         compression: Compression,
         staging: &Path,
         policy: &UnpackPolicy,
         diff_id: &Digest,
     ) -> Result<(), ApplyError> {
-        let tar = decompress(plain, compression).map_err(ApplyError::Decompressor)?;
-        let mut verifying = VerifyingReader::new(tar, u64::MAX);
-        apply_layer(&mut verifying, staging, policy).map_err(ApplyError::Unpack)?;
-        // Drains the rest (tar padding; this reaches the end of the blob, where its digest and,
-        // for encrypted layers, its HMAC are checked) and compares the diff_id.
-        match verifying.finish(diff_id, None) {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(ApplyError::DiffId(e)),
-            Err(e) => Err(ApplyError::End(e)),
-        }
+        let tar = decompress_send(plain, compression).map_err(ApplyError::Decompressor)?;
+        let (unpacked, reached_end) = super::pipe::threaded(
+            tar,
+            |_| (),
+            |tar| {
+                let mut verifying = VerifyingReader::new(tar, u64::MAX);
+                apply_layer(&mut verifying, staging, policy).map_err(ApplyError::Unpack)?;
+                // Drains the rest (tar padding; this reaches the end of the blob, where its
+                // digest and, for encrypted layers, its HMAC are checked) and compares the
+                // diff_id.
+                match verifying.finish(diff_id, None) {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => Err(ApplyError::DiffId(e)),
+                    Err(e) => Err(ApplyError::End(e)),
+                }
+            },
+        );
+        unpacked?;
+        // The unpacker saw the end of the stream, so the decompressor reached it: never
+        // otherwise, but a layer is not taken as whole on that reasoning alone.
+        reached_end.ok_or_else(|| {
+            ApplyError::End(std::io::Error::other(
+                "the layer's stream ended before its end",
+            ))
+        })
     }
 
     /// Applies every layer in order into `staging`, each read once from its source: bytes go

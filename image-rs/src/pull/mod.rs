@@ -23,6 +23,7 @@ use std::sync::Arc;
 mod blobs;
 mod download;
 mod layers;
+mod pipe;
 mod space;
 
 use blobs::{Inflight, Tasks, report_downloads};
