@@ -182,33 +182,35 @@ impl Puller {
     }
 
     /// Decompresses and unpacks one layer's plaintext into `staging`, checking its diff_id.
-    /// Decryption and decompression run on a thread of their own, the diff_id hash and the
-    /// unpacker on this one (`pipe.rs`): of the splits measured, the most even on two cores
-    /// (hashing on the decompressor's thread instead was 0.83x image-rs's wall against 0.72x).
+    /// With a second CPU to run on, decryption and decompression run on a thread of their own,
+    /// the diff_id hash and the unpacker on this one (`pipe.rs`): of the splits measured, the
+    /// most even on two cores (hashing on the decompressor's thread instead was 0.83x
+    /// image-rs's wall against 0.72x). On one CPU the hand-over only costs, so all runs here.
     fn apply_one(
         plain: impl Read + Send,
         compression: Compression,
         staging: &Path,
         policy: &UnpackPolicy,
         diff_id: &Digest,
+        threaded: bool,
     ) -> Result<(), ApplyError> {
         let tar = decompress_send(plain, compression).map_err(ApplyError::Decompressor)?;
-        let (unpacked, reached_end) = super::pipe::threaded(
-            tar,
-            |_| (),
-            |tar| {
-                let mut verifying = VerifyingReader::new(tar, u64::MAX);
-                apply_layer(&mut verifying, staging, policy).map_err(ApplyError::Unpack)?;
-                // Drains the rest (tar padding; this reaches the end of the blob, where its
-                // digest and, for encrypted layers, its HMAC are checked) and compares the
-                // diff_id.
-                match verifying.finish(diff_id, None) {
-                    Ok(Ok(())) => Ok(()),
-                    Ok(Err(e)) => Err(ApplyError::DiffId(e)),
-                    Err(e) => Err(ApplyError::End(e)),
-                }
-            },
-        );
+        let unpack = |tar: &mut dyn Read| {
+            let mut verifying = VerifyingReader::new(tar, u64::MAX);
+            apply_layer(&mut verifying, staging, policy).map_err(ApplyError::Unpack)?;
+            // Drains the rest (tar padding; this reaches the end of the blob, where its digest
+            // and, for encrypted layers, its HMAC are checked) and compares the diff_id.
+            match verifying.finish(diff_id, None) {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(ApplyError::DiffId(e)),
+                Err(e) => Err(ApplyError::End(e)),
+            }
+        };
+        if !threaded {
+            let mut tar = tar;
+            return unpack(&mut tar);
+        }
+        let (unpacked, reached_end) = super::pipe::threaded(tar, |_| (), unpack);
         unpacked?;
         // The unpacker saw the end of the stream, so the decompressor reached it: never
         // otherwise, but a layer is not taken as whole on that reasoning alone.
@@ -233,6 +235,9 @@ impl Puller {
         done: &tokio::sync::watch::Sender<usize>,
     ) -> Result<usize, PullError> {
         let mut encrypted = 0;
+        // The CPUs this process may run on (its affinity mask, as `taskset` or a cgroup's
+        // cpuset leaves it).
+        let threaded = std::thread::available_parallelism().is_ok_and(|n| n.get() > 1);
         for (index, (((desc, diff_id), (compression, key)), source)) in image
             .layers
             .iter()
@@ -254,6 +259,7 @@ impl Puller {
                         staging,
                         &self.opts.unpack,
                         diff_id,
+                        threaded,
                     );
                     // A tampered ciphertext usually breaks the decompressor or the tar parser
                     // before the end of the stream, where the HMAC is checked: read on to the
@@ -268,9 +274,14 @@ impl Puller {
                         result
                     }
                 }
-                None => {
-                    Self::apply_one(&mut blob, *compression, staging, &self.opts.unpack, diff_id)
-                }
+                None => Self::apply_one(
+                    &mut blob,
+                    *compression,
+                    staging,
+                    &self.opts.unpack,
+                    diff_id,
+                    threaded,
+                ),
             };
             result.map_err(|e| e.into_pull_error(index, &desc.digest, key.is_some()))?;
             progress.layer_done(index);

@@ -3,8 +3,9 @@
 //! stages then run on two cores instead of one after the other. Each byte is still read,
 //! decrypted, decompressed, hashed and written once; nothing is read back.
 //!
-//! - **Bounded.** At most [`DEPTH`] chunks of [`CHUNK`] bytes wait between the two threads, and
-//!   their buffers go back to the producer to be filled again (no allocation per chunk).
+//! - **Bounded.** At most [`DEPTH`] chunks of [`CHUNK`] bytes wait between the two threads (and
+//!   one more on each side: 768 KiB in all), and their buffers go back to the producer to be
+//!   filled again (no allocation per chunk).
 //! - **Errors pass through unchanged.** A read error of the producer (the download's verdict,
 //!   an HMAC failure, a corrupt stream) reaches the unpacker as the same `io::Error`, so the
 //!   caller's error categories (`layers.rs`) are those of a single thread.
@@ -22,7 +23,7 @@ use std::io::{self, Read};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
 /// Bytes in one chunk handed from the producer to the unpacker.
-const CHUNK: usize = 256 << 10;
+const CHUNK: usize = 128 << 10;
 /// Chunks that may wait between the two threads.
 const DEPTH: usize = 4;
 
