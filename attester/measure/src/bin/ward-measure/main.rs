@@ -38,10 +38,12 @@ struct Cli {
 
 #[derive(clap::Args, Clone)]
 struct Boot {
-    /// The firmware image (OVMF; an AmdSev build to measure a kernel under SNP).
+    /// The firmware image (OVMF; an AmdSev build to measure a kernel under SNP; TDVF, which
+    /// Debian's OVMF.fd is, for TDX).
     #[arg(long)]
     firmware: PathBuf,
-    /// The kernel QEMU boots with -kernel (measured through OVMF's SEV hashes table).
+    /// The kernel QEMU boots with -kernel (measured through OVMF's SEV hashes table under SNP,
+    /// into RTMR1 under TDX).
     #[arg(long, requires = "cmdline")]
     kernel: Option<PathBuf>,
     /// The initrd (-initrd); absent, an empty one is measured.
@@ -77,20 +79,11 @@ enum Command {
     /// Print the TDX MRTD of a TDVF image ("mrtd HEX"); with the kernel, initrd and command
     /// line also RTMR1 and RTMR2, and with QEMU's ACPI blobs and boot variables RTMR0.
     Tdx {
-        #[arg(long)]
-        firmware: PathBuf,
+        #[command(flatten)]
+        boot: Boot,
         /// interleaved (KVM 6.16+, QEMU 10.1+) or add-then-extend (older TDX trees).
         #[arg(long, default_value = "interleaved", value_parser = parse_order)]
         page_order: PageOrder,
-        /// The kernel QEMU boots with -kernel.
-        #[arg(long, requires = "cmdline")]
-        kernel: Option<PathBuf>,
-        /// The initrd (-initrd).
-        #[arg(long, requires = "kernel")]
-        initrd: Option<PathBuf>,
-        /// The kernel command line (-append), exactly.
-        #[arg(long, requires = "kernel")]
-        cmdline: Option<String>,
         #[command(flatten)]
         runtime: tdx_cmd::TdxRuntime,
         #[command(flatten)]
@@ -309,22 +302,23 @@ fn main() -> Result<()> {
             }
         }
         Command::Tdx {
-            firmware,
+            boot,
             page_order,
-            kernel,
-            initrd,
-            cmdline,
             runtime,
             platform,
             log,
         } => {
-            let boot = kernel
-                .as_deref()
-                .map(|k| (k, initrd.as_deref(), cmdline.as_deref().unwrap_or_default()));
+            let booted = boot.kernel.as_deref().map(|k| {
+                (
+                    k,
+                    boot.initrd.as_deref(),
+                    boot.cmdline.as_deref().unwrap_or_default(),
+                )
+            });
             let computed = tdx_cmd::compute(
-                &read_firmware(&firmware)?,
+                &read_firmware(&boot.firmware)?,
                 page_order,
-                boot,
+                booted,
                 &runtime,
                 &platform,
             )?;
