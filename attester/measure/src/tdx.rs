@@ -10,9 +10,7 @@
 //!
 //! Checked against td-shim's Python implementation (page by page) in `tests/tests/measure.rs`
 //! when `WARD_TD_SHIM_TEE_INFO_HASH` names it (it is not packaged, so CI skips it); the other
-//! order is not independently checked. RTMR0-2 are not
-//! computed: RTMR0 depends on the ACPI tables QEMU generates for the VM's exact configuration,
-//! and RTMR1/2 on TDVF's event-log contents for the kernel (Authenticode hash) and initrd.
+//! order is not independently checked. RTMR0-2 are the [`crate::rtmr`] module's.
 //!
 //! Owns computing; never reads files.
 
