@@ -32,7 +32,8 @@
 #   -n). The same inputs give the same bytes; the inputs that come from this machine (the CA
 #   bundle, glibc's libraries for a glibc wardd, the --secure-mount tools) and the tool versions
 #   are recorded in the manifest. Built as root or not changes the /dev nodes, hence the bytes.
-# - --measure also writes DIR/reference-values.json and DIR/trustee-rvps.json (ward-measure, see
+# - --measure also writes DIR/reference-values.json, DIR/reference-values.toml (the verifying
+#   client's) and DIR/trustee-rvps.json (ward-measure, see
 #   docs/measurements.md), DIR/manifest.json (provenance: commit, toolchain, Cargo.lock,
 #   every input's and output's digest, the reference values) and DIR/sbom.cdx.json (CycloneDX
 #   1.5, the crates of the ward-agent package). The SNP digest is for
@@ -336,6 +337,7 @@ done < <(find "$staging" -type f \( -name '*.so*' -o -name 'ca-certificates.crt'
 "$measure_bin" provenance --out "$out/manifest.json" "${facts[@]}" "${inputs[@]}" \
   --output "$name=$out/$name" --output "vmlinuz=$out/vmlinuz" \
   --output "reference-values.json=$out/reference-values.json" \
+  --output "reference-values.toml=$out/reference-values.toml" \
   --output "trustee-rvps.json=$out/trustee-rvps.json" --output "sbom.cdx.json=$out/sbom.cdx.json" \
   --reference "$out/reference-values.json"
-log "reference values: $out/reference-values.json, $out/trustee-rvps.json; provenance: $out/manifest.json"
+log "reference values: $out/reference-values.json, $out/reference-values.toml (ward chat --reference), $out/trustee-rvps.json; provenance: $out/manifest.json"
