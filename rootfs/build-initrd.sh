@@ -118,7 +118,9 @@ if [ -z "$real_package" ]; then
   real_package="$kernel_package"
 fi
 kdir="$cache/kernel/$real_package"
-if [ ! -d "$kdir/boot" ]; then
+# A cache from before the manifest named the package's version and digest is fetched again:
+# the digest can only come from the .deb (and --measure would stop on the missing files).
+if [ ! -d "$kdir/boot" ] || [ ! -s "$kdir/.ward/deb.sha256" ]; then
   log "fetching $real_package (apt-get download, not installed)"
   rm -rf "$kdir.tmp" && mkdir -p "$kdir.tmp"
   # apt warns that root downloads unsandboxed; that is expected here.
