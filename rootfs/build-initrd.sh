@@ -14,6 +14,7 @@
 # - Kernel modules: only those wardd needs (virtio PCI and net, vsock with the virtio and
 #   loopback transports, configfs for TSM reports, sev-guest), with their dependencies from
 #   modules.dep, listed in load order in /etc/ward/modules.load, which wardd loads as PID 1.
+#   Compressed modules (.ko.xz in Debian's 6.12 kernels, .ko.zst, .ko.gz) go in decompressed.
 # - The build host's CA bundle (/etc/ssl/certs/ca-certificates.crt, Debian's ca-certificates)
 #   for registries and KBSes with public certificates; part of the measured initrd. The registry
 #   client cannot start without a CA store, even for plain-HTTP registries. --no-ca-certs omits it.
@@ -219,7 +220,8 @@ declare -A dep_line=()
 declare -A by_name=()
 while IFS= read -r line; do
   mod=${line%%:*}
-  name=$(basename "$mod" .ko)
+  name=${mod##*/}
+  name=${name%%.ko*}
   name=${name//-/_}
   by_name[$name]=$mod
   dep_line[$mod]=${line#*:}
@@ -253,13 +255,18 @@ done
 {
   echo "# kernel modules for wardd to load as PID 1, dependencies first (build-initrd.sh)"
   for mod in "${order[@]}"; do
-    case "$mod" in
-      *.ko) ;;
-      *) log "$mod is compressed; this script handles uncompressed .ko only"; exit 1 ;;
-    esac
+    # Compressed modules (Debian's 6.12 kernels ship .ko.xz) go in decompressed: wardd loads
+    # plain .ko files with finit_module(2), and the initrd is compressed as a whole anyway.
+    plain=${mod%%.ko*}.ko
     mkdir -p "$staging/lib/modules/$kver/$(dirname "$mod")"
-    cp "$moddir/$mod" "$staging/lib/modules/$kver/$mod"
-    echo "/lib/modules/$kver/$mod"
+    case "$mod" in
+      *.ko) cp "$moddir/$mod" "$staging/lib/modules/$kver/$plain" ;;
+      *.ko.xz) xz -dc "$moddir/$mod" > "$staging/lib/modules/$kver/$plain" ;;
+      *.ko.zst) zstd -q -dc "$moddir/$mod" > "$staging/lib/modules/$kver/$plain" ;;
+      *.ko.gz) gzip -dc "$moddir/$mod" > "$staging/lib/modules/$kver/$plain" ;;
+      *) log "$mod: a module compression this script does not know"; exit 1 ;;
+    esac
+    echo "/lib/modules/$kver/$plain"
   done
 } > "$staging/etc/ward/modules.load"
 
@@ -284,7 +291,7 @@ echo "$kver" > "$out/kernel-version"
 
 size=$(stat -c %s "$out/$name")
 log "kernel $kver: $out/vmlinuz"
-log "modules: ${#order[@]} ($(for mod in "${order[@]}"; do basename "$mod" .ko; done | paste -sd' '))"
+log "modules: ${#order[@]} ($(for mod in "${order[@]}"; do m=${mod##*/}; echo "${m%%.ko*}"; done | paste -sd' '))"
 log "wardd: $(stat -c %s "$staging/init") bytes stripped; libraries: $(find "$staging/lib" "$staging/lib64" -name '*.so*' 2>/dev/null | wc -l)"
 echo "initrd: $out/$name $size bytes ($((size / 1024)) KiB, ${compress[0]}) sha256 $(sha256sum "$out/$name" | awk '{print $1}')"
 
