@@ -114,7 +114,7 @@ impl ReferenceValues {
                     t,
                     "\n# No [tdx]: the kernel's EFI stub does not measure the initrd and command line\n\
                      # into RTMR2 (Linux before 6.8), so nothing would bind the initrd. Build with a\n\
-                     # newer kernel (KERNEL_PACKAGE) to pin TDX guests."
+                     # newer kernel (KERNEL_PACKAGE=linux-image-6.12-amd64) to pin TDX guests."
                 );
             }
             None => {}
