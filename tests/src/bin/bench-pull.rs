@@ -8,7 +8,7 @@
 //!   `oci:` layout, then `umoci unpack` of it into a bundle, per pull.
 //! - baseline with `--image-rs-bin PATH`: CoCo's image-rs instead, the pull that CoCo's
 //!   confidential-data-hub does in a guest, through `imagers-pull` (a standalone binary around
-//!   guest-components' `ImageClient::pull_image`, built apart from ward: see its README), one
+//!   guest-components' `ImageClient::pull_image`, built by `scripts/build-imagers-pull.sh`), one
 //!   process per pull with a fresh work dir (image-rs's layer store and meta store) and bundle
 //!   dir in the round's tmpfs directory, so the bytes left count image-rs's store too. image-rs's
 //!   only snapshotter is overlay, so this needs root: each bundle's `rootfs` is an overlay mount
