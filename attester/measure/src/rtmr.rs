@@ -21,7 +21,8 @@
 //! - **RTMR2** (the OS): the kernel's EFI stub measures its load options (the command line QEMU
 //!   passed, with " initrd=initrd" that OVMF's QEMU loader appends, UTF-16LE with its NUL) and
 //!   the initrd. Only stubs that measure into the CC measurement protocol when there is no TPM
-//!   do this: Linux 6.8 and later (`drivers/firmware/efi/libstub`). An older kernel leaves
+//!   do this: Linux 6.8 and later as taken here (the support landed upstream in March 2024,
+//!   at the 6.8/6.9 boundary; `drivers/firmware/efi/libstub`). An older kernel leaves
 //!   RTMR2 at zero ([`Rtmr2Events::None`]).
 //!
 //! Assumed, and said in the docs: QEMU adds no `setup_data` to the kernel (no `-dtb`, no RNG
