@@ -131,7 +131,10 @@ pub trait ActBlock: Copy + Send + Sync + 'static {
         nb: usize,
         a: [&[Self]; R],
         out: &mut [[f32; R]],
-    ) -> bool;
+    ) -> bool {
+        let _ = (fmt, w, nb, a, out);
+        false
+    }
     /// The SIMD product of `rows` weight rows (`w`, in `fmt`) with `m` activation rows at
     /// once, into `res` (`m x rows`), where this CPU and `fmt` have one: false if nothing was
     /// computed (then the tiles do it).
@@ -164,6 +167,8 @@ impl ActBlock for Q8Block {
     fn dot_scalar(fmt: Format, row: &[u8], a: &[Self]) -> f32 {
         dot_scalar_q8(fmt, row, a)
     }
+    // Elsewhere the trait's defaults: no SIMD kernel, the scalar path runs.
+    #[cfg(target_arch = "x86_64")]
     fn tile_simd<const R: usize>(
         fmt: Format,
         w: &[u8],
@@ -171,14 +176,9 @@ impl ActBlock for Q8Block {
         a: [&[Self]; R],
         out: &mut [[f32; R]],
     ) -> bool {
-        #[cfg(target_arch = "x86_64")]
-        return crate::x86::tile(fmt, w, nb, a, out);
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            let _ = (fmt, w, nb, a, out);
-            false
-        }
+        crate::x86::tile(fmt, w, nb, a, out)
     }
+    #[cfg(target_arch = "x86_64")]
     fn gemm_simd(
         fmt: Format,
         w: &[u8],
@@ -189,13 +189,7 @@ impl ActBlock for Q8Block {
         res: &mut [f32],
         vnni: bool,
     ) -> bool {
-        #[cfg(target_arch = "x86_64")]
-        return crate::x86::gemm_q8(fmt, w, rows, nb, acts, m, res, vnni);
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            let _ = (fmt, w, rows, nb, acts, m, res, vnni);
-            false
-        }
+        crate::x86::gemm_q8(fmt, w, rows, nb, acts, m, res, vnni)
     }
 }
 

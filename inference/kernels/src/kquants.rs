@@ -44,6 +44,8 @@ impl ActBlock for Q8KBlock {
     fn dot_scalar(fmt: Format, row: &[u8], a: &[Self]) -> f32 {
         dot_scalar(fmt, row, a)
     }
+    // Elsewhere the trait's defaults: no SIMD kernel, the scalar path runs.
+    #[cfg(target_arch = "x86_64")]
     fn tile_simd<const R: usize>(
         fmt: Format,
         w: &[u8],
@@ -51,14 +53,9 @@ impl ActBlock for Q8KBlock {
         a: [&[Self]; R],
         out: &mut [[f32; R]],
     ) -> bool {
-        #[cfg(target_arch = "x86_64")]
-        return crate::x86::tile_k(fmt, w, nb, a, out);
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            let _ = (fmt, w, nb, a, out);
-            false
-        }
+        crate::x86::tile_k(fmt, w, nb, a, out)
     }
+    #[cfg(target_arch = "x86_64")]
     fn gemm_simd(
         fmt: Format,
         w: &[u8],
@@ -69,13 +66,7 @@ impl ActBlock for Q8KBlock {
         res: &mut [f32],
         vnni: bool,
     ) -> bool {
-        #[cfg(target_arch = "x86_64")]
-        return crate::x86::gemm_k(fmt, w, rows, nb, acts, m, res, vnni);
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            let _ = (fmt, w, rows, nb, acts, m, res, vnni);
-            false
-        }
+        crate::x86::gemm_k(fmt, w, rows, nb, acts, m, res, vnni)
     }
 }
 

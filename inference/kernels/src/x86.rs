@@ -20,6 +20,26 @@ pub(crate) use kgemm::gemm_k;
 pub(crate) use kquants::tile_k;
 pub(crate) use qgemm::gemm_q8;
 
+/// A GEMM's weight-row length in bytes, if its slices hold what its sizes say: `rows` weight
+/// rows of `nb` blocks of `fmt` in `w`, `m` activation rows of `nb` blocks in `acts_len`
+/// blocks, `m x rows` results in `res_len` (checked arithmetic: the sizes come from a model
+/// file's header). `None` if they do not.
+fn gemm_row_bytes(
+    fmt: Format,
+    w: &[u8],
+    rows: usize,
+    nb: usize,
+    acts_len: usize,
+    m: usize,
+    res_len: usize,
+) -> Option<usize> {
+    let row_bytes = nb.checked_mul(fmt.block_bytes())?;
+    let holds = rows.checked_mul(row_bytes).is_some_and(|n| n <= w.len())
+        && m.checked_mul(nb).is_some_and(|n| n <= acts_len)
+        && m.checked_mul(rows).is_some_and(|n| n <= res_len);
+    holds.then_some(row_bytes)
+}
+
 /// Whether this CPU has what the kernels here need (checked once by the caller, cached).
 pub(crate) fn available() -> bool {
     is_x86_feature_detected!("avx2")

@@ -196,13 +196,10 @@ pub(crate) fn gemm_k(
     res: &mut [f32],
     vnni: bool,
 ) -> bool {
-    let Some(row_bytes) = nb.checked_mul(fmt.block_bytes()) else {
+    let Some(row_bytes) = super::gemm_row_bytes(fmt, w, rows, nb, acts.len(), m, res.len()) else {
         return false;
     };
-    let sizes_hold = rows.checked_mul(row_bytes).is_some_and(|n| n <= w.len())
-        && m.checked_mul(nb).is_some_and(|n| n <= acts.len())
-        && m.checked_mul(rows).is_some_and(|n| n <= res.len());
-    if fmt.block_weights() != crate::blocks::QK_K || !sizes_hold || !crate::kernel::avx2() {
+    if fmt.block_weights() != crate::blocks::QK_K || !crate::kernel::avx2() {
         return false;
     }
     let vnni = vnni && crate::kernel::avx_vnni();

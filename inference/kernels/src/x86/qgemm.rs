@@ -45,13 +45,10 @@ pub(crate) fn gemm_q8(
     res: &mut [f32],
     vnni: bool,
 ) -> bool {
-    let Some(row_bytes) = nb.checked_mul(fmt.block_bytes()) else {
+    let Some(row_bytes) = super::gemm_row_bytes(fmt, w, rows, nb, acts.len(), m, res.len()) else {
         return false;
     };
-    let sizes_hold = rows.checked_mul(row_bytes).is_some_and(|n| n <= w.len())
-        && m.checked_mul(nb).is_some_and(|n| n <= acts.len())
-        && m.checked_mul(rows).is_some_and(|n| n <= res.len());
-    if fmt.block_weights() != QK || !sizes_hold || !vnni || !crate::kernel::avx_vnni() {
+    if fmt.block_weights() != QK || !vnni || !crate::kernel::avx_vnni() {
         return false;
     }
     let block = fmt.block_bytes();
