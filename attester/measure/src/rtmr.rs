@@ -99,14 +99,6 @@ pub fn replay(events: &[Event], rtmr: u8) -> Sha384Value {
         })
 }
 
-/// The RTMR0-2 values, hex in `Display` form.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Rtmrs {
-    pub rtmr0: Option<Sha384Value>,
-    pub rtmr1: Sha384Value,
-    pub rtmr2: Sha384Value,
-}
-
 /// What the guest's kernel measures into RTMR2.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Rtmr2Events {

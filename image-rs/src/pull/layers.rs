@@ -210,15 +210,16 @@ impl Puller {
             let mut tar = tar;
             return unpack(&mut tar);
         }
-        let (unpacked, reached_end) = super::pipe::threaded(tar, |_| (), unpack);
+        let (unpacked, reached_end) = super::pipe::threaded(tar, unpack);
         unpacked?;
         // The unpacker saw the end of the stream, so the decompressor reached it: never
         // otherwise, but a layer is not taken as whole on that reasoning alone.
-        reached_end.ok_or_else(|| {
-            ApplyError::End(std::io::Error::other(
+        if !reached_end {
+            return Err(ApplyError::End(std::io::Error::other(
                 "the layer's stream ended before its end",
-            ))
-        })
+            )));
+        }
+        Ok(())
     }
 
     /// Applies every layer in order into `staging`, each read once from its source: bytes go

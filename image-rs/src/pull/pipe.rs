@@ -9,9 +9,8 @@
 //! - **Errors pass through unchanged.** A read error of the producer (the download's verdict,
 //!   an HMAC failure, a corrupt stream) reaches the unpacker as the same `io::Error`, so the
 //!   caller's error categories (`layers.rs`) are those of a single thread.
-//! - **Verdict at the end only.** The producer's `finish` (the diff_id comparison) runs once its
-//!   source reached its end and every chunk was sent, and before the consumer sees the end of
-//!   the stream; a source not read to its end (an error, a consumer that stopped) gives none.
+//! - **The end is said.** The caller learns whether the producer read its source to the end
+//!   (every chunk sent); an error or a consumer that stopped early means it did not.
 //! - **Stopping.** When the unpacker stops early (it failed), the queue is dropped and the
 //!   producer stops at its next chunk; the caller can then read the rest of the stream itself
 //!   (for an encrypted layer, to reach the HMAC).
@@ -27,20 +26,18 @@ const CHUNK: usize = 128 << 10;
 /// Chunks that may wait between the two threads.
 const DEPTH: usize = 4;
 
-/// Runs `consume` over what `source` yields, `source` being read on another thread, where
-/// `finish` then takes it once it reached its end (before `consume` sees that end). Returns
-/// what `consume` returned, and `finish`'s verdict if the source was read to its end.
-pub(super) fn threaded<S: Read + Send, V: Send, T>(
-    source: S,
-    finish: impl FnOnce(S) -> V + Send,
+/// Runs `consume` over what `source` yields, `source` being read on another thread. Returns
+/// what `consume` returned, and whether the source was read to its end.
+pub(super) fn threaded<T>(
+    source: impl Read + Send,
     consume: impl FnOnce(&mut dyn Read) -> T,
-) -> (T, Option<V>) {
+) -> (T, bool) {
     std::thread::scope(|scope| {
         let (full_tx, full_rx) = sync_channel::<io::Result<Vec<u8>>>(DEPTH);
         let (free_tx, free_rx) = sync_channel::<Vec<u8>>(DEPTH + 2);
         let producer = scope.spawn(move || {
             let mut source = source;
-            produce(&mut source, &full_tx, &free_rx).then(|| finish(source))
+            produce(&mut source, &full_tx, &free_rx)
         });
         let out = {
             let mut reader = ChunkReader {
@@ -52,19 +49,19 @@ pub(super) fn threaded<S: Read + Send, V: Send, T>(
             };
             consume(&mut reader)
             // The reader (and so the queue) goes here; a producer still sending sees it and
-            // ends without a verdict.
+            // stops before the end.
         };
-        // A panic on the producer is a bug; carry it here rather than take it for a verdict.
-        let verdict = match producer.join() {
+        // A panic on the producer is a bug; carry it here rather than take it for an end.
+        let reached_end = match producer.join() {
             Ok(v) => v,
             Err(panic) => std::panic::resume_unwind(panic),
         };
-        (out, verdict)
+        (out, reached_end)
     })
 }
 
 /// Fills chunks from `source` until its end, an error, or the reader leaving. True when the
-/// end was reached and every chunk was taken.
+/// end was reached and every chunk was sent.
 fn produce(
     source: &mut impl Read,
     full: &SyncSender<io::Result<Vec<u8>>>,
@@ -92,8 +89,8 @@ fn produce(
         }
         match outcome {
             Ok(false) => {}
-            // Sent: every chunk is in the queue or taken. Dropping the sender (the caller's
-            // `finish` first) is the reader's end of stream.
+            // Sent: every chunk is in the queue or taken. Dropping the sender is the reader's
+            // end of stream.
             Ok(true) => return true,
             Err(e) => {
                 let _ = full.send(Err(e));
@@ -182,25 +179,21 @@ mod tests {
                 at: 0,
                 fail_at_end: false,
             };
-            let (got, verdict) = threaded(
-                source,
-                |s| s.at,
-                |r| {
-                    let mut v = Vec::new();
-                    // Small reads, like a tar parser's headers.
-                    let mut buf = [0u8; 512];
-                    loop {
-                        let n = r.read(&mut buf).unwrap();
-                        if n == 0 {
-                            break;
-                        }
-                        v.extend_from_slice(&buf[..n]);
+            let (got, reached_end) = threaded(source, |r| {
+                let mut v = Vec::new();
+                // Small reads, like a tar parser's headers.
+                let mut buf = [0u8; 512];
+                loop {
+                    let n = r.read(&mut buf).unwrap();
+                    if n == 0 {
+                        break;
                     }
-                    v
-                },
-            );
+                    v.extend_from_slice(&buf[..n]);
+                }
+                v
+            });
             assert_eq!(got, d, "length {len}");
-            assert_eq!(verdict, Some(len), "the source was read to its end");
+            assert!(reached_end, "the source was read to its end");
         }
     }
 
@@ -212,18 +205,14 @@ mod tests {
             at: 0,
             fail_at_end: true,
         };
-        let ((got, err), verdict) = threaded(
-            source,
-            |_| "finished",
-            |r| {
-                let mut v = Vec::new();
-                let e = r.read_to_end(&mut v).unwrap_err();
-                (v, e)
-            },
-        );
+        let ((got, err), reached_end) = threaded(source, |r| {
+            let mut v = Vec::new();
+            let e = r.read_to_end(&mut v).unwrap_err();
+            (v, e)
+        });
         assert_eq!(got, d);
         assert_eq!(err.to_string(), "digest mismatch");
-        assert_eq!(verdict, None, "no verdict after an error");
+        assert!(!reached_end, "an error is not the end");
     }
 
     #[test]
@@ -235,16 +224,12 @@ mod tests {
             fail_at_end: false,
         };
         // Returns after one small read: the scope must still end (the producer stops).
-        let (first, verdict) = threaded(
-            source,
-            |_| "finished",
-            |r| {
-                let mut b = [0u8; 10];
-                r.read_exact(&mut b).unwrap();
-                b
-            },
-        );
+        let (first, reached_end) = threaded(source, |r| {
+            let mut b = [0u8; 10];
+            r.read_exact(&mut b).unwrap();
+            b
+        });
         assert_eq!(first[1], 31);
-        assert_eq!(verdict, None, "no verdict for a source not read to its end");
+        assert!(!reached_end, "a source not read to its end");
     }
 }

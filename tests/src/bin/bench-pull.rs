@@ -185,7 +185,7 @@ fn main() {
             // Another binary taking `ward pull`'s arguments (ward-image's `pull` example).
             "--ward-bin" => ward_bin = args.next().map(std::path::PathBuf::from),
             // CoCo's image-rs as the baseline: `imagers-pull --work-dir DIR --bundle DIR
-            // [--decryption-key PEM] IMAGE` (built outside ward, see the doc comment above).
+            // [--decryption-key PEM] IMAGE` (scripts/build-imagers-pull.sh builds it).
             "--image-rs-bin" => image_rs_bin = args.next().map(std::path::PathBuf::from),
             // Every measured process under `taskset -c LIST`.
             "--cpus" => cpus = args.next(),
