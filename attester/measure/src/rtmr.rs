@@ -244,7 +244,8 @@ fn separator(rtmr: u8) -> Event {
 
 /// The RTMR1 and RTMR2 events of a direct boot.
 pub fn direct_boot_events(boot: &DirectBoot<'_>) -> Result<Vec<Event>, RtmrError> {
-    let initrd_len = u64::try_from(boot.initrd.len()).map_err(|_| RtmrError::Memory(0))?;
+    // usize to u64 never truncates.
+    let initrd_len = boot.initrd.len() as u64;
     let patched = qemu_patched_kernel(boot.kernel, initrd_len, boot.memory, boot.acpi_data_size)?;
     let mut events = vec![
         Event {
