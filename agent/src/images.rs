@@ -13,6 +13,7 @@ use ward_attester::kbs::KbsClient;
 use ward_image::kbs::{KbsResources, ResourceError};
 use ward_image::ocicrypt::PrivateKey;
 use ward_image::policy::Policy;
+use ward_image::progress::{LayerInfo, PullProgress};
 use ward_image::pull::{Decryption, PullError, PullOptions, Pulled, Puller};
 use ward_image::registry::{Registry, RegistryConfig};
 use ward_image::unpack::UnpackPolicy;
@@ -330,7 +331,12 @@ impl Images {
         let pulled = self
             .puller()
             .await?
-            .pull(image, &bundle, &self.decryption)
+            .pull_with_progress(
+                image,
+                &bundle,
+                &self.decryption,
+                Arc::new(LogProgress::default()),
+            )
             .await?;
         // Byte for byte what CoCo's confidential-data-hub extends (hub.rs, `pull_image`, at
         // guest-components 002f8b72), so a verifier's expected event log matches: `image` first,
@@ -448,5 +454,61 @@ mod tests {
         for bad in ["", "relative", "/run/../etc", "/a/b/../../c"] {
             assert!(checked_bundle(bad).is_err(), "{bad}");
         }
+    }
+}
+
+/// A pull's progress in wardd's log: the layers once resolved, then the bytes downloaded at
+/// most every [`LogProgress::EVERY`] while they arrive. In a guest a 10 GB image takes minutes,
+/// and without this the log shows nothing between the request and its answer. It logs sizes and
+/// digests only, which the registry (the host) already knows.
+#[derive(Default)]
+struct LogProgress {
+    state: std::sync::Mutex<LogState>,
+}
+
+#[derive(Default)]
+struct LogState {
+    total: u64,
+    fetched: Vec<u64>,
+    done: usize,
+    last: Option<std::time::Instant>,
+}
+
+impl LogProgress {
+    const EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+    fn state(&self) -> std::sync::MutexGuard<'_, LogState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl PullProgress for LogProgress {
+    fn resolved(&self, image: &str, layers: &[LayerInfo]) {
+        let mut s = self.state();
+        s.total = layers.iter().fold(0u64, |t, l| t.saturating_add(l.size));
+        s.fetched = vec![0; layers.len()];
+        s.last = Some(std::time::Instant::now());
+        tracing::info!(%image, layers = layers.len(), bytes = s.total, "image pull started");
+    }
+
+    fn layer_fetched(&self, index: usize, bytes: u64) {
+        let mut s = self.state();
+        if let Some(f) = s.fetched.get_mut(index) {
+            *f = bytes;
+        }
+        if s.last.is_some_and(|t| t.elapsed() >= Self::EVERY) {
+            s.last = Some(std::time::Instant::now());
+            let fetched = s.fetched.iter().fold(0u64, |t, f| t.saturating_add(*f));
+            tracing::info!(
+                fetched,
+                of = s.total,
+                layers_done = s.done,
+                "image pull progress"
+            );
+        }
+    }
+
+    fn layer_done(&self, _index: usize) {
+        self.state().done += 1;
     }
 }

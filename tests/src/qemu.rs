@@ -7,6 +7,7 @@
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -17,6 +18,8 @@ pub const BOOT_TIMEOUT: Duration = Duration::from_secs(240);
 /// How long KVM gets to print the kernel banner before the test falls back to emulation
 /// (nested KVM can hang before the kernel prints anything).
 pub const KVM_BANNER_TIMEOUT: Duration = Duration::from_secs(20);
+/// The guest's memory unless a test asks for another size.
+pub const GUEST_MEMORY_MIB: u32 = 512;
 
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -114,22 +117,25 @@ pub struct Boot {
     pub accel: &'static str,
 }
 
-/// Starts qemu with the guest's serial console on stdout; `disks` become virtio disks
-/// (`vda`, `vdb`, … in order), raw, written through to the file.
+/// Starts qemu with the guest's serial console on stdout and `memory_mib` of memory; `disks`
+/// become virtio disks (`vda`, `vdb`, … in order), raw, written through to the file.
 pub fn spawn_qemu(
     accel: &str,
     kernel: &Path,
     initrd: &Path,
     append: &str,
     disks: &[PathBuf],
+    memory_mib: u32,
 ) -> Child {
     let mut cmd = Command::new("qemu-system-x86_64");
     if accel == "kvm" {
         cmd.args(["-enable-kvm", "-cpu", "host"]);
     } else {
-        cmd.args(["-accel", "tcg"]);
+        // TCG's default CPU (qemu64) has neither SHA nor AES instructions, nor AVX2: a pull's
+        // hashing and decompression would run their slowest fallbacks, emulated.
+        cmd.args(["-accel", "tcg", "-cpu", "max"]);
     }
-    cmd.args(["-m", "512", "-smp", "2", "-no-reboot"])
+    cmd.args(["-m", &memory_mib.to_string(), "-smp", "2", "-no-reboot"])
         .args(["-display", "none", "-monitor", "none", "-serial", "stdio"])
         .args([
             "-netdev",
@@ -163,10 +169,11 @@ pub fn boot(
     initrd: &Path,
     append: &str,
     disks: &[PathBuf],
+    memory_mib: u32,
     banner_timeout: Option<Duration>,
 ) -> Boot {
     let started = Instant::now();
-    let mut child = spawn_qemu(accel, kernel, initrd, append, disks);
+    let mut child = spawn_qemu(accel, kernel, initrd, append, disks, memory_mib);
     let (tx, rx) = mpsc::channel();
     let stdout = child.stdout.take().unwrap();
     let reader = std::thread::spawn(move || {
@@ -300,17 +307,32 @@ impl Drop for KbsProcess {
     }
 }
 
+/// Set once KVM printed no banner: the same machine will not print one for a later boot either.
+static KVM_SILENT: AtomicBool = AtomicBool::new(false);
+
 /// Boots under KVM when it works (falling back to emulation when nested KVM prints no banner),
 /// else under emulation; `WARD_BOOT_ACCEL=tcg|kvm` forces one.
 pub fn boot_any(kernel: &Path, initrd: &Path, append: &str, disks: &[PathBuf]) -> Boot {
+    boot_any_with_memory(kernel, initrd, append, disks, GUEST_MEMORY_MIB)
+}
+
+/// [`boot_any`] with `memory_mib` of guest memory.
+pub fn boot_any_with_memory(
+    kernel: &Path,
+    initrd: &Path,
+    append: &str,
+    disks: &[PathBuf],
+    memory_mib: u32,
+) -> Boot {
     let wanted = std::env::var("WARD_BOOT_ACCEL").unwrap_or_default();
-    if wanted != "tcg" && kvm_usable() {
+    if wanted != "tcg" && kvm_usable() && !KVM_SILENT.load(Ordering::Relaxed) {
         let b = boot(
             "kvm",
             kernel,
             initrd,
             append,
             disks,
+            memory_mib,
             Some(KVM_BANNER_TIMEOUT),
         );
         let banner = b.lines.iter().any(|l| l.text.contains("Linux version"));
@@ -319,8 +341,9 @@ pub fn boot_any(kernel: &Path, initrd: &Path, append: &str, disks: &[PathBuf]) -
         }
         eprintln!(
             "KVM: no kernel banner within {KVM_BANNER_TIMEOUT:?} (nested KVM?); \
-             booting under TCG instead"
+             booting under TCG instead, and so for this test binary's later boots"
         );
+        KVM_SILENT.store(true, Ordering::Relaxed);
     }
-    boot("tcg", kernel, initrd, append, disks, None)
+    boot("tcg", kernel, initrd, append, disks, memory_mib, None)
 }
