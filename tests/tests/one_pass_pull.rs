@@ -1,7 +1,7 @@
 //! The one-pass pull (#23) against a real registry: what a pull leaves on the filesystem (the
 //! rootfs, no blob, unless a blob cache is configured), what a digest that fails after the
 //! whole layer was unpacked leaves (nothing published, nothing staged), the space check before
-//! a pull, and pulls of images sharing blobs in opposite orders (no deadlock).
+//! a pull and a filesystem that fills while unpacking, and pulls of images sharing blobs in opposite orders (no deadlock).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -290,6 +290,59 @@ async fn an_image_that_cannot_fit_fails_before_downloading() {
         )
         .await
         .unwrap();
+}
+
+/// An image whose compressed size passes the check but which unpacks larger than the
+/// filesystem: `PullError::Full`, nothing published, nothing staged left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_that_unpacks_past_the_free_space_fails_and_leaves_nothing() {
+    if let Err(skip) = image_tools() {
+        eprintln!("{skip}");
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let small = work.path().join("small");
+    std::fs::create_dir_all(&small).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
+        .arg(&small)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("skipped: cannot mount a tmpfs (needs root)");
+        return;
+    }
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(small.clone());
+    let (reg, reference) = tokio::task::spawn_blocking(|| {
+        let reg = TestRegistry::start();
+        let img = ImageBuilder::new("v1");
+        // 8 MiB of zeros: a gzip of a few KiB.
+        std::fs::write(img.rootfs().join("zeros"), vec![0u8; 8 << 20]).unwrap();
+        img.layer();
+        let r = reg.push(&img.layout, "v1", "test/inflating");
+        (reg, r)
+    })
+    .await
+    .unwrap();
+    let bundle = small.join("bundle");
+    let e = puller(&reg, None, 4)
+        .pull(&reference, &bundle, &Decryption::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(e, PullError::Full { index: 0, .. }), "{e}");
+    assert!(e.to_string().contains("filesystem is full"), "{e}");
+    assert!(
+        files(&small).is_empty(),
+        "something was left: {:?}",
+        files(&small)
+    );
+    assert!(!bundle.join("config.json").exists() && !bundle.join("rootfs").exists());
 }
 
 /// Two images holding the same two blobs in opposite orders, pulled at once with shared

@@ -28,7 +28,7 @@ fn status(e: &ImagesError) -> ttrpc::Error {
             PullError::NoKey { .. } | PullError::Decrypt { .. } => Code::PERMISSION_DENIED,
             PullError::MediaType { .. } | PullError::User { .. } => Code::INVALID_ARGUMENT,
             PullError::DiffId { .. } | PullError::Unpack { .. } => Code::DATA_LOSS,
-            PullError::NoSpace { .. } => Code::RESOURCE_EXHAUSTED,
+            PullError::NoSpace { .. } | PullError::Full { .. } => Code::RESOURCE_EXHAUSTED,
             PullError::Space { .. } => Code::INVALID_ARGUMENT,
             PullError::Io { .. } => Code::INTERNAL,
         },

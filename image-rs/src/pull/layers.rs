@@ -25,6 +25,13 @@ use crate::progress::PullProgress;
 use crate::registry::{Descriptor, ResolvedImage};
 use crate::unpack::{UnpackError, UnpackPolicy, apply_layer};
 
+/// Whether `e` says the filesystem (or the writer's quota on it) is full.
+fn fills(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::StorageFull
+        || e.kind() == std::io::ErrorKind::QuotaExceeded
+        || matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
+}
+
 /// Why one layer's plaintext could not be applied, before it is said to the caller.
 enum ApplyError {
     Decompressor(std::io::Error),
@@ -39,6 +46,11 @@ impl ApplyError {
     /// the plaintext (entry names, sizes, the computed diff_id).
     fn into_pull_error(self, index: usize, digest: &str, encrypted: bool) -> PullError {
         let digest = digest.to_string();
+        if let ApplyError::Unpack(UnpackError::Io { source, .. }) = &self
+            && fills(source)
+        {
+            return PullError::Full { index, digest };
+        }
         match (self, encrypted) {
             (ApplyError::Decompressor(source), false) => PullError::Io {
                 what: format!("layer {index}: decompressor"),

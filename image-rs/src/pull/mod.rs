@@ -92,6 +92,14 @@ pub enum PullError {
         needed: u64,
         available: u64,
     },
+    /// The bundle's filesystem filled while a layer was unpacked: the image unpacks larger than
+    /// the space the check before the pull could see (its compressed size). Nothing is
+    /// published; what was unpacked is removed.
+    #[error(
+        "layer {index} ({digest}): the bundle's filesystem is full; the image unpacks larger than \
+         the free space checked before the pull (which can only see its compressed size)"
+    )]
+    Full { index: usize, digest: String },
     /// The manifest's layer sizes cannot be added up.
     #[error("checking the space an image needs: {detail}")]
     Space { detail: String },
