@@ -34,7 +34,7 @@ impl Named {
     /// Parses a reference as written in a signature or a policy (`latest` when neither a tag
     /// nor a digest is given).
     pub fn parse(s: &str) -> Result<Named, String> {
-        s.parse::<Reference>()
+        crate::registry::reference::parse(s)
             .map(|r| Named::from_reference(&r))
             .map_err(|e| format!("`{s}` is not a docker reference: {e}"))
     }

@@ -18,6 +18,7 @@ use crate::digest::{Digest, VerifyError};
 mod artifact;
 mod blob;
 mod config;
+pub mod reference;
 mod signatures;
 mod transport;
 
@@ -315,12 +316,10 @@ impl Registry {
 
     /// Parses `image` (`name[:tag][@sha256:...]`).
     pub fn reference(image: &str) -> Result<Reference, RegistryError> {
-        image
-            .parse::<Reference>()
-            .map_err(|e| RegistryError::Reference {
-                reference: image.to_string(),
-                detail: e.to_string(),
-            })
+        reference::parse(image).map_err(|e| RegistryError::Reference {
+            reference: image.to_string(),
+            detail: e.to_string(),
+        })
     }
 
     /// Fetches a manifest (or index) and checks its bytes against `expected` when known.
