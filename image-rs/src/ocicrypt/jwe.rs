@@ -22,11 +22,10 @@ use rand::RngCore;
 use rand::rngs::OsRng;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
-use sha1::Sha1;
 use sha2::Sha256;
 use zeroize::Zeroizing;
 
-use super::keys::{PrivateKey, PublicKey};
+use super::keys::{Oaep, PrivateKey, PublicKey};
 
 /// Largest JWE document accepted.
 pub const MAX_JWE_BYTES: usize = 1 << 20;
@@ -148,19 +147,14 @@ impl Slot {
 
     /// The content key, if `key` opens this recipient.
     fn unwrap_with(&self, key: &PrivateKey) -> Option<Zeroizing<Vec<u8>>> {
-        let cek = match (self.alg(), key) {
-            ("RSA-OAEP", PrivateKey::Rsa(k)) => {
-                k.decrypt_blinded(&mut OsRng, rsa::Oaep::new::<Sha1>(), &self.encrypted_key)
-            }
-            ("RSA-OAEP-256", PrivateKey::Rsa(k)) => {
-                k.decrypt_blinded(&mut OsRng, rsa::Oaep::new::<Sha256>(), &self.encrypted_key)
-            }
+        match (self.alg(), key) {
+            ("RSA-OAEP", PrivateKey::Rsa(k)) => k.decrypt(Oaep::Sha1, &self.encrypted_key),
+            ("RSA-OAEP-256", PrivateKey::Rsa(k)) => k.decrypt(Oaep::Sha256, &self.encrypted_key),
             ("ECDH-ES+A256KW", PrivateKey::P256(_) | PrivateKey::P384(_) | PrivateKey::P521(_)) => {
-                return self.ecdh_unwrap(key);
+                self.ecdh_unwrap(key)
             }
-            _ => return None,
-        };
-        cek.ok().map(Zeroizing::new)
+            _ => None,
+        }
     }
 
     fn ecdh_unwrap(&self, key: &PrivateKey) -> Option<Zeroizing<Vec<u8>>> {

@@ -31,7 +31,7 @@ pub use annotations::{
 };
 pub use jwe::JweError;
 pub use keyprovider::{KeyProviderError, unwrap_key_request};
-pub use keys::{KeyError, PrivateKey, PublicKey};
+pub use keys::{KeyError, Oaep, PrivateKey, PublicKey, RsaDecryptingKey};
 pub use layer::{LayerDecryptor, LayerEncryptor, LayerError, LayerKeys};
 pub use provider::{PacketVersion, ProviderError, wrap_packet};
 
