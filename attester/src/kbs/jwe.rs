@@ -10,7 +10,6 @@ use aes_gcm::{Aes256Gcm, Nonce};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::Deserialize;
-use sha2::Sha256;
 use ward_kbs_wire::concat_kdf;
 use zeroize::Zeroizing;
 
@@ -127,11 +126,9 @@ pub fn decrypt(body: &[u8], key: &TeeKey) -> Result<Zeroizing<Vec<u8>>, JweError
                 alg: header.alg.clone(),
                 key: key.kind(),
             })?;
-            Zeroizing::new(
-                private
-                    .decrypt(rsa::Oaep::new::<Sha256>(), &encrypted_key)
-                    .map_err(|_| JweError::Authentication("RSA-OAEP-256"))?,
-            )
+            private
+                .decrypt_oaep_sha256(&encrypted_key)
+                .ok_or(JweError::Authentication("RSA-OAEP-256"))?
         }
         other => {
             return Err(JweError::Unsupported {

@@ -20,7 +20,48 @@ pub enum KeyKind {
 /// A session's private key.
 pub enum TeeKey {
     Ec(p256::SecretKey),
-    Rsa(Box<rsa::RsaPrivateKey>),
+    Rsa(Box<RsaTeeKey>),
+}
+
+/// An RSA session key: the `rsa` crate's (the JWK, CoCo's PEM) and AWS-LC's for decrypting.
+/// RSA-OAEP decryption is AWS-LC's, which is constant time; the `rsa` crate's is not
+/// (RUSTSEC-2023-0071, Marvin), and over plain HTTP the host could feed it ciphertexts.
+pub struct RsaTeeKey {
+    key: rsa::RsaPrivateKey,
+    oaep: aws_lc_rs::rsa::OaepPrivateDecryptingKey,
+}
+
+impl RsaTeeKey {
+    fn new(key: rsa::RsaPrivateKey) -> Result<RsaTeeKey, KeyError> {
+        use rsa::pkcs8::EncodePrivateKey;
+        // The DER is zeroized on drop (`SecretDocument`).
+        let der = key.to_pkcs8_der().map_err(|e| KeyError(e.to_string()))?;
+        let private = aws_lc_rs::rsa::PrivateDecryptingKey::from_pkcs8(der.as_bytes())
+            .map_err(|e| KeyError(format!("AWS-LC refused the RSA key: {e}")))?;
+        let oaep = aws_lc_rs::rsa::OaepPrivateDecryptingKey::new(private)
+            .map_err(|e| KeyError(format!("AWS-LC refused the RSA key: {e}")))?;
+        Ok(RsaTeeKey { key, oaep })
+    }
+
+    /// RSA-OAEP-256's plaintext of `ciphertext`, or `None` (no reason: it would be an oracle).
+    pub(crate) fn decrypt_oaep_sha256(
+        &self,
+        ciphertext: &[u8],
+    ) -> Option<zeroize::Zeroizing<Vec<u8>>> {
+        let mut out = zeroize::Zeroizing::new(vec![0u8; self.oaep.min_output_size()]);
+        let n = self
+            .oaep
+            .decrypt(
+                &aws_lc_rs::rsa::OAEP_SHA256_MGF1SHA256,
+                ciphertext,
+                &mut out,
+                None,
+            )
+            .ok()?
+            .len();
+        out.truncate(n);
+        Some(out)
+    }
 }
 
 /// Why a key could not be made.
@@ -35,8 +76,9 @@ impl TeeKey {
         match kind {
             KeyKind::EcP256 => Ok(TeeKey::Ec(p256::SecretKey::random(&mut rng))),
             KeyKind::Rsa2048 => rsa::RsaPrivateKey::new(&mut rng, 2048)
-                .map(|k| TeeKey::Rsa(Box::new(k)))
-                .map_err(|e| KeyError(e.to_string())),
+                .map_err(|e| KeyError(e.to_string()))
+                .and_then(RsaTeeKey::new)
+                .map(|k| TeeKey::Rsa(Box::new(k))),
         }
     }
 
@@ -55,8 +97,8 @@ impl TeeKey {
             }
             TeeKey::Rsa(k) => TeePubKey::RSA {
                 alg: "RSA-OAEP-256".to_string(),
-                k_mod: URL_SAFE_NO_PAD.encode(k.n().to_bytes_be()),
-                k_exp: URL_SAFE_NO_PAD.encode(k.e().to_bytes_be()),
+                k_mod: URL_SAFE_NO_PAD.encode(k.key.n().to_bytes_be()),
+                k_exp: URL_SAFE_NO_PAD.encode(k.key.e().to_bytes_be()),
             },
         }
     }
@@ -72,6 +114,7 @@ impl TeeKey {
                 .to_pkcs8_pem(rsa::pkcs8::LineEnding::LF)
                 .map_err(|e| KeyError(e.to_string())),
             TeeKey::Rsa(k) => k
+                .key
                 .to_pkcs1_pem(rsa::pkcs1::LineEnding::LF)
                 .map_err(|e| KeyError(e.to_string())),
         }
@@ -84,7 +127,7 @@ impl TeeKey {
         }
     }
 
-    pub(crate) fn rsa(&self) -> Option<&rsa::RsaPrivateKey> {
+    pub(crate) fn rsa(&self) -> Option<&RsaTeeKey> {
         match self {
             TeeKey::Rsa(k) => Some(k),
             TeeKey::Ec(_) => None,
