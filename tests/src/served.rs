@@ -1,6 +1,7 @@
 //! wardd serving a sealed model, as the inference API tests need it: the model's files sealed
-//! under a KEK that the development KBS releases, named in `[[model]]` as a local layout, and
-//! waited for until its inference engine is up.
+//! under a KEK that the development KBS releases, named in `[[model]]` as a local layout (or
+//! pushed to a registry on 127.0.0.1, [`serve_model_from_registry`]), and waited for until its
+//! inference engine is up.
 
 use std::time::{Duration, Instant};
 
@@ -18,6 +19,8 @@ pub struct ServedModel {
     pub kbs: DevKbs,
     /// The sealed model's manifest digest, as wardd audits it.
     pub manifest_digest: String,
+    /// The registry the model came from, if it came from one.
+    pub registry: Option<crate::registry::TestRegistry>,
     _work: tempfile::TempDir,
 }
 
@@ -52,6 +55,30 @@ pub async fn serve_model_with_resources(
     ready: &str,
     resources: &[(&str, &[u8], Policy)],
 ) -> ServedModel {
+    serve(name, files, listeners, model_keys, ready, resources, false).await
+}
+
+/// [`serve_model_with`], the sealed model pushed to a `docker-registry` on 127.0.0.1 and
+/// named in `[[model]]` by its reference: the path of a model shipped through a registry.
+pub async fn serve_model_from_registry(
+    name: &str,
+    files: &[(&str, &[u8])],
+    listeners: &str,
+    model_keys: &str,
+    ready: &str,
+) -> ServedModel {
+    serve(name, files, listeners, model_keys, ready, &[], true).await
+}
+
+async fn serve(
+    name: &str,
+    files: &[(&str, &[u8])],
+    listeners: &str,
+    model_keys: &str,
+    ready: &str,
+    resources: &[(&str, &[u8], Policy)],
+    via_registry: bool,
+) -> ServedModel {
     let kbs = DevKbs::start().await.unwrap();
     for (path, bytes, policy) in resources {
         kbs.put(path, bytes, *policy);
@@ -81,17 +108,38 @@ pub async fn serve_model_with_resources(
         .collect();
     let (name_owned, kbs_url, listeners) = (name.to_string(), kbs.url(), listeners.to_string());
     let model_keys = model_keys.to_string();
-    let layout_path = layout.display().to_string();
+    let (registry, source, images) = if via_registry {
+        let registry = tokio::task::spawn_blocking(crate::registry::TestRegistry::start)
+            .await
+            .unwrap();
+        let reference = format!("{}/models/{name}:v1", registry.host());
+        registry
+            .client()
+            .push_layout(
+                &layout,
+                "model",
+                &ward_image::registry::Registry::reference(&reference).unwrap(),
+            )
+            .await
+            .unwrap();
+        let images = format!("[images]\ninsecure_registries = [{:?}]\n", registry.host());
+        (Some(registry), reference, images)
+    } else {
+        (None, layout.display().to_string(), "[images]\n".to_string())
+    };
     let wardd = tokio::task::spawn_blocking(move || {
         let dir = tempfile::tempdir().unwrap();
         let listeners = listeners.replace("{dir}", &dir.path().display().to_string());
-        let config = config_text(dir.path(), &["all"]).replace(
-            "[[listener]]",
-            &format!(
-                "[[model]]\nname = \"{name_owned}\"\nsource = \"{layout_path}\"\n{model_keys}\n\
-                 [model.digests]\n{digests}\n{listeners}\n[[listener]]"
-            ),
-        ) + &format!("\n[kbs]\nurl = \"{kbs_url}\"\n");
+        let config = config_text(dir.path(), &["all"])
+            .replace("[images]\n", &images)
+            .replace(
+                "[[listener]]",
+                &format!(
+                    "[[model]]\nname = \"{name_owned}\"\nsource = \"{source}\"\n{model_keys}\n\
+                     [model.digests]\n{digests}\n{listeners}\n[[listener]]"
+                ),
+            )
+            + &format!("\n[kbs]\nurl = \"{kbs_url}\"\n");
         Wardd::start_with(dir, &config, "ward.tee=sample", &[])
     })
     .await
@@ -122,6 +170,7 @@ pub async fn serve_model_with_resources(
         wardd,
         kbs,
         manifest_digest,
+        registry,
         _work: work,
     }
 }

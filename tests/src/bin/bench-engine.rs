@@ -6,6 +6,12 @@
 //! content events), requests/s, and each as a ratio to the bare engine. The server runs one
 //! generation at a time (`--interrupt_requests false`: a new request waits instead of cutting
 //! the running one short), so concurrent clients queue at the engine.
+//!
+//! Then the weights' path to a serving engine: the sealed model pushed to a `docker-registry` on
+//! 127.0.0.1 (a local layout when the registry tools are missing), fetched, decrypted and
+//! checked into guest memory by wardd and handed to the engine as memfds, against the same
+//! engine started on the plaintext GGUF on its own disk; one untimed engine start first, so
+//! that both sides find Python's modules and libllama.so in the page cache.
 //! `just bench-engine` (release builds).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -15,7 +21,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt as _;
 use serde_json::{Value, json};
 use ward_e2e::RequestSealer;
-use ward_tests::served::serve_model_with;
+use ward_tests::served::{serve_model_from_registry, serve_model_with};
 
 const TOKENS: usize = 16;
 const PER_CLIENT: usize = 3;
@@ -172,14 +178,19 @@ async fn main() {
          \"--n_ctx\", \"2048\", \"--verbose\", \"false\", \"--interrupt_requests\", \"false\"]\n",
         python.display().to_string()
     );
-    let served = serve_model_with(
-        "smollm2",
-        &[("model.gguf", &bytes)],
-        &listeners,
-        &keys,
-        "external engine serving",
-    )
-    .await;
+    // One start of the engine first, not timed: its Python modules and libllama.so come from
+    // disk once, so that neither side of the load comparison below pays that alone.
+    bare_start(&python, &gguf).await;
+    // The sealed model from a registry on this machine when its tools are here, else from a
+    // local layout.
+    let via_registry = ward_tests::registry::image_tools().is_ok();
+    let files: &[(&str, &[u8])] = &[("model.gguf", &bytes)];
+    let served = if via_registry {
+        serve_model_from_registry("smollm2", files, &listeners, &keys, "external engine serving")
+            .await
+    } else {
+        serve_model_with("smollm2", files, &listeners, &keys, "external engine serving").await
+    };
     let stderr = ward_tests::qemu::plain(&served.wardd.stderr());
     let engine_port: u16 = stderr
         .lines()
@@ -255,20 +266,68 @@ async fn main() {
         &stderr,
         served.wardd.child.id(),
         bytes.len(),
+        if via_registry {
+            "a registry on 127.0.0.1"
+        } else {
+            "a local sealed layout"
+        },
     )
     .await;
 }
 
-/// The weights' path to a serving engine: wardd's (KBS handshake, KEK, decrypting and checking
-/// the sealed layout into guest memory, sealed memfds, the engine's start; from wardd's own
-/// log) against the engine loading the same plaintext from its own disk (spawned here, timed to
-/// its first `200` on `/v1/models`, three runs). And what wardd keeps after the handoff.
+/// Starts llama.cpp's server on `gguf` and waits for its first `200` on `/v1/models`; returns
+/// how long that took, and stops it.
+async fn bare_start(python: &std::path::Path, gguf: &std::path::Path) -> Duration {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let t = Instant::now();
+    let mut child = std::process::Command::new(python)
+        .args(["-m", "llama_cpp.server", "--model"])
+        .arg(gguf)
+        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+        .args(["--n_ctx", "2048", "--verbose", "false"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let http = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{port}/v1/models");
+    loop {
+        if http
+            .get(&url)
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(300),
+            "the bare engine never served"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let took = t.elapsed();
+    let _ = child.kill();
+    let _ = child.wait();
+    took
+}
+
+/// The weights' path to a serving engine: wardd's (KBS handshake, KEK, fetching and decrypting
+/// the sealed model from `source` into guest memory and checking it, sealed memfds, the
+/// engine's start; from wardd's own log) against the engine loading the same plaintext from its
+/// own disk (spawned here, timed to its first `200` on `/v1/models`, three runs, after an
+/// untimed start that warmed both sides' files). And what wardd keeps after the handoff.
 async fn weights_to_serving(
     python: &std::path::Path,
     gguf: &std::path::Path,
     wardd_log: &str,
     wardd_pid: u32,
     model_bytes: usize,
+    source: &str,
 ) {
     let secs_of = |line: &str| -> f64 {
         wardd_log
@@ -290,47 +349,13 @@ async fn weights_to_serving(
     );
     let mut bare = Vec::new();
     for _ in 0..3 {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let t = Instant::now();
-        let mut child = std::process::Command::new(python)
-            .args(["-m", "llama_cpp.server", "--model"])
-            .arg(gguf)
-            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--n_ctx", "2048", "--verbose", "false"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let http = reqwest::Client::new();
-        let url = format!("http://127.0.0.1:{port}/v1/models");
-        loop {
-            if http
-                .get(&url)
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success())
-            {
-                break;
-            }
-            assert!(
-                t.elapsed() < Duration::from_secs(300),
-                "the bare engine never served"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        bare.push(t.elapsed());
-        let _ = child.kill();
-        let _ = child.wait();
+        bare.push(bare_start(python, gguf).await);
     }
     let bare = median(&bare) / 1e3;
     println!();
     println!("weights to a serving engine ({model_bytes} bytes)");
     println!(
-        "  wardd: sealed layout -> guest memory {load:.3} s, -> memfds and engine serving {start:.3} s, total {:.3} s",
+        "  wardd: sealed model from {source} -> guest memory {load:.3} s, -> memfds and engine serving {start:.3} s, total {:.3} s",
         load + start
     );
     println!(
