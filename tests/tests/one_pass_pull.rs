@@ -45,6 +45,32 @@ fn random_file(path: &Path, len: usize) {
     }
 }
 
+/// A tmpfs of `size` at `<dir>/small`, unmounted on drop; `None` (with a message) without root.
+struct SmallTmpfs(PathBuf);
+
+impl SmallTmpfs {
+    fn mount(dir: &Path, size: &str) -> Option<SmallTmpfs> {
+        let small = dir.join("small");
+        std::fs::create_dir_all(&small).unwrap();
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&small)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !mounted {
+            eprintln!("skipped: cannot mount a tmpfs (needs root)");
+            return None;
+        }
+        Some(SmallTmpfs(small))
+    }
+}
+
+impl Drop for SmallTmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
 /// Every regular file under `root`, with its size.
 fn files(root: &Path) -> Vec<(PathBuf, u64)> {
     let mut out = Vec::new();
@@ -240,24 +266,10 @@ async fn an_image_that_cannot_fit_fails_before_downloading() {
         return;
     }
     let work = tempfile::tempdir().unwrap();
-    let small = work.path().join("small");
-    std::fs::create_dir_all(&small).unwrap();
-    let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
-        .arg(&small)
-        .status()
-        .is_ok_and(|s| s.success());
-    if !mounted {
-        eprintln!("skipped: cannot mount a tmpfs (needs root)");
+    let Some(mounted) = SmallTmpfs::mount(work.path(), "1m") else {
         return;
-    }
-    struct Unmount(PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg(&self.0).status();
-        }
-    }
-    let _unmount = Unmount(small.clone());
+    };
+    let small = mounted.0.clone();
     let (reg, reference) = tokio::task::spawn_blocking(|| {
         let reg = TestRegistry::start();
         let img = ImageBuilder::new("v1");
@@ -301,24 +313,10 @@ async fn an_image_that_unpacks_past_the_free_space_fails_and_leaves_nothing() {
         return;
     }
     let work = tempfile::tempdir().unwrap();
-    let small = work.path().join("small");
-    std::fs::create_dir_all(&small).unwrap();
-    let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
-        .arg(&small)
-        .status()
-        .is_ok_and(|s| s.success());
-    if !mounted {
-        eprintln!("skipped: cannot mount a tmpfs (needs root)");
+    let Some(mounted) = SmallTmpfs::mount(work.path(), "2m") else {
         return;
-    }
-    struct Unmount(PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg(&self.0).status();
-        }
-    }
-    let _unmount = Unmount(small.clone());
+    };
+    let small = mounted.0.clone();
     let (reg, reference) = tokio::task::spawn_blocking(|| {
         let reg = TestRegistry::start();
         let img = ImageBuilder::new("v1");

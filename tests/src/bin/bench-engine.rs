@@ -186,10 +186,23 @@ async fn main() {
     let via_registry = ward_tests::registry::image_tools().is_ok();
     let files: &[(&str, &[u8])] = &[("model.gguf", &bytes)];
     let served = if via_registry {
-        serve_model_from_registry("smollm2", files, &listeners, &keys, "external engine serving")
-            .await
+        serve_model_from_registry(
+            "smollm2",
+            files,
+            &listeners,
+            &keys,
+            "external engine serving",
+        )
+        .await
     } else {
-        serve_model_with("smollm2", files, &listeners, &keys, "external engine serving").await
+        serve_model_with(
+            "smollm2",
+            files,
+            &listeners,
+            &keys,
+            "external engine serving",
+        )
+        .await
     };
     let stderr = ward_tests::qemu::plain(&served.wardd.stderr());
     let engine_port: u16 = stderr
