@@ -416,47 +416,6 @@ fn checked_bundle(bundle: &str) -> Result<PathBuf, ImagesError> {
     Ok(p.to_path_buf())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn kek_scope() {
-        let uri = |s: &str| ResourceUri::parse(s).unwrap();
-        let scope = KekScope {
-            allowed: Vec::new(),
-            refused: vec!["default/credential/registry".into()],
-        };
-        assert!(scope.admits(&uri("kbs:///default/image-kek/1")));
-        assert!(!scope.admits(&uri("kbs:///default/credential/registry")));
-        assert!(!scope.admits(&uri("kbs+pkcs11://h/wrap/key")));
-        assert!(!scope.admits(&uri("kbs:///default/image-kek/1?x=y")));
-        let narrow = KekScope {
-            allowed: vec!["default/image-kek/".into(), "other/k/one".into()],
-            refused: Vec::new(),
-        };
-        assert!(narrow.admits(&uri("kbs:///default/image-kek/7")));
-        assert!(narrow.admits(&uri("kbs:///other/k/one")));
-        assert!(!narrow.admits(&uri("kbs:///other/k/two")));
-        assert!(!narrow.admits(&uri("kbs:///default/image-kek2/7")));
-        let with_model = narrow.also(Some("kbs:///models/kek/m"));
-        assert!(with_model.admits(&uri("kbs:///models/kek/m")));
-        assert!(
-            scope
-                .also(Some("kbs:///default/credential/registry"))
-                .admits(&uri("kbs:///default/credential/registry"))
-        );
-    }
-
-    #[test]
-    fn bundle_paths() {
-        assert!(checked_bundle("/run/kata-containers/abc").is_ok());
-        for bad in ["", "relative", "/run/../etc", "/a/b/../../c"] {
-            assert!(checked_bundle(bad).is_err(), "{bad}");
-        }
-    }
-}
-
 /// A pull's progress in wardd's log: the layers once resolved, then the bytes downloaded at
 /// most every [`LogProgress::EVERY`] while they arrive. In a guest a 10 GB image takes minutes,
 /// and without this the log shows nothing between the request and its answer. It logs sizes and
@@ -510,5 +469,46 @@ impl PullProgress for LogProgress {
 
     fn layer_done(&self, _index: usize) {
         self.state().done += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kek_scope() {
+        let uri = |s: &str| ResourceUri::parse(s).unwrap();
+        let scope = KekScope {
+            allowed: Vec::new(),
+            refused: vec!["default/credential/registry".into()],
+        };
+        assert!(scope.admits(&uri("kbs:///default/image-kek/1")));
+        assert!(!scope.admits(&uri("kbs:///default/credential/registry")));
+        assert!(!scope.admits(&uri("kbs+pkcs11://h/wrap/key")));
+        assert!(!scope.admits(&uri("kbs:///default/image-kek/1?x=y")));
+        let narrow = KekScope {
+            allowed: vec!["default/image-kek/".into(), "other/k/one".into()],
+            refused: Vec::new(),
+        };
+        assert!(narrow.admits(&uri("kbs:///default/image-kek/7")));
+        assert!(narrow.admits(&uri("kbs:///other/k/one")));
+        assert!(!narrow.admits(&uri("kbs:///other/k/two")));
+        assert!(!narrow.admits(&uri("kbs:///default/image-kek2/7")));
+        let with_model = narrow.also(Some("kbs:///models/kek/m"));
+        assert!(with_model.admits(&uri("kbs:///models/kek/m")));
+        assert!(
+            scope
+                .also(Some("kbs:///default/credential/registry"))
+                .admits(&uri("kbs:///default/credential/registry"))
+        );
+    }
+
+    #[test]
+    fn bundle_paths() {
+        assert!(checked_bundle("/run/kata-containers/abc").is_ok());
+        for bad in ["", "relative", "/run/../etc", "/a/b/../../c"] {
+            assert!(checked_bundle(bad).is_err(), "{bad}");
+        }
     }
 }

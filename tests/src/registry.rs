@@ -147,6 +147,22 @@ impl Drop for TestRegistry {
     }
 }
 
+/// `len` random bytes at `path`: an image file that does not compress (its blob is about as
+/// large as the file).
+pub fn random_file(path: &Path, len: usize) {
+    use std::io::Write;
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    let mut buf = vec![0u8; 1 << 20];
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(buf.len());
+        rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut buf[..n]);
+        f.write_all(&buf[..n]).unwrap();
+        left -= n;
+    }
+    f.flush().unwrap();
+}
+
 /// An OCI image layout built with umoci, one layer per `layer` call.
 pub struct ImageBuilder {
     pub dir: tempfile::TempDir,

@@ -15,14 +15,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
 use ward_tests::bin;
 use ward_tests::qemu::{Boot, KbsProcess, boot_any_with_memory, have, missing_tools, repo_root};
-use ward_tests::registry::{ImageBuilder, TestRegistry, image_tools};
+use ward_tests::registry::{ImageBuilder, TestRegistry, image_tools, random_file};
 use ward_tests::registry_gate::BlobGate;
 
 /// The guest's memory.
@@ -40,17 +39,6 @@ fn console(b: &Boot) -> String {
 
 fn has(b: &Boot, needle: &str) -> bool {
     b.lines.iter().any(|l| l.text.contains(needle))
-}
-
-/// `LAYER_MIB` of random bytes at `path`.
-fn random_file(path: &Path) {
-    let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
-    let mut chunk = vec![0u8; 1 << 20];
-    for _ in 0..LAYER_MIB {
-        rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut chunk);
-        f.write_all(&chunk).unwrap();
-    }
-    f.flush().unwrap();
 }
 
 /// The layer's digest, from the layout's one manifest.
@@ -93,7 +81,7 @@ fn image_larger_than_guest_memory_pulls_onto_secure_mount_and_is_refused_on_tmpf
 
     let registry = TestRegistry::start();
     let img = ImageBuilder::new("v1");
-    random_file(&img.rootfs().join("weights.bin"));
+    random_file(&img.rootfs().join("weights.bin"), LAYER_MIB << 20);
     std::fs::write(
         img.rootfs().join("hello"),
         "from an image larger than memory\n",

@@ -5,7 +5,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -15,7 +15,7 @@ use ward_image::digest::Digest;
 use ward_image::pull::{Decryption, PullError, PullOptions, Puller};
 use ward_image::registry::{Registry, RegistryError};
 use ward_image::unpack::UnpackPolicy;
-use ward_tests::registry::{ImageBuilder, TestRegistry, image_tools};
+use ward_tests::registry::{ImageBuilder, TestRegistry, image_tools, random_file};
 
 fn puller(reg: &TestRegistry, cache: Option<&Path>, concurrency: usize) -> Arc<Puller> {
     Arc::new(
@@ -30,19 +30,6 @@ fn puller(reg: &TestRegistry, cache: Option<&Path>, concurrency: usize) -> Arc<P
         )
         .unwrap(),
     )
-}
-
-/// `len` random bytes (incompressible: the blob is about as large as the file).
-fn random_file(path: &Path, len: usize) {
-    let mut f = std::fs::File::create(path).unwrap();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut left = len;
-    while left > 0 {
-        let n = left.min(buf.len());
-        rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut buf[..n]);
-        f.write_all(&buf[..n]).unwrap();
-        left -= n;
-    }
 }
 
 /// A tmpfs of `size` at `<dir>/small`, unmounted on drop; `None` (with a message) without root.

@@ -25,11 +25,13 @@ use crate::progress::PullProgress;
 use crate::registry::{Descriptor, ResolvedImage};
 use crate::unpack::{UnpackError, UnpackPolicy, apply_layer};
 
-/// Whether `e` says the filesystem (or the writer's quota on it) is full.
+/// Whether `e` says the filesystem (or the writer's quota on it) is full: `ENOSPC` or
+/// `EDQUOT`, which std reads as these kinds.
 fn fills(e: &std::io::Error) -> bool {
-    e.kind() == std::io::ErrorKind::StorageFull
-        || e.kind() == std::io::ErrorKind::QuotaExceeded
-        || matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+    )
 }
 
 /// Why one layer's plaintext could not be applied, before it is said to the caller.
