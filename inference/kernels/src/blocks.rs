@@ -123,16 +123,17 @@ pub trait ActBlock: Copy + Send + Sync + 'static {
     fn quantize(x: &[f32], out: &mut [Self]);
     /// The scalar reference: a row of `fmt` (a format that takes these) dotted with `a`.
     fn dot_scalar(fmt: Format, row: &[u8], a: &[Self]) -> f32;
-    /// The SIMD kernel for a tile, where this CPU and `fmt` have one (see `x86::tile`); false
-    /// if nothing was computed.
+    /// `kernel`'s SIMD code for a tile, where this CPU and `fmt` have one (see `x86::tile`,
+    /// `aarch64::tile`); false if nothing was computed.
     fn tile_simd<const R: usize>(
+        kernel: crate::Kernel,
         fmt: Format,
         w: &[u8],
         nb: usize,
         a: [&[Self]; R],
         out: &mut [[f32; R]],
     ) -> bool {
-        let _ = (fmt, w, nb, a, out);
+        let _ = (kernel, fmt, w, nb, a, out);
         false
     }
     /// The SIMD product of `rows` weight rows (`w`, in `fmt`) with `m` activation rows at
@@ -170,6 +171,7 @@ impl ActBlock for Q8Block {
     // Elsewhere the trait's defaults: no SIMD kernel, the scalar path runs.
     #[cfg(target_arch = "x86_64")]
     fn tile_simd<const R: usize>(
+        _kernel: crate::Kernel,
         fmt: Format,
         w: &[u8],
         nb: usize,
@@ -177,6 +179,17 @@ impl ActBlock for Q8Block {
         out: &mut [[f32; R]],
     ) -> bool {
         crate::x86::tile(fmt, w, nb, a, out)
+    }
+    #[cfg(target_arch = "aarch64")]
+    fn tile_simd<const R: usize>(
+        kernel: crate::Kernel,
+        fmt: Format,
+        w: &[u8],
+        nb: usize,
+        a: [&[Self]; R],
+        out: &mut [[f32; R]],
+    ) -> bool {
+        crate::aarch64::tile(kernel, fmt, w, nb, a, out)
     }
     #[cfg(target_arch = "x86_64")]
     fn gemm_simd(

@@ -1,7 +1,7 @@
 //! The K-quant formats (ggml's Q4_K, Q5_K and Q6_K, super-blocks of [`QK_K`] weights) in scalar
 //! code: how their bits are laid out, their dequantisation, the activations they take
 //! ([`Q8KBlock`], llama.cpp's `block_q8_K`: one f32 scale per 256 values and the sums of every
-//! 16) and the dot product with them, which the AVX2 kernels are tested against.
+//! 16) and the dot product with them, which the SIMD kernels are tested against.
 //!
 //! As in llama.cpp, a super-block's products are summed in integers (each sub-block's exact dot
 //! times its integer scale), so there is one float multiply per 256 weights, not per 32: the
@@ -47,6 +47,7 @@ impl ActBlock for Q8KBlock {
     // Elsewhere the trait's defaults: no SIMD kernel, the scalar path runs.
     #[cfg(target_arch = "x86_64")]
     fn tile_simd<const R: usize>(
+        _kernel: crate::Kernel,
         fmt: Format,
         w: &[u8],
         nb: usize,
@@ -54,6 +55,17 @@ impl ActBlock for Q8KBlock {
         out: &mut [[f32; R]],
     ) -> bool {
         crate::x86::tile_k(fmt, w, nb, a, out)
+    }
+    #[cfg(target_arch = "aarch64")]
+    fn tile_simd<const R: usize>(
+        kernel: crate::Kernel,
+        fmt: Format,
+        w: &[u8],
+        nb: usize,
+        a: [&[Self]; R],
+        out: &mut [[f32; R]],
+    ) -> bool {
+        crate::aarch64::tile_k(kernel, fmt, w, nb, a, out)
     }
     #[cfg(target_arch = "x86_64")]
     fn gemm_simd(

@@ -8,14 +8,17 @@
 //!   blocks ([`blocks::Q8Block`]); one vector dot per output for a single row (decode), a tiled
 //!   product for many (prefill: each weight block is unpacked once for 4 activation rows);
 //! - the kernels: AVX2 + FMA chosen at run time (`is_x86_feature_detected!`, so the portable
-//!   build runs them too; AVX-VNNI for prefill where the CPU has it), and the
-//!   scalar code that is their reference ([`blocks::dot_scalar`]);
+//!   build runs them too; AVX-VNNI for prefill where the CPU has it), NEON on aarch64 (with
+//!   `sdot` where the CPU has the dot-product extension), and the scalar code that is their
+//!   reference ([`blocks::dot_scalar`]);
 //! - [`Pool`]: one persistent set of worker threads that splits each matmul's rows.
 //!
 //! What it must never do: read outside the slices it is given (every length is checked before
 //! any SIMD code runs, sizes with checked arithmetic), spawn a thread per operation, or depend
 //! on candle (ward-inference hooks it in at the matmul, so one model definition serves CPU and GPU).
 
+#[cfg(target_arch = "aarch64")]
+mod aarch64;
 pub mod blocks;
 pub mod f32ops;
 pub mod kquants;
@@ -39,26 +42,32 @@ pub enum Kernel {
     /// [`Kernel::Avx2`] with AVX-VNNI (`vpdpbusd` on 256-bit vectors: Alder Lake, Sapphire
     /// Rapids, Zen 5) where a kernel has a use for it: the prefill GEMMs (every format).
     AvxVnni,
+    /// NEON on aarch64 (every such CPU) with widening multiplies: the body for cores without
+    /// the dot-product extension.
+    Neon,
+    /// NEON with the dot-product extension (`sdot`: Armv8.2-A and later, Graviton 2 on, Ampere
+    /// Altra, Neoverse), detected at run time.
+    NeonDot,
 }
 
 impl Kernel {
-    /// The fastest kernel this CPU runs, or a slower one `WARD_KERNEL` names (`scalar`, `avx2`:
-    /// a switch for benchmarks and bisecting, read once per process; nothing else reads it).
+    /// The fastest kernel this CPU runs, or a slower one `WARD_KERNEL` names (`scalar`, `avx2`,
+    /// `neon`: a switch for benchmarks and bisecting, read once per process; nothing else
+    /// reads it).
     pub fn best() -> Kernel {
         static BEST: std::sync::OnceLock<Kernel> = std::sync::OnceLock::new();
         *BEST.get_or_init(|| {
-            let fastest = if kernel::avx_vnni() {
-                Kernel::AvxVnni
-            } else if kernel::avx2() {
-                Kernel::Avx2
-            } else {
-                Kernel::Scalar
-            };
-            match std::env::var("WARD_KERNEL").as_deref() {
+            let fastest = [Kernel::AvxVnni, Kernel::Avx2, Kernel::NeonDot, Kernel::Neon]
+                .into_iter()
+                .find(|k| k.available())
+                .unwrap_or(Kernel::Scalar);
+            let named = match std::env::var("WARD_KERNEL").as_deref() {
                 Ok("scalar") => Kernel::Scalar,
-                Ok("avx2") if fastest != Kernel::Scalar => Kernel::Avx2,
+                Ok("avx2") => Kernel::Avx2,
+                Ok("neon") => Kernel::Neon,
                 _ => fastest,
-            }
+            };
+            if named.available() { named } else { fastest }
         })
     }
 
@@ -68,6 +77,8 @@ impl Kernel {
             Kernel::Scalar => true,
             Kernel::Avx2 => kernel::avx2(),
             Kernel::AvxVnni => kernel::avx_vnni(),
+            Kernel::Neon => cfg!(target_arch = "aarch64"),
+            Kernel::NeonDot => kernel::neon_dot(),
         }
     }
 }
@@ -94,6 +105,19 @@ pub(crate) mod kernel {
             *VNNI.get_or_init(|| avx2() && std::arch::is_x86_feature_detected!("avxvnni"))
         }
         #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    }
+
+    /// NEON's dot-product extension (detected once).
+    pub(crate) fn neon_dot() -> bool {
+        #[cfg(target_arch = "aarch64")]
+        {
+            static DOT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+            *DOT.get_or_init(crate::aarch64::dotprod)
+        }
+        #[cfg(not(target_arch = "aarch64"))]
         {
             false
         }

@@ -523,7 +523,7 @@ impl QMatrix {
         a: [&[A]; R],
         out: &mut [[f32; R]],
     ) {
-        if kernel != Kernel::Scalar && A::tile_simd(fmt, w, self.nb, a, out) {
+        if kernel != Kernel::Scalar && A::tile_simd(kernel, fmt, w, self.nb, a, out) {
             return;
         }
         let row_bytes = w.len() / out.len().max(1);

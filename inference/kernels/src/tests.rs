@@ -178,10 +178,16 @@ fn activations(rng: &mut Rng, n: usize, negative: bool) -> Vec<f32> {
 }
 
 fn kernels() -> Vec<Kernel> {
-    [Kernel::Scalar, Kernel::Avx2, Kernel::AvxVnni]
-        .into_iter()
-        .filter(|k| k.available())
-        .collect()
+    [
+        Kernel::Scalar,
+        Kernel::Avx2,
+        Kernel::AvxVnni,
+        Kernel::Neon,
+        Kernel::NeonDot,
+    ]
+    .into_iter()
+    .filter(|k| k.available())
+    .collect()
 }
 
 /// Checks one product every way: against the per-row scalar reference (within f32 summation
@@ -478,4 +484,30 @@ fn joined_matrices_on_quantised_activations_equal_separate_products() {
         Err(KernelError::Operand { .. })
     ));
     assert_eq!(QMatrix::concat(&[]).unwrap_err(), KernelError::Concat);
+}
+
+/// Each architecture's SIMD kernels are the ones chosen (unless `WARD_KERNEL` names another), and
+/// the other architecture's are never available.
+#[test]
+fn the_cpu_s_own_kernels_are_chosen() {
+    let named = std::env::var_os("WARD_KERNEL").is_some();
+    #[cfg(target_arch = "aarch64")]
+    {
+        assert!(Kernel::Neon.available());
+        assert!(!Kernel::Avx2.available() && !Kernel::AvxVnni.available());
+        let best = if Kernel::NeonDot.available() {
+            Kernel::NeonDot
+        } else {
+            Kernel::Neon
+        };
+        assert!(named || Kernel::best() == best);
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        assert!(!Kernel::Neon.available() && !Kernel::NeonDot.available());
+        if Kernel::Avx2.available() && !named {
+            assert!(matches!(Kernel::best(), Kernel::Avx2 | Kernel::AvxVnni));
+        }
+    }
+    let _ = named;
 }
