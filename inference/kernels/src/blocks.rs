@@ -139,9 +139,11 @@ pub trait ActBlock: Copy + Send + Sync + 'static {
     /// The SIMD product of `rows` weight rows (`w`, in `fmt`) with `m` activation rows at
     /// once, into `res` (`m x rows`), where this CPU and `fmt` have one: false if nothing was
     /// computed (then the tiles do it).
-    /// `vnni`: AVX-VNNI may be used (see [`crate::Kernel::AvxVnni`]).
+    /// `kernel` says which instructions may be used (VNNI: [`crate::Kernel::AvxVnni`],
+    /// [`crate::Kernel::Avx512Vnni`]).
     #[allow(clippy::too_many_arguments)]
     fn gemm_simd(
+        kernel: crate::Kernel,
         fmt: Format,
         w: &[u8],
         rows: usize,
@@ -149,9 +151,8 @@ pub trait ActBlock: Copy + Send + Sync + 'static {
         acts: &[Self],
         m: usize,
         res: &mut [f32],
-        vnni: bool,
     ) -> bool {
-        let _ = (fmt, w, rows, nb, acts, m, res, vnni);
+        let _ = (kernel, fmt, w, rows, nb, acts, m, res);
         false
     }
 }
@@ -193,6 +194,7 @@ impl ActBlock for Q8Block {
     }
     #[cfg(target_arch = "x86_64")]
     fn gemm_simd(
+        kernel: crate::Kernel,
         fmt: Format,
         w: &[u8],
         rows: usize,
@@ -200,9 +202,8 @@ impl ActBlock for Q8Block {
         acts: &[Self],
         m: usize,
         res: &mut [f32],
-        vnni: bool,
     ) -> bool {
-        crate::x86::gemm_q8(fmt, w, rows, nb, acts, m, res, vnni)
+        crate::x86::gemm_q8(crate::x86::Vnni::of(kernel), fmt, w, rows, nb, acts, m, res)
     }
 }
 

@@ -69,6 +69,7 @@ impl ActBlock for Q8KBlock {
     }
     #[cfg(target_arch = "x86_64")]
     fn gemm_simd(
+        kernel: crate::Kernel,
         fmt: Format,
         w: &[u8],
         rows: usize,
@@ -76,9 +77,8 @@ impl ActBlock for Q8KBlock {
         acts: &[Self],
         m: usize,
         res: &mut [f32],
-        vnni: bool,
     ) -> bool {
-        crate::x86::gemm_k(fmt, w, rows, nb, acts, m, res, vnni)
+        crate::x86::gemm_k(crate::x86::Vnni::of(kernel), fmt, w, rows, nb, acts, m, res)
     }
 }
 

@@ -8,7 +8,7 @@
 //!   blocks ([`blocks::Q8Block`]); one vector dot per output for a single row (decode), a tiled
 //!   product for many (prefill: each weight block is unpacked once for 4 activation rows);
 //! - the kernels: AVX2 + FMA chosen at run time (`is_x86_feature_detected!`, so the portable
-//!   build runs them too; AVX-VNNI for prefill where the CPU has it), NEON on aarch64 (with
+//!   build runs them too; VNNI for prefill where the CPU has AVX-VNNI or AVX512-VNNI), NEON on aarch64 (with
 //!   `sdot` where the CPU has the dot-product extension), and the scalar code that is their
 //!   reference ([`blocks::dot_scalar`]);
 //! - [`Pool`]: one persistent set of worker threads that splits each matmul's rows.
@@ -42,6 +42,10 @@ pub enum Kernel {
     /// [`Kernel::Avx2`] with AVX-VNNI (`vpdpbusd` on 256-bit vectors: Alder Lake, Sapphire
     /// Rapids, Zen 5) where a kernel has a use for it: the prefill GEMMs (every format).
     AvxVnni,
+    /// [`Kernel::AvxVnni`]'s kernels with `vpdpbusd` in its AVX-512 encoding (AVX512-VNNI with
+    /// AVX512VL, still on 256-bit vectors): the CPUs with AVX-512 but not AVX-VNNI (Cascade
+    /// Lake, Ice Lake, AMD Zen 4, the EPYC Genoa hosts of SEV-SNP guests).
+    Avx512Vnni,
     /// NEON on aarch64 (every such CPU) with widening multiplies: the body for cores without
     /// the dot-product extension.
     Neon,
@@ -57,10 +61,16 @@ impl Kernel {
     pub fn best() -> Kernel {
         static BEST: std::sync::OnceLock<Kernel> = std::sync::OnceLock::new();
         *BEST.get_or_init(|| {
-            let fastest = [Kernel::AvxVnni, Kernel::Avx2, Kernel::NeonDot, Kernel::Neon]
-                .into_iter()
-                .find(|k| k.available())
-                .unwrap_or(Kernel::Scalar);
+            let fastest = [
+                Kernel::AvxVnni,
+                Kernel::Avx512Vnni,
+                Kernel::Avx2,
+                Kernel::NeonDot,
+                Kernel::Neon,
+            ]
+            .into_iter()
+            .find(|k| k.available())
+            .unwrap_or(Kernel::Scalar);
             let named = match std::env::var("WARD_KERNEL").as_deref() {
                 Ok("scalar") => Kernel::Scalar,
                 Ok("avx2") => Kernel::Avx2,
@@ -77,6 +87,7 @@ impl Kernel {
             Kernel::Scalar => true,
             Kernel::Avx2 => kernel::avx2(),
             Kernel::AvxVnni => kernel::avx_vnni(),
+            Kernel::Avx512Vnni => kernel::avx512_vnni(),
             Kernel::Neon => cfg!(target_arch = "aarch64"),
             Kernel::NeonDot => kernel::neon_dot(),
         }
@@ -103,6 +114,24 @@ pub(crate) mod kernel {
         {
             static VNNI: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
             *VNNI.get_or_init(|| avx2() && std::arch::is_x86_feature_detected!("avxvnni"))
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    }
+
+    /// [`avx2`], AVX512-VNNI and AVX512VL (detected once; the detection includes the OS's
+    /// saving of the AVX-512 state).
+    pub(crate) fn avx512_vnni() -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            static VNNI: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+            *VNNI.get_or_init(|| {
+                avx2()
+                    && std::arch::is_x86_feature_detected!("avx512vnni")
+                    && std::arch::is_x86_feature_detected!("avx512vl")
+            })
         }
         #[cfg(not(target_arch = "x86_64"))]
         {

@@ -454,8 +454,7 @@ impl QMatrix {
                 res.clear();
                 res.resize(m * n, 0f32);
                 let w = &segment.data[i * rb..(i + n) * rb];
-                let vnni = kernel == Kernel::AvxVnni;
-                if !A::gemm_simd(segment.format, w, n, nb, acts, m, &mut res, vnni) {
+                if !A::gemm_simd(kernel, segment.format, w, n, nb, acts, m, &mut res) {
                     break;
                 }
                 for (t, r) in res.chunks_exact(n).enumerate() {

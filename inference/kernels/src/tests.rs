@@ -182,6 +182,7 @@ fn kernels() -> Vec<Kernel> {
         Kernel::Scalar,
         Kernel::Avx2,
         Kernel::AvxVnni,
+        Kernel::Avx512Vnni,
         Kernel::Neon,
         Kernel::NeonDot,
     ]
@@ -506,7 +507,10 @@ fn the_cpu_s_own_kernels_are_chosen() {
     {
         assert!(!Kernel::Neon.available() && !Kernel::NeonDot.available());
         if Kernel::Avx2.available() && !named {
-            assert!(matches!(Kernel::best(), Kernel::Avx2 | Kernel::AvxVnni));
+            assert!(matches!(
+                Kernel::best(),
+                Kernel::Avx2 | Kernel::AvxVnni | Kernel::Avx512Vnni
+            ));
         }
     }
     let _ = named;

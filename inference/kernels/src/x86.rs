@@ -11,6 +11,7 @@
 
 use std::arch::x86_64::*;
 
+use crate::Kernel;
 use crate::blocks::{Format, Q8Block, QK};
 
 mod kgemm;
@@ -38,6 +39,63 @@ fn gemm_row_bytes(
         && m.checked_mul(nb).is_some_and(|n| n <= acts_len)
         && m.checked_mul(rows).is_some_and(|n| n <= res_len);
     holds.then_some(row_bytes)
+}
+
+/// Which encoding of `vpdpbusd` (u8 x i8, 4 products into each i32 lane) a GEMM may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Vnni {
+    /// None: `vpmaddubsw` and `vpmaddwd` (AVX2).
+    None,
+    /// AVX-VNNI's VEX encoding ([`Kernel::AvxVnni`]).
+    Vex,
+    /// AVX512-VNNI's EVEX encoding on 256-bit vectors ([`Kernel::Avx512Vnni`]).
+    Evex,
+}
+
+impl Vnni {
+    /// What `kernel` allows, where this CPU runs it.
+    pub(crate) fn of(kernel: Kernel) -> Vnni {
+        match kernel {
+            Kernel::AvxVnni if kernel.available() => Vnni::Vex,
+            Kernel::Avx512Vnni if kernel.available() => Vnni::Evex,
+            _ => Vnni::None,
+        }
+    }
+}
+
+/// `acc` plus, in each i32 lane, the 4 products of `u`'s unsigned bytes with `s`'s signed bytes
+/// in that lane: `vpdpbusd` in AVX512-VNNI's EVEX encoding (`EVEX`) or AVX-VNNI's VEX one. The
+/// same instruction and result either way; written as inline assembly because one kernel body
+/// serves both, and a function cannot be compiled for either feature set but not both (their
+/// intrinsics, `_mm256_dpbusd_epi32` and `_mm256_dpbusd_avx_epi32`, need one each).
+///
+/// # Safety
+/// The CPU has AVX512-VNNI and AVX512VL (`EVEX`) or AVX-VNNI (not `EVEX`).
+#[target_feature(enable = "avx2")]
+#[inline]
+pub(super) unsafe fn dpbusd<const EVEX: bool>(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
+    let mut acc = acc;
+    // SAFETY: one instruction on these registers; the caller vouches for the feature.
+    unsafe {
+        if EVEX {
+            std::arch::asm!(
+                "{{evex}} vpdpbusd {acc}, {u}, {s}",
+                acc = inout(ymm_reg) acc,
+                u = in(ymm_reg) u,
+                s = in(ymm_reg) s,
+                options(pure, nomem, nostack, preserves_flags)
+            );
+        } else {
+            std::arch::asm!(
+                "{{vex}} vpdpbusd {acc}, {u}, {s}",
+                acc = inout(ymm_reg) acc,
+                u = in(ymm_reg) u,
+                s = in(ymm_reg) s,
+                options(pure, nomem, nostack, preserves_flags)
+            );
+        }
+    }
+    acc
 }
 
 /// Whether this CPU has what the kernels here need (checked once by the caller, cached).

@@ -20,6 +20,7 @@
 
 use std::arch::x86_64::*;
 
+use super::{Vnni, dpbusd};
 use crate::blocks::{Format, f16_at};
 use crate::kquants::{Q8KBlock, packed_scales, unpack_scales};
 
@@ -183,10 +184,11 @@ pub(super) fn transpose8(r: [__m256i; PANEL]) -> [__m256i; PANEL] {
 
 /// `res[t * rows + i]` = weight row `i` of `w` (`rows` rows of `nb` super-blocks of `fmt`, a
 /// K-quant) dotted with activation row `t` of `acts` (`m` rows of `nb` blocks). Returns false
-/// (computing nothing) if the lengths do not hold or the CPU lacks the features. `vnni`: use
-/// AVX-VNNI where the CPU has it.
+/// (computing nothing) if the lengths do not hold or the CPU lacks the features. `vnni`: the
+/// `vpdpbusd` to use, if any (checked by [`Vnni::of`]).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn gemm_k(
+    vnni: Vnni,
     fmt: Format,
     w: &[u8],
     rows: usize,
@@ -194,7 +196,6 @@ pub(crate) fn gemm_k(
     acts: &[Q8KBlock],
     m: usize,
     res: &mut [f32],
-    vnni: bool,
 ) -> bool {
     let Some(row_bytes) = super::gemm_row_bytes(fmt, w, rows, nb, acts.len(), m, res.len()) else {
         return false;
@@ -202,7 +203,6 @@ pub(crate) fn gemm_k(
     if fmt.block_weights() != crate::blocks::QK_K || !crate::kernel::avx2() {
         return false;
     }
-    let vnni = vnni && crate::kernel::avx_vnni();
     let block = fmt.block_bytes();
     let mut panel = Box::new(Panel::ZERO);
     // Per activation row, the 8 rows' sums so far (f32 lanes).
@@ -227,12 +227,13 @@ pub(crate) fn gemm_k(
                     [act(t), act(t + 1), act(t + 2), act(t + 3)],
                     &mut sums[t..t + 4],
                 );
-                // SAFETY: AVX2, FMA and F16C were detected above, and AVX-VNNI where `vnni`.
+                // SAFETY: AVX2, FMA and F16C were detected above, and `vnni`'s encoding by
+                // `Vnni::of`.
                 unsafe {
-                    if vnni {
-                        panel_dot_vnni::<4>(fmt, &panel, a, s)
-                    } else {
-                        panel_dot::<4>(fmt, &panel, a, s)
+                    match vnni {
+                        Vnni::Vex => panel_dot_vnni::<4, false>(fmt, &panel, a, s),
+                        Vnni::Evex => panel_dot_vnni::<4, true>(fmt, &panel, a, s),
+                        Vnni::None => panel_dot::<4>(fmt, &panel, a, s),
                     }
                 };
                 t += 4;
@@ -241,10 +242,10 @@ pub(crate) fn gemm_k(
                 let (a, s) = ([act(t)], &mut sums[t..t + 1]);
                 // SAFETY: as above.
                 unsafe {
-                    if vnni {
-                        panel_dot_vnni::<1>(fmt, &panel, a, s)
-                    } else {
-                        panel_dot::<1>(fmt, &panel, a, s)
+                    match vnni {
+                        Vnni::Vex => panel_dot_vnni::<1, false>(fmt, &panel, a, s),
+                        Vnni::Evex => panel_dot_vnni::<1, true>(fmt, &panel, a, s),
+                        Vnni::None => panel_dot::<1>(fmt, &panel, a, s),
                     }
                 };
                 t += 1;
@@ -303,14 +304,14 @@ unsafe fn panel_dot<const R: usize>(
     unsafe { finish(fmt, p, a, sumi, sums) };
 }
 
-/// [`panel_dot`] with AVX-VNNI: `vpdpbusd` multiplies and adds 4 quant-activation pairs into
+/// [`panel_dot`] with VNNI: `vpdpbusd` multiplies and adds 4 quant-activation pairs into
 /// each i32 lane in one instruction (no i16 stage, so no limit on how many are added), and a
 /// sub-block's (Q6_K: 16 weights') sum is scaled with one `vpmulld`.
 ///
 /// # Safety
-/// AVX2, FMA, F16C and AVX-VNNI.
-#[target_feature(enable = "avx2,fma,f16c,avxvnni")]
-unsafe fn panel_dot_vnni<const R: usize>(
+/// AVX2, FMA, F16C, and AVX512-VNNI with AVX512VL (`EVEX`) or AVX-VNNI.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn panel_dot_vnni<const R: usize, const EVEX: bool>(
     fmt: Format,
     p: &Panel,
     a: [&Q8KBlock; R],
@@ -325,7 +326,8 @@ unsafe fn panel_dot_vnni<const R: usize>(
             for g in half * groups..(half + 1) * groups {
                 let wv = load(&p.q[j][g]);
                 for r in 0..R {
-                    s32[r] = _mm256_dpbusd_avx_epi32(s32[r], wv, activations(a[r], j, g));
+                    // SAFETY: the CPU has `EVEX`'s encoding (this function's contract).
+                    s32[r] = unsafe { dpbusd::<EVEX>(s32[r], wv, activations(a[r], j, g)) };
                 }
             }
             // Each row's scale, an i16 in its lane's low half (sign-extended to the lane).

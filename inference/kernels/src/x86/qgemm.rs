@@ -1,5 +1,5 @@
 //! The prefill product of Q4_0, Q4_1 and Q8_0 weights (8 or more activation rows) with
-//! AVX-VNNI, as a packed-panel GEMM like the K-quants' ([`super::kgemm`]): for 8 weight rows and
+//! VNNI's `vpdpbusd` (AVX-VNNI, or AVX512-VNNI on 256-bit vectors: [`super::dpbusd`]), as a packed-panel GEMM like the K-quants' ([`super::kgemm`]): for 8 weight rows and
 //! one 32-weight block, the quants are unpacked to signed bytes and transposed so that each
 //! vector holds 4 of every row; each activation row meets them with a broadcast of 4 bytes and
 //! one `vpdpbusd` per 32 multiply-adds, the sums staying in the lanes of their rows.
@@ -7,7 +7,7 @@
 //! `vpdpbusd` multiplies unsigned by signed bytes: the activations (signed, `|a| <= 127`) are
 //! offset by 128 to make them unsigned (`a ^ 0x80`), and `128 sum(w)` per row and block (one
 //! more `vpdpbusd` of the panel against ones) is taken back off: exact integer arithmetic.
-//! Without AVX-VNNI these formats keep the 4-row tiles.
+//! Without VNNI (AVX-VNNI or AVX512-VNNI) these formats keep the 4-row tiles.
 
 // The kernels index register arrays (one per weight row, activation row or group) by the same
 // counters; iterator chains would hide which register is which.
@@ -16,6 +16,7 @@
 use std::arch::x86_64::*;
 
 use super::kgemm::{PANEL, transpose8};
+use super::{Vnni, dpbusd};
 use crate::blocks::{Format, Q8Block, QK, f16_at};
 
 /// One 32-weight block of [`PANEL`] weight rows, unpacked.
@@ -32,10 +33,11 @@ struct Panel {
 
 /// `res[t * rows + i]` = weight row `i` of `w` (`rows` rows of `nb` blocks of `fmt`, a format
 /// of 32 weights) dotted with activation row `t` of `acts` (`m` rows of `nb` blocks). Returns
-/// false (computing nothing) where the lengths do not hold, `vnni` is false or the CPU lacks
-/// AVX-VNNI.
+/// false (computing nothing) where the lengths do not hold or `vnni` is [`Vnni::None`] (it is
+/// checked against the CPU by [`Vnni::of`]).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn gemm_q8(
+    vnni: Vnni,
     fmt: Format,
     w: &[u8],
     rows: usize,
@@ -43,14 +45,14 @@ pub(crate) fn gemm_q8(
     acts: &[Q8Block],
     m: usize,
     res: &mut [f32],
-    vnni: bool,
 ) -> bool {
     let Some(row_bytes) = super::gemm_row_bytes(fmt, w, rows, nb, acts.len(), m, res.len()) else {
         return false;
     };
-    if fmt.block_weights() != QK || !vnni || !crate::kernel::avx_vnni() {
+    if fmt.block_weights() != QK || vnni == Vnni::None || !crate::kernel::avx2() {
         return false;
     }
+    let evex = vnni == Vnni::Evex;
     let block = fmt.block_bytes();
     let mut sums = vec![[0f32; PANEL]; m];
     // Q4_1's `m s` terms apart from the products they cancel against, added once at the end
@@ -68,20 +70,38 @@ pub(crate) fn gemm_q8(
                 let at = (first + i) * row_bytes + b * block;
                 *blk = &w[at..at + block];
             }
-            // SAFETY: AVX2, FMA, F16C and AVX-VNNI were detected above.
-            let panel = unsafe { pack(fmt, &blocks[..n]) };
+            // SAFETY: AVX2, FMA and F16C were detected above, `vnni`'s encoding by `Vnni::of`.
+            let panel = unsafe {
+                if evex {
+                    pack::<true>(fmt, &blocks[..n])
+                } else {
+                    pack::<false>(fmt, &blocks[..n])
+                }
+            };
             let act = |t: usize| &acts[t * nb + b];
             let mut t = 0;
             while t + 4 <= m {
                 let a = [act(t), act(t + 1), act(t + 2), act(t + 3)];
+                let (s, mn) = (&mut sums[t..t + 4], &mut mins[t..t + 4]);
                 // SAFETY: as above.
-                unsafe { panel_dot::<4>(&panel, a, &mut sums[t..t + 4], &mut mins[t..t + 4]) };
+                unsafe {
+                    if evex {
+                        panel_dot::<4, true>(&panel, a, s, mn)
+                    } else {
+                        panel_dot::<4, false>(&panel, a, s, mn)
+                    }
+                };
                 t += 4;
             }
             while t < m {
+                let (s, mn) = (&mut sums[t..t + 1], &mut mins[t..t + 1]);
                 // SAFETY: as above.
                 unsafe {
-                    panel_dot::<1>(&panel, [act(t)], &mut sums[t..t + 1], &mut mins[t..t + 1])
+                    if evex {
+                        panel_dot::<1, true>(&panel, [act(t)], s, mn)
+                    } else {
+                        panel_dot::<1, false>(&panel, [act(t)], s, mn)
+                    }
                 };
                 t += 1;
             }
@@ -103,9 +123,9 @@ pub(crate) fn gemm_q8(
 /// zeros.
 ///
 /// # Safety
-/// AVX2, FMA, F16C and AVX-VNNI.
-#[target_feature(enable = "avx2,fma,f16c,avxvnni")]
-unsafe fn pack(fmt: Format, blocks: &[&[u8]]) -> Panel {
+/// AVX2, FMA, F16C, and AVX512-VNNI with AVX512VL (`EVEX`) or AVX-VNNI.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn pack<const EVEX: bool>(fmt: Format, blocks: &[&[u8]]) -> Panel {
     let low = _mm_set1_epi8(0x0f);
     let mut rows = [_mm256_setzero_si256(); PANEL];
     let (mut d, mut m) = ([0f32; PANEL], [0f32; PANEL]);
@@ -138,7 +158,8 @@ unsafe fn pack(fmt: Format, blocks: &[&[u8]]) -> Panel {
     let ones = _mm256_set1_epi8(1);
     let mut qsum = _mm256_setzero_si256();
     for v in q {
-        qsum = _mm256_dpbusd_avx_epi32(qsum, ones, v);
+        // SAFETY: the CPU has `EVEX`'s encoding (this function's contract).
+        qsum = unsafe { dpbusd::<EVEX>(qsum, ones, v) };
     }
     Panel {
         q,
@@ -154,9 +175,9 @@ unsafe fn pack(fmt: Format, blocks: &[&[u8]]) -> Panel {
 /// `m s` terms to `mins[r]`.
 ///
 /// # Safety
-/// AVX2, FMA, F16C and AVX-VNNI.
-#[target_feature(enable = "avx2,fma,f16c,avxvnni")]
-unsafe fn panel_dot<const R: usize>(
+/// As [`pack`].
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn panel_dot<const R: usize, const EVEX: bool>(
     p: &Panel,
     a: [&Q8Block; R],
     sums: &mut [[f32; PANEL]],
@@ -177,7 +198,8 @@ unsafe fn panel_dot<const R: usize>(
             // SAFETY: 4 g + 4 <= 32; unaligned read.
             let x =
                 unsafe { std::ptr::read_unaligned(shifted[r].as_ptr().add(4 * g).cast::<i32>()) };
-            s32[r] = _mm256_dpbusd_avx_epi32(s32[r], _mm256_set1_epi32(x), p.q[g]);
+            // SAFETY: the CPU has `EVEX`'s encoding (this function's contract).
+            s32[r] = unsafe { dpbusd::<EVEX>(s32[r], _mm256_set1_epi32(x), p.q[g]) };
         }
     }
     // sum((a + 128) w) - 128 sum(w) = sum(a w).
