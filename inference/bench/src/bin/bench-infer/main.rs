@@ -274,7 +274,7 @@ fn peak_rss_mb() -> Option<f64> {
 }
 
 /// The 1-minute load average, to print next to the figures (the machine may be shared).
-fn load_average() -> String {
+pub(crate) fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .ok()
         .and_then(|l| l.split_whitespace().next().map(str::to_owned))
@@ -409,6 +409,7 @@ fn main() -> Result<(), BoxError> {
             args.prompt_tokens,
             args.gen_tokens,
             args.runs,
+            args.baseline,
         );
     }
     if args.e2e {
