@@ -7,6 +7,7 @@
 //!               [--baseline torch|llama] [--python PATH] [--no-baseline] [--baseline-model PATH]
 //!   bench-infer --e2e [GGUF] [--gen-tokens N] [--runs N]
 //!   bench-infer --batch [MODEL] [--prompt-tokens N] [--gen-tokens N] [--runs N] [--device D]
+//!               [--no-baseline]
 //!
 //! A MODEL is a GGUF file or a safetensors directory (`config.json`, `tokenizer.json`,
 //! `*.safetensors`; `gen-bench-model` writes llama checkpoints with real shapes and random
