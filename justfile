@@ -161,8 +161,10 @@ bench-e2e: fetch-model
     target/x86-64-v3/release/bench-infer --e2e
 
 # Decode of 1-8 sequences at once on SmolLM2-135M: the engine's batched step, against the same
-# sequences one after the other and a thread per sequence, in the same run (x86-64-v3 build).
+# sequences one after the other and a thread per sequence, and llama.cpp's batched decode
+# (llama-cpp-python in target/llama-venv; SKIP without it), in the same run (x86-64-v3 build).
 bench-batch: fetch-model
+    scripts/llama-venv.sh || echo "llama-venv failed: the llama.cpp columns will SKIP"
     RUSTFLAGS="-C target-cpu=x86-64-v3" cargo build --release -q -p ward-inference-bench --bin bench-infer --target-dir target/x86-64-v3
     target/x86-64-v3/release/bench-infer --batch --prompt-tokens 64 --gen-tokens 32
 

@@ -4,7 +4,7 @@
 //! (`inference/bench/llama_baseline.py`, in the environment `scripts/llama-venv.sh` builds).
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output};
 
 use crate::Figures;
 
@@ -81,6 +81,20 @@ pub(crate) struct Call<'a> {
     pub runs: usize,
 }
 
+/// Why a baseline run gave no figures: its `SKIP` line, else the last line it wrote to stderr.
+fn why_not(python: &str, script: &Path, out: &Output) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if let Some(why) = stdout.lines().find_map(|l| l.strip_prefix("SKIP: ")) {
+        return why.to_owned();
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    format!(
+        "{python} {} failed: {}",
+        script.display(),
+        stderr.lines().last().unwrap_or("no output")
+    )
+}
+
 pub(crate) fn run(c: &Call<'_>) -> Outcome {
     let script = c.kind.script();
     let ids: Vec<String> = c.prompt.iter().map(u32::to_string).collect();
@@ -107,17 +121,71 @@ pub(crate) fn run(c: &Call<'_>) -> Outcome {
         };
         Some((f, it.next().and_then(|r| r.parse().ok())))
     });
-    if let Some((f, rss)) = parsed {
-        return Outcome::Figures(f, rss);
+    match parsed {
+        Some((f, rss)) => Outcome::Figures(f, rss),
+        None => Outcome::Skip(why_not(c.python, &script, &out)),
     }
-    if let Some(why) = stdout.lines().find_map(|l| l.strip_prefix("SKIP: ")) {
-        return Outcome::Skip(why.to_owned());
+}
+
+/// What llama.cpp's multi-sequence decode (`llama_baseline.py --batch-seqs`) reported.
+pub(crate) enum BatchOutcome {
+    Figures {
+        /// Decode tokens/s summed over the sequences, per sequence count.
+        tps: Vec<(usize, f64)>,
+        /// Its `CHECK` lines: the batched steps' greedy tokens against each sequence alone.
+        checks: Vec<String>,
+    },
+    Skip(String),
+}
+
+pub(crate) struct BatchCall<'a> {
+    pub python: &'a str,
+    pub model: &'a Path,
+    /// Sequence i's prompt is `ids[i..i + prompt_len]`.
+    pub ids: &'a [u32],
+    pub seqs: &'a [usize],
+    pub prompt_len: usize,
+    pub steps: usize,
+    pub runs: usize,
+    /// Decode every sequence alone too and compare the greedy tokens (`CHECK` lines).
+    pub check: bool,
+}
+
+/// llama.cpp through its batch API: for each count n, n sequences prefilled one by one, then
+/// `steps` decode steps of one `llama_decode` each, one token per sequence in it.
+pub(crate) fn run_batch(c: &BatchCall<'_>) -> BatchOutcome {
+    let script = Kind::Llama.script();
+    let ids: Vec<String> = c.ids.iter().map(u32::to_string).collect();
+    let seqs: Vec<String> = c.seqs.iter().map(usize::to_string).collect();
+    let mut cmd = Command::new(c.python);
+    cmd.arg(&script)
+        .arg(c.model)
+        .args(["--ids", &ids.join(",")])
+        .args(["--batch-seqs", &seqs.join(",")])
+        .args(["--prompt-len", &c.prompt_len.to_string()])
+        .args(["--gen-tokens", &c.steps.to_string()])
+        .args(["--runs", &c.runs.to_string()]);
+    if !c.check {
+        cmd.arg("--no-check");
     }
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    Outcome::Skip(format!(
-        "{} {} failed: {}",
-        c.python,
-        script.display(),
-        stderr.lines().last().unwrap_or("no output")
-    ))
+    let out = match cmd.output() {
+        Ok(o) => o,
+        Err(e) => return BatchOutcome::Skip(format!("cannot run {}: {e}", c.python)),
+    };
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let tps: Vec<(usize, f64)> = stdout
+        .lines()
+        .filter_map(|l| {
+            let mut it = l.strip_prefix("BATCH ")?.split_whitespace();
+            Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
+        })
+        .collect();
+    if tps.is_empty() || !out.status.success() {
+        return BatchOutcome::Skip(why_not(c.python, &script, &out));
+    }
+    let checks = stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("CHECK ").map(str::to_owned))
+        .collect();
+    BatchOutcome::Figures { tps, checks }
 }

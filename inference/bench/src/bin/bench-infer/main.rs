@@ -7,6 +7,7 @@
 //!               [--baseline torch|llama] [--python PATH] [--no-baseline] [--baseline-model PATH]
 //!   bench-infer --e2e [GGUF] [--gen-tokens N] [--runs N]
 //!   bench-infer --batch [MODEL] [--prompt-tokens N] [--gen-tokens N] [--runs N] [--device D]
+//!               [--no-baseline]
 //!
 //! A MODEL is a GGUF file or a safetensors directory (`config.json`, `tokenizer.json`,
 //! `*.safetensors`; `gen-bench-model` writes llama checkpoints with real shapes and random
@@ -274,7 +275,7 @@ fn peak_rss_mb() -> Option<f64> {
 }
 
 /// The 1-minute load average, to print next to the figures (the machine may be shared).
-fn load_average() -> String {
+pub(crate) fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .ok()
         .and_then(|l| l.split_whitespace().next().map(str::to_owned))
@@ -409,6 +410,7 @@ fn main() -> Result<(), BoxError> {
             args.prompt_tokens,
             args.gen_tokens,
             args.runs,
+            args.baseline,
         );
     }
     if args.e2e {
