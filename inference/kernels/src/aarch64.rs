@@ -9,10 +9,10 @@
 //! [`Kernel::Neon`] with widening multiplies (`smull` + `sadalp`) for the cores without it
 //! (Cortex-A53/A72, Graviton 1). `sdot` is written as inline assembly: its intrinsic
 //! (`vdotq_s32`) is not stable in Rust yet. So is the f16 conversion (`fcvt`: the f16 vector
-//! types are not stable either) and the prefetch (`prfm`).
+//! types are not stable either).
 //!
-//! A tile is `K` weight rows against `R` activation rows, as in `x86`: each weight block is
-//! unpacked once for all `R` (the prefill's reuse), `R x K` accumulators live in registers.
+//! A tile is weight rows, one at a time (one stream through memory, as in `x86`), against `R`
+//! activation rows: each weight block is unpacked once for all `R` (the prefill's reuse).
 //! There is no packed-panel GEMM here (the x86 one is AVX-VNNI's); prefill takes 4-row tiles.
 //!
 //! Only called through [`tile`] and [`tile_k`], which check every length first. Tested (every
@@ -93,28 +93,6 @@ unsafe fn f16_at(p: *const u8) -> f32 {
     out
 }
 
-/// Weight rows ahead of the one being read that a single-row (decode) kernel asks for early,
-/// as the x86 kernels do.
-const PREFETCH_ROWS: usize = 4;
-
-/// Asks for the `len` bytes at `w[at..]` (those inside `w`) to be brought into the cache.
-#[inline]
-fn prefetch(w: &[u8], at: usize, len: usize) {
-    let mut line = at;
-    while line < at.saturating_add(len) && line < w.len() {
-        // SAFETY: `line < w.len()`: an address inside the slice; `prfm` never faults and
-        // writes nothing.
-        unsafe {
-            asm!(
-                "prfm pldl1keep, [{p}]",
-                p = in(reg) w.as_ptr().add(line),
-                options(nostack, readonly, preserves_flags)
-            );
-        }
-        line += 64;
-    }
-}
-
 /// `out[j][r]` = row `j` of `w` (`out.len()` rows of `nb` blocks of `fmt`, a 32-weight format)
 /// dotted with `a[r]` (at least `nb` blocks each), with `kernel`'s body. Returns false
 /// (computing nothing) if the lengths do not hold or `kernel` is not a NEON one this CPU runs.
@@ -135,22 +113,14 @@ pub(crate) fn tile<const R: usize>(
     if w.len() < out.len().saturating_mul(row_bytes) || a.iter().any(|a| a.len() < nb) {
         return false;
     }
-    // A single activation row (decode) takes 4 weight rows at a time: 4 independent
-    // accumulators, each activation block loaded once for 4.
-    match (kernel, R) {
+    match kernel {
         // SAFETY: the CPU has the dot-product extension (`available` was checked); every row
         // of `w` holds `nb` whole blocks and every `a[r]` at least `nb` (checked above).
-        (Kernel::NeonDot, 1) if kernel.available() => unsafe {
-            rows_q8_dot::<R, 4>(fmt, w, row_bytes, nb, a, out)
-        },
-        // SAFETY: as above.
-        (Kernel::NeonDot, _) if kernel.available() => unsafe {
-            rows_q8_dot::<R, 1>(fmt, w, row_bytes, nb, a, out)
+        Kernel::NeonDot if kernel.available() => unsafe {
+            rows_q8_dot::<R>(fmt, w, row_bytes, nb, a, out)
         },
         // SAFETY: NEON is in every aarch64 CPU; the lengths as above.
-        (Kernel::Neon, 1) => unsafe { rows_q8::<R, 4, false>(fmt, w, row_bytes, nb, a, out) },
-        // SAFETY: as above.
-        (Kernel::Neon, _) => unsafe { rows_q8::<R, 1, false>(fmt, w, row_bytes, nb, a, out) },
+        Kernel::Neon => unsafe { rows_q8::<R, false>(fmt, w, row_bytes, nb, a, out) },
         _ => return false,
     }
     true
@@ -161,7 +131,7 @@ pub(crate) fn tile<const R: usize>(
 /// # Safety
 /// As [`rows_q8`], and the CPU has the extension.
 #[target_feature(enable = "neon,dotprod")]
-unsafe fn rows_q8_dot<const R: usize, const K: usize>(
+unsafe fn rows_q8_dot<const R: usize>(
     fmt: Format,
     w: &[u8],
     row_bytes: usize,
@@ -170,7 +140,7 @@ unsafe fn rows_q8_dot<const R: usize, const K: usize>(
     out: &mut [[f32; R]],
 ) {
     // SAFETY: the caller's contract, and the extension for `DOT`.
-    unsafe { rows_q8::<R, K, true>(fmt, w, row_bytes, nb, a, out) }
+    unsafe { rows_q8::<R, true>(fmt, w, row_bytes, nb, a, out) }
 }
 
 /// Q4_0 (nibbles minus 8), Q4_1 (nibbles, then `m s` per block: summed apart from the products
@@ -182,7 +152,7 @@ unsafe fn rows_q8_dot<const R: usize, const K: usize>(
 /// `DOT` only where the CPU has the dot-product extension.
 #[target_feature(enable = "neon")]
 #[inline]
-unsafe fn rows_q8<const R: usize, const K: usize, const DOT: bool>(
+unsafe fn rows_q8<const R: usize, const DOT: bool>(
     fmt: Format,
     w: &[u8],
     row_bytes: usize,
@@ -193,89 +163,56 @@ unsafe fn rows_q8<const R: usize, const K: usize, const DOT: bool>(
     let block = fmt.block_bytes();
     let low = vdupq_n_u8(0x0f);
     let eight = vdupq_n_s8(8);
-    let groups = out.len() / K;
-    for (g, o) in out.chunks_exact_mut(K).enumerate() {
-        let mut acc = [[vdupq_n_f32(0.0); R]; K];
-        let mut offs = [[0f32; R]; K];
-        // SAFETY: rows `g * K..(g + 1) * K` start inside `w` (caller's contract).
-        let rows = unsafe { w.as_ptr().add(g * K * row_bytes) };
+    for (j, o) in out.iter_mut().enumerate() {
+        let mut acc = [vdupq_n_f32(0.0); R];
+        let mut offs = [0f32; R];
+        // SAFETY: row `j` starts inside `w` (caller's contract).
+        let row = unsafe { w.as_ptr().add(j * row_bytes) };
         for b in 0..nb {
-            let mut av = [[vdupq_n_s8(0); 2]; R];
-            let mut ad = [0f32; R];
-            let mut asum = [0f32; R];
+            // SAFETY: block `b` of row `j` lies inside `w`: `b < nb` whole blocks of a row the
+            // caller vouched for.
+            let p = unsafe { row.add(b * block) };
+            // SAFETY: every block starts with its f16 `d`.
+            let d = unsafe { f16_at(p) };
+            let mut m = 0f32;
+            let wq = match fmt {
+                Format::Q8_0 => {
+                    // SAFETY: 32 weight bytes at offset 2, the rest of the block.
+                    unsafe { [vld1q_s8(p.add(2).cast()), vld1q_s8(p.add(18).cast())] }
+                }
+                _ => {
+                    let at = if fmt == Format::Q4_1 {
+                        // SAFETY: Q4_1's `m` follows `d`.
+                        m = unsafe { f16_at(p.add(2)) };
+                        4
+                    } else {
+                        2
+                    };
+                    // SAFETY: 16 nibble bytes at `at`, the rest of the block.
+                    let raw = unsafe { vld1q_u8(p.add(at)) };
+                    let lo = vreinterpretq_s8_u8(vandq_u8(raw, low));
+                    let hi = vreinterpretq_s8_u8(vshrq_n_u8::<4>(raw));
+                    if fmt == Format::Q4_0 {
+                        [vsubq_s8(lo, eight), vsubq_s8(hi, eight)]
+                    } else {
+                        [lo, hi]
+                    }
+                }
+            };
             for r in 0..R {
                 // SAFETY: `b < nb <= a[r].len()`.
                 let ab = unsafe { &*a[r].as_ptr().add(b) };
-                // SAFETY: `qs` is 32 bytes.
-                av[r] = unsafe { [vld1q_s8(ab.qs.as_ptr()), vld1q_s8(ab.qs.as_ptr().add(16))] };
-                (ad[r], asum[r]) = (ab.d, ab.s);
-            }
-            for k in 0..K {
-                // SAFETY: block `b` of row `g * K + k` lies inside `w`: `b < nb` whole blocks
-                // of a row the caller vouched for.
-                let p = unsafe { rows.add(k * row_bytes + b * block) };
-                if K > 1 {
-                    let at = (g * K + k) * row_bytes + b * block;
-                    prefetch(w, at + PREFETCH_ROWS * row_bytes, block);
-                }
-                // SAFETY: every block starts with its f16 `d`.
-                let d = unsafe { f16_at(p) };
-                let mut m = 0f32;
-                let wq = match fmt {
-                    Format::Q8_0 => {
-                        // SAFETY: 32 weight bytes at offset 2, the rest of the block.
-                        unsafe { [vld1q_s8(p.add(2).cast()), vld1q_s8(p.add(18).cast())] }
-                    }
-                    _ => {
-                        let at = if fmt == Format::Q4_1 {
-                            // SAFETY: Q4_1's `m` follows `d`.
-                            m = unsafe { f16_at(p.add(2)) };
-                            4
-                        } else {
-                            2
-                        };
-                        // SAFETY: 16 nibble bytes at `at`, the rest of the block.
-                        let raw = unsafe { vld1q_u8(p.add(at)) };
-                        let lo = vreinterpretq_s8_u8(vandq_u8(raw, low));
-                        let hi = vreinterpretq_s8_u8(vshrq_n_u8::<4>(raw));
-                        if fmt == Format::Q4_0 {
-                            [vsubq_s8(lo, eight), vsubq_s8(hi, eight)]
-                        } else {
-                            [lo, hi]
-                        }
-                    }
+                // SAFETY: `qs` is 32 bytes; `DOT` as the caller vouched.
+                let dot = unsafe {
+                    let (a0, a1) = (vld1q_s8(ab.qs.as_ptr()), vld1q_s8(ab.qs.as_ptr().add(16)));
+                    dot16::<DOT>(dot16::<DOT>(vdupq_n_s32(0), wq[0], a0), wq[1], a1)
                 };
-                for r in 0..R {
-                    // SAFETY: `DOT` as the caller vouched.
-                    let dot = unsafe {
-                        dot16::<DOT>(
-                            dot16::<DOT>(vdupq_n_s32(0), wq[0], av[r][0]),
-                            wq[1],
-                            av[r][1],
-                        )
-                    };
-                    acc[k][r] = vfmaq_n_f32(acc[k][r], vcvtq_f32_s32(dot), d * ad[r]);
-                    offs[k][r] += m * asum[r];
-                }
+                acc[r] = vfmaq_n_f32(acc[r], vcvtq_f32_s32(dot), d * ab.d);
+                offs[r] += m * ab.s;
             }
         }
-        for k in 0..K {
-            for r in 0..R {
-                o[k][r] = vaddvq_f32(acc[k][r]) + offs[k][r];
-            }
-        }
-    }
-    if K > 1 && groups * K < out.len() {
-        // SAFETY: the rows left, with the same contract.
-        unsafe {
-            rows_q8::<R, 1, DOT>(
-                fmt,
-                &w[groups * K * row_bytes..],
-                row_bytes,
-                nb,
-                a,
-                &mut out[groups * K..],
-            );
+        for r in 0..R {
+            o[r] = vaddvq_f32(acc[r]) + offs[r];
         }
     }
 }
@@ -298,20 +235,14 @@ pub(crate) fn tile_k<const R: usize>(
     if w.len() < out.len().saturating_mul(row_bytes) || a.iter().any(|a| a.len() < nb) {
         return false;
     }
-    match (kernel, R) {
+    match kernel {
         // SAFETY: the CPU has the dot-product extension (`available` was checked); every row
         // of `w` holds `nb` whole super-blocks and every `a[r]` at least `nb` (checked above).
-        (Kernel::NeonDot, 1) if kernel.available() => unsafe {
-            rows_k_dot::<R, 2>(fmt, w, row_bytes, nb, a, out)
-        },
-        // SAFETY: as above.
-        (Kernel::NeonDot, _) if kernel.available() => unsafe {
-            rows_k_dot::<R, 1>(fmt, w, row_bytes, nb, a, out)
+        Kernel::NeonDot if kernel.available() => unsafe {
+            rows_k_dot::<R>(fmt, w, row_bytes, nb, a, out)
         },
         // SAFETY: NEON is in every aarch64 CPU; the lengths as above.
-        (Kernel::Neon, 1) => unsafe { rows_k::<R, 2, false>(fmt, w, row_bytes, nb, a, out) },
-        // SAFETY: as above.
-        (Kernel::Neon, _) => unsafe { rows_k::<R, 1, false>(fmt, w, row_bytes, nb, a, out) },
+        Kernel::Neon => unsafe { rows_k::<R, false>(fmt, w, row_bytes, nb, a, out) },
         _ => return false,
     }
     true
@@ -322,7 +253,7 @@ pub(crate) fn tile_k<const R: usize>(
 /// # Safety
 /// As [`rows_k`], and the CPU has the extension.
 #[target_feature(enable = "neon,dotprod")]
-unsafe fn rows_k_dot<const R: usize, const K: usize>(
+unsafe fn rows_k_dot<const R: usize>(
     fmt: Format,
     w: &[u8],
     row_bytes: usize,
@@ -331,7 +262,7 @@ unsafe fn rows_k_dot<const R: usize, const K: usize>(
     out: &mut [[f32; R]],
 ) {
     // SAFETY: the caller's contract, and the extension for `DOT`.
-    unsafe { rows_k::<R, K, true>(fmt, w, row_bytes, nb, a, out) }
+    unsafe { rows_k::<R, true>(fmt, w, row_bytes, nb, a, out) }
 }
 
 /// The K-quants in llama.cpp's integer arithmetic (see `kquants::dot_scalar`): per super-block
@@ -347,7 +278,7 @@ unsafe fn rows_k_dot<const R: usize, const K: usize>(
 /// blocks; `DOT` only where the CPU has the dot-product extension.
 #[target_feature(enable = "neon")]
 #[inline]
-unsafe fn rows_k<const R: usize, const K: usize, const DOT: bool>(
+unsafe fn rows_k<const R: usize, const DOT: bool>(
     fmt: Format,
     w: &[u8],
     row_bytes: usize,
@@ -356,43 +287,24 @@ unsafe fn rows_k<const R: usize, const K: usize, const DOT: bool>(
     out: &mut [[f32; R]],
 ) {
     let block = fmt.block_bytes();
-    let groups = out.len() / K;
-    for (g, o) in out.chunks_exact_mut(K).enumerate() {
-        let mut acc = [[0f32; R]; K];
+    for (j, o) in out.iter_mut().enumerate() {
+        let mut acc = [0f32; R];
         for sb in 0..nb {
-            for k in 0..K {
-                let at = (g * K + k) * row_bytes + sb * block;
-                let b = &w[at..at + block];
-                if K > 1 {
-                    prefetch(w, at + PREFETCH_ROWS * row_bytes, block);
+            let at = j * row_bytes + sb * block;
+            let b = &w[at..at + block];
+            // SAFETY: `b` is one whole super-block of `fmt`; `DOT` as the caller vouched.
+            let sums = unsafe {
+                if fmt == Format::Q6K {
+                    super_q6k::<R, DOT>(b, a, sb)
+                } else {
+                    super_q45k::<R, DOT>(fmt == Format::Q5K, b, a, sb)
                 }
-                // SAFETY: `b` is one whole super-block of `fmt`; `DOT` as the caller vouched.
-                let sums = unsafe {
-                    if fmt == Format::Q6K {
-                        super_q6k::<R, DOT>(b, a, sb)
-                    } else {
-                        super_q45k::<R, DOT>(fmt == Format::Q5K, b, a, sb)
-                    }
-                };
-                for r in 0..R {
-                    acc[k][r] += sums[r];
-                }
+            };
+            for r in 0..R {
+                acc[r] += sums[r];
             }
         }
-        o.copy_from_slice(&acc);
-    }
-    if K > 1 && groups * K < out.len() {
-        // SAFETY: the rows left, with the same contract.
-        unsafe {
-            rows_k::<R, 1, DOT>(
-                fmt,
-                &w[groups * K * row_bytes..],
-                row_bytes,
-                nb,
-                a,
-                &mut out[groups * K..],
-            );
-        }
+        *o = acc;
     }
 }
 

@@ -124,21 +124,18 @@ pub(crate) fn tile<const R: usize>(
     if !crate::kernel::avx2() {
         return false;
     }
-    // A single activation row (decode) takes 4 weight rows at a time: 4 independent
-    // accumulators instead of one dependent chain, each activation block loaded once for 4.
+    // One weight row at a time, decode included: a single stream through memory per thread,
+    // which the hardware prefetchers follow (measured: the inference README, "one stream").
     // SAFETY: the CPU has AVX2, FMA and F16C (checked just above); every row of `w` holds
     // `nb` whole blocks and every `a[r]` at least `nb` blocks (checked above), which is all
     // the pointer arithmetic below relies on.
     unsafe {
-        match (fmt, R) {
-            (Format::Q4_0, 1) => rows_signed::<R, 4, true>(w, row_bytes, nb, a, out),
-            (Format::Q4_0, _) => rows_signed::<R, 1, true>(w, row_bytes, nb, a, out),
-            (Format::Q4_1, 1) => rows_q4_1::<R, 4>(w, row_bytes, nb, a, out),
-            (Format::Q4_1, _) => rows_q4_1::<R, 1>(w, row_bytes, nb, a, out),
-            (Format::Q8_0, 1) => rows_signed::<R, 4, false>(w, row_bytes, nb, a, out),
-            (Format::Q8_0, _) => rows_signed::<R, 1, false>(w, row_bytes, nb, a, out),
+        match fmt {
+            Format::Q4_0 => rows_signed::<R, true>(w, row_bytes, nb, a, out),
+            Format::Q4_1 => rows_q4_1::<R>(w, row_bytes, nb, a, out),
+            Format::Q8_0 => rows_signed::<R, false>(w, row_bytes, nb, a, out),
             // These take `Q8KBlock`s: `tile_k`.
-            (Format::Q4K | Format::Q5K | Format::Q6K, _) => return false,
+            Format::Q4K | Format::Q5K | Format::Q6K => return false,
         }
     }
     true
@@ -171,7 +168,7 @@ pub(super) unsafe fn two_f16(p: *const u8) -> __m128 {
 /// AVX2, FMA and F16C; `w` holds `out.len()` rows of `row_bytes` (`nb` blocks); `a[r]` holds
 /// `nb` blocks.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn rows_q4_1<const R: usize, const K: usize>(
+unsafe fn rows_q4_1<const R: usize>(
     w: &[u8],
     row_bytes: usize,
     nb: usize,
@@ -180,65 +177,34 @@ unsafe fn rows_q4_1<const R: usize, const K: usize>(
 ) {
     let low = _mm256_set1_epi8(0x0f);
     let ones = _mm256_set1_epi16(1);
-    let groups = out.len() / K;
-    for (g, o) in out.chunks_exact_mut(K).enumerate() {
-        let mut acc = [[_mm256_setzero_ps(); R]; K];
-        let mut offs = [[0f32; R]; K];
-        // SAFETY: rows `g * K..(g + 1) * K` start inside `w` (caller's contract).
-        let rows = unsafe { w.as_ptr().add(g * K * row_bytes) };
+    for (j, o) in out.iter_mut().enumerate() {
+        let mut acc = [_mm256_setzero_ps(); R];
+        let mut offs = [0f32; R];
+        // SAFETY: row `j` starts inside `w` (caller's contract).
+        let row = unsafe { w.as_ptr().add(j * row_bytes) };
         for b in 0..nb {
-            let mut av = [_mm256_setzero_si256(); R];
-            let mut ad = [0f32; R];
-            let mut asum = [0f32; R];
+            // SAFETY: block `b` of row `j` lies inside `w`: `b < nb` whole 20-byte blocks of a
+            // row the caller vouched for.
+            let p = unsafe { row.add(b * 20) };
+            // SAFETY: a Q4_1 block starts with d and m, two f16.
+            let dm = unsafe { two_f16(p) };
+            let d = _mm_cvtss_f32(dm);
+            let m = _mm_cvtss_f32(_mm_movehdup_ps(dm));
+            // SAFETY: 16 bytes of nibbles at offset 4, the rest of the block.
+            let raw = unsafe { _mm_loadu_si128(p.add(4).cast::<__m128i>()) };
+            let q = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), low);
             for r in 0..R {
                 // SAFETY: `b < nb <= a[r].len()`.
                 let ab = unsafe { &*a[r].as_ptr().add(b) };
                 // SAFETY: `qs` is 32 bytes; unaligned load.
-                av[r] = unsafe { _mm256_loadu_si256(ab.qs.as_ptr().cast::<__m256i>()) };
-                (ad[r], asum[r]) = (ab.d, ab.s);
-            }
-            for k in 0..K {
-                // SAFETY: block `b` of row `g * K + k` lies inside `w`: `b < nb` whole
-                // 20-byte blocks of a row the caller vouched for.
-                let p = unsafe { rows.add(k * row_bytes + b * 20) };
-                if K > 1 {
-                    let at = (g * K + k) * row_bytes + b * 20;
-                    kquants::prefetch(w, at + kquants::PREFETCH_ROWS * row_bytes, 20);
-                }
-                // SAFETY: a Q4_1 block starts with d and m, two f16.
-                let dm = unsafe { two_f16(p) };
-                let d = _mm_cvtss_f32(dm);
-                let m = _mm_cvtss_f32(_mm_movehdup_ps(dm));
-                // SAFETY: 16 bytes of nibbles at offset 4, the rest of the block.
-                let raw = unsafe { _mm_loadu_si128(p.add(4).cast::<__m128i>()) };
-                let q = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), low);
-                for r in 0..R {
-                    let dot = _mm256_madd_epi16(_mm256_maddubs_epi16(q, av[r]), ones);
-                    acc[k][r] = _mm256_fmadd_ps(
-                        _mm256_set1_ps(d * ad[r]),
-                        _mm256_cvtepi32_ps(dot),
-                        acc[k][r],
-                    );
-                    offs[k][r] += m * asum[r];
-                }
+                let av = unsafe { _mm256_loadu_si256(ab.qs.as_ptr().cast::<__m256i>()) };
+                let dot = _mm256_madd_epi16(_mm256_maddubs_epi16(q, av), ones);
+                acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(d * ab.d), _mm256_cvtepi32_ps(dot), acc[r]);
+                offs[r] += m * ab.s;
             }
         }
-        for k in 0..K {
-            for r in 0..R {
-                o[k][r] = hsum(acc[k][r]) + offs[k][r];
-            }
-        }
-    }
-    if K > 1 && groups * K < out.len() {
-        // SAFETY: the rows left, with the same contract.
-        unsafe {
-            rows_q4_1::<R, 1>(
-                &w[groups * K * row_bytes..],
-                row_bytes,
-                nb,
-                a,
-                &mut out[groups * K..],
-            );
+        for r in 0..R {
+            o[r] = hsum(acc[r]) + offs[r];
         }
     }
 }
@@ -249,7 +215,7 @@ unsafe fn rows_q4_1<const R: usize, const K: usize>(
 /// # Safety
 /// As [`rows_q4_1`].
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn rows_signed<const R: usize, const K: usize, const Q4: bool>(
+unsafe fn rows_signed<const R: usize, const Q4: bool>(
     w: &[u8],
     row_bytes: usize,
     nb: usize,
@@ -260,65 +226,37 @@ unsafe fn rows_signed<const R: usize, const K: usize, const Q4: bool>(
     let ones = _mm256_set1_epi16(1);
     let low = _mm256_set1_epi8(0x0f);
     let eight = _mm256_set1_epi8(8);
-    let groups = out.len() / K;
-    for (g, o) in out.chunks_exact_mut(K).enumerate() {
-        let mut acc = [[_mm256_setzero_ps(); R]; K];
-        // SAFETY: rows `g * K..(g + 1) * K` start inside `w` (caller's contract).
-        let rows = unsafe { w.as_ptr().add(g * K * row_bytes) };
+    for (j, o) in out.iter_mut().enumerate() {
+        let mut acc = [_mm256_setzero_ps(); R];
+        // SAFETY: row `j` starts inside `w` (caller's contract).
+        let row = unsafe { w.as_ptr().add(j * row_bytes) };
         for b in 0..nb {
-            let mut av = [_mm256_setzero_si256(); R];
-            let mut ad = [0f32; R];
+            // SAFETY: block `b` of row `j` lies inside `w`: f16 d, then 16 (Q4_0) or 32 bytes.
+            let p = unsafe { row.add(b * block) };
+            // SAFETY: d and the first two quant bytes (unused), inside the block.
+            let d = _mm_cvtss_f32(unsafe { two_f16(p) });
+            let wq = if Q4 {
+                // SAFETY: 16 nibble bytes at offset 2, the rest of the block.
+                let raw = unsafe { _mm_loadu_si128(p.add(2).cast::<__m128i>()) };
+                let q = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), low);
+                _mm256_sub_epi8(q, eight)
+            } else {
+                // SAFETY: 32 weight bytes at offset 2, the rest of the block.
+                unsafe { _mm256_loadu_si256(p.add(2).cast::<__m256i>()) }
+            };
+            let wabs = _mm256_sign_epi8(wq, wq);
             for r in 0..R {
                 // SAFETY: `b < nb <= a[r].len()`.
                 let ab = unsafe { &*a[r].as_ptr().add(b) };
                 // SAFETY: `qs` is 32 bytes; unaligned load.
-                av[r] = unsafe { _mm256_loadu_si256(ab.qs.as_ptr().cast::<__m256i>()) };
-                ad[r] = ab.d;
-            }
-            for (k, acc) in acc.iter_mut().enumerate() {
-                // SAFETY: block `b` of row `g * K + k` lies inside `w`: f16 d, then 16 (Q4_0)
-                // or 32 bytes.
-                let p = unsafe { rows.add(k * row_bytes + b * block) };
-                if K > 1 {
-                    let at = (g * K + k) * row_bytes + b * block;
-                    kquants::prefetch(w, at + kquants::PREFETCH_ROWS * row_bytes, block);
-                }
-                // SAFETY: d and the first two quant bytes (unused), inside the block.
-                let d = _mm_cvtss_f32(unsafe { two_f16(p) });
-                let wq = if Q4 {
-                    // SAFETY: 16 nibble bytes at offset 2, the rest of the block.
-                    let raw = unsafe { _mm_loadu_si128(p.add(2).cast::<__m128i>()) };
-                    let q = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), low);
-                    _mm256_sub_epi8(q, eight)
-                } else {
-                    // SAFETY: 32 weight bytes at offset 2, the rest of the block.
-                    unsafe { _mm256_loadu_si256(p.add(2).cast::<__m256i>()) }
-                };
-                let wabs = _mm256_sign_epi8(wq, wq);
-                for r in 0..R {
-                    let signed = _mm256_sign_epi8(av[r], wq);
-                    let dot = _mm256_madd_epi16(_mm256_maddubs_epi16(wabs, signed), ones);
-                    acc[r] =
-                        _mm256_fmadd_ps(_mm256_set1_ps(d * ad[r]), _mm256_cvtepi32_ps(dot), acc[r]);
-                }
+                let av = unsafe { _mm256_loadu_si256(ab.qs.as_ptr().cast::<__m256i>()) };
+                let signed = _mm256_sign_epi8(av, wq);
+                let dot = _mm256_madd_epi16(_mm256_maddubs_epi16(wabs, signed), ones);
+                acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(d * ab.d), _mm256_cvtepi32_ps(dot), acc[r]);
             }
         }
-        for k in 0..K {
-            for r in 0..R {
-                o[k][r] = hsum(acc[k][r]);
-            }
-        }
-    }
-    if K > 1 && groups * K < out.len() {
-        // SAFETY: the rows left, with the same contract.
-        unsafe {
-            rows_signed::<R, 1, Q4>(
-                &w[groups * K * row_bytes..],
-                row_bytes,
-                nb,
-                a,
-                &mut out[groups * K..],
-            );
+        for r in 0..R {
+            o[r] = hsum(acc[r]);
         }
     }
 }

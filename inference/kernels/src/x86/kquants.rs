@@ -5,8 +5,8 @@
 //! across the whole super-block; one conversion and one FMA per super-block. The K-quants' mins
 //! (and Q6_K's offset of 32) meet the activations' 16-value sums (`bsums`) the same way.
 //!
-//! A tile is `K` weight rows against `R` activation rows: each super-block's scales are unpacked
-//! once per weight row for all `R`.
+//! A tile is weight rows, one at a time, against `R` activation rows: each super-block's scales
+//! are unpacked once per weight row for all `R`.
 //!
 //! Only called after `available` said yes; lengths are checked by [`tile_k`], the one entry.
 //!
@@ -53,13 +53,10 @@ pub(crate) fn tile_k<const R: usize>(
     // `nb` whole super-blocks and every `a[r]` at least `nb` blocks (checked above), which is
     // all the pointer arithmetic below relies on.
     unsafe {
-        match (fmt, R) {
-            (Format::Q4K, 1) => rows_q45k::<R, 2, false>(w, row_bytes, nb, a, out),
-            (Format::Q4K, _) => rows_q45k::<R, 1, false>(w, row_bytes, nb, a, out),
-            (Format::Q5K, 1) => rows_q45k::<R, 2, true>(w, row_bytes, nb, a, out),
-            (Format::Q5K, _) => rows_q45k::<R, 1, true>(w, row_bytes, nb, a, out),
-            (Format::Q6K, 1) => rows_q6k::<R, 2>(w, row_bytes, nb, a, out),
-            (Format::Q6K, _) => rows_q6k::<R, 1>(w, row_bytes, nb, a, out),
+        match fmt {
+            Format::Q4K => rows_q45k::<R, false>(w, row_bytes, nb, a, out),
+            Format::Q5K => rows_q45k::<R, true>(w, row_bytes, nb, a, out),
+            Format::Q6K => rows_q6k::<R>(w, row_bytes, nb, a, out),
             _ => return false,
         }
     }
@@ -89,23 +86,6 @@ fn unpack_scales_simd(packed: __m128i) -> __m128i {
     _mm_shuffle_epi32(words, 0b11_01_10_00)
 }
 
-/// Weight rows ahead of the one being read whose bytes are asked for early: a decode step streams
-/// every weight once from memory, and the kernel's arithmetic alone would leave the memory
-/// system idle between its loads (measured: see the inference README).
-pub(super) const PREFETCH_ROWS: usize = 4;
-
-/// Asks for the `len` bytes at `w[at..]` (those inside `w`) to be brought into the cache.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn prefetch(w: &[u8], at: usize, len: usize) {
-    let mut line = at;
-    while line < at.saturating_add(len) && line < w.len() {
-        // SAFETY: `line < w.len()`: a prefetch of an address inside the slice (a prefetch never
-        // faults, but the pointer arithmetic stays in bounds).
-        unsafe { _mm_prefetch::<_MM_HINT_T0>(w.as_ptr().add(line).cast()) };
-        line += 64;
-    }
-}
-
 /// `vpshufb` indices that broadcast i16 lane `j` to every lane.
 #[target_feature(enable = "avx2,fma,f16c")]
 fn lane16(j: usize) -> __m256i {
@@ -120,7 +100,7 @@ fn lane16(j: usize) -> __m256i {
 /// AVX2, FMA and F16C; `w` holds `out.len()` rows of `row_bytes` (`nb` super-blocks); `a[r]`
 /// holds `nb` blocks.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn rows_q45k<const R: usize, const K: usize, const Q5: bool>(
+unsafe fn rows_q45k<const R: usize, const Q5: bool>(
     w: &[u8],
     row_bytes: usize,
     nb: usize,
@@ -130,101 +110,82 @@ unsafe fn rows_q45k<const R: usize, const K: usize, const Q5: bool>(
     let (block, qs_at) = if Q5 { (176, 48) } else { (144, 16) };
     let low = _mm256_set1_epi8(0x0f);
     let sixteen = _mm256_set1_epi8(16);
-    let groups = out.len() / K;
-    for (g, o) in out.chunks_exact_mut(K).enumerate() {
-        let mut acc = [[_mm256_setzero_ps(); R]; K];
+    for (j, o) in out.iter_mut().enumerate() {
+        let mut acc = [_mm256_setzero_ps(); R];
         for sb in 0..nb {
-            for k in 0..K {
-                let at = (g * K + k) * row_bytes + sb * block;
-                let b = &w[at..at + block];
-                prefetch(w, at + PREFETCH_ROWS * row_bytes, block);
-                // SAFETY: d and dmin, the block's first 4 bytes.
-                let dm = unsafe { two_f16(b.as_ptr()) };
-                let (d, dmin) = (_mm_cvtss_f32(dm), _mm_cvtss_f32(_mm_movehdup_ps(dm)));
-                // SAFETY: bytes 4..20 of the block: the 12 scale bytes and 4 more of it.
-                let sm = unpack_scales_simd(unsafe { _mm_loadu_si128(b.as_ptr().add(4).cast()) });
-                let scales = _mm_cvtepu8_epi16(sm);
-                let scales = _mm256_set_m128i(scales, scales);
-                let mins = _mm_cvtepu8_epi16(_mm_srli_si128(sm, 8));
-                let high = if Q5 {
-                    // SAFETY: qh, bytes 16..48 of the block.
-                    unsafe { _mm256_loadu_si256(b.as_ptr().add(16).cast()) }
-                } else {
-                    _mm256_setzero_si256()
-                };
-                let mut sumi = [_mm256_setzero_si256(); R];
-                for pair in 0..4 {
-                    // SAFETY: the 32 quant bytes of sub-blocks 2 pair (low nibbles) and
-                    // 2 pair + 1 (high), inside the block.
-                    let raw =
-                        unsafe { _mm256_loadu_si256(b.as_ptr().add(qs_at + 32 * pair).cast()) };
-                    let mut q0 = _mm256_and_si256(raw, low);
-                    let mut q1 = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low);
-                    if Q5 {
-                        let bit = |j: usize| {
-                            let m = _mm256_set1_epi8((1u8 << j) as i8);
-                            let set = _mm256_cmpeq_epi8(_mm256_and_si256(high, m), m);
-                            _mm256_and_si256(set, sixteen)
-                        };
-                        q0 = _mm256_or_si256(q0, bit(2 * pair));
-                        q1 = _mm256_or_si256(q1, bit(2 * pair + 1));
-                    }
-                    let s0 = _mm256_shuffle_epi8(scales, lane16(2 * pair));
-                    let s1 = _mm256_shuffle_epi8(scales, lane16(2 * pair + 1));
-                    for r in 0..R {
-                        let qs = a[r][sb].qs.as_ptr();
-                        // SAFETY: 64 of the block's 256 activation bytes.
-                        let (a0, a1) = unsafe {
-                            (
-                                _mm256_loadu_si256(qs.add(64 * pair).cast()),
-                                _mm256_loadu_si256(qs.add(64 * pair + 32).cast()),
-                            )
-                        };
-                        let p0 = _mm256_madd_epi16(s0, _mm256_maddubs_epi16(q0, a0));
-                        let p1 = _mm256_madd_epi16(s1, _mm256_maddubs_epi16(q1, a1));
-                        sumi[r] = _mm256_add_epi32(sumi[r], _mm256_add_epi32(p0, p1));
-                    }
+            let at = j * row_bytes + sb * block;
+            let b = &w[at..at + block];
+            // SAFETY: d and dmin, the block's first 4 bytes.
+            let dm = unsafe { two_f16(b.as_ptr()) };
+            let (d, dmin) = (_mm_cvtss_f32(dm), _mm_cvtss_f32(_mm_movehdup_ps(dm)));
+            // SAFETY: bytes 4..20 of the block: the 12 scale bytes and 4 more of it.
+            let sm = unpack_scales_simd(unsafe { _mm_loadu_si128(b.as_ptr().add(4).cast()) });
+            let scales = _mm_cvtepu8_epi16(sm);
+            let scales = _mm256_set_m128i(scales, scales);
+            let mins = _mm_cvtepu8_epi16(_mm_srli_si128(sm, 8));
+            let high = if Q5 {
+                // SAFETY: qh, bytes 16..48 of the block.
+                unsafe { _mm256_loadu_si256(b.as_ptr().add(16).cast()) }
+            } else {
+                _mm256_setzero_si256()
+            };
+            let mut sumi = [_mm256_setzero_si256(); R];
+            for pair in 0..4 {
+                // SAFETY: the 32 quant bytes of sub-blocks 2 pair (low nibbles) and
+                // 2 pair + 1 (high), inside the block.
+                let raw = unsafe { _mm256_loadu_si256(b.as_ptr().add(qs_at + 32 * pair).cast()) };
+                let mut q0 = _mm256_and_si256(raw, low);
+                let mut q1 = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low);
+                if Q5 {
+                    let bit = |j: usize| {
+                        let m = _mm256_set1_epi8((1u8 << j) as i8);
+                        let set = _mm256_cmpeq_epi8(_mm256_and_si256(high, m), m);
+                        _mm256_and_si256(set, sixteen)
+                    };
+                    q0 = _mm256_or_si256(q0, bit(2 * pair));
+                    q1 = _mm256_or_si256(q1, bit(2 * pair + 1));
                 }
+                let s0 = _mm256_shuffle_epi8(scales, lane16(2 * pair));
+                let s1 = _mm256_shuffle_epi8(scales, lane16(2 * pair + 1));
                 for r in 0..R {
-                    let ab = &a[r][sb];
-                    acc[k][r] = _mm256_fmadd_ps(
-                        _mm256_set1_ps(d * ab.d),
-                        _mm256_cvtepi32_ps(sumi[r]),
-                        acc[k][r],
-                    );
-                    // SAFETY: `bsums` is 16 i16 (32 bytes).
-                    let (b0, b1) = unsafe {
+                    let qs = a[r][sb].qs.as_ptr();
+                    // SAFETY: 64 of the block's 256 activation bytes.
+                    let (a0, a1) = unsafe {
                         (
-                            _mm_loadu_si128(ab.bsums.as_ptr().cast()),
-                            _mm_loadu_si128(ab.bsums.as_ptr().add(8).cast()),
+                            _mm256_loadu_si256(qs.add(64 * pair).cast()),
+                            _mm256_loadu_si256(qs.add(64 * pair + 32).cast()),
                         )
                     };
-                    // The mins' four products in the low lanes, zeros above: into the same sum.
-                    let prod = _mm_madd_epi16(mins, _mm_hadd_epi16(b0, b1));
-                    acc[k][r] = _mm256_fmadd_ps(
-                        _mm256_set1_ps(-dmin * ab.d),
-                        _mm256_cvtepi32_ps(_mm256_zextsi128_si256(prod)),
-                        acc[k][r],
-                    );
+                    let p0 = _mm256_madd_epi16(s0, _mm256_maddubs_epi16(q0, a0));
+                    let p1 = _mm256_madd_epi16(s1, _mm256_maddubs_epi16(q1, a1));
+                    sumi[r] = _mm256_add_epi32(sumi[r], _mm256_add_epi32(p0, p1));
                 }
             }
-        }
-        for k in 0..K {
             for r in 0..R {
-                o[k][r] = hsum(acc[k][r]);
+                let ab = &a[r][sb];
+                acc[r] = _mm256_fmadd_ps(
+                    _mm256_set1_ps(d * ab.d),
+                    _mm256_cvtepi32_ps(sumi[r]),
+                    acc[r],
+                );
+                // SAFETY: `bsums` is 16 i16 (32 bytes).
+                let (b0, b1) = unsafe {
+                    (
+                        _mm_loadu_si128(ab.bsums.as_ptr().cast()),
+                        _mm_loadu_si128(ab.bsums.as_ptr().add(8).cast()),
+                    )
+                };
+                // The mins' four products in the low lanes, zeros above: into the same sum.
+                let prod = _mm_madd_epi16(mins, _mm_hadd_epi16(b0, b1));
+                acc[r] = _mm256_fmadd_ps(
+                    _mm256_set1_ps(-dmin * ab.d),
+                    _mm256_cvtepi32_ps(_mm256_zextsi128_si256(prod)),
+                    acc[r],
+                );
             }
         }
-    }
-    if K > 1 && groups * K < out.len() {
-        // SAFETY: the rows left, with the same contract.
-        unsafe {
-            rows_q45k::<R, 1, Q5>(
-                &w[groups * K * row_bytes..],
-                row_bytes,
-                nb,
-                a,
-                &mut out[groups * K..],
-            );
+        for r in 0..R {
+            o[r] = hsum(acc[r]);
         }
     }
 }
@@ -235,7 +196,7 @@ unsafe fn rows_q45k<const R: usize, const K: usize, const Q5: bool>(
 /// # Safety
 /// As [`rows_q45k`].
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn rows_q6k<const R: usize, const K: usize>(
+unsafe fn rows_q6k<const R: usize>(
     w: &[u8],
     row_bytes: usize,
     nb: usize,
@@ -245,91 +206,71 @@ unsafe fn rows_q6k<const R: usize, const K: usize>(
     const BLOCK: usize = 210;
     let low = _mm256_set1_epi8(0x0f);
     let three = _mm256_set1_epi8(3);
-    let groups = out.len() / K;
-    for (g, o) in out.chunks_exact_mut(K).enumerate() {
-        let mut acc = [[_mm256_setzero_ps(); R]; K];
+    for (j, o) in out.iter_mut().enumerate() {
+        let mut acc = [_mm256_setzero_ps(); R];
         for sb in 0..nb {
-            for k in 0..K {
-                let at = (g * K + k) * row_bytes + sb * BLOCK;
-                let b = &w[at..at + BLOCK];
-                prefetch(w, at + PREFETCH_ROWS * row_bytes, BLOCK);
-                let d = f16_at(b, 208);
-                // SAFETY: the 16 scales, bytes 192..208.
-                let scales = unsafe { _mm_loadu_si128(b.as_ptr().add(192).cast()) };
-                let mut sumi = [_mm256_setzero_si256(); R];
-                for r in 0..R {
-                    // SAFETY: `bsums` is 16 i16 (32 bytes).
-                    let bsums = unsafe { _mm256_loadu_si256(a[r][sb].bsums.as_ptr().cast()) };
-                    let offset = _mm256_madd_epi16(bsums, _mm256_cvtepi8_epi16(scales));
-                    sumi[r] = _mm256_sub_epi32(sumi[r], _mm256_slli_epi32(offset, 5));
-                }
-                for h in 0..2 {
-                    // SAFETY: ql bytes 64 h..64 h + 64 and qh bytes 128 + 32 h..+ 32, inside the
-                    // block.
-                    let (ql0, ql1, qh) = unsafe {
-                        (
-                            _mm256_loadu_si256(b.as_ptr().add(64 * h).cast()),
-                            _mm256_loadu_si256(b.as_ptr().add(64 * h + 32).cast()),
-                            _mm256_loadu_si256(b.as_ptr().add(128 + 32 * h).cast()),
-                        )
-                    };
-                    let two = |shift: i32| {
-                        let hi =
-                            _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(shift)), three);
-                        _mm256_slli_epi16(hi, 4)
-                    };
-                    let q = [
-                        _mm256_or_si256(_mm256_and_si256(ql0, low), two(0)),
-                        _mm256_or_si256(_mm256_and_si256(ql1, low), two(2)),
-                        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), low), two(4)),
-                        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), low), two(6)),
-                    ];
-                    for (s, q) in q.into_iter().enumerate() {
-                        // Scales 8 h + 2 s for the sub-block's first 16 weights, 8 h + 2 s + 1
-                        // for the rest.
-                        let (s0, s1) = ((8 * h + 2 * s) as i8, (8 * h + 2 * s + 1) as i8);
-                        let pick = _mm_set_epi64x(
-                            i64::from_ne_bytes([s1 as u8; 8]),
-                            i64::from_ne_bytes([s0 as u8; 8]),
-                        );
-                        let sc = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(scales, pick));
-                        for r in 0..R {
-                            // SAFETY: 32 of the block's 256 activation bytes.
-                            let x = unsafe {
-                                _mm256_loadu_si256(
-                                    a[r][sb].qs.as_ptr().add(128 * h + 32 * s).cast(),
-                                )
-                            };
-                            let p = _mm256_madd_epi16(sc, _mm256_maddubs_epi16(q, x));
-                            sumi[r] = _mm256_add_epi32(sumi[r], p);
-                        }
+            let at = j * row_bytes + sb * BLOCK;
+            let b = &w[at..at + BLOCK];
+            let d = f16_at(b, 208);
+            // SAFETY: the 16 scales, bytes 192..208.
+            let scales = unsafe { _mm_loadu_si128(b.as_ptr().add(192).cast()) };
+            let mut sumi = [_mm256_setzero_si256(); R];
+            for r in 0..R {
+                // SAFETY: `bsums` is 16 i16 (32 bytes).
+                let bsums = unsafe { _mm256_loadu_si256(a[r][sb].bsums.as_ptr().cast()) };
+                let offset = _mm256_madd_epi16(bsums, _mm256_cvtepi8_epi16(scales));
+                sumi[r] = _mm256_sub_epi32(sumi[r], _mm256_slli_epi32(offset, 5));
+            }
+            for h in 0..2 {
+                // SAFETY: ql bytes 64 h..64 h + 64 and qh bytes 128 + 32 h..+ 32, inside the
+                // block.
+                let (ql0, ql1, qh) = unsafe {
+                    (
+                        _mm256_loadu_si256(b.as_ptr().add(64 * h).cast()),
+                        _mm256_loadu_si256(b.as_ptr().add(64 * h + 32).cast()),
+                        _mm256_loadu_si256(b.as_ptr().add(128 + 32 * h).cast()),
+                    )
+                };
+                let two = |shift: i32| {
+                    let hi =
+                        _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(shift)), three);
+                    _mm256_slli_epi16(hi, 4)
+                };
+                let q = [
+                    _mm256_or_si256(_mm256_and_si256(ql0, low), two(0)),
+                    _mm256_or_si256(_mm256_and_si256(ql1, low), two(2)),
+                    _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), low), two(4)),
+                    _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), low), two(6)),
+                ];
+                for (s, q) in q.into_iter().enumerate() {
+                    // Scales 8 h + 2 s for the sub-block's first 16 weights, 8 h + 2 s + 1
+                    // for the rest.
+                    let (s0, s1) = ((8 * h + 2 * s) as i8, (8 * h + 2 * s + 1) as i8);
+                    let pick = _mm_set_epi64x(
+                        i64::from_ne_bytes([s1 as u8; 8]),
+                        i64::from_ne_bytes([s0 as u8; 8]),
+                    );
+                    let sc = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(scales, pick));
+                    for r in 0..R {
+                        // SAFETY: 32 of the block's 256 activation bytes.
+                        let x = unsafe {
+                            _mm256_loadu_si256(a[r][sb].qs.as_ptr().add(128 * h + 32 * s).cast())
+                        };
+                        let p = _mm256_madd_epi16(sc, _mm256_maddubs_epi16(q, x));
+                        sumi[r] = _mm256_add_epi32(sumi[r], p);
                     }
                 }
-                for r in 0..R {
-                    acc[k][r] = _mm256_fmadd_ps(
-                        _mm256_set1_ps(d * a[r][sb].d),
-                        _mm256_cvtepi32_ps(sumi[r]),
-                        acc[k][r],
-                    );
-                }
             }
-        }
-        for k in 0..K {
             for r in 0..R {
-                o[k][r] = hsum(acc[k][r]);
+                acc[r] = _mm256_fmadd_ps(
+                    _mm256_set1_ps(d * a[r][sb].d),
+                    _mm256_cvtepi32_ps(sumi[r]),
+                    acc[r],
+                );
             }
         }
-    }
-    if K > 1 && groups * K < out.len() {
-        // SAFETY: the rows left, with the same contract.
-        unsafe {
-            rows_q6k::<R, 1>(
-                &w[groups * K * row_bytes..],
-                row_bytes,
-                nb,
-                a,
-                &mut out[groups * K..],
-            );
+        for r in 0..R {
+            o[r] = hsum(acc[r]);
         }
     }
 }
