@@ -140,10 +140,26 @@ bench-infer: fetch-model
       $bin/gen-bench-model tinyllama-1.1b "$tiny" --gguf f16; \
       test -e "$tiny/model.q4_k_m.gguf" || target/llama-venv/bin/python inference/bench/llama_quantize.py "$tiny/model.f16.gguf" "$tiny/model.q4_k_m.gguf" q4_k_m; \
       RAYON_NUM_THREADS=2 $bin/bench-infer "$tiny/model.q8_0.gguf" --runs 2; \
+      RAYON_NUM_THREADS=2 $bin/bench-infer "$tiny/model.q8_0.gguf" --prompt-tokens 1024 --runs 2; \
       RAYON_NUM_THREADS=2 $bin/bench-infer "$tiny/model.q4_k_m.gguf" --runs 2; \
       RAYON_NUM_THREADS=2 $bin/bench-infer "$tiny/model.q4_k_m.gguf" --prompt-tokens 1024 --runs 2; \
       $bin/bench-infer "$cache/bench/smollm2-135m-random-f32"; \
       $bin/bench-infer "$cache/bench/tinyllama-1.1b-random-f32" --prompt-tokens 64 --gen-tokens 32
+
+# ward against llama.cpp built for AVX-512 (VNNI, VBMI, BF16; no AMX, whose kernels die of SIGILL
+# in VMs that report it), for CPUs that have it: the three 128/128 files of bench-infer. The
+# environment is target/llama-venv-avx512 (scripts/llama-venv.sh with LLAMA_CMAKE_ARGS).
+bench-infer-avx512: fetch-model
+    LLAMA_CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON -DGGML_AVX_VNNI=ON -DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_BF16=ON" scripts/llama-venv.sh target/llama-venv-avx512
+    RUSTFLAGS="-C target-cpu=x86-64-v3" cargo build --release -q -p ward-inference-bench --bins --target-dir target/x86-64-v3
+    bin=target/x86-64-v3/release; cache="${XDG_CACHE_HOME:-$HOME/.cache}/ward"; tiny="$cache/bench/tinyllama-1.1b-random-f32"; \
+      export WARD_LLAMA_PYTHON=target/llama-venv-avx512/bin/python RAYON_NUM_THREADS=2; \
+      $bin/gen-bench-model tinyllama-1.1b "$tiny" --gguf q8_0; \
+      $bin/gen-bench-model tinyllama-1.1b "$tiny" --gguf f16; \
+      test -e "$tiny/model.q4_k_m.gguf" || $WARD_LLAMA_PYTHON inference/bench/llama_quantize.py "$tiny/model.f16.gguf" "$tiny/model.q4_k_m.gguf" q4_k_m; \
+      $bin/bench-infer "$cache/models/SmolLM2-135M-Instruct.Q4_1.gguf" --runs 3; \
+      $bin/bench-infer "$tiny/model.q8_0.gguf" --runs 2; \
+      $bin/bench-infer "$tiny/model.q4_k_m.gguf" --runs 2
 
 # The same for the 135M models on the portable build (x86-64, SSE2 only: what the workspace builds).
 bench-infer-portable: fetch-model

@@ -35,6 +35,8 @@ impl Q8KBlock {
 impl ActBlock for Q8KBlock {
     const VALUES: usize = QK_K;
     const ZEROS: Self = Q8KBlock::ZERO;
+    /// The K-quants' panels are built once per 256-weight super-block.
+    const GEMM_ROWS: usize = 8;
     fn takes(fmt: Format) -> bool {
         fmt.block_weights() == QK_K
     }

@@ -12,10 +12,6 @@ const TILE: usize = 4;
 /// Weight rows walked together under one activation tile (at most 16 rows x 48 blocks x 20
 /// bytes = 15 KiB: they stay in L1 while every tile of activations passes over them).
 const ROW_BLOCK: usize = 16;
-/// Activation rows from which a format with a packed-panel GEMM (the K-quants; the others
-/// with AVX-VNNI) uses it instead of the 4-row tiles: the panel's unpacking is paid once for
-/// all of them.
-const GEMM_ROWS: usize = 8;
 /// Activation rows from which quantising them is split across the pool too.
 const PARALLEL_QUANTISE: usize = 16;
 
@@ -440,7 +436,7 @@ impl QMatrix {
         let nb = self.nb;
         let act = |t: usize| &acts[t * nb..(t + 1) * nb];
         let mut start = rows.start;
-        if kernel != Kernel::Scalar && m >= GEMM_ROWS {
+        if kernel != Kernel::Scalar && m >= A::GEMM_ROWS {
             // Many activation rows: the whole range at once where the format has a GEMM, a
             // segment's part at a time.
             let mut res = Vec::new();

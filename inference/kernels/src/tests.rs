@@ -275,7 +275,8 @@ fn random_blocks_match_the_reference_and_the_f32_product() {
             } else {
                 rows
             };
-            for m in [1, 3, 4, 5, 9, 17] {
+            // 9 and 17 rows take the K-quants' GEMM, 33 every format's (`ActBlock::GEMM_ROWS`).
+            for m in [1, 3, 4, 5, 9, 17, 33] {
                 seed += 1;
                 check(fmt, rows, width(fmt, cols), m, Fill::Random, seed);
             }
@@ -288,7 +289,7 @@ fn edge_values_match_the_reference_and_the_f32_product() {
     let mut seed = 100;
     for fmt in FORMATS {
         for fill in [Fill::MostNegative, Fill::MaxScale, Fill::Zero] {
-            for (rows, cols, m) in [(3, 32, 1), (19, 96, 6), (33, 64, 18)] {
+            for (rows, cols, m) in [(3, 32, 1), (19, 96, 6), (33, 64, 18), (9, 64, 34)] {
                 seed += 1;
                 check(fmt, rows, width(fmt, cols), m, fill, seed);
             }
