@@ -147,10 +147,11 @@ bench-infer: fetch-model
       $bin/bench-infer "$cache/bench/tinyllama-1.1b-random-f32" --prompt-tokens 64 --gen-tokens 32
 
 # ward against llama.cpp built for AVX-512 (VNNI, VBMI, BF16; no AMX, whose kernels die of SIGILL
-# in VMs that report it), for CPUs that have it: the three 128/128 files of bench-infer. The
+# in VMs that report it, and no AVX-VNNI, which Zen 4 lacks: with it the build dies there too),
+# for CPUs that have them: the three 128/128 files of bench-infer. The
 # environment is target/llama-venv-avx512 (scripts/llama-venv.sh with LLAMA_CMAKE_ARGS).
 bench-infer-avx512: fetch-model
-    LLAMA_CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON -DGGML_AVX_VNNI=ON -DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_BF16=ON" scripts/llama-venv.sh target/llama-venv-avx512
+    LLAMA_CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON -DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_BF16=ON" scripts/llama-venv.sh target/llama-venv-avx512
     RUSTFLAGS="-C target-cpu=x86-64-v3" cargo build --release -q -p ward-inference-bench --bins --target-dir target/x86-64-v3
     bin=target/x86-64-v3/release; cache="${XDG_CACHE_HOME:-$HOME/.cache}/ward"; tiny="$cache/bench/tinyllama-1.1b-random-f32"; \
       export WARD_LLAMA_PYTHON=target/llama-venv-avx512/bin/python RAYON_NUM_THREADS=2; \

@@ -125,7 +125,8 @@ pub(crate) fn tile<const R: usize>(
         return false;
     }
     // One weight row at a time, decode included: a single stream through memory per thread,
-    // which the hardware prefetchers follow (measured: the inference README, "one stream").
+    // which the hardware prefetchers follow (measured: the inference README, "One stream per
+    // thread in decode").
     // SAFETY: the CPU has AVX2, FMA and F16C (checked just above); every row of `w` holds
     // `nb` whole blocks and every `a[r]` at least `nb` blocks (checked above), which is all
     // the pointer arithmetic below relies on.
