@@ -30,7 +30,7 @@ use std::arch::aarch64::*;
 use std::arch::asm;
 
 use crate::Kernel;
-use crate::blocks::{Format, Q8Block, QK, QK_K};
+use crate::blocks::{Format, Q8Block, tile_row_bytes};
 use crate::kquants::{Q8KBlock, SUBS, packed_scales, unpack_scales};
 
 /// Whether this CPU has the dot-product extension (detected once by the caller, cached).
@@ -104,15 +104,9 @@ pub(crate) fn tile<const R: usize>(
     a: [&[Q8Block]; R],
     out: &mut [[f32; R]],
 ) -> bool {
-    if fmt.block_weights() != QK {
-        return false;
-    }
-    let Some(row_bytes) = nb.checked_mul(fmt.block_bytes()) else {
+    let Some(row_bytes) = tile_row_bytes(fmt, w, out.len(), nb, &a) else {
         return false;
     };
-    if w.len() < out.len().saturating_mul(row_bytes) || a.iter().any(|a| a.len() < nb) {
-        return false;
-    }
     match kernel {
         // SAFETY: the CPU has the dot-product extension (`available` was checked); every row
         // of `w` holds `nb` whole blocks and every `a[r]` at least `nb` (checked above).
@@ -226,15 +220,9 @@ pub(crate) fn tile_k<const R: usize>(
     a: [&[Q8KBlock]; R],
     out: &mut [[f32; R]],
 ) -> bool {
-    if fmt.block_weights() != QK_K {
-        return false;
-    }
-    let Some(row_bytes) = nb.checked_mul(fmt.block_bytes()) else {
+    let Some(row_bytes) = tile_row_bytes(fmt, w, out.len(), nb, &a) else {
         return false;
     };
-    if w.len() < out.len().saturating_mul(row_bytes) || a.iter().any(|a| a.len() < nb) {
-        return false;
-    }
     match kernel {
         // SAFETY: the CPU has the dot-product extension (`available` was checked); every row
         // of `w` holds `nb` whole super-blocks and every `a[r]` at least `nb` (checked above).

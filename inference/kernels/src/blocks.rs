@@ -215,6 +215,29 @@ impl ActBlock for Q8Block {
     }
 }
 
+/// What every tile kernel checks before its pointer arithmetic: that `fmt` takes `A` blocks,
+/// `w` holds `rows` rows of `nb` blocks of `fmt`, and each of `a` at least `nb` blocks. The
+/// bytes of one row if so (checked arithmetic: the sizes come from a model file's header).
+#[cfg_attr(
+    not(any(target_arch = "x86_64", target_arch = "aarch64")),
+    allow(dead_code) // no SIMD kernel there
+)]
+pub(crate) fn tile_row_bytes<A: ActBlock, const R: usize>(
+    fmt: Format,
+    w: &[u8],
+    rows: usize,
+    nb: usize,
+    a: &[&[A]; R],
+) -> Option<usize> {
+    if !A::takes(fmt) {
+        return None;
+    }
+    let row_bytes = nb.checked_mul(fmt.block_bytes())?;
+    let holds = rows.checked_mul(row_bytes).is_some_and(|n| n <= w.len())
+        && a.iter().all(|a| a.len() >= nb);
+    holds.then_some(row_bytes)
+}
+
 /// IEEE half to single precision (every f16 value, subnormals, infinities and NaN included).
 pub fn f16_to_f32(h: u16) -> f32 {
     let sign = u32::from(h & 0x8000) << 16;

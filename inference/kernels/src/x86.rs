@@ -12,7 +12,7 @@
 use std::arch::x86_64::*;
 
 use crate::Kernel;
-use crate::blocks::{Format, Q8Block, QK};
+use crate::blocks::{Format, Q8Block, tile_row_bytes};
 
 mod kgemm;
 mod kquants;
@@ -115,12 +115,9 @@ pub(crate) fn tile<const R: usize>(
     a: [&[Q8Block]; R],
     out: &mut [[f32; R]],
 ) -> bool {
-    let Some(row_bytes) = nb.checked_mul(QK).and_then(|cols| fmt.row_bytes(cols)) else {
+    let Some(row_bytes) = tile_row_bytes(fmt, w, out.len(), nb, &a) else {
         return false;
     };
-    if w.len() < out.len().saturating_mul(row_bytes) || a.iter().any(|a| a.len() < nb) {
-        return false;
-    }
     if !crate::kernel::avx2() {
         return false;
     }

@@ -22,7 +22,7 @@
 use std::arch::x86_64::*;
 
 use super::{hsum, two_f16};
-use crate::blocks::{Format, QK_K, f16_at};
+use crate::blocks::{Format, f16_at, tile_row_bytes};
 use crate::kquants::Q8KBlock;
 #[cfg(test)]
 use crate::kquants::{packed_scales, unpack_scales};
@@ -37,15 +37,9 @@ pub(crate) fn tile_k<const R: usize>(
     a: [&[Q8KBlock]; R],
     out: &mut [[f32; R]],
 ) -> bool {
-    if fmt.block_weights() != QK_K {
-        return false;
-    }
-    let Some(row_bytes) = nb.checked_mul(fmt.block_bytes()) else {
+    let Some(row_bytes) = tile_row_bytes(fmt, w, out.len(), nb, &a) else {
         return false;
     };
-    if w.len() < out.len().saturating_mul(row_bytes) || a.iter().any(|a| a.len() < nb) {
-        return false;
-    }
     if !crate::kernel::avx2() {
         return false;
     }
