@@ -125,20 +125,13 @@ fetch-model:
 # ~/.cache/ward/bench) in ward and in PyTorch transformers. torch comes from $WARD_BENCH_PYTHON
 # (default python3; SKIP without it).
 # Inference prefill/decode tok/s on the CPU (x86-64-v3 build), next to llama.cpp and PyTorch.
-bench-infer: fetch-model
-    scripts/llama-venv.sh
-    RUSTFLAGS="-C target-cpu=x86-64-v3" cargo build --release -q -p ward-inference-bench --bins --target-dir target/x86-64-v3
+bench-infer: bench-models
     bin=target/x86-64-v3/release; cache="${XDG_CACHE_HOME:-$HOME/.cache}/ward"; \
-      $bin/gen-bench-model smollm2-135m "$cache/bench/smollm2-135m-random-f32"; \
-      $bin/gen-bench-model tinyllama-1.1b "$cache/bench/tinyllama-1.1b-random-f32"; \
       RAYON_NUM_THREADS=2 $bin/bench-infer "$cache/models/SmolLM2-135M-Instruct.Q4_1.gguf" --runs 5; \
       RAYON_NUM_THREADS=2 $bin/bench-infer "$cache/models/SmolLM2-135M-Instruct.Q4_1.gguf" --prompt-tokens 1024 --runs 3; \
       RAYON_NUM_THREADS=2 $bin/bench-kernels; \
       RAYON_NUM_THREADS=2 $bin/bench-kernels --shapes tinyllama-q4_k_m; \
       tiny="$cache/bench/tinyllama-1.1b-random-f32"; \
-      $bin/gen-bench-model tinyllama-1.1b "$tiny" --gguf q8_0; \
-      $bin/gen-bench-model tinyllama-1.1b "$tiny" --gguf f16; \
-      test -e "$tiny/model.q4_k_m.gguf" || target/llama-venv/bin/python inference/bench/llama_quantize.py "$tiny/model.f16.gguf" "$tiny/model.q4_k_m.gguf" q4_k_m; \
       RAYON_NUM_THREADS=2 $bin/bench-infer "$tiny/model.q8_0.gguf" --runs 2; \
       RAYON_NUM_THREADS=2 $bin/bench-infer "$tiny/model.q8_0.gguf" --prompt-tokens 1024 --runs 2; \
       RAYON_NUM_THREADS=2 $bin/bench-infer "$tiny/model.q4_k_m.gguf" --runs 2; \
@@ -146,18 +139,28 @@ bench-infer: fetch-model
       $bin/bench-infer "$cache/bench/smollm2-135m-random-f32"; \
       $bin/bench-infer "$cache/bench/tinyllama-1.1b-random-f32" --prompt-tokens 64 --gen-tokens 32
 
-# ward against llama.cpp built for AVX-512 (VNNI, VBMI, BF16; no AMX, whose kernels die of SIGILL
-# in VMs that report it, and no AVX-VNNI, which Zen 4 lacks: with it the build dies there too),
-# for CPUs that have them: the three 128/128 files of bench-infer. The
-# environment is target/llama-venv-avx512 (scripts/llama-venv.sh with LLAMA_CMAKE_ARGS).
-bench-infer-avx512: fetch-model
-    LLAMA_CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON -DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_BF16=ON" scripts/llama-venv.sh target/llama-venv-avx512
+# The files bench-infer and bench-infer-avx512 run, made once under ~/.cache/ward/bench:
+# safetensors checkpoints with SmolLM2-135M's and TinyLlama-1.1B's shapes (random weights),
+# TinyLlama's as Q8_0 (candle's quantiser) and Q4_K_M (llama.cpp's own, from an f16 GGUF).
+# The benchmark files, the x86-64-v3 benchmark binaries and llama.cpp's environment.
+bench-models: fetch-model
+    scripts/llama-venv.sh
     RUSTFLAGS="-C target-cpu=x86-64-v3" cargo build --release -q -p ward-inference-bench --bins --target-dir target/x86-64-v3
     bin=target/x86-64-v3/release; cache="${XDG_CACHE_HOME:-$HOME/.cache}/ward"; tiny="$cache/bench/tinyllama-1.1b-random-f32"; \
-      export WARD_LLAMA_PYTHON=target/llama-venv-avx512/bin/python RAYON_NUM_THREADS=2; \
+      $bin/gen-bench-model smollm2-135m "$cache/bench/smollm2-135m-random-f32"; \
+      $bin/gen-bench-model tinyllama-1.1b "$tiny"; \
       $bin/gen-bench-model tinyllama-1.1b "$tiny" --gguf q8_0; \
       $bin/gen-bench-model tinyllama-1.1b "$tiny" --gguf f16; \
-      test -e "$tiny/model.q4_k_m.gguf" || $WARD_LLAMA_PYTHON inference/bench/llama_quantize.py "$tiny/model.f16.gguf" "$tiny/model.q4_k_m.gguf" q4_k_m; \
+      test -e "$tiny/model.q4_k_m.gguf" || target/llama-venv/bin/python inference/bench/llama_quantize.py "$tiny/model.f16.gguf" "$tiny/model.q4_k_m.gguf" q4_k_m
+
+# llama.cpp is built for AVX-512 (VNNI, VBMI, BF16; no AMX, whose kernels die of SIGILL in VMs
+# that report it, and no AVX-VNNI, which Zen 4 lacks: with it the build dies there too), in
+# target/llama-venv-avx512 (scripts/llama-venv.sh with LLAMA_CMAKE_ARGS), for CPUs that have them.
+# bench-infer's three 128/128 files against llama.cpp built for AVX-512.
+bench-infer-avx512: bench-models
+    LLAMA_CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON -DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_BF16=ON" scripts/llama-venv.sh target/llama-venv-avx512
+    bin=target/x86-64-v3/release; cache="${XDG_CACHE_HOME:-$HOME/.cache}/ward"; tiny="$cache/bench/tinyllama-1.1b-random-f32"; \
+      export WARD_LLAMA_PYTHON=target/llama-venv-avx512/bin/python RAYON_NUM_THREADS=2; \
       $bin/bench-infer "$cache/models/SmolLM2-135M-Instruct.Q4_1.gguf" --runs 3; \
       $bin/bench-infer "$tiny/model.q8_0.gguf" --runs 2; \
       $bin/bench-infer "$tiny/model.q4_k_m.gguf" --runs 2

@@ -77,7 +77,7 @@ unsafe fn dot16<const DOT: bool>(acc: int32x4_t, w: int8x16_t, a: int8x16_t) -> 
 /// `p..p + 2` is readable.
 #[target_feature(enable = "neon")]
 #[inline]
-unsafe fn f16_at(p: *const u8) -> f32 {
+unsafe fn load_f16(p: *const u8) -> f32 {
     // SAFETY: the caller guarantees 2 readable bytes; unaligned read.
     let bits = unsafe { std::ptr::read_unaligned(p.cast::<u16>()) };
     let out: f32;
@@ -167,7 +167,7 @@ unsafe fn rows_q8<const R: usize, const DOT: bool>(
             // caller vouched for.
             let p = unsafe { row.add(b * block) };
             // SAFETY: every block starts with its f16 `d`.
-            let d = unsafe { f16_at(p) };
+            let d = unsafe { load_f16(p) };
             let mut m = 0f32;
             let wq = match fmt {
                 Format::Q8_0 => {
@@ -177,7 +177,7 @@ unsafe fn rows_q8<const R: usize, const DOT: bool>(
                 _ => {
                     let at = if fmt == Format::Q4_1 {
                         // SAFETY: Q4_1's `m` follows `d`.
-                        m = unsafe { f16_at(p.add(2)) };
+                        m = unsafe { load_f16(p.add(2)) };
                         4
                     } else {
                         2
@@ -313,7 +313,7 @@ unsafe fn super_q45k<const R: usize, const DOT: bool>(
     let low = vdupq_n_u8(0x0f);
     let sixteen = vdupq_n_u8(16);
     // SAFETY: `d` and `dmin`, the block's first 4 bytes.
-    let (d, dmin) = unsafe { (f16_at(b.as_ptr()), f16_at(b.as_ptr().add(2))) };
+    let (d, dmin) = unsafe { (load_f16(b.as_ptr()), load_f16(b.as_ptr().add(2))) };
     let sm = unpack_scales(packed_scales(b));
     let high = if q5 {
         // SAFETY: `qh`, bytes 16..48 of the block.
@@ -381,7 +381,7 @@ unsafe fn super_q6k<const R: usize, const DOT: bool>(
     let three = vdupq_n_u8(3);
     let offset = vdupq_n_s8(32);
     // SAFETY: `d`, bytes 208..210.
-    let d = unsafe { f16_at(b.as_ptr().add(208)) };
+    let d = unsafe { load_f16(b.as_ptr().add(208)) };
     let mut sumi = [vdupq_n_s32(0); R];
     for h in 0..2 {
         // SAFETY: `ql` bytes 64 h..64 h + 64 and `qh` bytes 128 + 32 h..+ 32, inside the block.

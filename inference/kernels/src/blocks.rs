@@ -166,7 +166,8 @@ impl ActBlock for Q8Block {
     const ZEROS: Self = Q8Block::ZERO;
     /// Measured on SmolLM2 Q4_1 (inference README, "Batched decode"): at 8 rows the VNNI panels
     /// (packed per 32-weight block, a transpose each) decoded 8 sequences at 168 tok/s where
-    /// two 4-row tiles did 242-263; at 128 (prefill) they are 1.2-1.6x faster than the tiles.
+    /// two 4-row tiles did 242-263; at 128 (prefill) a step's matmuls ran 1.12-1.33x faster
+    /// than on the tiles with 2 threads, 1.26-1.59x with one.
     const GEMM_ROWS: usize = 32;
     fn takes(fmt: Format) -> bool {
         fmt.block_weights() == QK

@@ -8,9 +8,9 @@
 //!   blocks ([`blocks::Q8Block`]); one vector dot per output for a single row (decode), a tiled
 //!   product for many (prefill: each weight block is unpacked once for 4 activation rows);
 //! - the kernels: AVX2 + FMA chosen at run time (`is_x86_feature_detected!`, so the portable
-//!   build runs them too; VNNI for prefill where the CPU has AVX-VNNI or AVX512-VNNI), NEON on aarch64 (with
-//!   `sdot` where the CPU has the dot-product extension), and the scalar code that is their
-//!   reference ([`blocks::dot_scalar`]);
+//!   build runs them too; VNNI for prefill where the CPU has AVX-VNNI or AVX512-VNNI), NEON on
+//!   aarch64 (with `sdot` where the CPU has the dot-product extension), and the scalar code
+//!   that is their reference ([`blocks::dot_scalar`]);
 //! - [`Pool`]: one persistent set of worker threads that splits each matmul's rows.
 //!
 //! What it must never do: read outside the slices it is given (every length is checked before
