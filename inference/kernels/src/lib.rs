@@ -42,9 +42,9 @@ pub enum Kernel {
     /// [`Kernel::Avx2`] with AVX-VNNI (`vpdpbusd` on 256-bit vectors: Alder Lake, Sapphire
     /// Rapids, Zen 5) where a kernel has a use for it: the prefill GEMMs (every format).
     AvxVnni,
-    /// [`Kernel::AvxVnni`]'s kernels with `vpdpbusd` in its AVX-512 encoding (AVX512-VNNI with
-    /// AVX512VL, still on 256-bit vectors): the CPUs with AVX-512 but not AVX-VNNI (Cascade
-    /// Lake, Ice Lake, AMD Zen 4, the EPYC Genoa hosts of SEV-SNP guests).
+    /// AVX512-VNNI (with AVX512F, BW and VL): the prefill GEMMs on 512-bit vectors, 16 weight
+    /// rows to a panel; everything else as [`Kernel::Avx2`]. The CPUs with AVX-512 but not
+    /// AVX-VNNI (Cascade Lake, Ice Lake, AMD Zen 4, the EPYC Genoa hosts of SEV-SNP guests).
     Avx512Vnni,
     /// NEON on aarch64 (every such CPU) with widening multiplies: the body for cores without
     /// the dot-product extension.
@@ -121,8 +121,9 @@ pub(crate) mod kernel {
         }
     }
 
-    /// [`avx2`], AVX512-VNNI and AVX512VL (detected once; the detection includes the OS's
-    /// saving of the AVX-512 state).
+    /// [`avx2`], AVX512-VNNI, AVX512F, AVX512BW and AVX512VL (every CPU with AVX512-VNNI has
+    /// the other three; detected once, the detection includes the OS's saving of the AVX-512
+    /// state).
     pub(crate) fn avx512_vnni() -> bool {
         #[cfg(target_arch = "x86_64")]
         {
@@ -130,6 +131,8 @@ pub(crate) mod kernel {
             *VNNI.get_or_init(|| {
                 avx2()
                     && std::arch::is_x86_feature_detected!("avx512vnni")
+                    && std::arch::is_x86_feature_detected!("avx512f")
+                    && std::arch::is_x86_feature_detected!("avx512bw")
                     && std::arch::is_x86_feature_detected!("avx512vl")
             })
         }

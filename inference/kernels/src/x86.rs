@@ -14,6 +14,7 @@ use std::arch::x86_64::*;
 use crate::Kernel;
 use crate::blocks::{Format, Q8Block, tile_row_bytes};
 
+mod gemm_zmm;
 mod kgemm;
 mod kquants;
 mod qgemm;
@@ -48,7 +49,8 @@ pub(crate) enum Vnni {
     None,
     /// AVX-VNNI's VEX encoding ([`Kernel::AvxVnni`]).
     Vex,
-    /// AVX512-VNNI's EVEX encoding on 256-bit vectors ([`Kernel::Avx512Vnni`]).
+    /// AVX512-VNNI ([`Kernel::Avx512Vnni`]): the 512-bit panel kernels, and the EVEX encoding
+    /// where they share a 256-bit step with [`Vnni::Vex`]'s.
     Evex,
 }
 

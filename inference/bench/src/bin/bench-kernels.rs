@@ -8,7 +8,9 @@
 //! `--shapes tinyllama-q4_k_m`: TinyLlama-1.1B's shapes in the formats llama.cpp's Q4_K_M gives
 //! them (Q4_K, with attn_v and ffn_down in Q6_K in 10 of its 22 layers, and the output head).
 //!
-//! Usage: bench-kernels [--rows M]... [--shapes smollm2-q4_1|tinyllama-q4_k_m]
+//! `--only TEXT`: the shapes whose name contains TEXT (the step total then covers those only).
+//!
+//! Usage: bench-kernels [--rows M]... [--shapes smollm2-q4_1|tinyllama-q4_k_m] [--only TEXT]
 //! (`RAYON_NUM_THREADS` sets every pool's threads)
 
 use std::time::{Duration, Instant};
@@ -65,11 +67,13 @@ fn main() -> Result<(), BoxError> {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let mut ms: Vec<usize> = Vec::new();
     let mut preset = "smollm2-q4_1".to_owned();
+    let mut only: Option<String> = None;
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         match a.as_str() {
             "--rows" => ms.push(it.next().ok_or("--rows needs a value")?.parse()?),
             "--shapes" => preset = it.next().ok_or("--shapes needs a value")?,
+            "--only" => only = Some(it.next().ok_or("--only needs a value")?),
             other => return Err(format!("unknown argument {other}").into()),
         }
     }
@@ -106,6 +110,10 @@ fn main() -> Result<(), BoxError> {
         ],
         other => return Err(format!("unknown shapes {other}").into()),
     };
+    let shapes: Vec<Shape> = shapes
+        .into_iter()
+        .filter(|s| only.as_ref().is_none_or(|o| s.name.contains(o.as_str())))
+        .collect();
 
     if ms.is_empty() {
         ms = vec![1, 128];

@@ -21,49 +21,54 @@
 use std::arch::x86_64::*;
 
 use super::{Vnni, dpbusd};
+
 use crate::blocks::{Format, f16_at};
 use crate::kquants::{Q8KBlock, packed_scales, unpack_scales};
 
 /// Weight rows in a panel: the 8 i32 lanes of a vector.
 pub(crate) const PANEL: usize = 8;
 
-/// One super-block of [`PANEL`] weight rows, unpacked for the GEMM.
-#[repr(C, align(32))]
-struct Panel {
-    /// `q[j][g]`: quants `4 g..4 g + 4` of sub-block `j` of rows 0..8, 4 bytes a row (Q4_K
-    /// 0..16, Q5_K 0..32, Q6_K 0..64).
-    q: [[[u8; 32]; 8]; 8],
-    /// `scales[j]`: i16 lanes `2 i, 2 i + 1` hold row `i`'s scale of sub-block `j` (Q6_K: of its
-    /// first 16 weights).
-    scales: [[i16; 16]; 8],
+/// One super-block of `H` x [`PANEL`] weight rows, unpacked for the GEMM: `H` is 1 for the
+/// 256-bit kernels here, 2 for the 512-bit ones of [`super::gemm_zmm`], whose vectors hold
+/// both halves (`[h]`, rows `8 h..8 h + 8`) side by side.
+#[repr(C, align(64))]
+pub(super) struct Panel<const H: usize> {
+    /// `q[j][g][h]`: quants `4 g..4 g + 4` of sub-block `j` of rows 0..8 of half `h`, 4 bytes a
+    /// row (Q4_K 0..16, Q5_K 0..32, Q6_K 0..64).
+    pub(super) q: [[[[u8; 32]; H]; 8]; 8],
+    /// `scales[j][h]`: i16 lanes `2 i, 2 i + 1` hold row `i`'s scale of sub-block `j` (Q6_K: of
+    /// its first 16 weights).
+    pub(super) scales: [[[i16; 16]; H]; 8],
     /// Q6_K: the scale of sub-block `j`'s last 16 weights, laid out as `scales`.
-    scales_hi: [[i16; 16]; 8],
-    /// Q4_K/Q5_K: `mins[p]` (p < 4) lanes `2 i, 2 i + 1` hold row `i`'s mins of sub-blocks
-    /// `2 p, 2 p + 1`; Q6_K: `mins[p]` (p < 8) its scales `2 p, 2 p + 1` (for the offset of 32).
-    mins: [[i16; 16]; 8],
-    d: [f32; 8],
-    dmin: [f32; 8],
+    pub(super) scales_hi: [[[i16; 16]; H]; 8],
+    /// Q4_K/Q5_K: `mins[p][h]` (p < 4) lanes `2 i, 2 i + 1` hold row `i`'s mins of sub-blocks
+    /// `2 p, 2 p + 1`; Q6_K: `mins[p][h]` (p < 8) its scales `2 p, 2 p + 1` (for the offset of
+    /// 32).
+    pub(super) mins: [[[i16; 16]; H]; 8],
+    pub(super) d: [[f32; 8]; H],
+    pub(super) dmin: [[f32; 8]; H],
 }
 
-impl Panel {
-    const ZERO: Panel = Panel {
-        q: [[[0; 32]; 8]; 8],
-        scales: [[0; 16]; 8],
-        scales_hi: [[0; 16]; 8],
-        mins: [[0; 16]; 8],
-        d: [0.0; 8],
-        dmin: [0.0; 8],
+impl<const H: usize> Panel<H> {
+    const ZERO: Panel<H> = Panel {
+        q: [[[[0; 32]; H]; 8]; 8],
+        scales: [[[0; 16]; H]; 8],
+        scales_hi: [[[0; 16]; H]; 8],
+        mins: [[[0; 16]; H]; 8],
+        d: [[0.0; 8]; H],
+        dmin: [[0.0; 8]; H],
     };
 
-    /// Rows `0..blocks.len()` (at most [`PANEL`]) of the panel from their super-blocks (whole,
-    /// in `fmt`); the rest of the panel must be zero. The quants are unpacked in registers, a
-    /// sub-block of all 8 rows at a time, and transposed so that each vector holds 4 quants of
-    /// every row.
+    /// Rows `0..blocks.len()` (at most [`PANEL`]) of half `h < H` of the panel from their
+    /// super-blocks (whole, in `fmt`); the half's other rows must be zero. The quants are
+    /// unpacked in registers, a sub-block of all 8 rows at a time, and transposed so that each
+    /// vector holds 4 quants of every row.
     ///
     /// # Safety
     /// AVX2, FMA and F16C.
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn pack(&mut self, fmt: Format, blocks: &[&[u8]]) {
+    unsafe fn pack(&mut self, fmt: Format, blocks: &[&[u8]], h: usize) {
+        let h = h.min(H - 1);
         let low = _mm256_set1_epi8(0x0f);
         let load = |b: &[u8], at: usize| match b.get(at..at + 32) {
             // SAFETY: 32 bytes.
@@ -73,17 +78,20 @@ impl Panel {
         let mut store = |j: usize, rows: [__m256i; PANEL]| {
             for (g, v) in transpose8(rows).into_iter().enumerate() {
                 // SAFETY: `q[j][g]` is 32 bytes.
-                unsafe { _mm256_storeu_si256(self.q[j][g].as_mut_ptr().cast(), v) };
+                unsafe { _mm256_storeu_si256(self.q[j][g][h].as_mut_ptr().cast(), v) };
             }
         };
         let n = blocks.len().min(PANEL);
         if fmt == Format::Q6K {
             let three = _mm256_set1_epi8(3);
-            for h in 0..2 {
+            for part in 0..2 {
                 let mut subs = [[_mm256_setzero_si256(); PANEL]; 4];
                 for (i, b) in blocks.iter().take(n).enumerate() {
-                    let (ql0, ql1, qh) =
-                        (load(b, 64 * h), load(b, 64 * h + 32), load(b, 128 + 32 * h));
+                    let (ql0, ql1, qh) = (
+                        load(b, 64 * part),
+                        load(b, 64 * part + 32),
+                        load(b, 128 + 32 * part),
+                    );
                     let two = |shift: i32| {
                         let count = _mm_cvtsi32_si128(shift);
                         _mm256_slli_epi16(_mm256_and_si256(_mm256_srl_epi16(qh, count), three), 4)
@@ -97,17 +105,17 @@ impl Panel {
                     subs[3][i] = _mm256_or_si256(nib(ql1, 4), two(6));
                 }
                 for (s, rows) in subs.into_iter().enumerate() {
-                    store(4 * h + s, rows);
+                    store(4 * part + s, rows);
                 }
             }
             for (i, b) in blocks.iter().take(n).enumerate() {
-                self.d[i] = f16_at(b, 208);
+                self.d[h][i] = f16_at(b, 208);
                 let sc = |g: usize| i16::from(b.get(192 + g).copied().unwrap_or(0) as i8);
                 for j in 0..8 {
-                    self.scales[j][2 * i..2 * i + 2].fill(sc(2 * j));
-                    self.scales_hi[j][2 * i..2 * i + 2].fill(sc(2 * j + 1));
-                    self.mins[j][2 * i] = sc(2 * j);
-                    self.mins[j][2 * i + 1] = sc(2 * j + 1);
+                    self.scales[j][h][2 * i..2 * i + 2].fill(sc(2 * j));
+                    self.scales_hi[j][h][2 * i..2 * i + 2].fill(sc(2 * j + 1));
+                    self.mins[j][h][2 * i] = sc(2 * j);
+                    self.mins[j][h][2 * i + 1] = sc(2 * j + 1);
                 }
             }
             return;
@@ -136,15 +144,15 @@ impl Panel {
             store(2 * pair + 1, hi);
         }
         for (i, b) in blocks.iter().take(n).enumerate() {
-            self.d[i] = f16_at(b, 0);
-            self.dmin[i] = f16_at(b, 2);
+            self.d[h][i] = f16_at(b, 0);
+            self.dmin[h][i] = f16_at(b, 2);
             let sm = unpack_scales(packed_scales(b));
             for j in 0..8 {
-                self.scales[j][2 * i..2 * i + 2].fill(i16::from(sm[j]));
+                self.scales[j][h][2 * i..2 * i + 2].fill(i16::from(sm[j]));
             }
             for pair in 0..4 {
-                self.mins[pair][2 * i] = i16::from(sm[8 + 2 * pair]);
-                self.mins[pair][2 * i + 1] = i16::from(sm[8 + 2 * pair + 1]);
+                self.mins[pair][h][2 * i] = i16::from(sm[8 + 2 * pair]);
+                self.mins[pair][h][2 * i + 1] = i16::from(sm[8 + 2 * pair + 1]);
             }
         }
     }
@@ -203,60 +211,118 @@ pub(crate) fn gemm_k(
     if fmt.block_weights() != crate::blocks::QK_K || !crate::kernel::avx2() {
         return false;
     }
+    // SAFETY: AVX2, FMA and F16C were detected above, and `vnni`'s instructions by
+    // `Vnni::of` (`Vnni::Evex`: AVX512F, AVX512BW, AVX512VL and AVX512-VNNI, which the
+    // 512-bit kernels use).
+    unsafe {
+        match vnni {
+            Vnni::Evex => drive::<2>(
+                fmt,
+                w,
+                row_bytes,
+                rows,
+                nb,
+                acts,
+                m,
+                res,
+                super::gemm_zmm::panel_dot_k::<4>,
+                super::gemm_zmm::panel_dot_k::<1>,
+            ),
+            Vnni::Vex => drive::<1>(
+                fmt,
+                w,
+                row_bytes,
+                rows,
+                nb,
+                acts,
+                m,
+                res,
+                panel_dot_vnni::<4>,
+                panel_dot_vnni::<1>,
+            ),
+            Vnni::None => drive::<1>(
+                fmt,
+                w,
+                row_bytes,
+                rows,
+                nb,
+                acts,
+                m,
+                res,
+                panel_dot::<4>,
+                panel_dot::<1>,
+            ),
+        }
+    }
+    true
+}
+
+/// A panel kernel: adds the panel's rows dotted with each of `R` activation rows (one
+/// super-block each) to that row's sums.
+pub(super) type PanelDot<const H: usize, const R: usize> =
+    unsafe fn(Format, &Panel<H>, [&Q8KBlock; R], &mut [[[f32; PANEL]; H]]);
+
+/// [`gemm_k`]'s loop, lengths checked by it, for panels of `H` x [`PANEL`] rows: for each
+/// panel of rows and each super-block, the panel is packed once and met by every activation
+/// row, 4 at a time (`dot4`) and then one at a time (`dot1`).
+///
+/// # Safety
+/// The CPU runs `dot4` and `dot1`, and has AVX2, FMA and F16C.
+#[allow(clippy::too_many_arguments)]
+unsafe fn drive<const H: usize>(
+    fmt: Format,
+    w: &[u8],
+    row_bytes: usize,
+    rows: usize,
+    nb: usize,
+    acts: &[Q8KBlock],
+    m: usize,
+    res: &mut [f32],
+    dot4: PanelDot<H, 4>,
+    dot1: PanelDot<H, 1>,
+) {
     let block = fmt.block_bytes();
-    let mut panel = Box::new(Panel::ZERO);
-    // Per activation row, the 8 rows' sums so far (f32 lanes).
-    let mut sums = vec![[0f32; PANEL]; m];
+    let mut panel = Box::new(Panel::<H>::ZERO);
+    // Per activation row, the panel's rows' sums so far (f32 lanes).
+    let mut sums = vec![[[0f32; PANEL]; H]; m];
     let mut first = 0;
     while first < rows {
-        let n = PANEL.min(rows - first);
-        sums.fill([0.0; PANEL]);
+        let n = (H * PANEL).min(rows - first);
+        sums.fill([[0.0; PANEL]; H]);
         for sb in 0..nb {
-            *panel = Panel::ZERO;
-            let mut blocks: [&[u8]; PANEL] = [&[]; PANEL];
-            for (i, b) in blocks.iter_mut().enumerate().take(n) {
-                let at = (first + i) * row_bytes + sb * block;
-                *b = &w[at..at + block];
+            if n < H * PANEL {
+                // Rows past the matrix's last stay zero.
+                *panel = Panel::ZERO;
             }
-            // SAFETY: AVX2, FMA and F16C were detected above.
-            unsafe { panel.pack(fmt, &blocks[..n]) };
+            for h in 0..H {
+                let in_half = n.saturating_sub(h * PANEL).min(PANEL);
+                let mut blocks: [&[u8]; PANEL] = [&[]; PANEL];
+                for (i, b) in blocks.iter_mut().enumerate().take(in_half) {
+                    let at = (first + h * PANEL + i) * row_bytes + sb * block;
+                    *b = &w[at..at + block];
+                }
+                // SAFETY: AVX2, FMA and F16C (this function's contract).
+                unsafe { panel.pack(fmt, &blocks[..in_half], h) };
+            }
             let act = |t: usize| &acts[t * nb + sb];
             let mut t = 0;
             while t + 4 <= m {
-                let (a, s) = (
-                    [act(t), act(t + 1), act(t + 2), act(t + 3)],
-                    &mut sums[t..t + 4],
-                );
-                // SAFETY: AVX2, FMA and F16C were detected above, and `vnni`'s encoding by
-                // `Vnni::of`.
-                unsafe {
-                    match vnni {
-                        Vnni::Vex => panel_dot_vnni::<4, false>(fmt, &panel, a, s),
-                        Vnni::Evex => panel_dot_vnni::<4, true>(fmt, &panel, a, s),
-                        Vnni::None => panel_dot::<4>(fmt, &panel, a, s),
-                    }
-                };
+                let a = [act(t), act(t + 1), act(t + 2), act(t + 3)];
+                // SAFETY: the CPU runs `dot4` (this function's contract).
+                unsafe { dot4(fmt, &panel, a, &mut sums[t..t + 4]) };
                 t += 4;
             }
             while t < m {
-                let (a, s) = ([act(t)], &mut sums[t..t + 1]);
-                // SAFETY: as above.
-                unsafe {
-                    match vnni {
-                        Vnni::Vex => panel_dot_vnni::<1, false>(fmt, &panel, a, s),
-                        Vnni::Evex => panel_dot_vnni::<1, true>(fmt, &panel, a, s),
-                        Vnni::None => panel_dot::<1>(fmt, &panel, a, s),
-                    }
-                };
+                // SAFETY: the CPU runs `dot1` (this function's contract).
+                unsafe { dot1(fmt, &panel, [act(t)], &mut sums[t..t + 1]) };
                 t += 1;
             }
         }
         for (t, s) in sums.iter().enumerate() {
-            res[t * rows + first..][..n].copy_from_slice(&s[..n]);
+            res[t * rows + first..][..n].copy_from_slice(&s.as_flattened()[..n]);
         }
         first += n;
     }
-    true
 }
 
 /// Adds the panel's 8 rows dotted with each of `a` (one super-block each) to `sums[r]`:
@@ -267,9 +333,9 @@ pub(crate) fn gemm_k(
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn panel_dot<const R: usize>(
     fmt: Format,
-    p: &Panel,
+    p: &Panel<1>,
     a: [&Q8KBlock; R],
-    sums: &mut [[f32; PANEL]],
+    sums: &mut [[[f32; PANEL]; 1]],
 ) {
     // Groups of 4 quants whose i16 products are added before widening (see the module).
     let per_madd = match fmt {
@@ -283,7 +349,7 @@ unsafe fn panel_dot<const R: usize>(
         for half in 0..8 / per_madd {
             let mut s16 = [_mm256_setzero_si256(); R];
             for g in half * per_madd..(half + 1) * per_madd {
-                let wv = load(&p.q[j][g]);
+                let wv = load(&p.q[j][g][0]);
                 for r in 0..R {
                     let prod = _mm256_maddubs_epi16(wv, activations(a[r], j, g));
                     s16[r] = _mm256_add_epi16(s16[r], prod);
@@ -291,9 +357,9 @@ unsafe fn panel_dot<const R: usize>(
             }
             // Q6_K's last 16 weights of a sub-block (groups 4..8) take its second scale.
             let sc = if six && half >= 8 / per_madd / 2 {
-                load16(&p.scales_hi[j])
+                load16(&p.scales_hi[j][0])
             } else {
-                load16(&p.scales[j])
+                load16(&p.scales[j][0])
             };
             for r in 0..R {
                 sumi[r] = _mm256_add_epi32(sumi[r], _mm256_madd_epi16(s16[r], sc));
@@ -309,13 +375,13 @@ unsafe fn panel_dot<const R: usize>(
 /// sub-block's (Q6_K: 16 weights') sum is scaled with one `vpmulld`.
 ///
 /// # Safety
-/// AVX2, FMA, F16C, and AVX512-VNNI with AVX512VL (`EVEX`) or AVX-VNNI.
+/// AVX2, FMA, F16C and AVX-VNNI.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn panel_dot_vnni<const R: usize, const EVEX: bool>(
+unsafe fn panel_dot_vnni<const R: usize>(
     fmt: Format,
-    p: &Panel,
+    p: &Panel<1>,
     a: [&Q8KBlock; R],
-    sums: &mut [[f32; PANEL]],
+    sums: &mut [[[f32; PANEL]; 1]],
 ) {
     let halves = if fmt == Format::Q6K { 2 } else { 1 };
     let mut sumi = [_mm256_setzero_si256(); R];
@@ -324,17 +390,17 @@ unsafe fn panel_dot_vnni<const R: usize, const EVEX: bool>(
             let groups = 8 / halves;
             let mut s32 = [_mm256_setzero_si256(); R];
             for g in half * groups..(half + 1) * groups {
-                let wv = load(&p.q[j][g]);
+                let wv = load(&p.q[j][g][0]);
                 for r in 0..R {
-                    // SAFETY: the CPU has `EVEX`'s encoding (this function's contract).
-                    s32[r] = unsafe { dpbusd::<EVEX>(s32[r], wv, activations(a[r], j, g)) };
+                    // SAFETY: the CPU has AVX-VNNI (this function's contract).
+                    s32[r] = unsafe { dpbusd::<false>(s32[r], wv, activations(a[r], j, g)) };
                 }
             }
             // Each row's scale, an i16 in its lane's low half (sign-extended to the lane).
             let sc = load16(if half == 1 {
-                &p.scales_hi[j]
+                &p.scales_hi[j][0]
             } else {
-                &p.scales[j]
+                &p.scales[j][0]
             });
             let sc = _mm256_srai_epi32(_mm256_slli_epi32(sc, 16), 16);
             for r in 0..R {
@@ -377,17 +443,17 @@ fn activations(a: &Q8KBlock, j: usize, g: usize) -> __m256i {
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn finish<const R: usize>(
     fmt: Format,
-    p: &Panel,
+    p: &Panel<1>,
     a: [&Q8KBlock; R],
     sumi: [__m256i; R],
-    sums: &mut [[f32; PANEL]],
+    sums: &mut [[[f32; PANEL]; 1]],
 ) {
     let six = fmt == Format::Q6K;
     // SAFETY: the panel's d and dmin are 8 f32 each.
     let (d, dmin) = unsafe {
         (
-            _mm256_loadu_ps(p.d.as_ptr()),
-            _mm256_loadu_ps(p.dmin.as_ptr()),
+            _mm256_loadu_ps(p.d[0].as_ptr()),
+            _mm256_loadu_ps(p.dmin[0].as_ptr()),
         )
     };
     for (r, sums) in sums.iter_mut().enumerate().take(R) {
@@ -396,18 +462,18 @@ unsafe fn finish<const R: usize>(
         if six {
             for (pair, mins) in p.mins.iter().enumerate() {
                 let both = pack_i16(bs[2 * pair], bs[2 * pair + 1]);
-                m32 = _mm256_add_epi32(m32, _mm256_madd_epi16(load16(mins), both));
+                m32 = _mm256_add_epi32(m32, _mm256_madd_epi16(load16(&mins[0]), both));
             }
         } else {
             for (pair, mins) in p.mins.iter().take(4).enumerate() {
                 let sum = |j: usize| bs[2 * j].wrapping_add(bs[2 * j + 1]);
                 let both = pack_i16(sum(2 * pair), sum(2 * pair + 1));
-                m32 = _mm256_add_epi32(m32, _mm256_madd_epi16(load16(mins), both));
+                m32 = _mm256_add_epi32(m32, _mm256_madd_epi16(load16(&mins[0]), both));
             }
         }
         let da = _mm256_set1_ps(a[r].d);
         // SAFETY: 8 f32.
-        let mut acc = unsafe { _mm256_loadu_ps(sums.as_ptr()) };
+        let mut acc = unsafe { _mm256_loadu_ps(sums[0].as_ptr()) };
         if six {
             let total = _mm256_sub_epi32(sumi[r], _mm256_slli_epi32(m32, 5));
             acc = _mm256_fmadd_ps(_mm256_mul_ps(d, da), _mm256_cvtepi32_ps(total), acc);
@@ -416,7 +482,7 @@ unsafe fn finish<const R: usize>(
             acc = _mm256_fnmadd_ps(_mm256_mul_ps(dmin, da), _mm256_cvtepi32_ps(m32), acc);
         }
         // SAFETY: 8 f32.
-        unsafe { _mm256_storeu_ps(sums.as_mut_ptr(), acc) };
+        unsafe { _mm256_storeu_ps(sums[0].as_mut_ptr(), acc) };
     }
 }
 

@@ -1,5 +1,6 @@
 //! The prefill product of Q4_0, Q4_1 and Q8_0 weights (8 or more activation rows) with
-//! VNNI's `vpdpbusd` (AVX-VNNI, or AVX512-VNNI on 256-bit vectors: [`super::dpbusd`]), as a packed-panel GEMM like the K-quants' ([`super::kgemm`]): for 8 weight rows and
+//! VNNI's `vpdpbusd` (AVX-VNNI here; AVX512-VNNI in [`super::gemm_zmm`] with 16 rows to a
+//! panel), as a packed-panel GEMM like the K-quants' ([`super::kgemm`]): for 8 weight rows and
 //! one 32-weight block, the quants are unpacked to signed bytes and transposed so that each
 //! vector holds 4 of every row; each activation row meets them with a broadcast of 4 bytes and
 //! one `vpdpbusd` per 32 multiply-adds, the sums staying in the lanes of their rows.
@@ -20,15 +21,15 @@ use super::{Vnni, dpbusd};
 use crate::blocks::{Format, Q8Block, QK, f16_at};
 
 /// One 32-weight block of [`PANEL`] weight rows, unpacked.
-struct Panel {
+pub(super) struct Panel {
     /// `q[g]`: weights `4 g..4 g + 4` of rows 0..8 as signed bytes (Q4_1: its unsigned
     /// nibbles), 4 bytes a row.
-    q: [__m256i; 8],
+    pub(super) q: [__m256i; 8],
     /// Each row's `sum(q)`, in its i32 lane.
-    qsum: __m256i,
-    d: __m256,
+    pub(super) qsum: __m256i,
+    pub(super) d: __m256,
     /// Q4_1's `m` per row (zero for the others).
-    m: __m256,
+    pub(super) m: __m256,
 }
 
 /// `res[t * rows + i]` = weight row `i` of `w` (`rows` rows of `nb` blocks of `fmt`, a format
@@ -52,80 +53,122 @@ pub(crate) fn gemm_q8(
     if fmt.block_weights() != QK || vnni == Vnni::None || !crate::kernel::avx2() {
         return false;
     }
-    let evex = vnni == Vnni::Evex;
+    // SAFETY: AVX2, FMA and F16C were detected above, and `vnni`'s instructions by
+    // `Vnni::of` (`Vnni::Evex`: AVX512F, AVX512BW, AVX512VL and AVX512-VNNI, which the
+    // 512-bit kernels use).
+    unsafe {
+        if vnni == Vnni::Evex {
+            drive::<_, 2>(
+                fmt,
+                w,
+                row_bytes,
+                rows,
+                nb,
+                acts,
+                m,
+                res,
+                super::gemm_zmm::pack_q8,
+                super::gemm_zmm::panel_dot_q8::<4>,
+                super::gemm_zmm::panel_dot_q8::<1>,
+            )
+        } else {
+            drive::<_, 1>(
+                fmt,
+                w,
+                row_bytes,
+                rows,
+                nb,
+                acts,
+                m,
+                res,
+                pack::<false>,
+                panel_dot::<4>,
+                panel_dot::<1>,
+            )
+        }
+    }
+    true
+}
+
+/// A panel kernel: adds the panel's rows dotted with each of `R` activation rows (one block
+/// each) to that row's sums, Q4_1's `m s` terms to its mins.
+pub(super) type PanelDot<P, const H: usize, const R: usize> =
+    unsafe fn(&P, [&Q8Block; R], &mut [[[f32; PANEL]; H]], &mut [[[f32; PANEL]; H]]);
+
+/// [`gemm_q8`]'s loop, lengths checked by it, for panels `P` of `H` x [`PANEL`] rows: for each
+/// panel of rows and each block, the panel is packed once (`pack`, given at most `H` x
+/// [`PANEL`] rows' blocks) and met by every activation row, 4 at a time (`dot4`) and then one
+/// at a time (`dot1`).
+///
+/// # Safety
+/// The CPU runs `pack`, `dot4` and `dot1`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn drive<P, const H: usize>(
+    fmt: Format,
+    w: &[u8],
+    row_bytes: usize,
+    rows: usize,
+    nb: usize,
+    acts: &[Q8Block],
+    m: usize,
+    res: &mut [f32],
+    pack: unsafe fn(Format, &[&[u8]]) -> P,
+    dot4: PanelDot<P, H, 4>,
+    dot1: PanelDot<P, H, 1>,
+) {
     let block = fmt.block_bytes();
-    let mut sums = vec![[0f32; PANEL]; m];
+    let mut sums = vec![[[0f32; PANEL]; H]; m];
     // Q4_1's `m s` terms apart from the products they cancel against, added once at the end
     // (as the tiles do): summed block by block into one total, their rounding outgrew the
     // products' (SmolLM2's logits moved from llama.cpp's by cosine 0.9992 against 0.99965).
-    let mut mins = vec![[0f32; PANEL]; m];
+    let mut mins = vec![[[0f32; PANEL]; H]; m];
     let mut first = 0;
     while first < rows {
-        let n = PANEL.min(rows - first);
-        sums.fill([0.0; PANEL]);
-        mins.fill([0.0; PANEL]);
+        let n = (H * PANEL).min(rows - first);
+        sums.fill([[0.0; PANEL]; H]);
+        mins.fill([[0.0; PANEL]; H]);
         for b in 0..nb {
-            let mut blocks: [&[u8]; PANEL] = [&[]; PANEL];
+            let mut blocks = [&[][..]; 2 * PANEL];
             for (i, blk) in blocks.iter_mut().enumerate().take(n) {
                 let at = (first + i) * row_bytes + b * block;
                 *blk = &w[at..at + block];
             }
-            // SAFETY: AVX2, FMA and F16C were detected above, `vnni`'s encoding by `Vnni::of`.
-            let panel = unsafe {
-                if evex {
-                    pack::<true>(fmt, &blocks[..n])
-                } else {
-                    pack::<false>(fmt, &blocks[..n])
-                }
-            };
+            // SAFETY: the CPU runs `pack` (this function's contract).
+            let panel = unsafe { pack(fmt, &blocks[..n]) };
             let act = |t: usize| &acts[t * nb + b];
             let mut t = 0;
             while t + 4 <= m {
                 let a = [act(t), act(t + 1), act(t + 2), act(t + 3)];
                 let (s, mn) = (&mut sums[t..t + 4], &mut mins[t..t + 4]);
-                // SAFETY: as above.
-                unsafe {
-                    if evex {
-                        panel_dot::<4, true>(&panel, a, s, mn)
-                    } else {
-                        panel_dot::<4, false>(&panel, a, s, mn)
-                    }
-                };
+                // SAFETY: the CPU runs `dot4` (this function's contract).
+                unsafe { dot4(&panel, a, s, mn) };
                 t += 4;
             }
             while t < m {
                 let (s, mn) = (&mut sums[t..t + 1], &mut mins[t..t + 1]);
-                // SAFETY: as above.
-                unsafe {
-                    if evex {
-                        panel_dot::<1, true>(&panel, [act(t)], s, mn)
-                    } else {
-                        panel_dot::<1, false>(&panel, [act(t)], s, mn)
-                    }
-                };
+                // SAFETY: the CPU runs `dot1` (this function's contract).
+                unsafe { dot1(&panel, [act(t)], s, mn) };
                 t += 1;
             }
         }
         for (t, (s, mn)) in sums.iter().zip(&mins).enumerate() {
             for (o, (s, mn)) in res[t * rows + first..][..n]
                 .iter_mut()
-                .zip(s.iter().zip(mn))
+                .zip(s.as_flattened().iter().zip(mn.as_flattened()))
             {
                 *o = s + mn;
             }
         }
         first += n;
     }
-    true
 }
 
-/// The panel of `blocks` (at most [`PANEL`] rows' blocks, whole, in `fmt`); missing rows are
-/// zeros.
+/// The panel of `blocks` (whole, in `fmt`; its first [`PANEL`]); missing rows are zeros.
 ///
 /// # Safety
 /// AVX2, FMA, F16C, and AVX512-VNNI with AVX512VL (`EVEX`) or AVX-VNNI.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn pack<const EVEX: bool>(fmt: Format, blocks: &[&[u8]]) -> Panel {
+pub(super) unsafe fn pack<const EVEX: bool>(fmt: Format, blocks: &[&[u8]]) -> Panel {
     let low = _mm_set1_epi8(0x0f);
     let mut rows = [_mm256_setzero_si256(); PANEL];
     let (mut d, mut m) = ([0f32; PANEL], [0f32; PANEL]);
@@ -171,35 +214,40 @@ unsafe fn pack<const EVEX: bool>(fmt: Format, blocks: &[&[u8]]) -> Panel {
     }
 }
 
-/// Adds the panel's 8 rows dotted with each of `a` (one block each) to `sums[r]`, Q4_1's
-/// `m s` terms to `mins[r]`.
-///
-/// # Safety
-/// As [`pack`].
+/// Each of `a`'s 32 activations plus 128 (unsigned, for `vpdpbusd`), 4 to an i32.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn panel_dot<const R: usize, const EVEX: bool>(
-    p: &Panel,
-    a: [&Q8Block; R],
-    sums: &mut [[f32; PANEL]],
-    mins: &mut [[f32; PANEL]],
-) {
+pub(super) fn shifted<const R: usize>(a: [&Q8Block; R]) -> [[i32; 8]; R] {
     let flip = _mm256_set1_epi8(-128);
-    let mut s32 = [_mm256_setzero_si256(); R];
-    let mut shifted = [[0u8; QK]; R];
+    let mut shifted = [[0i32; 8]; R];
     for r in 0..R {
-        // SAFETY: `qs` is 32 bytes, `shifted[r]` too.
+        // SAFETY: `qs` is 32 bytes, `shifted[r]` too; unaligned loads and stores.
         unsafe {
             let x = _mm256_xor_si256(_mm256_loadu_si256(a[r].qs.as_ptr().cast()), flip);
             _mm256_storeu_si256(shifted[r].as_mut_ptr().cast(), x);
         }
     }
+    shifted
+}
+
+/// Adds the panel's 8 rows dotted with each of `a` (one block each) to `sums[r]`, Q4_1's
+/// `m s` terms to `mins[r]`.
+///
+/// # Safety
+/// AVX2, FMA, F16C and AVX-VNNI.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn panel_dot<const R: usize>(
+    p: &Panel,
+    a: [&Q8Block; R],
+    sums: &mut [[[f32; PANEL]; 1]],
+    mins: &mut [[[f32; PANEL]; 1]],
+) {
+    let mut s32 = [_mm256_setzero_si256(); R];
+    let shifted = shifted(a);
     for g in 0..8 {
         for r in 0..R {
-            // SAFETY: 4 g + 4 <= 32; unaligned read.
-            let x =
-                unsafe { std::ptr::read_unaligned(shifted[r].as_ptr().add(4 * g).cast::<i32>()) };
-            // SAFETY: the CPU has `EVEX`'s encoding (this function's contract).
-            s32[r] = unsafe { dpbusd::<EVEX>(s32[r], _mm256_set1_epi32(x), p.q[g]) };
+            let x = _mm256_set1_epi32(shifted[r][g]);
+            // SAFETY: the CPU has AVX-VNNI (this function's contract).
+            s32[r] = unsafe { dpbusd::<false>(s32[r], x, p.q[g]) };
         }
     }
     // sum((a + 128) w) - 128 sum(w) = sum(a w).
@@ -208,12 +256,12 @@ unsafe fn panel_dot<const R: usize, const EVEX: bool>(
         let dot = _mm256_cvtepi32_ps(_mm256_sub_epi32(s32[r], offset));
         // SAFETY: 8 f32 each.
         unsafe {
-            let acc = _mm256_loadu_ps(sums.as_ptr());
+            let acc = _mm256_loadu_ps(sums[0].as_ptr());
             let acc = _mm256_fmadd_ps(_mm256_mul_ps(p.d, _mm256_set1_ps(a[r].d)), dot, acc);
-            _mm256_storeu_ps(sums.as_mut_ptr(), acc);
-            let acc = _mm256_loadu_ps(mins.as_ptr());
+            _mm256_storeu_ps(sums[0].as_mut_ptr(), acc);
+            let acc = _mm256_loadu_ps(mins[0].as_ptr());
             let acc = _mm256_fmadd_ps(p.m, _mm256_set1_ps(a[r].s), acc);
-            _mm256_storeu_ps(mins.as_mut_ptr(), acc);
+            _mm256_storeu_ps(mins[0].as_mut_ptr(), acc);
         }
     }
 }
