@@ -42,6 +42,33 @@ fn gemm_row_bytes(
     holds.then_some(row_bytes)
 }
 
+/// Asks for bytes `at..at + len` of each of `rows` (rows of `row_bytes` in `w`) to be fetched
+/// into the cache: a GEMM's next block of its panel's rows, fetched while the activations
+/// meet this one. The panel's rows are as many streams through memory as it has rows (16),
+/// more than the hardware prefetchers follow: on TinyLlama Q4_K_M (weights from memory) this
+/// made prefill 1.09x faster. Ranges outside `w` are skipped.
+fn prefetch_blocks(
+    w: &[u8],
+    rows: std::ops::Range<usize>,
+    row_bytes: usize,
+    at: usize,
+    len: usize,
+) {
+    for r in rows {
+        let Some(bytes) = r
+            .checked_mul(row_bytes)
+            .and_then(|s| s.checked_add(at))
+            .and_then(|s| w.get(s..s.checked_add(len)?))
+        else {
+            return;
+        };
+        for line in bytes.chunks(64) {
+            // SAFETY: a hint, on an address inside `w`; SSE is x86-64's baseline.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(line.as_ptr().cast()) };
+        }
+    }
+}
+
 /// Which encoding of `vpdpbusd` (u8 x i8, 4 products into each i32 lane) a GEMM may use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Vnni {

@@ -304,6 +304,9 @@ unsafe fn drive<const H: usize>(
                 // SAFETY: AVX2, FMA and F16C (this function's contract).
                 unsafe { panel.pack(fmt, &blocks[..in_half], h) };
             }
+            if sb + 1 < nb {
+                super::prefetch_blocks(w, first..first + n, row_bytes, (sb + 1) * block, block);
+            }
             let act = |t: usize| &acts[t * nb + sb];
             let mut t = 0;
             while t + 4 <= m {

@@ -135,6 +135,9 @@ unsafe fn drive<P, const H: usize>(
             }
             // SAFETY: the CPU runs `pack` (this function's contract).
             let panel = unsafe { pack(fmt, &blocks[..n]) };
+            if b + 1 < nb {
+                super::prefetch_blocks(w, first..first + n, row_bytes, (b + 1) * block, block);
+            }
             let act = |t: usize| &acts[t * nb + b];
             let mut t = 0;
             while t + 4 <= m {
