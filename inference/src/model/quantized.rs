@@ -111,19 +111,21 @@ pub(crate) struct QuantizedWeights {
     kv_heads: usize,
     head_dim: usize,
     neox: bool,
-    /// On the CPU with ward's kernels for every layer: decode steps run [`decode`]'s fused
-    /// path, and caches are [`RawKv`]s (prefill writes them too).
-    fused_decode: bool,
+    /// On the CPU with ward's kernels for every layer: every forward pass (prompt passes and
+    /// decode steps) runs [`decode`]'s fused path, and caches are [`RawKv`]s.
+    fused_cpu: bool,
 }
 
 /// Prompt tokens one forward pass takes at most; a longer prompt is taken in passes of this
-/// many. Its attention scores (with the mask and the softmax, three buffers of `heads x pass x
-/// context` floats) are what bound prefill memory at long prompts. Chosen by `bench-infer` at a
-/// 1,024-token prompt (SmolLM2, 2 threads, alternating runs beside llama.cpp): in one pass,
-/// peak RSS 293 MB and prefill 0.81-0.88x llama.cpp's; passes of 512, 256 and 128 tokens gave
-/// 236, 201 and 184 MB, all at 1.04-1.16x (smaller passes read the weights more often; that
-/// they cost no speed here was measured, why was not: attention over fewer queries at a time
-/// is the likely reason).
+/// many. On candle's path (the GPU, and formats without ward's kernels) its attention scores
+/// (with the mask and the softmax, three buffers of `heads x pass x context` floats) are what
+/// bound prefill memory at long prompts: at a 1,024-token prompt (SmolLM2, 2 threads), in one
+/// pass peak RSS was 293 MB and prefill 0.81-0.88x llama.cpp's; passes of 512, 256 and 128
+/// tokens gave 236, 201 and 184 MB, all at 1.04-1.16x. On the fused CPU path (no score
+/// buffers; the pass's activations, `pass x 2 ffn` floats at the widest) passes of 512 against
+/// 128 tokens prefilled 1,024-token prompts within the run-to-run spread (SmolLM2 517-598
+/// against 531-569 tok/s, TinyLlama Q4_K_M 158-168 against 156-167), for some 30 MB more of
+/// TinyLlama's activations.
 const PREFILL_PASS: usize = 128;
 
 /// Tokens by which a sequence's cache grows: room is allocated in blocks of this many, and new
@@ -137,7 +139,7 @@ const CACHE_BLOCK: usize = 256;
 #[derive(Debug, Default)]
 pub(crate) struct KvCache {
     layers: Vec<candle_nn::kv_cache::KvCache>,
-    /// The same for models that run the fused CPU decode step (`fused_decode`).
+    /// The same for models that run the fused CPU decode step (`fused_cpu`).
     raw: Vec<RawKv>,
 }
 
@@ -285,7 +287,7 @@ impl QuantizedWeights {
                 ffn_norm: Norm::new(t.tensor(&n("ffn_norm.weight"))?, p.eps)?,
             });
         }
-        let fused_decode = device.is_cpu()
+        let fused_cpu = device.is_cpu()
             && layers.iter().all(|l| {
                 l.qkv.own_matrix().is_some()
                     && l.gate_up.own_matrix().is_some()
@@ -307,7 +309,7 @@ impl QuantizedWeights {
             kv_heads: p.kv_heads,
             head_dim,
             neox: p.qwen2,
-            fused_decode,
+            fused_cpu,
         })
     }
 
@@ -315,7 +317,7 @@ impl QuantizedWeights {
     /// (copying every layer's keys and values) while it runs. Only the fused CPU path's caches
     /// take the hint.
     pub(crate) fn reserve(&self, cache: &mut KvCache, tokens: usize) {
-        if !self.fused_decode {
+        if !self.fused_cpu {
             return;
         }
         while cache.raw.len() < self.layers.len() {
@@ -336,9 +338,9 @@ impl QuantizedWeights {
     ) -> candle_core::Result<Tensor> {
         let (_, seq_len) = x.dims2()?;
         if seq_len > PREFILL_PASS {
-            // Each pass's attention scores are `heads x PREFILL_PASS x (pos + PREFILL_PASS)`,
-            // not `heads x seq_len x seq_len` (a 1,024-token prompt: 38 MB a layer for
-            // SmolLM2's 9 heads, three times over for the mask and the softmax).
+            // On candle's path each pass's attention scores are `heads x PREFILL_PASS x (pos +
+            // PREFILL_PASS)`, not `heads x seq_len x seq_len` (a 1,024-token prompt: 38 MB a
+            // layer for SmolLM2's 9 heads, three times over for the mask and the softmax).
             let mut logits = None;
             for start in (0..seq_len).step_by(PREFILL_PASS) {
                 let n = PREFILL_PASS.min(seq_len - start);
@@ -346,9 +348,9 @@ impl QuantizedWeights {
             }
             return logits.ok_or_else(|| candle_core::Error::Msg("an empty prompt".into()));
         }
-        if self.fused_decode && seq_len == 1 {
+        if self.fused_cpu {
             let tokens = x.flatten_all()?.to_vec1::<u32>()?;
-            return self.decode_step(&mut [cache], &tokens, &[pos]);
+            return self.prefill_pass(cache, &tokens, pos);
         }
         let mask = if seq_len > 1 {
             Some(build_causal_mask(seq_len, pos, x.device())?)
@@ -382,7 +384,7 @@ impl QuantizedWeights {
                 positions.len()
             )));
         }
-        if self.fused_decode {
+        if self.fused_cpu {
             return self.decode_step(caches, tokens, positions);
         }
         let x = Tensor::new(tokens, device)?.unsqueeze(1)?;
@@ -477,11 +479,6 @@ impl QuantizedWeights {
         let mut ys = Vec::with_capacity(seqs.len());
         for (i, seq) in seqs.iter_mut().enumerate() {
             let (q, k, v) = (q.narrow(0, i, 1)?, k.narrow(0, i, 1)?, v.narrow(0, i, 1)?);
-            if self.fused_decode {
-                let (k, v) = self.append_raw(seq, l, &k, &v)?;
-                ys.push(self.attend(&q, k, v, seq_len, mask)?);
-                continue;
-            }
             while seq.cache.layers.len() <= l {
                 seq.cache
                     .layers

@@ -1,23 +1,29 @@
-//! The decode step on the CPU, fused: where ward's kernels run every layer (`fused_decode`),
-//! a step of one or more sequences (one new token each) runs on plain buffers instead of
-//! candle's per-op tensors. Per layer: RMS norm, the input quantised once for q, k and v (one
-//! joined matrix, one pool job), biases and rotation in place, the new key and value written
-//! into the sequence's [`RawKv`], attention of each query head straight over the cache (one
-//! pool job for all heads), the output projection added into the residual in place, then the
-//! same for the MLP (gate and up one job, SiLU-gate fused into the down projection's input).
+//! The forward pass on the CPU, fused: where ward's kernels run every layer (`fused_cpu`), a
+//! decode step of one or more sequences (one new token each) and a prompt pass of one
+//! sequence (up to `PREFILL_PASS` tokens) run on plain buffers instead of candle's per-op
+//! tensors. Per layer: RMS norm, the input quantised once for q, k and v (one joined matrix,
+//! one pool job), biases and rotation in place, the new keys and values written into the
+//! sequence's [`RawKv`], attention of each token's query heads straight over the cache up to
+//! that token (the causal mask without a mask; one pool job for all tokens and heads), the
+//! output projection added into the residual in place, then the same for the MLP (gate and up
+//! one job, SiLU-gate fused into the down projection's input).
 //!
 //! A decode step through candle ran some 25 ops per layer, each allocating its output and
 //! several waking candle's (rayon) threads for a few microseconds of work: three quarters of a
-//! SmolLM2 step was there, not in the matmuls (inference/README.md). The arithmetic is candle's
-//! op for op (its RMS norm, rotation, softmax and SiLU formulas), so the logits match the
-//! candle path within float summation order; the tests hold both to candle's own models.
+//! SmolLM2 step was there, not in the matmuls (inference/README.md). A prompt pass through
+//! candle spent a third of its time in attention's ops (f32 matmuls over copied keys and
+//! values, mask, softmax) and in candle's thread pool, whose worker spins for a while after
+//! each op and so took a core from ward's pool running the next matmul; fused, SmolLM2's
+//! 1,024-token prefill ran 1.8x faster (medians of three runs). The arithmetic is candle's op for op (its RMS
+//! norm, rotation, softmax and SiLU formulas), so the logits match the candle path within
+//! float summation order; the tests hold both to candle's own models.
 
 use std::sync::Mutex;
 
 use candle_core::{IndexOp, Tensor};
 use ward_kernels::{Pool, QMatrix, QuantizedInput, f32ops};
 
-use super::{CACHE_BLOCK, KvCache, Norm, QuantizedWeights, Seq};
+use super::{CACHE_BLOCK, KvCache, Norm, QuantizedWeights};
 
 /// One layer's keys and values of one sequence, `len` of `cap` tokens filled; room grows by
 /// [`CACHE_BLOCK`] tokens. Keys are stored transposed, `heads x dim x cap` (for each head and
@@ -106,26 +112,6 @@ impl RawKv {
             &self.v[at..at + self.len * self.dim],
         )
     }
-
-    /// Everything held as tensors `(1, heads, len, dim)` (copies: for a prefill chunk that
-    /// continues a sequence, whose attention runs on candle).
-    fn tensors(&self, device: &candle_core::Device) -> candle_core::Result<(Tensor, Tensor)> {
-        let (dim, cap) = (self.dim, self.cap);
-        let mut k = Vec::with_capacity(self.heads * self.len * dim);
-        let mut v = Vec::with_capacity(self.heads * self.len * dim);
-        for h in 0..self.heads {
-            let (kt, hv) = self.head(h);
-            for t in 0..self.len {
-                k.extend((0..dim).map(|d| kt[d * cap + t]));
-            }
-            v.extend_from_slice(hv);
-        }
-        let shape = (1, self.heads, self.len, dim);
-        Ok((
-            Tensor::from_vec(k, shape, device)?,
-            Tensor::from_vec(v, shape, device)?,
-        ))
-    }
 }
 
 /// The cache of layer `l` of a sequence at position `pos` (`0` starts it afresh), checked to
@@ -195,31 +181,14 @@ fn missing() -> candle_core::Error {
     candle_core::Error::Msg("the fused decode step runs only on ward's kernels".into())
 }
 
-impl QuantizedWeights {
-    /// Writes a prefill chunk's keys and values `(1, kv_heads, t, head_dim)` into the sequence's
-    /// cache of layer `l`, and returns the keys and values to attend over.
-    pub(super) fn append_raw(
-        &self,
-        seq: &mut Seq<'_>,
-        l: usize,
-        k: &Tensor,
-        v: &Tensor,
-    ) -> candle_core::Result<(Tensor, Tensor)> {
-        let raw = layer_cache(seq.cache, l, seq.pos)?;
-        raw.reserve(self.kv_heads, self.head_dim, seq.pos);
-        let t = k.dim(2)?;
-        let (kd, vd) = (
-            k.flatten_all()?.to_vec1::<f32>()?,
-            v.flatten_all()?.to_vec1::<f32>()?,
-        );
-        raw.append(t, &kd, &vd);
-        if seq.pos == 0 {
-            Ok((k.clone(), v.clone()))
-        } else {
-            raw.tensors(k.device())
-        }
-    }
+/// The sequence (an index into a fused pass's caches) and position of one row of the pass.
+#[derive(Debug, Clone, Copy)]
+struct Row {
+    seq: usize,
+    pos: usize,
+}
 
+impl QuantizedWeights {
     /// One decode step: `tokens[i]` at `positions[i]` of the sequence whose state is
     /// `caches[i]`; logits `(n, vocab)`.
     pub(super) fn decode_step(
@@ -228,22 +197,97 @@ impl QuantizedWeights {
         tokens: &[u32],
         positions: &[usize],
     ) -> candle_core::Result<Tensor> {
+        let rows: Vec<Row> = positions
+            .iter()
+            .enumerate()
+            .map(|(seq, &pos)| Row { seq, pos })
+            .collect();
+        self.fused_pass(caches, tokens, &rows, false)
+    }
+
+    /// A prompt pass of one sequence: `tokens` at positions `pos..` of the sequence whose state
+    /// is `cache` (`pos == 0` starts it afresh); logits `(1, vocab)` of the last token. Each
+    /// token attends over the cache up to itself (the causal mask, without a mask).
+    pub(super) fn prefill_pass(
+        &self,
+        cache: &mut KvCache,
+        tokens: &[u32],
+        pos: usize,
+    ) -> candle_core::Result<Tensor> {
+        let rows: Vec<Row> = (0..tokens.len())
+            .map(|i| Row {
+                seq: 0,
+                pos: pos + i,
+            })
+            .collect();
+        self.fused_pass(&mut [cache], tokens, &rows, true)
+    }
+
+    /// `tokens[i]` at `rows[i]`: one token of each of several sequences (a decode step), or
+    /// several consecutive tokens of one (a prompt pass), or both. A sequence's rows are in
+    /// order of position, the first where its cache ends. Logits `(n, vocab)`, one row per
+    /// token, or `(1, vocab)` of the last token only (`last_only`).
+    fn fused_pass(
+        &self,
+        caches: &mut [&mut KvCache],
+        tokens: &[u32],
+        rows: &[Row],
+        last_only: bool,
+    ) -> candle_core::Result<Tensor> {
         let b = tokens.len();
+        if rows.len() != b || b == 0 {
+            return Err(candle_core::Error::Msg(format!(
+                "a pass of {b} tokens at {} positions",
+                rows.len()
+            )));
+        }
         let (hd, heads, kv_heads) = (self.head_dim, self.heads, self.kv_heads);
         let (qd, kd) = (heads * hd, kv_heads * hd);
         let device = self.device.clone();
-        let mut h: Vec<f32> = self.embedding_rows(tokens)?;
-        let hidden = h.len() / b.max(1);
-        // Each sequence's rotation row, and room for its new token in every layer.
-        let mut rot = Vec::with_capacity(b);
-        for (cache, &pos) in caches.iter_mut().zip(positions) {
-            rot.push((
-                self.cos.i(pos)?.to_vec1::<f32>()?,
-                self.sin.i(pos)?.to_vec1::<f32>()?,
-            ));
-            for l in 0..self.layers.len() {
-                layer_cache(cache, l, pos)?.reserve(kv_heads, hd, pos + 1);
+        // Each sequence's cache checked to end where its first row is, its rows checked to
+        // follow one another, and room made for them in every layer.
+        let mut end: Vec<Option<usize>> = vec![None; caches.len()];
+        for r in rows {
+            let (Some(cache), Some(next)) = (caches.get_mut(r.seq), end.get_mut(r.seq)) else {
+                return Err(candle_core::Error::Msg(format!(
+                    "a row of sequence {} in a pass of {} sequences",
+                    r.seq,
+                    end.len()
+                )));
+            };
+            match *next {
+                None => {
+                    for l in 0..self.layers.len() {
+                        layer_cache(cache, l, r.pos)?;
+                    }
+                }
+                Some(p) if p == r.pos => {}
+                Some(p) => {
+                    return Err(candle_core::Error::Msg(format!(
+                        "a row at position {} after one at {}",
+                        r.pos,
+                        p - 1
+                    )));
+                }
             }
+            *next = Some(r.pos + 1);
+        }
+        for (cache, end) in caches.iter_mut().zip(&end) {
+            if let Some(end) = *end {
+                for raw in &mut cache.raw {
+                    raw.reserve(kv_heads, hd, end);
+                }
+            }
+        }
+        let mut h: Vec<f32> = self.embedding_rows(tokens)?;
+        let hidden = h.len() / b;
+        // Each row's rotation.
+        let mut rot = Vec::with_capacity(b);
+        for r in rows {
+            rot.push((
+                self.cos.i(r.pos)?.to_vec1::<f32>()?,
+                self.sin.i(r.pos)?.to_vec1::<f32>()?,
+            ));
         }
         let mut x = vec![0f32; b * hidden];
         let mut acts = QuantizedInput::default();
@@ -265,11 +309,11 @@ impl QuantizedWeights {
                 let (q, kv) = row.split_at_mut(qd);
                 rotate(q, hd, cos, sin, self.neox);
                 rotate(&mut kv[..kd], hd, cos, sin, self.neox);
-                if let Some(cache) = caches[i].raw.get_mut(l) {
+                if let Some(cache) = caches[rows[i].seq].raw.get_mut(l) {
                     cache.append(1, &kv[..kd], &kv[kd..2 * kd]);
                 }
             }
-            self.attend_cached(caches, l, &qkv, width, &mut att);
+            self.attend_cached(caches, rows, l, &qkv, width, &mut att);
             let wo = layer.wo.own_matrix().ok_or_else(missing)?;
             matmul(wo, &att, b, &mut acts, &mut sum)?;
             h.iter_mut().zip(&sum).for_each(|(h, s)| *h += s);
@@ -288,26 +332,33 @@ impl QuantizedWeights {
             matmul(down, &act, b, &mut acts, &mut sum)?;
             h.iter_mut().zip(&sum).for_each(|(h, s)| *h += s);
         }
-        rms_norm(&h, &self.norm, &mut x);
+        let (h, n) = if last_only {
+            (&h[(b - 1) * hidden..], 1)
+        } else {
+            (&h[..], b)
+        };
+        let x = &mut x[..n * hidden];
+        rms_norm(h, &self.norm, x);
         match self.output.own_matrix() {
             Some(w) => {
-                let mut logits = vec![0f32; b * w.rows()];
-                matmul(w, &x, b, &mut acts, &mut logits)?;
-                Tensor::from_vec(logits, (b, w.rows()), &device)
+                let mut logits = vec![0f32; n * w.rows()];
+                matmul(w, x, n, &mut acts, &mut logits)?;
+                Tensor::from_vec(logits, (n, w.rows()), &device)
             }
             None => self
                 .output
-                .forward(&Tensor::from_vec(x, (b, hidden), &device)?),
+                .forward(&Tensor::from_vec(x.to_vec(), (n, hidden), &device)?),
         }
     }
 
-    /// Each sequence's query heads (at the start of its row of `qkv`, `width` wide) over its
-    /// cache of layer `l`, the new token included, into `att` (`b x heads x head_dim`): one pool
-    /// job of a chunk per sequence and head. Query heads `g * group..(g + 1) * group` share key
-    /// head `g`, as candle's grouped decode attention.
+    /// Each row's query heads (at the start of its row of `qkv`, `width` wide) over its
+    /// sequence's cache of layer `l` up to the row's own token, into `att` (`rows x heads x
+    /// head_dim`): one pool job of a chunk per row and head. Query heads
+    /// `g * group..(g + 1) * group` share key head `g`, as candle's grouped attention.
     fn attend_cached(
         &self,
         caches: &[&mut KvCache],
+        rows: &[Row],
         l: usize,
         qkv: &[f32],
         width: usize,
@@ -319,15 +370,29 @@ impl QuantizedWeights {
         let outs: Vec<Mutex<&mut [f32]>> = att.chunks_exact_mut(hd).map(Mutex::new).collect();
         let job = |c: usize| {
             let (i, head) = (c / heads, c % heads);
-            let (Some(cache), Some(out)) = (caches.get(i).and_then(|c| c.raw.get(l)), outs.get(c))
+            let Some(row) = rows.get(i) else {
+                return;
+            };
+            let (Some(cache), Some(out)) =
+                (caches.get(row.seq).and_then(|c| c.raw.get(l)), outs.get(c))
             else {
                 return;
             };
             let q = &qkv[i * width + head * hd..][..hd];
             let (keys, values) = cache.head(head / group.max(1));
+            // The tokens up to this row's own: the causal mask.
+            let seen = (row.pos + 1).saturating_mul(hd).min(values.len());
             let mut out = out.lock().unwrap_or_else(|e| e.into_inner());
-            let mut scores = Vec::with_capacity(cache.len());
-            f32ops::attend(q, keys, cache.cap, values, scale, &mut scores, &mut out);
+            let mut scores = Vec::with_capacity(row.pos + 1);
+            f32ops::attend(
+                q,
+                keys,
+                cache.cap,
+                &values[..seen],
+                scale,
+                &mut scores,
+                &mut out,
+            );
         };
         Pool::global().run(outs.len(), &job);
     }
@@ -356,11 +421,18 @@ mod tests {
         }
         assert_eq!((reserved.cap, grown.cap), (tokens, 512));
         assert_eq!((reserved.k.as_ptr(), reserved.v.as_ptr()), buffers);
-        let dense = |c: &RawKv| {
-            let (k, v) = c.tensors(&candle_core::Device::Cpu).unwrap();
-            let flat = |t: candle_core::Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            (flat(k), flat(v))
+        // Each head's keys of the tokens held (one row of `cap` per dimension) and values.
+        let held = |c: &RawKv| {
+            (0..heads)
+                .map(|h| {
+                    let (k, v) = c.head(h);
+                    let k: Vec<f32> = (0..dim)
+                        .flat_map(|d| k[d * c.cap..][..c.len].to_vec())
+                        .collect();
+                    (k, v.to_vec())
+                })
+                .collect::<Vec<_>>()
         };
-        assert_eq!(dense(&reserved), dense(&grown));
+        assert_eq!(held(&reserved), held(&grown));
     }
 }
