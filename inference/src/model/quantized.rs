@@ -139,7 +139,7 @@ const CACHE_BLOCK: usize = 256;
 #[derive(Debug, Default)]
 pub(crate) struct KvCache {
     layers: Vec<candle_nn::kv_cache::KvCache>,
-    /// The same for models that run the fused CPU decode step (`fused_cpu`).
+    /// The same for models that run the fused CPU path (`fused_cpu`).
     raw: Vec<RawKv>,
 }
 

@@ -21,7 +21,6 @@
 use std::arch::x86_64::*;
 
 use super::{Vnni, dpbusd};
-
 use crate::blocks::{Format, f16_at};
 use crate::kquants::{Q8KBlock, packed_scales, unpack_scales};
 
@@ -267,8 +266,10 @@ pub(super) type PanelDot<const H: usize, const R: usize> =
 /// row, 4 at a time (`dot4`) and then one at a time (`dot1`).
 ///
 /// # Safety
-/// The CPU runs `dot4` and `dot1`, and has AVX2, FMA and F16C.
+/// The CPU runs `dot4` and `dot1`, and has AVX2, FMA and F16C (compiled for them, so that the
+/// portable build runs this loop's copies and sums in 256-bit vectors too).
 #[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn drive<const H: usize>(
     fmt: Format,
     w: &[u8],

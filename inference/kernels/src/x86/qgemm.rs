@@ -101,8 +101,10 @@ pub(super) type PanelDot<P, const H: usize, const R: usize> =
 /// at a time (`dot1`).
 ///
 /// # Safety
-/// The CPU runs `pack`, `dot4` and `dot1`.
+/// The CPU runs `pack`, `dot4` and `dot1`, and has AVX2, FMA and F16C (compiled for them, so
+/// that the portable build runs this loop's copies and sums in 256-bit vectors too).
 #[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn drive<P, const H: usize>(
     fmt: Format,
     w: &[u8],

@@ -178,7 +178,7 @@ fn matmul(
 }
 
 fn missing() -> candle_core::Error {
-    candle_core::Error::Msg("the fused decode step runs only on ward's kernels".into())
+    candle_core::Error::Msg("the fused CPU path runs only on ward's kernels".into())
 }
 
 /// The sequence (an index into a fused pass's caches) and position of one row of the pass.
