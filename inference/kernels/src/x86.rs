@@ -22,24 +22,46 @@ pub(crate) use kgemm::gemm_k;
 pub(crate) use kquants::tile_k;
 pub(crate) use qgemm::gemm_q8;
 
-/// A GEMM's weight-row length in bytes, if its slices hold what its sizes say: `rows` weight
-/// rows of `nb` blocks of `fmt` in `w`, `m` activation rows of `nb` blocks in `acts_len`
-/// blocks, `m x rows` results in `res_len` (checked arithmetic: the sizes come from a model
-/// file's header). `None` if they do not.
-fn gemm_row_bytes(
+/// A GEMM's operands: `rows` weight rows of `nb` blocks of `fmt` in `w`, `row_bytes` each,
+/// and `m` activation rows of `nb` blocks in `acts`; made only by [`Gemm::checked`].
+#[derive(Clone, Copy)]
+struct Gemm<'a, A> {
     fmt: Format,
-    w: &[u8],
+    w: &'a [u8],
+    row_bytes: usize,
     rows: usize,
     nb: usize,
-    acts_len: usize,
+    acts: &'a [A],
     m: usize,
-    res_len: usize,
-) -> Option<usize> {
-    let row_bytes = nb.checked_mul(fmt.block_bytes())?;
-    let holds = rows.checked_mul(row_bytes).is_some_and(|n| n <= w.len())
-        && m.checked_mul(nb).is_some_and(|n| n <= acts_len)
-        && m.checked_mul(rows).is_some_and(|n| n <= res_len);
-    holds.then_some(row_bytes)
+}
+
+impl<'a, A> Gemm<'a, A> {
+    /// The operands, if the slices hold what the sizes say, with `m x rows` results in
+    /// `res_len` (checked arithmetic: the sizes come from a model file's header).
+    #[allow(clippy::too_many_arguments)]
+    fn checked(
+        fmt: Format,
+        w: &'a [u8],
+        rows: usize,
+        nb: usize,
+        acts: &'a [A],
+        m: usize,
+        res_len: usize,
+    ) -> Option<Self> {
+        let row_bytes = nb.checked_mul(fmt.block_bytes())?;
+        let holds = rows.checked_mul(row_bytes).is_some_and(|n| n <= w.len())
+            && m.checked_mul(nb).is_some_and(|n| n <= acts.len())
+            && m.checked_mul(rows).is_some_and(|n| n <= res_len);
+        holds.then_some(Gemm {
+            fmt,
+            w,
+            row_bytes,
+            rows,
+            nb,
+            acts,
+            m,
+        })
+    }
 }
 
 /// Asks for bytes `at..at + len` of each of `rows` (rows of `row_bytes` in `w`) to be fetched

@@ -20,7 +20,8 @@
 
 use std::arch::x86_64::*;
 
-use super::{Vnni, dpbusd};
+use super::gemm_zmm as zmm;
+use super::{Gemm, Vnni, dpbusd};
 use crate::blocks::{Format, f16_at};
 use crate::kquants::{Q8KBlock, packed_scales, unpack_scales};
 
@@ -204,7 +205,7 @@ pub(crate) fn gemm_k(
     m: usize,
     res: &mut [f32],
 ) -> bool {
-    let Some(row_bytes) = super::gemm_row_bytes(fmt, w, rows, nb, acts.len(), m, res.len()) else {
+    let Some(g) = Gemm::checked(fmt, w, rows, nb, acts, m, res.len()) else {
         return false;
     };
     if fmt.block_weights() != crate::blocks::QK_K || !crate::kernel::avx2() {
@@ -215,42 +216,9 @@ pub(crate) fn gemm_k(
     // 512-bit kernels use).
     unsafe {
         match vnni {
-            Vnni::Evex => drive::<2>(
-                fmt,
-                w,
-                row_bytes,
-                rows,
-                nb,
-                acts,
-                m,
-                res,
-                super::gemm_zmm::panel_dot_k::<4>,
-                super::gemm_zmm::panel_dot_k::<1>,
-            ),
-            Vnni::Vex => drive::<1>(
-                fmt,
-                w,
-                row_bytes,
-                rows,
-                nb,
-                acts,
-                m,
-                res,
-                panel_dot_vnni::<4>,
-                panel_dot_vnni::<1>,
-            ),
-            Vnni::None => drive::<1>(
-                fmt,
-                w,
-                row_bytes,
-                rows,
-                nb,
-                acts,
-                m,
-                res,
-                panel_dot::<4>,
-                panel_dot::<1>,
-            ),
+            Vnni::Evex => drive::<2>(g, res, zmm::panel_dot_k::<4>, zmm::panel_dot_k::<1>),
+            Vnni::Vex => drive::<1>(g, res, panel_dot_vnni::<4>, panel_dot_vnni::<1>),
+            Vnni::None => drive::<1>(g, res, panel_dot::<4>, panel_dot::<1>),
         }
     }
     true
@@ -268,20 +236,22 @@ pub(super) type PanelDot<const H: usize, const R: usize> =
 /// # Safety
 /// The CPU runs `dot4` and `dot1`, and has AVX2, FMA and F16C (compiled for them, so that the
 /// portable build runs this loop's copies and sums in 256-bit vectors too).
-#[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn drive<const H: usize>(
-    fmt: Format,
-    w: &[u8],
-    row_bytes: usize,
-    rows: usize,
-    nb: usize,
-    acts: &[Q8KBlock],
-    m: usize,
+    g: Gemm<'_, Q8KBlock>,
     res: &mut [f32],
     dot4: PanelDot<H, 4>,
     dot1: PanelDot<H, 1>,
 ) {
+    let Gemm {
+        fmt,
+        w,
+        row_bytes,
+        rows,
+        nb,
+        acts,
+        m,
+    } = g;
     let block = fmt.block_bytes();
     let mut panel = Box::new(Panel::<H>::ZERO);
     // Per activation row, the panel's rows' sums so far (f32 lanes).

@@ -16,8 +16,9 @@
 
 use std::arch::x86_64::*;
 
+use super::gemm_zmm as zmm;
 use super::kgemm::{PANEL, transpose8};
-use super::{Vnni, dpbusd};
+use super::{Gemm, Vnni, dpbusd};
 use crate::blocks::{Format, Q8Block, QK, f16_at};
 
 /// One 32-weight block of [`PANEL`] weight rows, unpacked.
@@ -47,7 +48,7 @@ pub(crate) fn gemm_q8(
     m: usize,
     res: &mut [f32],
 ) -> bool {
-    let Some(row_bytes) = super::gemm_row_bytes(fmt, w, rows, nb, acts.len(), m, res.len()) else {
+    let Some(g) = Gemm::checked(fmt, w, rows, nb, acts, m, res.len()) else {
         return false;
     };
     if fmt.block_weights() != QK || vnni == Vnni::None || !crate::kernel::avx2() {
@@ -58,33 +59,10 @@ pub(crate) fn gemm_q8(
     // 512-bit kernels use).
     unsafe {
         if vnni == Vnni::Evex {
-            drive::<_, 2>(
-                fmt,
-                w,
-                row_bytes,
-                rows,
-                nb,
-                acts,
-                m,
-                res,
-                super::gemm_zmm::pack_q8,
-                super::gemm_zmm::panel_dot_q8::<4>,
-                super::gemm_zmm::panel_dot_q8::<1>,
-            )
+            let (pack, dot4, dot1) = (zmm::pack_q8, zmm::panel_dot_q8::<4>, zmm::panel_dot_q8::<1>);
+            drive::<_, 2>(g, res, pack, dot4, dot1)
         } else {
-            drive::<_, 1>(
-                fmt,
-                w,
-                row_bytes,
-                rows,
-                nb,
-                acts,
-                m,
-                res,
-                pack::<false>,
-                panel_dot::<4>,
-                panel_dot::<1>,
-            )
+            drive::<_, 1>(g, res, pack::<false>, panel_dot::<4>, panel_dot::<1>)
         }
     }
     true
@@ -103,21 +81,23 @@ pub(super) type PanelDot<P, const H: usize, const R: usize> =
 /// # Safety
 /// The CPU runs `pack`, `dot4` and `dot1`, and has AVX2, FMA and F16C (compiled for them, so
 /// that the portable build runs this loop's copies and sums in 256-bit vectors too).
-#[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn drive<P, const H: usize>(
-    fmt: Format,
-    w: &[u8],
-    row_bytes: usize,
-    rows: usize,
-    nb: usize,
-    acts: &[Q8Block],
-    m: usize,
+    g: Gemm<'_, Q8Block>,
     res: &mut [f32],
     pack: unsafe fn(Format, &[&[u8]]) -> P,
     dot4: PanelDot<P, H, 4>,
     dot1: PanelDot<P, H, 1>,
 ) {
+    let Gemm {
+        fmt,
+        w,
+        row_bytes,
+        rows,
+        nb,
+        acts,
+        m,
+    } = g;
     let block = fmt.block_bytes();
     let mut sums = vec![[[0f32; PANEL]; H]; m];
     // Q4_1's `m s` terms apart from the products they cancel against, added once at the end
