@@ -353,7 +353,9 @@ impl QuantizedWeights {
 
     /// Each row's query heads (at the start of its row of `qkv`, `width` wide) over its
     /// sequence's cache of layer `l` up to the row's own token, into `att` (`rows x heads x
-    /// head_dim`): one pool job of a chunk per row and head. Query heads
+    /// head_dim`): one pool job of a chunk per group of rows and head. A group is
+    /// [`f32ops::QUERY_GROUP`] consecutive tokens of one sequence (a prompt pass), whose
+    /// queries read each key once together, or one row (a decode step's). Query heads
     /// `g * group..(g + 1) * group` share key head `g`, as candle's grouped attention.
     fn attend_cached(
         &self,
@@ -367,34 +369,73 @@ impl QuantizedWeights {
         let (hd, heads) = (self.head_dim, self.heads);
         let group = heads / self.kv_heads.max(1);
         let scale = (1.0 / (hd as f64).sqrt()) as f32;
+        // Each group's first row and its number of rows.
+        let mut groups: Vec<(usize, usize)> = Vec::new();
+        let mut i = 0;
+        while i < rows.len() {
+            let n = f32ops::QUERY_GROUP.min(rows.len() - i);
+            let together = rows[i..i + n]
+                .iter()
+                .enumerate()
+                .all(|(k, r)| r.seq == rows[i].seq && r.pos == rows[i].pos + k);
+            let n = if n == f32ops::QUERY_GROUP && together {
+                n
+            } else {
+                1
+            };
+            groups.push((i, n));
+            i += n;
+        }
         let outs: Vec<Mutex<&mut [f32]>> = att.chunks_exact_mut(hd).map(Mutex::new).collect();
         let job = |c: usize| {
-            let (i, head) = (c / heads, c % heads);
-            let Some(row) = rows.get(i) else {
-                return;
-            };
-            let (Some(cache), Some(out)) =
-                (caches.get(row.seq).and_then(|c| c.raw.get(l)), outs.get(c))
+            let ((first, n), head) = (groups[c / heads], c % heads);
+            let Some(cache) = rows
+                .get(first)
+                .and_then(|r| caches.get(r.seq))
+                .and_then(|c| c.raw.get(l))
             else {
                 return;
             };
-            let q = &qkv[i * width + head * hd..][..hd];
             let (keys, values) = cache.head(head / group.max(1));
-            // The tokens up to this row's own: the causal mask.
-            let seen = (row.pos + 1).saturating_mul(hd).min(values.len());
-            let mut out = out.lock().unwrap_or_else(|e| e.into_inner());
-            let mut scores = Vec::with_capacity(row.pos + 1);
-            f32ops::attend(
-                q,
-                keys,
-                cache.cap,
-                &values[..seen],
-                scale,
-                &mut scores,
-                &mut out,
-            );
+            // Row `first + k`'s query, and how many tokens it attends over: up to its own (the
+            // causal mask).
+            let query = |k: usize| &qkv[(first + k) * width + head * hd..][..hd];
+            let seen = |k: usize| rows.get(first + k).map_or(0, |r| r.pos + 1);
+            let lock = |k: usize| {
+                outs.get((first + k) * heads + head)
+                    .map(|o| o.lock().unwrap_or_else(|e| e.into_inner()))
+            };
+            let mut scores = Vec::new();
+            if n == f32ops::QUERY_GROUP {
+                let (Some(mut o0), Some(mut o1), Some(mut o2), Some(mut o3)) =
+                    (lock(0), lock(1), lock(2), lock(3))
+                else {
+                    return;
+                };
+                let seen = |k: usize| &values[..seen(k).saturating_mul(hd).min(values.len())];
+                f32ops::attend_group(
+                    [query(0), query(1), query(2), query(3)],
+                    keys,
+                    cache.cap,
+                    [seen(0), seen(1), seen(2), seen(3)],
+                    scale,
+                    &mut scores,
+                    [&mut o0[..], &mut o1[..], &mut o2[..], &mut o3[..]],
+                );
+            } else if let Some(mut out) = lock(0) {
+                let values = &values[..seen(0).saturating_mul(hd).min(values.len())];
+                f32ops::attend(
+                    query(0),
+                    keys,
+                    cache.cap,
+                    values,
+                    scale,
+                    &mut scores,
+                    &mut out,
+                );
+            }
         };
-        Pool::global().run(outs.len(), &job);
+        Pool::global().run(groups.len() * heads, &job);
     }
 }
 
