@@ -500,6 +500,24 @@ fn validate_kbs(k: RawKbs) -> Result<KbsSettings, ConfigError> {
 }
 
 fn validate_filter(key: &str, value: &str) -> Result<(), ConfigError> {
+    // tracing-subscriber 0.3.23's directive parser slices at byte offsets and panics inside a
+    // multi-byte character (found by the `wardd_config` fuzz target: `level = "\t\t\tlevel ?
+    // Ζn=fo"`). A filter is targets, span names, fields and levels: printable ASCII, checked
+    // first, so that a hostile value (the kernel command line is the host's) is an error, not a
+    // panic of PID 1. The value is not echoed: it may be anything.
+    if let Some(c) = value.chars().find(|c| !c.is_ascii_graphic() && *c != ' ') {
+        return Err(ConfigError::invalid(
+            key,
+            format!(
+                "a log filter is printable ASCII; this one has {}",
+                if c.is_ascii() {
+                    format!("the control character {:#04x}", u32::from(c))
+                } else {
+                    "a character outside ASCII".to_string()
+                }
+            ),
+        ));
+    }
     tracing_subscriber::EnvFilter::builder()
         .parse(value)
         .map(|_| ())

@@ -439,8 +439,13 @@ pub async fn proxy(a: ProxyArgs) -> anyhow::Result<bool> {
             a.listen
         );
     }
-    let filter = tracing_subscriber::EnvFilter::try_from_env("WARD_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Printable ASCII only: tracing-subscriber 0.3.23's parser panics inside a multi-byte
+    // character (wardd's config checks the same before parsing).
+    let filter = std::env::var("WARD_LOG")
+        .ok()
+        .filter(|v| v.chars().all(|c| c.is_ascii_graphic() || c == ' '))
+        .and_then(|v| tracing_subscriber::EnvFilter::builder().parse(v).ok())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

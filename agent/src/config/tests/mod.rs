@@ -108,6 +108,17 @@ fn invalid_files_name_the_key() {
         ),
         ("bad filter", "[log]\nlevel = \"a=b=c\"\n", "log.level"),
         (
+            // tracing-subscriber's parser panicked on it (the wardd_config fuzz target).
+            "non-ASCII filter",
+            "# h\n[log]\nlevel = \"\t\t\tlevel ? \u{396}n=fo\"\n",
+            "log.level: a log filter is printable ASCII; this one has the control character 0x09",
+        ),
+        (
+            "non-ASCII filter, no tab",
+            "[log]\nlevel = \"level ? \u{396}n=fo\"\n",
+            "log.level: a log filter is printable ASCII; this one has a character outside ASCII",
+        ),
+        (
             "bad address",
             "[[listener]]\naddress = \"tcp://1.2.3.4:5\"\nservices = [\"health\"]\n",
             "listener[0].address",
@@ -213,6 +224,10 @@ fn invalid_cmdline_values_name_the_key() {
             "ward.log_format: `xml` is not a log format",
         ),
         ("ward.log_level=a=b=c", "ward.log_level"),
+        (
+            "ward.log_level=level?\u{396}n=fo",
+            "ward.log_level: a log filter is printable ASCII",
+        ),
         ("ward.log_level", "ward.log_level: needs a value"),
         (
             "ward.audit_log=relative",
