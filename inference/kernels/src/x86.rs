@@ -84,9 +84,14 @@ fn prefetch_blocks(
         else {
             return;
         };
-        for line in bytes.chunks(64) {
-            // SAFETY: a hint, on an address inside `w`; SSE is x86-64's baseline.
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(line.as_ptr().cast()) };
+        // Each 64-byte cache line the bytes touch, by an address inside them: the first byte,
+        // then each line's start (a block need not start on a line: 144 bytes can span four).
+        let first_line = 64 - (bytes.as_ptr() as usize) % 64;
+        for at in std::iter::once(0).chain((first_line..bytes.len()).step_by(64)) {
+            if let Some(b) = bytes.get(at) {
+                // SAFETY: a hint, on an address inside `w`; SSE is x86-64's baseline.
+                unsafe { _mm_prefetch::<_MM_HINT_T0>(std::ptr::from_ref(b).cast()) };
+            }
         }
     }
 }

@@ -4,8 +4,10 @@
 //! rows' scales and mins laid out beside them; then every activation row meets the panel with
 //! a broadcast of 4 activation bytes, one `vpmaddubsw` per 32 multiply-adds, and sums that stay
 //! in the lanes of their weight row (no horizontal sums). The panel is rebuilt per super-block
-//! (2.5 KiB, in L1) and used by all activation rows, so unpacking costs a few percent of a
-//! 128-row prefill; decode (one row) keeps the row-at-a-time kernel of [`super::kquants`].
+//! (2.5 KiB, in L1; 5 KiB for the 16 rows of [`super::gemm_zmm`]) and used by all activation
+//! rows: packing and the loop around it were 10% of a TinyLlama Q4_K_M 128-token prefill with
+//! the 512-bit kernel (inference README). Decode (one row) keeps the row-at-a-time kernel of
+//! [`super::kquants`].
 //!
 //! Nothing is repacked at load: the weights stay as the GGUF file has them, in the buffer they
 //! arrived in (llama.cpp repacks Q4_K into interleaved rows when it loads a model).
@@ -226,7 +228,7 @@ pub(crate) fn gemm_k(
 
 /// A panel kernel: adds the panel's rows dotted with each of `R` activation rows (one
 /// super-block each) to that row's sums.
-pub(super) type PanelDot<const H: usize, const R: usize> =
+type PanelDot<const H: usize, const R: usize> =
     unsafe fn(Format, &Panel<H>, [&Q8KBlock; R], &mut [[[f32; PANEL]; H]]);
 
 /// [`gemm_k`]'s loop, lengths checked by it, for panels of `H` x [`PANEL`] rows: for each

@@ -70,7 +70,7 @@ pub(crate) fn gemm_q8(
 
 /// A panel kernel: adds the panel's rows dotted with each of `R` activation rows (one block
 /// each) to that row's sums, Q4_1's `m s` terms to its mins.
-pub(super) type PanelDot<P, const H: usize, const R: usize> =
+type PanelDot<P, const H: usize, const R: usize> =
     unsafe fn(&P, [&Q8Block; R], &mut [[[f32; PANEL]; H]], &mut [[[f32; PANEL]; H]]);
 
 /// [`gemm_q8`]'s loop, lengths checked by it, for panels `P` of `H` x [`PANEL`] rows: for each

@@ -14,9 +14,9 @@
 //! candle spent a third of its time in attention's ops (f32 matmuls over copied keys and
 //! values, mask, softmax) and in candle's thread pool, whose worker spins for a while after
 //! each op and so took a core from ward's pool running the next matmul; fused, SmolLM2's
-//! 1,024-token prefill ran 1.8x faster (medians of three runs). The arithmetic is candle's op for op (its RMS
-//! norm, rotation, softmax and SiLU formulas), so the logits match the candle path within
-//! float summation order; the tests hold both to candle's own models.
+//! 1,024-token prefill ran 1.8x faster (medians of three runs). The arithmetic is candle's op
+//! for op (its RMS norm, rotation, softmax and SiLU formulas), so the logits match the candle
+//! path within float summation order; the tests hold both to candle's own models.
 
 use std::sync::Mutex;
 
@@ -397,10 +397,13 @@ impl QuantizedWeights {
                 return;
             };
             let (keys, values) = cache.head(head / group.max(1));
-            // Row `first + k`'s query, and how many tokens it attends over: up to its own (the
-            // causal mask).
+            // Row `first + k`'s query, and the values it attends over: the tokens up to its own
+            // (the causal mask).
             let query = |k: usize| &qkv[(first + k) * width + head * hd..][..hd];
-            let seen = |k: usize| rows.get(first + k).map_or(0, |r| r.pos + 1);
+            let seen = |k: usize| {
+                let tokens = rows.get(first + k).map_or(0, |r| r.pos + 1);
+                &values[..tokens.saturating_mul(hd).min(values.len())]
+            };
             let lock = |k: usize| {
                 outs.get((first + k) * heads + head)
                     .map(|o| o.lock().unwrap_or_else(|e| e.into_inner()))
@@ -412,7 +415,6 @@ impl QuantizedWeights {
                 else {
                     return;
                 };
-                let seen = |k: usize| &values[..seen(k).saturating_mul(hd).min(values.len())];
                 f32ops::attend_group(
                     [query(0), query(1), query(2), query(3)],
                     keys,
@@ -423,12 +425,11 @@ impl QuantizedWeights {
                     [&mut o0[..], &mut o1[..], &mut o2[..], &mut o3[..]],
                 );
             } else if let Some(mut out) = lock(0) {
-                let values = &values[..seen(0).saturating_mul(hd).min(values.len())];
                 f32ops::attend(
                     query(0),
                     keys,
                     cache.cap,
-                    values,
+                    seen(0),
                     scale,
                     &mut scores,
                     &mut out,
